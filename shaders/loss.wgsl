@@ -1,0 +1,108 @@
+// Losses with their gradients, and the on-device metric accumulator.
+// Each loss writes the per-row loss, a per-row "correct" flag and the gradient of the
+// mean loss with respect to the predictions.
+
+struct Dims {
+    rows: u32,
+    cols: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read> pred: array<f32>;
+@group(0) @binding(2) var<storage, read> truth: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dpred: array<f32>;
+@group(0) @binding(4) var<storage, read_write> row_loss: array<f32>;
+@group(0) @binding(5) var<storage, read_write> row_correct: array<f32>;
+
+const WG: u32 = 64u;
+
+fn row_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.y * nwg.x + wg.x) * WG + lid;
+}
+
+// Softmax cross-entropy, stable through the row maximum: loss = log Σ exp(z - max) + max - z[label].
+@compute @workgroup_size(64)
+fn cross_entropy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wg, nwg, lid);
+    if r >= dims.rows {
+        return;
+    }
+    let base = r * dims.cols;
+    let label = u32(truth[r]);
+    var zmax = pred[base];
+    var argmax = 0u;
+    for (var c = 1u; c < dims.cols; c++) {
+        let v = pred[base + c];
+        if v > zmax {
+            zmax = v;
+            argmax = c;
+        }
+    }
+    var sum = 0.0;
+    for (var c = 0u; c < dims.cols; c++) {
+        sum += exp(pred[base + c] - zmax);
+    }
+    row_loss[r] = log(sum) + zmax - pred[base + label];
+    row_correct[r] = select(0.0, 1.0, argmax == label);
+    let scale = 1.0 / f32(dims.rows);
+    for (var c = 0u; c < dims.cols; c++) {
+        let p = exp(pred[base + c] - zmax) / sum;
+        dpred[base + c] = (p - select(0.0, 1.0, c == label)) * scale;
+    }
+}
+
+// Mean squared error over all elements, as torch.nn.MSELoss(reduction='mean').
+@compute @workgroup_size(64)
+fn mse(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wg, nwg, lid);
+    if r >= dims.rows {
+        return;
+    }
+    let base = r * dims.cols;
+    let scale = 2.0 / (f32(dims.rows) * f32(dims.cols));
+    var sq = 0.0;
+    for (var c = 0u; c < dims.cols; c++) {
+        let d = pred[base + c] - truth[base + c];
+        sq += d * d;
+        dpred[base + c] = d * scale;
+    }
+    row_loss[r] = sq / f32(dims.cols);
+    row_correct[r] = 0.0;
+}
+
+@group(0) @binding(6) var<storage, read> loss_in: array<f32>;
+@group(0) @binding(7) var<storage, read> correct_in: array<f32>;
+@group(0) @binding(8) var<storage, read_write> metrics: array<f32>;
+
+var<workgroup> part_loss: array<f32, 256>;
+var<workgroup> part_correct: array<f32, 256>;
+
+// metrics += [Σ loss, Σ correct, rows], dispatched as a single workgroup.
+@compute @workgroup_size(256)
+fn accumulate_metrics(@builtin(local_invocation_index) lid: u32) {
+    var l = 0.0;
+    var c = 0.0;
+    for (var r = lid; r < dims.rows; r += 256u) {
+        l += loss_in[r];
+        c += correct_in[r];
+    }
+    part_loss[lid] = l;
+    part_correct[lid] = c;
+    workgroupBarrier();
+    for (var width = 128u; width > 0u; width /= 2u) {
+        if lid < width {
+            part_loss[lid] += part_loss[lid + width];
+            part_correct[lid] += part_correct[lid + width];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        metrics[0] += part_loss[0];
+        metrics[1] += part_correct[0];
+        metrics[2] += f32(dims.rows);
+    }
+}

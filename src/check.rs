@@ -1,0 +1,175 @@
+//! GPU-versus-CPU cross-check of one training step.
+//!
+//! Both backends start from the same seeded parameters and take one step on the same
+//! batch; every tensor that matters is compared. The CPU reference accumulates in `f64`,
+//! so the differences measure the GPU's `f32` rounding (and any bug).
+
+use crate::cpu::CpuEngine;
+use crate::gpu::{GpuContext, GpuEngine};
+use crate::model::{MlpSpec, Model};
+use anyhow::Result;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// A tensor passes when `max |gpu - cpu| <= atol + rtol · max |cpu|`.
+///
+/// The error is measured against the tensor's largest reference value (a normwise
+/// bound) rather than element by element, because elements near zero have no meaningful
+/// relative error. Defaults: `rtol = 1e-4`, `atol = 1e-6`. An `f32` sum of `k` terms in a
+/// different order differs by about `√k·2⁻²⁴` relative in practice and `k·2⁻²⁴` at worst;
+/// for the layer widths and batch sizes used here (`k` ≤ a few thousand) that stays
+/// well under `1e-4`, while a wrong index or a missing term gives errors of order one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tolerance {
+    pub atol: f32,
+    pub rtol: f32,
+}
+
+impl Default for Tolerance {
+    fn default() -> Self {
+        Tolerance {
+            atol: 1e-6,
+            rtol: 1e-4,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorCheck {
+    pub name: String,
+    pub len: usize,
+    /// `max |gpu - cpu|`.
+    pub max_abs: f32,
+    /// `max_abs / max |cpu|` (0 when both are all zeros).
+    pub max_rel: f32,
+    pub pass: bool,
+}
+
+/// Compares two tensors under `tol`. Any NaN, or a length mismatch, fails.
+pub fn compare(name: &str, gpu: &[f32], cpu: &[f32], tol: Tolerance) -> TensorCheck {
+    let scale = cpu.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let max_abs = if gpu.len() != cpu.len() {
+        f32::INFINITY
+    } else {
+        gpu.iter()
+            .zip(cpu)
+            .map(|(g, c)| (g - c).abs())
+            // NaN must not vanish in the max: treat it as infinite error.
+            .fold(
+                0.0f32,
+                |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+            )
+    };
+    let max_rel = if max_abs == 0.0 {
+        0.0
+    } else {
+        max_abs / scale.max(f32::MIN_POSITIVE)
+    };
+    TensorCheck {
+        name: name.to_string(),
+        len: cpu.len(),
+        max_abs,
+        max_rel,
+        pass: max_abs <= tol.atol + tol.rtol * scale,
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CheckReport {
+    pub gpu_device: String,
+    pub tolerance: Tolerance,
+    pub tensors: Vec<TensorCheck>,
+}
+
+impl CheckReport {
+    pub fn passed(&self) -> bool {
+        self.tensors.iter().all(|t| t.pass)
+    }
+
+    pub fn failures(&self) -> Vec<&TensorCheck> {
+        self.tensors.iter().filter(|t| !t.pass).collect()
+    }
+
+    /// A plain-text table, one row per tensor.
+    pub fn table(&self) -> String {
+        let width = self
+            .tensors
+            .iter()
+            .map(|t| t.name.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        let mut s = String::new();
+        let _ = writeln!(s, "GPU: {}", self.gpu_device);
+        let _ = writeln!(
+            s,
+            "tolerance: max|gpu-cpu| <= {:e} + {:e} * max|cpu|",
+            self.tolerance.atol, self.tolerance.rtol
+        );
+        let _ = writeln!(
+            s,
+            "{:<width$}  {:>8}  {:>12}  {:>12}  result",
+            "tensor", "elements", "max abs err", "max rel err"
+        );
+        for t in &self.tensors {
+            let _ = writeln!(
+                s,
+                "{:<width$}  {:>8}  {:>12.3e}  {:>12.3e}  {}",
+                t.name,
+                t.len,
+                t.max_abs,
+                t.max_rel,
+                if t.pass { "ok" } else { "FAIL" }
+            );
+        }
+        let failed = self.failures().len();
+        let _ = writeln!(
+            s,
+            "{} passed, {} failed",
+            self.tensors.len() - failed,
+            failed
+        );
+        s
+    }
+}
+
+/// Runs one training step of `spec` on the batch `(x, y)` on the GPU and on the CPU
+/// reference, and compares outputs, loss, every parameter gradient and every updated
+/// parameter.
+pub fn cross_check(
+    spec: &MlpSpec,
+    x: &[f32],
+    y: &[f32],
+    ctx: Arc<GpuContext>,
+    tol: Tolerance,
+) -> Result<CheckReport> {
+    let gpu_device = ctx.describe();
+    let mut gpu = Model::new(spec.clone(), Box::new(GpuEngine::new(ctx)))?;
+    let mut cpu = Model::new(spec.clone(), Box::new(CpuEngine::new()))?;
+    let mut tensors = Vec::new();
+    let mut snapshots = Vec::new();
+    for model in [&mut gpu, &mut cpu] {
+        model.take_metrics()?;
+        model.train_batch(x, y)?;
+        let rows = x.len() / spec.input;
+        let out_name = format!("layers.{}.z", spec.num_layers() - 1);
+        let mut snap = vec![("output".to_string(), model.read_tensor(rows, &out_name)?)];
+        snap.push(("loss".to_string(), vec![model.take_metrics()?.loss]));
+        for (_, grad) in model.gradient_names(rows)? {
+            let v = model.read_tensor(rows, &grad)?;
+            snap.push((grad, v));
+        }
+        for (name, _, v) in model.parameters()? {
+            snap.push((format!("{name} (after step)"), v));
+        }
+        snapshots.push(snap);
+    }
+    for ((name, g), (_, c)) in snapshots[0].iter().zip(&snapshots[1]) {
+        tensors.push(compare(name, g, c, tol));
+    }
+    Ok(CheckReport {
+        gpu_device,
+        tolerance: tol,
+        tensors,
+    })
+}

@@ -1,0 +1,74 @@
+//! The interface both backends implement, and the choice between them.
+
+use crate::cpu::CpuEngine;
+use crate::gpu::{AdapterSelection, GpuContext, GpuEngine};
+use crate::graph::{Hyper, PersistentDesc, Plan, Stage, TensorId};
+use anyhow::Result;
+use std::sync::Arc;
+
+/// Handle to a plan compiled into an engine.
+pub type PlanId = usize;
+
+/// A backend that executes [`Plan`]s. Persistent tensors (parameters, optimizer state,
+/// metrics) are created once and shared by every plan compiled afterwards, so plans for
+/// different batch sizes train the same weights.
+pub trait Engine {
+    /// One line naming the device, e.g. the adapter name, backend and driver.
+    fn describe(&self) -> String;
+    fn is_gpu(&self) -> bool;
+    fn init_persistent(&mut self, persistent: &[PersistentDesc]) -> Result<()>;
+    /// Validates the plan and prepares everything its steps need. Called once per plan.
+    fn compile(&mut self, plan: &Plan) -> Result<PlanId>;
+    /// Copies host data into a tensor (local or persistent).
+    fn write(&mut self, plan: PlanId, tensor: TensorId, data: &[f32]) -> Result<()>;
+    /// Copies a tensor back to the host; on the GPU this waits for queued work.
+    fn read(&mut self, plan: PlanId, tensor: TensorId) -> Result<Vec<f32>>;
+    /// Enqueues one stage. On the GPU this is a single command-buffer submission and
+    /// returns without waiting.
+    fn run(&mut self, plan: PlanId, stage: Stage) -> Result<()>;
+    fn set_hyper(&mut self, hyper: Hyper) -> Result<()>;
+}
+
+/// Which backend to use.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum BackendChoice {
+    /// The best GPU adapter, or the CPU backend with a notice when there is none.
+    #[default]
+    Auto,
+    /// A GPU adapter matching the selection; an error when there is none.
+    Gpu(AdapterSelection),
+    /// The CPU reference backend.
+    Cpu,
+}
+
+impl BackendChoice {
+    /// Parses `auto`, `cpu`, or a wgpu backend name (`vulkan`, `metal`, `dx12`, `gl`),
+    /// with an optional adapter filter (index or name substring).
+    pub fn parse(backend: &str, adapter: Option<&str>) -> Result<Self> {
+        Ok(match backend.to_ascii_lowercase().as_str() {
+            "auto" | "" if adapter.is_none() => BackendChoice::Auto,
+            "auto" | "" | "gpu" => BackendChoice::Gpu(AdapterSelection::new(None, adapter)?),
+            "cpu" => BackendChoice::Cpu,
+            other => BackendChoice::Gpu(AdapterSelection::new(Some(other), adapter)?),
+        })
+    }
+}
+
+/// Creates an engine. `notice` receives the one-line explanation when `Auto` falls back
+/// to the CPU.
+pub fn create_engine(
+    choice: &BackendChoice,
+    notice: &mut dyn FnMut(&str),
+) -> Result<Box<dyn Engine>> {
+    Ok(match choice {
+        BackendChoice::Cpu => Box::new(CpuEngine::new()),
+        BackendChoice::Gpu(sel) => Box::new(GpuEngine::new(Arc::new(GpuContext::new(sel)?))),
+        BackendChoice::Auto => match GpuContext::new(&AdapterSelection::default()) {
+            Ok(ctx) => Box::new(GpuEngine::new(Arc::new(ctx))),
+            Err(e) => {
+                notice(&format!("{e:#}; running on the CPU backend instead"));
+                Box::new(CpuEngine::new())
+            }
+        },
+    })
+}

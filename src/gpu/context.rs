@@ -1,0 +1,223 @@
+//! Adapter selection and the wgpu device, with device errors turned into `anyhow` errors.
+
+use anyhow::{bail, Context, Result};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Which adapters may be used: a set of wgpu backends and an optional filter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterSelection {
+    pub backends: wgpu::Backends,
+    /// An adapter index (as listed by `steadygrad devices`) or a case-insensitive
+    /// substring of the adapter name.
+    pub filter: Option<String>,
+}
+
+impl Default for AdapterSelection {
+    fn default() -> Self {
+        AdapterSelection {
+            backends: wgpu::Backends::PRIMARY,
+            filter: None,
+        }
+    }
+}
+
+impl AdapterSelection {
+    /// `backend` is one of `vulkan`, `metal`, `dx12`, `gl`, or `None` for the primary
+    /// backends of the platform (Vulkan, Metal, DX12).
+    pub fn new(backend: Option<&str>, filter: Option<&str>) -> Result<Self> {
+        let backends = match backend.map(|b| b.to_ascii_lowercase()) {
+            None => wgpu::Backends::PRIMARY,
+            Some(b) => match b.as_str() {
+                "vulkan" | "vk" => wgpu::Backends::VULKAN,
+                "metal" => wgpu::Backends::METAL,
+                "dx12" | "d3d12" => wgpu::Backends::DX12,
+                "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+                "all" => wgpu::Backends::all(),
+                other => bail!(
+                    "unknown backend '{other}'; expected auto, cpu, vulkan, metal, dx12 or gl"
+                ),
+            },
+        };
+        Ok(AdapterSelection {
+            backends,
+            filter: filter.filter(|f| !f.is_empty()).map(str::to_string),
+        })
+    }
+}
+
+/// Lists every adapter wgpu sees for `backends`.
+pub fn list_adapters(backends: wgpu::Backends) -> Vec<wgpu::AdapterInfo> {
+    let instance = make_instance(backends);
+    pollster::block_on(instance.enumerate_adapters(backends))
+        .iter()
+        .map(|a| a.get_info())
+        .collect()
+}
+
+fn make_instance(backends: wgpu::Backends) -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    })
+}
+
+/// One-line description of an adapter: name, type, backend and driver.
+pub fn describe_adapter(info: &wgpu::AdapterInfo) -> String {
+    let driver = match (info.driver.is_empty(), info.driver_info.is_empty()) {
+        (true, true) => "unknown driver".to_string(),
+        (false, true) => info.driver.clone(),
+        (true, false) => info.driver_info.clone(),
+        (false, false) => format!("{} {}", info.driver, info.driver_info),
+    };
+    format!(
+        "{} ({:?}, {}, driver: {driver})",
+        info.name, info.device_type, info.backend
+    )
+}
+
+fn no_adapter_hint() -> &'static str {
+    if cfg!(target_os = "linux") {
+        "install a Vulkan driver, e.g. Mesa's software one: `apt-get install mesa-vulkan-drivers libvulkan1`"
+    } else if cfg!(target_os = "windows") {
+        "install or update your GPU's DX12/Vulkan driver"
+    } else if cfg!(target_os = "macos") {
+        "Metal should always be present on macOS 10.13+; check the system"
+    } else {
+        "install a Vulkan driver for this platform"
+    }
+}
+
+/// A wgpu device with the adapter's own limits and a record of asynchronous errors.
+pub struct GpuContext {
+    pub info: wgpu::AdapterInfo,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub limits: wgpu::Limits,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl GpuContext {
+    pub fn new(sel: &AdapterSelection) -> Result<Self> {
+        let instance = make_instance(sel.backends);
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(sel.backends));
+        if adapters.is_empty() {
+            bail!(
+                "no GPU adapter found for backends {:?}: {}",
+                sel.backends,
+                no_adapter_hint()
+            );
+        }
+        let adapter = match &sel.filter {
+            Some(f) => {
+                let pos = match f.parse::<usize>() {
+                    Ok(i) if i < adapters.len() => Some(i),
+                    Ok(i) => bail!(
+                        "adapter index {i} is out of range: {} adapter(s) found",
+                        adapters.len()
+                    ),
+                    Err(_) => {
+                        let needle = f.to_ascii_lowercase();
+                        adapters
+                            .iter()
+                            .position(|a| a.get_info().name.to_ascii_lowercase().contains(&needle))
+                    }
+                };
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                let i = pos.with_context(|| {
+                    format!("no adapter matches '{f}'; found: {}", names.join(", "))
+                })?;
+                adapters.swap_remove(i)
+            }
+            None => {
+                // Prefer real GPUs; a software rasterizer (lavapipe) is the last resort.
+                let rank = |t: wgpu::DeviceType| match t {
+                    wgpu::DeviceType::DiscreteGpu => 0,
+                    wgpu::DeviceType::IntegratedGpu => 1,
+                    wgpu::DeviceType::VirtualGpu => 2,
+                    wgpu::DeviceType::Other => 3,
+                    wgpu::DeviceType::Cpu => 4,
+                };
+                adapters.sort_by_key(|a| rank(a.get_info().device_type));
+                adapters.swap_remove(0)
+            }
+        };
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("steadygrad"),
+            required_features: wgpu::Features::empty(),
+            // The adapter's real limits, not wgpu's conservative defaults: large layers
+            // need the full storage-buffer binding size.
+            required_limits: limits.clone(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            ..Default::default()
+        }))
+        .with_context(|| format!("could not open a device on {}", describe_adapter(&info)))?;
+
+        let error = Arc::new(Mutex::new(None::<String>));
+        let sink = error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| format!("GPU error: {e}"));
+        }));
+        let sink = error.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| format!("GPU device lost ({reason:?}): {msg}"));
+        });
+        Ok(GpuContext {
+            info,
+            device,
+            queue,
+            limits,
+            error,
+        })
+    }
+
+    /// One device for the whole process, chosen by `STEADYGRAD_BACKEND` and
+    /// `STEADYGRAD_ADAPTER` when set. Tests share it instead of opening one each.
+    pub fn shared() -> Result<Arc<GpuContext>> {
+        static SHARED: OnceLock<std::result::Result<Arc<GpuContext>, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let backend = std::env::var("STEADYGRAD_BACKEND").ok();
+                let backend = backend
+                    .as_deref()
+                    .filter(|b| !matches!(*b, "" | "auto" | "gpu"));
+                let adapter = std::env::var("STEADYGRAD_ADAPTER").ok();
+                AdapterSelection::new(backend, adapter.as_deref())
+                    .and_then(|sel| GpuContext::new(&sel))
+                    .map(Arc::new)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .clone()
+            .map_err(anyhow::Error::msg)
+    }
+
+    pub fn describe(&self) -> String {
+        describe_adapter(&self.info)
+    }
+
+    /// Returns (and clears) the first validation, out-of-memory or device-lost error
+    /// reported since the last call.
+    pub fn take_error(&self) -> Result<()> {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.take() {
+            Some(e) => bail!(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Blocks until all submitted work has finished, then reports any device error.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow::anyhow!("waiting for the GPU failed: {e}"))?;
+        self.take_error()
+    }
+
+    /// Largest buffer this device can bind as one storage binding.
+    pub fn max_binding_bytes(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+}

@@ -1,0 +1,8 @@
+//! The wgpu backend: device selection, kernels and the plan executor.
+
+pub mod context;
+pub mod engine;
+pub mod kernels;
+
+pub use context::{describe_adapter, list_adapters, AdapterSelection, GpuContext};
+pub use engine::GpuEngine;

@@ -1,0 +1,491 @@
+//! The backend-neutral plan: a table of tensors and a list of ops over them.
+//!
+//! Both backends execute exactly this description: the CPU reference interprets each
+//! [`Op`] with plain loops, the GPU backend turns each one into a compute dispatch. New
+//! layers (batch norm, clipping, residuals, optimizers) add `Op` variants and plan-builder
+//! code; the executors only need one new arm each.
+
+pub mod mlp;
+
+use std::fmt;
+
+/// Index into [`Plan::tensors`].
+pub type TensorId = usize;
+
+/// Elementwise nonlinearities. The discriminant is the WGSL `ACT` override constant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    Identity = 0,
+    Sigmoid = 1,
+    Tanh = 2,
+    Relu = 3,
+}
+
+impl Activation {
+    pub const ALL: [Activation; 4] = [
+        Activation::Identity,
+        Activation::Sigmoid,
+        Activation::Tanh,
+        Activation::Relu,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Identity => "identity",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::Relu => "relu",
+        }
+    }
+}
+
+impl std::str::FromStr for Activation {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let lower = s.to_ascii_lowercase();
+        Activation::ALL
+            .into_iter()
+            .find(|a| a.name() == lower)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown activation '{s}'; expected one of: {}",
+                    Activation::ALL.map(|a| a.name()).join(", ")
+                )
+            })
+    }
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Training objective.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Loss {
+    /// Mean over rows of `-log softmax(logits)[label]`, as `torch.nn.CrossEntropyLoss`.
+    /// Targets are class indices stored as `f32` (one per row).
+    SoftmaxCrossEntropy,
+    /// Mean over all elements of `(pred - target)^2`, as `torch.nn.MSELoss`.
+    MeanSquaredError,
+}
+
+impl Loss {
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::SoftmaxCrossEntropy => "cross-entropy",
+            Loss::MeanSquaredError => "mse",
+        }
+    }
+}
+
+impl std::str::FromStr for Loss {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "cross-entropy" | "crossentropy" | "ce" | "softmax-cross-entropy" => {
+                Ok(Loss::SoftmaxCrossEntropy)
+            }
+            "mse" | "mean-squared-error" => Ok(Loss::MeanSquaredError),
+            _ => anyhow::bail!("unknown loss '{s}'; expected 'cross-entropy' or 'mse'"),
+        }
+    }
+}
+
+/// Where a tensor's storage lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// Owned by one compiled plan (activations, gradients, scratch).
+    Local,
+    /// Shared by every plan of a model: parameters, optimizer state, metric accumulators.
+    /// The index is into the model's persistent table, see [`PersistentDesc`].
+    Persistent(usize),
+}
+
+#[derive(Clone, Debug)]
+pub struct TensorDesc {
+    pub name: String,
+    /// Logical shape, row-major. `len()` is its product.
+    pub shape: Vec<usize>,
+    pub storage: Storage,
+}
+
+impl TensorDesc {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A tensor that outlives a single plan, with the values it starts from.
+#[derive(Clone, Debug)]
+pub struct PersistentDesc {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: Vec<f32>,
+}
+
+/// One kernel launch. Shapes are in elements; all matrices are row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// `c[m,n] (+)= op(a) · op(b)` with `op(a)` of shape `[m,k]` (stored `[k,m]` when
+    /// `trans_a`) and `op(b)` of shape `[k,n]` (stored `[n,k]` when `trans_b`). The
+    /// transposed forms let backward compute `dX = dY·W` and `dW = dYᵀ·X` without
+    /// materialising a transpose.
+    MatMul {
+        a: TensorId,
+        b: TensorId,
+        c: TensorId,
+        m: usize,
+        k: usize,
+        n: usize,
+        trans_a: bool,
+        trans_b: bool,
+        accumulate: bool,
+    },
+    /// `y[r,c] += bias[c]`.
+    AddBias {
+        y: TensorId,
+        bias: TensorId,
+        rows: usize,
+        cols: usize,
+    },
+    /// `out[c] (+)= Σ_r x[r,c]`: the bias gradient.
+    SumRows {
+        x: TensorId,
+        out: TensorId,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    },
+    /// `y = f(x)` elementwise.
+    Activate {
+        act: Activation,
+        x: TensorId,
+        y: TensorId,
+        len: usize,
+    },
+    /// `dx = dy ⊙ f'(x)`, with `y = f(x)` supplied because sigmoid and tanh derive cheaply from it.
+    ActivateBackward {
+        act: Activation,
+        x: TensorId,
+        y: TensorId,
+        dy: TensorId,
+        dx: TensorId,
+        len: usize,
+    },
+    /// Per-row loss and the gradient of the *mean* loss with respect to `pred`.
+    /// Writes `row_loss[r]`, `row_correct[r]` (1 when argmax equals the label; 0 for MSE)
+    /// and `dpred`.
+    LossGrad {
+        loss: Loss,
+        pred: TensorId,
+        target: TensorId,
+        dpred: TensorId,
+        row_loss: TensorId,
+        row_correct: TensorId,
+        rows: usize,
+        cols: usize,
+    },
+    /// Per-row loss without the gradient (evaluation).
+    LossEval {
+        loss: Loss,
+        pred: TensorId,
+        target: TensorId,
+        row_loss: TensorId,
+        row_correct: TensorId,
+        rows: usize,
+        cols: usize,
+    },
+    /// `metrics += [Σ row_loss, Σ row_correct, rows]`, so metrics accumulate on the device
+    /// and are read back only when the host asks.
+    AccumulateMetrics {
+        row_loss: TensorId,
+        row_correct: TensorId,
+        metrics: TensorId,
+        rows: usize,
+    },
+    /// `param -= lr · grad`, `lr` read from the hyper-parameter block at `Hyper::LR`.
+    SgdStep {
+        param: TensorId,
+        grad: TensorId,
+        len: usize,
+    },
+}
+
+impl Op {
+    /// Tensors the op reads and the one(s) it writes, for validation and hazard checks.
+    pub fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        match *self {
+            Op::MatMul {
+                a,
+                b,
+                c,
+                accumulate,
+                ..
+            } => {
+                let mut r = vec![a, b];
+                if accumulate {
+                    r.push(c);
+                }
+                (r, vec![c])
+            }
+            Op::AddBias { y, bias, .. } => (vec![y, bias], vec![y]),
+            Op::SumRows {
+                x, out, accumulate, ..
+            } => {
+                let mut r = vec![x];
+                if accumulate {
+                    r.push(out);
+                }
+                (r, vec![out])
+            }
+            Op::Activate { x, y, .. } => (vec![x], vec![y]),
+            Op::ActivateBackward { x, y, dy, dx, .. } => (vec![x, y, dy], vec![dx]),
+            Op::LossGrad {
+                pred,
+                target,
+                dpred,
+                row_loss,
+                row_correct,
+                ..
+            } => (vec![pred, target], vec![dpred, row_loss, row_correct]),
+            Op::LossEval {
+                pred,
+                target,
+                row_loss,
+                row_correct,
+                ..
+            } => (vec![pred, target], vec![row_loss, row_correct]),
+            Op::AccumulateMetrics {
+                row_loss,
+                row_correct,
+                metrics,
+                ..
+            } => (vec![row_loss, row_correct, metrics], vec![metrics]),
+            Op::SgdStep { param, grad, .. } => (vec![param, grad], vec![param]),
+        }
+    }
+
+    /// Elements each operand must hold, checked against the tensor table at compile time.
+    fn required_lens(&self) -> Vec<(TensorId, usize)> {
+        match *self {
+            Op::MatMul {
+                a, b, c, m, k, n, ..
+            } => vec![(a, m * k), (b, k * n), (c, m * n)],
+            Op::AddBias {
+                y,
+                bias,
+                rows,
+                cols,
+            } => vec![(y, rows * cols), (bias, cols)],
+            Op::SumRows {
+                x, out, rows, cols, ..
+            } => vec![(x, rows * cols), (out, cols)],
+            Op::Activate { x, y, len, .. } => vec![(x, len), (y, len)],
+            Op::ActivateBackward {
+                x, y, dy, dx, len, ..
+            } => vec![(x, len), (y, len), (dy, len), (dx, len)],
+            Op::LossGrad {
+                loss,
+                pred,
+                target,
+                dpred,
+                row_loss,
+                row_correct,
+                rows,
+                cols,
+            } => vec![
+                (pred, rows * cols),
+                (target, target_len(loss, rows, cols)),
+                (dpred, rows * cols),
+                (row_loss, rows),
+                (row_correct, rows),
+            ],
+            Op::LossEval {
+                loss,
+                pred,
+                target,
+                row_loss,
+                row_correct,
+                rows,
+                cols,
+            } => vec![
+                (pred, rows * cols),
+                (target, target_len(loss, rows, cols)),
+                (row_loss, rows),
+                (row_correct, rows),
+            ],
+            Op::AccumulateMetrics {
+                row_loss,
+                row_correct,
+                metrics,
+                rows,
+            } => vec![
+                (row_loss, rows),
+                (row_correct, rows),
+                (metrics, METRICS_LEN),
+            ],
+            Op::SgdStep { param, grad, len } => vec![(param, len), (grad, len)],
+        }
+    }
+}
+
+/// Elements of the target tensor for `rows` rows: one class index per row for
+/// cross-entropy, a full row of values for MSE.
+pub fn target_len(loss: Loss, rows: usize, cols: usize) -> usize {
+    match loss {
+        Loss::SoftmaxCrossEntropy => rows,
+        Loss::MeanSquaredError => rows * cols,
+    }
+}
+
+/// Layout of the metrics accumulator: `[loss sum, correct count, rows seen]`.
+pub const METRICS_LEN: usize = 3;
+
+/// Hyper-parameters that may change between steps without recompiling (learning-rate
+/// schedules). Stored in one small device buffer; indices are fixed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hyper {
+    pub lr: f32,
+}
+
+impl Hyper {
+    pub const LEN: usize = 4;
+    pub fn to_array(self) -> [f32; Self::LEN] {
+        [self.lr, 0.0, 0.0, 0.0]
+    }
+}
+
+/// Which op list to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Forward pass, loss and metrics; no gradients, no update.
+    Eval,
+    /// Forward, loss, backward and update: one training step.
+    Train,
+    /// Forward pass only (no targets needed).
+    Predict,
+}
+
+/// A compiled-once description of a computation for one batch size.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub tensors: Vec<TensorDesc>,
+    /// Ops of the forward pass that produce `output` from `input`.
+    pub forward: Vec<Op>,
+    /// Loss and metrics after `forward`, for evaluation.
+    pub eval: Vec<Op>,
+    /// Loss gradient, backward and optimizer update after `forward`.
+    pub train: Vec<Op>,
+    pub input: Option<TensorId>,
+    pub target: Option<TensorId>,
+    pub output: Option<TensorId>,
+    /// The metrics accumulator (persistent).
+    pub metrics: Option<TensorId>,
+    /// Gradient tensor for each persistent parameter slot it updates: `(param, grad)`.
+    pub grads: Vec<(TensorId, TensorId)>,
+}
+
+impl Plan {
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        shape: &[usize],
+        storage: Storage,
+    ) -> TensorId {
+        self.tensors.push(TensorDesc {
+            name: name.into(),
+            shape: shape.to_vec(),
+            storage,
+        });
+        self.tensors.len() - 1
+    }
+
+    pub fn ops(&self, stage: Stage) -> impl Iterator<Item = &Op> {
+        let tail: &[Op] = match stage {
+            Stage::Eval => &self.eval,
+            Stage::Train => &self.train,
+            Stage::Predict => &[],
+        };
+        self.forward.iter().chain(tail.iter())
+    }
+
+    pub fn find(&self, name: &str) -> Option<TensorId> {
+        self.tensors.iter().position(|t| t.name == name)
+    }
+
+    /// Checks every op against the tensor table: ids in range, sizes that match, no op
+    /// reading and writing the same tensor through different operands, nothing empty.
+    pub fn validate(&self, persistent: &[PersistentDesc]) -> anyhow::Result<()> {
+        for (id, t) in self.tensors.iter().enumerate() {
+            anyhow::ensure!(
+                !t.is_empty(),
+                "tensor {id} '{}' has zero elements (shape {:?})",
+                t.name,
+                t.shape
+            );
+            if let Storage::Persistent(slot) = t.storage {
+                let p = persistent.get(slot).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "tensor '{}' refers to persistent slot {slot}, which does not exist",
+                        t.name
+                    )
+                })?;
+                anyhow::ensure!(
+                    p.init.len() == t.len(),
+                    "tensor '{}' has {} elements but persistent slot '{}' holds {}",
+                    t.name,
+                    t.len(),
+                    p.name,
+                    p.init.len()
+                );
+            }
+        }
+        for op in self.forward.iter().chain(&self.eval).chain(&self.train) {
+            for (id, need) in op.required_lens() {
+                let t = self.tensors.get(id).ok_or_else(|| {
+                    anyhow::anyhow!("op {op:?} refers to tensor {id}, which does not exist")
+                })?;
+                anyhow::ensure!(
+                    t.len() == need,
+                    "op {op:?}: tensor '{}' has {} elements, the op needs {need}",
+                    t.name,
+                    t.len()
+                );
+            }
+            let (reads, writes) = op.reads_writes();
+            for w in &writes {
+                let aliased =
+                    reads.iter().filter(|r| *r == w).count() > usize::from(op_reads_own_output(op));
+                anyhow::ensure!(
+                    !aliased,
+                    "op {op:?} reads tensor '{}' that it also writes",
+                    self.tensors[*w].name
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ops whose output is also one of their inputs by design (in-place updates).
+fn op_reads_own_output(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::AddBias { .. }
+            | Op::SgdStep { .. }
+            | Op::AccumulateMetrics { .. }
+            | Op::MatMul {
+                accumulate: true,
+                ..
+            }
+            | Op::SumRows {
+                accumulate: true,
+                ..
+            }
+    )
+}

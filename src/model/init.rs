@@ -1,0 +1,114 @@
+//! Weight initialisation, computed on the host from the seed so both backends start from
+//! bit-identical parameters.
+
+use crate::graph::Activation;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// How a linear layer's weight `[fan_out, fan_in]` is drawn. Fan-in and fan-out follow
+/// PyTorch's `_calculate_fan_in_and_fan_out` for a 2-D weight.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// He for ReLU, Glorot for sigmoid, tanh and identity (see [`Init::default_for`]).
+    Auto,
+    /// `torch.nn.init.xavier_uniform_`: U(±√(6/(fan_in+fan_out))).
+    GlorotUniform,
+    /// `torch.nn.init.xavier_normal_`: N(0, 2/(fan_in+fan_out)).
+    GlorotNormal,
+    /// `torch.nn.init.kaiming_uniform_(nonlinearity='relu')`: U(±√(6/fan_in)).
+    HeUniform,
+    /// `torch.nn.init.kaiming_normal_(nonlinearity='relu')`: N(0, 2/fan_in).
+    HeNormal,
+    /// U(±√(3/fan_in)), Keras' `lecun_uniform`.
+    LecunUniform,
+    /// N(0, 1/fan_in), Keras' `lecun_normal` without truncation.
+    LecunNormal,
+    /// N(mean, std²), e.g. N(0,1) to reproduce vanishing gradients with sigmoid.
+    Normal { mean: f32, std: f32 },
+    /// U(low, high).
+    Uniform { low: f32, high: f32 },
+}
+
+impl Init {
+    pub fn default_for(act: Activation) -> Init {
+        match act {
+            Activation::Relu => Init::HeNormal,
+            Activation::Identity | Activation::Sigmoid | Activation::Tanh => Init::GlorotUniform,
+        }
+    }
+
+    pub fn validate(self) -> anyhow::Result<()> {
+        match self {
+            Init::Normal { mean, std } => anyhow::ensure!(
+                mean.is_finite() && std.is_finite() && std >= 0.0,
+                "init normal(mean={mean}, std={std}): std must be finite and >= 0"
+            ),
+            Init::Uniform { low, high } => anyhow::ensure!(
+                low.is_finite() && high.is_finite() && low <= high,
+                "init uniform({low}, {high}): bounds must be finite with low <= high"
+            ),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Draws a `[fan_out, fan_in]` weight. Deterministic in `seed`.
+    pub fn sample(self, act: Activation, fan_in: usize, fan_out: usize, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (fi, fo) = (fan_in as f64, fan_out as f64);
+        let n = fan_in * fan_out;
+        let uniform = |rng: &mut ChaCha8Rng, bound: f64| -> Vec<f32> {
+            (0..n)
+                .map(|_| ((rng.random::<f64>() * 2.0 - 1.0) * bound) as f32)
+                .collect()
+        };
+        let normal = |rng: &mut ChaCha8Rng, mean: f64, std: f64| -> Vec<f32> {
+            (0..n)
+                .map(|_| (mean + std * standard_normal(rng)) as f32)
+                .collect()
+        };
+        match self {
+            Init::Auto => Init::default_for(act).sample(act, fan_in, fan_out, seed),
+            Init::GlorotUniform => uniform(&mut rng, (6.0 / (fi + fo)).sqrt()),
+            Init::GlorotNormal => normal(&mut rng, 0.0, (2.0 / (fi + fo)).sqrt()),
+            Init::HeUniform => uniform(&mut rng, (6.0 / fi).sqrt()),
+            Init::HeNormal => normal(&mut rng, 0.0, (2.0 / fi).sqrt()),
+            Init::LecunUniform => uniform(&mut rng, (3.0 / fi).sqrt()),
+            Init::LecunNormal => normal(&mut rng, 0.0, (1.0 / fi).sqrt()),
+            Init::Normal { mean, std } => normal(&mut rng, mean as f64, std as f64),
+            Init::Uniform { low, high } => (0..n)
+                .map(|_| (low as f64 + (high as f64 - low as f64) * rng.random::<f64>()) as f32)
+                .collect(),
+        }
+    }
+}
+
+impl std::str::FromStr for Init {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "auto" | "default" => Init::Auto,
+            "glorot-uniform" | "xavier-uniform" => Init::GlorotUniform,
+            "glorot-normal" | "xavier-normal" => Init::GlorotNormal,
+            "he-uniform" | "kaiming-uniform" => Init::HeUniform,
+            "he-normal" | "kaiming-normal" => Init::HeNormal,
+            "lecun-uniform" => Init::LecunUniform,
+            "lecun-normal" => Init::LecunNormal,
+            "normal" | "std-normal" => Init::Normal {
+                mean: 0.0,
+                std: 1.0,
+            },
+            _ => anyhow::bail!(
+                "unknown init '{s}'; expected auto, glorot-uniform, glorot-normal, he-uniform, \
+                 he-normal, lecun-uniform, lecun-normal or normal"
+            ),
+        })
+    }
+}
+
+/// Box–Muller; uses `1 - u` so the logarithm never sees zero.
+fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
+    let u1: f64 = 1.0 - rng.random::<f64>();
+    let u2: f64 = rng.random::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}

@@ -1,0 +1,10 @@
+//! What a model is (its specification and initial weights) and the user-facing handle
+//! that trains it on either backend.
+
+pub mod init;
+pub mod spec;
+pub mod trainer;
+
+pub use init::Init;
+pub use spec::{MlpSpec, Optimizer};
+pub use trainer::{EpochReport, FitOptions, Metrics, Model};
