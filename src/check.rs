@@ -159,8 +159,8 @@ pub fn cross_check(
             let v = model.read_tensor(rows, &grad)?;
             snap.push((grad, v));
         }
-        for (name, _, v) in model.parameters()? {
-            snap.push((format!("{name} (after step)"), v));
+        for p in model.parameters()? {
+            snap.push((format!("{} (after step)", p.name), p.values));
         }
         snapshots.push(snap);
     }

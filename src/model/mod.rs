@@ -7,4 +7,4 @@ pub mod trainer;
 
 pub use init::Init;
 pub use spec::{MlpSpec, Optimizer};
-pub use trainer::{EpochReport, FitOptions, Metrics, Model};
+pub use trainer::{EpochReport, FitOptions, Metrics, Model, NamedTensor};

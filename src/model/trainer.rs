@@ -57,6 +57,14 @@ pub struct EpochReport {
     pub samples_per_sec: f64,
 }
 
+/// A named tensor copied to the host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
 /// A multilayer perceptron compiled for one backend.
 ///
 /// ```no_run
@@ -133,7 +141,7 @@ impl Model {
         let d = self.spec.input;
         ensure!(!x.is_empty(), "input batch is empty");
         ensure!(
-            x.len() % d == 0,
+            x.len().is_multiple_of(d),
             "input holds {} values, not a whole number of rows of {d} features",
             x.len()
         );
@@ -296,8 +304,8 @@ impl Model {
         self.engine.read(id, output)
     }
 
-    /// Current parameters as `(name, shape, values)`, in `state_dict()` order.
-    pub fn parameters(&mut self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    /// Current parameters in `state_dict()` order.
+    pub fn parameters(&mut self) -> Result<Vec<NamedTensor>> {
         let (id, plan) = self.plan(1)?;
         let named: Vec<(usize, String, Vec<usize>)> = plan
             .tensors
@@ -309,7 +317,13 @@ impl Model {
             .collect();
         named
             .into_iter()
-            .map(|(i, name, shape)| Ok((name, shape, self.engine.read(id, i)?)))
+            .map(|(i, name, shape)| {
+                Ok(NamedTensor {
+                    values: self.engine.read(id, i)?,
+                    name,
+                    shape,
+                })
+            })
             .collect()
     }
 

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs steadygrad's test suite. On Debian/Ubuntu without a Vulkan driver it first installs
+# Mesa's software Vulkan (lavapipe), so the GPU tests run for real: they fail, not skip,
+# when no adapter is found. Mesa 25 from bookworm-backports computes several times faster
+# than bookworm's 22.3, so it is preferred where the distribution offers it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_vulkan() {
+    ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1' &&
+        ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json /usr/local/share/vulkan/icd.d/*.json >/dev/null 2>&1
+}
+
+install_vulkan() {
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    local codename=""
+    [ -r /etc/os-release ] && codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    local target=()
+    if [ "$codename" = "bookworm" ]; then
+        if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' |
+                $sudo tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+        fi
+        target=(-t bookworm-backports)
+    fi
+    echo "installing Mesa's software Vulkan driver (lavapipe)..."
+    $sudo apt-get update -q
+    $sudo apt-get install -y -q "${target[@]}" mesa-vulkan-drivers libvulkan1 ||
+        $sudo apt-get install -y -q mesa-vulkan-drivers libvulkan1
+}
+
+if [ "$(uname -s)" = "Linux" ] && ! have_vulkan; then
+    if command -v apt-get >/dev/null; then
+        install_vulkan
+    else
+        echo "no Vulkan driver found and no apt-get: install your distribution's Mesa Vulkan drivers" >&2
+        exit 1
+    fi
+fi
+
+cargo test --release "$@"

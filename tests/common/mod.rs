@@ -1,0 +1,98 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
+use steadygrad::cpu::CpuEngine;
+use steadygrad::engine::Engine;
+use steadygrad::gpu::{GpuContext, GpuEngine};
+use steadygrad::graph::{Hyper, Op, Plan, Stage, Storage, TensorId};
+
+/// Sizes that are not multiples of any workgroup or tile size.
+pub const ODD_SIZES: [usize; 4] = [1, 7, 33, 257];
+
+/// The process-wide GPU device. Panics (fails the test) when there is none: a green run
+/// must prove the GPU path ran.
+pub fn gpu() -> Arc<GpuContext> {
+    GpuContext::shared().unwrap_or_else(|e| {
+        panic!("GPU tests need a wgpu adapter (on Linux: apt-get install mesa-vulkan-drivers libvulkan1): {e:#}")
+    })
+}
+
+pub fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+}
+
+/// A single-op plan: `tensors` are `(name, len)` pairs, all local.
+pub struct OpCase {
+    pub plan: Plan,
+}
+
+impl OpCase {
+    pub fn new(tensors: &[(&str, usize)]) -> Self {
+        let mut plan = Plan::default();
+        for (name, len) in tensors {
+            plan.add_tensor(*name, &[*len], Storage::Local);
+        }
+        OpCase { plan }
+    }
+
+    pub fn id(&self, name: &str) -> TensorId {
+        self.plan
+            .find(name)
+            .unwrap_or_else(|| panic!("no tensor {name}"))
+    }
+
+    pub fn op(mut self, op: Op) -> Self {
+        self.plan.forward.push(op);
+        self
+    }
+
+    /// Runs the plan on `engine` with `inputs` written first; returns every tensor by name.
+    pub fn run(
+        &self,
+        engine: &mut dyn Engine,
+        inputs: &[(&str, Vec<f32>)],
+        lr: f32,
+    ) -> Vec<(String, Vec<f32>)> {
+        engine.init_persistent(&[]).unwrap();
+        engine.set_hyper(Hyper { lr }).unwrap();
+        let id = engine.compile(&self.plan).unwrap();
+        for (name, data) in inputs {
+            engine.write(id, self.id(name), data).unwrap();
+        }
+        engine.run(id, Stage::Predict).unwrap();
+        (0..self.plan.tensors.len())
+            .map(|t| {
+                (
+                    self.plan.tensors[t].name.clone(),
+                    engine.read(id, t).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs on the GPU and the CPU reference; returns `(name, gpu, cpu)` per tensor.
+    pub fn both(&self, inputs: &[(&str, Vec<f32>)], lr: f32) -> Vec<(String, Vec<f32>, Vec<f32>)> {
+        let g = self.run(&mut GpuEngine::new(gpu()), inputs, lr);
+        let c = self.run(&mut CpuEngine::new(), inputs, lr);
+        g.into_iter()
+            .zip(c)
+            .map(|((n, g), (_, c))| (n, g, c))
+            .collect()
+    }
+}
+
+/// Asserts every tensor agrees within the default cross-check tolerance.
+pub fn assert_close(results: &[(String, Vec<f32>, Vec<f32>)], context: &str) {
+    for (name, g, c) in results {
+        let t = steadygrad::check::compare(name, g, c, steadygrad::Tolerance::default());
+        assert!(
+            t.pass,
+            "{context}: tensor '{name}' differs: max abs {:e}, max rel {:e}",
+            t.max_abs, t.max_rel
+        );
+    }
+}
