@@ -23,3 +23,11 @@ fn sgd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<
         param[i] -= hyper[0] * grad[i];
     }
 }
+
+@group(0) @binding(4) var<storage, read_write> step_counter: array<f32>;
+
+// The training-step counter lives in the bits of an f32 so it stays exact past 2^24.
+@compute @workgroup_size(1)
+fn advance_step() {
+    step_counter[0] = bitcast<f32>(bitcast<u32>(step_counter[0]) + 1u);
+}

@@ -35,3 +35,8 @@ pub use data::Dataset;
 pub use engine::{create_engine, BackendChoice, Engine};
 pub use graph::{Activation, Loss};
 pub use model::{EpochReport, FitOptions, Init, Metrics, MlpSpec, Model, Optimizer};
+
+/// Compiles the README's examples as doctests so they cannot drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -161,3 +161,15 @@ fn unknown_adapter_is_named() {
     ));
     assert!(e.contains("no adapter matches 'no-such-gpu-xyz'"), "{e}");
 }
+
+/// A tensor larger than the adapter's storage-binding limit is refused by name.
+#[test]
+fn tensor_over_device_limit_is_named() {
+    let ctx = common::gpu();
+    let max = ctx.max_binding_bytes();
+    // A square weight one row over the limit.
+    let n = ((max / 4) as f64).sqrt() as usize + 1;
+    let spec = MlpSpec::new(n, &[n], 2).init(Init::Uniform { low: 0.0, high: 0.0 });
+    let e = err_of(Model::new(spec, Box::new(GpuEngine::new(ctx))));
+    assert!(e.contains("layers.0.linear.weight") && e.contains("binds at most"), "{e}");
+}

@@ -89,6 +89,12 @@ fn partial_batches_and_multi_epoch_agreement() {
     let mut c = Model::new(spec, Box::new(CpuEngine::new())).unwrap();
     let rg = g.fit(&all, None, &opts, |_| {}).unwrap();
     let rc = c.fit(&all, None, &opts, |_| {}).unwrap();
+    assert_eq!(
+        g.steps().unwrap(),
+        9,
+        "3 epochs × 3 batches, counted on the GPU"
+    );
+    assert_eq!(c.steps().unwrap(), 9);
     for (a, b) in rg.iter().zip(&rc) {
         assert_eq!(a.train.rows, 45);
         assert!(

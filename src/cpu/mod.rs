@@ -193,6 +193,11 @@ impl CpuEngine {
                 );
                 self.put(plan, metrics, m);
             }
+            Op::AdvanceStep { counter } => {
+                let mut c = self.take(plan, counter);
+                ops::advance_step(&mut c);
+                self.put(plan, counter, c);
+            }
             Op::SgdStep { param, grad, .. } => {
                 let lr = self
                     .hyper

@@ -156,3 +156,8 @@ pub fn sgd_step(param: &mut [f32], grad: &[f32], lr: f32) {
         *p -= lr * g;
     }
 }
+
+/// The step counter is a `u32` kept in the bits of an `f32` so it is exact past 2²⁴.
+pub fn advance_step(counter: &mut [f32]) {
+    counter[0] = f32::from_bits(counter[0].to_bits().wrapping_add(1));
+}

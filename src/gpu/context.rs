@@ -208,6 +208,22 @@ impl GpuContext {
         }
     }
 
+    /// Runs `f` inside validation and out-of-memory error scopes and returns the first
+    /// error it caused, prefixed with `what`. Scopes are per thread, so an error is
+    /// charged to the call that made it even when several threads share the device.
+    pub fn scoped<T>(&self, what: impl FnOnce() -> String, f: impl FnOnce() -> T) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        if let Some(e) = v.or(o) {
+            bail!("{}: GPU error: {e}", what());
+        }
+        self.take_error()?;
+        Ok(out)
+    }
+
     /// Blocks until all submitted work has finished, then reports any device error.
     pub fn wait(&self) -> Result<()> {
         self.device

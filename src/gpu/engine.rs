@@ -27,6 +27,7 @@ struct GpuPlan {
     local: Vec<Option<wgpu::Buffer>>,
     forward: Vec<Dispatch>,
     eval: Vec<Dispatch>,
+    /// A whole training step, training-mode forward pass included.
     train: Vec<Dispatch>,
 }
 
@@ -105,22 +106,27 @@ impl GpuEngine {
     fn dispatch(
         &mut self,
         key: KernelKey,
-        dims: [u32; 4],
+        dims: Option<[u32; 4]>,
         bindings: &[(u32, &wgpu::Buffer)],
         groups: [u32; 3],
     ) -> Result<Dispatch> {
         let pipeline = self.kernels.get(&self.ctx.device, &key)?;
         let device = &self.ctx.device;
         // Shapes never change after compile, so they go in a uniform written once here.
-        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("dims"),
-            contents: bytemuck::cast_slice(&dims),
-            usage: wgpu::BufferUsages::UNIFORM,
+        let uniform = dims.map(|dims| {
+            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("dims"),
+                contents: bytemuck::cast_slice(&dims),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
         });
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
+        let mut entries: Vec<wgpu::BindGroupEntry> = uniform
+            .iter()
+            .map(|u| wgpu::BindGroupEntry {
+                binding: 0,
+                resource: u.as_entire_binding(),
+            })
+            .collect();
         entries.extend(bindings.iter().map(|&(binding, buf)| wgpu::BindGroupEntry {
             binding,
             resource: buf.as_entire_binding(),
@@ -165,7 +171,7 @@ impl GpuEngine {
                 let (ba, bb, bc) = (buf(a), buf(b), buf(c));
                 self.dispatch(
                     key,
-                    [u(m)?, u(k)?, u(n)?, 0],
+                    Some([u(m)?, u(k)?, u(n)?, 0]),
                     &[(1, &ba), (2, &bb), (3, &bc)],
                     [groups[0] as u32, groups[1] as u32, 1],
                 )
@@ -180,7 +186,7 @@ impl GpuEngine {
                 let g = self.grid((rows * cols).div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
                     KernelKey::new(Shader::Bias, "add_bias"),
-                    [u(rows)?, u(cols)?, 0, 0],
+                    Some([u(rows)?, u(cols)?, 0, 0]),
                     &[(1, &bb), (2, &by)],
                     g,
                 )
@@ -196,7 +202,7 @@ impl GpuEngine {
                 let g = self.grid(cols)?;
                 self.dispatch(
                     KernelKey::new(Shader::Bias, "sum_rows"),
-                    [u(rows)?, u(cols)?, accumulate as u32, 0],
+                    Some([u(rows)?, u(cols)?, accumulate as u32, 0]),
                     &[(1, &bx), (2, &bo)],
                     g,
                 )
@@ -206,7 +212,7 @@ impl GpuEngine {
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
                     KernelKey::new(Shader::Activation, "forward").with("ACT", act as u32),
-                    [u(len)?, 0, 0, 0],
+                    Some([u(len)?, 0, 0, 0]),
                     &[(1, &bx), (4, &by)],
                     g,
                 )
@@ -223,7 +229,7 @@ impl GpuEngine {
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
                     KernelKey::new(Shader::Activation, "backward").with("ACT", act as u32),
-                    [u(len)?, 0, 0, 0],
+                    Some([u(len)?, 0, 0, 0]),
                     &[(1, &bx), (2, &by), (3, &bdy), (4, &bdx)],
                     g,
                 )
@@ -270,8 +276,17 @@ impl GpuEngine {
                 let (bl, bc, bm) = (buf(row_loss), buf(row_correct), buf(metrics));
                 self.dispatch(
                     KernelKey::new(Shader::Loss, "accumulate_metrics"),
-                    [u(rows)?, 0, 0, 0],
+                    Some([u(rows)?, 0, 0, 0]),
                     &[(6, &bl), (7, &bc), (8, &bm)],
+                    [1, 1, 1],
+                )
+            }
+            Op::AdvanceStep { counter } => {
+                let bc = buf(counter);
+                self.dispatch(
+                    KernelKey::new(Shader::Optim, "advance_step"),
+                    None,
+                    &[(4, &bc)],
                     [1, 1, 1],
                 )
             }
@@ -280,7 +295,7 @@ impl GpuEngine {
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
                     KernelKey::new(Shader::Optim, "sgd"),
-                    [u(len)?, 0, 0, 0],
+                    Some([u(len)?, 0, 0, 0]),
                     &[(1, &bp), (2, &bg), (3, &bh)],
                     g,
                 )
@@ -307,7 +322,7 @@ impl GpuEngine {
         let g = self.grid(rows.div_ceil(ROWWISE_WG))?;
         self.dispatch(
             KernelKey::new(Shader::Loss, entry),
-            [rows as u32, cols as u32, 0, 0],
+            Some([rows as u32, cols as u32, 0, 0]),
             &[
                 (1, pred),
                 (2, target),
@@ -450,10 +465,10 @@ impl Engine for GpuEngine {
 
     fn run(&mut self, plan: PlanId, stage: Stage) -> Result<()> {
         let p = self.plans.get(plan).context("unknown plan id")?;
-        let tail: &[Dispatch] = match stage {
-            Stage::Predict => &[],
-            Stage::Eval => &p.eval,
-            Stage::Train => &p.train,
+        let (head, tail): (&[Dispatch], &[Dispatch]) = match stage {
+            Stage::Predict => (&p.forward, &[]),
+            Stage::Eval => (&p.forward, &p.eval),
+            Stage::Train => (&p.train, &[]),
         };
         let mut encoder = self
             .ctx
@@ -466,14 +481,16 @@ impl Engine for GpuEngine {
                 label: Some("step"),
                 timestamp_writes: None,
             });
-            for d in p.forward.iter().chain(tail) {
+            for d in head.iter().chain(tail) {
                 pass.set_pipeline(&d.pipeline);
                 pass.set_bind_group(0, &d.bind_group, &[]);
                 pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
             }
         }
-        self.ctx.queue.submit([encoder.finish()]);
-        self.ctx.take_error()
+        let what = || format!("running the {stage:?} stage");
+        self.ctx
+            .scoped(what, || self.ctx.queue.submit([encoder.finish()]))?;
+        Ok(())
     }
 
     fn set_hyper(&mut self, hyper: Hyper) -> Result<()> {

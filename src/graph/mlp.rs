@@ -1,7 +1,13 @@
 //! Lowers an [`MlpSpec`] to a [`Plan`] for one batch size.
+//!
+//! The lowering is split by concern so each feature touches one place: a layer's forward
+//! ops ([`Builder::layer_forward`]), its backward ops ([`Builder::layer_backward`]), the
+//! loss ([`Builder::loss`]) and the parameter updates ([`Builder::updates`]). Ops that
+//! behave the same in training and evaluation go to both op lists through
+//! [`Builder::both`]; mode-dependent ones (dropout, batch norm) push to each separately.
 
-use super::{target_len, Op, PersistentDesc, Plan, Storage, TensorId};
-use crate::model::spec::METRICS_SLOT_NAME;
+use super::{target_len, Op, PersistentDesc, Plan, Storage, TensorId, METRICS_LEN};
+use crate::model::spec::{METRICS_SLOT_NAME, STEP_SLOT_NAME};
 use crate::model::MlpSpec;
 
 /// Builds forward, evaluation and training ops for `rows` rows per batch.
@@ -9,47 +15,97 @@ use crate::model::MlpSpec;
 pub fn build(spec: &MlpSpec, persistent: &[PersistentDesc], rows: usize) -> anyhow::Result<Plan> {
     spec.validate()?;
     anyhow::ensure!(rows > 0, "batch size must be at least 1");
-    let slot = |name: &str| -> anyhow::Result<usize> {
-        persistent
-            .iter()
-            .position(|p| p.name == name)
-            .ok_or_else(|| anyhow::anyhow!("model has no parameter '{name}'"))
+    let mut b = Builder {
+        spec,
+        persistent,
+        rows,
+        p: Plan::default(),
+        params: Vec::new(),
     };
-    let sizes = spec.layer_sizes();
+    let input = b.local("input", &[rows, spec.input]);
+    let target = b.local("target", &[target_len(spec.loss, rows, spec.output)]);
+    let step = b.persistent(STEP_SLOT_NAME, &[1])?;
+    // The counter advances first, so step-dependent kernels see 1 on the first step.
+    b.p.train.push(Op::AdvanceStep { counter: step });
+
     let layers = spec.num_layers();
-    let mut p = Plan::default();
-
-    let input = p.add_tensor("input", &[rows, spec.input], Storage::Local);
-    let target = p.add_tensor(
-        "target",
-        &[target_len(spec.loss, rows, spec.output)],
-        Storage::Local,
-    );
-
-    struct Layer {
-        weight: TensorId,
-        bias: TensorId,
-        /// Input to the layer (previous activation or the batch).
-        x: TensorId,
-        /// Pre-activation output.
-        z: TensorId,
-        /// Post-activation output; `None` for the output layer.
-        h: Option<TensorId>,
-    }
     let mut net = Vec::with_capacity(layers);
     let mut x = input;
     for l in 0..layers {
-        let (fan_in, fan_out) = (sizes[l], sizes[l + 1]);
-        let wname = format!("layers.{l}.linear.weight");
-        let bname = format!("layers.{l}.linear.bias");
-        let weight = p.add_tensor(
-            &wname,
-            &[fan_out, fan_in],
-            Storage::Persistent(slot(&wname)?),
-        );
-        let bias = p.add_tensor(&bname, &[fan_out], Storage::Persistent(slot(&bname)?));
-        let z = p.add_tensor(format!("layers.{l}.z"), &[rows, fan_out], Storage::Local);
-        p.forward.push(Op::MatMul {
+        let layer = b.layer_forward(l, x)?;
+        x = layer.out;
+        net.push(layer);
+    }
+    let output = x;
+    let mut grad = b.loss(output, target)?;
+    for l in (0..layers).rev() {
+        grad = b.layer_backward(&net[l], grad);
+    }
+    b.updates();
+
+    let mut p = b.p;
+    p.input = Some(input);
+    p.target = Some(target);
+    p.output = Some(output);
+    p.validate(persistent)?;
+    Ok(p)
+}
+
+/// The tensors of one linear layer and what follows it.
+struct Layer {
+    index: usize,
+    fan_in: usize,
+    fan_out: usize,
+    weight: TensorId,
+    bias: TensorId,
+    /// The layer's input (the previous layer's output, or the batch).
+    x: TensorId,
+    /// Pre-activation output `x·Wᵀ + b`.
+    z: TensorId,
+    /// What the next layer reads: the activation output, or `z` for the output layer.
+    out: TensorId,
+}
+
+struct Builder<'a> {
+    spec: &'a MlpSpec,
+    persistent: &'a [PersistentDesc],
+    rows: usize,
+    p: Plan,
+    /// `(param, grad)` pairs in the order their updates run.
+    params: Vec<(TensorId, TensorId)>,
+}
+
+impl Builder<'_> {
+    fn local(&mut self, name: impl Into<String>, shape: &[usize]) -> TensorId {
+        self.p.add_tensor(name, shape, Storage::Local)
+    }
+
+    fn persistent(&mut self, name: &str, shape: &[usize]) -> anyhow::Result<TensorId> {
+        let slot = self
+            .persistent
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| anyhow::anyhow!("model has no persistent tensor '{name}'"))?;
+        Ok(self.p.add_tensor(name, shape, Storage::Persistent(slot)))
+    }
+
+    /// Ops identical in training and evaluation.
+    fn both(&mut self, op: Op) {
+        self.p.forward.push(op.clone());
+        self.p.train.push(op);
+    }
+
+    fn is_output(&self, l: usize) -> bool {
+        l + 1 == self.spec.num_layers()
+    }
+
+    fn layer_forward(&mut self, l: usize, x: TensorId) -> anyhow::Result<Layer> {
+        let sizes = self.spec.layer_sizes();
+        let (fan_in, fan_out, rows) = (sizes[l], sizes[l + 1], self.rows);
+        let weight = self.persistent(&format!("layers.{l}.linear.weight"), &[fan_out, fan_in])?;
+        let bias = self.persistent(&format!("layers.{l}.linear.bias"), &[fan_out])?;
+        let z = self.local(format!("layers.{l}.z"), &[rows, fan_out]);
+        self.both(Op::MatMul {
             a: x,
             b: weight,
             c: z,
@@ -60,90 +116,97 @@ pub fn build(spec: &MlpSpec, persistent: &[PersistentDesc], rows: usize) -> anyh
             trans_b: true,
             accumulate: false,
         });
-        p.forward.push(Op::AddBias {
+        self.both(Op::AddBias {
             y: z,
             bias,
             rows,
             cols: fan_out,
         });
-        let h = (l + 1 < layers).then(|| {
-            let h = p.add_tensor(format!("layers.{l}.h"), &[rows, fan_out], Storage::Local);
-            p.forward.push(Op::Activate {
-                act: spec.activation,
+        let out = if self.is_output(l) {
+            z
+        } else {
+            let h = self.local(format!("layers.{l}.h"), &[rows, fan_out]);
+            self.both(Op::Activate {
+                act: self.spec.activation,
                 x: z,
                 y: h,
                 len: rows * fan_out,
             });
             h
-        });
-        net.push(Layer {
+        };
+        Ok(Layer {
+            index: l,
+            fan_in,
+            fan_out,
             weight,
             bias,
             x,
             z,
-            h,
-        });
-        x = h.unwrap_or(z);
+            out,
+        })
     }
-    let output = x;
 
-    let metrics = p.add_tensor(
-        METRICS_SLOT_NAME,
-        &[super::METRICS_LEN],
-        Storage::Persistent(slot(METRICS_SLOT_NAME)?),
-    );
-    let row_loss = p.add_tensor("loss.rows", &[rows], Storage::Local);
-    let row_correct = p.add_tensor("loss.correct", &[rows], Storage::Local);
-    let accumulate = Op::AccumulateMetrics {
-        row_loss,
-        row_correct,
-        metrics,
-        rows,
-    };
-    p.eval.push(Op::LossEval {
-        loss: spec.loss,
-        pred: output,
-        target,
-        row_loss,
-        row_correct,
-        rows,
-        cols: spec.output,
-    });
-    p.eval.push(accumulate.clone());
+    /// Loss and metrics for evaluation and training; returns the gradient of the loss
+    /// with respect to `output`.
+    fn loss(&mut self, output: TensorId, target: TensorId) -> anyhow::Result<TensorId> {
+        let (rows, cols) = (self.rows, self.spec.output);
+        let metrics = self.persistent(METRICS_SLOT_NAME, &[METRICS_LEN])?;
+        self.p.metrics = Some(metrics);
+        let row_loss = self.local("loss.rows", &[rows]);
+        let row_correct = self.local("loss.correct", &[rows]);
+        let accumulate = Op::AccumulateMetrics {
+            row_loss,
+            row_correct,
+            metrics,
+            rows,
+        };
+        self.p.eval.push(Op::LossEval {
+            loss: self.spec.loss,
+            pred: output,
+            target,
+            row_loss,
+            row_correct,
+            rows,
+            cols,
+        });
+        self.p.eval.push(accumulate.clone());
+        let dout = self.local("output.grad", &[rows, cols]);
+        self.p.train.push(Op::LossGrad {
+            loss: self.spec.loss,
+            pred: output,
+            target,
+            dpred: dout,
+            row_loss,
+            row_correct,
+            rows,
+            cols,
+        });
+        self.p.train.push(accumulate);
+        Ok(dout)
+    }
 
-    let mut dz = p.add_tensor(
-        format!("layers.{}.z.grad", layers - 1),
-        &[rows, spec.output],
-        Storage::Local,
-    );
-    p.train.push(Op::LossGrad {
-        loss: spec.loss,
-        pred: output,
-        target,
-        dpred: dz,
-        row_loss,
-        row_correct,
-        rows,
-        cols: spec.output,
-    });
-    p.train.push(accumulate);
-
-    let mut updates = Vec::new();
-    for l in (0..layers).rev() {
-        let (fan_in, fan_out) = (sizes[l], sizes[l + 1]);
-        let layer = &net[l];
-        let dw = p.add_tensor(
-            format!("layers.{l}.linear.weight.grad"),
-            &[fan_out, fan_in],
-            Storage::Local,
-        );
-        let db = p.add_tensor(
-            format!("layers.{l}.linear.bias.grad"),
-            &[fan_out],
-            Storage::Local,
-        );
+    /// Backward through one layer given the gradient of its output `dout`; returns the
+    /// gradient of its input (unused below the first layer, where none is computed).
+    fn layer_backward(&mut self, layer: &Layer, dout: TensorId) -> TensorId {
+        let (l, rows, fan_in, fan_out) = (layer.index, self.rows, layer.fan_in, layer.fan_out);
+        let dz = if self.is_output(l) {
+            dout
+        } else {
+            let dz = self.local(format!("layers.{l}.z.grad"), &[rows, fan_out]);
+            self.p.train.push(Op::ActivateBackward {
+                act: self.spec.activation,
+                x: layer.z,
+                y: layer.out,
+                dy: dout,
+                dx: dz,
+                len: rows * fan_out,
+            });
+            dz
+        };
+        let dw = self.local(format!("layers.{l}.linear.weight.grad"), &[fan_out, fan_in]);
+        let db = self.local(format!("layers.{l}.linear.bias.grad"), &[fan_out]);
         // dW[out,in] = dZᵀ[out,rows] · X[rows,in]
-        p.train.push(Op::MatMul {
+        self.p.train.push(Op::MatMul {
             a: dz,
             b: layer.x,
             c: dw,
@@ -154,39 +217,24 @@ pub fn build(spec: &MlpSpec, persistent: &[PersistentDesc], rows: usize) -> anyh
             trans_b: false,
             accumulate: false,
         });
-        p.train.push(Op::SumRows {
+        self.p.train.push(Op::SumRows {
             x: dz,
             out: db,
             rows,
             cols: fan_out,
             accumulate: false,
         });
-        p.grads.push((layer.weight, dw));
-        p.grads.push((layer.bias, db));
-        updates.push(Op::SgdStep {
-            param: layer.weight,
-            grad: dw,
-            len: fan_out * fan_in,
-        });
-        updates.push(Op::SgdStep {
-            param: layer.bias,
-            grad: db,
-            len: fan_out,
-        });
+        self.params.push((layer.weight, dw));
+        self.params.push((layer.bias, db));
         if l == 0 {
-            break; // nothing below the first layer needs a gradient
+            return dz; // nothing below the first layer needs a gradient
         }
-        let below = &net[l - 1];
-        // dH[rows,in] = dZ[rows,out] · W[out,in]
-        let dh = p.add_tensor(
-            format!("layers.{}.h.grad", l - 1),
-            &[rows, fan_in],
-            Storage::Local,
-        );
-        p.train.push(Op::MatMul {
+        // dX[rows,in] = dZ[rows,out] · W[out,in]
+        let dx = self.local(format!("layers.{}.h.grad", l - 1), &[rows, fan_in]);
+        self.p.train.push(Op::MatMul {
             a: dz,
             b: layer.weight,
-            c: dh,
+            c: dx,
             m: rows,
             k: fan_out,
             n: fan_in,
@@ -194,28 +242,16 @@ pub fn build(spec: &MlpSpec, persistent: &[PersistentDesc], rows: usize) -> anyh
             trans_b: false,
             accumulate: false,
         });
-        let dz_below = p.add_tensor(
-            format!("layers.{}.z.grad", l - 1),
-            &[rows, fan_in],
-            Storage::Local,
-        );
-        p.train.push(Op::ActivateBackward {
-            act: spec.activation,
-            x: below.z,
-            y: below.h.expect("hidden layers have an activation output"),
-            dy: dh,
-            dx: dz_below,
-            len: rows * fan_in,
-        });
-        dz = dz_below;
+        dx
     }
-    // Updates run after the whole backward pass so no gradient reads an updated weight.
-    p.train.extend(updates);
 
-    p.input = Some(input);
-    p.target = Some(target);
-    p.output = Some(output);
-    p.metrics = Some(metrics);
-    p.validate(persistent)?;
-    Ok(p)
+    /// Optimizer updates, after the whole backward pass so no gradient reads an updated
+    /// weight.
+    fn updates(&mut self) {
+        for &(param, grad) in &self.params {
+            let len = self.p.tensors[param].len();
+            self.p.train.push(Op::SgdStep { param, grad, len });
+        }
+        self.p.grads = self.params.clone();
+    }
 }

@@ -208,7 +208,10 @@ pub enum Op {
         metrics: TensorId,
         rows: usize,
     },
-    /// `param -= lr · grad`, `lr` read from the hyper-parameter block at `Hyper::LR`.
+    /// Increments the training-step counter, a `u32` stored in the bits of an `f32`
+    /// element. Kernels that need the step (random streams, bias correction) read it.
+    AdvanceStep { counter: TensorId },
+    /// `param -= lr · grad`, `lr` read from the hyper-parameter block.
     SgdStep {
         param: TensorId,
         grad: TensorId,
@@ -267,6 +270,7 @@ impl Op {
                 ..
             } => (vec![row_loss, row_correct, metrics], vec![metrics]),
             Op::SgdStep { param, grad, .. } => (vec![param, grad], vec![param]),
+            Op::AdvanceStep { counter } => (vec![counter], vec![counter]),
         }
     }
 
@@ -330,6 +334,7 @@ impl Op {
                 (metrics, METRICS_LEN),
             ],
             Op::SgdStep { param, grad, len } => vec![(param, len), (grad, len)],
+            Op::AdvanceStep { counter } => vec![(counter, 1)],
         }
     }
 }
@@ -375,11 +380,13 @@ pub enum Stage {
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
     pub tensors: Vec<TensorDesc>,
-    /// Ops of the forward pass that produce `output` from `input`.
+    /// The forward pass in evaluation mode (running statistics, no dropout, mean RReLU
+    /// slopes) that produces `output` from `input`.
     pub forward: Vec<Op>,
-    /// Loss and metrics after `forward`, for evaluation.
+    /// Loss and metrics, run after `forward` to evaluate.
     pub eval: Vec<Op>,
-    /// Loss gradient, backward and optimizer update after `forward`.
+    /// A complete training step on its own: the training-mode forward pass, loss,
+    /// backward pass and update.
     pub train: Vec<Op>,
     pub input: Option<TensorId>,
     pub target: Option<TensorId>,
@@ -406,12 +413,12 @@ impl Plan {
     }
 
     pub fn ops(&self, stage: Stage) -> impl Iterator<Item = &Op> {
-        let tail: &[Op] = match stage {
-            Stage::Eval => &self.eval,
-            Stage::Train => &self.train,
-            Stage::Predict => &[],
+        let (head, tail): (&[Op], &[Op]) = match stage {
+            Stage::Predict => (&self.forward, &[]),
+            Stage::Eval => (&self.forward, &self.eval),
+            Stage::Train => (&self.train, &[]),
         };
-        self.forward.iter().chain(tail.iter())
+        head.iter().chain(tail.iter())
     }
 
     pub fn find(&self, name: &str) -> Option<TensorId> {
@@ -479,6 +486,7 @@ fn op_reads_own_output(op: &Op) -> bool {
         Op::AddBias { .. }
             | Op::SgdStep { .. }
             | Op::AccumulateMetrics { .. }
+            | Op::AdvanceStep { .. }
             | Op::MatMul {
                 accumulate: true,
                 ..

@@ -145,6 +145,11 @@ impl MlpSpec {
             });
         }
         out.push(PersistentDesc {
+            name: STEP_SLOT_NAME.to_string(),
+            shape: vec![1],
+            init: vec![0.0],
+        });
+        out.push(PersistentDesc {
             name: METRICS_SLOT_NAME.to_string(),
             shape: vec![METRICS_LEN],
             init: vec![0.0; METRICS_LEN],
@@ -154,3 +159,5 @@ impl MlpSpec {
 }
 
 pub(crate) const METRICS_SLOT_NAME: &str = "metrics";
+/// Training steps taken, as `u32` bits (see `Op::AdvanceStep`).
+pub(crate) const STEP_SLOT_NAME: &str = "state.step";

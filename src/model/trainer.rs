@@ -347,6 +347,12 @@ impl Model {
             .collect())
     }
 
+    /// Training steps taken so far (counted on the device).
+    pub fn steps(&mut self) -> Result<u64> {
+        let v = self.read_tensor(1, crate::model::spec::STEP_SLOT_NAME)?;
+        Ok(v[0].to_bits() as u64)
+    }
+
     /// Overwrites a parameter by name (e.g. for finite-difference checks).
     pub fn set_parameter(&mut self, name: &str, values: &[f32]) -> Result<()> {
         check_finite(name, values, 1)?;
