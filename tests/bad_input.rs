@@ -169,7 +169,13 @@ fn tensor_over_device_limit_is_named() {
     let max = ctx.max_binding_bytes();
     // A square weight one row over the limit.
     let n = ((max / 4) as f64).sqrt() as usize + 1;
-    let spec = MlpSpec::new(n, &[n], 2).init(Init::Uniform { low: 0.0, high: 0.0 });
+    let spec = MlpSpec::new(n, &[n], 2).init(Init::Uniform {
+        low: 0.0,
+        high: 0.0,
+    });
     let e = err_of(Model::new(spec, Box::new(GpuEngine::new(ctx))));
-    assert!(e.contains("layers.0.linear.weight") && e.contains("binds at most"), "{e}");
+    assert!(
+        e.contains("layers.0.linear.weight") && e.contains("binds at most"),
+        "{e}"
+    );
 }

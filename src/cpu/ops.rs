@@ -161,3 +161,17 @@ pub fn sgd_step(param: &mut [f32], grad: &[f32], lr: f32) {
 pub fn advance_step(counter: &mut [f32]) {
     counter[0] = f32::from_bits(counter[0].to_bits().wrapping_add(1));
 }
+
+/// PCG-RXS-M-XS hash, bit-identical to `pcg_hash` in `shaders/rng.wgsl`.
+pub fn pcg_hash(v: u32) -> u32 {
+    let state = v.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277_803_737);
+    (word >> 22) ^ word
+}
+
+/// Uniform in [0, 1) from `(stream, step, index)`, bit-identical to `rng_uniform` in
+/// `shaders/rng.wgsl`, so both backends draw the same dropout masks and RReLU slopes.
+pub fn rng_uniform(stream: u32, step: u32, index: u32) -> f32 {
+    let h = pcg_hash(index ^ pcg_hash(step ^ pcg_hash(stream)));
+    (h >> 8) as f32 * (1.0 / 16_777_216.0)
+}

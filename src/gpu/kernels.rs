@@ -16,7 +16,21 @@ pub enum Shader {
 }
 
 impl Shader {
-    fn source(self) -> &'static str {
+    /// Shared WGSL helpers a kernel file may call; prepended to its source.
+    fn prelude(self) -> &'static [&'static str] {
+        match self {
+            Shader::Activation => &[RNG],
+            _ => &[],
+        }
+    }
+
+    fn source(self) -> String {
+        let mut src: String = self.prelude().concat();
+        src.push_str(self.body());
+        src
+    }
+
+    fn body(self) -> &'static str {
         match self {
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
             Shader::Bias => include_str!("../../shaders/bias.wgsl"),
@@ -26,6 +40,8 @@ impl Shader {
         }
     }
 }
+
+const RNG: &str = include_str!("../../shaders/rng.wgsl");
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct KernelKey {
