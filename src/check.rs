@@ -159,7 +159,7 @@ pub fn cross_check(
             let v = model.read_tensor(rows, &grad)?;
             snap.push((grad, v));
         }
-        for p in model.parameters()? {
+        for p in model.state_dict()? {
             snap.push((format!("{} (after step)", p.name), p.values));
         }
         snapshots.push(snap);

@@ -17,6 +17,10 @@ pub trait Engine {
     fn describe(&self) -> String;
     fn is_gpu(&self) -> bool;
     fn init_persistent(&mut self, persistent: &[PersistentDesc]) -> Result<()>;
+    /// Copies a persistent tensor back to the host (waits for queued work on the GPU).
+    fn read_persistent(&mut self, slot: usize) -> Result<Vec<f32>>;
+    /// Overwrites a persistent tensor.
+    fn write_persistent(&mut self, slot: usize, data: &[f32]) -> Result<()>;
     /// Validates the plan and prepares everything its steps need. Called once per plan.
     fn compile(&mut self, plan: &Plan) -> Result<PlanId>;
     /// Copies host data into a tensor (local or persistent).

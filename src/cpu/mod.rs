@@ -231,6 +231,29 @@ impl Engine for CpuEngine {
         Ok(())
     }
 
+    fn read_persistent(&mut self, slot: usize) -> Result<Vec<f32>> {
+        self.persistent
+            .get(slot)
+            .cloned()
+            .with_context(|| format!("no persistent slot {slot}"))
+    }
+
+    fn write_persistent(&mut self, slot: usize, data: &[f32]) -> Result<()> {
+        let desc = self
+            .persistent_desc
+            .get(slot)
+            .with_context(|| format!("no persistent slot {slot}"))?;
+        ensure!(
+            data.len() == desc.init.len(),
+            "tensor '{}' holds {} values, got {}",
+            desc.name,
+            desc.init.len(),
+            data.len()
+        );
+        self.persistent[slot].copy_from_slice(data);
+        Ok(())
+    }
+
     fn compile(&mut self, plan: &Plan) -> Result<PlanId> {
         plan.validate(&self.persistent_desc)?;
         let local = plan

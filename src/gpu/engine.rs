@@ -334,6 +334,43 @@ impl GpuEngine {
         )
     }
 
+    /// Copies `len` floats of `buf` to the host through a staging buffer and waits.
+    fn read_buffer(&self, buf: &wgpu::Buffer, len: usize, name: &str) -> Result<Vec<f32>> {
+        let bytes = (len * 4) as u64;
+        let device = &self.ctx.device;
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("readback"),
+        });
+        encoder.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes);
+        self.ctx.queue.submit([encoder.finish()]);
+        let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.ctx
+            .wait()
+            .with_context(|| format!("reading tensor '{name}'"))?;
+        match pollster::block_on(rx.receive()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => bail!("mapping tensor '{name}' for readback failed: {e}"),
+            None => bail!("mapping tensor '{name}' for readback was cancelled"),
+        }
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| anyhow::anyhow!("reading tensor '{name}': {e}"))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
     fn tensor_buffer(&self, plan: PlanId, t: TensorId) -> Result<(&wgpu::Buffer, usize, &str)> {
         let p = self.plans.get(plan).context("unknown plan id")?;
         let desc = p
@@ -427,40 +464,38 @@ impl Engine for GpuEngine {
 
     fn read(&mut self, plan: PlanId, t: TensorId) -> Result<Vec<f32>> {
         let (buf, len, name) = self.tensor_buffer(plan, t)?;
-        let name = name.to_string();
-        let bytes = (len * 4) as u64;
-        let device = &self.ctx.device;
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("readback"),
-        });
-        encoder.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes);
-        self.ctx.queue.submit([encoder.finish()]);
-        let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        self.ctx
-            .wait()
-            .with_context(|| format!("reading tensor '{name}'"))?;
-        match pollster::block_on(rx.receive()) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => bail!("mapping tensor '{name}' for readback failed: {e}"),
-            None => bail!("mapping tensor '{name}' for readback was cancelled"),
-        }
-        let out = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| anyhow::anyhow!("reading tensor '{name}': {e}"))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
-        };
-        staging.unmap();
-        Ok(out)
+        self.read_buffer(buf, len, name)
+    }
+
+    fn read_persistent(&mut self, slot: usize) -> Result<Vec<f32>> {
+        let desc = self
+            .persistent_desc
+            .get(slot)
+            .with_context(|| format!("no persistent slot {slot}"))?;
+        self.read_buffer(&self.persistent[slot], desc.init.len(), &desc.name)
+    }
+
+    fn write_persistent(&mut self, slot: usize, data: &[f32]) -> Result<()> {
+        let desc = self
+            .persistent_desc
+            .get(slot)
+            .with_context(|| format!("no persistent slot {slot}"))?;
+        ensure!(
+            data.len() == desc.init.len(),
+            "tensor '{}' holds {} values, got {}",
+            desc.name,
+            desc.init.len(),
+            data.len()
+        );
+        let buf = &self.persistent[slot];
+        self.ctx.scoped(
+            || format!("writing tensor '{}'", desc.name),
+            || {
+                self.ctx
+                    .queue
+                    .write_buffer(buf, 0, bytemuck::cast_slice(data))
+            },
+        )
     }
 
     fn run(&mut self, plan: PlanId, stage: Stage) -> Result<()> {

@@ -120,12 +120,28 @@ impl TensorDesc {
     }
 }
 
+/// What a persistent tensor is for; decides whether it is trained, saved, or internal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PersistentKind {
+    /// A trainable parameter (in PyTorch's `parameters()` and `state_dict()`).
+    #[default]
+    Param,
+    /// Model state that is not trained but is saved, like batch-norm running statistics
+    /// (PyTorch's registered buffers).
+    Buffer,
+    /// Optimizer state such as momentum or Adam moments.
+    OptimizerState,
+    /// Engine bookkeeping: metric accumulators, the step counter, gradient norms.
+    Internal,
+}
+
 /// A tensor that outlives a single plan, with the values it starts from.
 #[derive(Clone, Debug)]
 pub struct PersistentDesc {
     pub name: String,
     pub shape: Vec<usize>,
     pub init: Vec<f32>,
+    pub kind: PersistentKind,
 }
 
 /// One kernel launch. Shapes are in elements; all matrices are row-major.

@@ -1,6 +1,6 @@
 //! The specification of a multilayer perceptron and its validation.
 
-use crate::graph::{Activation, Loss, PersistentDesc, METRICS_LEN};
+use crate::graph::{Activation, Loss, PersistentDesc, PersistentKind, METRICS_LEN};
 use crate::model::Init;
 
 /// The optimizer that updates parameters each step.
@@ -137,22 +137,26 @@ impl MlpSpec {
                 init: self
                     .init
                     .sample(self.activation, fan_in, fan_out, layer_seed),
+                kind: PersistentKind::Param,
             });
             out.push(PersistentDesc {
                 name: format!("layers.{l}.linear.bias"),
                 shape: vec![fan_out],
                 init: vec![0.0; fan_out],
+                kind: PersistentKind::Param,
             });
         }
         out.push(PersistentDesc {
             name: STEP_SLOT_NAME.to_string(),
             shape: vec![1],
             init: vec![0.0],
+            kind: PersistentKind::Internal,
         });
         out.push(PersistentDesc {
             name: METRICS_SLOT_NAME.to_string(),
             shape: vec![METRICS_LEN],
             init: vec![0.0; METRICS_LEN],
+            kind: PersistentKind::Internal,
         });
         out
     }

@@ -2,7 +2,10 @@
 
 use crate::data::{check_finite, check_labels, Dataset};
 use crate::engine::{create_engine, BackendChoice, Engine, PlanId};
-use crate::graph::{mlp, target_len, Hyper, Loss, PersistentDesc, Plan, Stage, METRICS_LEN};
+use crate::graph::{
+    mlp, target_len, Hyper, Loss, PersistentDesc, PersistentKind, Plan, Stage, METRICS_LEN,
+};
+use crate::model::spec::{METRICS_SLOT_NAME, STEP_SLOT_NAME};
 use crate::model::MlpSpec;
 use anyhow::{ensure, Context, Result};
 use rand::{RngExt, SeedableRng};
@@ -213,12 +216,18 @@ impl Model {
         self.step_unchecked(x, y, rows)
     }
 
+    fn slot(&self, name: &str) -> Result<usize> {
+        self.persistent
+            .iter()
+            .position(|p| p.name == name)
+            .with_context(|| format!("the model has no tensor named '{name}'"))
+    }
+
     /// Reads the metric accumulator and resets it.
     pub fn take_metrics(&mut self) -> Result<Metrics> {
-        let (id, plan) = self.plan(1)?;
-        let m = plan.metrics.expect("mlp plans have metrics");
-        let values = self.engine.read(id, m)?;
-        self.engine.write(id, m, &[0.0; METRICS_LEN])?;
+        let slot = self.slot(METRICS_SLOT_NAME)?;
+        let values = self.engine.read_persistent(slot)?;
+        self.engine.write_persistent(slot, &[0.0; METRICS_LEN])?;
         Ok(Metrics::from_accumulator(&values, self.spec.loss))
     }
 
@@ -304,27 +313,34 @@ impl Model {
         self.engine.read(id, output)
     }
 
-    /// Current parameters in `state_dict()` order.
-    pub fn parameters(&mut self) -> Result<Vec<NamedTensor>> {
-        let (id, plan) = self.plan(1)?;
-        let named: Vec<(usize, String, Vec<usize>)> = plan
-            .tensors
+    fn persistent_of(&mut self, keep: impl Fn(PersistentKind) -> bool) -> Result<Vec<NamedTensor>> {
+        let wanted: Vec<(usize, String, Vec<usize>)> = self
+            .persistent
             .iter()
             .enumerate()
-            .filter(|(_, t)| t.name.starts_with("layers."))
-            .filter(|(_, t)| matches!(t.storage, crate::graph::Storage::Persistent(_)))
-            .map(|(i, t)| (i, t.name.clone(), t.shape.clone()))
+            .filter(|(_, p)| keep(p.kind))
+            .map(|(i, p)| (i, p.name.clone(), p.shape.clone()))
             .collect();
-        named
+        wanted
             .into_iter()
-            .map(|(i, name, shape)| {
+            .map(|(slot, name, shape)| {
                 Ok(NamedTensor {
-                    values: self.engine.read(id, i)?,
+                    values: self.engine.read_persistent(slot)?,
                     name,
                     shape,
                 })
             })
             .collect()
+    }
+
+    /// Trainable parameters, as PyTorch's `named_parameters()`.
+    pub fn parameters(&mut self) -> Result<Vec<NamedTensor>> {
+        self.persistent_of(|k| k == PersistentKind::Param)
+    }
+
+    /// Parameters and buffers (batch-norm running statistics), as PyTorch's `state_dict()`.
+    pub fn state_dict(&mut self) -> Result<Vec<NamedTensor>> {
+        self.persistent_of(|k| matches!(k, PersistentKind::Param | PersistentKind::Buffer))
     }
 
     /// Reads any tensor of the plan for batch size `rows` by name, e.g. `layers.3.z` or
@@ -349,7 +365,7 @@ impl Model {
 
     /// Training steps taken so far (counted on the device).
     pub fn steps(&mut self) -> Result<u64> {
-        let v = self.read_tensor(1, crate::model::spec::STEP_SLOT_NAME)?;
+        let v = self.engine.read_persistent(self.slot(STEP_SLOT_NAME)?)?;
         Ok(v[0].to_bits() as u64)
     }
 
