@@ -34,7 +34,10 @@ pub use check::{cross_check, CheckReport, Tolerance};
 pub use data::Dataset;
 pub use engine::{create_engine, BackendChoice, Engine};
 pub use graph::{Activation, Loss};
-pub use model::{EpochReport, FitOptions, Init, Metrics, MlpSpec, Model, Optimizer};
+pub use model::{
+    BatchNorm, BnPlacement, EpochReport, FitOptions, Init, Metrics, MlpSpec, Model, NamedTensor,
+    Optimizer,
+};
 
 /// Compiles the README's examples as doctests so they cannot drift from the API.
 #[doc = include_str!("../README.md")]

@@ -7,7 +7,8 @@ use std::time::Instant;
 use steadygrad::check::{cross_check, Tolerance};
 use steadygrad::gpu::{describe_adapter, list_adapters, AdapterSelection, GpuContext};
 use steadygrad::{
-    data, Activation, BackendChoice, FitOptions, Init, Loss, MlpSpec, Model, Optimizer,
+    data, Activation, BackendChoice, BatchNorm, BnPlacement, FitOptions, Init, Loss, MlpSpec,
+    Model, Optimizer,
 };
 
 #[derive(Parser)]
@@ -52,6 +53,15 @@ struct ModelArgs {
     /// Seed for weights, data and shuffling.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Batch normalization in every hidden layer: before (the activation) or after.
+    #[arg(long, value_parser = ["before", "after"])]
+    batch_norm: Option<String>,
+    /// Batch-norm momentum for the running statistics (PyTorch: 0.1).
+    #[arg(long, default_value_t = 0.1)]
+    bn_momentum: f32,
+    /// A skip connection into every K-th hidden layer (projection when sizes differ).
+    #[arg(long, value_name = "K")]
+    residual: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -90,11 +100,24 @@ enum Command {
 }
 
 fn spec_from(args: &ModelArgs, input: usize, output: usize) -> MlpSpec {
-    MlpSpec::new(input, &vec![args.width; args.depth], output)
+    let mut spec = MlpSpec::new(input, &vec![args.width; args.depth], output)
         .activation(args.activation)
         .init(args.init)
         .optimizer(Optimizer::Sgd { lr: args.lr })
-        .seed(args.seed)
+        .seed(args.seed);
+    if let Some(place) = &args.batch_norm {
+        spec = spec.batch_norm(BatchNorm {
+            placement: if place == "after" {
+                BnPlacement::AfterActivation
+            } else {
+                BnPlacement::BeforeActivation
+            },
+            momentum: args.bn_momentum,
+            ..BatchNorm::default()
+        });
+    }
+    spec.residual_every = args.residual;
+    spec
 }
 
 fn main() {

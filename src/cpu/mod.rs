@@ -193,6 +193,115 @@ impl CpuEngine {
                 );
                 self.put(plan, metrics, m);
             }
+            Op::BatchNormTrain {
+                x,
+                y,
+                gamma,
+                beta,
+                mean,
+                invstd,
+                running_mean,
+                running_var,
+                rows,
+                cols,
+                momentum,
+                eps,
+            } => {
+                let (mut out, mut m, mut is) = (
+                    self.take(plan, y),
+                    self.take(plan, mean),
+                    self.take(plan, invstd),
+                );
+                let (mut rm, mut rv) =
+                    (self.take(plan, running_mean), self.take(plan, running_var));
+                ops::batch_norm_train(
+                    self.get(plan, x),
+                    &mut out,
+                    self.get(plan, gamma),
+                    self.get(plan, beta),
+                    &mut m,
+                    &mut is,
+                    &mut rm,
+                    &mut rv,
+                    rows,
+                    cols,
+                    momentum,
+                    eps,
+                );
+                self.put(plan, y, out);
+                self.put(plan, mean, m);
+                self.put(plan, invstd, is);
+                self.put(plan, running_mean, rm);
+                self.put(plan, running_var, rv);
+            }
+            Op::BatchNormEval {
+                x,
+                y,
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                rows,
+                cols,
+                eps,
+            } => {
+                let mut out = self.take(plan, y);
+                ops::batch_norm_eval(
+                    self.get(plan, x),
+                    &mut out,
+                    self.get(plan, gamma),
+                    self.get(plan, beta),
+                    self.get(plan, running_mean),
+                    self.get(plan, running_var),
+                    rows,
+                    cols,
+                    eps,
+                );
+                self.put(plan, y, out);
+            }
+            Op::BatchNormBackward {
+                x,
+                dy,
+                gamma,
+                mean,
+                invstd,
+                dx,
+                dgamma,
+                dbeta,
+                rows,
+                cols,
+            } => {
+                let (mut d, mut dg, mut db) = (
+                    self.take(plan, dx),
+                    self.take(plan, dgamma),
+                    self.take(plan, dbeta),
+                );
+                ops::batch_norm_backward(
+                    self.get(plan, x),
+                    self.get(plan, dy),
+                    self.get(plan, gamma),
+                    self.get(plan, mean),
+                    self.get(plan, invstd),
+                    &mut d,
+                    &mut dg,
+                    &mut db,
+                    rows,
+                    cols,
+                );
+                self.put(plan, dx, d);
+                self.put(plan, dgamma, dg);
+                self.put(plan, dbeta, db);
+            }
+            Op::Add { a, b, out, .. } => {
+                let mut o = self.take(plan, out);
+                ops::add(self.get(plan, a), self.get(plan, b), &mut o);
+                self.put(plan, out, o);
+            }
+            Op::Accumulate { x, y, .. } => {
+                let mut o = self.take(plan, y);
+                ops::accumulate(self.get(plan, x), &mut o);
+                self.put(plan, y, o);
+            }
             Op::AdvanceStep { counter } => {
                 let mut c = self.take(plan, counter);
                 ops::advance_step(&mut c);

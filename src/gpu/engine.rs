@@ -281,6 +281,102 @@ impl GpuEngine {
                     [1, 1, 1],
                 )
             }
+            Op::BatchNormTrain {
+                x,
+                y,
+                gamma,
+                beta,
+                mean,
+                invstd,
+                running_mean,
+                running_var,
+                rows,
+                cols,
+                momentum,
+                eps,
+            } => {
+                let b = [x, gamma, beta, y, mean, invstd, running_mean, running_var].map(buf);
+                let g = self.grid(cols)?;
+                let bindings: Vec<(u32, &wgpu::Buffer)> = (1..=8).zip(b.iter()).collect();
+                self.dispatch(
+                    KernelKey::new(Shader::BatchNorm, "train"),
+                    Some([u(rows)?, u(cols)?, momentum.to_bits(), eps.to_bits()]),
+                    &bindings,
+                    g,
+                )
+            }
+            Op::BatchNormEval {
+                x,
+                y,
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                rows,
+                cols,
+                eps,
+            } => {
+                let [bx, bg, bb, by, bm, bv] =
+                    [x, gamma, beta, y, running_mean, running_var].map(buf);
+                let g = self.grid((rows * cols).div_ceil(ELEMENTWISE_WG))?;
+                self.dispatch(
+                    KernelKey::new(Shader::BatchNorm, "eval"),
+                    Some([u(rows)?, u(cols)?, 0, eps.to_bits()]),
+                    &[(1, &bx), (2, &bg), (3, &bb), (4, &by), (9, &bm), (10, &bv)],
+                    g,
+                )
+            }
+            Op::BatchNormBackward {
+                x,
+                dy,
+                gamma,
+                mean,
+                invstd,
+                dx,
+                dgamma,
+                dbeta,
+                rows,
+                cols,
+            } => {
+                let [bx, bgam, bdy, bm, bis, bdx, bdg, bdb] =
+                    [x, gamma, dy, mean, invstd, dx, dgamma, dbeta].map(buf);
+                let g = self.grid(cols)?;
+                self.dispatch(
+                    KernelKey::new(Shader::BatchNorm, "backward"),
+                    Some([u(rows)?, u(cols)?, 0, 0]),
+                    &[
+                        (1, &bx),
+                        (2, &bgam),
+                        (11, &bdy),
+                        (12, &bm),
+                        (13, &bis),
+                        (14, &bdx),
+                        (15, &bdg),
+                        (16, &bdb),
+                    ],
+                    g,
+                )
+            }
+            Op::Add { a, b, out, len } => {
+                let [ba, bb, bo] = [a, b, out].map(buf);
+                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                self.dispatch(
+                    KernelKey::new(Shader::Elementwise, "add"),
+                    Some([u(len)?, 0, 0, 0]),
+                    &[(1, &ba), (2, &bb), (3, &bo)],
+                    g,
+                )
+            }
+            Op::Accumulate { x, y, len } => {
+                let [bx, by] = [x, y].map(buf);
+                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                self.dispatch(
+                    KernelKey::new(Shader::Elementwise, "accumulate"),
+                    Some([u(len)?, 0, 0, 0]),
+                    &[(1, &bx), (3, &by)],
+                    g,
+                )
+            }
             Op::AdvanceStep { counter } => {
                 let bc = buf(counter);
                 self.dispatch(

@@ -13,6 +13,8 @@ pub enum Shader {
     Activation,
     Loss,
     Optim,
+    BatchNorm,
+    Elementwise,
 }
 
 impl Shader {
@@ -37,6 +39,8 @@ impl Shader {
             Shader::Activation => include_str!("../../shaders/activation.wgsl"),
             Shader::Loss => include_str!("../../shaders/loss.wgsl"),
             Shader::Optim => include_str!("../../shaders/optim.wgsl"),
+            Shader::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),
+            Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use super::{target_len, Op, PersistentDesc, Plan, Storage, TensorId, METRICS_LEN};
 use crate::model::spec::{METRICS_SLOT_NAME, STEP_SLOT_NAME};
-use crate::model::MlpSpec;
+use crate::model::{BnPlacement, MlpSpec};
 
 /// Builds forward, evaluation and training ops for `rows` rows per batch.
 /// `persistent` must be `spec.persistent()`; slots are found by name.
@@ -21,6 +21,7 @@ pub fn build(spec: &MlpSpec, persistent: &[PersistentDesc], rows: usize) -> anyh
         rows,
         p: Plan::default(),
         params: Vec::new(),
+        pending_skips: Vec::new(),
     };
     let input = b.local("input", &[rows, spec.input]);
     let target = b.local("target", &[target_len(spec.loss, rows, spec.output)]);
@@ -29,10 +30,14 @@ pub fn build(spec: &MlpSpec, persistent: &[PersistentDesc], rows: usize) -> anyh
     b.p.train.push(Op::AdvanceStep { counter: step });
 
     let layers = spec.num_layers();
-    let mut net = Vec::with_capacity(layers);
+    let mut net: Vec<Layer> = Vec::with_capacity(layers);
     let mut x = input;
     for l in 0..layers {
-        let layer = b.layer_forward(l, x)?;
+        // A skip connection reads the network input or an earlier layer's output.
+        let skip = spec
+            .skip_source(l)
+            .map(|j| if j == 0 { input } else { net[j - 1].out });
+        let layer = b.layer_forward(l, x, skip)?;
         x = layer.out;
         net.push(layer);
     }
@@ -40,8 +45,20 @@ pub fn build(spec: &MlpSpec, persistent: &[PersistentDesc], rows: usize) -> anyh
     let mut grad = b.loss(output, target)?;
     for l in (0..layers).rev() {
         grad = b.layer_backward(&net[l], grad);
+        // `grad` is now the gradient of layer l's input, i.e. of the output of layer l-1:
+        // add what the skip connections reading that tensor contributed.
+        if l > 0 {
+            b.flush_skip_grads(l, grad);
+        }
     }
     b.updates();
+    if spec.batch_norm.is_some() && rows < 2 {
+        b.p.train.clear();
+        b.p.train_error = Some(format!(
+            "batch norm needs at least 2 rows per training batch to estimate a variance, got {rows} \
+             (PyTorch raises the same error); use a larger batch or drop the last partial batch"
+        ));
+    }
 
     let mut p = b.p;
     p.input = Some(input);
@@ -51,7 +68,8 @@ pub fn build(spec: &MlpSpec, persistent: &[PersistentDesc], rows: usize) -> anyh
     Ok(p)
 }
 
-/// The tensors of one linear layer and what follows it.
+/// The tensors of one linear layer and what follows it:
+/// `x → linear → z → [BN] → act_in → activation → act_out → [BN] → (+ skip) → out`.
 struct Layer {
     index: usize,
     fan_in: usize,
@@ -60,10 +78,32 @@ struct Layer {
     bias: TensorId,
     /// The layer's input (the previous layer's output, or the batch).
     x: TensorId,
-    /// Pre-activation output `x·Wᵀ + b`.
+    /// Linear output `x·Wᵀ + b`.
     z: TensorId,
-    /// What the next layer reads: the activation output, or `z` for the output layer.
+    /// Activation input and output (both `z` for the output layer, which has none).
+    act_in: TensorId,
+    act_out: TensorId,
+    bn_before: Option<BnTensors>,
+    bn_after: Option<BnTensors>,
+    skip: Option<Skip>,
+    /// What the next layer reads.
     out: TensorId,
+}
+
+struct BnTensors {
+    input: TensorId,
+    gamma: TensorId,
+    beta: TensorId,
+    mean: TensorId,
+    invstd: TensorId,
+}
+
+/// A skip connection into a layer: `out = branch + proj(source)`.
+struct Skip {
+    /// Index into `layer_sizes()` of the source: 0 is the input, `j` is layer `j-1`'s output.
+    source: usize,
+    tensor: TensorId,
+    proj: Option<TensorId>,
 }
 
 struct Builder<'a> {
@@ -73,6 +113,9 @@ struct Builder<'a> {
     p: Plan,
     /// `(param, grad)` pairs in the order their updates run.
     params: Vec<(TensorId, TensorId)>,
+    /// Skip-connection gradients waiting for their source's gradient tensor to be
+    /// written: `(source index, gradient at the sum, projection)`.
+    pending_skips: Vec<(usize, TensorId, Option<TensorId>)>,
 }
 
 impl Builder<'_> {
@@ -99,7 +142,12 @@ impl Builder<'_> {
         l + 1 == self.spec.num_layers()
     }
 
-    fn layer_forward(&mut self, l: usize, x: TensorId) -> anyhow::Result<Layer> {
+    fn layer_forward(
+        &mut self,
+        l: usize,
+        x: TensorId,
+        skip: Option<TensorId>,
+    ) -> anyhow::Result<Layer> {
         let sizes = self.spec.layer_sizes();
         let (fan_in, fan_out, rows) = (sizes[l], sizes[l + 1], self.rows);
         let weight = self.persistent(&format!("layers.{l}.linear.weight"), &[fan_out, fan_in])?;
@@ -122,19 +170,7 @@ impl Builder<'_> {
             rows,
             cols: fan_out,
         });
-        let out = if self.is_output(l) {
-            z
-        } else {
-            let h = self.local(format!("layers.{l}.h"), &[rows, fan_out]);
-            self.both(Op::Activate {
-                act: self.spec.activation,
-                x: z,
-                y: h,
-                len: rows * fan_out,
-            });
-            h
-        };
-        Ok(Layer {
+        let mut layer = Layer {
             index: l,
             fan_in,
             fan_out,
@@ -142,8 +178,153 @@ impl Builder<'_> {
             bias,
             x,
             z,
-            out,
-        })
+            act_in: z,
+            act_out: z,
+            bn_before: None,
+            bn_after: None,
+            skip: None,
+            out: z,
+        };
+        if self.is_output(l) {
+            return Ok(layer);
+        }
+        let placement = self.spec.batch_norm.map(|bn| bn.placement);
+        if placement == Some(BnPlacement::BeforeActivation) {
+            let (bn, y) = self.batch_norm(l, z, "bn")?;
+            layer.bn_before = Some(bn);
+            layer.act_in = y;
+        }
+        let h = self.local(format!("layers.{l}.h"), &[rows, fan_out]);
+        self.both(Op::Activate {
+            act: self.spec.activation,
+            x: layer.act_in,
+            y: h,
+            len: rows * fan_out,
+        });
+        layer.act_out = h;
+        layer.out = h;
+        if placement == Some(BnPlacement::AfterActivation) {
+            let (bn, y) = self.batch_norm(l, h, "bn")?;
+            layer.bn_after = Some(bn);
+            layer.out = y;
+        }
+        if let (Some(src), Some(source)) = (skip, self.spec.skip_source(l)) {
+            let carried = if sizes[source] == fan_out {
+                None
+            } else {
+                let proj = self.persistent(
+                    &format!("layers.{l}.proj.weight"),
+                    &[fan_out, sizes[source]],
+                )?;
+                let p = self.local(format!("layers.{l}.proj.out"), &[rows, fan_out]);
+                self.both(Op::MatMul {
+                    a: src,
+                    b: proj,
+                    c: p,
+                    m: rows,
+                    k: sizes[source],
+                    n: fan_out,
+                    trans_a: false,
+                    trans_b: true,
+                    accumulate: false,
+                });
+                Some((proj, p))
+            };
+            let sum = self.local(format!("layers.{l}.out"), &[rows, fan_out]);
+            self.both(Op::Add {
+                a: layer.out,
+                b: carried.map_or(src, |(_, p)| p),
+                out: sum,
+                len: rows * fan_out,
+            });
+            layer.skip = Some(Skip {
+                source,
+                tensor: src,
+                proj: carried.map(|(w, _)| w),
+            });
+            layer.out = sum;
+        }
+        Ok(layer)
+    }
+
+    /// Batch norm of `x` (training statistics in `train`, running ones in `forward`);
+    /// returns its tensors and its output.
+    fn batch_norm(
+        &mut self,
+        l: usize,
+        x: TensorId,
+        name: &str,
+    ) -> anyhow::Result<(BnTensors, TensorId)> {
+        let cfg = self
+            .spec
+            .batch_norm
+            .expect("only called with batch norm configured");
+        let (rows, cols) = (self.rows, self.p.tensors[x].shape[1]);
+        let gamma = self.persistent(&format!("layers.{l}.{name}.weight"), &[cols])?;
+        let beta = self.persistent(&format!("layers.{l}.{name}.bias"), &[cols])?;
+        let running_mean = self.persistent(&format!("layers.{l}.{name}.running_mean"), &[cols])?;
+        let running_var = self.persistent(&format!("layers.{l}.{name}.running_var"), &[cols])?;
+        let mean = self.local(format!("layers.{l}.{name}.batch_mean"), &[cols]);
+        let invstd = self.local(format!("layers.{l}.{name}.batch_invstd"), &[cols]);
+        let y = self.local(format!("layers.{l}.{name}.out"), &[rows, cols]);
+        self.p.forward.push(Op::BatchNormEval {
+            x,
+            y,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            rows,
+            cols,
+            eps: cfg.eps,
+        });
+        self.p.train.push(Op::BatchNormTrain {
+            x,
+            y,
+            gamma,
+            beta,
+            mean,
+            invstd,
+            running_mean,
+            running_var,
+            rows,
+            cols,
+            momentum: cfg.momentum,
+            eps: cfg.eps,
+        });
+        let bn = BnTensors {
+            input: x,
+            gamma,
+            beta,
+            mean,
+            invstd,
+        };
+        Ok((bn, y))
+    }
+
+    fn batch_norm_backward(&mut self, l: usize, bn: &BnTensors, dy: TensorId) -> TensorId {
+        let (rows, cols) = (self.rows, self.p.tensors[bn.input].shape[1]);
+        let dx = self.local(
+            format!("{}.grad", self.p.tensors[bn.input].name),
+            &[rows, cols],
+        );
+        let dgamma = self.local(format!("layers.{l}.bn.weight.grad"), &[cols]);
+        let dbeta = self.local(format!("layers.{l}.bn.bias.grad"), &[cols]);
+        self.p.train.push(Op::BatchNormBackward {
+            x: bn.input,
+            dy,
+            gamma: bn.gamma,
+            mean: bn.mean,
+            invstd: bn.invstd,
+            dx,
+            dgamma,
+            dbeta,
+            rows,
+            cols,
+        });
+        self.params.push((bn.gamma, dgamma));
+        self.params.push((bn.beta, dbeta));
+        dx
     }
 
     /// Loss and metrics for evaluation and training; returns the gradient of the loss
@@ -186,23 +367,59 @@ impl Builder<'_> {
     }
 
     /// Backward through one layer given the gradient of its output `dout`; returns the
-    /// gradient of its input (unused below the first layer, where none is computed).
+    /// gradient of its input (for the first layer, which needs none, its `z` gradient).
     fn layer_backward(&mut self, layer: &Layer, dout: TensorId) -> TensorId {
         let (l, rows, fan_in, fan_out) = (layer.index, self.rows, layer.fan_in, layer.fan_out);
+        if let Some(skip) = &layer.skip {
+            // The sum passes `dout` unchanged to both branches.
+            if let Some(proj) = skip.proj {
+                let dproj = self.local(
+                    format!("layers.{l}.proj.weight.grad"),
+                    &self.p.tensors[proj].shape.clone(),
+                );
+                // dP[out,src] = doutᵀ[out,rows] · source[rows,src]
+                self.p.train.push(Op::MatMul {
+                    a: dout,
+                    b: skip.tensor,
+                    c: dproj,
+                    m: fan_out,
+                    k: rows,
+                    n: self.p.tensors[proj].shape[1],
+                    trans_a: true,
+                    trans_b: false,
+                    accumulate: false,
+                });
+                self.params.push((proj, dproj));
+            }
+            if skip.source > 0 {
+                self.pending_skips.push((skip.source, dout, skip.proj));
+            }
+        }
         let dz = if self.is_output(l) {
             dout
         } else {
-            let dz = self.local(format!("layers.{l}.z.grad"), &[rows, fan_out]);
+            let dh = match &layer.bn_after {
+                Some(bn) => self.batch_norm_backward(l, bn, dout),
+                None => dout,
+            };
+            let dact = self.local(
+                format!("{}.grad", self.p.tensors[layer.act_in].name),
+                &[rows, fan_out],
+            );
             self.p.train.push(Op::ActivateBackward {
                 act: self.spec.activation,
-                x: layer.z,
-                y: layer.out,
-                dy: dout,
-                dx: dz,
+                x: layer.act_in,
+                y: layer.act_out,
+                dy: dh,
+                dx: dact,
                 len: rows * fan_out,
             });
-            dz
+            match &layer.bn_before {
+                Some(bn) => self.batch_norm_backward(l, bn, dact),
+                None => dact,
+            }
         };
+        debug_assert_eq!(self.p.tensors[layer.z].len(), self.p.tensors[dz].len());
         let dw = self.local(format!("layers.{l}.linear.weight.grad"), &[fan_out, fan_in]);
         let db = self.local(format!("layers.{l}.linear.bias.grad"), &[fan_out]);
         // dW[out,in] = dZᵀ[out,rows] · X[rows,in]
@@ -230,7 +447,7 @@ impl Builder<'_> {
             return dz; // nothing below the first layer needs a gradient
         }
         // dX[rows,in] = dZ[rows,out] · W[out,in]
-        let dx = self.local(format!("layers.{}.h.grad", l - 1), &[rows, fan_in]);
+        let dx = self.local(format!("layers.{}.out.grad", l - 1), &[rows, fan_in]);
         self.p.train.push(Op::MatMul {
             a: dz,
             b: layer.weight,
@@ -243,6 +460,36 @@ impl Builder<'_> {
             accumulate: false,
         });
         dx
+    }
+
+    /// Adds the gradients of skip connections that read layer `l-1`'s output into
+    /// `grad`, once the main path has written it.
+    fn flush_skip_grads(&mut self, l: usize, grad: TensorId) {
+        let len = self.p.tensors[grad].len();
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            self.pending_skips.drain(..).partition(|s| s.0 == l);
+        self.pending_skips = waiting;
+        for (_, dsum, proj) in ready {
+            match proj {
+                None => self.p.train.push(Op::Accumulate {
+                    x: dsum,
+                    y: grad,
+                    len,
+                }),
+                // grad[rows,src] += dsum[rows,out] · P[out,src]
+                Some(p) => self.p.train.push(Op::MatMul {
+                    a: dsum,
+                    b: p,
+                    c: grad,
+                    m: self.rows,
+                    k: self.p.tensors[p].shape[0],
+                    n: self.p.tensors[p].shape[1],
+                    trans_a: false,
+                    trans_b: false,
+                    accumulate: true,
+                }),
+            }
+        }
     }
 
     /// Optimizer updates, after the whole backward pass so no gradient reads an updated

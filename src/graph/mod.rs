@@ -224,6 +224,63 @@ pub enum Op {
         metrics: TensorId,
         rows: usize,
     },
+    /// Batch normalization in training mode, per feature over the batch: normalizes `x`
+    /// with the batch mean and biased variance, then scales by `gamma` and shifts by
+    /// `beta`. Saves `mean` and `invstd = 1/√(var+eps)` for backward and updates the
+    /// running statistics with `momentum`, using the unbiased variance as PyTorch does.
+    BatchNormTrain {
+        x: TensorId,
+        y: TensorId,
+        gamma: TensorId,
+        beta: TensorId,
+        mean: TensorId,
+        invstd: TensorId,
+        running_mean: TensorId,
+        running_var: TensorId,
+        rows: usize,
+        cols: usize,
+        momentum: f32,
+        eps: f32,
+    },
+    /// Batch normalization in evaluation mode, with the running statistics.
+    BatchNormEval {
+        x: TensorId,
+        y: TensorId,
+        gamma: TensorId,
+        beta: TensorId,
+        running_mean: TensorId,
+        running_var: TensorId,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    },
+    /// The exact batch-norm backward through the batch statistics:
+    /// `dx = γ·invstd/N · (N·dy − Σdy − x̂·Σ(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`.
+    BatchNormBackward {
+        x: TensorId,
+        dy: TensorId,
+        gamma: TensorId,
+        mean: TensorId,
+        invstd: TensorId,
+        dx: TensorId,
+        dgamma: TensorId,
+        dbeta: TensorId,
+        rows: usize,
+        cols: usize,
+    },
+    /// `out = a + b` elementwise (a residual connection's sum).
+    Add {
+        a: TensorId,
+        b: TensorId,
+        out: TensorId,
+        len: usize,
+    },
+    /// `y += x` elementwise: gradients meeting at a fork add up.
+    Accumulate {
+        x: TensorId,
+        y: TensorId,
+        len: usize,
+    },
     /// Increments the training-step counter, a `u32` stored in the bits of an `f32`
     /// element. Kernels that need the step (random streams, bias correction) read it.
     AdvanceStep { counter: TensorId },
@@ -287,6 +344,42 @@ impl Op {
             } => (vec![row_loss, row_correct, metrics], vec![metrics]),
             Op::SgdStep { param, grad, .. } => (vec![param, grad], vec![param]),
             Op::AdvanceStep { counter } => (vec![counter], vec![counter]),
+            Op::BatchNormTrain {
+                x,
+                y,
+                gamma,
+                beta,
+                mean,
+                invstd,
+                running_mean,
+                running_var,
+                ..
+            } => (
+                vec![x, gamma, beta, running_mean, running_var],
+                vec![y, mean, invstd, running_mean, running_var],
+            ),
+            Op::BatchNormEval {
+                x,
+                y,
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                ..
+            } => (vec![x, gamma, beta, running_mean, running_var], vec![y]),
+            Op::BatchNormBackward {
+                x,
+                dy,
+                gamma,
+                mean,
+                invstd,
+                dx,
+                dgamma,
+                dbeta,
+                ..
+            } => (vec![x, dy, gamma, mean, invstd], vec![dx, dgamma, dbeta]),
+            Op::Add { a, b, out, .. } => (vec![a, b], vec![out]),
+            Op::Accumulate { x, y, .. } => (vec![x, y], vec![y]),
         }
     }
 
@@ -351,6 +444,69 @@ impl Op {
             ],
             Op::SgdStep { param, grad, len } => vec![(param, len), (grad, len)],
             Op::AdvanceStep { counter } => vec![(counter, 1)],
+            Op::BatchNormTrain {
+                x,
+                y,
+                gamma,
+                beta,
+                mean,
+                invstd,
+                running_mean,
+                running_var,
+                rows,
+                cols,
+                ..
+            } => vec![
+                (x, rows * cols),
+                (y, rows * cols),
+                (gamma, cols),
+                (beta, cols),
+                (mean, cols),
+                (invstd, cols),
+                (running_mean, cols),
+                (running_var, cols),
+            ],
+            Op::BatchNormEval {
+                x,
+                y,
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                rows,
+                cols,
+                ..
+            } => vec![
+                (x, rows * cols),
+                (y, rows * cols),
+                (gamma, cols),
+                (beta, cols),
+                (running_mean, cols),
+                (running_var, cols),
+            ],
+            Op::BatchNormBackward {
+                x,
+                dy,
+                gamma,
+                mean,
+                invstd,
+                dx,
+                dgamma,
+                dbeta,
+                rows,
+                cols,
+            } => vec![
+                (x, rows * cols),
+                (dy, rows * cols),
+                (gamma, cols),
+                (mean, cols),
+                (invstd, cols),
+                (dx, rows * cols),
+                (dgamma, cols),
+                (dbeta, cols),
+            ],
+            Op::Add { a, b, out, len } => vec![(a, len), (b, len), (out, len)],
+            Op::Accumulate { x, y, len } => vec![(x, len), (y, len)],
         }
     }
 }
@@ -411,6 +567,9 @@ pub struct Plan {
     pub metrics: Option<TensorId>,
     /// Gradient tensor for each persistent parameter slot it updates: `(param, grad)`.
     pub grads: Vec<(TensorId, TensorId)>,
+    /// Why this plan cannot train, when it cannot (batch norm with one row per batch);
+    /// it can still predict and evaluate.
+    pub train_error: Option<String>,
 }
 
 impl Plan {
@@ -482,8 +641,9 @@ impl Plan {
             }
             let (reads, writes) = op.reads_writes();
             for w in &writes {
-                let aliased =
-                    reads.iter().filter(|r| *r == w).count() > usize::from(op_reads_own_output(op));
+                let own = usize::from(op_reads_own_output(op) || is_running_stat(op, *w));
+                let aliased = reads.iter().filter(|r| *r == w).count() > own
+                    || writes.iter().filter(|o| *o == w).count() > 1;
                 anyhow::ensure!(
                     !aliased,
                     "op {op:?} reads tensor '{}' that it also writes",
@@ -495,6 +655,11 @@ impl Plan {
     }
 }
 
+/// Running statistics are updated in place by the training-mode batch norm.
+fn is_running_stat(op: &Op, t: TensorId) -> bool {
+    matches!(op, Op::BatchNormTrain { running_mean, running_var, .. } if t == *running_mean || t == *running_var)
+}
+
 /// Ops whose output is also one of their inputs by design (in-place updates).
 fn op_reads_own_output(op: &Op) -> bool {
     matches!(
@@ -503,6 +668,7 @@ fn op_reads_own_output(op: &Op) -> bool {
             | Op::SgdStep { .. }
             | Op::AccumulateMetrics { .. }
             | Op::AdvanceStep { .. }
+            | Op::Accumulate { .. }
             | Op::MatMul {
                 accumulate: true,
                 ..

@@ -6,5 +6,5 @@ pub mod spec;
 pub mod trainer;
 
 pub use init::Init;
-pub use spec::{MlpSpec, Optimizer};
+pub use spec::{BatchNorm, BnPlacement, MlpSpec, Optimizer};
 pub use trainer::{EpochReport, FitOptions, Metrics, Model, NamedTensor};

@@ -18,6 +18,35 @@ impl Optimizer {
     }
 }
 
+/// Where batch normalization sits in a hidden layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BnPlacement {
+    /// `linear → BN → activation` (the original paper's placement; the default).
+    BeforeActivation,
+    /// `linear → activation → BN`.
+    AfterActivation,
+}
+
+/// Batch normalization after each hidden layer's linear map, as `torch.nn.BatchNorm1d`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNorm {
+    pub placement: BnPlacement,
+    /// Weight of the new batch statistic in the running estimates (PyTorch: 0.1).
+    pub momentum: f32,
+    /// Added to the variance before the square root (PyTorch: 1e-5).
+    pub eps: f32,
+}
+
+impl Default for BatchNorm {
+    fn default() -> Self {
+        BatchNorm {
+            placement: BnPlacement::BeforeActivation,
+            momentum: 0.1,
+            eps: 1e-5,
+        }
+    }
+}
+
 /// A fully connected network: `input → hidden[0] → … → hidden[n-1] → output`, with
 /// `activation` after every hidden layer and none after the output layer (the loss
 /// applies softmax itself, as PyTorch's `CrossEntropyLoss` does).
@@ -42,6 +71,12 @@ pub struct MlpSpec {
     pub optimizer: Optimizer,
     pub init: Init,
     pub seed: u64,
+    /// Batch normalization in every hidden layer, when set.
+    pub batch_norm: Option<BatchNorm>,
+    /// A skip connection into every k-th hidden layer: hidden layer `l` with
+    /// `(l + 1) % k == 0` adds the output of the layer `k` below it (or the network input)
+    /// to its own output, through a learned projection when the sizes differ.
+    pub residual_every: Option<usize>,
 }
 
 impl MlpSpec {
@@ -55,7 +90,25 @@ impl MlpSpec {
             optimizer: Optimizer::Sgd { lr: 0.01 },
             init: Init::Auto,
             seed: 0,
+            batch_norm: None,
+            residual_every: None,
         }
+    }
+    pub fn batch_norm(mut self, bn: BatchNorm) -> Self {
+        self.batch_norm = Some(bn);
+        self
+    }
+    /// Adds a skip connection into every `k`-th hidden layer (see [`MlpSpec::residual_every`]).
+    pub fn residual(mut self, k: usize) -> Self {
+        self.residual_every = Some(k);
+        self
+    }
+
+    /// For hidden layer `l`, the index into [`MlpSpec::layer_sizes`] of the tensor its skip
+    /// connection reads: 0 is the network input, `j > 0` the output of layer `j - 1`.
+    pub fn skip_source(&self, l: usize) -> Option<usize> {
+        let k = self.residual_every?;
+        (k > 0 && l < self.hidden.len() && (l + 1).is_multiple_of(k)).then(|| l + 1 - k)
     }
     pub fn activation(mut self, act: Activation) -> Self {
         self.activation = act;
@@ -110,6 +163,24 @@ impl MlpSpec {
                 self.output
             );
         }
+        if let Some(bn) = self.batch_norm {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&bn.momentum),
+                "batch-norm momentum must be in [0, 1], got {}",
+                bn.momentum
+            );
+            anyhow::ensure!(
+                bn.eps.is_finite() && bn.eps > 0.0,
+                "batch-norm eps must be a finite number > 0, got {}",
+                bn.eps
+            );
+        }
+        if let Some(k) = self.residual_every {
+            anyhow::ensure!(
+                k >= 1,
+                "residual connections need a spacing k >= 1, got {k}"
+            );
+        }
         let lr = self.optimizer.lr();
         anyhow::ensure!(
             lr.is_finite() && lr > 0.0,
@@ -145,6 +216,35 @@ impl MlpSpec {
                 init: vec![0.0; fan_out],
                 kind: PersistentKind::Param,
             });
+            let hidden = l < self.hidden.len();
+            if hidden && self.batch_norm.is_some() {
+                // PyTorch's BatchNorm1d starts at γ = 1, β = 0, running mean 0, variance 1.
+                for (what, value, kind) in [
+                    ("weight", 1.0, PersistentKind::Param),
+                    ("bias", 0.0, PersistentKind::Param),
+                    ("running_mean", 0.0, PersistentKind::Buffer),
+                    ("running_var", 1.0, PersistentKind::Buffer),
+                ] {
+                    out.push(PersistentDesc {
+                        name: format!("layers.{l}.bn.{what}"),
+                        shape: vec![fan_out],
+                        init: vec![value; fan_out],
+                        kind,
+                    });
+                }
+            }
+            if let Some(src) = self.skip_source(l) {
+                if sizes[src] != fan_out {
+                    // A linear map: LeCun normal keeps the variance of what it carries.
+                    let seed = layer_seed ^ 0x005E_ED0F_5C1F;
+                    out.push(PersistentDesc {
+                        name: format!("layers.{l}.proj.weight"),
+                        shape: vec![fan_out, sizes[src]],
+                        init: Init::LecunNormal.sample(self.activation, sizes[src], fan_out, seed),
+                        kind: PersistentKind::Param,
+                    });
+                }
+            }
         }
         out.push(PersistentDesc {
             name: STEP_SLOT_NAME.to_string(),

@@ -200,6 +200,9 @@ impl Model {
     /// already validated. On the GPU nothing is read back.
     fn step_unchecked(&mut self, x: &[f32], y: &[f32], rows: usize) -> Result<()> {
         let (id, plan) = self.plan(rows)?;
+        if let Some(e) = &plan.train_error {
+            anyhow::bail!("{e}");
+        }
         let (input, target) = (
             plan.input.expect("mlp plans have an input"),
             plan.target.expect("mlp plans have a target"),
@@ -221,6 +224,16 @@ impl Model {
             .iter()
             .position(|p| p.name == name)
             .with_context(|| format!("the model has no tensor named '{name}'"))
+    }
+
+    /// Changes the learning rate from the next step on (one small write; nothing is
+    /// recompiled).
+    pub fn set_learning_rate(&mut self, lr: f32) -> Result<()> {
+        ensure!(
+            lr.is_finite() && lr >= 0.0,
+            "learning rate must be a finite number >= 0, got {lr}"
+        );
+        self.engine.set_hyper(Hyper { lr })
     }
 
     /// Reads the metric accumulator and resets it.
