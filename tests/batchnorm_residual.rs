@@ -223,9 +223,9 @@ fn batch_norm_backward_finite_differences() {
         p[i] -= 2.0 * H;
         ((up - f(&p)) / (2.0 * H as f64)) as f32
     };
-    for i in 0..x.len() {
+    for (i, &a) in dx.iter().enumerate() {
         let fd = central(&x, i, &|p| objective(p, &gamma, &beta));
-        assert!(fd_close(fd, dx[i]), "dx[{i}]: fd {fd} vs {}", dx[i]);
+        assert!(fd_close(fd, a), "dx[{i}]: fd {fd} vs {a}");
     }
     for i in 0..cols {
         let fd = central(&gamma, i, &|p| objective(&x, p, &beta));
@@ -346,7 +346,7 @@ fn whole_models_finite_differences() {
         // The training-mode loss at the current parameters: a step with lr 0 computes it
         // (batch statistics, not running ones) without moving any parameter.
         m.set_learning_rate(0.0).unwrap();
-        let mut loss = |m: &mut Model| -> f64 {
+        let loss = |m: &mut Model| -> f64 {
             m.take_metrics().unwrap();
             m.train_batch(&x, &y).unwrap();
             m.take_metrics().unwrap().loss as f64
