@@ -23,6 +23,7 @@
 //! ```
 
 pub mod check;
+pub mod checkpoint;
 pub mod cpu;
 pub mod data;
 pub mod engine;

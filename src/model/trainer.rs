@@ -382,14 +382,73 @@ impl Model {
         Ok(v[0].to_bits() as u64)
     }
 
-    /// Overwrites a parameter by name (e.g. for finite-difference checks).
+    /// Loads parameters and buffers by name, as PyTorch's `load_state_dict(strict=True)`:
+    /// every tensor of the model must be present with the right shape, and nothing
+    /// unknown may be given. All mismatches are reported together, by name; on any
+    /// mismatch nothing is loaded.
+    pub fn load_state_dict(&mut self, tensors: &[NamedTensor]) -> Result<()> {
+        let saved = |k: PersistentKind| matches!(k, PersistentKind::Param | PersistentKind::Buffer);
+        let mut problems = Vec::new();
+        let mut writes = Vec::new();
+        for (slot, p) in self
+            .persistent
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| saved(p.kind))
+        {
+            match tensors.iter().find(|t| t.name == p.name) {
+                None => problems.push(format!("missing '{}' (shape {:?})", p.name, p.shape)),
+                Some(t) if t.shape != p.shape => problems.push(format!(
+                    "'{}' has shape {:?}, the model needs {:?}",
+                    p.name, t.shape, p.shape
+                )),
+                Some(t) if t.values.len() != p.init.len() => problems.push(format!(
+                    "'{}' holds {} values for shape {:?}",
+                    p.name,
+                    t.values.len(),
+                    t.shape
+                )),
+                Some(t) => match check_finite(&p.name, &t.values, 1) {
+                    Err(e) => problems.push(format!("{e}")),
+                    Ok(()) => writes.push((slot, t)),
+                },
+            }
+        }
+        for t in tensors {
+            if !self
+                .persistent
+                .iter()
+                .any(|p| p.name == t.name && saved(p.kind))
+            {
+                problems.push(format!(
+                    "unexpected '{}' (shape {:?}): the model has no such tensor",
+                    t.name, t.shape
+                ));
+            }
+        }
+        ensure!(
+            problems.is_empty(),
+            "state dict does not match the model:\n  {}",
+            problems.join("\n  ")
+        );
+        for (slot, t) in writes {
+            self.engine.write_persistent(slot, &t.values)?;
+        }
+        Ok(())
+    }
+
+    /// Overwrites a parameter or buffer by name (e.g. for finite-difference checks).
     pub fn set_parameter(&mut self, name: &str, values: &[f32]) -> Result<()> {
         check_finite(name, values, 1)?;
-        let (id, plan) = self.plan(1)?;
-        let t = plan
-            .find(name)
-            .with_context(|| format!("the model has no parameter '{name}'"))?;
-        self.engine.write(id, t, values)
+        let slot = self.slot(name)?;
+        ensure!(
+            matches!(
+                self.persistent[slot].kind,
+                PersistentKind::Param | PersistentKind::Buffer
+            ),
+            "'{name}' is not a parameter"
+        );
+        self.engine.write_persistent(slot, values)
     }
 
     /// Mean loss of one batch without updating the model.

@@ -1,0 +1,110 @@
+//! safetensors checkpoints: round trips, atomic writes, and validated loads.
+
+mod common;
+
+use std::collections::BTreeMap;
+use steadygrad::checkpoint;
+use steadygrad::cpu::CpuEngine;
+use steadygrad::gpu::GpuEngine;
+use steadygrad::{BatchNorm, MlpSpec, Model, NamedTensor, Optimizer};
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("steadygrad-test-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn save_load_round_trip_is_exact() {
+    let dir = temp_dir("roundtrip");
+    let path = dir.join("m.safetensors");
+    let spec = MlpSpec::new(3, &[5, 4], 2)
+        .batch_norm(BatchNorm::default())
+        .seed(3);
+    let mut a = Model::new(spec.clone(), Box::new(GpuEngine::new(common::gpu()))).unwrap();
+    a.train_batch(&common::random(12, 1), &[0.0, 1.0, 1.0, 0.0])
+        .unwrap();
+    let state = a.state_dict().unwrap();
+    let mut meta = BTreeMap::new();
+    meta.insert("note".to_string(), "hello".to_string());
+    checkpoint::save(&path, &state, &meta).unwrap();
+    let (loaded, meta2) = checkpoint::load(&path).unwrap();
+    assert_eq!(meta2.get("note").map(String::as_str), Some("hello"));
+    let by_name = |v: &[NamedTensor]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    };
+    assert_eq!(by_name(&loaded), by_name(&state), "bit-exact round trip");
+    // No temporary files are left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+
+    let mut b = Model::new(spec.seed(99), Box::new(CpuEngine::new())).unwrap();
+    b.load_state_dict(&loaded).unwrap();
+    assert_eq!(b.state_dict().unwrap(), state);
+    let x = common::random(6, 2);
+    let (pa, pb) = (a.predict(&x).unwrap(), b.predict(&x).unwrap());
+    let t = steadygrad::check::compare("predict", &pa, &pb, steadygrad::Tolerance::default());
+    assert!(t.pass, "{t:?}");
+}
+
+#[test]
+fn mismatches_are_all_named() {
+    let mut m = Model::new(
+        MlpSpec::new(3, &[5], 2).optimizer(Optimizer::Sgd { lr: 0.1 }),
+        Box::new(CpuEngine::new()),
+    )
+    .unwrap();
+    let before = m.state_dict().unwrap();
+    let mut bad: Vec<NamedTensor> = before.clone();
+    bad.retain(|t| t.name != "layers.1.linear.bias");
+    bad[0].shape = vec![3, 5];
+    bad.push(NamedTensor {
+        name: "layers.7.linear.weight".into(),
+        shape: vec![1],
+        values: vec![0.0],
+    });
+    let e = format!("{:#}", m.load_state_dict(&bad).unwrap_err());
+    assert!(e.contains("missing 'layers.1.linear.bias'"), "{e}");
+    assert!(
+        e.contains("'layers.0.linear.weight' has shape [3, 5], the model needs [5, 3]"),
+        "{e}"
+    );
+    assert!(e.contains("unexpected 'layers.7.linear.weight'"), "{e}");
+    assert_eq!(
+        m.state_dict().unwrap(),
+        before,
+        "nothing loaded on a mismatch"
+    );
+}
+
+#[test]
+fn corrupt_files_are_errors() {
+    let dir = temp_dir("corrupt");
+    let path = dir.join("bad.safetensors");
+    std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}").unwrap();
+    let e = format!("{:#}", checkpoint::load(&path).unwrap_err());
+    assert!(
+        e.contains("bad.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
+    let e = format!(
+        "{:#}",
+        checkpoint::load(&dir.join("missing.safetensors")).unwrap_err()
+    );
+    assert!(e.contains("missing.safetensors"), "{e}");
+    // A truncated but otherwise valid file.
+    let m = NamedTensor {
+        name: "x".into(),
+        shape: vec![4],
+        values: vec![1.0; 4],
+    };
+    checkpoint::save(&path, &[m], &BTreeMap::new()).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+    assert!(checkpoint::load(&path).is_err());
+}
