@@ -97,6 +97,11 @@ pub fn load(path: &Path) -> Result<(Vec<NamedTensor>, BTreeMap<String, String>)>
         .collect();
     let mut tensors = Vec::new();
     for (name, view) in st.tensors() {
+        // PyTorch's BatchNorm counts batches in an int64 buffer it only uses when
+        // momentum is None; steadygrad always has a momentum, so the counter is dropped.
+        if name.ends_with(".num_batches_tracked") {
+            continue;
+        }
         let data = view.data();
         let values: Vec<f32> = match view.dtype() {
             Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),

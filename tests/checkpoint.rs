@@ -108,3 +108,33 @@ fn corrupt_files_are_errors() {
     std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
     assert!(checkpoint::load(&path).is_err());
 }
+
+/// A checkpoint written by PyTorch (tests/fixtures/make_pytorch_checkpoint.py: tanh,
+/// batch norm before the activation with trained running statistics, a residual
+/// projection) reproduces PyTorch's eval-mode outputs on both backends.
+/// Tolerance 1e-5 absolute: outputs are O(0.1–1) and the two implementations differ only
+/// in f32 summation order over at most 6 terms per dot product.
+#[test]
+fn pytorch_checkpoint_reproduces_pytorch_outputs() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let (state, meta) = checkpoint::load(&fixtures.join("pytorch_mlp.safetensors")).unwrap();
+    assert!(meta.contains_key("steadygrad.config"));
+    let (io, _) = checkpoint::load(&fixtures.join("pytorch_io.safetensors")).unwrap();
+    let get = |n: &str| io.iter().find(|t| t.name == n).unwrap().values.clone();
+    let (x, expect) = (get("test.input"), get("test.output"));
+    let spec = MlpSpec::new(4, &[6, 6, 5], 3)
+        .activation(steadygrad::Activation::Tanh)
+        .batch_norm(BatchNorm::default())
+        .residual(2);
+    for engine in [
+        Box::new(CpuEngine::new()) as Box<dyn steadygrad::Engine>,
+        Box::new(GpuEngine::new(common::gpu())),
+    ] {
+        let mut m = Model::new(spec.clone(), engine).unwrap();
+        m.load_state_dict(&state).unwrap();
+        let out = m.predict(&x).unwrap();
+        for (o, e) in out.iter().zip(&expect) {
+            assert!((o - e).abs() <= 1e-5, "steadygrad {o} vs PyTorch {e}");
+        }
+    }
+}
