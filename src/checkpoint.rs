@@ -3,6 +3,7 @@
 //! Tensors use PyTorch `state_dict()` names and layouts (`layers.{i}.linear.weight` is
 //! `[out, in]`), so a file written here loads into the matching PyTorch module and back.
 
+use crate::config::{ModelConfig, CONFIG_KEY};
 use crate::model::NamedTensor;
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::{Dtype, SafeTensors};
@@ -153,4 +154,37 @@ fn f16_to_f32(h: u16) -> f32 {
         _ => sign | ((exp + 127 - 15) << 23) | (frac << 13),
     };
     f32::from_bits(bits)
+}
+
+/// Saves a model's parameters and buffers with its configuration in the metadata
+/// (plus `extra` entries), atomically.
+pub fn save_model(
+    model: &mut crate::Model,
+    path: &Path,
+    extra: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mut meta = extra.clone();
+    meta.insert(
+        CONFIG_KEY.to_string(),
+        ModelConfig::from_spec(model.spec()).to_json(),
+    );
+    // Hugging Face's convention for files holding PyTorch-layout tensors.
+    meta.insert("format".to_string(), "pt".to_string());
+    save(path, &model.state_dict()?, &meta)
+}
+
+/// Reads a checkpoint and the model configuration it carries.
+pub fn load_with_config(
+    path: &Path,
+) -> Result<(ModelConfig, Vec<NamedTensor>, BTreeMap<String, String>)> {
+    let (tensors, meta) = load(path)?;
+    let json = meta.get(CONFIG_KEY).with_context(|| {
+        format!(
+            "'{}' has no '{CONFIG_KEY}' metadata, so the model architecture is unknown; \
+             save it with steadygrad or add the key (see README)",
+            path.display()
+        )
+    })?;
+    let config = ModelConfig::from_json(json).with_context(|| format!("'{}'", path.display()))?;
+    Ok((config, tensors, meta))
 }

@@ -24,6 +24,7 @@
 
 pub mod check;
 pub mod checkpoint;
+pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod engine;

@@ -43,8 +43,14 @@ fn save_load_round_trip_is_exact() {
         .collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 
-    let mut b = Model::new(spec.seed(99), Box::new(CpuEngine::new())).unwrap();
+    let mut b = Model::new(spec.clone().seed(99), Box::new(CpuEngine::new())).unwrap();
     b.load_state_dict(&loaded).unwrap();
+    // save_model carries the architecture; it rebuilds the same spec.
+    let path2 = dir.join("with_config.safetensors");
+    checkpoint::save_model(&mut a, &path2, &BTreeMap::new()).unwrap();
+    let (config, _, _) = checkpoint::load_with_config(&path2).unwrap();
+    assert_eq!(config.to_spec(spec.clone()).unwrap(), spec);
+    std::fs::remove_file(&path2).unwrap();
     assert_eq!(b.state_dict().unwrap(), state);
     let x = common::random(6, 2);
     let (pa, pb) = (a.predict(&x).unwrap(), b.predict(&x).unwrap());
@@ -122,10 +128,17 @@ fn pytorch_checkpoint_reproduces_pytorch_outputs() {
     let (io, _) = checkpoint::load(&fixtures.join("pytorch_io.safetensors")).unwrap();
     let get = |n: &str| io.iter().find(|t| t.name == n).unwrap().values.clone();
     let (x, expect) = (get("test.input"), get("test.output"));
-    let spec = MlpSpec::new(4, &[6, 6, 5], 3)
-        .activation(steadygrad::Activation::Tanh)
-        .batch_norm(BatchNorm::default())
-        .residual(2);
+    // The architecture comes from the file's own metadata.
+    let (config, _, _) =
+        checkpoint::load_with_config(&fixtures.join("pytorch_mlp.safetensors")).unwrap();
+    let spec = config.to_spec(MlpSpec::new(1, &[], 2)).unwrap();
+    assert_eq!(
+        spec,
+        MlpSpec::new(4, &[6, 6, 5], 3)
+            .activation(steadygrad::Activation::Tanh)
+            .batch_norm(BatchNorm::default())
+            .residual(2)
+    );
     for engine in [
         Box::new(CpuEngine::new()) as Box<dyn steadygrad::Engine>,
         Box::new(GpuEngine::new(common::gpu())),

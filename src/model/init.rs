@@ -83,10 +83,54 @@ impl Init {
     }
 }
 
+impl std::fmt::Display for Init {
+    /// The name [`Init::from_str`] parses back (normal/uniform with their parameters).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Init::Auto => f.write_str("auto"),
+            Init::GlorotUniform => f.write_str("glorot-uniform"),
+            Init::GlorotNormal => f.write_str("glorot-normal"),
+            Init::HeUniform => f.write_str("he-uniform"),
+            Init::HeNormal => f.write_str("he-normal"),
+            Init::LecunUniform => f.write_str("lecun-uniform"),
+            Init::LecunNormal => f.write_str("lecun-normal"),
+            Init::Normal { mean, std } => write!(f, "normal:{mean}:{std}"),
+            Init::Uniform { low, high } => write!(f, "uniform:{low}:{high}"),
+        }
+    }
+}
+
 impl std::str::FromStr for Init {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        Ok(match s.to_ascii_lowercase().replace('_', "-").as_str() {
+        let lower = s.to_ascii_lowercase().replace('_', "-");
+        let mut parts = lower.split(':');
+        let head = parts.next().unwrap_or_default();
+        let nums: Vec<f32> = parts
+            .map(|p| {
+                p.parse::<f32>()
+                    .map_err(|_| anyhow::anyhow!("init '{s}': '{p}' is not a number"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        match (head, nums.as_slice()) {
+            ("normal", [mean, std]) => {
+                return Ok(Init::Normal {
+                    mean: *mean,
+                    std: *std,
+                })
+            }
+            ("uniform", [low, high]) => {
+                return Ok(Init::Uniform {
+                    low: *low,
+                    high: *high,
+                })
+            }
+            (_, []) => {}
+            _ => anyhow::bail!(
+                "init '{s}': only normal:MEAN:STD and uniform:LOW:HIGH take parameters"
+            ),
+        }
+        Ok(match head {
             "auto" | "default" => Init::Auto,
             "glorot-uniform" | "xavier-uniform" => Init::GlorotUniform,
             "glorot-normal" | "xavier-normal" => Init::GlorotNormal,
@@ -100,7 +144,8 @@ impl std::str::FromStr for Init {
             },
             _ => anyhow::bail!(
                 "unknown init '{s}'; expected auto, glorot-uniform, glorot-normal, he-uniform, \
-                 he-normal, lecun-uniform, lecun-normal or normal"
+                 he-normal, lecun-uniform, lecun-normal, normal (N(0,1)), normal:MEAN:STD or \
+                 uniform:LOW:HIGH"
             ),
         })
     }
