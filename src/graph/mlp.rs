@@ -13,8 +13,25 @@ use crate::model::{BnPlacement, MlpSpec};
 /// Builds forward, evaluation and training ops for `rows` rows per batch.
 /// `persistent` must be `spec.persistent()`; slots are found by name.
 pub fn build(spec: &MlpSpec, persistent: &[PersistentDesc], rows: usize) -> anyhow::Result<Plan> {
+    build_from(spec, persistent, rows, 0)
+}
+
+/// As [`build`], but the plan starts at layer `start`: its input is the output of layer
+/// `start - 1`, e.g. cached outputs of frozen layers. Only frozen layers can be skipped.
+pub fn build_from(
+    spec: &MlpSpec,
+    persistent: &[PersistentDesc],
+    rows: usize,
+    start: usize,
+) -> anyhow::Result<Plan> {
     spec.validate()?;
     anyhow::ensure!(rows > 0, "batch size must be at least 1");
+    anyhow::ensure!(
+        start <= spec.frozen_layers,
+        "a plan can only start above frozen layers: start {start}, {} frozen",
+        spec.frozen_layers
+    );
+    let sizes = spec.layer_sizes();
     let mut b = Builder {
         spec,
         persistent,
@@ -23,7 +40,7 @@ pub fn build(spec: &MlpSpec, persistent: &[PersistentDesc], rows: usize) -> anyh
         params: Vec::new(),
         pending_skips: Vec::new(),
     };
-    let input = b.local("input", &[rows, spec.input]);
+    let input = b.local("input", &[rows, sizes[start]]);
     let target = b.local("target", &[target_len(spec.loss, rows, spec.output)]);
     let step = b.persistent(STEP_SLOT_NAME, &[1])?;
     // The counter advances first, so step-dependent kernels see 1 on the first step.
@@ -32,22 +49,36 @@ pub fn build(spec: &MlpSpec, persistent: &[PersistentDesc], rows: usize) -> anyh
     let layers = spec.num_layers();
     let mut net: Vec<Layer> = Vec::with_capacity(layers);
     let mut x = input;
-    for l in 0..layers {
-        // A skip connection reads the network input or an earlier layer's output.
-        let skip = spec
-            .skip_source(l)
-            .map(|j| if j == 0 { input } else { net[j - 1].out });
+    for l in start..layers {
+        // A skip connection reads the plan's input or an earlier layer's output.
+        let skip =
+            match spec.skip_source(l) {
+                None => None,
+                Some(j) if j == start => Some(input),
+                Some(j) if j > start => Some(net[j - 1 - start].out),
+                Some(j) => anyhow::bail!(
+                "layer {l}'s skip connection reads {} below the cached boundary at layer {start}; \
+                 outputs of frozen layers cannot be cached for this model",
+                if j == 0 { "the network input".to_string() } else { format!("layer {}", j - 1) }
+            ),
+            };
         let layer = b.layer_forward(l, x, skip)?;
         x = layer.out;
         net.push(layer);
     }
     let output = x;
+    b.p.layer_outputs = (0..layers)
+        .map(|l| l.checked_sub(start).map(|i| net[i].out))
+        .collect();
     let mut grad = b.loss(output, target)?;
-    for l in (0..layers).rev() {
-        grad = b.layer_backward(&net[l], grad);
+    // Backward stops at the lowest trainable layer: frozen layers below it need no
+    // gradients, so none of their backward kernels are dispatched.
+    let lowest = spec.frozen_layers;
+    for l in (lowest..layers).rev() {
+        grad = b.layer_backward(&net[l - start], grad);
         // `grad` is now the gradient of layer l's input, i.e. of the output of layer l-1:
         // add what the skip connections reading that tensor contributed.
-        if l > 0 {
+        if l > lowest {
             b.flush_skip_grads(l, grad);
         }
     }
@@ -278,6 +309,21 @@ impl Builder<'_> {
             cols,
             eps: cfg.eps,
         });
+        let frozen = l < self.spec.frozen_layers;
+        if frozen {
+            // Frozen layers run in inference mode (as Keras does for frozen batch norm), so
+            // their outputs are deterministic and can be cached.
+            let eval = self.p.forward.last().expect("just pushed").clone();
+            self.p.train.push(eval);
+            let bn = BnTensors {
+                input: x,
+                gamma,
+                beta,
+                mean,
+                invstd,
+            };
+            return Ok((bn, y));
+        }
         self.p.train.push(Op::BatchNormTrain {
             x,
             y,
@@ -391,7 +437,8 @@ impl Builder<'_> {
                 });
                 self.params.push((proj, dproj));
             }
-            if skip.source > 0 {
+            // Source j is layer j-1's output; it needs a gradient only if that layer trains.
+            if skip.source > self.spec.frozen_layers {
                 self.pending_skips.push((skip.source, dout, skip.proj));
             }
         }
@@ -443,8 +490,8 @@ impl Builder<'_> {
         });
         self.params.push((layer.weight, dw));
         self.params.push((layer.bias, db));
-        if l == 0 {
-            return dz; // nothing below the first layer needs a gradient
+        if l == self.spec.frozen_layers {
+            return dz; // nothing below the lowest trainable layer needs a gradient
         }
         // dX[rows,in] = dZ[rows,out] · W[out,in]
         let dx = self.local(format!("layers.{}.out.grad", l - 1), &[rows, fan_in]);

@@ -570,6 +570,9 @@ pub struct Plan {
     /// Why this plan cannot train, when it cannot (batch norm with one row per batch);
     /// it can still predict and evaluate.
     pub train_error: Option<String>,
+    /// Output tensor of each layer in the plan, by layer index (`None` for layers below
+    /// the plan's first layer).
+    pub layer_outputs: Vec<Option<TensorId>>,
 }
 
 impl Plan {

@@ -77,6 +77,9 @@ pub struct MlpSpec {
     /// `(l + 1) % k == 0` adds the output of the layer `k` below it (or the network input)
     /// to its own output, through a learned projection when the sizes differ.
     pub residual_every: Option<usize>,
+    /// Layers `0..frozen_layers` are frozen: not trained, run in inference mode, and no
+    /// backward kernels are dispatched for them (transfer learning).
+    pub frozen_layers: usize,
 }
 
 impl MlpSpec {
@@ -92,7 +95,13 @@ impl MlpSpec {
             seed: 0,
             batch_norm: None,
             residual_every: None,
+            frozen_layers: 0,
         }
+    }
+    /// Freezes layers `0..k` (see [`MlpSpec::frozen_layers`]).
+    pub fn freeze(mut self, k: usize) -> Self {
+        self.frozen_layers = k;
+        self
     }
     pub fn batch_norm(mut self, bn: BatchNorm) -> Self {
         self.batch_norm = Some(bn);
@@ -175,6 +184,12 @@ impl MlpSpec {
                 bn.eps
             );
         }
+        anyhow::ensure!(
+            self.frozen_layers < self.num_layers(),
+            "{} layers frozen but the model has {}: at least the output layer must train",
+            self.frozen_layers,
+            self.num_layers()
+        );
         if let Some(k) = self.residual_every {
             anyhow::ensure!(
                 k >= 1,

@@ -90,8 +90,10 @@ pub struct Model {
     spec: MlpSpec,
     engine: Box<dyn Engine>,
     persistent: Vec<PersistentDesc>,
-    /// Compiled plans by batch size: the last partial batch of an epoch gets its own.
-    plans: HashMap<usize, (PlanId, Plan)>,
+    /// Compiled plans by batch size and first layer: the last partial batch of an epoch
+    /// gets its own, and so does training from cached frozen outputs.
+    plans: HashMap<(usize, usize), (PlanId, Plan)>,
+    cache_frozen: bool,
 }
 
 impl Model {
@@ -108,6 +110,7 @@ impl Model {
             engine,
             persistent,
             plans: HashMap::new(),
+            cache_frozen: false,
         })
     }
 
@@ -131,13 +134,65 @@ impl Model {
     }
 
     fn plan(&mut self, rows: usize) -> Result<(PlanId, &Plan)> {
-        if !self.plans.contains_key(&rows) {
-            let plan = mlp::build(&self.spec, &self.persistent, rows)?;
+        self.plan_at(rows, 0)
+    }
+
+    /// The plan for `rows` rows whose input is the output of layer `start - 1`.
+    fn plan_at(&mut self, rows: usize, start: usize) -> Result<(PlanId, &Plan)> {
+        let key = (rows, start);
+        if !self.plans.contains_key(&key) {
+            let plan = mlp::build_from(&self.spec, &self.persistent, rows, start)?;
             let id = self.engine.compile(&plan)?;
-            self.plans.insert(rows, (id, plan));
+            self.plans.insert(key, (id, plan));
         }
-        let (id, plan) = &self.plans[&rows];
+        let (id, plan) = &self.plans[&key];
         Ok((*id, plan))
+    }
+
+    /// When on, [`Model::fit`] computes the outputs of the frozen layers once per row and
+    /// trains the layers above from that cache instead of recomputing them every epoch.
+    /// Frozen layers run in inference mode, so the cache is exact.
+    pub fn cache_frozen_outputs(&mut self, on: bool) {
+        self.cache_frozen = on;
+    }
+
+    /// Freezes layers `0..k` from now on (e.g. 0 to unfreeze everything). Plans are
+    /// rebuilt on next use; parameters and optimizer state are kept.
+    pub fn set_frozen_layers(&mut self, k: usize) -> Result<()> {
+        let spec = MlpSpec {
+            frozen_layers: k,
+            ..self.spec.clone()
+        };
+        spec.validate()?;
+        self.spec = spec;
+        self.plans.clear();
+        Ok(())
+    }
+
+    /// Outputs of layer `k - 1` (the top frozen layer) for every row of `data`, as a
+    /// dataset with the same targets.
+    fn frozen_features(&mut self, data: &Dataset, batch_size: usize) -> Result<Dataset> {
+        let k = self.spec.frozen_layers;
+        let width = self.spec.layer_sizes()[k];
+        let mut features = Vec::with_capacity(data.rows * width);
+        let index: Vec<usize> = (0..data.rows).collect();
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for chunk in index.chunks(batch_size) {
+            data.gather(chunk, &mut x, &mut y);
+            let (id, plan) = self.plan(chunk.len())?;
+            let (input, out) = (
+                plan.input.expect("input"),
+                plan.layer_outputs[k - 1].expect("full plans have every layer"),
+            );
+            self.engine.write(id, input, &x)?;
+            self.engine.run(id, Stage::Predict)?;
+            features.extend(self.engine.read(id, out)?);
+        }
+        Ok(Dataset {
+            features,
+            input_dim: width,
+            ..data.clone()
+        })
     }
 
     fn rows_of(&self, x: &[f32]) -> Result<usize> {
@@ -198,8 +253,8 @@ impl Model {
 
     /// Enqueues one training step (forward, loss, backward, update) on a batch that was
     /// already validated. On the GPU nothing is read back.
-    fn step_unchecked(&mut self, x: &[f32], y: &[f32], rows: usize) -> Result<()> {
-        let (id, plan) = self.plan(rows)?;
+    fn step_unchecked(&mut self, x: &[f32], y: &[f32], rows: usize, start: usize) -> Result<()> {
+        let (id, plan) = self.plan_at(rows, start)?;
         if let Some(e) = &plan.train_error {
             anyhow::bail!("{e}");
         }
@@ -216,7 +271,7 @@ impl Model {
     /// (cross-entropy) or `rows × output` targets (MSE).
     pub fn train_batch(&mut self, x: &[f32], y: &[f32]) -> Result<()> {
         let rows = self.check_batch(x, y)?;
-        self.step_unchecked(x, y, rows)
+        self.step_unchecked(x, y, rows, 0)
     }
 
     fn slot(&self, name: &str) -> Result<usize> {
@@ -260,6 +315,23 @@ impl Model {
         if let Some(v) = valid {
             self.check_dataset(v).context("validation data")?;
         }
+        // With a cache, the frozen layers run once here instead of once per epoch.
+        let start = if self.cache_frozen {
+            self.spec.frozen_layers
+        } else {
+            0
+        };
+        let cached;
+        let (train, valid) = if start > 0 {
+            let t = self.frozen_features(train, opts.batch_size)?;
+            let v = valid
+                .map(|v| self.frozen_features(v, opts.batch_size))
+                .transpose()?;
+            cached = (t, v);
+            (&cached.0, cached.1.as_ref())
+        } else {
+            (train, valid)
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(opts.shuffle_seed);
         let mut order: Vec<usize> = (0..train.rows).collect();
         let (mut x, mut y) = (Vec::new(), Vec::new());
@@ -269,13 +341,13 @@ impl Model {
             for i in (1..order.len()).rev() {
                 order.swap(i, rng.random_range(0..=i));
             }
-            let start = Instant::now();
+            let clock = Instant::now();
             for chunk in order.chunks(opts.batch_size) {
                 train.gather(chunk, &mut x, &mut y);
-                self.step_unchecked(&x, &y, chunk.len())?;
+                self.step_unchecked(&x, &y, chunk.len(), start)?;
             }
             let metrics = self.take_metrics()?;
-            let seconds = start.elapsed().as_secs_f64();
+            let seconds = clock.elapsed().as_secs_f64();
             ensure!(
                 metrics.loss.is_finite(),
                 "training diverged in epoch {epoch}: the mean loss is {}; lower the learning rate \
@@ -283,7 +355,7 @@ impl Model {
                 metrics.loss
             );
             let valid = valid
-                .map(|v| self.evaluate(v, opts.batch_size))
+                .map(|v| self.evaluate_at(v, opts.batch_size, start))
                 .transpose()?;
             let report = EpochReport {
                 epoch,
@@ -299,14 +371,18 @@ impl Model {
 
     /// Mean loss and accuracy on `data` without updating the model.
     pub fn evaluate(&mut self, data: &Dataset, batch_size: usize) -> Result<Metrics> {
-        ensure!(batch_size > 0, "batch size must be at least 1");
         self.check_dataset(data)?;
+        self.evaluate_at(data, batch_size, 0)
+    }
+
+    fn evaluate_at(&mut self, data: &Dataset, batch_size: usize, start: usize) -> Result<Metrics> {
+        ensure!(batch_size > 0, "batch size must be at least 1");
         self.take_metrics()?;
         let index: Vec<usize> = (0..data.rows).collect();
         let (mut x, mut y) = (Vec::new(), Vec::new());
         for chunk in index.chunks(batch_size) {
             data.gather(chunk, &mut x, &mut y);
-            let (id, plan) = self.plan(chunk.len())?;
+            let (id, plan) = self.plan_at(chunk.len(), start)?;
             let (input, target) = (plan.input.expect("input"), plan.target.expect("target"));
             self.engine.write(id, input, &x)?;
             self.engine.write(id, target, &y)?;
@@ -437,6 +513,50 @@ impl Model {
         Ok(())
     }
 
+    /// Transfer learning: loads the tensors of layers `0..n` (linear, batch norm,
+    /// activation and projection parameters) from `tensors`, such as a pretrained
+    /// checkpoint, and leaves the layers above at their fresh initialisation. Every
+    /// model tensor of those layers must be present with the right shape; tensors of
+    /// other layers in `tensors` are ignored.
+    pub fn load_layers(&mut self, tensors: &[NamedTensor], n: usize) -> Result<()> {
+        ensure!(
+            n <= self.spec.num_layers(),
+            "cannot keep {n} layers: the model has {}",
+            self.spec.num_layers()
+        );
+        let wanted = |name: &str| layer_index(name).is_some_and(|l| l < n);
+        let mine: Vec<NamedTensor> = tensors
+            .iter()
+            .filter(|t| wanted(&t.name))
+            .cloned()
+            .collect();
+        let mut full = self.state_dict()?;
+        for t in full.iter_mut().filter(|t| wanted(&t.name)) {
+            match mine.iter().find(|m| m.name == t.name) {
+                Some(m) if m.shape == t.shape => t.values.clone_from(&m.values),
+                Some(m) => anyhow::bail!(
+                    "pretrained '{}' has shape {:?}, the model needs {:?}",
+                    m.name,
+                    m.shape,
+                    t.shape
+                ),
+                None => anyhow::bail!(
+                    "pretrained weights have no '{}' (shape {:?})",
+                    t.name,
+                    t.shape
+                ),
+            }
+        }
+        for m in &mine {
+            ensure!(
+                full.iter().any(|t| t.name == m.name),
+                "pretrained '{}' has no counterpart in the model (different architecture?)",
+                m.name
+            );
+        }
+        self.load_state_dict(&full)
+    }
+
     /// Overwrites a parameter or buffer by name (e.g. for finite-difference checks).
     pub fn set_parameter(&mut self, name: &str, values: &[f32]) -> Result<()> {
         check_finite(name, values, 1)?;
@@ -462,4 +582,13 @@ impl Model {
         self.engine.run(id, Stage::Eval)?;
         Ok(self.take_metrics()?.loss)
     }
+}
+
+/// The layer index in a `layers.{i}.…` tensor name.
+fn layer_index(name: &str) -> Option<usize> {
+    name.strip_prefix("layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
