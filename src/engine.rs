@@ -31,6 +31,36 @@ pub trait Engine {
     /// returns without waiting.
     fn run(&mut self, plan: PlanId, stage: Stage) -> Result<()>;
     fn set_hyper(&mut self, hyper: Hyper) -> Result<()>;
+    /// Starts copying tensors to the host behind the work already queued, without waiting
+    /// for it; the values arrive through [`PendingRead::poll`]. The default reads at once
+    /// (the CPU backend has nothing to wait for).
+    fn read_async(&mut self, plan: PlanId, tensors: &[TensorId]) -> Result<Box<dyn PendingRead>> {
+        let values = tensors
+            .iter()
+            .map(|&t| self.read(plan, t))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Box::new(ReadyRead(Some(values))))
+    }
+}
+
+/// A readback in flight, from [`Engine::read_async`].
+pub trait PendingRead {
+    /// The tensors' values, in the order asked for, once the device has produced them;
+    /// `None` while it has not. With `wait`, blocks until they are ready. A read yields
+    /// its values once; polling it again is an error.
+    fn poll(&mut self, wait: bool) -> Result<Option<Vec<Vec<f32>>>>;
+}
+
+/// A read whose values are already on the host.
+pub struct ReadyRead(pub Option<Vec<Vec<f32>>>);
+
+impl PendingRead for ReadyRead {
+    fn poll(&mut self, _wait: bool) -> Result<Option<Vec<Vec<f32>>>> {
+        self.0
+            .take()
+            .map(Some)
+            .ok_or_else(|| anyhow::anyhow!("this read was already collected"))
+    }
 }
 
 /// Which backend to use.

@@ -27,6 +27,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod cpu;
 pub mod data;
+pub mod diag;
 pub mod engine;
 pub mod gpu;
 pub mod graph;

@@ -1,6 +1,7 @@
 //! The CPU reference backend: interprets a [`Plan`] op by op with the loops in [`ops`].
 
 pub mod ops;
+pub mod stats;
 
 use crate::engine::{Engine, PlanId};
 use crate::graph::{Hyper, Op, PersistentDesc, Plan, Stage, Storage, TensorId};
@@ -315,6 +316,75 @@ impl CpuEngine {
                 let mut p = self.take(plan, param);
                 ops::sgd_step(&mut p, self.get(plan, grad), lr);
                 self.put(plan, param, p);
+            }
+            Op::Copy {
+                src,
+                dst,
+                len,
+                offset,
+                ..
+            } => {
+                let mut d = self.take(plan, dst);
+                d[offset..offset + len].copy_from_slice(&self.get(plan, src)[..len]);
+                self.put(plan, dst, d);
+            }
+            Op::ActivationStats {
+                out,
+                act_in,
+                act_out,
+                rows,
+                cols,
+                dead,
+                saturation,
+                stats: s,
+                at,
+                ..
+            } => {
+                let mut record = self.take(plan, s);
+                stats::activation_stats(
+                    self.get(plan, out),
+                    self.get(plan, act_in),
+                    self.get(plan, act_out),
+                    rows,
+                    cols,
+                    dead,
+                    saturation,
+                    &mut record[at..at + crate::graph::stats::ACT_STATS_LEN],
+                );
+                self.put(plan, s, record);
+            }
+            Op::Norm {
+                x,
+                minus,
+                len,
+                stats: s,
+                at,
+                ..
+            } => {
+                let mut record = self.take(plan, s);
+                stats::norm(
+                    &self.get(plan, x)[..len],
+                    minus.map(|m| &self.get(plan, m)[..len]),
+                    &mut record[at..at + crate::graph::stats::NORM_STATS_LEN],
+                );
+                self.put(plan, s, record);
+            }
+            Op::GuardFinite {
+                x,
+                len,
+                slot,
+                also,
+                step,
+                flags,
+                ..
+            } => {
+                let mut f = self.take(plan, flags);
+                let step = self.get(plan, step)[0];
+                stats::guard_finite(&self.get(plan, x)[..len], step, &mut f, slot);
+                if let Some((x2, len2, slot2)) = also {
+                    stats::guard_finite(&self.get(plan, x2)[..len2], step, &mut f, slot2);
+                }
+                self.put(plan, flags, f);
             }
         }
         Ok(())

@@ -3,10 +3,10 @@
 
 use super::kernels::{KernelKey, Kernels, Shader};
 use super::GpuContext;
-use crate::engine::{Engine, PlanId};
+use crate::engine::{Engine, PendingRead, PlanId};
 use crate::graph::{Hyper, Loss, Op, PersistentDesc, Plan, Stage, Storage, TensorId};
 use anyhow::{bail, ensure, Context, Result};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 /// Invocations per workgroup of the 1-D kernels (see the WGSL files).
@@ -29,6 +29,9 @@ struct GpuPlan {
     eval: Vec<Dispatch>,
     /// A whole training step, training-mode forward pass included.
     train: Vec<Dispatch>,
+    /// The training step with statistics, lowered on first use so models that never
+    /// gather statistics pay nothing for them, not even pipeline creation.
+    train_stats: Option<Vec<Dispatch>>,
 }
 
 pub struct GpuEngine {
@@ -396,6 +399,85 @@ impl GpuEngine {
                     g,
                 )
             }
+            Op::Copy {
+                src,
+                dst,
+                len,
+                offset,
+                ..
+            } => {
+                let [bs, bd] = [src, dst].map(buf);
+                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                self.dispatch(
+                    KernelKey::new(Shader::Stats, "copy"),
+                    Some([u(len)?, u(offset)?, 0, 0]),
+                    &[(7, &bs), (8, &bd)],
+                    g,
+                )
+            }
+            Op::ActivationStats {
+                out,
+                act_in,
+                act_out,
+                rows,
+                cols,
+                dead,
+                saturation,
+                stats,
+                at,
+                ..
+            } => {
+                let [bo, bi, ba, bs] = [out, act_in, act_out, stats].map(buf);
+                let (lo, hi) = saturation.unwrap_or((0.0, 0.0));
+                let mode = dead as u32 | (saturation.is_some() as u32) << 1;
+                // Statistics steps are rare; one workgroup per layer is enough (see the WGSL).
+                self.dispatch(
+                    KernelKey::new(Shader::Stats, "activation_stats")
+                        .with("LO_BITS", lo.to_bits())
+                        .with("HI_BITS", hi.to_bits()),
+                    Some([u(rows)?, u(cols)?, u(at)?, mode]),
+                    &[(1, &bo), (2, &bi), (3, &ba), (4, &bs)],
+                    [1, 1, 1],
+                )
+            }
+            Op::Norm {
+                x,
+                minus,
+                len,
+                stats,
+                at,
+                ..
+            } => {
+                let [bx, bs] = [x, stats].map(buf);
+                let bm = buf(minus.unwrap_or(x));
+                self.dispatch(
+                    KernelKey::new(Shader::Stats, "norm"),
+                    Some([u(len)?, u(at)?, minus.is_some() as u32, 0]),
+                    &[(1, &bx), (2, &bm), (4, &bs)],
+                    [1, 1, 1],
+                )
+            }
+            Op::GuardFinite {
+                x,
+                len,
+                slot,
+                also,
+                step,
+                flags,
+                ..
+            } => {
+                let [bx, bst, bf] = [x, step, flags].map(buf);
+                // Without a second tensor, `x` stands in for it with length 0.
+                let (x2, len2, slot2) = also.unwrap_or((x, 0, slot));
+                let b2 = buf(x2);
+                let g = self.grid(len.max(len2).div_ceil(ELEMENTWISE_WG))?;
+                self.dispatch(
+                    KernelKey::new(Shader::Stats, "guard"),
+                    Some([u(len)?, u(slot)?, u(len2)?, u(slot2)?]),
+                    &[(1, &bx), (2, &b2), (5, &bf), (6, &bst)],
+                    g,
+                )
+            }
         }
     }
 
@@ -465,6 +547,25 @@ impl GpuEngine {
         };
         staging.unmap();
         Ok(out)
+    }
+
+    /// Lowers the plan's statistics step the first time it is run.
+    fn lower_stats(&mut self, id: PlanId) -> Result<()> {
+        let p = self.plans.get(id).context("unknown plan id")?;
+        if p.train_stats.is_some() {
+            return Ok(());
+        }
+        let (plan, local) = (p.plan.clone(), p.local.clone());
+        let dispatches = plan
+            .train_stats
+            .iter()
+            .map(|op| self.lower(&plan, &local, op))
+            .collect::<Result<Vec<_>>>()?;
+        self.ctx
+            .take_error()
+            .context("compiling the statistics step")?;
+        self.plans[id].train_stats = Some(dispatches);
+        Ok(())
     }
 
     fn tensor_buffer(&self, plan: PlanId, t: TensorId) -> Result<(&wgpu::Buffer, usize, &str)> {
@@ -541,6 +642,7 @@ impl Engine for GpuEngine {
             forward,
             eval,
             train,
+            train_stats: None,
         });
         Ok(self.plans.len() - 1)
     }
@@ -595,11 +697,15 @@ impl Engine for GpuEngine {
     }
 
     fn run(&mut self, plan: PlanId, stage: Stage) -> Result<()> {
+        if stage == Stage::TrainWithStats {
+            self.lower_stats(plan)?;
+        }
         let p = self.plans.get(plan).context("unknown plan id")?;
         let (head, tail): (&[Dispatch], &[Dispatch]) = match stage {
             Stage::Predict => (&p.forward, &[]),
             Stage::Eval => (&p.forward, &p.eval),
             Stage::Train => (&p.train, &[]),
+            Stage::TrainWithStats => (p.train_stats.as_deref().unwrap_or_default(), &[]),
         };
         let mut encoder = self
             .ctx
@@ -629,5 +735,112 @@ impl Engine for GpuEngine {
             .queue
             .write_buffer(&self.hyper, 0, bytemuck::cast_slice(&hyper.to_array()));
         Ok(())
+    }
+
+    fn read_async(&mut self, plan: PlanId, tensors: &[TensorId]) -> Result<Box<dyn PendingRead>> {
+        let mut lens = Vec::with_capacity(tensors.len());
+        let mut encoder = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("async readback"),
+            });
+        let total: usize = tensors
+            .iter()
+            .map(|&t| self.tensor_buffer(plan, t).map(|(_, len, _)| len * 4))
+            .sum::<Result<usize>>()?;
+        ensure!(total > 0, "nothing to read");
+        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("async readback"),
+            size: total as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut offset = 0u64;
+        for &t in tensors {
+            let (buf, len, _) = self.tensor_buffer(plan, t)?;
+            let bytes = (len * 4) as u64;
+            encoder.copy_buffer_to_buffer(buf, 0, &staging, offset, bytes);
+            offset += bytes;
+            lens.push(len);
+        }
+        let ctx = &self.ctx;
+        ctx.scoped(
+            || "starting an asynchronous readback".to_string(),
+            || ctx.queue.submit([encoder.finish()]),
+        )?;
+        let state = Arc::new(Mutex::new(None));
+        let sink = state.clone();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            *sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        });
+        Ok(Box::new(GpuPendingRead {
+            ctx: self.ctx.clone(),
+            staging,
+            lens,
+            state,
+            collected: false,
+        }))
+    }
+}
+
+type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
+
+/// A staging buffer being mapped; the map callback fills `state` during a device poll.
+struct GpuPendingRead {
+    ctx: Arc<GpuContext>,
+    staging: wgpu::Buffer,
+    lens: Vec<usize>,
+    state: Arc<Mutex<Option<MapResult>>>,
+    collected: bool,
+}
+
+impl GpuPendingRead {
+    fn take_state(&self) -> Option<MapResult> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl PendingRead for GpuPendingRead {
+    fn poll(&mut self, wait: bool) -> Result<Option<Vec<Vec<f32>>>> {
+        ensure!(!self.collected, "this read was already collected");
+        let status = match self.take_state() {
+            Some(s) => s,
+            None => {
+                if wait {
+                    self.ctx.wait()?;
+                } else {
+                    // One non-blocking look: runs the callbacks of finished work only.
+                    self.ctx
+                        .device
+                        .poll(wgpu::PollType::Poll)
+                        .map_err(|e| anyhow::anyhow!("polling the GPU failed: {e}"))?;
+                    self.ctx.take_error()?;
+                }
+                match self.take_state() {
+                    Some(s) => s,
+                    None if wait => bail!("the GPU finished but the readback was not mapped"),
+                    None => return Ok(None),
+                }
+            }
+        };
+        status.map_err(|e| anyhow::anyhow!("mapping a readback failed: {e}"))?;
+        let values = {
+            let view = self
+                .staging
+                .get_mapped_range(..)
+                .map_err(|e| anyhow::anyhow!("reading a readback: {e}"))?;
+            let all: &[f32] = bytemuck::cast_slice(&view);
+            let mut out = Vec::with_capacity(self.lens.len());
+            let mut at = 0;
+            for &len in &self.lens {
+                out.push(all[at..at + len].to_vec());
+                at += len;
+            }
+            out
+        };
+        self.staging.unmap();
+        self.collected = true;
+        Ok(Some(values))
     }
 }

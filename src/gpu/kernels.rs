@@ -15,6 +15,7 @@ pub enum Shader {
     Optim,
     BatchNorm,
     Elementwise,
+    Stats,
 }
 
 impl Shader {
@@ -41,6 +42,7 @@ impl Shader {
             Shader::Optim => include_str!("../../shaders/optim.wgsl"),
             Shader::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),
             Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
+            Shader::Stats => include_str!("../../shaders/stats.wgsl"),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! code; the executors only need one new arm each.
 
 pub mod mlp;
+pub mod stats;
 
 use std::fmt;
 
@@ -290,6 +291,55 @@ pub enum Op {
         grad: TensorId,
         len: usize,
     },
+    /// `dst[offset..offset + len] = src` bit for bit: weight snapshots before the update on
+    /// statistics steps, and the step counter into the statistics record.
+    Copy {
+        src: TensorId,
+        dst: TensorId,
+        len: usize,
+        dst_len: usize,
+        offset: usize,
+    },
+    /// Activation statistics of one layer, written to `stats[at..at + 5]` (see
+    /// [`stats::ACT_STATS_LEN`]): mean and standard deviation of the finite elements of
+    /// `out` (`[rows, cols]`), the fraction of dead units (columns where `act_in <= 0` in
+    /// every row) when `dead`, the fraction of saturated elements of `act_out` (`<= lo` or
+    /// `>= hi`) when `saturation = Some((lo, hi))`, and the count of non-finite elements.
+    ActivationStats {
+        out: TensorId,
+        act_in: TensorId,
+        act_out: TensorId,
+        rows: usize,
+        cols: usize,
+        dead: bool,
+        saturation: Option<(f32, f32)>,
+        stats: TensorId,
+        stats_len: usize,
+        at: usize,
+    },
+    /// `stats[at] = ‖x − minus‖₂` (`‖x‖₂` without `minus`) over the finite differences,
+    /// and `stats[at + 1]` = how many were not finite.
+    Norm {
+        x: TensorId,
+        minus: Option<TensorId>,
+        len: usize,
+        stats: TensorId,
+        stats_len: usize,
+        at: usize,
+    },
+    /// The always-on non-finite guard: when `x` holds a NaN or ±inf, records the current
+    /// step (the `u32` counter in `step`) in `flags[slot]` as `u32::MAX - step` with an
+    /// atomic max, so 0 means never and the earliest step wins. `also` is a second tensor
+    /// `(tensor, len, slot)` checked in the same dispatch, which halves the guard's cost.
+    GuardFinite {
+        x: TensorId,
+        len: usize,
+        slot: usize,
+        also: Option<(TensorId, usize, usize)>,
+        step: TensorId,
+        flags: TensorId,
+        flags_len: usize,
+    },
 }
 
 impl Op {
@@ -380,6 +430,34 @@ impl Op {
             } => (vec![x, dy, gamma, mean, invstd], vec![dx, dgamma, dbeta]),
             Op::Add { a, b, out, .. } => (vec![a, b], vec![out]),
             Op::Accumulate { x, y, .. } => (vec![x, y], vec![y]),
+            Op::Copy { src, dst, .. } => (vec![src], vec![dst]),
+            Op::ActivationStats {
+                out,
+                act_in,
+                act_out,
+                stats,
+                ..
+            } => (vec![out, act_in, act_out], vec![stats]),
+            Op::Norm {
+                x, minus, stats, ..
+            } => {
+                let mut r = vec![x];
+                r.extend(minus);
+                (r, vec![stats])
+            }
+            // The flags are updated atomically in place; listing them as read too would
+            // flag the op as aliased.
+            Op::GuardFinite {
+                x,
+                also,
+                step,
+                flags,
+                ..
+            } => {
+                let mut r = vec![x, step];
+                r.extend(also.map(|a| a.0));
+                (r, vec![flags])
+            }
         }
     }
 
@@ -507,7 +585,81 @@ impl Op {
             ],
             Op::Add { a, b, out, len } => vec![(a, len), (b, len), (out, len)],
             Op::Accumulate { x, y, len } => vec![(x, len), (y, len)],
+            Op::Copy {
+                src,
+                dst,
+                len,
+                dst_len,
+                ..
+            } => vec![(src, len), (dst, dst_len)],
+            Op::ActivationStats {
+                out,
+                act_in,
+                act_out,
+                rows,
+                cols,
+                stats,
+                stats_len,
+                ..
+            } => vec![
+                (out, rows * cols),
+                (act_in, rows * cols),
+                (act_out, rows * cols),
+                (stats, stats_len),
+            ],
+            Op::Norm {
+                x,
+                minus,
+                len,
+                stats,
+                stats_len,
+                ..
+            } => {
+                let mut v = vec![(x, len), (stats, stats_len)];
+                v.extend(minus.map(|m| (m, len)));
+                v
+            }
+            Op::GuardFinite {
+                x,
+                len,
+                also,
+                step,
+                flags,
+                flags_len,
+                ..
+            } => {
+                let mut v = vec![(x, len), (step, 1), (flags, flags_len)];
+                v.extend(also.map(|(t, len, _)| (t, len)));
+                v
+            }
         }
+    }
+
+    /// Offsets into a larger tensor that the length table cannot check, so a bad
+    /// hand-built plan is an error rather than an out-of-bounds write.
+    fn check_offsets(&self) -> anyhow::Result<()> {
+        let (end, len) = match *self {
+            Op::Copy {
+                len,
+                dst_len,
+                offset,
+                ..
+            } => (offset + len, dst_len),
+            Op::ActivationStats { stats_len, at, .. } => (at + stats::ACT_STATS_LEN, stats_len),
+            Op::Norm { stats_len, at, .. } => (at + stats::NORM_STATS_LEN, stats_len),
+            Op::GuardFinite {
+                flags_len,
+                slot,
+                also,
+                ..
+            } => (slot.max(also.map_or(0, |a| a.2)) + 1, flags_len),
+            _ => return Ok(()),
+        };
+        anyhow::ensure!(
+            end <= len,
+            "op {self:?} writes up to element {end} of a tensor of {len}"
+        );
+        Ok(())
     }
 }
 
@@ -546,6 +698,9 @@ pub enum Stage {
     Train,
     /// Forward pass only (no targets needed).
     Predict,
+    /// A training step that also gathers gradient-health statistics into
+    /// [`Plan::stats`]; ordinary [`Stage::Train`] steps dispatch none of that work.
+    TrainWithStats,
 }
 
 /// A compiled-once description of a computation for one batch size.
@@ -573,6 +728,12 @@ pub struct Plan {
     /// Output tensor of each layer in the plan, by layer index (`None` for layers below
     /// the plan's first layer).
     pub layer_outputs: Vec<Option<TensorId>>,
+    /// [`Plan::train`] with the statistics ops spliced in (see [`stats`]).
+    pub train_stats: Vec<Op>,
+    /// The statistics record that [`Stage::TrainWithStats`] writes (local).
+    pub stats: Option<TensorId>,
+    /// The persistent non-finite flags written by the guard in [`Plan::train`].
+    pub guard: Option<TensorId>,
 }
 
 impl Plan {
@@ -595,6 +756,7 @@ impl Plan {
             Stage::Predict => (&self.forward, &[]),
             Stage::Eval => (&self.forward, &self.eval),
             Stage::Train => (&self.train, &[]),
+            Stage::TrainWithStats => (&self.train_stats, &[]),
         };
         head.iter().chain(tail.iter())
     }
@@ -630,7 +792,15 @@ impl Plan {
                 );
             }
         }
-        for op in self.forward.iter().chain(&self.eval).chain(&self.train) {
+        let with_stats = self.train_stats.iter();
+        for op in self
+            .forward
+            .iter()
+            .chain(&self.eval)
+            .chain(&self.train)
+            .chain(with_stats)
+        {
+            op.check_offsets()?;
             for (id, need) in op.required_lens() {
                 let t = self.tensors.get(id).ok_or_else(|| {
                     anyhow::anyhow!("op {op:?} refers to tensor {id}, which does not exist")

@@ -273,6 +273,8 @@ impl MlpSpec {
             init: vec![0.0; METRICS_LEN],
             kind: PersistentKind::Internal,
         });
+        // Last, so it has a flag for every slot before it (see `graph::stats`).
+        out.push(crate::graph::stats::guard_desc(out.len()));
         out
     }
 }

@@ -1,5 +1,7 @@
 //! [`Model`]: a compiled MLP on one backend, with training, evaluation and prediction.
 
+mod health;
+
 use crate::data::{check_finite, check_labels, Dataset};
 use crate::engine::{create_engine, BackendChoice, Engine, PlanId};
 use crate::graph::{
@@ -94,6 +96,8 @@ pub struct Model {
     /// gets its own, and so does training from cached frozen outputs.
     plans: HashMap<(usize, usize), (PlanId, Plan)>,
     cache_frozen: bool,
+    /// Statistics schedule, records and observer (see `health.rs`).
+    health: health::Health,
 }
 
 impl Model {
@@ -111,6 +115,7 @@ impl Model {
             persistent,
             plans: HashMap::new(),
             cache_frozen: false,
+            health: health::Health::default(),
         })
     }
 
@@ -262,9 +267,17 @@ impl Model {
             plan.input.expect("mlp plans have an input"),
             plan.target.expect("mlp plans have a target"),
         );
+        let has_stats = plan.stats.is_some();
+        let gathered = has_stats && self.health.due();
         self.engine.write(id, input, x)?;
         self.engine.write(id, target, y)?;
-        self.engine.run(id, Stage::Train)
+        let stage = if gathered {
+            Stage::TrainWithStats
+        } else {
+            Stage::Train
+        };
+        self.engine.run(id, stage)?;
+        self.health_after_step((rows, start), gathered)
     }
 
     /// One training step on a batch: `x` is `rows × input`, `y` holds class indices
@@ -337,16 +350,20 @@ impl Model {
         let (mut x, mut y) = (Vec::new(), Vec::new());
         let mut reports = Vec::with_capacity(opts.epochs);
         self.take_metrics()?;
+        self.health_begin_fit(opts.epochs, train.rows.div_ceil(opts.batch_size))?;
         for epoch in 1..=opts.epochs {
             for i in (1..order.len()).rev() {
                 order.swap(i, rng.random_range(0..=i));
             }
             let clock = Instant::now();
+            self.health_begin_epoch(epoch);
             for chunk in order.chunks(opts.batch_size) {
                 train.gather(chunk, &mut x, &mut y);
                 self.step_unchecked(&x, &y, chunk.len(), start)?;
+                self.health_step_done(chunk.len())?;
             }
             let metrics = self.take_metrics()?;
+            self.health_end_epoch()?;
             let seconds = clock.elapsed().as_secs_f64();
             ensure!(
                 metrics.loss.is_finite(),
@@ -363,9 +380,11 @@ impl Model {
                 valid,
                 samples_per_sec: train.rows as f64 / seconds.max(1e-9),
             };
+            self.health_epoch_report(&report)?;
             on_epoch(&report);
             reports.push(report);
         }
+        self.health_end_fit();
         Ok(reports)
     }
 

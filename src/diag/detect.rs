@@ -1,0 +1,454 @@
+//! Detectors over the statistics history, and advice fitted to the model's configuration.
+
+use super::StepStats;
+use crate::graph::Activation;
+use crate::model::{Init, MlpSpec};
+use serde::Serialize;
+use std::fmt;
+
+/// Thresholds of the detectors. A condition is *sustained* when it holds in every record
+/// of the window: the last `window` records (all of them when there are fewer).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DetectorConfig {
+    pub window: usize,
+    /// Vanishing: the lowest trained layer's ‖∇W‖ below this fraction of the output
+    /// layer's, sustained. The first layer reads the raw input (here 2 features against
+    /// tens of units further up), so healthy networks sit around 0.1 to 1; the default
+    /// leaves two orders of magnitude for that.
+    pub vanishing_ratio: f32,
+    /// Exploding: the total gradient norm growing by at least this factor from the first
+    /// to the last record of the window.
+    pub exploding_factor: f32,
+    /// Dying ReLU: a layer whose mean dead-unit fraction over the window is at least this.
+    pub dead_fraction: f32,
+    /// Saturation: a sigmoid or tanh layer whose mean saturated fraction over the window
+    /// is at least this.
+    pub saturated_fraction: f32,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            window: 5,
+            vanishing_ratio: 1e-3,
+            exploding_factor: 10.0,
+            dead_fraction: 0.5,
+            saturated_fraction: 0.5,
+        }
+    }
+}
+
+impl DetectorConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.window >= 1,
+            "the detector window must be at least 1 record"
+        );
+        let positive = |name: &str, v: f32| {
+            anyhow::ensure!(
+                v.is_finite() && v > 0.0,
+                "{name} must be a finite number > 0, got {v}"
+            );
+            Ok(())
+        };
+        positive("the vanishing ratio", self.vanishing_ratio)?;
+        anyhow::ensure!(
+            self.exploding_factor.is_finite() && self.exploding_factor > 1.0,
+            "the exploding factor must be a finite number > 1, got {}",
+            self.exploding_factor
+        );
+        for (name, v) in [
+            ("the dead fraction", self.dead_fraction),
+            ("the saturated fraction", self.saturated_fraction),
+        ] {
+            anyhow::ensure!(v > 0.0 && v <= 1.0, "{name} must be in (0, 1], got {v}");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WarningKind {
+    Vanishing,
+    Exploding,
+    NonFinite,
+    DyingRelu,
+    Saturation,
+}
+
+impl WarningKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            WarningKind::Vanishing => "vanishing gradients",
+            WarningKind::Exploding => "exploding gradients",
+            WarningKind::NonFinite => "non-finite values",
+            WarningKind::DyingRelu => "dying ReLU",
+            WarningKind::Saturation => "saturated activations",
+        }
+    }
+}
+
+/// One finding: what, where, the numbers behind it, and what to try, most effective
+/// first, leaving out what the model already does.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Warning {
+    pub kind: WarningKind,
+    pub layers: Vec<usize>,
+    pub evidence: String,
+    pub remedies: Vec<String>,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} in {}: {}",
+            self.kind.name(),
+            layer_list(&self.layers),
+            self.evidence
+        )?;
+        for (i, r) in self.remedies.iter().enumerate() {
+            write!(f, "\n  {}. {r}", i + 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// "layer 3", "layers 0-4", "layers 1, 5, 9".
+pub fn layer_list(layers: &[usize]) -> String {
+    match layers {
+        [] => "the model".to_string(),
+        [l] => format!("layer {l}"),
+        _ if layers.windows(2).all(|w| w[1] == w[0] + 1) => {
+            format!("layers {}-{}", layers[0], layers[layers.len() - 1])
+        }
+        _ => format!(
+            "layers {}",
+            layers
+                .iter()
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Runs every detector over `history` (oldest first) for a model built from `spec`.
+pub fn detect(spec: &MlpSpec, history: &[StepStats], cfg: &DetectorConfig) -> Vec<Warning> {
+    let mut out = Vec::new();
+    if history.is_empty() {
+        return out;
+    }
+    let window = &history[history.len().saturating_sub(cfg.window.max(1))..];
+    let advice = Advice::new(spec);
+
+    if let Some(bad) = history.iter().find(|s| s.nonfinite() > 0) {
+        let layers: Vec<usize> = bad
+            .layers
+            .iter()
+            .filter(|l| l.act_nonfinite + l.grad_nonfinite > 0)
+            .map(|l| l.layer)
+            .collect();
+        let detail: Vec<String> = bad
+            .layers
+            .iter()
+            .filter(|l| l.act_nonfinite + l.grad_nonfinite > 0)
+            .map(|l| {
+                format!(
+                    "layer {}: {} in its output, {} in its gradients",
+                    l.layer, l.act_nonfinite, l.grad_nonfinite
+                )
+            })
+            .collect();
+        out.push(Warning {
+            kind: WarningKind::NonFinite,
+            layers,
+            evidence: format!(
+                "NaN or inf at step {} (loss {}){}{}",
+                bad.step,
+                bad.loss,
+                if detail.is_empty() { "" } else { "; " },
+                detail.join("; ")
+            ),
+            remedies: advice.exploding(),
+        });
+    }
+
+    if let Some(w) = vanishing(window, cfg) {
+        out.push(Warning {
+            remedies: advice.vanishing(),
+            ..w
+        });
+    }
+    if let Some(w) = exploding(window, cfg) {
+        // Non-finite values already say the same, louder.
+        if !out.iter().any(|w| w.kind == WarningKind::NonFinite) {
+            out.push(Warning {
+                remedies: advice.exploding(),
+                ..w
+            });
+        }
+    }
+    let mean_of = |get: &dyn Fn(&super::LayerStats) -> Option<f32>, l: usize| -> Option<f32> {
+        let v: Vec<f32> = window.iter().filter_map(|s| get(&s.layers[l])).collect();
+        (!v.is_empty() && v.iter().all(|x| x.is_finite()))
+            .then(|| v.iter().sum::<f32>() / v.len() as f32)
+    };
+    let layers = history[0].layers.len();
+    let dead: Vec<(usize, f32)> = (0..layers)
+        .filter_map(|l| mean_of(&|s| s.dead, l).map(|d| (l, d)))
+        .filter(|&(_, d)| d >= cfg.dead_fraction)
+        .collect();
+    if !dead.is_empty() {
+        out.push(Warning {
+            kind: WarningKind::DyingRelu,
+            layers: dead.iter().map(|d| d.0).collect(),
+            evidence: format!(
+                "{} of units output zero for every row of the batch (mean over the last {} \
+                 records; threshold {:.0}%): they pass no gradient and stop learning",
+                percent_list(&dead),
+                window.len(),
+                100.0 * cfg.dead_fraction
+            ),
+            remedies: advice.dying(),
+        });
+    }
+    let saturated: Vec<(usize, f32)> = (0..layers)
+        .filter_map(|l| mean_of(&|s| s.saturated, l).map(|d| (l, d)))
+        .filter(|&(_, d)| d >= cfg.saturated_fraction)
+        .collect();
+    if !saturated.is_empty() {
+        out.push(Warning {
+            kind: WarningKind::Saturation,
+            layers: saturated.iter().map(|d| d.0).collect(),
+            evidence: format!(
+                "{} of {} outputs sit within {:.0}% of their bounds, where the derivative is \
+                 nearly zero (mean over the last {} records)",
+                percent_list(&saturated),
+                spec.activation,
+                100.0 * crate::graph::stats::SATURATION_EPS,
+                window.len()
+            ),
+            remedies: advice.vanishing(),
+        });
+    }
+    out
+}
+
+fn percent_list(v: &[(usize, f32)]) -> String {
+    let shown: Vec<String> = v
+        .iter()
+        .take(6)
+        .map(|(l, d)| format!("layer {l}: {:.0}%", 100.0 * d))
+        .collect();
+    let more = if v.len() > 6 {
+        format!(" and {} more layers", v.len() - 6)
+    } else {
+        String::new()
+    };
+    format!("{}{more}", shown.join(", "))
+}
+
+fn vanishing(window: &[StepStats], cfg: &DetectorConfig) -> Option<Warning> {
+    let ratios: Vec<f32> = window
+        .iter()
+        .map(|s| s.first_last_ratio())
+        .collect::<Option<_>>()?;
+    if !ratios
+        .iter()
+        .all(|r| r.is_finite() && *r < cfg.vanishing_ratio)
+    {
+        return None;
+    }
+    let last = window.last()?;
+    let out_norm = last.layers.last()?.weight_grad_norm?;
+    let first = last.layers.iter().find(|l| l.weight_grad_norm.is_some())?;
+    // The layers whose gradient is below the threshold relative to the output layer.
+    let layers: Vec<usize> = last
+        .layers
+        .iter()
+        .filter(|l| {
+            l.weight_grad_norm
+                .is_some_and(|g| g < cfg.vanishing_ratio * out_norm)
+        })
+        .map(|l| l.layer)
+        .collect();
+    let worst = ratios.iter().cloned().fold(0.0f32, f32::max);
+    Some(Warning {
+        kind: WarningKind::Vanishing,
+        layers,
+        evidence: format!(
+            "‖∇W‖ of layer {} is {:.2e} against {:.2e} at the output layer {} (ratio {:.1e}); \
+             the ratio stayed below {:.0e} in all of the last {} records (at most {:.1e})",
+            first.layer,
+            first.weight_grad_norm.unwrap_or(0.0),
+            out_norm,
+            last.layers.len() - 1,
+            ratios[ratios.len() - 1],
+            cfg.vanishing_ratio,
+            window.len(),
+            worst
+        ),
+        remedies: Vec::new(),
+    })
+}
+
+fn exploding(window: &[StepStats], cfg: &DetectorConfig) -> Option<Warning> {
+    if window.len() < 2 {
+        return None;
+    }
+    let (a, b) = (window.first()?, window.last()?);
+    let (n0, n1) = (a.total_grad_norm(), b.total_grad_norm());
+    if !(n0.is_finite() && n1.is_finite() && n0 > 0.0 && n1 >= cfg.exploding_factor * n0) {
+        return None;
+    }
+    let layers: Vec<usize> = a
+        .layers
+        .iter()
+        .zip(&b.layers)
+        .filter(|(x, y)| match (x.weight_grad_norm, y.weight_grad_norm) {
+            (Some(g0), Some(g1)) => g0 > 0.0 && g1 >= cfg.exploding_factor * g0,
+            _ => false,
+        })
+        .map(|(x, _)| x.layer)
+        .collect();
+    Some(Warning {
+        kind: WarningKind::Exploding,
+        layers,
+        evidence: format!(
+            "the total gradient norm grew {:.0}× from {:.2e} at step {} to {:.2e} at step {} \
+             (threshold {}× over {} records)",
+            n1 / n0,
+            n0,
+            a.step,
+            n1,
+            b.step,
+            cfg.exploding_factor,
+            window.len()
+        ),
+        remedies: Vec::new(),
+    })
+}
+
+/// Init families, for comparing what the model uses with what its activation needs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InitFamily {
+    He,
+    Glorot,
+    Lecun,
+    Other,
+}
+
+fn family(init: Init) -> InitFamily {
+    match init {
+        Init::HeNormal | Init::HeUniform => InitFamily::He,
+        Init::GlorotNormal | Init::GlorotUniform => InitFamily::Glorot,
+        Init::LecunNormal | Init::LecunUniform => InitFamily::Lecun,
+        _ => InitFamily::Other,
+    }
+}
+
+/// Remedies for a given model, each only when the model does not already do it.
+struct Advice<'a> {
+    spec: &'a MlpSpec,
+    /// The init the model actually uses (`auto` resolved).
+    init: Init,
+    suited: Init,
+}
+
+impl<'a> Advice<'a> {
+    fn new(spec: &'a MlpSpec) -> Self {
+        let suited = Init::default_for(spec.activation);
+        let init = match spec.init {
+            Init::Auto => suited,
+            other => other,
+        };
+        Advice { spec, init, suited }
+    }
+
+    fn init(&self) -> Option<String> {
+        (family(self.init) != family(self.suited)).then(|| {
+            let why = match family(self.suited) {
+                InitFamily::He => "He scales weights by √(2/fan_in) so ReLU layers keep their variance",
+                InitFamily::Lecun => "LeCun scales weights by √(1/fan_in), which SELU's self-normalisation assumes",
+                _ => "Glorot scales weights by √(2/(fan_in+fan_out)) so signals neither shrink nor grow through the layer",
+            };
+            format!(
+                "initialise the weights for {}: {} instead of {} (--init {}); {why}",
+                self.spec.activation, self.suited, self.init, self.suited
+            )
+        })
+    }
+
+    fn saturating(&self) -> bool {
+        crate::graph::stats::bounds(self.spec.activation).is_some()
+    }
+
+    fn non_saturating(&self) -> Option<String> {
+        self.saturating().then(|| {
+            format!(
+                "use a non-saturating activation: relu with he-normal init \
+                 (--activation relu --init he-normal); {}'s derivative is at most {} and near \
+                 zero when saturated, so gradients shrink at every layer",
+                self.spec.activation,
+                if self.spec.activation == Activation::Sigmoid {
+                    "0.25"
+                } else {
+                    "1"
+                }
+            )
+        })
+    }
+
+    fn batch_norm(&self) -> Option<String> {
+        self.spec.batch_norm.is_none().then(|| {
+            "add batch normalization before each activation (--batch-norm before): it keeps \
+             every layer's inputs at zero mean and unit variance"
+                .to_string()
+        })
+    }
+
+    fn residual(&self) -> Option<String> {
+        self.spec.residual_every.is_none().then(|| {
+            "add skip connections (--residual 2): they carry gradients past the layers that \
+             shrink them"
+                .to_string()
+        })
+    }
+
+    fn lower_lr(&self) -> Option<String> {
+        let lr = self.spec.optimizer.lr();
+        Some(format!(
+            "lower the learning rate from {lr} to about {} (--lr {})",
+            lr / 10.0,
+            lr / 10.0
+        ))
+    }
+
+    fn vanishing(&self) -> Vec<String> {
+        [
+            self.init(),
+            self.non_saturating(),
+            self.batch_norm(),
+            self.residual(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    fn exploding(&self) -> Vec<String> {
+        [self.init(), self.batch_norm(), self.lower_lr()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    fn dying(&self) -> Vec<String> {
+        [self.init(), self.batch_norm(), self.lower_lr()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}

@@ -1,0 +1,260 @@
+//! Gradient health: per-layer statistics gathered on the device every N steps, detectors
+//! for vanishing and exploding gradients and dying ReLUs with advice fitted to the model,
+//! the non-finite stop, metric logs, progress bars, plots, and the vanishing-gradient
+//! experiment.
+//!
+//! Turn statistics on with [`crate::Model::gather_stats_every`]; records arrive in
+//! [`crate::Model::stats_history`] a few steps after they were taken, without stalling
+//! the device (see `graph::stats` for what a statistics step computes).
+
+pub mod detect;
+pub mod experiment;
+pub mod log;
+pub mod plot;
+pub mod progress;
+pub mod table;
+
+pub use detect::{detect, DetectorConfig, Warning, WarningKind};
+
+use crate::graph::stats as st;
+use crate::model::{EpochReport, MlpSpec};
+use serde::Serialize;
+use std::fmt;
+
+/// One layer's statistics at one step. `None` where a value does not apply: activation
+/// values of layers below a plan's first layer (cached frozen outputs), gradients and
+/// updates of frozen layers, dead units outside the ReLU family, saturation outside
+/// sigmoid and tanh, and anything activation-related for the output layer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LayerStats {
+    pub layer: usize,
+    /// Output units of the layer.
+    pub units: usize,
+    /// Mean and (population) standard deviation of the layer's output over the batch and
+    /// its units, non-finite elements left out.
+    pub act_mean: Option<f32>,
+    pub act_std: Option<f32>,
+    /// Fraction of units whose pre-activation is `<= 0` for every row of the batch (a
+    /// ReLU outputting zero for the whole batch).
+    pub dead: Option<f32>,
+    /// Fraction of activation outputs within [`st::SATURATION_EPS`] of the output range
+    /// from a bound (per element, over the batch and units).
+    pub saturated: Option<f32>,
+    /// L2 norms of the weight and bias gradients (non-finite elements left out).
+    pub weight_grad_norm: Option<f32>,
+    pub bias_grad_norm: Option<f32>,
+    /// ‖W‖ before this step's update.
+    pub weight_norm: Option<f32>,
+    /// ‖W_after − W_before‖ / ‖W_before‖.
+    pub update_ratio: Option<f32>,
+    /// NaN or ±inf elements in the layer's output and in its gradients.
+    pub act_nonfinite: u32,
+    pub grad_nonfinite: u32,
+}
+
+/// The statistics of one training step.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StepStats {
+    /// The model's training step (1 for the first step it ever took).
+    pub step: u64,
+    /// The epoch of [`crate::Model::fit`] it belongs to (from 1), 0 outside `fit`.
+    pub epoch: usize,
+    /// Mean loss and accuracy of this step's batch (accuracy `None` for regression).
+    pub loss: f32,
+    pub accuracy: Option<f32>,
+    pub layers: Vec<LayerStats>,
+}
+
+impl StepStats {
+    /// Decodes a statistics record (`graph::stats` layout) of a plan whose first layer is
+    /// `start`.
+    pub fn decode(record: &[f32], spec: &MlpSpec, start: usize, epoch: usize) -> StepStats {
+        let layers = spec.num_layers();
+        let sizes = spec.layer_sizes();
+        let g = st::global_at(layers);
+        let act = spec.activation;
+        let layers = (0..layers)
+            .map(|l| {
+                let r = &record[l * st::LAYER_STRIDE..(l + 1) * st::LAYER_STRIDE];
+                let present = l >= start;
+                let hidden = l + 1 < spec.num_layers();
+                let trained = l >= spec.frozen_layers;
+                let some = |ok: bool, v: f32| ok.then_some(v);
+                let weight_norm = some(trained, r[st::WEIGHT_NORM]);
+                LayerStats {
+                    layer: l,
+                    units: sizes[l + 1],
+                    act_mean: some(present, r[st::ACT_MEAN]),
+                    act_std: some(present, r[st::ACT_STD]),
+                    dead: some(present && hidden && st::has_dead_units(act), r[st::DEAD]),
+                    saturated: some(
+                        present && hidden && st::bounds(act).is_some(),
+                        r[st::SATURATED],
+                    ),
+                    weight_grad_norm: some(trained, r[st::WEIGHT_GRAD_NORM]),
+                    bias_grad_norm: some(trained, r[st::BIAS_GRAD_NORM]),
+                    weight_norm,
+                    update_ratio: weight_norm
+                        .map(|w| r[st::UPDATE_NORM] / w.max(f32::MIN_POSITIVE)),
+                    act_nonfinite: if present {
+                        r[st::ACT_NONFINITE] as u32
+                    } else {
+                        0
+                    },
+                    grad_nonfinite: if trained {
+                        (r[st::WEIGHT_GRAD_NONFINITE] + r[st::BIAS_GRAD_NONFINITE]) as u32
+                    } else {
+                        0
+                    },
+                }
+            })
+            .collect();
+        StepStats {
+            step: record[g + st::STEP].to_bits() as u64,
+            epoch,
+            loss: record[g + st::LOSS + st::ACT_MEAN],
+            accuracy: (spec.loss == crate::Loss::SoftmaxCrossEntropy)
+                .then_some(record[g + st::CORRECT + st::ACT_MEAN]),
+            layers,
+        }
+    }
+
+    /// `√Σ‖∇W‖² + ‖∇b‖²` over the trained linear layers.
+    pub fn total_grad_norm(&self) -> f32 {
+        self.layers
+            .iter()
+            .map(|l| {
+                let w = l.weight_grad_norm.unwrap_or(0.0) as f64;
+                let b = l.bias_grad_norm.unwrap_or(0.0) as f64;
+                w * w + b * b
+            })
+            .sum::<f64>()
+            .sqrt() as f32
+    }
+
+    /// Non-finite elements seen anywhere in this step's statistics.
+    pub fn nonfinite(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|l| l.act_nonfinite as u64 + l.grad_nonfinite as u64)
+            .sum::<u64>()
+            + u64::from(!self.loss.is_finite())
+    }
+
+    /// ‖∇W‖ of the lowest trained layer over ‖∇W‖ of the output layer.
+    pub fn first_last_ratio(&self) -> Option<f32> {
+        let first = self.layers.iter().find_map(|l| l.weight_grad_norm)?;
+        let last = self.layers.last()?.weight_grad_norm?;
+        Some(first / last.max(f32::MIN_POSITIVE))
+    }
+}
+
+/// Where training is, for progress displays. Passed after every step of
+/// [`crate::Model::fit`].
+#[derive(Clone, Debug)]
+pub struct StepProgress {
+    /// From 1.
+    pub epoch: usize,
+    pub epochs: usize,
+    /// Steps done in this epoch, from 1.
+    pub step: usize,
+    pub steps_per_epoch: usize,
+    /// Rows in the step just enqueued.
+    pub rows: usize,
+    /// The latest batch loss and accuracy known on the host (from statistics records,
+    /// else the previous epoch), if any.
+    pub loss: Option<f32>,
+    pub accuracy: Option<f32>,
+}
+
+/// Receives training events from [`crate::Model::fit`]: set one with
+/// [`crate::Model::set_observer`]. An error stops training with that error.
+pub trait TrainObserver {
+    /// After each step is enqueued (on the GPU it may not have run yet).
+    fn on_step(&mut self, _progress: &StepProgress) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// When a statistics record has arrived.
+    fn on_stats(&mut self, _stats: &StepStats) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// After each epoch's report (before `fit`'s own callback sees it).
+    fn on_epoch(&mut self, _report: &EpochReport) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Several observers as one, called in order.
+pub struct Observers(pub Vec<Box<dyn TrainObserver>>);
+
+impl TrainObserver for Observers {
+    fn on_step(&mut self, p: &StepProgress) -> anyhow::Result<()> {
+        self.0.iter_mut().try_for_each(|o| o.on_step(p))
+    }
+    fn on_stats(&mut self, s: &StepStats) -> anyhow::Result<()> {
+        self.0.iter_mut().try_for_each(|o| o.on_stats(s))
+    }
+    fn on_epoch(&mut self, r: &EpochReport) -> anyhow::Result<()> {
+        self.0.iter_mut().try_for_each(|o| o.on_epoch(r))
+    }
+}
+
+/// Training stopped because a loss or gradient held NaN or ±inf. Returned (inside an
+/// `anyhow::Error`, see `downcast_ref`) by [`crate::Model::fit`] and
+/// [`crate::Model::check_finite`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NonFiniteError {
+    /// The first training step at which a guarded tensor was non-finite.
+    pub step: u64,
+    /// Its epoch in `fit` (from 1), when known.
+    pub epoch: Option<usize>,
+    /// The tensor where the values first appeared within that step: the first non-finite
+    /// one in backward order (the loss, then gradients from the output layer down).
+    pub tensor: String,
+    /// Its layer; `None` for the loss.
+    pub layer: Option<usize>,
+    /// Other tensors non-finite at the same step, in backward order.
+    pub also: Vec<String>,
+}
+
+impl fmt::Display for NonFiniteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "training diverged at step {}", self.step)?;
+        if let Some(e) = self.epoch {
+            write!(f, " (epoch {e})")?;
+        }
+        write!(
+            f,
+            ": non-finite values (NaN or ±inf) first appeared in '{}'",
+            self.tensor
+        )?;
+        match self.layer {
+            Some(l) => write!(f, " (layer {l})")?,
+            None => write!(f, " (the loss, in the forward pass)")?,
+        }
+        if !self.also.is_empty() {
+            let shown: Vec<&str> = self.also.iter().take(4).map(String::as_str).collect();
+            write!(f, "; also non-finite at that step: {}", shown.join(", "))?;
+            if self.also.len() > 4 {
+                write!(f, " and {} more", self.also.len() - 4)?;
+            }
+        }
+        write!(
+            f,
+            ". Training stopped before anything else ran, so checkpoints saved earlier are \
+             intact; the model's weights in memory are not. Lower the learning rate, clip \
+             gradients, or use an initialisation suited to the activation"
+        )
+    }
+}
+
+impl std::error::Error for NonFiniteError {}
+
+/// The layer index in a `layers.{i}.…` tensor name.
+pub(crate) fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
