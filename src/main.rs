@@ -11,6 +11,10 @@ use steadygrad::{
     Model, Optimizer,
 };
 
+#[path = "cli/health.rs"]
+mod health_cli;
+use health_cli::{DiagnoseArgs, ExperimentKind, RunArgs};
+
 #[derive(Parser)]
 #[command(
     name = "steadygrad",
@@ -80,6 +84,16 @@ enum Command {
         /// Points per arm; 20% of them are held out for validation.
         #[arg(long, default_value_t = 1000)]
         points: usize,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// A short training run that reports per-layer gradient health and a verdict with
+    /// advice (vanishing or exploding gradients, dying ReLUs, saturation, NaN).
+    Diagnose(DiagnoseArgs),
+    /// Built-in experiments.
+    Experiment {
+        #[command(subcommand)]
+        which: ExperimentKind,
     },
     /// List the GPU adapters wgpu can see.
     Devices,
@@ -141,12 +155,15 @@ fn run(cli: Cli) -> Result<()> {
             println!("select with --backend vulkan|metal|dx12|gl|cpu and --adapter INDEX|NAME (or STEADYGRAD_BACKEND / STEADYGRAD_ADAPTER)");
             Ok(())
         }
+        Command::Diagnose(args) => health_cli::diagnose(&args, &choice),
+        Command::Experiment { which } => health_cli::experiment(&which, &choice),
         Command::Train {
             model,
             epochs,
             batch,
             classes,
             points,
+            run,
         } => {
             anyhow::ensure!(points >= 5, "--points must be at least 5");
             let all = data::synthetic::spirals(points, classes, 0.05, model.seed);
@@ -165,9 +182,13 @@ fn run(cli: Cli) -> Result<()> {
                 shuffle_seed: model.seed,
             };
             let start = Instant::now();
-            m.fit(&train, Some(&valid), &opts, |r| {
+            let bar = run.attach(&mut m)?;
+            let result = m.fit(&train, Some(&valid), &opts, |r| {
+                if run.quiet() {
+                    return;
+                }
                 let v = r.valid.expect("validation data was given");
-                println!(
+                bar.suspend(|| println!(
                     "epoch {:>3}  loss {:.4}  acc {:5.1}%  val loss {:.4}  val acc {:5.1}%  {:>8.0} samples/s",
                     r.epoch,
                     r.train.loss,
@@ -175,8 +196,11 @@ fn run(cli: Cli) -> Result<()> {
                     v.loss,
                     100.0 * v.accuracy.unwrap_or(0.0),
                     r.samples_per_sec
-                );
-            })?;
+                ));
+            });
+            bar.finish_and_clear();
+            run.finish(&mut m, "train")?;
+            result?;
             println!(
                 "trained {epochs} epochs in {:.1} s",
                 start.elapsed().as_secs_f64()

@@ -150,10 +150,13 @@ pub fn detect(spec: &MlpSpec, history: &[StepStats], cfg: &DetectorConfig) -> Ve
             .filter(|l| l.act_nonfinite + l.grad_nonfinite > 0)
             .map(|l| l.layer)
             .collect();
+        // The highest layers first: values usually go bad at the top of the backward pass.
         let detail: Vec<String> = bad
             .layers
             .iter()
+            .rev()
             .filter(|l| l.act_nonfinite + l.grad_nonfinite > 0)
+            .take(3)
             .map(|l| {
                 format!(
                     "layer {}: {} in its output, {} in its gradients",
@@ -161,16 +164,22 @@ pub fn detect(spec: &MlpSpec, history: &[StepStats], cfg: &DetectorConfig) -> Ve
                 )
             })
             .collect();
+        let more = layers.len().saturating_sub(detail.len());
         out.push(Warning {
             kind: WarningKind::NonFinite,
-            layers,
             evidence: format!(
-                "NaN or inf at step {} (loss {}){}{}",
+                "NaN or inf elements at step {} (batch loss {}){}{}{}",
                 bad.step,
                 bad.loss,
-                if detail.is_empty() { "" } else { "; " },
-                detail.join("; ")
+                if detail.is_empty() { "" } else { ": " },
+                detail.join("; "),
+                if more > 0 {
+                    format!("; {more} more layers")
+                } else {
+                    String::new()
+                }
             ),
+            layers,
             remedies: advice.exploding(),
         });
     }
@@ -205,10 +214,10 @@ pub fn detect(spec: &MlpSpec, history: &[StepStats], cfg: &DetectorConfig) -> Ve
             kind: WarningKind::DyingRelu,
             layers: dead.iter().map(|d| d.0).collect(),
             evidence: format!(
-                "{} of units output zero for every row of the batch (mean over the last {} \
-                 records; threshold {:.0}%): they pass no gradient and stop learning",
-                percent_list(&dead),
+                "units whose output is zero for every row of the batch, mean over the last {} \
+                 records: {} (threshold {:.0}%); they pass no gradient and stop learning",
                 window.len(),
+                percent_list(&dead),
                 100.0 * cfg.dead_fraction
             ),
             remedies: advice.dying(),
@@ -223,12 +232,13 @@ pub fn detect(spec: &MlpSpec, history: &[StepStats], cfg: &DetectorConfig) -> Ve
             kind: WarningKind::Saturation,
             layers: saturated.iter().map(|d| d.0).collect(),
             evidence: format!(
-                "{} of {} outputs sit within {:.0}% of their bounds, where the derivative is \
-                 nearly zero (mean over the last {} records)",
-                percent_list(&saturated),
+                "{} outputs within {:.0}% of their bounds, where the derivative is nearly \
+                 zero, mean over the last {} records: {} (threshold {:.0}%)",
                 spec.activation,
                 100.0 * crate::graph::stats::SATURATION_EPS,
-                window.len()
+                window.len(),
+                percent_list(&saturated),
+                100.0 * cfg.saturated_fraction
             ),
             remedies: advice.vanishing(),
         });
@@ -240,7 +250,7 @@ fn percent_list(v: &[(usize, f32)]) -> String {
     let shown: Vec<String> = v
         .iter()
         .take(6)
-        .map(|(l, d)| format!("layer {l}: {:.0}%", 100.0 * d))
+        .map(|(l, d)| format!("layer {l} {:.0}%", 100.0 * d))
         .collect();
     let more = if v.len() > 6 {
         format!(" and {} more layers", v.len() - 6)
@@ -251,18 +261,27 @@ fn percent_list(v: &[(usize, f32)]) -> String {
 }
 
 fn vanishing(window: &[StepStats], cfg: &DetectorConfig) -> Option<Warning> {
-    let ratios: Vec<f32> = window
+    let last = window.last()?;
+    let out_norm = last.layers.last()?.weight_grad_norm?;
+    // A zero output-layer gradient means the layers below output nothing at all (dead
+    // units, reported as such), not that the gradient vanished on its way down.
+    if !(out_norm.is_finite() && out_norm > 0.0) {
+        return None;
+    }
+    let mut ratios: Vec<f32> = window
         .iter()
         .map(|s| s.first_last_ratio())
         .collect::<Option<_>>()?;
-    if !ratios
-        .iter()
-        .all(|r| r.is_finite() && *r < cfg.vanishing_ratio)
-    {
+    if ratios.iter().any(|r| !r.is_finite()) {
         return None;
     }
-    let last = window.last()?;
-    let out_norm = last.layers.last()?.weight_grad_norm?;
+    let latest = ratios[ratios.len() - 1];
+    // The median, so one noisy batch neither hides nor fakes a sustained condition.
+    ratios.sort_by(f32::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    if median >= cfg.vanishing_ratio {
+        return None;
+    }
     let first = last.layers.iter().find(|l| l.weight_grad_norm.is_some())?;
     // The layers whose gradient is below the threshold relative to the output layer.
     let layers: Vec<usize> = last
@@ -274,21 +293,20 @@ fn vanishing(window: &[StepStats], cfg: &DetectorConfig) -> Option<Warning> {
         })
         .map(|l| l.layer)
         .collect();
-    let worst = ratios.iter().cloned().fold(0.0f32, f32::max);
     Some(Warning {
         kind: WarningKind::Vanishing,
         layers,
         evidence: format!(
             "‖∇W‖ of layer {} is {:.2e} against {:.2e} at the output layer {} (ratio {:.1e}); \
-             the ratio stayed below {:.0e} in all of the last {} records (at most {:.1e})",
+             the median ratio over the last {} records is {:.1e}, below {:.0e}",
             first.layer,
             first.weight_grad_norm.unwrap_or(0.0),
             out_norm,
             last.layers.len() - 1,
-            ratios[ratios.len() - 1],
-            cfg.vanishing_ratio,
+            latest,
             window.len(),
-            worst
+            median,
+            cfg.vanishing_ratio,
         ),
         remedies: Vec::new(),
     })

@@ -1,0 +1,495 @@
+//! The gradient-health parts of the command line: statistics, logs, plots and progress
+//! for `train`, and the `diagnose` and `experiment` commands.
+
+use super::{spec_from, ModelArgs};
+use anyhow::{Context, Result};
+use indicatif::ProgressBar;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use steadygrad::cpu::CpuEngine;
+use steadygrad::diag::experiment::{self, ExperimentOptions};
+use steadygrad::diag::log::MetricsLog;
+use steadygrad::diag::plot::{self, Run};
+use steadygrad::diag::progress::TrainProgress;
+use steadygrad::diag::table::layer_table;
+use steadygrad::diag::{
+    DetectorConfig, NonFiniteError, Observers, StepStats, TrainObserver, Warning,
+};
+use steadygrad::engine::Engine;
+use steadygrad::gpu::{AdapterSelection, GpuContext, GpuEngine};
+use steadygrad::{data, BackendChoice, EpochReport, FitOptions, Model};
+
+/// Statistics, logging, plots and progress of a training run.
+#[derive(clap::Args, Clone)]
+pub struct RunArgs {
+    /// No progress bar and no per-epoch lines.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Write gradient-health statistics to FILE, one row per statistics step: CSV for
+    /// .csv, JSON Lines for .jsonl.
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+    /// Gather gradient-health statistics on the device every N steps (0: never) [default:
+    /// 10 with --log or --plots, else 0; diagnose: 5].
+    #[arg(long, value_name = "N")]
+    stats_every: Option<usize>,
+    /// Write plots of the run (SVG and PNG) into DIR.
+    #[arg(long, value_name = "DIR")]
+    plots: Option<PathBuf>,
+}
+
+impl RunArgs {
+    pub fn quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// Sets up statistics, the metric log and the progress bar on `m`; returns the bar,
+    /// which `fit`'s epoch lines print above.
+    pub fn attach(&self, m: &mut Model) -> Result<ProgressBar> {
+        self.attach_with(m, 0)
+    }
+
+    /// As [`RunArgs::attach`], gathering statistics every `default_every` steps unless
+    /// told otherwise (with 0, every 10 steps when a log or plots need them).
+    fn attach_with(&self, m: &mut Model, default_every: usize) -> Result<ProgressBar> {
+        let needed = self.log.is_some() || self.plots.is_some();
+        let every = self.stats_every.unwrap_or(match default_every {
+            0 if needed => 10,
+            d => d,
+        });
+        anyhow::ensure!(
+            every > 0 || (self.log.is_none() && self.plots.is_none()),
+            "--log and --plots need statistics: --stats-every must be at least 1"
+        );
+        m.gather_stats_every(every);
+        let progress = TrainProgress::new(!self.quiet);
+        let bar = progress.bar();
+        let mut observers: Vec<Box<dyn TrainObserver>> = vec![Box::new(progress)];
+        if let Some(path) = &self.log {
+            observers.push(Box::new(MetricsLog::create(path)?));
+        }
+        m.set_observer(Some(Box::new(Observers(observers))));
+        Ok(bar)
+    }
+
+    /// After `fit`: writes the plots when asked, and closes the log.
+    pub fn finish(&self, m: &mut Model, label: &str) -> Result<()> {
+        m.set_observer(None);
+        if let Some(dir) = &self.plots {
+            let files = plot::write_all(
+                dir,
+                &[Run {
+                    label,
+                    stats: m.stats_history(),
+                }],
+            )?;
+            if !self.quiet {
+                eprintln!("plots: {}", list(&files));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn list(files: &[PathBuf]) -> String {
+    files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Thresholds of the detectors.
+#[derive(clap::Args, Clone)]
+struct DetectArgs {
+    /// Statistics records a condition is judged over.
+    #[arg(long, default_value_t = DetectorConfig::default().window)]
+    window: usize,
+    /// Vanishing when the first layer's ‖∇W‖ is below this fraction of the output layer's.
+    #[arg(long, default_value_t = DetectorConfig::default().vanishing_ratio)]
+    vanishing_ratio: f32,
+    /// Exploding when the total gradient norm grows by this factor over the window.
+    #[arg(long, default_value_t = DetectorConfig::default().exploding_factor)]
+    exploding_factor: f32,
+    /// Dying ReLU when this fraction of a layer's units is dead.
+    #[arg(long, default_value_t = DetectorConfig::default().dead_fraction)]
+    dead_fraction: f32,
+    /// Saturation when this fraction of a sigmoid or tanh layer's outputs is saturated.
+    #[arg(long, default_value_t = DetectorConfig::default().saturated_fraction)]
+    saturated_fraction: f32,
+}
+
+impl DetectArgs {
+    fn config(&self) -> Result<DetectorConfig> {
+        let c = DetectorConfig {
+            window: self.window,
+            vanishing_ratio: self.vanishing_ratio,
+            exploding_factor: self.exploding_factor,
+            dead_fraction: self.dead_fraction,
+            saturated_fraction: self.saturated_fraction,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[derive(clap::Args, Clone)]
+pub struct DiagnoseArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Spiral arms (classes) of the built-in data.
+    #[arg(long, default_value_t = 3)]
+    classes: usize,
+    /// Points per arm; 20% of them are held out for validation.
+    #[arg(long, default_value_t = 300)]
+    points: usize,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    detect: DetectArgs,
+    /// Print a machine-readable summary (JSON) instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct EpochRow {
+    epoch: usize,
+    loss: f32,
+    accuracy: Option<f32>,
+    val_loss: Option<f32>,
+    val_accuracy: Option<f32>,
+}
+
+impl From<&EpochReport> for EpochRow {
+    fn from(r: &EpochReport) -> Self {
+        EpochRow {
+            epoch: r.epoch,
+            loss: r.train.loss,
+            accuracy: r.train.accuracy,
+            val_loss: r.valid.map(|v| v.loss),
+            val_accuracy: r.valid.and_then(|v| v.accuracy),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ModelSummary {
+    layer_sizes: Vec<usize>,
+    activation: String,
+    init: String,
+    batch_norm: bool,
+    residual_every: Option<usize>,
+    lr: f32,
+    batch: usize,
+}
+
+#[derive(Serialize)]
+struct DiagnoseSummary<'a> {
+    device: String,
+    model: ModelSummary,
+    epochs: Vec<EpochRow>,
+    stopped: Option<NonFiniteError>,
+    first: Option<&'a StepStats>,
+    last: Option<&'a StepStats>,
+    warnings: Vec<Warning>,
+    healthy: bool,
+}
+
+/// Runs `fit` and turns a non-finite stop into a finding rather than an error.
+fn fit_catching(
+    m: &mut Model,
+    train: &data::Dataset,
+    valid: &data::Dataset,
+    opts: &FitOptions,
+    mut on_epoch: impl FnMut(&EpochReport),
+) -> Result<(Vec<EpochReport>, Option<NonFiniteError>)> {
+    let mut reports = Vec::new();
+    let result = m.fit(train, Some(valid), opts, |r| {
+        on_epoch(r);
+        reports.push(r.clone());
+    });
+    match result {
+        Ok(_) => Ok((reports, None)),
+        Err(e) => match e.downcast_ref::<NonFiniteError>() {
+            Some(nf) => Ok((reports, Some(nf.clone()))),
+            None => Err(e),
+        },
+    }
+}
+
+pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
+    let cfg = args.detect.config()?;
+    anyhow::ensure!(args.points >= 5, "--points must be at least 5");
+    anyhow::ensure!(args.classes >= 2, "--classes must be at least 2");
+    anyhow::ensure!(
+        args.run.stats_every != Some(0),
+        "diagnose needs statistics: --stats-every must be at least 1"
+    );
+    let all = data::synthetic::spirals(args.points, args.classes, 0.05, args.model.seed);
+    let split = all.rows * 4 / 5;
+    let (train, valid) = (all.slice(0, split), all.slice(split, all.rows));
+    let spec = spec_from(&args.model, 2, args.classes);
+    let mut m = Model::with_backend(spec.clone(), choice)?;
+    let opts = FitOptions {
+        epochs: args.epochs,
+        batch_size: args.batch,
+        shuffle_seed: args.model.seed,
+    };
+    let quiet = args.json;
+    if !quiet {
+        println!("device: {}", m.device());
+        println!(
+            "model: 2 → {} hidden × {} ({}, init {}{}) → {}, SGD lr {}, batch {}; {} epochs on {} spirals",
+            args.model.depth,
+            args.model.width,
+            args.model.activation,
+            args.model.init,
+            if spec.batch_norm.is_some() { ", batch norm" } else { "" },
+            args.classes,
+            args.model.lr,
+            args.batch,
+            args.epochs,
+            args.classes
+        );
+    }
+    let run = RunArgs {
+        quiet: args.run.quiet || args.json,
+        ..args.run.clone()
+    };
+    let bar = run.attach_with(&mut m, 5)?;
+    let result = fit_catching(&mut m, &train, &valid, &opts, |r| {
+        if quiet {
+            return;
+        }
+        let v = r.valid.expect("validation data was given");
+        bar.suspend(|| {
+            println!(
+                "epoch {:>3}  loss {:.4}  acc {:5.1}%  val loss {:.4}  val acc {:5.1}%",
+                r.epoch,
+                r.train.loss,
+                100.0 * r.train.accuracy.unwrap_or(0.0),
+                v.loss,
+                100.0 * v.accuracy.unwrap_or(0.0),
+            )
+        });
+    });
+    bar.finish_and_clear();
+    run.finish(&mut m, "diagnose")?;
+    let (reports, stopped) = result?;
+    let history = m.stats_history();
+    let warnings = m.gradient_health(&cfg);
+    if args.json {
+        let summary = DiagnoseSummary {
+            device: m.device(),
+            model: ModelSummary {
+                layer_sizes: spec.layer_sizes(),
+                activation: spec.activation.to_string(),
+                init: spec.init.to_string(),
+                batch_norm: spec.batch_norm.is_some(),
+                residual_every: spec.residual_every,
+                lr: spec.optimizer.lr(),
+                batch: args.batch,
+            },
+            epochs: reports.iter().map(EpochRow::from).collect(),
+            healthy: warnings.is_empty() && stopped.is_none(),
+            stopped,
+            first: history.first(),
+            last: history.last(),
+            warnings,
+        };
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    if let Some(nf) = &stopped {
+        println!("\nstopped: {nf}");
+    }
+    let Some(last) = history.last() else {
+        anyhow::bail!("no statistics were gathered: training stopped before the first one arrived");
+    };
+    println!(
+        "\nper-layer health at step {} (batch loss {:.4}; ‖∇W₀‖/‖∇Wₗ‖ = {}):",
+        last.step,
+        last.loss,
+        last.first_last_ratio()
+            .map_or("-".to_string(), |r| format!("{r:.2e}"))
+    );
+    print!("{}", layer_table(last));
+    println!();
+    if warnings.is_empty() && stopped.is_none() {
+        println!(
+            "verdict: healthy — no vanishing or exploding gradients, dead or saturated units over \
+             the last {} statistics records",
+            cfg.window.min(history.len())
+        );
+    } else {
+        println!("verdict: {} problem(s)", warnings.len().max(1));
+        for w in &warnings {
+            println!("- {w}");
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Subcommand, Clone)]
+pub enum ExperimentKind {
+    /// The same deep MLP trained with sigmoid + N(0,1), tanh + Glorot, ReLU + He, sigmoid
+    /// + batch norm and ReLU + He with a high learning rate: gradient ratios, final loss
+    /// and accuracy side by side, and plots.
+    Vanishing {
+        #[arg(long, default_value_t = ExperimentOptions::default().depth)]
+        depth: usize,
+        #[arg(long, default_value_t = ExperimentOptions::default().width)]
+        width: usize,
+        #[arg(long, default_value_t = ExperimentOptions::default().batch)]
+        batch: usize,
+        #[arg(long, default_value_t = ExperimentOptions::default().epochs)]
+        epochs: usize,
+        /// Spiral points per class (3 classes); 20% are held out for validation.
+        #[arg(long, default_value_t = ExperimentOptions::default().points)]
+        points: usize,
+        /// Learning rate of SGD.
+        #[arg(long, default_value_t = ExperimentOptions::default().lr)]
+        lr: f32,
+        /// Learning-rate multiplier of the high-learning-rate runs.
+        #[arg(long, default_value_t = ExperimentOptions::default().high_lr_scale)]
+        high_lr_scale: f32,
+        #[arg(long, default_value_t = ExperimentOptions::default().stats_every)]
+        stats_every: usize,
+        #[arg(long, default_value_t = ExperimentOptions::default().seed)]
+        seed: u64,
+        /// Directory for the plots (SVG and PNG).
+        #[arg(long, value_name = "DIR", default_value = "vanishing-plots")]
+        plots: PathBuf,
+        /// Skip the plots.
+        #[arg(long)]
+        no_plots: bool,
+        /// Print a machine-readable summary (JSON) instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// No per-configuration progress lines.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+}
+
+/// Engines for several models on one device, opened once.
+fn engine_factory(choice: &BackendChoice) -> Result<Box<dyn FnMut() -> Result<Box<dyn Engine>>>> {
+    let gpu = |ctx: Arc<GpuContext>| -> Box<dyn FnMut() -> Result<Box<dyn Engine>>> {
+        Box::new(move || Ok(Box::new(GpuEngine::new(ctx.clone())) as Box<dyn Engine>))
+    };
+    let cpu = || -> Box<dyn FnMut() -> Result<Box<dyn Engine>>> {
+        Box::new(|| Ok(Box::new(CpuEngine::new()) as Box<dyn Engine>))
+    };
+    Ok(match choice {
+        BackendChoice::Cpu => cpu(),
+        BackendChoice::Gpu(sel) => gpu(Arc::new(GpuContext::new(sel)?)),
+        BackendChoice::Auto => match GpuContext::new(&AdapterSelection::default()) {
+            Ok(ctx) => gpu(Arc::new(ctx)),
+            Err(e) => {
+                eprintln!("{e:#}; running on the CPU backend instead");
+                cpu()
+            }
+        },
+    })
+}
+
+#[derive(Serialize)]
+struct ExperimentSummary<'a> {
+    device: String,
+    options: &'a ExperimentOptions,
+    outcomes: &'a [experiment::Outcome],
+    plots: Vec<PathBuf>,
+}
+
+pub fn experiment(which: &ExperimentKind, choice: &BackendChoice) -> Result<()> {
+    let ExperimentKind::Vanishing {
+        depth,
+        width,
+        batch,
+        epochs,
+        points,
+        lr,
+        high_lr_scale,
+        stats_every,
+        seed,
+        plots,
+        no_plots,
+        json,
+        quiet,
+    } = which;
+    let opts = ExperimentOptions {
+        depth: *depth,
+        width: *width,
+        batch: *batch,
+        epochs: *epochs,
+        points: *points,
+        lr: *lr,
+        high_lr_scale: *high_lr_scale,
+        stats_every: *stats_every,
+        seed: *seed,
+    };
+    opts.validate()?;
+    let configs = experiment::vanishing_configs(opts.high_lr_scale);
+    let mut make = engine_factory(choice)?;
+    let device = make()?.describe();
+    let talk = !quiet && !json;
+    if talk {
+        eprintln!("device: {device}");
+        eprintln!(
+            "{} configurations of 2 → {depth} hidden × {width} → 3 on spirals ({} points), \
+             batch {batch}, {epochs} epochs, SGD lr {lr}",
+            configs.len(),
+            3 * points
+        );
+    }
+    let n = configs.len();
+    let mut i = 0;
+    let outcomes = experiment::run(&opts, &configs, &mut make, |o| {
+        i += 1;
+        if talk {
+            let end = match &o.diverged {
+                Some(d) => format!("stopped at step {}: non-finite values", d.step),
+                None => format!(
+                    "loss {:.4}, val acc {:.1}%",
+                    o.final_loss.unwrap_or(f32::NAN),
+                    100.0 * o.accuracy.unwrap_or(f32::NAN)
+                ),
+            };
+            eprintln!("[{i}/{n}] {}: {end} ({:.1} s)", o.label, o.seconds);
+        }
+    })?;
+    let files = if *no_plots {
+        Vec::new()
+    } else {
+        let runs: Vec<Run> = outcomes
+            .iter()
+            .map(|o| Run {
+                label: &o.label,
+                stats: &o.stats,
+            })
+            .collect();
+        plot::write_all(plots, &runs).with_context(|| format!("plots in '{}'", plots.display()))?
+    };
+    if *json {
+        let summary = ExperimentSummary {
+            device,
+            options: &opts,
+            outcomes: &outcomes,
+            plots: files,
+        };
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    println!();
+    print!("{}", experiment::table(&outcomes));
+    if !files.is_empty() {
+        println!("\nplots: {}", list(&files));
+    }
+    Ok(())
+}
