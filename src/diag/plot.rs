@@ -93,6 +93,26 @@ fn smooth(points: &[(f64, f64)], alpha: f64) -> Vec<(f64, f64)> {
     out
 }
 
+/// A tick label for a log axis: plain decimals in the readable range, else powers of ten.
+fn log_tick(v: &f64) -> String {
+    if (0.01..10_000.0).contains(v) {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v:.0e}")
+    }
+}
+
+fn int_tick(v: &f64) -> String {
+    format!("{}", v.round() as i64)
+}
+
+/// Earlier series are drawn thicker, so a later one lying exactly on top of an earlier
+/// one (identical runs up to a divergence) leaves it visible.
+fn stroke(i: usize, n: usize) -> u32 {
+    2 + 2 * (n.saturating_sub(i + 1)).min(3) as u32 / 2
+}
+
 fn color(i: usize) -> RGBColor {
     // Tableau 10: distinct and readable on white.
     const C: [(u8, u8, u8); 10] = [
@@ -182,16 +202,19 @@ fn draw_training<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc("step")
         .y_desc("loss")
-        .y_label_formatter(&|v| format!("{v:.2e}"))
+        .x_label_formatter(&int_tick)
+        .y_label_formatter(&log_tick)
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 15))
         .draw()
         .map_err(draw_err)?;
     for (i, (run, pts)) in runs.iter().zip(loss).enumerate() {
-        let c = color(i);
+        let (c, w) = (color(i), stroke(i, runs.len()));
         chart
-            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(w)))
             .map_err(draw_err)?
             .label(run.label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3)));
     }
     chart
         .configure_series_labels()
@@ -212,14 +235,15 @@ fn draw_training<DB: DrawingBackend>(
             .configure_mesh()
             .x_desc("step")
             .y_desc("accuracy")
+            .x_label_formatter(&int_tick)
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 15))
             .draw()
             .map_err(draw_err)?;
         for (i, pts) in acc.iter().enumerate() {
+            let style = color(i).stroke_width(stroke(i, acc.len()));
             chart
-                .draw_series(LineSeries::new(
-                    pts.iter().copied(),
-                    color(i).stroke_width(2),
-                ))
+                .draw_series(LineSeries::new(pts.iter().copied(), style))
                 .map_err(draw_err)?;
         }
     }
@@ -268,7 +292,7 @@ fn draw_heatmap<DB: DrawingBackend>(
     let (main, bar) = root.split_horizontally(w - 110);
     let title = main
         .titled(
-            "gradient norm ‖∇W‖ per layer over training (log₁₀)",
+            "gradient norm ‖∇W‖ per layer over training (log₁₀; grey: none or non-finite)",
             ("sans-serif", 22),
         )
         .map_err(draw_err)?;
@@ -289,7 +313,10 @@ fn draw_heatmap<DB: DrawingBackend>(
             .disable_mesh()
             .x_desc("step")
             .y_desc("layer")
-            .y_label_formatter(&|v| format!("{}", *v as usize))
+            .x_label_formatter(&int_tick)
+            .y_label_formatter(&int_tick)
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 14))
             .draw()
             .map_err(draw_err)?;
         // Each record's cell reaches to the next record's step.
@@ -324,6 +351,8 @@ fn draw_heatmap<DB: DrawingBackend>(
         .disable_mesh()
         .disable_x_axis()
         .y_desc("log₁₀ ‖∇W‖")
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 14))
         .draw()
         .map_err(draw_err)?;
     let n = 100;
@@ -377,10 +406,11 @@ fn draw_std<DB: DrawingBackend>(
     let (lo, hi) = all.fold((f64::INFINITY, 0.0f64), |(a, b), p| {
         (a.min(p.1), b.max(p.1))
     });
+    // Headroom above the data for the legend.
     let (lo, hi) = if lo.is_finite() {
-        (lo * 0.5, hi * 2.0)
+        (lo * 0.5, hi * 20.0)
     } else {
-        (1e-3, 1.0)
+        (1e-3, 10.0)
     };
     let layers = runs
         .iter()
@@ -406,27 +436,29 @@ fn draw_std<DB: DrawingBackend>(
             .configure_mesh()
             .x_desc("layer")
             .y_desc("std of the layer's output")
-            .x_label_formatter(&|v| format!("{}", v.round() as i64))
-            .y_label_formatter(&|v| format!("{v:.0e}"))
+            .x_label_formatter(&int_tick)
+            .y_label_formatter(&log_tick)
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 15))
             .draw()
             .map_err(draw_err)?;
         for (i, (run, pts)) in runs.iter().zip(data).enumerate() {
-            let c = color(i);
+            let (c, w) = (color(i), stroke(i, runs.len()));
             chart
-                .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+                .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(w)))
                 .map_err(draw_err)?
                 .label(run.label)
                 .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(3))
                 });
             chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
+                .draw_series(pts.iter().map(|&p| Circle::new(p, w + 1, c.filled())))
                 .map_err(draw_err)?;
         }
         if k == 0 {
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::LowerLeft)
+                .position(SeriesLabelPosition::UpperRight)
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK.mix(0.3))
                 .label_font(("sans-serif", 14))
