@@ -13,13 +13,15 @@ pub enum Shader {
     Activation,
     Loss,
     Optim,
+    Clip,
+    Dropout,
 }
 
 impl Shader {
     /// Shared WGSL helpers a kernel file may call; prepended to its source.
     fn prelude(self) -> &'static [&'static str] {
         match self {
-            Shader::Activation => &[RNG],
+            Shader::Activation | Shader::Dropout => &[RNG],
             _ => &[],
         }
     }
@@ -37,6 +39,8 @@ impl Shader {
             Shader::Activation => include_str!("../../shaders/activation.wgsl"),
             Shader::Loss => include_str!("../../shaders/loss.wgsl"),
             Shader::Optim => include_str!("../../shaders/optim.wgsl"),
+            Shader::Clip => include_str!("../../shaders/clip.wgsl"),
+            Shader::Dropout => include_str!("../../shaders/dropout.wgsl"),
         }
     }
 }

@@ -1,22 +1,9 @@
 //! The specification of a multilayer perceptron and its validation.
 
 use crate::graph::{Activation, Loss, PersistentDesc, METRICS_LEN};
+pub use crate::model::optim::Optimizer;
+use crate::model::optim::{is_parameter, warmup_factor, Clip, LrSchedule};
 use crate::model::Init;
-
-/// The optimizer that updates parameters each step.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Optimizer {
-    /// Plain stochastic gradient descent, `p -= lr·g` (`torch.optim.SGD` without momentum).
-    Sgd { lr: f32 },
-}
-
-impl Optimizer {
-    pub fn lr(self) -> f32 {
-        match self {
-            Optimizer::Sgd { lr } => lr,
-        }
-    }
-}
 
 /// A fully connected network: `input → hidden[0] → … → hidden[n-1] → output`, with
 /// `activation` after every hidden layer and none after the output layer (the loss
@@ -27,7 +14,7 @@ impl Optimizer {
 /// let spec = MlpSpec::new(2, &[64; 8], 3)
 ///     .activation(Activation::Relu)
 ///     .loss(Loss::SoftmaxCrossEntropy)
-///     .optimizer(Optimizer::Sgd { lr: 0.05 })
+///     .optimizer(Optimizer::sgd(0.05))
 ///     .seed(7);
 /// spec.validate().unwrap();
 /// assert_eq!(spec.layer_sizes(), vec![2, 64, 64, 64, 64, 64, 64, 64, 64, 3]);
@@ -42,6 +29,15 @@ pub struct MlpSpec {
     pub optimizer: Optimizer,
     pub init: Init,
     pub seed: u64,
+    /// Gradient clipping, none by default.
+    pub clip: Option<Clip>,
+    /// Dropout probability after each hidden layer's activation (training only); empty
+    /// for none, otherwise one per hidden layer.
+    pub dropout: Vec<f32>,
+    /// Learning-rate schedule over epochs.
+    pub schedule: LrSchedule,
+    /// Linear learning-rate warm-up over the first this many training steps (0: none).
+    pub warmup_steps: usize,
 }
 
 impl MlpSpec {
@@ -52,9 +48,13 @@ impl MlpSpec {
             output,
             activation: Activation::Relu,
             loss: Loss::SoftmaxCrossEntropy,
-            optimizer: Optimizer::Sgd { lr: 0.01 },
+            optimizer: Optimizer::sgd(0.01),
             init: Init::Auto,
             seed: 0,
+            clip: None,
+            dropout: Vec::new(),
+            schedule: LrSchedule::Constant,
+            warmup_steps: 0,
         }
     }
     pub fn activation(mut self, act: Activation) -> Self {
@@ -76,6 +76,61 @@ impl MlpSpec {
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
+    }
+    pub fn clip(mut self, clip: Clip) -> Self {
+        self.clip = Some(clip);
+        self
+    }
+    /// The same dropout probability after every hidden layer (`torch.nn.Dropout(p)`).
+    pub fn dropout(mut self, p: f32) -> Self {
+        self.dropout = vec![p; self.hidden.len()];
+        self
+    }
+    /// One dropout probability per hidden layer (0 for none at that layer).
+    pub fn dropout_per_layer(mut self, p: &[f32]) -> Self {
+        self.dropout = p.to_vec();
+        self
+    }
+    pub fn schedule(mut self, schedule: LrSchedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+    pub fn warmup_steps(mut self, steps: usize) -> Self {
+        self.warmup_steps = steps;
+        self
+    }
+
+    /// The learning rate of training step `step` (1 on the first) during epoch `epoch`
+    /// (from 0): the epoch schedule times the per-step warm-up factor.
+    pub fn lr_at(&self, epoch: usize, step: u64) -> f32 {
+        let base = self.schedule.lr(self.optimizer.lr(), epoch);
+        (base * warmup_factor(step, self.warmup_steps)) as f32
+    }
+
+    /// The dropout probability after hidden layer `l`, when it has dropout.
+    pub fn dropout_p(&self, l: usize) -> Option<f32> {
+        self.dropout.get(l).copied().filter(|&p| p > 0.0)
+    }
+
+    fn validate_training(&self) -> anyhow::Result<()> {
+        self.optimizer.validate()?;
+        if let Some(c) = self.clip {
+            c.validate()?;
+        }
+        self.schedule.validate()?;
+        anyhow::ensure!(
+            self.dropout.is_empty() || self.dropout.len() == self.hidden.len(),
+            "dropout lists {} probabilities but the model has {} hidden layers",
+            self.dropout.len(),
+            self.hidden.len()
+        );
+        for (l, &p) in self.dropout.iter().enumerate() {
+            anyhow::ensure!(
+                (0.0..1.0).contains(&p),
+                "dropout probability of hidden layer {l} must be in [0, 1), got {p}"
+            );
+        }
+        Ok(())
     }
 
     /// `[input, hidden..., output]`.
@@ -110,11 +165,7 @@ impl MlpSpec {
                 self.output
             );
         }
-        let lr = self.optimizer.lr();
-        anyhow::ensure!(
-            lr.is_finite() && lr > 0.0,
-            "learning rate must be a finite number > 0, got {lr}"
-        );
+        self.validate_training()?;
         self.init.validate()
     }
 
@@ -144,6 +195,8 @@ impl MlpSpec {
                 init: vec![0.0; fan_out],
             });
         }
+        let state = self.training_state(&out);
+        out.extend(state);
         out.push(PersistentDesc {
             name: STEP_SLOT_NAME.to_string(),
             shape: vec![1],
@@ -156,8 +209,30 @@ impl MlpSpec {
         });
         out
     }
+
+    /// Zero-initialised optimizer state for every parameter in `params`, and the gradient
+    /// norm when clipping by norm.
+    fn training_state(&self, params: &[PersistentDesc]) -> Vec<PersistentDesc> {
+        let zeros = |name: String, shape: &[usize]| PersistentDesc {
+            name,
+            shape: shape.to_vec(),
+            init: vec![0.0; shape.iter().product()],
+        };
+        let mut out = Vec::new();
+        for p in params.iter().filter(|p| is_parameter(&p.name)) {
+            for suffix in self.optimizer.state_names() {
+                out.push(zeros(format!("{}.{suffix}", p.name), &p.shape));
+            }
+        }
+        if let Some(Clip::Norm(_)) = self.clip {
+            out.push(zeros(GRAD_NORM_SLOT_NAME.to_string(), &[1]));
+        }
+        out
+    }
 }
 
 pub(crate) const METRICS_SLOT_NAME: &str = "metrics";
+/// The total gradient norm before clipping, from the last training step.
+pub(crate) const GRAD_NORM_SLOT_NAME: &str = "state.grad_norm";
 /// Training steps taken, as `u32` bits (see `Op::AdvanceStep`).
 pub(crate) const STEP_SLOT_NAME: &str = "state.step";

@@ -3,7 +3,9 @@
 use crate::data::{check_finite, check_labels, Dataset};
 use crate::engine::{create_engine, BackendChoice, Engine, PlanId};
 use crate::graph::{mlp, target_len, Hyper, Loss, PersistentDesc, Plan, Stage, METRICS_LEN};
-use crate::model::MlpSpec;
+use crate::model::optim::is_optimizer_state;
+use crate::model::spec::GRAD_NORM_SLOT_NAME;
+use crate::model::{Clip, MlpSpec};
 use anyhow::{ensure, Context, Result};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -73,7 +75,7 @@ pub struct NamedTensor {
 /// let train = data::synthetic::spirals(500, 3, 0.05, 1);
 /// let spec = MlpSpec::new(2, &[64; 8], 3)
 ///     .activation(Activation::Relu)
-///     .optimizer(Optimizer::Sgd { lr: 0.05 })
+///     .optimizer(Optimizer::sgd(0.05))
 ///     .seed(42);
 /// let mut model = Model::with_backend(spec, &BackendChoice::Auto)?;
 /// let opts = FitOptions { epochs: 20, batch_size: 64, shuffle_seed: 7 };
@@ -89,6 +91,12 @@ pub struct Model {
     persistent: Vec<PersistentDesc>,
     /// Compiled plans by batch size: the last partial batch of an epoch gets its own.
     plans: HashMap<usize, (PlanId, Plan)>,
+    /// The learning rate last written to the device's hyper-parameter block.
+    lr: f32,
+    /// Epochs completed, which the learning-rate schedule follows.
+    epoch: usize,
+    /// Training steps enqueued, which the warm-up follows (the device counts them too).
+    steps_taken: u64,
 }
 
 impl Model {
@@ -97,14 +105,16 @@ impl Model {
         spec.validate()?;
         let persistent = spec.persistent();
         engine.init_persistent(&persistent)?;
-        engine.set_hyper(Hyper {
-            lr: spec.optimizer.lr(),
-        })?;
+        let lr = spec.optimizer.lr();
+        engine.set_hyper(Hyper { lr })?;
         Ok(Model {
             spec,
             engine,
             persistent,
             plans: HashMap::new(),
+            lr,
+            epoch: 0,
+            steps_taken: 0,
         })
     }
 
@@ -203,7 +213,76 @@ impl Model {
         );
         self.engine.write(id, input, x)?;
         self.engine.write(id, target, y)?;
-        self.engine.run(id, Stage::Train)
+        self.apply_schedule()?;
+        self.engine.run(id, Stage::Train)?;
+        self.steps_taken += 1;
+        Ok(())
+    }
+
+    /// Writes the coming step's learning rate into the hyper-parameter block when the
+    /// schedule changed it: a 16-byte write, with nothing rebuilt.
+    fn apply_schedule(&mut self) -> Result<()> {
+        let lr = self.spec.lr_at(self.epoch, self.steps_taken + 1);
+        if lr != self.lr {
+            self.engine.set_hyper(Hyper { lr })?;
+            self.lr = lr;
+        }
+        Ok(())
+    }
+
+    /// The learning rate of the most recent training step (the base rate before any).
+    pub fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    /// Epochs completed so far; the learning-rate schedule follows it. [`Model::fit`]
+    /// advances it after each epoch.
+    pub fn epoch(&self) -> usize {
+        self.epoch
+    }
+
+    /// Sets the epoch the schedule uses, for training loops written around
+    /// [`Model::train_batch`].
+    pub fn set_epoch(&mut self, epoch: usize) {
+        self.epoch = epoch;
+    }
+
+    /// The global gradient norm `√Σ‖g‖²` before clipping, from the last training step, when
+    /// the model clips by norm (`None` otherwise); 0 before the first step. Reading it
+    /// waits for the device.
+    pub fn last_grad_norm(&mut self) -> Result<Option<f32>> {
+        if !matches!(self.spec.clip, Some(Clip::Norm(_))) {
+            return Ok(None);
+        }
+        Ok(Some(self.read_tensor(1, GRAD_NORM_SLOT_NAME)?[0]))
+    }
+
+    /// Optimizer state (momentum buffers, Adam's moments), named `{parameter}.{key}` with
+    /// torch's state keys.
+    pub fn optimizer_state(&mut self) -> Result<Vec<NamedTensor>> {
+        self.persistent_where(is_optimizer_state)
+    }
+
+    fn persistent_where(&mut self, keep: impl Fn(&str) -> bool) -> Result<Vec<NamedTensor>> {
+        let (id, plan) = self.plan(1)?;
+        let named: Vec<(usize, String, Vec<usize>)> = plan
+            .tensors
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| matches!(t.storage, crate::graph::Storage::Persistent(_)))
+            .filter(|(_, t)| keep(&t.name))
+            .map(|(i, t)| (i, t.name.clone(), t.shape.clone()))
+            .collect();
+        named
+            .into_iter()
+            .map(|(i, name, shape)| {
+                Ok(NamedTensor {
+                    values: self.engine.read(id, i)?,
+                    name,
+                    shape,
+                })
+            })
+            .collect()
     }
 
     /// One training step on a batch: `x` is `rows × input`, `y` holds class indices
@@ -252,6 +331,7 @@ impl Model {
                 train.gather(chunk, &mut x, &mut y);
                 self.step_unchecked(&x, &y, chunk.len())?;
             }
+            self.epoch += 1;
             let metrics = self.take_metrics()?;
             let seconds = start.elapsed().as_secs_f64();
             ensure!(
@@ -312,6 +392,7 @@ impl Model {
             .iter()
             .enumerate()
             .filter(|(_, t)| t.name.starts_with("layers."))
+            .filter(|(_, t)| !is_optimizer_state(&t.name))
             .filter(|(_, t)| matches!(t.storage, crate::graph::Storage::Persistent(_)))
             .map(|(i, t)| (i, t.name.clone(), t.shape.clone()))
             .collect();
