@@ -28,11 +28,19 @@ const WG: u32 = 256u;
 
 var<workgroup> pairs: array<vec2<f32>, 256>;
 
-// Combines two scaled sums. The CPU twin is cpu::ops::merge_scaled_squares: NaN fails
-// every comparison, lands in the first branch and poisons the result; equal infinities
-// add their counts rather than computing inf / inf.
+// A bit test, because WGSL lets compilers assume floats are never NaN and fold `v != v`.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+// Combines two scaled sums. The CPU twin is cpu::ops::merge_scaled_squares: NaN poisons
+// the result, and equal infinities add their counts rather than computing inf / inf.
 fn merge(p: vec2<f32>, q: vec2<f32>) -> vec2<f32> {
-    if !(q.x <= p.x) {
+    if is_nan(p.x) || is_nan(q.x) {
+        let nan = bitcast<f32>(0x7fc00000u);
+        return vec2<f32>(nan, nan);
+    }
+    if q.x > p.x {
         let r = p.x / q.x;
         return vec2<f32>(q.x, q.y + p.y * r * r);
     }

@@ -261,8 +261,10 @@ pub fn adam(
 /// both backends agree on non-finite input too: NaN poisons the result, and equal
 /// infinities add their counts instead of dividing inf by inf.
 pub fn merge_scaled_squares(p: (f64, f64), q: (f64, f64)) -> (f64, f64) {
-    #[allow(clippy::neg_cmp_op_on_partial_ord)] // deliberately true for NaN
-    if !(q.0 <= p.0) {
+    if p.0.is_nan() || q.0.is_nan() {
+        return (f64::NAN, f64::NAN);
+    }
+    if q.0 > p.0 {
         let r = p.0 / q.0;
         return (q.0, q.1 + p.1 * r * r);
     }

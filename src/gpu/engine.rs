@@ -295,7 +295,7 @@ impl GpuEngine {
             Op::SgdStep { param, grad, len } => {
                 let (bp, bg, bh) = (buf(param), buf(grad), self.hyper.clone());
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
-                let consts = self.constants([0.0; 4]);
+                let consts = self.constants([0.0; 8]);
                 self.dispatch(
                     KernelKey::new(Shader::Optim, "sgd"),
                     Some([u(len)?, 0, 0, 0]),
@@ -314,7 +314,8 @@ impl GpuEngine {
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 match momentum {
                     None => {
-                        let consts = self.constants([0.0, 0.0, 0.0, weight_decay]);
+                        let consts =
+                            self.constants([0.0, 0.0, 0.0, weight_decay, 0.0, 0.0, 0.0, 0.0]);
                         self.dispatch(
                             KernelKey::new(Shader::Optim, "sgd"),
                             Some([u(len)?, 0, 0, 0]),
@@ -324,7 +325,16 @@ impl GpuEngine {
                     }
                     Some(m) => {
                         let bb = buf(m.buffer);
-                        let consts = self.constants([m.momentum, 0.0, 0.0, weight_decay]);
+                        let consts = self.constants([
+                            m.momentum,
+                            0.0,
+                            0.0,
+                            weight_decay,
+                            0.0,
+                            0.0,
+                            0.0,
+                            0.0,
+                        ]);
                         self.dispatch(
                             KernelKey::new(Shader::Optim, "sgd_momentum"),
                             Some([u(len)?, m.nesterov as u32, 0, 0]),
@@ -356,7 +366,18 @@ impl GpuEngine {
                     buf(exp_avg_sq),
                 );
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
-                let consts = self.constants([beta1, beta2, eps, weight_decay]);
+                // ln β in f64 on the host: the kernel's bias correction needs it accurately.
+                let ln = |b: f32| if b > 0.0 { (b as f64).ln() as f32 } else { 0.0 };
+                let consts = self.constants([
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    ln(beta1),
+                    ln(beta2),
+                    0.0,
+                    0.0,
+                ]);
                 self.dispatch(
                     KernelKey::new(Shader::Optim, "adam"),
                     Some([u(len)?, decoupled as u32, 0, 0]),
@@ -449,8 +470,8 @@ impl GpuEngine {
     }
 
     /// An op's fixed non-size constants (decay rates, eps) as a small uniform, made once
-    /// at compile time like the shape uniform.
-    fn constants(&self, values: [f32; 4]) -> wgpu::Buffer {
+    /// at compile time like the shape uniform. `optim.wgsl` reads eight.
+    fn constants(&self, values: [f32; 8]) -> wgpu::Buffer {
         self.ctx
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
