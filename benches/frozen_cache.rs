@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
     let labels: Vec<usize> = (0..rows).map(|r| (r * 7) % 10).collect();
     let data = Dataset::classification(features, &labels, 784, 10)?;
     let spec = MlpSpec::new(784, &[512; 8], 10)
-        .optimizer(Optimizer::Sgd { lr: 0.01 })
+        .optimizer(Optimizer::sgd(0.01))
         .freeze(frozen)
         .seed(1);
     let choice = if cpu {

@@ -7,8 +7,8 @@ use std::time::Instant;
 use steadygrad::check::{cross_check, Tolerance};
 use steadygrad::gpu::{describe_adapter, list_adapters, AdapterSelection, GpuContext};
 use steadygrad::{
-    data, Activation, BackendChoice, BatchNorm, BnPlacement, FitOptions, Init, Loss, MlpSpec,
-    Model, Optimizer,
+    data, Activation, BackendChoice, BatchNorm, BnPlacement, Clip, FitOptions, Init, Loss,
+    LrSchedule, MlpSpec, Model, Optimizer,
 };
 
 #[derive(Parser)]
@@ -47,9 +47,9 @@ struct ModelArgs {
     /// Weight init: auto, glorot-uniform, glorot-normal, he-uniform, he-normal, lecun-uniform, lecun-normal, normal.
     #[arg(long, default_value = "auto")]
     init: Init,
-    /// Learning rate of SGD.
-    #[arg(long, default_value_t = 0.05)]
-    lr: f32,
+    /// Learning rate [default: 0.05 for sgd; 0.001, torch's default, for adam and adamw].
+    #[arg(long)]
+    lr: Option<f32>,
     /// Seed for weights, data and shuffling.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -62,6 +62,98 @@ struct ModelArgs {
     /// A skip connection into every K-th hidden layer (projection when sizes differ).
     #[arg(long, value_name = "K")]
     residual: Option<usize>,
+    /// Optimizer: sgd, adam or adamw (torch.optim.SGD, Adam, AdamW; betas (0.9, 0.999), eps 1e-8).
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
+    optimizer: OptimizerKind,
+    /// SGD momentum in [0, 1), dampening 0 [default: 0].
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// Nesterov momentum (SGD, needs --momentum > 0).
+    #[arg(long)]
+    nesterov: bool,
+    /// Weight decay on all parameters, biases included: L2 for sgd and adam, decoupled for adamw [default: 0; 0.01 for adamw, as torch].
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Scale gradients so their global L2 norm is at most this (torch.nn.utils.clip_grad_norm_).
+    #[arg(long, conflicts_with = "clip_value")]
+    clip_norm: Option<f32>,
+    /// Clamp every gradient element to [-V, V] (torch.nn.utils.clip_grad_value_).
+    #[arg(long)]
+    clip_value: Option<f32>,
+    /// Dropout probability in [0, 1) after every hidden activation, in training only.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f32,
+    /// Learning-rate schedule per epoch: constant, step (StepLR) or cosine (CosineAnnealingLR).
+    #[arg(long, value_enum, default_value_t = ScheduleKind::Constant)]
+    schedule: ScheduleKind,
+    /// Step schedule: epochs between decays.
+    #[arg(long, default_value_t = 10)]
+    step_size: usize,
+    /// Step schedule: decay factor per step_size epochs.
+    #[arg(long, default_value_t = 0.1)]
+    gamma: f32,
+    /// Cosine schedule: epochs from the full rate down to --eta-min [default: the number of epochs; 1 for check].
+    #[arg(long)]
+    t_max: Option<usize>,
+    /// Cosine schedule: the lowest learning rate.
+    #[arg(long, default_value_t = 0.0)]
+    eta_min: f32,
+    /// Linear learning-rate warm-up over the first N steps (batches): step s uses lr·min(1, s/N).
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum OptimizerKind {
+    Sgd,
+    Adam,
+    Adamw,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum ScheduleKind {
+    Constant,
+    Step,
+    Cosine,
+}
+
+impl ModelArgs {
+    fn optimizer(&self) -> Result<Optimizer> {
+        if self.optimizer != OptimizerKind::Sgd {
+            anyhow::ensure!(
+                self.momentum.is_none() && !self.nesterov,
+                "--momentum and --nesterov apply to --optimizer sgd only"
+            );
+        }
+        let opt = match self.optimizer {
+            OptimizerKind::Sgd => Optimizer::Sgd {
+                lr: self.lr.unwrap_or(0.05),
+                momentum: self.momentum.unwrap_or(0.0),
+                nesterov: self.nesterov,
+                weight_decay: 0.0,
+            },
+            OptimizerKind::Adam => Optimizer::adam(self.lr.unwrap_or(1e-3)),
+            OptimizerKind::Adamw => Optimizer::adamw(self.lr.unwrap_or(1e-3)),
+        };
+        Ok(match self.weight_decay {
+            Some(wd) => opt.with_weight_decay(wd),
+            None => opt,
+        })
+    }
+
+    fn schedule(&self, default_t_max: usize) -> LrSchedule {
+        match self.schedule {
+            ScheduleKind::Constant => LrSchedule::Constant,
+            ScheduleKind::Step => LrSchedule::Step {
+                step_size: self.step_size,
+                gamma: self.gamma,
+            },
+            ScheduleKind::Cosine => LrSchedule::Cosine {
+                t_max: self.t_max.unwrap_or(default_t_max),
+                eta_min: self.eta_min,
+            },
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -99,12 +191,22 @@ enum Command {
     },
 }
 
-fn spec_from(args: &ModelArgs, input: usize, output: usize) -> MlpSpec {
+/// `t_max` is the cosine schedule's default half period.
+fn spec_from(args: &ModelArgs, input: usize, output: usize, t_max: usize) -> Result<MlpSpec> {
     let mut spec = MlpSpec::new(input, &vec![args.width; args.depth], output)
         .activation(args.activation)
         .init(args.init)
-        .optimizer(Optimizer::Sgd { lr: args.lr })
-        .seed(args.seed);
+        .optimizer(args.optimizer()?)
+        .seed(args.seed)
+        .dropout(args.dropout)
+        .schedule(args.schedule(t_max))
+        .warmup_steps(args.warmup_steps);
+    if let Some(v) = args.clip_norm {
+        spec = spec.clip(Clip::Norm(v));
+    }
+    if let Some(v) = args.clip_value {
+        spec = spec.clip(Clip::Value(v));
+    }
     if let Some(place) = &args.batch_norm {
         spec = spec.batch_norm(BatchNorm {
             placement: if place == "after" {
@@ -117,7 +219,7 @@ fn spec_from(args: &ModelArgs, input: usize, output: usize) -> MlpSpec {
         });
     }
     spec.residual_every = args.residual;
-    spec
+    Ok(spec)
 }
 
 fn main() {
@@ -152,12 +254,12 @@ fn run(cli: Cli) -> Result<()> {
             let all = data::synthetic::spirals(points, classes, 0.05, model.seed);
             let split = all.rows * 4 / 5;
             let (train, valid) = (all.slice(0, split), all.slice(split, all.rows));
-            let spec = spec_from(&model, 2, classes);
+            let spec = spec_from(&model, 2, classes, epochs)?;
             let mut m = Model::with_backend(spec, &choice)?;
             println!("device: {}", m.device());
             println!(
-                "model: 2 → {} hidden × {} ({}) → {classes}, SGD lr {}, batch {batch}; data: {} spirals, {} train / {} validation rows",
-                model.depth, model.width, model.activation, model.lr, classes, train.rows, valid.rows
+                "model: 2 → {} hidden × {} ({}) → {classes}, {}, batch {batch}; data: {} spirals, {} train / {} validation rows",
+                model.depth, model.width, model.activation, m.spec().optimizer, classes, train.rows, valid.rows
             );
             let opts = FitOptions {
                 epochs,
@@ -199,7 +301,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let ctx = Arc::new(GpuContext::new(&sel)?);
             let (input, output) = (model.width.max(1), 7);
-            let spec = spec_from(&model, input, output).loss(loss);
+            let spec = spec_from(&model, input, output, 1)?.loss(loss);
             let data =
                 data::synthetic::spirals(batch.div_ceil(output).max(1), output, 0.1, model.seed);
             // Widen the 2-D spiral points to `input` features deterministically.

@@ -268,7 +268,7 @@ fn specs() -> Vec<MlpSpec> {
     };
     let base = |hidden: &[usize]| {
         MlpSpec::new(3, hidden, 4)
-            .optimizer(Optimizer::Sgd { lr: 0.1 })
+            .optimizer(Optimizer::sgd(0.1))
             .seed(5)
     };
     vec![
@@ -345,7 +345,7 @@ fn whole_models_finite_differences() {
         let before = m.state_dict().unwrap();
         // The training-mode loss at the current parameters: a step with lr 0 computes it
         // (batch statistics, not running ones) without moving any parameter.
-        m.set_learning_rate(0.0).unwrap();
+        m.set_learning_rate(Some(0.0)).unwrap();
         let loss = |m: &mut Model| -> f64 {
             m.take_metrics().unwrap();
             m.train_batch(&x, &y).unwrap();

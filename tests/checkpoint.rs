@@ -61,7 +61,7 @@ fn save_load_round_trip_is_exact() {
 #[test]
 fn mismatches_are_all_named() {
     let mut m = Model::new(
-        MlpSpec::new(3, &[5], 2).optimizer(Optimizer::Sgd { lr: 0.1 }),
+        MlpSpec::new(3, &[5], 2).optimizer(Optimizer::sgd(0.1)),
         Box::new(CpuEngine::new()),
     )
     .unwrap();

@@ -14,7 +14,7 @@ fn train_spirals(engine: Box<dyn Engine>) -> f32 {
     let (train, valid) = (all.slice(0, 960), all.slice(960, 1200));
     let spec = MlpSpec::new(2, &[48; 8], 3)
         .activation(Activation::Relu)
-        .optimizer(Optimizer::Sgd { lr: 0.05 })
+        .optimizer(Optimizer::sgd(0.05))
         .seed(42);
     let mut model = Model::new(spec, engine).unwrap();
     let opts = FitOptions {
@@ -49,7 +49,7 @@ fn cpu_learns_spirals() {
 fn linear_model_cannot_solve_spirals() {
     let all = data::synthetic::spirals(400, 3, 0.05, 5);
     let spec = MlpSpec::new(2, &[], 3)
-        .optimizer(Optimizer::Sgd { lr: 0.1 })
+        .optimizer(Optimizer::sgd(0.1))
         .seed(1);
     let mut model = Model::new(spec, Box::new(CpuEngine::new())).unwrap();
     let opts = FitOptions {
@@ -78,7 +78,7 @@ fn partial_batches_and_multi_epoch_agreement() {
     let all = data::synthetic::spirals(15, 3, 0.05, 2); // 45 rows: batches of 16, 16, 13
     let spec = MlpSpec::new(2, &[16; 3], 3)
         .activation(Activation::Tanh)
-        .optimizer(Optimizer::Sgd { lr: 0.1 })
+        .optimizer(Optimizer::sgd(0.1))
         .seed(9);
     let opts = FitOptions {
         epochs: 3,

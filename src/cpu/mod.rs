@@ -3,7 +3,7 @@
 pub mod ops;
 
 use crate::engine::{Engine, PlanId};
-use crate::graph::{Hyper, Op, PersistentDesc, Plan, Stage, Storage, TensorId};
+use crate::graph::{Hyper, Op, PersistentDesc, Plan, Stage, Storage, TensorId, NORM_BLOCK};
 use anyhow::{ensure, Context, Result};
 
 #[derive(Default)]
@@ -57,6 +57,13 @@ impl CpuEngine {
             Storage::Persistent(s) => &self.persistent[s],
             Storage::Local => &self.plans[plan].local[t],
         }
+    }
+
+    fn lr(&self) -> Result<f32> {
+        Ok(self
+            .hyper
+            .context("hyper-parameters were not set before a training step")?
+            .lr)
     }
 
     fn execute(&mut self, plan: PlanId, op: &Op) -> Result<()> {
@@ -315,6 +322,113 @@ impl CpuEngine {
                 let mut p = self.take(plan, param);
                 ops::sgd_step(&mut p, self.get(plan, grad), lr);
                 self.put(plan, param, p);
+            }
+            Op::Sgd {
+                param,
+                grad,
+                momentum,
+                weight_decay,
+                ..
+            } => {
+                let lr = self.lr()?;
+                let mut p = self.take(plan, param);
+                let mut buf = momentum.map(|m| self.take(plan, m.buffer));
+                ops::sgd(
+                    &mut p,
+                    self.get(plan, grad),
+                    buf.as_deref_mut()
+                        .zip(momentum)
+                        .map(|(b, m)| (b, m.momentum, m.nesterov)),
+                    lr,
+                    weight_decay,
+                );
+                self.put(plan, param, p);
+                if let (Some(b), Some(m)) = (buf, momentum) {
+                    self.put(plan, m.buffer, b);
+                }
+            }
+            Op::Adam {
+                param,
+                grad,
+                exp_avg,
+                exp_avg_sq,
+                step,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                decoupled,
+                ..
+            } => {
+                let h = ops::AdamParams {
+                    lr: self.lr()?,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    decoupled,
+                };
+                let t = self.get(plan, step)[0].to_bits();
+                let (mut p, mut m, mut v) = (
+                    self.take(plan, param),
+                    self.take(plan, exp_avg),
+                    self.take(plan, exp_avg_sq),
+                );
+                ops::adam(&mut p, self.get(plan, grad), &mut m, &mut v, t, h);
+                self.put(plan, param, p);
+                self.put(plan, exp_avg, m);
+                self.put(plan, exp_avg_sq, v);
+            }
+            Op::NormPartials {
+                x,
+                partials,
+                first,
+                groups,
+                ..
+            } => {
+                let mut out = self.take(plan, partials);
+                ops::norm_partials(
+                    self.get(plan, x),
+                    &mut out[2 * first..2 * (first + groups)],
+                    groups,
+                    NORM_BLOCK,
+                );
+                self.put(plan, partials, out);
+            }
+            Op::ClipCoef {
+                partials,
+                total_norm,
+                coef,
+                max_norm,
+                ..
+            } => {
+                let (total, c) = ops::clip_coef(self.get(plan, partials), max_norm);
+                self.put(plan, total_norm, vec![total]);
+                self.put(plan, coef, vec![c]);
+            }
+            Op::ScaleBy { x, coef, .. } => {
+                let c = self.get(plan, coef)[0];
+                let mut v = self.take(plan, x);
+                ops::scale_by(&mut v, c);
+                self.put(plan, x, v);
+            }
+            Op::ClampValue { x, limit, .. } => {
+                let mut v = self.take(plan, x);
+                ops::clamp_value(&mut v, limit);
+                self.put(plan, x, v);
+            }
+            Op::Dropout {
+                x,
+                y,
+                step,
+                p,
+                stream,
+                ..
+            } => {
+                let t = self.get(plan, step)[0].to_bits();
+                let mut out = self.take(plan, y);
+                ops::dropout(self.get(plan, x), &mut out, p, stream, t);
+                self.put(plan, y, out);
             }
         }
         Ok(())

@@ -274,3 +274,154 @@ pub fn accumulate(x: &[f32], y: &mut [f32]) {
         *yi += xi;
     }
 }
+
+/// `torch.optim.SGD`'s update with dampening 0, see [`crate::graph::Op::Sgd`].
+/// `momentum` is `(buffer, μ, nesterov)`.
+pub fn sgd(
+    param: &mut [f32],
+    grad: &[f32],
+    momentum: Option<(&mut [f32], f32, bool)>,
+    lr: f32,
+    weight_decay: f32,
+) {
+    let (lr, wd) = (lr as f64, weight_decay as f64);
+    match momentum {
+        None => {
+            for (p, &g) in param.iter_mut().zip(grad) {
+                let d = g as f64 + wd * *p as f64;
+                *p = (*p as f64 - lr * d) as f32;
+            }
+        }
+        Some((buf, mu, nesterov)) => {
+            let mu = mu as f64;
+            for ((p, &g), b) in param.iter_mut().zip(grad).zip(buf) {
+                let d = g as f64 + wd * *p as f64;
+                let nb = mu * *b as f64 + d;
+                *b = nb as f32;
+                let step = if nesterov { d + mu * nb } else { nb };
+                *p = (*p as f64 - lr * step) as f32;
+            }
+        }
+    }
+}
+
+/// Adam's constants, as in `torch.optim.Adam` / `AdamW`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamParams {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// AdamW's decoupled decay instead of Adam's L2 term.
+    pub decoupled: bool,
+}
+
+/// One Adam/AdamW step at training step `step` (1 on the first), see
+/// [`crate::graph::Op::Adam`]. Follows torch's single-tensor implementation:
+/// `denom = √v / √(1-β₂ᵗ) + eps`, `param -= lr / (1-β₁ᵗ) · m / denom`.
+pub fn adam(
+    param: &mut [f32],
+    grad: &[f32],
+    exp_avg: &mut [f32],
+    exp_avg_sq: &mut [f32],
+    step: u32,
+    h: AdamParams,
+) {
+    let (lr, b1, b2, eps, wd) = (
+        h.lr as f64,
+        h.beta1 as f64,
+        h.beta2 as f64,
+        h.eps as f64,
+        h.weight_decay as f64,
+    );
+    let t = step as f64;
+    let bc1 = 1.0 - b1.powf(t);
+    let bc2_sqrt = (1.0 - b2.powf(t)).sqrt();
+    for i in 0..param.len() {
+        let mut p = param[i] as f64;
+        let mut g = grad[i] as f64;
+        if h.decoupled {
+            p *= 1.0 - lr * wd;
+        } else {
+            g += wd * p;
+        }
+        let m = b1 * exp_avg[i] as f64 + (1.0 - b1) * g;
+        let v = b2 * exp_avg_sq[i] as f64 + (1.0 - b2) * g * g;
+        exp_avg[i] = m as f32;
+        exp_avg_sq[i] = v as f32;
+        let denom = v.sqrt() / bc2_sqrt + eps;
+        param[i] = (p - lr / bc1 * m / denom) as f32;
+    }
+}
+
+/// Merges two scaled sums of squares `(s, q)`, each standing for `s²·q` with `s` the
+/// largest magnitude seen. The CPU twin of `merge` in `shaders/clip.wgsl`, in `f64`, so
+/// both backends agree on non-finite input too: NaN poisons the result, and equal
+/// infinities add their counts instead of dividing inf by inf.
+pub fn merge_scaled_squares(p: (f64, f64), q: (f64, f64)) -> (f64, f64) {
+    if p.0.is_nan() || q.0.is_nan() {
+        return (f64::NAN, f64::NAN);
+    }
+    if q.0 > p.0 {
+        let r = p.0 / q.0;
+        return (q.0, q.1 + p.1 * r * r);
+    }
+    if q.0 == 0.0 {
+        return p;
+    }
+    let r = if q.0 == p.0 { 1.0 } else { q.0 / p.0 };
+    (p.0, p.1 + q.1 * r * r)
+}
+
+/// The partials of [`crate::graph::Op::NormPartials`]: `out` holds `groups` pairs.
+pub fn norm_partials(x: &[f32], out: &mut [f32], groups: usize, block: usize) {
+    for j in 0..groups {
+        let mut acc = (0.0, 0.0);
+        for (b, chunk) in x.chunks(block).enumerate() {
+            if b % groups == j {
+                for &v in chunk {
+                    acc = merge_scaled_squares(acc, ((v as f64).abs(), 1.0));
+                }
+            }
+        }
+        out[2 * j] = acc.0 as f32;
+        out[2 * j + 1] = acc.1 as f32;
+    }
+}
+
+/// Total norm and clip coefficient from the partial pairs, as
+/// `torch.nn.utils.clip_grad_norm_`: the coefficient is computed in `f32` from the `f32`
+/// total, exactly as torch does, and clamped so that NaN stays NaN.
+pub fn clip_coef(partials: &[f32], max_norm: f32) -> (f32, f32) {
+    let acc = partials.chunks(2).fold((0.0, 0.0), |acc, p| {
+        merge_scaled_squares(acc, (p[0] as f64, p[1] as f64))
+    });
+    let total = (acc.0 * acc.1.sqrt()) as f32;
+    let coef = max_norm / (total + 1e-6);
+    (total, if coef > 1.0 { 1.0 } else { coef })
+}
+
+pub fn scale_by(x: &mut [f32], coef: f32) {
+    for v in x {
+        *v *= coef;
+    }
+}
+
+pub fn clamp_value(x: &mut [f32], limit: f32) {
+    for v in x {
+        *v = v.clamp(-limit, limit);
+    }
+}
+
+/// Inverted dropout with the counter-based mask, see [`crate::graph::Op::Dropout`].
+pub fn dropout(x: &[f32], y: &mut [f32], p: f32, stream: u32, step: u32) {
+    let scale = crate::graph::dropout_scale(p);
+    for (i, (yi, &xi)) in y.iter_mut().zip(x).enumerate() {
+        *yi = if rng_uniform(stream, step, i as u32) >= p {
+            xi * scale
+        } else {
+            0.0
+        };
+    }
+}

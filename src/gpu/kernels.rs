@@ -15,13 +15,15 @@ pub enum Shader {
     Optim,
     BatchNorm,
     Elementwise,
+    Clip,
+    Dropout,
 }
 
 impl Shader {
     /// Shared WGSL helpers a kernel file may call; prepended to its source.
     fn prelude(self) -> &'static [&'static str] {
         match self {
-            Shader::Activation => &[RNG],
+            Shader::Activation | Shader::Dropout => &[RNG],
             _ => &[],
         }
     }
@@ -41,6 +43,8 @@ impl Shader {
             Shader::Optim => include_str!("../../shaders/optim.wgsl"),
             Shader::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),
             Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
+            Shader::Clip => include_str!("../../shaders/clip.wgsl"),
+            Shader::Dropout => include_str!("../../shaders/dropout.wgsl"),
         }
     }
 }

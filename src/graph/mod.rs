@@ -290,6 +290,93 @@ pub enum Op {
         grad: TensorId,
         len: usize,
     },
+    /// `torch.optim.SGD` with dampening 0: `d = grad + weight_decay·param`, then with
+    /// momentum `buf = μ·buf + d` and `d = d + μ·buf` (Nesterov) or `d = buf`, and finally
+    /// `param -= lr·d`. The buffer starts at zero, so the first step sets `buf = d` exactly
+    /// as torch's first-step clone does. [`Op::SgdStep`] is the case without either.
+    Sgd {
+        param: TensorId,
+        grad: TensorId,
+        len: usize,
+        momentum: Option<Momentum>,
+        weight_decay: f32,
+    },
+    /// `torch.optim.Adam` (`decoupled: false`, L2 decay added to the gradient) or
+    /// `torch.optim.AdamW` (`decoupled: true`, `param *= 1 - lr·weight_decay` first), with
+    /// bias correction from the device step counter `step` (see [`Op::AdvanceStep`]).
+    Adam {
+        param: TensorId,
+        grad: TensorId,
+        exp_avg: TensorId,
+        exp_avg_sq: TensorId,
+        step: TensorId,
+        len: usize,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        decoupled: bool,
+    },
+    /// First stage of the global gradient norm: `groups` partial results of `x` into
+    /// slots `first..first + groups` of `partials` (`slots` pairs in all). Partial `j`
+    /// covers the [`NORM_BLOCK`]-element blocks `b` of `x` with `b mod groups = j` and is
+    /// stored as a pair `(s, q)` standing for the sum of squares `s²·q`, where `s` is the
+    /// largest magnitude: scaling by it keeps squares of huge gradients from overflowing.
+    NormPartials {
+        x: TensorId,
+        len: usize,
+        partials: TensorId,
+        first: usize,
+        groups: usize,
+        slots: usize,
+    },
+    /// Combines all `slots` partial pairs into the total norm `√Σ‖g‖²` (written to
+    /// `total_norm`) and `torch.nn.utils.clip_grad_norm_`'s coefficient
+    /// `min(max_norm / (total + 1e-6), 1)` (written to `coef`).
+    ClipCoef {
+        partials: TensorId,
+        slots: usize,
+        total_norm: TensorId,
+        coef: TensorId,
+        max_norm: f32,
+    },
+    /// `x *= coef[0]` in place (applying the clip coefficient to one gradient).
+    ScaleBy {
+        x: TensorId,
+        coef: TensorId,
+        len: usize,
+    },
+    /// `x = clamp(x, -limit, limit)` in place, as `torch.nn.utils.clip_grad_value_`.
+    ClampValue { x: TensorId, len: usize, limit: f32 },
+    /// Inverted dropout: `y = x · keep / (1 - p)` with `keep = rng_uniform(stream, step, i)
+    /// >= p`. The map is its own adjoint, so the backward pass is the same op applied to
+    /// the output gradient with the same `(stream, step)`: it redraws the same mask.
+    Dropout {
+        x: TensorId,
+        y: TensorId,
+        step: TensorId,
+        len: usize,
+        p: f32,
+        stream: u32,
+    },
+}
+
+/// Momentum state of [`Op::Sgd`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Momentum {
+    pub buffer: TensorId,
+    pub momentum: f32,
+    pub nesterov: bool,
+}
+
+/// Elements per block of [`Op::NormPartials`]: the GPU kernel's workgroup size, fixed in
+/// the op's definition so the CPU reference computes the same partials.
+pub const NORM_BLOCK: usize = 256;
+
+/// The multiplier of kept units in [`Op::Dropout`], computed once in `f32` so both backends
+/// scale by the identical value.
+pub fn dropout_scale(p: f32) -> f32 {
+    1.0 / (1.0 - p)
 }
 
 impl Op {
@@ -380,7 +467,102 @@ impl Op {
             } => (vec![x, dy, gamma, mean, invstd], vec![dx, dgamma, dbeta]),
             Op::Add { a, b, out, .. } => (vec![a, b], vec![out]),
             Op::Accumulate { x, y, .. } => (vec![x, y], vec![y]),
+            Op::Sgd {
+                param,
+                grad,
+                momentum,
+                ..
+            } => match momentum {
+                Some(m) => (vec![param, grad, m.buffer], vec![param, m.buffer]),
+                None => (vec![param, grad], vec![param]),
+            },
+            Op::Adam {
+                param,
+                grad,
+                exp_avg,
+                exp_avg_sq,
+                step,
+                ..
+            } => (
+                vec![param, grad, exp_avg, exp_avg_sq, step],
+                vec![param, exp_avg, exp_avg_sq],
+            ),
+            Op::NormPartials { x, partials, .. } => (vec![x], vec![partials]),
+            Op::ClipCoef {
+                partials,
+                total_norm,
+                coef,
+                ..
+            } => (vec![partials], vec![total_norm, coef]),
+            Op::ScaleBy { x, coef, .. } => (vec![x, coef], vec![x]),
+            Op::ClampValue { x, .. } => (vec![x], vec![x]),
+            Op::Dropout { x, y, step, .. } => (vec![x, step], vec![y]),
         }
+    }
+
+    /// Checks an op's constants (probabilities, decay rates, partial-slot ranges), which
+    /// the tensor table cannot, so a bad hand-built plan is an error rather than a panic.
+    fn check_constants(&self) -> anyhow::Result<()> {
+        let unit = |name: &str, v: f32| {
+            anyhow::ensure!(
+                (0.0..1.0).contains(&v),
+                "op {self:?}: {name} must be in [0, 1), got {v}"
+            );
+            Ok(())
+        };
+        let non_negative = |name: &str, v: f32| {
+            anyhow::ensure!(
+                v.is_finite() && v >= 0.0,
+                "op {self:?}: {name} must be finite and >= 0, got {v}"
+            );
+            Ok(())
+        };
+        let positive = |name: &str, v: f32| {
+            anyhow::ensure!(
+                v.is_finite() && v > 0.0,
+                "op {self:?}: {name} must be finite and > 0, got {v}"
+            );
+            Ok(())
+        };
+        match *self {
+            Op::Sgd {
+                momentum,
+                weight_decay,
+                ..
+            } => {
+                non_negative("weight_decay", weight_decay)?;
+                if let Some(m) = momentum {
+                    unit("momentum", m.momentum)?;
+                }
+            }
+            Op::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            } => {
+                unit("beta1", beta1)?;
+                unit("beta2", beta2)?;
+                positive("eps", eps)?;
+                non_negative("weight_decay", weight_decay)?;
+            }
+            Op::NormPartials {
+                first,
+                groups,
+                slots,
+                ..
+            } => anyhow::ensure!(
+                groups > 0 && first + groups <= slots,
+                "op {self:?}: partial slots {first}..{} do not fit in {slots} slots",
+                first + groups
+            ),
+            Op::ClipCoef { max_norm, .. } => positive("max_norm", max_norm)?,
+            Op::ClampValue { limit, .. } => positive("limit", limit)?,
+            Op::Dropout { p, .. } => unit("dropout probability", p)?,
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Elements each operand must hold, checked against the tensor table at compile time.
@@ -507,6 +689,51 @@ impl Op {
             ],
             Op::Add { a, b, out, len } => vec![(a, len), (b, len), (out, len)],
             Op::Accumulate { x, y, len } => vec![(x, len), (y, len)],
+            Op::Sgd {
+                param,
+                grad,
+                len,
+                momentum,
+                ..
+            } => {
+                let mut v = vec![(param, len), (grad, len)];
+                v.extend(momentum.map(|m| (m.buffer, len)));
+                v
+            }
+            Op::Adam {
+                param,
+                grad,
+                exp_avg,
+                exp_avg_sq,
+                step,
+                len,
+                ..
+            } => vec![
+                (param, len),
+                (grad, len),
+                (exp_avg, len),
+                (exp_avg_sq, len),
+                (step, 1),
+            ],
+            Op::NormPartials {
+                x,
+                len,
+                partials,
+                slots,
+                ..
+            } => vec![(x, len), (partials, 2 * slots)],
+            Op::ClipCoef {
+                partials,
+                slots,
+                total_norm,
+                coef,
+                ..
+            } => vec![(partials, 2 * slots), (total_norm, 1), (coef, 1)],
+            Op::ScaleBy { x, coef, len } => vec![(x, len), (coef, 1)],
+            Op::ClampValue { x, len, .. } => vec![(x, len)],
+            Op::Dropout {
+                x, y, step, len, ..
+            } => vec![(x, len), (y, len), (step, 1)],
         }
     }
 }
@@ -631,6 +858,7 @@ impl Plan {
             }
         }
         for op in self.forward.iter().chain(&self.eval).chain(&self.train) {
+            op.check_constants()?;
             for (id, need) in op.required_lens() {
                 let t = self.tensors.get(id).ok_or_else(|| {
                     anyhow::anyhow!("op {op:?} refers to tensor {id}, which does not exist")
@@ -669,6 +897,10 @@ fn op_reads_own_output(op: &Op) -> bool {
         op,
         Op::AddBias { .. }
             | Op::SgdStep { .. }
+            | Op::Sgd { .. }
+            | Op::Adam { .. }
+            | Op::ScaleBy { .. }
+            | Op::ClampValue { .. }
             | Op::AccumulateMetrics { .. }
             | Op::AdvanceStep { .. }
             | Op::Accumulate { .. }

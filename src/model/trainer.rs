@@ -5,8 +5,8 @@ use crate::engine::{create_engine, BackendChoice, Engine, PlanId};
 use crate::graph::{
     mlp, target_len, Hyper, Loss, PersistentDesc, PersistentKind, Plan, Stage, METRICS_LEN,
 };
-use crate::model::spec::{METRICS_SLOT_NAME, STEP_SLOT_NAME};
-use crate::model::MlpSpec;
+use crate::model::spec::{GRAD_NORM_SLOT_NAME, METRICS_SLOT_NAME, STEP_SLOT_NAME};
+use crate::model::{Clip, MlpSpec};
 use anyhow::{ensure, Context, Result};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -76,7 +76,7 @@ pub struct NamedTensor {
 /// let train = data::synthetic::spirals(500, 3, 0.05, 1);
 /// let spec = MlpSpec::new(2, &[64; 8], 3)
 ///     .activation(Activation::Relu)
-///     .optimizer(Optimizer::Sgd { lr: 0.05 })
+///     .optimizer(Optimizer::sgd(0.05))
 ///     .seed(42);
 /// let mut model = Model::with_backend(spec, &BackendChoice::Auto)?;
 /// let opts = FitOptions { epochs: 20, batch_size: 64, shuffle_seed: 7 };
@@ -94,6 +94,14 @@ pub struct Model {
     /// gets its own, and so does training from cached frozen outputs.
     plans: HashMap<(usize, usize), (PlanId, Plan)>,
     cache_frozen: bool,
+    /// The learning rate last written to the device's hyper-parameter block.
+    lr: f32,
+    /// A fixed learning rate that overrides the schedule (see `set_learning_rate`).
+    lr_override: Option<f32>,
+    /// Epochs completed, which the learning-rate schedule follows.
+    epoch: usize,
+    /// Training steps enqueued, which the warm-up follows (the device counts them too).
+    steps_taken: u64,
 }
 
 impl Model {
@@ -102,15 +110,18 @@ impl Model {
         spec.validate()?;
         let persistent = spec.persistent();
         engine.init_persistent(&persistent)?;
-        engine.set_hyper(Hyper {
-            lr: spec.optimizer.lr(),
-        })?;
+        let lr = spec.optimizer.lr();
+        engine.set_hyper(Hyper { lr })?;
         Ok(Model {
             spec,
             engine,
             persistent,
             plans: HashMap::new(),
             cache_frozen: false,
+            lr,
+            lr_override: None,
+            epoch: 0,
+            steps_taken: 0,
         })
     }
 
@@ -264,7 +275,57 @@ impl Model {
         );
         self.engine.write(id, input, x)?;
         self.engine.write(id, target, y)?;
-        self.engine.run(id, Stage::Train)
+        self.apply_schedule()?;
+        self.engine.run(id, Stage::Train)?;
+        self.steps_taken += 1;
+        Ok(())
+    }
+
+    /// Writes the coming step's learning rate into the hyper-parameter block when the
+    /// schedule changed it: a 16-byte write, with nothing rebuilt.
+    fn apply_schedule(&mut self) -> Result<()> {
+        let lr = self
+            .lr_override
+            .unwrap_or_else(|| self.spec.lr_at(self.epoch, self.steps_taken + 1));
+        if lr != self.lr {
+            self.engine.set_hyper(Hyper { lr })?;
+            self.lr = lr;
+        }
+        Ok(())
+    }
+
+    /// The learning rate of the most recent training step (the base rate before any).
+    pub fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    /// Epochs completed so far; the learning-rate schedule follows it. [`Model::fit`]
+    /// advances it after each epoch.
+    pub fn epoch(&self) -> usize {
+        self.epoch
+    }
+
+    /// Sets the epoch the schedule uses, for training loops written around
+    /// [`Model::train_batch`].
+    pub fn set_epoch(&mut self, epoch: usize) {
+        self.epoch = epoch;
+    }
+
+    /// The global gradient norm `√Σ‖g‖²` before clipping, from the last training step, when
+    /// the model clips by norm (`None` otherwise); 0 before the first step. Reading it
+    /// waits for the device.
+    pub fn last_grad_norm(&mut self) -> Result<Option<f32>> {
+        if !matches!(self.spec.clip, Some(Clip::Norm(_))) {
+            return Ok(None);
+        }
+        let slot = self.slot(GRAD_NORM_SLOT_NAME)?;
+        Ok(Some(self.engine.read_persistent(slot)?[0]))
+    }
+
+    /// Optimizer state (momentum buffers, Adam's moments), named `{parameter}.{key}` with
+    /// torch's state keys.
+    pub fn optimizer_state(&mut self) -> Result<Vec<NamedTensor>> {
+        self.persistent_of(|k| k == PersistentKind::OptimizerState)
     }
 
     /// One training step on a batch: `x` is `rows × input`, `y` holds class indices
@@ -281,14 +342,18 @@ impl Model {
             .with_context(|| format!("the model has no tensor named '{name}'"))
     }
 
-    /// Changes the learning rate from the next step on (one small write; nothing is
-    /// recompiled).
-    pub fn set_learning_rate(&mut self, lr: f32) -> Result<()> {
-        ensure!(
-            lr.is_finite() && lr >= 0.0,
-            "learning rate must be a finite number >= 0, got {lr}"
-        );
-        self.engine.set_hyper(Hyper { lr })
+    /// Fixes the learning rate from the next step on, overriding the schedule and warm-up
+    /// (`None` returns to them). 0 is allowed: a step then computes gradients and batch
+    /// statistics without moving any parameter.
+    pub fn set_learning_rate(&mut self, lr: Option<f32>) -> Result<()> {
+        if let Some(lr) = lr {
+            ensure!(
+                lr.is_finite() && lr >= 0.0,
+                "learning rate must be a finite number >= 0, got {lr}"
+            );
+        }
+        self.lr_override = lr;
+        Ok(())
     }
 
     /// Reads the metric accumulator and resets it.
@@ -346,6 +411,7 @@ impl Model {
                 train.gather(chunk, &mut x, &mut y);
                 self.step_unchecked(&x, &y, chunk.len(), start)?;
             }
+            self.epoch += 1;
             let metrics = self.take_metrics()?;
             let seconds = clock.elapsed().as_secs_f64();
             ensure!(
@@ -555,6 +621,13 @@ impl Model {
             );
         }
         self.load_state_dict(&full)
+    }
+
+    /// Sets the device's training-step counter (resuming a run, or replaying a step's
+    /// random draws). The next step sees `steps + 1`.
+    pub fn set_steps(&mut self, steps: u32) -> Result<()> {
+        let slot = self.slot(STEP_SLOT_NAME)?;
+        self.engine.write_persistent(slot, &[f32::from_bits(steps)])
     }
 
     /// Overwrites a parameter or buffer by name (e.g. for finite-difference checks).
