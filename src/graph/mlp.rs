@@ -6,8 +6,8 @@
 //! behave the same in training and evaluation go to both op lists through
 //! [`Builder::both`]; mode-dependent ones (dropout, batch norm) push to each separately.
 
-use super::{target_len, Op, PersistentDesc, Plan, Storage, TensorId, METRICS_LEN};
-use crate::model::spec::{METRICS_SLOT_NAME, STEP_SLOT_NAME};
+use super::{target_len, Activation, Op, PersistentDesc, Plan, Storage, TensorId, METRICS_LEN};
+use crate::model::spec::{prelu_weight_name, rrelu_stream, METRICS_SLOT_NAME, STEP_SLOT_NAME};
 use crate::model::MlpSpec;
 
 /// Builds forward, evaluation and training ops for `rows` rows per batch.
@@ -64,6 +64,9 @@ struct Layer {
     z: TensorId,
     /// What the next layer reads: the activation output, or `z` for the output layer.
     out: TensorId,
+    /// The extra tensor the activation's backward pass reads: PReLU's slope, or the
+    /// step counter RReLU's random slopes derive from.
+    act_extra: Option<TensorId>,
 }
 
 struct Builder<'a> {
@@ -122,17 +125,12 @@ impl Builder<'_> {
             rows,
             cols: fan_out,
         });
-        let out = if self.is_output(l) {
-            z
+        let (out, act_extra) = if self.is_output(l) {
+            (z, None)
         } else {
             let h = self.local(format!("layers.{l}.h"), &[rows, fan_out]);
-            self.both(Op::Activate {
-                act: self.spec.activation,
-                x: z,
-                y: h,
-                len: rows * fan_out,
-            });
-            h
+            let extra = self.activation_forward(l, z, h, fan_out)?;
+            (h, extra)
         };
         Ok(Layer {
             index: l,
@@ -143,7 +141,132 @@ impl Builder<'_> {
             x,
             z,
             out,
+            act_extra,
         })
+    }
+
+    /// `h = f(z)` for hidden layer `l` of `width` units; returns what the backward pass
+    /// needs besides `z` and `h` (see [`Layer::act_extra`]).
+    fn activation_forward(
+        &mut self,
+        l: usize,
+        z: TensorId,
+        h: TensorId,
+        width: usize,
+    ) -> anyhow::Result<Option<TensorId>> {
+        let act = self.spec.activation;
+        let len = self.rows * width;
+        match act {
+            Activation::Prelu { per_unit, .. } => {
+                let units = if per_unit { width } else { 1 };
+                let weight = self.persistent(&prelu_weight_name(l), &[units])?;
+                self.both(Op::Prelu {
+                    x: z,
+                    weight,
+                    y: h,
+                    len,
+                    units,
+                });
+                Ok(Some(weight))
+            }
+            Activation::Rrelu { lower, upper } => {
+                // Evaluation uses the mean slope, as torch.nn.RReLU in eval mode.
+                self.p.forward.push(Op::Activate {
+                    act,
+                    x: z,
+                    y: h,
+                    len,
+                });
+                let step = self.p.find(STEP_SLOT_NAME).ok_or_else(|| {
+                    anyhow::anyhow!("the plan has no step counter for RReLU's slopes")
+                })?;
+                self.p.train.push(Op::RreluTrain {
+                    x: z,
+                    y: h,
+                    step,
+                    stream: rrelu_stream(l),
+                    lower,
+                    upper,
+                    len,
+                });
+                Ok(Some(step))
+            }
+            _ => {
+                self.both(Op::Activate {
+                    act,
+                    x: z,
+                    y: h,
+                    len,
+                });
+                Ok(None)
+            }
+        }
+    }
+
+    /// `dz = dh ⊙ f'(z)` for a hidden layer; PReLU also gets its slope's gradient.
+    fn activation_backward(&mut self, layer: &Layer, dh: TensorId, dz: TensorId) {
+        let (l, rows, width) = (layer.index, self.rows, layer.fan_out);
+        let (x, len, act) = (layer.z, rows * width, self.spec.activation);
+        match (act, layer.act_extra) {
+            (Activation::Prelu { .. }, Some(weight)) => {
+                let units = self.p.tensors[weight].len();
+                let terms = self.local(format!("layers.{l}.act.weight.grad_terms"), &[rows, width]);
+                let dw = self.local(format!("layers.{l}.act.weight.grad"), &[units]);
+                self.p.train.push(Op::PreluBackward {
+                    x,
+                    weight,
+                    dy: dh,
+                    dx: dz,
+                    dw_terms: terms,
+                    len,
+                    units,
+                });
+                // Summed over the batch like a bias gradient; one slope per layer sums the
+                // per-unit sums too, in a second pass so the first stays parallel over units.
+                let per_unit = if units == width {
+                    dw
+                } else {
+                    self.local(format!("layers.{l}.act.weight.grad_units"), &[width])
+                };
+                self.p.train.push(Op::SumRows {
+                    x: terms,
+                    out: per_unit,
+                    rows,
+                    cols: width,
+                    accumulate: false,
+                });
+                if per_unit != dw {
+                    self.p.train.push(Op::SumRows {
+                        x: per_unit,
+                        out: dw,
+                        rows: width,
+                        cols: 1,
+                        accumulate: false,
+                    });
+                }
+                self.params.push((weight, dw));
+            }
+            (Activation::Rrelu { lower, upper }, Some(step)) => {
+                self.p.train.push(Op::RreluTrainBackward {
+                    x,
+                    dy: dh,
+                    dx: dz,
+                    step,
+                    stream: rrelu_stream(l),
+                    lower,
+                    upper,
+                    len,
+                });
+            }
+            _ => self.p.train.push(Op::ActivateBackward {
+                act,
+                x,
+                y: layer.out,
+                dy: dh,
+                dx: dz,
+                len,
+            }),
+        }
     }
 
     /// Loss and metrics for evaluation and training; returns the gradient of the loss
@@ -193,14 +316,7 @@ impl Builder<'_> {
             dout
         } else {
             let dz = self.local(format!("layers.{l}.z.grad"), &[rows, fan_out]);
-            self.p.train.push(Op::ActivateBackward {
-                act: self.spec.activation,
-                x: layer.z,
-                y: layer.out,
-                dy: dout,
-                dx: dz,
-                len: rows * fan_out,
-            });
+            self.activation_backward(layer, dout, dz);
             dz
         };
         let dw = self.local(format!("layers.{l}.linear.weight.grad"), &[fan_out, fan_in]);
