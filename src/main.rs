@@ -41,7 +41,9 @@ struct ModelArgs {
     /// Units per hidden layer.
     #[arg(long, default_value_t = 64)]
     width: usize,
-    /// Hidden activation: identity, sigmoid, tanh or relu.
+    /// Hidden activation: identity, sigmoid, tanh, relu, leaky-relu[:SLOPE], rrelu[:LOWER:UPPER],
+    /// prelu[:INIT] (one slope per layer), prelu-unit[:INIT] (one per unit), elu[:ALPHA], selu,
+    /// gelu, gelu-tanh. Parameters default to PyTorch's (0.01; 1/8:1/3; 0.25; 1).
     #[arg(long, default_value = "relu")]
     activation: Activation,
     /// Weight init: auto, glorot-uniform, glorot-normal, he-uniform, he-normal, lecun-uniform, lecun-normal, normal.

@@ -134,6 +134,67 @@ impl CpuEngine {
                 );
                 self.put(plan, dx, out);
             }
+            Op::RreluTrain {
+                x,
+                y,
+                step,
+                stream,
+                lower,
+                upper,
+                ..
+            } => {
+                let step = self.get(plan, step)[0].to_bits();
+                let mut out = self.take(plan, y);
+                ops::rrelu_train(self.get(plan, x), &mut out, step, stream, lower, upper);
+                self.put(plan, y, out);
+            }
+            Op::RreluTrainBackward {
+                x,
+                dy,
+                dx,
+                step,
+                stream,
+                lower,
+                upper,
+                ..
+            } => {
+                let step = self.get(plan, step)[0].to_bits();
+                let mut out = self.take(plan, dx);
+                ops::rrelu_train_backward(
+                    self.get(plan, x),
+                    self.get(plan, dy),
+                    &mut out,
+                    step,
+                    stream,
+                    lower,
+                    upper,
+                );
+                self.put(plan, dx, out);
+            }
+            Op::Prelu { x, weight, y, .. } => {
+                let mut out = self.take(plan, y);
+                ops::prelu(self.get(plan, x), self.get(plan, weight), &mut out);
+                self.put(plan, y, out);
+            }
+            Op::PreluBackward {
+                x,
+                weight,
+                dy,
+                dx,
+                dw_terms,
+                ..
+            } => {
+                let (mut d, mut t) = (self.take(plan, dx), self.take(plan, dw_terms));
+                ops::prelu_backward(
+                    self.get(plan, x),
+                    self.get(plan, weight),
+                    self.get(plan, dy),
+                    &mut d,
+                    &mut t,
+                );
+                self.put(plan, dx, d);
+                self.put(plan, dw_terms, t);
+            }
             Op::LossGrad {
                 loss,
                 pred,

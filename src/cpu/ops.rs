@@ -1,7 +1,7 @@
 //! Reference kernels: plain loops, written to be obviously correct rather than fast.
 //! Sums accumulate in `f64` so the reference is at least as accurate as any GPU kernel.
 
-use crate::graph::{Activation, Loss};
+use crate::graph::{Activation, Loss, SELU_ALPHA, SELU_SCALE};
 
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
@@ -52,16 +52,27 @@ pub fn sum_rows(x: &[f32], out: &mut [f32], rows: usize, cols: usize, accumulate
 }
 
 pub fn activation(act: Activation, x: f32) -> f32 {
+    let xd = x as f64;
     match act {
         Activation::Identity => x,
-        Activation::Sigmoid => (1.0 / (1.0 + (-(x as f64)).exp())) as f32,
-        Activation::Tanh => (x as f64).tanh() as f32,
+        Activation::Sigmoid => (1.0 / (1.0 + (-xd).exp())) as f32,
+        Activation::Tanh => xd.tanh() as f32,
         Activation::Relu => x.max(0.0),
+        Activation::LeakyRelu { slope } => leaky(x, slope),
+        // RReLU in evaluation and PReLU at a fixed slope; see `Activation::negative_slope`.
+        Activation::Rrelu { .. } | Activation::Prelu { .. } => {
+            leaky(x, act.negative_slope().unwrap_or_default())
+        }
+        Activation::Elu { alpha } => elu(xd, alpha as f64) as f32,
+        Activation::Selu => (SELU_SCALE * elu(xd, SELU_ALPHA)) as f32,
+        Activation::Gelu => (xd * normal_cdf(xd)) as f32,
+        Activation::GeluTanh => (xd * gelu_tanh_gate(xd).0) as f32,
     }
 }
 
 /// `f'(x)` given `x` and `y = f(x)`.
 pub fn activation_grad(act: Activation, x: f32, y: f32) -> f32 {
+    let xd = x as f64;
     match act {
         Activation::Identity => 1.0,
         Activation::Sigmoid => y * (1.0 - y),
@@ -74,8 +85,86 @@ pub fn activation_grad(act: Activation, x: f32, y: f32) -> f32 {
                 0.0
             }
         }
+        Activation::LeakyRelu { slope } => leaky_grad(x, slope),
+        Activation::Rrelu { .. } | Activation::Prelu { .. } => {
+            leaky_grad(x, act.negative_slope().unwrap_or_default())
+        }
+        // From x rather than y + alpha, which loses digits where eˣ is tiny; at 0 it is
+        // alpha, as PyTorch's elu_backward gives.
+        Activation::Elu { alpha } => elu_grad(xd, alpha as f64) as f32,
+        Activation::Selu => (SELU_SCALE * elu_grad(xd, SELU_ALPHA)) as f32,
+        // d/dx x·Φ(x) = Φ(x) + x·φ(x).
+        Activation::Gelu => {
+            let pdf = (-0.5 * xd * xd).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            (normal_cdf(xd) + xd * pdf) as f32
+        }
+        Activation::GeluTanh => {
+            let (s, du) = gelu_tanh_gate(xd);
+            // x·σ(2u) differentiates to σ + x·σ(1−σ)·2u'.
+            (s + xd * s * (1.0 - s) * 2.0 * du) as f32
+        }
     }
 }
+
+/// The ReLU family: `x` for `x > 0`, else `slope·x`, as PyTorch's `leaky_relu`.
+pub fn leaky(x: f32, slope: f32) -> f32 {
+    if x > 0.0 {
+        x
+    } else {
+        slope * x
+    }
+}
+
+/// Its derivative; at 0 it is `slope`, as in PyTorch (0 for ReLU).
+pub fn leaky_grad(x: f32, slope: f32) -> f32 {
+    if x > 0.0 {
+        1.0
+    } else {
+        slope
+    }
+}
+
+fn elu(x: f64, alpha: f64) -> f64 {
+    if x > 0.0 {
+        x
+    } else {
+        alpha * x.exp_m1()
+    }
+}
+
+fn elu_grad(x: f64, alpha: f64) -> f64 {
+    if x > 0.0 {
+        1.0
+    } else {
+        alpha * x.exp()
+    }
+}
+
+/// Φ(x) = ½·erfc(−x/√2): erfc keeps full relative accuracy in the lower tail, where
+/// ½·(1 + erf) cancels.
+pub fn normal_cdf(x: f64) -> f64 {
+    0.5 * libm::erfc(-x * std::f64::consts::FRAC_1_SQRT_2)
+}
+
+/// The error function, the reference the WGSL `erf` is tested against.
+pub fn erf(x: f64) -> f64 {
+    libm::erf(x)
+}
+
+pub fn erfc(x: f64) -> f64 {
+    libm::erfc(x)
+}
+
+/// For GELU's tanh form: `(σ(2u), u')` with `u = √(2/π)·(x + 0.044715·x³)`, using
+/// `½(1 + tanh u) = σ(2u)`, which does not cancel for negative `u`.
+fn gelu_tanh_gate(x: f64) -> (f64, f64) {
+    let k = (2.0 / std::f64::consts::PI).sqrt();
+    let u = k * (x + GELU_TANH_C * x * x * x);
+    let s = 1.0 / (1.0 + (-2.0 * u).exp());
+    (s, k * (1.0 + 3.0 * GELU_TANH_C * x * x))
+}
+
+const GELU_TANH_C: f64 = 0.044715;
 
 pub fn activate(act: Activation, x: &[f32], y: &mut [f32]) {
     for (yi, &xi) in y.iter_mut().zip(x) {
@@ -174,6 +263,51 @@ pub fn pcg_hash(v: u32) -> u32 {
 pub fn rng_uniform(stream: u32, step: u32, index: u32) -> f32 {
     let h = pcg_hash(index ^ pcg_hash(step ^ pcg_hash(stream)));
     (h >> 8) as f32 * (1.0 / 16_777_216.0)
+}
+
+/// RReLU's training slope for element `i`, the same draw as `rrelu_slope` in
+/// `shaders/activation.wgsl`.
+pub fn rrelu_slope(lower: f32, upper: f32, stream: u32, step: u32, i: usize) -> f32 {
+    lower + (upper - lower) * rng_uniform(stream, step, i as u32)
+}
+
+pub fn rrelu_train(x: &[f32], y: &mut [f32], step: u32, stream: u32, lower: f32, upper: f32) {
+    for (i, (yi, &xi)) in y.iter_mut().zip(x).enumerate() {
+        *yi = leaky(xi, rrelu_slope(lower, upper, stream, step, i));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn rrelu_train_backward(
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    step: u32,
+    stream: u32,
+    lower: f32,
+    upper: f32,
+) {
+    for i in 0..dx.len() {
+        dx[i] = dy[i] * leaky_grad(x[i], rrelu_slope(lower, upper, stream, step, i));
+    }
+}
+
+/// `y[i] = leaky(x[i], weight[i % units])`.
+pub fn prelu(x: &[f32], weight: &[f32], y: &mut [f32]) {
+    let units = weight.len();
+    for (i, (yi, &xi)) in y.iter_mut().zip(x).enumerate() {
+        *yi = leaky(xi, weight[i % units]);
+    }
+}
+
+/// `dx = dy·leaky'(x)` and the slope gradient's terms `dy·min(x, 0)` (PyTorch's
+/// `input > 0 ? 0 : input·grad`).
+pub fn prelu_backward(x: &[f32], weight: &[f32], dy: &[f32], dx: &mut [f32], terms: &mut [f32]) {
+    let units = weight.len();
+    for i in 0..dx.len() {
+        dx[i] = dy[i] * leaky_grad(x[i], weight[i % units]);
+        terms[i] = if x[i] > 0.0 { 0.0 } else { x[i] * dy[i] };
+    }
 }
 
 /// Training-mode batch norm over `rows` for each of `cols` features (see

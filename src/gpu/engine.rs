@@ -213,7 +213,7 @@ impl GpuEngine {
                 let (bx, by) = (buf(x), buf(y));
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Activation, "forward").with("ACT", act as u32),
+                    KernelKey::activation("forward", act),
                     Some([u(len)?, 0, 0, 0]),
                     &[(1, &bx), (4, &by)],
                     g,
@@ -230,9 +230,84 @@ impl GpuEngine {
                 let (bx, by, bdy, bdx) = (buf(x), buf(y), buf(dy), buf(dx));
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Activation, "backward").with("ACT", act as u32),
+                    KernelKey::activation("backward", act),
                     Some([u(len)?, 0, 0, 0]),
                     &[(1, &bx), (2, &by), (3, &bdy), (4, &bdx)],
+                    g,
+                )
+            }
+            Op::RreluTrain {
+                x,
+                y,
+                step,
+                stream,
+                lower,
+                upper,
+                len,
+            } => {
+                let (bx, by, bs) = (buf(x), buf(y), buf(step));
+                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                self.dispatch(
+                    KernelKey::new(Shader::Activation, "rrelu_forward")
+                        .with_f32("LOWER", lower)
+                        .with_f32("UPPER", upper),
+                    Some([u(len)?, 0, stream, 0]),
+                    &[(1, &bx), (4, &by), (5, &bs)],
+                    g,
+                )
+            }
+            Op::RreluTrainBackward {
+                x,
+                dy,
+                dx,
+                step,
+                stream,
+                lower,
+                upper,
+                len,
+            } => {
+                let (bx, bdy, bdx, bs) = (buf(x), buf(dy), buf(dx), buf(step));
+                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                self.dispatch(
+                    KernelKey::new(Shader::Activation, "rrelu_backward")
+                        .with_f32("LOWER", lower)
+                        .with_f32("UPPER", upper),
+                    Some([u(len)?, 0, stream, 0]),
+                    &[(1, &bx), (3, &bdy), (4, &bdx), (5, &bs)],
+                    g,
+                )
+            }
+            Op::Prelu {
+                x,
+                weight,
+                y,
+                len,
+                units,
+            } => {
+                let (bx, bw, by) = (buf(x), buf(weight), buf(y));
+                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                self.dispatch(
+                    KernelKey::new(Shader::Activation, "prelu_forward"),
+                    Some([u(len)?, u(units)?, 0, 0]),
+                    &[(1, &bx), (4, &by), (6, &bw)],
+                    g,
+                )
+            }
+            Op::PreluBackward {
+                x,
+                weight,
+                dy,
+                dx,
+                dw_terms,
+                len,
+                units,
+            } => {
+                let (bx, bw, bdy, bdx, bt) = (buf(x), buf(weight), buf(dy), buf(dx), buf(dw_terms));
+                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                self.dispatch(
+                    KernelKey::new(Shader::Activation, "prelu_backward"),
+                    Some([u(len)?, u(units)?, 0, 0]),
+                    &[(1, &bx), (3, &bdy), (4, &bdx), (6, &bw), (7, &bt)],
                     g,
                 )
             }

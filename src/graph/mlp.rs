@@ -7,9 +7,12 @@
 //! [`Builder::both`]; mode-dependent ones (dropout, batch norm) push to each separately.
 
 use super::{
-    target_len, Momentum, Op, PersistentDesc, Plan, Storage, TensorId, METRICS_LEN, NORM_BLOCK,
+    target_len, Activation, Momentum, Op, PersistentDesc, Plan, Storage, TensorId, METRICS_LEN,
+    NORM_BLOCK,
 };
-use crate::model::spec::{GRAD_NORM_SLOT_NAME, METRICS_SLOT_NAME, STEP_SLOT_NAME};
+use crate::model::spec::{
+    prelu_weight_name, rrelu_stream, GRAD_NORM_SLOT_NAME, METRICS_SLOT_NAME, STEP_SLOT_NAME,
+};
 use crate::model::{BnPlacement, Clip, MlpSpec, Optimizer};
 use anyhow::Context;
 
@@ -124,6 +127,9 @@ struct Layer {
     /// What the next layer reads.
     out: TensorId,
     dropout: Option<DropoutSite>,
+    /// The extra tensor the activation's backward pass reads: PReLU's slope, or the
+    /// step counter RReLU's random slopes derive from.
+    act_extra: Option<TensorId>,
 }
 
 /// Dropout after a hidden layer's activation, in training only.
@@ -246,6 +252,7 @@ impl Builder<'_> {
             skip: None,
             out: z,
             dropout: None,
+            act_extra: None,
         };
         if self.is_output(l) {
             return Ok(layer);
@@ -257,20 +264,13 @@ impl Builder<'_> {
             layer.act_in = y;
         }
         let h = self.local(format!("layers.{l}.h"), &[rows, fan_out]);
-        let act = self.spec.activation;
-        let activate = |x, y| Op::Activate {
-            act,
-            x,
-            y,
-            len: rows * fan_out,
-        };
         // Frozen layers run in inference mode: no dropout.
         let dropout_p = self
             .spec
             .dropout_p(l)
             .filter(|_| l >= self.spec.frozen_layers);
         match dropout_p {
-            None => self.both(activate(layer.act_in, h)),
+            None => layer.act_extra = self.activation_forward(l, layer.act_in, h, h, fan_out)?,
             Some(p) => {
                 // Evaluation activates straight into `h`, the tensor the next layer reads,
                 // and runs no dropout op; training activates into `pre` and drops out
@@ -278,8 +278,7 @@ impl Builder<'_> {
                 let pre = self.local(format!("layers.{l}.act"), &[rows, fan_out]);
                 let step = self.step_counter()?;
                 let stream = dropout_stream(self.spec.seed, l);
-                self.p.forward.push(activate(layer.act_in, h));
-                self.p.train.push(activate(layer.act_in, pre));
+                layer.act_extra = self.activation_forward(l, layer.act_in, h, pre, fan_out)?;
                 self.p.train.push(Op::Dropout {
                     x: pre,
                     y: h,
@@ -340,6 +339,134 @@ impl Builder<'_> {
             layer.out = sum;
         }
         Ok(layer)
+    }
+
+    /// `y = f(x)` for hidden layer `l` of `width` units, into `y_eval` in evaluation and
+    /// `y_train` in training (they differ when dropout follows); returns what the backward
+    /// pass needs besides `x` and `y` (see [`Layer::act_extra`]).
+    fn activation_forward(
+        &mut self,
+        l: usize,
+        z: TensorId,
+        y_eval: TensorId,
+        y_train: TensorId,
+        width: usize,
+    ) -> anyhow::Result<Option<TensorId>> {
+        let act = self.spec.activation;
+        let len = self.rows * width;
+        let frozen = l < self.spec.frozen_layers;
+        let activate = |y| Op::Activate { act, x: z, y, len };
+        match act {
+            Activation::Prelu { per_unit, .. } => {
+                let units = if per_unit { width } else { 1 };
+                let weight = self.persistent(&prelu_weight_name(l), &[units])?;
+                let prelu = |y| Op::Prelu {
+                    x: z,
+                    weight,
+                    y,
+                    len,
+                    units,
+                };
+                self.p.forward.push(prelu(y_eval));
+                self.p.train.push(prelu(y_train));
+                Ok(Some(weight))
+            }
+            Activation::Rrelu { .. } if frozen => {
+                // Frozen layers run in inference mode: the mean slope, nothing random.
+                self.p.forward.push(activate(y_eval));
+                self.p.train.push(activate(y_train));
+                Ok(None)
+            }
+            Activation::Rrelu { lower, upper } => {
+                // Evaluation uses the mean slope, as torch.nn.RReLU in eval mode.
+                self.p.forward.push(activate(y_eval));
+                let step = self.p.find(STEP_SLOT_NAME).ok_or_else(|| {
+                    anyhow::anyhow!("the plan has no step counter for RReLU's slopes")
+                })?;
+                self.p.train.push(Op::RreluTrain {
+                    x: z,
+                    y: y_train,
+                    step,
+                    stream: rrelu_stream(l),
+                    lower,
+                    upper,
+                    len,
+                });
+                Ok(Some(step))
+            }
+            _ => {
+                self.p.forward.push(activate(y_eval));
+                self.p.train.push(activate(y_train));
+                Ok(None)
+            }
+        }
+    }
+
+    /// `dz = dh ⊙ f'(x)` for a hidden layer whose activation read `x` and wrote `y`
+    /// (before any dropout); PReLU also gets its slope's gradient.
+    fn activation_backward(&mut self, layer: &Layer, y: TensorId, dh: TensorId, dz: TensorId) {
+        let (l, rows, width) = (layer.index, self.rows, layer.fan_out);
+        let (x, len, act) = (layer.act_in, rows * width, self.spec.activation);
+        match (act, layer.act_extra) {
+            (Activation::Prelu { .. }, Some(weight)) => {
+                let units = self.p.tensors[weight].len();
+                let terms = self.local(format!("layers.{l}.act.weight.grad_terms"), &[rows, width]);
+                let dw = self.local(format!("layers.{l}.act.weight.grad"), &[units]);
+                self.p.train.push(Op::PreluBackward {
+                    x,
+                    weight,
+                    dy: dh,
+                    dx: dz,
+                    dw_terms: terms,
+                    len,
+                    units,
+                });
+                // Summed over the batch like a bias gradient; one slope per layer sums the
+                // per-unit sums too, in a second pass so the first stays parallel over units.
+                let per_unit = if units == width {
+                    dw
+                } else {
+                    self.local(format!("layers.{l}.act.weight.grad_units"), &[width])
+                };
+                self.p.train.push(Op::SumRows {
+                    x: terms,
+                    out: per_unit,
+                    rows,
+                    cols: width,
+                    accumulate: false,
+                });
+                if per_unit != dw {
+                    self.p.train.push(Op::SumRows {
+                        x: per_unit,
+                        out: dw,
+                        rows: width,
+                        cols: 1,
+                        accumulate: false,
+                    });
+                }
+                self.params.push((weight, dw));
+            }
+            (Activation::Rrelu { lower, upper }, Some(step)) => {
+                self.p.train.push(Op::RreluTrainBackward {
+                    x,
+                    dy: dh,
+                    dx: dz,
+                    step,
+                    stream: rrelu_stream(l),
+                    lower,
+                    upper,
+                    len,
+                });
+            }
+            _ => self.p.train.push(Op::ActivateBackward {
+                act,
+                x,
+                y,
+                dy: dh,
+                dx: dz,
+                len,
+            }),
+        }
     }
 
     fn step_counter(&self) -> anyhow::Result<TensorId> {
@@ -539,14 +666,7 @@ impl Builder<'_> {
                     (d.pre, dpre)
                 }
             };
-            self.p.train.push(Op::ActivateBackward {
-                act: self.spec.activation,
-                x: layer.act_in,
-                y,
-                dy,
-                dx: dact,
-                len: rows * fan_out,
-            });
+            self.activation_backward(layer, y, dy, dact);
             match &layer.bn_before {
                 Some(bn) => self.batch_norm_backward(l, bn, dact),
                 None => dact,

@@ -57,6 +57,11 @@ pub struct MlpSpec {
     pub loss: Loss,
     pub optimizer: Optimizer,
     pub init: Init,
+    /// Per-layer overrides of `init` as `(layer, init)`; a later entry wins. Set with
+    /// [`MlpSpec::layer_init`].
+    pub layer_inits: Vec<(usize, Init)>,
+    /// How biases start; `None` is zero (see [`MlpSpec::bias_init`]).
+    pub bias_init: Option<Init>,
     pub seed: u64,
     /// Batch normalization in every hidden layer, when set.
     pub batch_norm: Option<BatchNorm>,
@@ -88,6 +93,8 @@ impl MlpSpec {
             loss: Loss::SoftmaxCrossEntropy,
             optimizer: Optimizer::sgd(0.01),
             init: Init::Auto,
+            layer_inits: Vec::new(),
+            bias_init: None,
             seed: 0,
             batch_norm: None,
             residual_every: None,
@@ -134,6 +141,26 @@ impl MlpSpec {
     pub fn init(mut self, init: Init) -> Self {
         self.init = init;
         self
+    }
+    /// Initialises linear layer `layer` (0-based; the output layer is the last) with
+    /// `init` instead of the model-wide one.
+    pub fn layer_init(mut self, layer: usize, init: Init) -> Self {
+        self.layer_inits.push((layer, init));
+        self
+    }
+    /// Draws biases from `init` (with the fans of their layer) instead of starting them
+    /// at zero, e.g. `Init::Uniform { low: 0.1, high: 0.1 }` for a constant 0.1.
+    pub fn bias_init(mut self, init: Init) -> Self {
+        self.bias_init = Some(init);
+        self
+    }
+    /// The init of linear layer `layer`'s weight.
+    pub fn init_of_layer(&self, layer: usize) -> Init {
+        self.layer_inits
+            .iter()
+            .rev()
+            .find(|(l, _)| *l == layer)
+            .map_or(self.init, |&(_, init)| init)
     }
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
@@ -251,6 +278,21 @@ impl MlpSpec {
                 "residual connections need a spacing k >= 1, got {k}"
             );
         }
+        self.activation.validate()?;
+        for &(layer, init) in &self.layer_inits {
+            anyhow::ensure!(
+                layer < self.num_layers(),
+                "layer_init({layer}, ..): the model has {} linear layers (0 to {})",
+                self.num_layers(),
+                self.num_layers() - 1
+            );
+            init.validate()
+                .map_err(|e| anyhow::anyhow!("layer {layer}: {e}"))?;
+        }
+        if let Some(init) = self.bias_init {
+            init.validate()
+                .map_err(|e| anyhow::anyhow!("bias init: {e}"))?;
+        }
         self.validate_training()?;
         self.init.validate()
     }
@@ -272,14 +314,24 @@ impl MlpSpec {
                 name: format!("layers.{l}.linear.weight"),
                 shape: vec![fan_out, fan_in],
                 init: self
-                    .init
+                    .init_of_layer(l)
                     .sample(self.activation, fan_in, fan_out, layer_seed),
                 kind: PersistentKind::Param,
             });
             out.push(PersistentDesc {
                 name: format!("layers.{l}.linear.bias"),
                 shape: vec![fan_out],
-                init: vec![0.0; fan_out],
+                init: match self.bias_init {
+                    // A stream apart from the weight's, so adding a bias init leaves
+                    // the weights as they were.
+                    Some(init) => init.sample_bias(
+                        self.activation,
+                        fan_in,
+                        fan_out,
+                        layer_seed ^ 0xB1A5_B1A5_B1A5_B1A5,
+                    ),
+                    None => vec![0.0; fan_out],
+                },
                 kind: PersistentKind::Param,
             });
             let hidden = l < self.hidden.len();
@@ -307,6 +359,17 @@ impl MlpSpec {
                         name: format!("layers.{l}.proj.weight"),
                         shape: vec![fan_out, sizes[src]],
                         init: Init::LecunNormal.sample(self.activation, sizes[src], fan_out, seed),
+                        kind: PersistentKind::Param,
+                    });
+                }
+            }
+            if let Activation::Prelu { per_unit, init } = self.activation {
+                if l + 1 < self.num_layers() {
+                    let units = if per_unit { fan_out } else { 1 };
+                    out.push(PersistentDesc {
+                        name: prelu_weight_name(l),
+                        shape: vec![units],
+                        init: vec![init; units],
                         kind: PersistentKind::Param,
                     });
                 }
@@ -364,3 +427,14 @@ pub(crate) const METRICS_SLOT_NAME: &str = "metrics";
 pub(crate) const GRAD_NORM_SLOT_NAME: &str = "state.grad_norm";
 /// Training steps taken, as `u32` bits (see `Op::AdvanceStep`).
 pub(crate) const STEP_SLOT_NAME: &str = "state.step";
+
+/// PReLU's slope of hidden layer `l`: `nn.PReLU`'s `weight` under a block attribute `act`.
+pub(crate) fn prelu_weight_name(l: usize) -> String {
+    format!("layers.{l}.act.weight")
+}
+
+/// RReLU's random stream for layer `l`: a fixed tag plus the layer, so layers draw
+/// independent slopes and the streams stay apart from other users of the RNG.
+pub(crate) fn rrelu_stream(l: usize) -> u32 {
+    0x5252_4C55u32.wrapping_add(l as u32)
+}
