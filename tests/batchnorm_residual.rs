@@ -461,3 +461,45 @@ fn eval_mode_uses_running_statistics() {
         assert!((v - e).abs() <= 1e-5 * e.abs().max(1.0), "{v} vs {e}");
     }
 }
+
+/// Everything at once: learned PReLU slopes and random RReLU slopes, dropout, batch norm,
+/// residual projections, Adam or Nesterov momentum and clipping agree on both backends
+/// over a training step, at odd batch sizes.
+#[test]
+fn combined_features_gpu_vs_cpu() {
+    use steadygrad::Clip;
+    let after = BatchNorm {
+        placement: BnPlacement::AfterActivation,
+        ..BatchNorm::default()
+    };
+    let specs = [
+        MlpSpec::new(5, &[7, 33, 7], 3)
+            .activation("prelu-unit".parse().unwrap())
+            .batch_norm(after)
+            .residual(2)
+            .dropout(0.2)
+            .optimizer(Optimizer::adam(1e-2))
+            .clip(Clip::Norm(0.5)),
+        MlpSpec::new(5, &[8, 8, 8], 3)
+            .activation("rrelu".parse().unwrap())
+            .batch_norm(BatchNorm::default())
+            .residual(1)
+            .dropout(0.1)
+            .optimizer(Optimizer::nesterov(0.05, 0.9))
+            .clip(Clip::Value(0.01)),
+    ];
+    for spec in specs {
+        for rows in [7, 33, 257] {
+            let x = random(rows * spec.input, 50);
+            let report = cross_check(
+                &spec,
+                &x,
+                &targets(&spec, rows),
+                gpu(),
+                Tolerance::default(),
+            )
+            .unwrap();
+            assert!(report.passed(), "{spec:?} rows {rows}:\n{}", report.table());
+        }
+    }
+}
