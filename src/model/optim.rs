@@ -7,7 +7,8 @@ use std::fmt;
 /// moments) lives on the device as persistent tensors named after the parameter, e.g.
 /// `layers.0.linear.weight.exp_avg`. Weight decay applies to every parameter, biases
 /// included, as torch does when given `model.parameters()`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Optimizer {
     /// `torch.optim.SGD(lr, momentum, dampening=0, weight_decay, nesterov)`. Dampening is
     /// always 0 (torch's default, and what Nesterov requires).
@@ -235,7 +236,8 @@ impl fmt::Display for Optimizer {
 
 /// Gradient clipping over all trainable parameters, applied after the backward pass and
 /// before the update.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Clip {
     /// `torch.nn.utils.clip_grad_norm_(params, max_norm)`: with `total = √Σ‖g‖²`, every
     /// gradient is multiplied by `min(max_norm / (total + 1e-6), 1)`. The total is
@@ -261,7 +263,8 @@ impl Clip {
 
 /// A learning-rate schedule over epochs, as torch's schedulers stepped once per epoch.
 /// Combined with a per-step linear warm-up by [`crate::MlpSpec::warmup_steps`].
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum LrSchedule {
     /// The optimizer's learning rate throughout.
     #[default]
