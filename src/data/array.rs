@@ -191,7 +191,8 @@ impl<'a> Array<'a> {
             self.what,
             shape_str(&self.shape)
         );
-        let width: usize = self.shape[1..].iter().product();
+        // Not the product of shape[1..], which can overflow when another dimension is 0.
+        let width = self.len() / rows;
         ensure!(
             width > 0,
             "{} has shape {}: rows with zero features",

@@ -16,14 +16,12 @@ pub fn split(data: &Dataset, valid_fraction: f64, seed: u64) -> Result<(Dataset,
         valid_fraction > 0.0 && valid_fraction < 1.0,
         "the validation fraction must be between 0 and 1 (exclusive), got {valid_fraction}"
     );
-    let n_valid = (data.rows as f64 * valid_fraction).round() as usize;
     ensure!(
-        n_valid >= 1 && n_valid < data.rows,
-        "a validation fraction of {valid_fraction} of {} rows leaves {n_valid} validation and \
-         {} training rows; both need at least one",
-        data.rows,
-        data.rows.saturating_sub(n_valid)
+        data.rows >= 2,
+        "{} row cannot be split into training and validation rows",
+        data.rows
     );
+    let n_valid = ((data.rows as f64 * valid_fraction).round() as usize).clamp(1, data.rows - 1);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut order: Vec<usize> = (0..data.rows).collect();
     for i in (1..order.len()).rev() {
