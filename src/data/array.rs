@@ -85,9 +85,14 @@ impl<'a> Array<'a> {
         exact: bool,
     ) -> Result<Array<'a>> {
         let what = what.into();
-        let need = shape
-            .iter()
-            .try_fold(elem.size(), |acc, &d| acc.checked_mul(d));
+        // An empty array needs no bytes whatever its other dimensions.
+        let need = if shape.contains(&0) {
+            Some(0)
+        } else {
+            shape
+                .iter()
+                .try_fold(elem.size(), |acc, &d| acc.checked_mul(d))
+        };
         let Some(need) = need else {
             bail!(
                 "{what}: the header declares shape {} of {}, which overflows the address space",
