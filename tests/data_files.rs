@@ -1016,7 +1016,7 @@ fn csv_to_trained_model() {
     s.apply(&mut train).unwrap();
     s.apply(&mut valid).unwrap();
     let spec = MlpSpec::new(2, &[8], 2)
-        .optimizer(Optimizer::Sgd { lr: 0.2 })
+        .optimizer(Optimizer::sgd(0.2))
         .seed(1);
     let mut m = Model::new(spec, Box::new(CpuEngine::new())).unwrap();
     let opts = FitOptions {
