@@ -374,35 +374,59 @@ impl Model {
         opts: &FitOptions,
         mut on_epoch: impl FnMut(&EpochReport),
     ) -> Result<Vec<EpochReport>> {
+        self.fit_with_hook(train, valid, opts, |_, r| {
+            on_epoch(r);
+            Ok(())
+        })
+    }
+
+    /// As [`Model::fit`], with a hook that gets the model after each epoch: to save a
+    /// checkpoint, or to unfreeze layers (the frozen-output cache is rebuilt then). An
+    /// error from the hook stops training.
+    ///
+    /// Each epoch's shuffle derives from `opts.shuffle_seed` and the epoch number, so a
+    /// run resumed from a checkpoint at epoch `e` continues exactly as the uninterrupted
+    /// run would have.
+    pub fn fit_with_hook(
+        &mut self,
+        raw_train: &Dataset,
+        raw_valid: Option<&Dataset>,
+        opts: &FitOptions,
+        mut hook: impl FnMut(&mut Model, &EpochReport) -> Result<()>,
+    ) -> Result<Vec<EpochReport>> {
         ensure!(opts.batch_size > 0, "batch size must be at least 1");
         ensure!(opts.epochs > 0, "epochs must be at least 1");
-        self.check_dataset(train).context("training data")?;
-        if let Some(v) = valid {
+        self.check_dataset(raw_train).context("training data")?;
+        if let Some(v) = raw_valid {
             self.check_dataset(v).context("validation data")?;
         }
-        // With a cache, the frozen layers run once here instead of once per epoch.
-        let start = if self.cache_frozen {
-            self.spec.frozen_layers
-        } else {
-            0
-        };
-        let cached;
-        let (train, valid) = if start > 0 {
-            let t = self.frozen_features(train, opts.batch_size)?;
-            let v = valid
-                .map(|v| self.frozen_features(v, opts.batch_size))
-                .transpose()?;
-            cached = (t, v);
-            (&cached.0, cached.1.as_ref())
-        } else {
-            (train, valid)
-        };
-        let mut rng = ChaCha8Rng::seed_from_u64(opts.shuffle_seed);
-        let mut order: Vec<usize> = (0..train.rows).collect();
         let (mut x, mut y) = (Vec::new(), Vec::new());
         let mut reports = Vec::with_capacity(opts.epochs);
+        // `(first layer, train, valid)`: with a cache, the frozen layers run once per
+        // freeze setting instead of once per epoch.
+        let mut cache: Option<(usize, Dataset, Option<Dataset>)> = None;
         self.take_metrics()?;
-        for epoch in 1..=opts.epochs {
+        for _ in 0..opts.epochs {
+            let start = if self.cache_frozen {
+                self.spec.frozen_layers
+            } else {
+                0
+            };
+            if start > 0 && cache.as_ref().map(|c| c.0) != Some(start) {
+                let t = self.frozen_features(raw_train, opts.batch_size)?;
+                let v = raw_valid
+                    .map(|v| self.frozen_features(v, opts.batch_size))
+                    .transpose()?;
+                cache = Some((start, t, v));
+            }
+            let (train, valid) = match &cache {
+                Some((s, t, v)) if *s == start => (t, v.as_ref()),
+                _ => (raw_train, raw_valid),
+            };
+            let mut rng = ChaCha8Rng::seed_from_u64(
+                opts.shuffle_seed ^ (self.epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
+            let mut order: Vec<usize> = (0..train.rows).collect();
             for i in (1..order.len()).rev() {
                 order.swap(i, rng.random_range(0..=i));
             }
@@ -411,15 +435,16 @@ impl Model {
                 train.gather(chunk, &mut x, &mut y);
                 self.step_unchecked(&x, &y, chunk.len(), start)?;
             }
-            self.epoch += 1;
             let metrics = self.take_metrics()?;
             let seconds = clock.elapsed().as_secs_f64();
+            let epoch = self.epoch + 1;
             ensure!(
                 metrics.loss.is_finite(),
                 "training diverged in epoch {epoch}: the mean loss is {}; lower the learning rate \
                  or use an initialisation suited to the activation",
                 metrics.loss
             );
+            self.epoch = epoch;
             let valid = valid
                 .map(|v| self.evaluate_at(v, opts.batch_size, start))
                 .transpose()?;
@@ -429,7 +454,7 @@ impl Model {
                 valid,
                 samples_per_sec: train.rows as f64 / seconds.max(1e-9),
             };
-            on_epoch(&report);
+            hook(self, &report)?;
             reports.push(report);
         }
         Ok(reports)
@@ -623,11 +648,41 @@ impl Model {
         self.load_state_dict(&full)
     }
 
+    /// Restores optimizer state saved from [`Model::optimizer_state`], by name; every
+    /// state tensor of this model's optimizer must be present with its shape.
+    pub fn load_optimizer_state(&mut self, tensors: &[NamedTensor]) -> Result<()> {
+        let mut writes = Vec::new();
+        for (slot, p) in self.persistent.iter().enumerate() {
+            if p.kind != PersistentKind::OptimizerState {
+                continue;
+            }
+            let t = tensors.iter().find(|t| t.name == p.name).with_context(|| {
+                format!("optimizer state has no '{}' (different optimizer?)", p.name)
+            })?;
+            ensure!(
+                t.shape == p.shape,
+                "optimizer state '{}' has shape {:?}, the model needs {:?}",
+                p.name,
+                t.shape,
+                p.shape
+            );
+            writes.push((slot, t));
+        }
+        for (slot, t) in writes {
+            self.engine.write_persistent(slot, &t.values)?;
+        }
+        Ok(())
+    }
+
     /// Sets the device's training-step counter (resuming a run, or replaying a step's
     /// random draws). The next step sees `steps + 1`.
     pub fn set_steps(&mut self, steps: u32) -> Result<()> {
         let slot = self.slot(STEP_SLOT_NAME)?;
-        self.engine.write_persistent(slot, &[f32::from_bits(steps)])
+        self.engine
+            .write_persistent(slot, &[f32::from_bits(steps)])?;
+        // The warm-up follows the host's count of steps.
+        self.steps_taken = steps as u64;
+        Ok(())
     }
 
     /// Overwrites a parameter or buffer by name (e.g. for finite-difference checks).
