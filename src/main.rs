@@ -2,13 +2,16 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use steadygrad::check::{cross_check, Tolerance};
+use steadygrad::checkpoint;
+use steadygrad::config::Config;
 use steadygrad::gpu::{describe_adapter, list_adapters, AdapterSelection, GpuContext};
 use steadygrad::{
-    data, Activation, BackendChoice, BatchNorm, BnPlacement, Clip, FitOptions, Init, Loss,
-    LrSchedule, MlpSpec, Model, Optimizer,
+    data, Activation, BackendChoice, BatchNorm, BnPlacement, Clip, Dataset, EpochReport,
+    FitOptions, Init, Loss, LrSchedule, MlpSpec, Model, Optimizer,
 };
 
 #[derive(Parser)]
@@ -158,22 +161,192 @@ impl ModelArgs {
     }
 }
 
+/// Where data comes from and how to read it.
+#[derive(clap::Args, Clone)]
+struct DataArgs {
+    /// Data file: .csv/.tsv, .npy, IDX (MNIST; .gz too) or .safetensors. Without it, the
+    /// built-in spirals.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// A separate labels file (.npy or IDX) for --data.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Label column of a CSV or 2-D .npy file, by 0-based index or header name (repeat
+    /// for several regression targets) [default: the last column].
+    #[arg(long = "label-column")]
+    label_columns: Vec<String>,
+    /// Whether the CSV file has a header line: auto, yes or no.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "yes", "no"])]
+    header: String,
+    /// classification (whole-number labels, cross-entropy) or regression (mse).
+    #[arg(long, default_value = "classification", value_parser = ["classification", "regression"])]
+    task: String,
+    /// Number of classes [default: largest label + 1].
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Fraction of --data held out for validation (seeded shuffle).
+    #[arg(long, default_value_t = 0.2)]
+    valid_fraction: f64,
+    /// A separate validation file instead of --valid-fraction.
+    #[arg(long)]
+    valid_data: Option<PathBuf>,
+    /// Do not standardize features (by default: mean 0, std 1 fitted on the training split).
+    #[arg(long)]
+    no_standardize: bool,
+}
+
+impl DataArgs {
+    fn load_options(&self, classes: Option<usize>) -> Result<data::LoadOptions> {
+        Ok(data::LoadOptions {
+            labels: self.labels.clone(),
+            task: if self.task == "regression" {
+                data::Task::Regression
+            } else {
+                data::Task::Classification {
+                    classes: classes.or(self.classes),
+                }
+            },
+            label_columns: self
+                .label_columns
+                .iter()
+                .map(|c| c.parse().expect("infallible"))
+                .collect(),
+            header: match self.header.as_str() {
+                "yes" => data::Header::Present,
+                "no" => data::Header::Absent,
+                _ => data::Header::Auto,
+            },
+            ..data::LoadOptions::default()
+        })
+    }
+
+    /// Training and validation sets, standardized by statistics of the training set
+    /// (returned so checkpoints can carry them).
+    fn train_valid(
+        &self,
+        seed: u64,
+        points: usize,
+        spiral_classes: usize,
+    ) -> Result<(Dataset, Dataset, Option<data::Standardizer>)> {
+        let Some(path) = &self.data else {
+            anyhow::ensure!(points >= 5, "--points must be at least 5");
+            let all = data::synthetic::spirals(points, spiral_classes, 0.05, seed);
+            let split = all.rows * 4 / 5;
+            return Ok((all.slice(0, split), all.slice(split, all.rows), None));
+        };
+        let all = data::load(path, &self.load_options(None)?)?;
+        let (mut train, mut valid) = match &self.valid_data {
+            Some(v) => {
+                let valid = data::load(v, &self.load_options(all.classes)?)?;
+                (all, valid)
+            }
+            None => data::split(&all, self.valid_fraction, seed)?,
+        };
+        if let (Some(a), Some(b)) = (train.classes, valid.classes) {
+            // A validation file without the top classes must not shrink the output layer.
+            let c = a.max(b);
+            train.classes = Some(c);
+            valid.classes = Some(c);
+        }
+        let standardizer = if self.no_standardize {
+            None
+        } else {
+            let s = data::Standardizer::fit(&train)?;
+            s.apply(&mut train)?;
+            s.apply(&mut valid)?;
+            Some(s)
+        };
+        Ok((train, valid, standardizer))
+    }
+
+    /// A single dataset (for eval/predict), standardized as at training time.
+    fn load_one(
+        &self,
+        classes: Option<usize>,
+        standardizer: Option<&data::Standardizer>,
+    ) -> Result<Dataset> {
+        let path = self.data.as_ref().context("--data is required")?;
+        let mut d = data::load(path, &self.load_options(classes)?)?;
+        if let Some(s) = standardizer {
+            s.apply(&mut d)?;
+        }
+        Ok(d)
+    }
+}
+
+// Parsed once per process, so the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Train a deep MLP on the built-in spiral data and report loss, accuracy and speed.
+    /// Train a deep MLP (on --data, or the built-in spirals) and report loss, accuracy and speed.
     Train {
         #[command(flatten)]
         model: ModelArgs,
-        #[arg(long, default_value_t = 20)]
-        epochs: usize,
-        #[arg(long, default_value_t = 32)]
-        batch: usize,
-        /// Spiral arms (classes).
+        #[command(flatten)]
+        data: DataArgs,
+        /// Total epochs [default: the config's or the checkpoint's, else 20]. With
+        /// --resume, training continues up to this many.
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Batch size [default: the config's or the checkpoint's, else 32].
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Spiral arms (classes) of the built-in data.
         #[arg(long, default_value_t = 3)]
-        classes: usize,
-        /// Points per arm; 20% of them are held out for validation.
+        spiral_classes: usize,
+        /// Points per spiral arm; 20% of them are held out for validation.
         #[arg(long, default_value_t = 1000)]
         points: usize,
+        /// Model configuration file (TOML); replaces the model, optimizer and training flags.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the configuration (the commented default, or that of --config) and exit.
+        #[arg(long)]
+        print_config: bool,
+        /// Save a checkpoint here after every epoch (atomic; safetensors with PyTorch names).
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Continue a run from a checkpoint saved with --save: weights, optimizer state,
+        /// epoch and random streams.
+        #[arg(long, conflicts_with_all = ["config", "init_from"])]
+        resume: Option<PathBuf>,
+        /// Start from a pretrained checkpoint's lower layers (transfer learning).
+        #[arg(long)]
+        init_from: Option<PathBuf>,
+        /// How many layers of --init-from to keep [default: all but the output layer].
+        #[arg(long, requires = "init_from")]
+        keep_layers: Option<usize>,
+        /// Freeze layers 0..K: not trained, run in inference mode, no backward kernels.
+        /// Written `--freeze 0..K` or `--freeze K`.
+        #[arg(long, value_parser = parse_freeze)]
+        freeze: Option<usize>,
+        /// Unfreeze every layer from this epoch on (1-based).
+        #[arg(long, requires = "freeze")]
+        unfreeze_at_epoch: Option<usize>,
+        /// Compute the frozen layers' outputs once and train the layers above from them.
+        #[arg(long, requires = "freeze")]
+        cache_frozen: bool,
+    },
+    /// Loss and accuracy (or RMSE) of a checkpoint on --data.
+    Eval {
+        /// A checkpoint saved by `train --save`.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+    },
+    /// Write a checkpoint's outputs for --data to a CSV file.
+    Predict {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Output CSV: one row per input row, the model outputs, and for classification
+        /// the predicted class.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// List the GPU adapters wgpu can see.
     Devices,
@@ -224,6 +397,46 @@ fn spec_from(args: &ModelArgs, input: usize, output: usize, t_max: usize) -> Res
     Ok(spec)
 }
 
+fn parse_freeze(s: &str) -> Result<usize, String> {
+    let k = s.strip_prefix("0..").unwrap_or(s);
+    k.parse()
+        .map_err(|_| format!("'{s}' is not a layer count: write K or 0..K"))
+}
+
+fn print_epoch(r: &EpochReport) {
+    let v = r.valid.expect("validation data was given");
+    let metric = |m: &steadygrad::Metrics| match m.accuracy {
+        Some(a) => format!("acc {:5.1}%", 100.0 * a),
+        None => format!("rmse {:.4}", m.loss.sqrt()),
+    };
+    println!(
+        "epoch {:>3}  loss {:.4}  {}  val loss {:.4}  val {}  {:>8.0} samples/s",
+        r.epoch,
+        r.train.loss,
+        metric(&r.train),
+        v.loss,
+        metric(&v),
+        r.samples_per_sec
+    );
+}
+
+/// Builds the model a checkpoint describes on `choice` and restores it.
+fn model_from_checkpoint(
+    path: &std::path::Path,
+    choice: &BackendChoice,
+) -> Result<(Model, checkpoint::Checkpoint)> {
+    let ckpt = checkpoint::load_checkpoint(path)?;
+    let base = match &ckpt.state.config {
+        Some(c) => c.to_spec()?,
+        None => MlpSpec::new(ckpt.model.input, &ckpt.model.hidden, ckpt.model.output),
+    };
+    let spec = ckpt.model.to_spec(base)?;
+    let mut m = Model::with_backend(spec, choice)?;
+    ckpt.restore(&mut m)
+        .with_context(|| format!("loading '{}'", path.display()))?;
+    Ok((m, ckpt))
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -247,44 +460,192 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Train {
             model,
+            data: data_args,
             epochs,
             batch,
-            classes,
+            spiral_classes,
             points,
+            config,
+            print_config,
+            save,
+            resume,
+            init_from,
+            keep_layers,
+            freeze,
+            unfreeze_at_epoch,
+            cache_frozen,
         } => {
-            anyhow::ensure!(points >= 5, "--points must be at least 5");
-            let all = data::synthetic::spirals(points, classes, 0.05, model.seed);
-            let split = all.rows * 4 / 5;
-            let (train, valid) = (all.slice(0, split), all.slice(split, all.rows));
-            let spec = spec_from(&model, 2, classes, epochs)?;
-            let mut m = Model::with_backend(spec, &choice)?;
+            if print_config {
+                match &config {
+                    Some(p) => print!("{}", Config::load(p)?.to_toml()),
+                    None => print!("{}", Config::commented_default()),
+                }
+                return Ok(());
+            }
+            let file_config = config.as_deref().map(Config::load).transpose()?;
+            let seed = file_config.as_ref().map_or(model.seed, |c| c.training.seed);
+            let (train, valid, standardizer) =
+                data_args.train_valid(seed, points, spiral_classes)?;
+            let (input, output) = (train.input_dim, train.classes.unwrap_or(train.target_dim));
+            let loss = if train.classes.is_some() {
+                Loss::SoftmaxCrossEntropy
+            } else {
+                Loss::MeanSquaredError
+            };
+            let (mut m, epochs, batch, run_config) = if let Some(path) = &resume {
+                let (m, ckpt) = model_from_checkpoint(path, &choice)?;
+                let (e, b) = ckpt
+                    .state
+                    .config
+                    .as_ref()
+                    .map_or((20, 32), |c| (c.training.epochs, c.training.batch_size));
+                let (e, b) = (epochs.unwrap_or(e), batch.unwrap_or(b));
+                println!("resuming '{}' after epoch {}", path.display(), m.epoch());
+                let cfg = ckpt.state.config.clone();
+                (m, e, b, cfg)
+            } else {
+                let (mut spec, e, b) = match &file_config {
+                    Some(c) => (
+                        c.to_spec()?,
+                        epochs.unwrap_or(c.training.epochs),
+                        batch.unwrap_or(c.training.batch_size),
+                    ),
+                    None => {
+                        let e = epochs.unwrap_or(20);
+                        let spec = spec_from(&model, input, output, e)?.loss(loss);
+                        (spec, e, batch.unwrap_or(32))
+                    }
+                };
+                spec.frozen_layers = freeze.unwrap_or(0);
+                let cfg = Config::from_spec(&spec, e, b);
+                (Model::with_backend(spec, &choice)?, e, b, Some(cfg))
+            };
+            let spec = m.spec().clone();
+            anyhow::ensure!(
+                spec.input == input && spec.output == output && spec.loss == loss,
+                "the model takes {} inputs and gives {} outputs ({}), but the data has {input} features and {output} {}",
+                spec.input,
+                spec.output,
+                spec.loss.name(),
+                if loss == Loss::SoftmaxCrossEntropy { "classes" } else { "targets" }
+            );
+            if let Some(path) = &init_from {
+                let pre = checkpoint::load_checkpoint(path)?;
+                let keep = keep_layers.unwrap_or(pre.model.hidden.len());
+                m.load_layers(&pre.tensors, keep)
+                    .with_context(|| format!("--init-from '{}'", path.display()))?;
+                println!("kept layers 0..{keep} of '{}'", path.display());
+            }
+            m.cache_frozen_outputs(cache_frozen);
             println!("device: {}", m.device());
             println!(
-                "model: 2 → {} hidden × {} ({}) → {classes}, {}, batch {batch}; data: {} spirals, {} train / {} validation rows",
-                model.depth, model.width, model.activation, m.spec().optimizer, classes, train.rows, valid.rows
+                "model: {} → {:?} ({}) → {}, {}, batch {batch}; {} train / {} validation rows{}",
+                spec.input,
+                spec.hidden,
+                spec.activation,
+                spec.output,
+                spec.optimizer,
+                train.rows,
+                valid.rows,
+                if spec.frozen_layers > 0 {
+                    format!("; layers 0..{} frozen", spec.frozen_layers)
+                } else {
+                    String::new()
+                }
+            );
+            let remaining = epochs.saturating_sub(m.epoch());
+            anyhow::ensure!(
+                remaining > 0,
+                "the run already completed {} of {epochs} epochs",
+                m.epoch()
             );
             let opts = FitOptions {
-                epochs,
+                epochs: remaining,
                 batch_size: batch,
-                shuffle_seed: model.seed,
+                shuffle_seed: seed,
+            };
+            let state = checkpoint::TrainingState {
+                config: run_config,
+                epoch: 0,
+                standardizer,
             };
             let start = Instant::now();
-            m.fit(&train, Some(&valid), &opts, |r| {
-                let v = r.valid.expect("validation data was given");
-                println!(
-                    "epoch {:>3}  loss {:.4}  acc {:5.1}%  val loss {:.4}  val acc {:5.1}%  {:>8.0} samples/s",
-                    r.epoch,
-                    r.train.loss,
-                    100.0 * r.train.accuracy.unwrap_or(0.0),
-                    v.loss,
-                    100.0 * v.accuracy.unwrap_or(0.0),
-                    r.samples_per_sec
-                );
+            m.fit_with_hook(&train, Some(&valid), &opts, |m, r| {
+                print_epoch(r);
+                if let Some(path) = &save {
+                    // After the epoch succeeded only: a diverged run never overwrites the
+                    // last good checkpoint.
+                    checkpoint::save_checkpoint(m, path, &state)?;
+                }
+                if unfreeze_at_epoch.is_some_and(|e| r.epoch + 1 >= e) && m.spec().frozen_layers > 0
+                {
+                    println!("unfreezing all layers from epoch {}", r.epoch + 1);
+                    m.set_frozen_layers(0)?;
+                }
+                Ok(())
             })?;
             println!(
-                "trained {epochs} epochs in {:.1} s",
+                "trained {remaining} epochs in {:.1} s",
                 start.elapsed().as_secs_f64()
             );
+            if let Some(path) = &save {
+                println!("saved '{}'", path.display());
+            }
+            Ok(())
+        }
+        Command::Eval {
+            checkpoint: path,
+            data: data_args,
+            batch,
+        } => {
+            let (mut m, ckpt) = model_from_checkpoint(&path, &choice)?;
+            let classes = (m.spec().loss == Loss::SoftmaxCrossEntropy).then_some(m.spec().output);
+            let d = data_args.load_one(classes, ckpt.state.standardizer.as_ref())?;
+            let metrics = m.evaluate(&d, batch)?;
+            match metrics.accuracy {
+                Some(a) => println!(
+                    "{} rows: loss {:.4}, accuracy {:.2}%",
+                    metrics.rows,
+                    metrics.loss,
+                    100.0 * a
+                ),
+                None => println!(
+                    "{} rows: mse {:.6}, rmse {:.6}",
+                    metrics.rows,
+                    metrics.loss,
+                    metrics.loss.sqrt()
+                ),
+            }
+            Ok(())
+        }
+        Command::Predict {
+            checkpoint: path,
+            data: data_args,
+            out,
+        } => {
+            let (mut m, ckpt) = model_from_checkpoint(&path, &choice)?;
+            let classify = m.spec().loss == Loss::SoftmaxCrossEntropy;
+            let classes = classify.then_some(m.spec().output);
+            let d = data_args.load_one(classes, ckpt.state.standardizer.as_ref())?;
+            let width = m.spec().output;
+            let mut csv = String::new();
+            let names: Vec<String> = (0..width).map(|j| format!("output_{j}")).collect();
+            csv.push_str(&names.join(","));
+            csv.push_str(if classify { ",class\n" } else { "\n" });
+            for chunk in d.features.chunks(256 * d.input_dim) {
+                let outputs = m.predict(chunk)?;
+                for row in outputs.chunks(width) {
+                    let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+                    csv.push_str(&cells.join(","));
+                    if classify {
+                        let best = (0..width).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+                        csv.push_str(&format!(",{best}"));
+                    }
+                    csv.push('\n');
+                }
+            }
+            checkpoint::write_atomic(&out, csv.as_bytes())?;
+            println!("wrote {} predictions to '{}'", d.rows, out.display());
             Ok(())
         }
         Command::Check {
