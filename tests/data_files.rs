@@ -202,6 +202,9 @@ fn csv_delimiters_quotes_and_gzip() {
         ..LoadOptions::default()
     };
     assert_eq!(load(&p, &opts).unwrap().features, [1., 2., 3., 4.]);
+    // Spreadsheet exports start with a UTF-8 byte order mark.
+    let p = dir.write("bom.csv", b"\xef\xbb\xbf1,2,0\n3,4,1\n");
+    assert_eq!(load(&p, &LoadOptions::default()).unwrap().rows, 2);
     let p = dir.write("z.csv.gz", &gz(b"x,y,c\n1,2,0\n3,4,1\n"));
     let d = load(&p, &LoadOptions::default()).unwrap();
     assert_eq!(
@@ -538,6 +541,11 @@ fn npy_bad_files() {
         ..LoadOptions::default()
     };
     assert_err(load(&x, &o), &x, &["no header line"]);
+    let o = LoadOptions {
+        label_columns: vec![Column::Index(0)],
+        ..with(&y4)
+    };
+    assert_err(load(&x, &o), &x, &["label columns", "a separate file"]);
     // A huge declared shape is refused before anything is allocated.
     let p = dir.write("claims.npy", &npy("<f8", &[1 << 40, 1 << 30], &[0; 8]));
     assert_err(load(&p, &with(&y4)), &p, &["overflows"]);

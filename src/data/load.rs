@@ -185,6 +185,19 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Dataset> {
             )
         })?,
     };
+    // Silently ignoring a label column the user chose would train on the wrong target.
+    ensure!(
+        opts.label_columns.is_empty()
+            || (opts.labels.is_none() && matches!(format, Format::Csv | Format::Npy)),
+        "{}: label columns pick labels out of a CSV file or a single .npy array; this {format} \
+         data has its labels in {}",
+        path.display(),
+        if opts.labels.is_some() {
+            "a separate file"
+        } else {
+            "a tensor or file of their own"
+        }
+    );
     let in_file = || path.display().to_string();
     match format {
         Format::Csv | Format::Safetensors => {
