@@ -114,3 +114,31 @@ fn partial_batches_and_multi_epoch_agreement() {
         assert!(t.pass, "{} after 9 steps: max abs {:e}", pg.name, t.max_abs);
     }
 }
+
+/// A dataset larger than the adapter's largest storage binding still trains: batches
+/// are uploaded one at a time, never the whole set.
+#[test]
+fn dataset_larger_than_a_storage_binding_trains() {
+    let ctx = common::gpu();
+    let max = ctx.max_binding_bytes() as usize;
+    let input = 1024;
+    let rows = max / (4 * input) + 257;
+    assert!(rows * input * 4 > max);
+    let features: Vec<f32> = (0..rows * input)
+        .map(|i| ((i * 7) % 13) as f32 / 13.0)
+        .collect();
+    let labels: Vec<usize> = (0..rows).map(|r| r % 2).collect();
+    let data = steadygrad::Dataset::classification(features, &labels, input, 2).unwrap();
+    let spec = MlpSpec::new(input, &[4], 2)
+        .optimizer(Optimizer::sgd(0.01))
+        .seed(1);
+    let mut m = Model::new(spec, Box::new(GpuEngine::new(ctx))).unwrap();
+    let opts = FitOptions {
+        epochs: 1,
+        batch_size: 4096,
+        shuffle_seed: 1,
+    };
+    let r = m.fit(&data, None, &opts, |_| {}).unwrap();
+    assert_eq!(r[0].train.rows, rows);
+    assert!(r[0].train.loss.is_finite());
+}
