@@ -150,8 +150,8 @@ impl CheckReport {
 }
 
 /// Runs one training step of `spec` on the batch `(x, y)` on the GPU and on the CPU
-/// reference, and compares outputs, loss, every parameter gradient and every updated
-/// parameter.
+/// reference, and compares outputs, loss, every parameter gradient (after clipping), every
+/// updated parameter and optimizer state, and the gradient norm when clipping by norm.
 pub fn cross_check(
     spec: &MlpSpec,
     x: &[f32],
@@ -177,6 +177,12 @@ pub fn cross_check(
         }
         for p in model.state_dict()? {
             snap.push((format!("{} (after step)", p.name), p.values));
+        }
+        for s in model.optimizer_state()? {
+            snap.push((format!("{} (after step)", s.name), s.values));
+        }
+        if let Some(norm) = model.last_grad_norm()? {
+            snap.push(("gradient norm before clipping".to_string(), vec![norm]));
         }
         snapshots.push(snap);
     }

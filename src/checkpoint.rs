@@ -188,3 +188,136 @@ pub fn load_with_config(
     let config = ModelConfig::from_json(json).with_context(|| format!("'{}'", path.display()))?;
     Ok((config, tensors, meta))
 }
+
+/// Prefix of optimizer-state tensors in a training checkpoint. PyTorch users load a
+/// checkpoint's model part by skipping these names (see the README).
+pub const OPTIMIZER_PREFIX: &str = "optimizer.";
+/// The device's step counter in a training checkpoint (u32 bits in an f32).
+const STEP_TENSOR: &str = "optimizer.step";
+const EPOCH_KEY: &str = "steadygrad.epoch";
+const STANDARDIZER_KEY: &str = "steadygrad.standardizer";
+
+/// Everything a checkpoint holds besides the model's own tensors.
+#[derive(Clone, Debug, Default)]
+pub struct TrainingState {
+    /// The whole configuration, to resume with the same optimizer and schedule.
+    pub config: Option<crate::config::Config>,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Input standardization fitted on the training data.
+    pub standardizer: Option<crate::data::Standardizer>,
+}
+
+/// Saves the model, its optimizer state, step counter and epoch, and `state`, atomically:
+/// a crash during the write leaves the previous checkpoint as it was.
+pub fn save_checkpoint(model: &mut crate::Model, path: &Path, state: &TrainingState) -> Result<()> {
+    let mut tensors = model.state_dict()?;
+    for t in model.optimizer_state()? {
+        tensors.push(NamedTensor {
+            name: format!("{OPTIMIZER_PREFIX}{}", t.name),
+            ..t
+        });
+    }
+    tensors.push(NamedTensor {
+        name: STEP_TENSOR.into(),
+        shape: vec![1],
+        values: vec![f32::from_bits(model.steps()? as u32)],
+    });
+    let mut meta = BTreeMap::new();
+    meta.insert(
+        CONFIG_KEY.to_string(),
+        ModelConfig::from_spec(model.spec()).to_json(),
+    );
+    meta.insert("format".to_string(), "pt".to_string());
+    meta.insert(EPOCH_KEY.to_string(), model.epoch().to_string());
+    if let Some(c) = &state.config {
+        meta.insert(
+            crate::config::TRAINING_KEY.to_string(),
+            serde_json::to_string(c).expect("configs serialize"),
+        );
+    }
+    if let Some(s) = &state.standardizer {
+        meta.insert(
+            STANDARDIZER_KEY.to_string(),
+            serde_json::to_string(&(&s.mean, &s.std)).expect("vectors serialize"),
+        );
+    }
+    save(path, &tensors, &meta)
+}
+
+/// A checkpoint read back: the architecture, model tensors, optimizer tensors (names
+/// without the prefix), the step counter and the training state.
+pub struct Checkpoint {
+    pub model: ModelConfig,
+    pub tensors: Vec<NamedTensor>,
+    pub optimizer: Vec<NamedTensor>,
+    pub steps: Option<u32>,
+    pub state: TrainingState,
+}
+
+pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let (model, all, meta) = load_with_config(path)?;
+    let file = path.display();
+    let mut tensors = Vec::new();
+    let mut optimizer = Vec::new();
+    let mut steps = None;
+    for t in all {
+        if t.name == STEP_TENSOR {
+            steps = Some(t.values.first().copied().unwrap_or_default().to_bits());
+        } else if let Some(name) = t.name.strip_prefix(OPTIMIZER_PREFIX) {
+            optimizer.push(NamedTensor {
+                name: name.to_string(),
+                ..t
+            });
+        } else {
+            tensors.push(t);
+        }
+    }
+    let epoch = match meta.get(EPOCH_KEY) {
+        Some(e) => e
+            .parse()
+            .with_context(|| format!("'{file}': bad epoch '{e}' in metadata"))?,
+        None => 0,
+    };
+    let config = meta
+        .get(crate::config::TRAINING_KEY)
+        .map(|j| {
+            serde_json::from_str(j).with_context(|| format!("'{file}': bad training configuration"))
+        })
+        .transpose()?;
+    let standardizer = meta
+        .get(STANDARDIZER_KEY)
+        .map(|j| -> Result<crate::data::Standardizer> {
+            let (mean, std): (Vec<f32>, Vec<f32>) =
+                serde_json::from_str(j).with_context(|| format!("'{file}': bad standardizer"))?;
+            crate::data::Standardizer::from_parts(mean, std)
+        })
+        .transpose()?;
+    Ok(Checkpoint {
+        model,
+        tensors,
+        optimizer,
+        steps,
+        state: TrainingState {
+            config,
+            epoch,
+            standardizer,
+        },
+    })
+}
+
+impl Checkpoint {
+    /// Loads this checkpoint into `model`: parameters and buffers, and, when present,
+    /// optimizer state, step counter and epoch, so training continues where it stopped.
+    pub fn restore(&self, model: &mut crate::Model) -> Result<()> {
+        model.load_state_dict(&self.tensors)?;
+        if !self.optimizer.is_empty() {
+            model.load_optimizer_state(&self.optimizer)?;
+        }
+        if let Some(s) = self.steps {
+            model.set_steps(s)?;
+        }
+        model.set_epoch(self.state.epoch);
+        Ok(())
+    }
+}

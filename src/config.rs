@@ -2,7 +2,7 @@
 //! checkpoint metadata (`steadygrad.config`). Names and values are strings where the
 //! library has a parser (activation, init, loss), so the file reads like the CLI flags.
 
-use crate::model::{BatchNorm, BnPlacement, MlpSpec};
+use crate::model::{BatchNorm, BnPlacement, Clip, LrSchedule, MlpSpec, Optimizer};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
@@ -120,3 +120,141 @@ impl ModelConfig {
         serde_json::from_str(s).context("reading the model configuration from checkpoint metadata")
     }
 }
+
+/// Metadata key under which checkpoints carry the training configuration.
+pub const TRAINING_KEY: &str = "steadygrad.training";
+
+/// How to train: everything a run needs beyond the architecture.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingConfig {
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Seeds weights, data split and shuffling.
+    #[serde(default)]
+    pub seed: u64,
+    /// Dropout probability after every hidden activation (training only).
+    #[serde(default)]
+    pub dropout: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<Clip>,
+    #[serde(default)]
+    pub schedule: LrSchedule,
+    #[serde(default)]
+    pub warmup_steps: usize,
+}
+
+fn default_epochs() -> usize {
+    20
+}
+fn default_batch() -> usize {
+    32
+}
+
+/// A whole `model.toml`: `[model]`, `[optimizer]`, `[training]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub model: ModelConfig,
+    pub optimizer: Optimizer,
+    pub training: TrainingConfig,
+}
+
+impl Config {
+    /// The configuration of `spec` trained with `epochs` and `batch_size`.
+    pub fn from_spec(spec: &MlpSpec, epochs: usize, batch_size: usize) -> Self {
+        let uniform = spec.dropout.first().copied().unwrap_or(0.0);
+        Config {
+            model: ModelConfig::from_spec(spec),
+            optimizer: spec.optimizer,
+            training: TrainingConfig {
+                epochs,
+                batch_size,
+                seed: spec.seed,
+                dropout: uniform,
+                clip: spec.clip,
+                schedule: spec.schedule,
+                warmup_steps: spec.warmup_steps,
+            },
+        }
+    }
+
+    pub fn to_spec(&self) -> Result<MlpSpec> {
+        let t = &self.training;
+        let mut base = MlpSpec::new(self.model.input, &self.model.hidden, self.model.output)
+            .optimizer(self.optimizer)
+            .seed(t.seed)
+            .schedule(t.schedule)
+            .warmup_steps(t.warmup_steps);
+        if t.dropout > 0.0 {
+            base = base.dropout(t.dropout);
+        }
+        base.clip = t.clip;
+        self.model.to_spec(base)
+    }
+
+    /// Reads and validates a TOML file, naming the file and the offending key.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading '{}'", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .with_context(|| format!("'{}' is not a valid model configuration", path.display()))?;
+        config
+            .to_spec()
+            .with_context(|| format!("'{}'", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a config always serializes")
+    }
+
+    /// The default configuration as TOML with a comment on every option.
+    pub fn commented_default() -> String {
+        DEFAULT_CONFIG.to_string()
+    }
+}
+
+const DEFAULT_CONFIG: &str = r#"# steadygrad model configuration (use with `steadygrad train --config FILE`).
+# With --config, this file replaces the model, optimizer and training flags.
+
+[model]
+input = 2                  # features per row (must match the data)
+hidden = [64, 64, 64, 64, 64, 64, 64, 64]   # units per hidden layer
+output = 3                 # classes (cross-entropy) or targets per row (mse)
+activation = "relu"        # identity sigmoid tanh relu leaky-relu[:SLOPE] rrelu[:L:U]
+                           # prelu[:INIT] prelu-unit elu[:ALPHA] selu gelu gelu-tanh
+init = "auto"              # auto glorot-uniform glorot-normal he-uniform he-normal
+                           # lecun-uniform lecun-normal normal normal:MEAN:STD uniform:LOW:HIGH
+loss = "cross-entropy"     # cross-entropy | mse
+# residual_every = 2       # skip connection into every k-th hidden layer
+# [model.batch_norm]       # batch normalization in every hidden layer
+# placement = "before"     # before | after the activation
+# momentum = 0.1
+# eps = 1e-5
+
+[optimizer]
+kind = "sgd"               # sgd | adam | adamw
+lr = 0.05
+momentum = 0.0             # sgd only
+nesterov = false           # sgd only
+weight_decay = 0.0
+# adam/adamw instead:
+# kind = "adam"
+# lr = 0.001
+# betas = [0.9, 0.999]
+# eps = 1e-8
+# weight_decay = 0.0       # adamw default 0.01
+
+[training]
+epochs = 20
+batch_size = 32
+seed = 42
+dropout = 0.0              # after every hidden activation, training only
+# clip = { norm = 1.0 }    # or { value = 0.5 }
+schedule = { kind = "constant" }   # or { kind = "step", step_size = 10, gamma = 0.1 }
+                                   # or { kind = "cosine", t_max = 20, eta_min = 0.0 }
+warmup_steps = 0           # linear warm-up over the first N steps
+"#;

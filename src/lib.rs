@@ -14,7 +14,7 @@
 //! let all = data::synthetic::spirals(600, 3, 0.05, 1);
 //! let (train, valid) = (all.slice(0, 1500), all.slice(1500, 1800));
 //! let spec = MlpSpec::new(2, &[64; 8], 3).activation(Activation::Relu)
-//!     .optimizer(Optimizer::Sgd { lr: 0.05 }).seed(42);
+//!     .optimizer(Optimizer::sgd(0.05)).seed(42);
 //! let mut model = Model::with_backend(spec, &BackendChoice::Auto)?;
 //! println!("running on {}", model.device());
 //! let opts = FitOptions { epochs: 30, batch_size: 32, shuffle_seed: 3 };
@@ -38,8 +38,8 @@ pub use data::Dataset;
 pub use engine::{create_engine, BackendChoice, Engine};
 pub use graph::{Activation, Loss};
 pub use model::{
-    BatchNorm, BnPlacement, EpochReport, FitOptions, Init, Metrics, MlpSpec, Model, NamedTensor,
-    Optimizer,
+    BatchNorm, BnPlacement, Clip, EpochReport, FitOptions, Init, LrSchedule, Metrics, MlpSpec,
+    Model, NamedTensor, Optimizer,
 };
 
 /// Compiles the README's examples as doctests so they cannot drift from the API.

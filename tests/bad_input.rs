@@ -41,7 +41,7 @@ fn bad_hyper_parameters() {
     for lr in [0.0, -1.0, f32::NAN, f32::INFINITY] {
         let e = err_of(
             MlpSpec::new(3, &[5], 2)
-                .optimizer(Optimizer::Sgd { lr })
+                .optimizer(Optimizer::sgd(lr))
                 .validate(),
         );
         assert!(e.contains("learning rate"), "{e}");
@@ -134,7 +134,7 @@ fn bad_datasets() {
 fn divergence_is_reported() {
     let all = steadygrad::data::synthetic::spirals(30, 3, 0.05, 1);
     let spec = MlpSpec::new(2, &[32; 4], 3)
-        .optimizer(Optimizer::Sgd { lr: 1e6 })
+        .optimizer(Optimizer::sgd(1e6))
         .init(Init::Normal {
             mean: 0.0,
             std: 3.0,

@@ -268,7 +268,7 @@ fn specs() -> Vec<MlpSpec> {
     };
     let base = |hidden: &[usize]| {
         MlpSpec::new(3, hidden, 4)
-            .optimizer(Optimizer::Sgd { lr: 0.1 })
+            .optimizer(Optimizer::sgd(0.1))
             .seed(5)
     };
     vec![
@@ -345,7 +345,7 @@ fn whole_models_finite_differences() {
         let before = m.state_dict().unwrap();
         // The training-mode loss at the current parameters: a step with lr 0 computes it
         // (batch statistics, not running ones) without moving any parameter.
-        m.set_learning_rate(0.0).unwrap();
+        m.set_learning_rate(Some(0.0)).unwrap();
         let loss = |m: &mut Model| -> f64 {
             m.take_metrics().unwrap();
             m.train_batch(&x, &y).unwrap();
@@ -460,4 +460,99 @@ fn eval_mode_uses_running_statistics() {
         let e = g[c] * (z_now[i] - rm[c]) / (rv[c] + 1e-5).sqrt() + b[c];
         assert!((v - e).abs() <= 1e-5 * e.abs().max(1.0), "{v} vs {e}");
     }
+}
+
+/// Everything at once: learned PReLU slopes and random RReLU slopes, dropout, batch norm,
+/// residual projections, Adam or Nesterov momentum and clipping agree on both backends
+/// over a training step, at odd batch sizes.
+#[test]
+fn combined_features_gpu_vs_cpu() {
+    use steadygrad::Clip;
+    let after = BatchNorm {
+        placement: BnPlacement::AfterActivation,
+        ..BatchNorm::default()
+    };
+    let specs = [
+        MlpSpec::new(5, &[7, 33, 7], 3)
+            .activation("prelu-unit".parse().unwrap())
+            .batch_norm(after)
+            .residual(2)
+            .dropout(0.2)
+            .optimizer(Optimizer::adam(1e-2))
+            .clip(Clip::Norm(0.5)),
+        MlpSpec::new(5, &[8, 8, 8], 3)
+            .activation("rrelu".parse().unwrap())
+            .batch_norm(BatchNorm::default())
+            .residual(1)
+            .dropout(0.1)
+            .optimizer(Optimizer::nesterov(0.05, 0.9))
+            .clip(Clip::Value(0.01)),
+    ];
+    for spec in specs {
+        for rows in [7, 33, 257] {
+            let x = random(rows * spec.input, 50);
+            let report = cross_check(
+                &spec,
+                &x,
+                &targets(&spec, rows),
+                gpu(),
+                Tolerance::default(),
+            )
+            .unwrap();
+            assert!(report.passed(), "{spec:?} rows {rows}:\n{}", report.table());
+        }
+    }
+}
+
+/// 20 training steps with batch norm, Adam and norm clipping give the same parameters,
+/// running statistics and optimizer state on both backends. Tolerance `1e-5 + 1e-3·max`:
+/// twenty steps compound the per-step f32 differences, and Adam divides by `√v`, which
+/// magnifies them where `v` is small.
+///
+/// Batch norm sits after the activation here. Placed right after a linear layer, it
+/// removes any constant, so that layer's bias gradient is exactly zero in exact
+/// arithmetic; both backends then compute rounding noise, which Adam rescales into ±lr
+/// steps of random sign (PyTorch does the same), and the biases and running means drift
+/// apart for reasons that are not errors.
+#[test]
+fn twenty_steps_bn_adam_clip_agree() {
+    use steadygrad::cpu::CpuEngine as Cpu;
+    use steadygrad::Clip;
+    let spec = MlpSpec::new(5, &[16, 16, 16], 3)
+        .activation(Activation::Relu)
+        .batch_norm(BatchNorm {
+            placement: BnPlacement::AfterActivation,
+            ..BatchNorm::default()
+        })
+        .optimizer(Optimizer::adam(1e-2))
+        .clip(Clip::Norm(0.5))
+        .seed(11);
+    let mut g = Model::new(spec.clone(), Box::new(GpuEngine::new(gpu()))).unwrap();
+    let mut c = Model::new(spec.clone(), Box::new(Cpu::new())).unwrap();
+    for step in 0..20u64 {
+        let rows = [7, 33, 16][step as usize % 3];
+        let x = random(rows * 5, 100 + step);
+        let y = targets(&spec, rows);
+        g.train_batch(&x, &y).unwrap();
+        c.train_batch(&x, &y).unwrap();
+    }
+    let tol = Tolerance {
+        atol: 1e-5,
+        rtol: 1e-3,
+    };
+    let (gs, cs) = (g.state_dict().unwrap(), c.state_dict().unwrap());
+    let (go, co) = (g.optimizer_state().unwrap(), c.optimizer_state().unwrap());
+    for (a, b) in gs.iter().chain(&go).zip(cs.iter().chain(&co)) {
+        let t = steadygrad::check::compare(&a.name, &a.values, &b.values, tol);
+        assert!(t.pass, "{} after 20 steps: {t:?}", a.name);
+    }
+    assert!(gs.iter().any(|t| t.name.ends_with("bn.running_var")));
+    let x = random(9 * 5, 999);
+    let t = steadygrad::check::compare(
+        "predict",
+        &g.predict(&x).unwrap(),
+        &c.predict(&x).unwrap(),
+        tol,
+    );
+    assert!(t.pass, "{t:?}");
 }

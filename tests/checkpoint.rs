@@ -61,7 +61,7 @@ fn save_load_round_trip_is_exact() {
 #[test]
 fn mismatches_are_all_named() {
     let mut m = Model::new(
-        MlpSpec::new(3, &[5], 2).optimizer(Optimizer::Sgd { lr: 0.1 }),
+        MlpSpec::new(3, &[5], 2).optimizer(Optimizer::sgd(0.1)),
         Box::new(CpuEngine::new()),
     )
     .unwrap();
@@ -150,4 +150,52 @@ fn pytorch_checkpoint_reproduces_pytorch_outputs() {
             assert!((o - e).abs() <= 1e-5, "steadygrad {o} vs PyTorch {e}");
         }
     }
+}
+
+/// `--resume`: training 2 epochs, saving, and continuing for 2 more in a new process
+/// (a new model) gives exactly the parameters of 4 uninterrupted epochs: optimizer
+/// state, step counter (dropout masks), epoch (shuffle, schedule) all come back.
+#[test]
+fn resume_continues_exactly() {
+    use steadygrad::checkpoint::{load_checkpoint, save_checkpoint, TrainingState};
+    use steadygrad::{LrSchedule, Optimizer as O};
+    let dir = temp_dir("resume");
+    let path = dir.join("ckpt.safetensors");
+    let data = steadygrad::data::synthetic::spirals(20, 3, 0.05, 1);
+    let spec = MlpSpec::new(2, &[12, 12], 3)
+        .batch_norm(BatchNorm::default())
+        .dropout(0.2)
+        .optimizer(O::adam(1e-2))
+        .schedule(LrSchedule::Step {
+            step_size: 1,
+            gamma: 0.5,
+        })
+        .warmup_steps(5)
+        .seed(2);
+    let opts = |epochs| steadygrad::FitOptions {
+        epochs,
+        batch_size: 16,
+        shuffle_seed: 7,
+    };
+    let new_model = || Model::new(spec.clone(), Box::new(GpuEngine::new(common::gpu()))).unwrap();
+    let mut straight = new_model();
+    straight.fit(&data, None, &opts(4), |_| {}).unwrap();
+
+    let mut first = new_model();
+    first.fit(&data, None, &opts(2), |_| {}).unwrap();
+    save_checkpoint(&mut first, &path, &TrainingState::default()).unwrap();
+    let ckpt = load_checkpoint(&path).unwrap();
+    assert_eq!(ckpt.state.epoch, 2);
+    let mut resumed = new_model();
+    ckpt.restore(&mut resumed).unwrap();
+    resumed.fit(&data, None, &opts(2), |_| {}).unwrap();
+    assert_eq!(resumed.epoch(), 4);
+    assert_eq!(
+        resumed.state_dict().unwrap(),
+        straight.state_dict().unwrap()
+    );
+    assert_eq!(
+        resumed.optimizer_state().unwrap(),
+        straight.optimizer_state().unwrap()
+    );
 }

@@ -238,7 +238,7 @@ fn whole_model_one_step() {
         let spec = MlpSpec::new(input, hidden, output)
             .activation(act)
             .loss(loss)
-            .optimizer(Optimizer::Sgd { lr: 0.1 })
+            .optimizer(Optimizer::sgd(0.1))
             .seed(batch as u64);
         let x = random(batch * input, 11);
         let y: Vec<f32> = match loss {

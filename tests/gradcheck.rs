@@ -144,7 +144,7 @@ fn whole_mlp_gradients() {
         let spec = MlpSpec::new(3, &[6, 5, 4, 5], 3)
             .activation(act)
             .loss(loss)
-            .optimizer(Optimizer::Sgd { lr: 1e-3 })
+            .optimizer(Optimizer::sgd(1e-3))
             .seed(3);
         let rows = 4;
         let x = random(rows * 3, 11);

@@ -14,7 +14,7 @@ fn train_spirals(engine: Box<dyn Engine>) -> f32 {
     let (train, valid) = (all.slice(0, 960), all.slice(960, 1200));
     let spec = MlpSpec::new(2, &[48; 8], 3)
         .activation(Activation::Relu)
-        .optimizer(Optimizer::Sgd { lr: 0.05 })
+        .optimizer(Optimizer::sgd(0.05))
         .seed(42);
     let mut model = Model::new(spec, engine).unwrap();
     let opts = FitOptions {
@@ -49,7 +49,7 @@ fn cpu_learns_spirals() {
 fn linear_model_cannot_solve_spirals() {
     let all = data::synthetic::spirals(400, 3, 0.05, 5);
     let spec = MlpSpec::new(2, &[], 3)
-        .optimizer(Optimizer::Sgd { lr: 0.1 })
+        .optimizer(Optimizer::sgd(0.1))
         .seed(1);
     let mut model = Model::new(spec, Box::new(CpuEngine::new())).unwrap();
     let opts = FitOptions {
@@ -78,7 +78,7 @@ fn partial_batches_and_multi_epoch_agreement() {
     let all = data::synthetic::spirals(15, 3, 0.05, 2); // 45 rows: batches of 16, 16, 13
     let spec = MlpSpec::new(2, &[16; 3], 3)
         .activation(Activation::Tanh)
-        .optimizer(Optimizer::Sgd { lr: 0.1 })
+        .optimizer(Optimizer::sgd(0.1))
         .seed(9);
     let opts = FitOptions {
         epochs: 3,
@@ -113,4 +113,32 @@ fn partial_batches_and_multi_epoch_agreement() {
         );
         assert!(t.pass, "{} after 9 steps: max abs {:e}", pg.name, t.max_abs);
     }
+}
+
+/// A dataset larger than the adapter's largest storage binding still trains: batches
+/// are uploaded one at a time, never the whole set.
+#[test]
+fn dataset_larger_than_a_storage_binding_trains() {
+    let ctx = common::gpu();
+    let max = ctx.max_binding_bytes() as usize;
+    let input = 1024;
+    let rows = max / (4 * input) + 257;
+    assert!(rows * input * 4 > max);
+    let features: Vec<f32> = (0..rows * input)
+        .map(|i| ((i * 7) % 13) as f32 / 13.0)
+        .collect();
+    let labels: Vec<usize> = (0..rows).map(|r| r % 2).collect();
+    let data = steadygrad::Dataset::classification(features, &labels, input, 2).unwrap();
+    let spec = MlpSpec::new(input, &[4], 2)
+        .optimizer(Optimizer::sgd(0.01))
+        .seed(1);
+    let mut m = Model::new(spec, Box::new(GpuEngine::new(ctx))).unwrap();
+    let opts = FitOptions {
+        epochs: 1,
+        batch_size: 4096,
+        shuffle_seed: 1,
+    };
+    let r = m.fit(&data, None, &opts, |_| {}).unwrap();
+    assert_eq!(r[0].train.rows, rows);
+    assert!(r[0].train.loss.is_finite());
 }

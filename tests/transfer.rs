@@ -14,7 +14,7 @@ fn spec() -> MlpSpec {
     MlpSpec::new(2, &[16, 16, 12], 3)
         .activation(Activation::Tanh)
         .batch_norm(BatchNorm::default())
-        .optimizer(Optimizer::Sgd { lr: 0.1 })
+        .optimizer(Optimizer::sgd(0.1))
         .seed(4)
 }
 

@@ -1,7 +1,7 @@
 //! The gradient-health parts of the command line: statistics, logs, plots and progress
 //! for `train`, and the `diagnose` and `experiment` commands.
 
-use super::{spec_from, ModelArgs};
+use super::{print_epoch, spec_from, DataArgs, ModelArgs};
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -18,7 +18,7 @@ use steadygrad::diag::{
 };
 use steadygrad::engine::Engine;
 use steadygrad::gpu::{AdapterSelection, GpuContext, GpuEngine};
-use steadygrad::{data, BackendChoice, EpochReport, FitOptions, Model};
+use steadygrad::{data, BackendChoice, EpochReport, FitOptions, Loss, Model};
 
 /// Statistics, logging, plots and progress of a training run.
 #[derive(clap::Args, Clone)]
@@ -138,14 +138,16 @@ impl DetectArgs {
 pub struct DiagnoseArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
     #[arg(long, default_value_t = 3)]
     epochs: usize,
     #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Spiral arms (classes) of the built-in data.
     #[arg(long, default_value_t = 3)]
-    classes: usize,
-    /// Points per arm; 20% of them are held out for validation.
+    spiral_classes: usize,
+    /// Points per spiral arm; 20% of them are held out for validation.
     #[arg(long, default_value_t = 300)]
     points: usize,
     #[command(flatten)]
@@ -225,16 +227,22 @@ fn fit_catching(
 
 pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
     let cfg = args.detect.config()?;
-    anyhow::ensure!(args.points >= 5, "--points must be at least 5");
-    anyhow::ensure!(args.classes >= 2, "--classes must be at least 2");
+    anyhow::ensure!(args.epochs >= 1, "--epochs must be at least 1");
+    anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
     anyhow::ensure!(
         args.run.stats_every != Some(0),
         "diagnose needs statistics: --stats-every must be at least 1"
     );
-    let all = data::synthetic::spirals(args.points, args.classes, 0.05, args.model.seed);
-    let split = all.rows * 4 / 5;
-    let (train, valid) = (all.slice(0, split), all.slice(split, all.rows));
-    let spec = spec_from(&args.model, 2, args.classes);
+    let (train, valid, _) =
+        args.data
+            .train_valid(args.model.seed, args.points, args.spiral_classes)?;
+    let (input, output) = (train.input_dim, train.classes.unwrap_or(train.target_dim));
+    let loss = if train.classes.is_some() {
+        Loss::SoftmaxCrossEntropy
+    } else {
+        Loss::MeanSquaredError
+    };
+    let spec = spec_from(&args.model, input, output, args.epochs)?.loss(loss);
     let mut m = Model::with_backend(spec.clone(), choice)?;
     let opts = FitOptions {
         epochs: args.epochs,
@@ -245,17 +253,18 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
     if !quiet {
         println!("device: {}", m.device());
         println!(
-            "model: 2 → {} hidden × {} ({}, init {}{}) → {}, SGD lr {}, batch {}; {} epochs on {} spirals",
+            "model: {} → {} hidden × {} ({}, init {}{}) → {}, {}, batch {}; {} epochs on {} training rows",
+            spec.input,
             args.model.depth,
             args.model.width,
-            args.model.activation,
-            args.model.init,
+            spec.activation,
+            spec.init,
             if spec.batch_norm.is_some() { ", batch norm" } else { "" },
-            args.classes,
-            args.model.lr,
+            spec.output,
+            spec.optimizer,
             args.batch,
             args.epochs,
-            args.classes
+            train.rows
         );
     }
     let run = RunArgs {
@@ -264,20 +273,9 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
     };
     let bar = run.attach_with(&mut m, 5)?;
     let result = fit_catching(&mut m, &train, &valid, &opts, |r| {
-        if quiet {
-            return;
+        if !quiet {
+            bar.suspend(|| print_epoch(r));
         }
-        let v = r.valid.expect("validation data was given");
-        bar.suspend(|| {
-            println!(
-                "epoch {:>3}  loss {:.4}  acc {:5.1}%  val loss {:.4}  val acc {:5.1}%",
-                r.epoch,
-                r.train.loss,
-                100.0 * r.train.accuracy.unwrap_or(0.0),
-                v.loss,
-                100.0 * v.accuracy.unwrap_or(0.0),
-            )
-        });
     });
     bar.finish_and_clear();
     run.finish(&mut m, "diagnose")?;
@@ -338,9 +336,10 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
 
 #[derive(clap::Subcommand, Clone)]
 pub enum ExperimentKind {
-    /// The same deep MLP trained with sigmoid + N(0,1), tanh + Glorot, ReLU + He, sigmoid
-    /// + batch norm and ReLU + He with a high learning rate: gradient ratios, final loss
-    /// and accuracy side by side, and plots.
+    /// The same deep MLP trained with sigmoid and N(0,1) init, tanh and Glorot, ReLU,
+    /// ELU and SELU with their inits, sigmoid with batch norm, and ReLU at a high learning
+    /// rate with and without clipping: gradient ratios, final loss and accuracy side by
+    /// side, and plots.
     Vanishing {
         #[arg(long, default_value_t = ExperimentOptions::default().depth)]
         depth: usize,
@@ -378,14 +377,15 @@ pub enum ExperimentKind {
     },
 }
 
+type EngineFactory = Box<dyn FnMut() -> Result<Box<dyn Engine>>>;
+
 /// Engines for several models on one device, opened once.
-fn engine_factory(choice: &BackendChoice) -> Result<Box<dyn FnMut() -> Result<Box<dyn Engine>>>> {
-    let gpu = |ctx: Arc<GpuContext>| -> Box<dyn FnMut() -> Result<Box<dyn Engine>>> {
+fn engine_factory(choice: &BackendChoice) -> Result<EngineFactory> {
+    let gpu = |ctx: Arc<GpuContext>| -> EngineFactory {
         Box::new(move || Ok(Box::new(GpuEngine::new(ctx.clone())) as Box<dyn Engine>))
     };
-    let cpu = || -> Box<dyn FnMut() -> Result<Box<dyn Engine>>> {
-        Box::new(|| Ok(Box::new(CpuEngine::new()) as Box<dyn Engine>))
-    };
+    let cpu =
+        || -> EngineFactory { Box::new(|| Ok(Box::new(CpuEngine::new()) as Box<dyn Engine>)) };
     Ok(match choice {
         BackendChoice::Cpu => cpu(),
         BackendChoice::Gpu(sel) => gpu(Arc::new(GpuContext::new(sel)?)),

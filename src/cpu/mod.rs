@@ -4,7 +4,7 @@ pub mod ops;
 pub mod stats;
 
 use crate::engine::{Engine, PlanId};
-use crate::graph::{Hyper, Op, PersistentDesc, Plan, Stage, Storage, TensorId};
+use crate::graph::{Hyper, Op, PersistentDesc, Plan, Stage, Storage, TensorId, NORM_BLOCK};
 use anyhow::{ensure, Context, Result};
 
 #[derive(Default)]
@@ -58,6 +58,13 @@ impl CpuEngine {
             Storage::Persistent(s) => &self.persistent[s],
             Storage::Local => &self.plans[plan].local[t],
         }
+    }
+
+    fn lr(&self) -> Result<f32> {
+        Ok(self
+            .hyper
+            .context("hyper-parameters were not set before a training step")?
+            .lr)
     }
 
     fn execute(&mut self, plan: PlanId, op: &Op) -> Result<()> {
@@ -127,6 +134,67 @@ impl CpuEngine {
                     &mut out,
                 );
                 self.put(plan, dx, out);
+            }
+            Op::RreluTrain {
+                x,
+                y,
+                step,
+                stream,
+                lower,
+                upper,
+                ..
+            } => {
+                let step = self.get(plan, step)[0].to_bits();
+                let mut out = self.take(plan, y);
+                ops::rrelu_train(self.get(plan, x), &mut out, step, stream, lower, upper);
+                self.put(plan, y, out);
+            }
+            Op::RreluTrainBackward {
+                x,
+                dy,
+                dx,
+                step,
+                stream,
+                lower,
+                upper,
+                ..
+            } => {
+                let step = self.get(plan, step)[0].to_bits();
+                let mut out = self.take(plan, dx);
+                ops::rrelu_train_backward(
+                    self.get(plan, x),
+                    self.get(plan, dy),
+                    &mut out,
+                    step,
+                    stream,
+                    lower,
+                    upper,
+                );
+                self.put(plan, dx, out);
+            }
+            Op::Prelu { x, weight, y, .. } => {
+                let mut out = self.take(plan, y);
+                ops::prelu(self.get(plan, x), self.get(plan, weight), &mut out);
+                self.put(plan, y, out);
+            }
+            Op::PreluBackward {
+                x,
+                weight,
+                dy,
+                dx,
+                dw_terms,
+                ..
+            } => {
+                let (mut d, mut t) = (self.take(plan, dx), self.take(plan, dw_terms));
+                ops::prelu_backward(
+                    self.get(plan, x),
+                    self.get(plan, weight),
+                    self.get(plan, dy),
+                    &mut d,
+                    &mut t,
+                );
+                self.put(plan, dx, d);
+                self.put(plan, dw_terms, t);
             }
             Op::LossGrad {
                 loss,
@@ -316,6 +384,113 @@ impl CpuEngine {
                 let mut p = self.take(plan, param);
                 ops::sgd_step(&mut p, self.get(plan, grad), lr);
                 self.put(plan, param, p);
+            }
+            Op::Sgd {
+                param,
+                grad,
+                momentum,
+                weight_decay,
+                ..
+            } => {
+                let lr = self.lr()?;
+                let mut p = self.take(plan, param);
+                let mut buf = momentum.map(|m| self.take(plan, m.buffer));
+                ops::sgd(
+                    &mut p,
+                    self.get(plan, grad),
+                    buf.as_deref_mut()
+                        .zip(momentum)
+                        .map(|(b, m)| (b, m.momentum, m.nesterov)),
+                    lr,
+                    weight_decay,
+                );
+                self.put(plan, param, p);
+                if let (Some(b), Some(m)) = (buf, momentum) {
+                    self.put(plan, m.buffer, b);
+                }
+            }
+            Op::Adam {
+                param,
+                grad,
+                exp_avg,
+                exp_avg_sq,
+                step,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                decoupled,
+                ..
+            } => {
+                let h = ops::AdamParams {
+                    lr: self.lr()?,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    decoupled,
+                };
+                let t = self.get(plan, step)[0].to_bits();
+                let (mut p, mut m, mut v) = (
+                    self.take(plan, param),
+                    self.take(plan, exp_avg),
+                    self.take(plan, exp_avg_sq),
+                );
+                ops::adam(&mut p, self.get(plan, grad), &mut m, &mut v, t, h);
+                self.put(plan, param, p);
+                self.put(plan, exp_avg, m);
+                self.put(plan, exp_avg_sq, v);
+            }
+            Op::NormPartials {
+                x,
+                partials,
+                first,
+                groups,
+                ..
+            } => {
+                let mut out = self.take(plan, partials);
+                ops::norm_partials(
+                    self.get(plan, x),
+                    &mut out[2 * first..2 * (first + groups)],
+                    groups,
+                    NORM_BLOCK,
+                );
+                self.put(plan, partials, out);
+            }
+            Op::ClipCoef {
+                partials,
+                total_norm,
+                coef,
+                max_norm,
+                ..
+            } => {
+                let (total, c) = ops::clip_coef(self.get(plan, partials), max_norm);
+                self.put(plan, total_norm, vec![total]);
+                self.put(plan, coef, vec![c]);
+            }
+            Op::ScaleBy { x, coef, .. } => {
+                let c = self.get(plan, coef)[0];
+                let mut v = self.take(plan, x);
+                ops::scale_by(&mut v, c);
+                self.put(plan, x, v);
+            }
+            Op::ClampValue { x, limit, .. } => {
+                let mut v = self.take(plan, x);
+                ops::clamp_value(&mut v, limit);
+                self.put(plan, x, v);
+            }
+            Op::Dropout {
+                x,
+                y,
+                step,
+                p,
+                stream,
+                ..
+            } => {
+                let t = self.get(plan, step)[0].to_bits();
+                let mut out = self.take(plan, y);
+                ops::dropout(self.get(plan, x), &mut out, p, stream, t);
+                self.put(plan, y, out);
             }
             Op::Copy {
                 src,

@@ -1,7 +1,7 @@
 //! Reference kernels: plain loops, written to be obviously correct rather than fast.
 //! Sums accumulate in `f64` so the reference is at least as accurate as any GPU kernel.
 
-use crate::graph::{Activation, Loss};
+use crate::graph::{Activation, Loss, SELU_ALPHA, SELU_SCALE};
 
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
@@ -52,16 +52,27 @@ pub fn sum_rows(x: &[f32], out: &mut [f32], rows: usize, cols: usize, accumulate
 }
 
 pub fn activation(act: Activation, x: f32) -> f32 {
+    let xd = x as f64;
     match act {
         Activation::Identity => x,
-        Activation::Sigmoid => (1.0 / (1.0 + (-(x as f64)).exp())) as f32,
-        Activation::Tanh => (x as f64).tanh() as f32,
+        Activation::Sigmoid => (1.0 / (1.0 + (-xd).exp())) as f32,
+        Activation::Tanh => xd.tanh() as f32,
         Activation::Relu => x.max(0.0),
+        Activation::LeakyRelu { slope } => leaky(x, slope),
+        // RReLU in evaluation and PReLU at a fixed slope; see `Activation::negative_slope`.
+        Activation::Rrelu { .. } | Activation::Prelu { .. } => {
+            leaky(x, act.negative_slope().unwrap_or_default())
+        }
+        Activation::Elu { alpha } => elu(xd, alpha as f64) as f32,
+        Activation::Selu => (SELU_SCALE * elu(xd, SELU_ALPHA)) as f32,
+        Activation::Gelu => (xd * normal_cdf(xd)) as f32,
+        Activation::GeluTanh => (xd * gelu_tanh_gate(xd).0) as f32,
     }
 }
 
 /// `f'(x)` given `x` and `y = f(x)`.
 pub fn activation_grad(act: Activation, x: f32, y: f32) -> f32 {
+    let xd = x as f64;
     match act {
         Activation::Identity => 1.0,
         Activation::Sigmoid => y * (1.0 - y),
@@ -74,8 +85,86 @@ pub fn activation_grad(act: Activation, x: f32, y: f32) -> f32 {
                 0.0
             }
         }
+        Activation::LeakyRelu { slope } => leaky_grad(x, slope),
+        Activation::Rrelu { .. } | Activation::Prelu { .. } => {
+            leaky_grad(x, act.negative_slope().unwrap_or_default())
+        }
+        // From x rather than y + alpha, which loses digits where eˣ is tiny; at 0 it is
+        // alpha, as PyTorch's elu_backward gives.
+        Activation::Elu { alpha } => elu_grad(xd, alpha as f64) as f32,
+        Activation::Selu => (SELU_SCALE * elu_grad(xd, SELU_ALPHA)) as f32,
+        // d/dx x·Φ(x) = Φ(x) + x·φ(x).
+        Activation::Gelu => {
+            let pdf = (-0.5 * xd * xd).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            (normal_cdf(xd) + xd * pdf) as f32
+        }
+        Activation::GeluTanh => {
+            let (s, du) = gelu_tanh_gate(xd);
+            // x·σ(2u) differentiates to σ + x·σ(1−σ)·2u'.
+            (s + xd * s * (1.0 - s) * 2.0 * du) as f32
+        }
     }
 }
+
+/// The ReLU family: `x` for `x > 0`, else `slope·x`, as PyTorch's `leaky_relu`.
+pub fn leaky(x: f32, slope: f32) -> f32 {
+    if x > 0.0 {
+        x
+    } else {
+        slope * x
+    }
+}
+
+/// Its derivative; at 0 it is `slope`, as in PyTorch (0 for ReLU).
+pub fn leaky_grad(x: f32, slope: f32) -> f32 {
+    if x > 0.0 {
+        1.0
+    } else {
+        slope
+    }
+}
+
+fn elu(x: f64, alpha: f64) -> f64 {
+    if x > 0.0 {
+        x
+    } else {
+        alpha * x.exp_m1()
+    }
+}
+
+fn elu_grad(x: f64, alpha: f64) -> f64 {
+    if x > 0.0 {
+        1.0
+    } else {
+        alpha * x.exp()
+    }
+}
+
+/// Φ(x) = ½·erfc(−x/√2): erfc keeps full relative accuracy in the lower tail, where
+/// ½·(1 + erf) cancels.
+pub fn normal_cdf(x: f64) -> f64 {
+    0.5 * libm::erfc(-x * std::f64::consts::FRAC_1_SQRT_2)
+}
+
+/// The error function, the reference the WGSL `erf` is tested against.
+pub fn erf(x: f64) -> f64 {
+    libm::erf(x)
+}
+
+pub fn erfc(x: f64) -> f64 {
+    libm::erfc(x)
+}
+
+/// For GELU's tanh form: `(σ(2u), u')` with `u = √(2/π)·(x + 0.044715·x³)`, using
+/// `½(1 + tanh u) = σ(2u)`, which does not cancel for negative `u`.
+fn gelu_tanh_gate(x: f64) -> (f64, f64) {
+    let k = (2.0 / std::f64::consts::PI).sqrt();
+    let u = k * (x + GELU_TANH_C * x * x * x);
+    let s = 1.0 / (1.0 + (-2.0 * u).exp());
+    (s, k * (1.0 + 3.0 * GELU_TANH_C * x * x))
+}
+
+const GELU_TANH_C: f64 = 0.044715;
 
 pub fn activate(act: Activation, x: &[f32], y: &mut [f32]) {
     for (yi, &xi) in y.iter_mut().zip(x) {
@@ -176,6 +265,51 @@ pub fn rng_uniform(stream: u32, step: u32, index: u32) -> f32 {
     (h >> 8) as f32 * (1.0 / 16_777_216.0)
 }
 
+/// RReLU's training slope for element `i`, the same draw as `rrelu_slope` in
+/// `shaders/activation.wgsl`.
+pub fn rrelu_slope(lower: f32, upper: f32, stream: u32, step: u32, i: usize) -> f32 {
+    lower + (upper - lower) * rng_uniform(stream, step, i as u32)
+}
+
+pub fn rrelu_train(x: &[f32], y: &mut [f32], step: u32, stream: u32, lower: f32, upper: f32) {
+    for (i, (yi, &xi)) in y.iter_mut().zip(x).enumerate() {
+        *yi = leaky(xi, rrelu_slope(lower, upper, stream, step, i));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn rrelu_train_backward(
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    step: u32,
+    stream: u32,
+    lower: f32,
+    upper: f32,
+) {
+    for i in 0..dx.len() {
+        dx[i] = dy[i] * leaky_grad(x[i], rrelu_slope(lower, upper, stream, step, i));
+    }
+}
+
+/// `y[i] = leaky(x[i], weight[i % units])`.
+pub fn prelu(x: &[f32], weight: &[f32], y: &mut [f32]) {
+    let units = weight.len();
+    for (i, (yi, &xi)) in y.iter_mut().zip(x).enumerate() {
+        *yi = leaky(xi, weight[i % units]);
+    }
+}
+
+/// `dx = dy·leaky'(x)` and the slope gradient's terms `dy·min(x, 0)` (PyTorch's
+/// `input > 0 ? 0 : input·grad`).
+pub fn prelu_backward(x: &[f32], weight: &[f32], dy: &[f32], dx: &mut [f32], terms: &mut [f32]) {
+    let units = weight.len();
+    for i in 0..dx.len() {
+        dx[i] = dy[i] * leaky_grad(x[i], weight[i % units]);
+        terms[i] = if x[i] > 0.0 { 0.0 } else { x[i] * dy[i] };
+    }
+}
+
 /// Training-mode batch norm over `rows` for each of `cols` features (see
 /// `Op::BatchNormTrain`). Requires `rows >= 2` for the unbiased running variance.
 #[allow(clippy::too_many_arguments)]
@@ -272,5 +406,156 @@ pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
 pub fn accumulate(x: &[f32], y: &mut [f32]) {
     for (yi, &xi) in y.iter_mut().zip(x) {
         *yi += xi;
+    }
+}
+
+/// `torch.optim.SGD`'s update with dampening 0, see [`crate::graph::Op::Sgd`].
+/// `momentum` is `(buffer, μ, nesterov)`.
+pub fn sgd(
+    param: &mut [f32],
+    grad: &[f32],
+    momentum: Option<(&mut [f32], f32, bool)>,
+    lr: f32,
+    weight_decay: f32,
+) {
+    let (lr, wd) = (lr as f64, weight_decay as f64);
+    match momentum {
+        None => {
+            for (p, &g) in param.iter_mut().zip(grad) {
+                let d = g as f64 + wd * *p as f64;
+                *p = (*p as f64 - lr * d) as f32;
+            }
+        }
+        Some((buf, mu, nesterov)) => {
+            let mu = mu as f64;
+            for ((p, &g), b) in param.iter_mut().zip(grad).zip(buf) {
+                let d = g as f64 + wd * *p as f64;
+                let nb = mu * *b as f64 + d;
+                *b = nb as f32;
+                let step = if nesterov { d + mu * nb } else { nb };
+                *p = (*p as f64 - lr * step) as f32;
+            }
+        }
+    }
+}
+
+/// Adam's constants, as in `torch.optim.Adam` / `AdamW`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamParams {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// AdamW's decoupled decay instead of Adam's L2 term.
+    pub decoupled: bool,
+}
+
+/// One Adam/AdamW step at training step `step` (1 on the first), see
+/// [`crate::graph::Op::Adam`]. Follows torch's single-tensor implementation:
+/// `denom = √v / √(1-β₂ᵗ) + eps`, `param -= lr / (1-β₁ᵗ) · m / denom`.
+pub fn adam(
+    param: &mut [f32],
+    grad: &[f32],
+    exp_avg: &mut [f32],
+    exp_avg_sq: &mut [f32],
+    step: u32,
+    h: AdamParams,
+) {
+    let (lr, b1, b2, eps, wd) = (
+        h.lr as f64,
+        h.beta1 as f64,
+        h.beta2 as f64,
+        h.eps as f64,
+        h.weight_decay as f64,
+    );
+    let t = step as f64;
+    let bc1 = 1.0 - b1.powf(t);
+    let bc2_sqrt = (1.0 - b2.powf(t)).sqrt();
+    for i in 0..param.len() {
+        let mut p = param[i] as f64;
+        let mut g = grad[i] as f64;
+        if h.decoupled {
+            p *= 1.0 - lr * wd;
+        } else {
+            g += wd * p;
+        }
+        let m = b1 * exp_avg[i] as f64 + (1.0 - b1) * g;
+        let v = b2 * exp_avg_sq[i] as f64 + (1.0 - b2) * g * g;
+        exp_avg[i] = m as f32;
+        exp_avg_sq[i] = v as f32;
+        let denom = v.sqrt() / bc2_sqrt + eps;
+        param[i] = (p - lr / bc1 * m / denom) as f32;
+    }
+}
+
+/// Merges two scaled sums of squares `(s, q)`, each standing for `s²·q` with `s` the
+/// largest magnitude seen. The CPU twin of `merge` in `shaders/clip.wgsl`, in `f64`, so
+/// both backends agree on non-finite input too: NaN poisons the result, and equal
+/// infinities add their counts instead of dividing inf by inf.
+pub fn merge_scaled_squares(p: (f64, f64), q: (f64, f64)) -> (f64, f64) {
+    if p.0.is_nan() || q.0.is_nan() {
+        return (f64::NAN, f64::NAN);
+    }
+    if q.0 > p.0 {
+        let r = p.0 / q.0;
+        return (q.0, q.1 + p.1 * r * r);
+    }
+    if q.0 == 0.0 {
+        return p;
+    }
+    let r = if q.0 == p.0 { 1.0 } else { q.0 / p.0 };
+    (p.0, p.1 + q.1 * r * r)
+}
+
+/// The partials of [`crate::graph::Op::NormPartials`]: `out` holds `groups` pairs.
+pub fn norm_partials(x: &[f32], out: &mut [f32], groups: usize, block: usize) {
+    for j in 0..groups {
+        let mut acc = (0.0, 0.0);
+        for (b, chunk) in x.chunks(block).enumerate() {
+            if b % groups == j {
+                for &v in chunk {
+                    acc = merge_scaled_squares(acc, ((v as f64).abs(), 1.0));
+                }
+            }
+        }
+        out[2 * j] = acc.0 as f32;
+        out[2 * j + 1] = acc.1 as f32;
+    }
+}
+
+/// Total norm and clip coefficient from the partial pairs, as
+/// `torch.nn.utils.clip_grad_norm_`: the coefficient is computed in `f32` from the `f32`
+/// total, exactly as torch does, and clamped so that NaN stays NaN.
+pub fn clip_coef(partials: &[f32], max_norm: f32) -> (f32, f32) {
+    let acc = partials.chunks(2).fold((0.0, 0.0), |acc, p| {
+        merge_scaled_squares(acc, (p[0] as f64, p[1] as f64))
+    });
+    let total = (acc.0 * acc.1.sqrt()) as f32;
+    let coef = max_norm / (total + 1e-6);
+    (total, if coef > 1.0 { 1.0 } else { coef })
+}
+
+pub fn scale_by(x: &mut [f32], coef: f32) {
+    for v in x {
+        *v *= coef;
+    }
+}
+
+pub fn clamp_value(x: &mut [f32], limit: f32) {
+    for v in x {
+        *v = v.clamp(-limit, limit);
+    }
+}
+
+/// Inverted dropout with the counter-based mask, see [`crate::graph::Op::Dropout`].
+pub fn dropout(x: &[f32], y: &mut [f32], p: f32, stream: u32, step: u32) {
+    let scale = crate::graph::dropout_scale(p);
+    for (i, (yi, &xi)) in y.iter_mut().zip(x).enumerate() {
+        *yi = if rng_uniform(stream, step, i as u32) >= p {
+            xi * scale
+        } else {
+            0.0
+        };
     }
 }

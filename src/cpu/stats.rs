@@ -30,8 +30,9 @@ pub fn activation_stats(
         (mean, var.sqrt())
     };
     let dead_fraction = if dead {
+        // A unit is alive when some row is > 0; NaN counts as not alive, as in the kernel.
         let dead_units = (0..cols)
-            .filter(|&c| (0..rows).all(|r| !(act_in[r * cols + c] > 0.0)))
+            .filter(|&c| !(0..rows).any(|r| act_in[r * cols + c] > 0.0))
             .count();
         dead_units as f64 / cols as f64
     } else {

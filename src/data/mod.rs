@@ -1,6 +1,17 @@
-//! In-memory datasets and the built-in synthetic data.
+//! In-memory datasets, loaders for data files, standardization and splitting, and the
+//! built-in synthetic data.
 
+mod array;
+mod csv;
+mod idx;
+mod load;
+mod npy;
+mod prep;
+mod safetensors;
 pub mod synthetic;
+
+pub use load::{load, Column, Format, Header, LoadOptions, Task};
+pub use prep::{split, Standardizer};
 
 use anyhow::{ensure, Result};
 

@@ -206,9 +206,11 @@ pub fn detect(spec: &MlpSpec, history: &[StepStats], cfg: &DetectorConfig) -> Ve
             .then(|| v.iter().sum::<f32>() / v.len() as f32)
     };
     let layers = history[0].layers.len();
+    // Only a zero slope kills a unit; leaky variants keep passing a scaled gradient.
+    let rectifier = spec.activation.negative_slope() == Some(0.0);
     let dead: Vec<(usize, f32)> = (0..layers)
         .filter_map(|l| mean_of(&|s| s.dead, l).map(|d| (l, d)))
-        .filter(|&(_, d)| d >= cfg.dead_fraction)
+        .filter(|&(_, d)| rectifier && d >= cfg.dead_fraction)
         .collect();
     if !dead.is_empty() {
         out.push(Warning {
@@ -407,9 +409,10 @@ impl<'a> Advice<'a> {
     fn non_saturating(&self) -> Option<String> {
         self.saturating().then(|| {
             format!(
-                "use a non-saturating activation: relu with he-normal init \
-                 (--activation relu --init he-normal); {}'s derivative is at most {} and near \
-                 zero when saturated, so gradients shrink at every layer",
+                "use a non-saturating activation: relu or elu with he-normal init \
+                 (--activation relu --init he-normal), or selu with lecun-normal; {}'s \
+                 derivative is at most {} and near zero when saturated, so gradients shrink \
+                 at every layer",
                 self.spec.activation,
                 if self.spec.activation == Activation::Sigmoid {
                     "0.25"
@@ -436,6 +439,22 @@ impl<'a> Advice<'a> {
         })
     }
 
+    fn leaky(&self) -> Option<String> {
+        (self.spec.activation == Activation::Relu).then(|| {
+            "use leaky ReLU or ELU (--activation leaky-relu or elu): units on the negative \
+             side keep a gradient and can recover"
+                .to_string()
+        })
+    }
+
+    fn clip(&self) -> Option<String> {
+        self.spec.clip.is_none().then(|| {
+            "clip the gradient norm (--clip-norm 1): one bad batch can no longer throw the \
+             weights far"
+                .to_string()
+        })
+    }
+
     fn lower_lr(&self) -> Option<String> {
         let lr = self.spec.optimizer.lr();
         Some(format!(
@@ -458,16 +477,21 @@ impl<'a> Advice<'a> {
     }
 
     fn exploding(&self) -> Vec<String> {
-        [self.init(), self.batch_norm(), self.lower_lr()]
+        [self.init(), self.batch_norm(), self.clip(), self.lower_lr()]
             .into_iter()
             .flatten()
             .collect()
     }
 
     fn dying(&self) -> Vec<String> {
-        [self.init(), self.batch_norm(), self.lower_lr()]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            self.init(),
+            self.leaky(),
+            self.batch_norm(),
+            self.lower_lr(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }

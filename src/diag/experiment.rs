@@ -7,7 +7,7 @@ use super::{NonFiniteError, StepStats};
 use crate::data::Dataset;
 use crate::engine::Engine;
 use crate::graph::Activation;
-use crate::model::{BatchNorm, FitOptions, Init, MlpSpec, Model, Optimizer};
+use crate::model::{BatchNorm, Clip, FitOptions, Init, MlpSpec, Model, Optimizer};
 use anyhow::Result;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -22,6 +22,8 @@ pub struct Config {
     pub batch_norm: bool,
     /// Multiplies the experiment's learning rate.
     pub lr_scale: f32,
+    /// Gradient clipping by global norm.
+    pub clip_norm: Option<f32>,
 }
 
 impl Config {
@@ -32,6 +34,7 @@ impl Config {
             init,
             batch_norm: false,
             lr_scale: 1.0,
+            clip_norm: None,
         }
     }
     fn batch_norm(mut self) -> Config {
@@ -42,6 +45,11 @@ impl Config {
     fn lr_scale(mut self, scale: f32) -> Config {
         self.lr_scale = scale;
         self.label.push_str(&format!(" + lr ×{scale}"));
+        self
+    }
+    fn clip_norm(mut self, max_norm: f32) -> Config {
+        self.clip_norm = Some(max_norm);
+        self.label.push_str(&format!(" + clip {max_norm}"));
         self
     }
 }
@@ -56,8 +64,13 @@ pub fn vanishing_configs(high_lr_scale: f32) -> Vec<Config> {
         Config::new(Activation::Sigmoid, normal),
         Config::new(Activation::Tanh, Init::GlorotUniform),
         Config::new(Activation::Relu, Init::HeNormal),
+        Config::new(Activation::ELU, Init::HeNormal),
+        Config::new(Activation::Selu, Init::LecunNormal),
         Config::new(Activation::Sigmoid, normal).batch_norm(),
         Config::new(Activation::Relu, Init::HeNormal).lr_scale(high_lr_scale),
+        Config::new(Activation::Relu, Init::HeNormal)
+            .lr_scale(high_lr_scale)
+            .clip_norm(1.0),
     ]
 }
 
@@ -86,7 +99,7 @@ impl Default for ExperimentOptions {
             epochs: 15,
             points: 200,
             lr: 0.1,
-            high_lr_scale: 50.0,
+            high_lr_scale: 20.0,
             stats_every: 5,
             seed: 7,
         }
@@ -121,12 +134,13 @@ impl ExperimentOptions {
         let mut spec = MlpSpec::new(2, &vec![self.width; self.depth], 3)
             .activation(c.activation)
             .init(c.init)
-            .optimizer(Optimizer::Sgd {
-                lr: self.lr * c.lr_scale,
-            })
+            .optimizer(Optimizer::sgd(self.lr * c.lr_scale))
             .seed(self.seed);
         if c.batch_norm {
             spec = spec.batch_norm(BatchNorm::default());
+        }
+        if let Some(max_norm) = c.clip_norm {
+            spec = spec.clip(Clip::Norm(max_norm));
         }
         spec
     }

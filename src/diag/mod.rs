@@ -112,7 +112,13 @@ impl StepStats {
         StepStats {
             step: record[g + st::STEP].to_bits() as u64,
             epoch,
-            loss: record[g + st::LOSS + st::ACT_MEAN],
+            // The statistics leave non-finite rows out; the batch loss itself is not finite
+            // when any row's is.
+            loss: if record[g + st::LOSS + st::ACT_NONFINITE] > 0.0 {
+                f32::NAN
+            } else {
+                record[g + st::LOSS + st::ACT_MEAN]
+            },
             accuracy: (spec.loss == crate::Loss::SoftmaxCrossEntropy)
                 .then_some(record[g + st::CORRECT + st::ACT_MEAN]),
             layers,

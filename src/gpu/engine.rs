@@ -4,7 +4,9 @@
 use super::kernels::{KernelKey, Kernels, Shader};
 use super::GpuContext;
 use crate::engine::{Engine, PendingRead, PlanId};
-use crate::graph::{Hyper, Loss, Op, PersistentDesc, Plan, Stage, Storage, TensorId};
+use crate::graph::{
+    dropout_scale, Hyper, Loss, Op, PersistentDesc, Plan, Stage, Storage, TensorId,
+};
 use anyhow::{bail, ensure, Context, Result};
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
@@ -214,7 +216,7 @@ impl GpuEngine {
                 let (bx, by) = (buf(x), buf(y));
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Activation, "forward").with("ACT", act as u32),
+                    KernelKey::activation("forward", act),
                     Some([u(len)?, 0, 0, 0]),
                     &[(1, &bx), (4, &by)],
                     g,
@@ -231,9 +233,84 @@ impl GpuEngine {
                 let (bx, by, bdy, bdx) = (buf(x), buf(y), buf(dy), buf(dx));
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Activation, "backward").with("ACT", act as u32),
+                    KernelKey::activation("backward", act),
                     Some([u(len)?, 0, 0, 0]),
                     &[(1, &bx), (2, &by), (3, &bdy), (4, &bdx)],
+                    g,
+                )
+            }
+            Op::RreluTrain {
+                x,
+                y,
+                step,
+                stream,
+                lower,
+                upper,
+                len,
+            } => {
+                let (bx, by, bs) = (buf(x), buf(y), buf(step));
+                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                self.dispatch(
+                    KernelKey::new(Shader::Activation, "rrelu_forward")
+                        .with_f32("LOWER", lower)
+                        .with_f32("UPPER", upper),
+                    Some([u(len)?, 0, stream, 0]),
+                    &[(1, &bx), (4, &by), (5, &bs)],
+                    g,
+                )
+            }
+            Op::RreluTrainBackward {
+                x,
+                dy,
+                dx,
+                step,
+                stream,
+                lower,
+                upper,
+                len,
+            } => {
+                let (bx, bdy, bdx, bs) = (buf(x), buf(dy), buf(dx), buf(step));
+                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                self.dispatch(
+                    KernelKey::new(Shader::Activation, "rrelu_backward")
+                        .with_f32("LOWER", lower)
+                        .with_f32("UPPER", upper),
+                    Some([u(len)?, 0, stream, 0]),
+                    &[(1, &bx), (3, &bdy), (4, &bdx), (5, &bs)],
+                    g,
+                )
+            }
+            Op::Prelu {
+                x,
+                weight,
+                y,
+                len,
+                units,
+            } => {
+                let (bx, bw, by) = (buf(x), buf(weight), buf(y));
+                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                self.dispatch(
+                    KernelKey::new(Shader::Activation, "prelu_forward"),
+                    Some([u(len)?, u(units)?, 0, 0]),
+                    &[(1, &bx), (4, &by), (6, &bw)],
+                    g,
+                )
+            }
+            Op::PreluBackward {
+                x,
+                weight,
+                dy,
+                dx,
+                dw_terms,
+                len,
+                units,
+            } => {
+                let (bx, bw, bdy, bdx, bt) = (buf(x), buf(weight), buf(dy), buf(dx), buf(dw_terms));
+                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                self.dispatch(
+                    KernelKey::new(Shader::Activation, "prelu_backward"),
+                    Some([u(len)?, u(units)?, 0, 0]),
+                    &[(1, &bx), (3, &bdy), (4, &bdx), (6, &bw), (7, &bt)],
                     g,
                 )
             }
@@ -392,10 +469,174 @@ impl GpuEngine {
             Op::SgdStep { param, grad, len } => {
                 let (bp, bg, bh) = (buf(param), buf(grad), self.hyper.clone());
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                let consts = self.constants([0.0; 8]);
                 self.dispatch(
                     KernelKey::new(Shader::Optim, "sgd"),
                     Some([u(len)?, 0, 0, 0]),
-                    &[(1, &bp), (2, &bg), (3, &bh)],
+                    &[(1, &bp), (2, &bg), (3, &bh), (5, &consts)],
+                    g,
+                )
+            }
+            Op::Sgd {
+                param,
+                grad,
+                len,
+                momentum,
+                weight_decay,
+            } => {
+                let (bp, bg, bh) = (buf(param), buf(grad), self.hyper.clone());
+                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                match momentum {
+                    None => {
+                        let consts =
+                            self.constants([0.0, 0.0, 0.0, weight_decay, 0.0, 0.0, 0.0, 0.0]);
+                        self.dispatch(
+                            KernelKey::new(Shader::Optim, "sgd"),
+                            Some([u(len)?, 0, 0, 0]),
+                            &[(1, &bp), (2, &bg), (3, &bh), (5, &consts)],
+                            g,
+                        )
+                    }
+                    Some(m) => {
+                        let bb = buf(m.buffer);
+                        let consts = self.constants([
+                            m.momentum,
+                            0.0,
+                            0.0,
+                            weight_decay,
+                            0.0,
+                            0.0,
+                            0.0,
+                            0.0,
+                        ]);
+                        self.dispatch(
+                            KernelKey::new(Shader::Optim, "sgd_momentum"),
+                            Some([u(len)?, m.nesterov as u32, 0, 0]),
+                            &[(1, &bp), (2, &bg), (3, &bh), (5, &consts), (6, &bb)],
+                            g,
+                        )
+                    }
+                }
+            }
+            Op::Adam {
+                param,
+                grad,
+                exp_avg,
+                exp_avg_sq,
+                step,
+                len,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                decoupled,
+            } => {
+                let (bp, bg, bh, bs, bm, bv) = (
+                    buf(param),
+                    buf(grad),
+                    self.hyper.clone(),
+                    buf(step),
+                    buf(exp_avg),
+                    buf(exp_avg_sq),
+                );
+                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                // ln β in f64 on the host: the kernel's bias correction needs it accurately.
+                let ln = |b: f32| if b > 0.0 { (b as f64).ln() as f32 } else { 0.0 };
+                let consts = self.constants([
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    ln(beta1),
+                    ln(beta2),
+                    0.0,
+                    0.0,
+                ]);
+                self.dispatch(
+                    KernelKey::new(Shader::Optim, "adam"),
+                    Some([u(len)?, decoupled as u32, 0, 0]),
+                    &[
+                        (1, &bp),
+                        (2, &bg),
+                        (3, &bh),
+                        (4, &bs),
+                        (5, &consts),
+                        (6, &bm),
+                        (7, &bv),
+                    ],
+                    g,
+                )
+            }
+            Op::NormPartials {
+                x,
+                len,
+                partials,
+                first,
+                groups,
+                ..
+            } => {
+                let (bx, bp) = (buf(x), buf(partials));
+                let max = self.ctx.limits.max_compute_workgroups_per_dimension as usize;
+                ensure!(
+                    groups <= max,
+                    "{groups} norm partials exceed the device's dispatch limit"
+                );
+                self.dispatch(
+                    KernelKey::new(Shader::Clip, "norm_partials"),
+                    Some([u(len)?, u(first)?, u(groups)?, 0]),
+                    &[(2, &bx), (3, &bp)],
+                    [groups as u32, 1, 1],
+                )
+            }
+            Op::ClipCoef {
+                partials,
+                slots,
+                total_norm,
+                coef,
+                max_norm,
+            } => {
+                let (bp, bt, bc) = (buf(partials), buf(total_norm), buf(coef));
+                self.dispatch(
+                    KernelKey::new(Shader::Clip, "clip_coef"),
+                    Some([u(slots)?, 0, 0, max_norm.to_bits()]),
+                    &[(4, &bp), (5, &bt), (6, &bc)],
+                    [1, 1, 1],
+                )
+            }
+            Op::ScaleBy { x, coef, len } => {
+                let (bx, bc) = (buf(x), buf(coef));
+                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                self.dispatch(
+                    KernelKey::new(Shader::Clip, "scale_by"),
+                    Some([u(len)?, 0, 0, 0]),
+                    &[(1, &bx), (7, &bc)],
+                    g,
+                )
+            }
+            Op::ClampValue { x, len, limit } => {
+                let bx = buf(x);
+                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                self.dispatch(
+                    KernelKey::new(Shader::Clip, "clamp_value"),
+                    Some([u(len)?, 0, 0, limit.to_bits()]),
+                    &[(1, &bx)],
+                    g,
+                )
+            }
+            Op::Dropout {
+                x,
+                y,
+                step,
+                len,
+                p,
+                stream,
+            } => {
+                let (bx, by, bs) = (buf(x), buf(y), buf(step));
+                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
+                self.dispatch(
+                    KernelKey::new(Shader::Dropout, "dropout"),
+                    Some([u(len)?, stream, p.to_bits(), dropout_scale(p).to_bits()]),
+                    &[(1, &bx), (2, &by), (3, &bs)],
                     g,
                 )
             }
@@ -479,6 +720,18 @@ impl GpuEngine {
                 )
             }
         }
+    }
+
+    /// An op's fixed non-size constants (decay rates, eps) as a small uniform, made once
+    /// at compile time like the shape uniform. `optim.wgsl` reads eight.
+    fn constants(&self, values: [f32; 8]) -> wgpu::Buffer {
+        self.ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("constants"),
+                contents: bytemuck::cast_slice(&values),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
     }
 
     #[allow(clippy::too_many_arguments)]

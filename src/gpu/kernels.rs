@@ -1,6 +1,7 @@
 //! WGSL sources and the pipeline cache. Pipelines are keyed by shader, entry point and
 //! override constants, so a plan with twenty layers of the same activation creates one.
 
+use crate::graph::Activation;
 use anyhow::{bail, Result};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ pub enum Shader {
     Optim,
     BatchNorm,
     Elementwise,
+    Clip,
+    Dropout,
     Stats,
 }
 
@@ -22,7 +25,7 @@ impl Shader {
     /// Shared WGSL helpers a kernel file may call; prepended to its source.
     fn prelude(self) -> &'static [&'static str] {
         match self {
-            Shader::Activation => &[RNG],
+            Shader::Activation | Shader::Dropout => &[RNG],
             _ => &[],
         }
     }
@@ -42,6 +45,8 @@ impl Shader {
             Shader::Optim => include_str!("../../shaders/optim.wgsl"),
             Shader::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),
             Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
+            Shader::Clip => include_str!("../../shaders/clip.wgsl"),
+            Shader::Dropout => include_str!("../../shaders/dropout.wgsl"),
             Shader::Stats => include_str!("../../shaders/stats.wgsl"),
         }
     }
@@ -55,6 +60,9 @@ pub struct KernelKey {
     pub entry: &'static str,
     /// Override constants; values are stored as integers (bools as 0/1).
     pub constants: Vec<(&'static str, u32)>,
+    /// `f32` override constants (activation slopes), kept as bits so the key stays
+    /// `Eq + Hash`; the bits round-trip exactly through the `f64` wgpu takes.
+    pub float_constants: Vec<(&'static str, u32)>,
 }
 
 impl KernelKey {
@@ -63,11 +71,30 @@ impl KernelKey {
             shader,
             entry,
             constants: Vec::new(),
+            float_constants: Vec::new(),
         }
     }
     pub fn with(mut self, name: &'static str, value: u32) -> Self {
         self.constants.push((name, value));
         self
+    }
+    pub fn with_f32(mut self, name: &'static str, value: f32) -> Self {
+        self.float_constants.push((name, value.to_bits()));
+        self
+    }
+
+    /// An entry point of `shaders/activation.wgsl` specialised for `act`: its kind and
+    /// constant parameters become override constants, so each distinct activation gets
+    /// its own pipeline and shares it across layers.
+    pub fn activation(entry: &'static str, act: Activation) -> Self {
+        let mut key = KernelKey::new(Shader::Activation, entry).with("ACT", act.kernel_id());
+        if let Some(slope) = act.negative_slope() {
+            key = key.with_f32("SLOPE", slope);
+        }
+        if let Activation::Elu { alpha } = act {
+            key = key.with_f32("ALPHA", alpha);
+        }
+        key
     }
 }
 
@@ -93,8 +120,16 @@ impl Kernels {
                 source: wgpu::ShaderSource::Wgsl(key.shader.source().into()),
             })
         });
-        let constants: Vec<(&str, f64)> =
-            key.constants.iter().map(|&(n, v)| (n, v as f64)).collect();
+        let constants: Vec<(&str, f64)> = key
+            .constants
+            .iter()
+            .map(|&(n, v)| (n, v as f64))
+            .chain(
+                key.float_constants
+                    .iter()
+                    .map(|&(n, v)| (n, f32::from_bits(v) as f64)),
+            )
+            .collect();
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(key.entry),
             layout: None,

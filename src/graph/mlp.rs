@@ -7,9 +7,15 @@
 //! [`Builder::both`]; mode-dependent ones (dropout, batch norm) push to each separately.
 
 use super::stats::{self as st, GUARD_SLOT_NAME};
-use super::{target_len, Op, PersistentDesc, Plan, Storage, TensorId, METRICS_LEN};
-use crate::model::spec::{METRICS_SLOT_NAME, STEP_SLOT_NAME};
-use crate::model::{BnPlacement, MlpSpec};
+use super::{
+    target_len, Activation, Momentum, Op, PersistentDesc, Plan, Storage, TensorId, METRICS_LEN,
+    NORM_BLOCK,
+};
+use crate::model::spec::{
+    prelu_weight_name, rrelu_stream, GRAD_NORM_SLOT_NAME, METRICS_SLOT_NAME, STEP_SLOT_NAME,
+};
+use crate::model::{BnPlacement, Clip, MlpSpec, Optimizer};
+use anyhow::Context;
 
 /// Builds forward, evaluation and training ops for `rows` rows per batch.
 /// `persistent` must be `spec.persistent()`; slots are found by name.
@@ -83,8 +89,10 @@ pub fn build_from(
             b.flush_skip_grads(l, grad);
         }
     }
+    // The guard and statistics read the raw gradients here, before clipping changes them.
     let backward_end = b.p.train.len();
-    b.updates();
+    b.clip_gradients()?;
+    b.updates()?;
     if spec.batch_norm.is_some() && rows < 2 {
         b.p.train.clear();
         b.p.train_error = Some(format!(
@@ -125,6 +133,35 @@ struct Layer {
     skip: Option<Skip>,
     /// What the next layer reads.
     out: TensorId,
+    dropout: Option<DropoutSite>,
+    /// The extra tensor the activation's backward pass reads: PReLU's slope, or the
+    /// step counter RReLU's random slopes derive from.
+    act_extra: Option<TensorId>,
+}
+
+/// Dropout after a hidden layer's activation, in training only.
+struct DropoutSite {
+    /// The activation output before dropout; in training `Layer::out` holds it after.
+    pre: TensorId,
+    step: TensorId,
+    p: f32,
+    stream: u32,
+}
+
+/// The random stream of hidden layer `l`'s dropout masks: derived from the model seed so
+/// other seeds draw other masks, and mixed with a dropout tag (splitmix64's finaliser) so
+/// it is unlikely to meet another layer's or another random consumer's stream.
+fn dropout_stream(seed: u64, l: usize) -> u32 {
+    let mut z = seed ^ 0xD50F_0000_0000_0000 ^ l as u64;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as u32
+}
+
+/// Workgroups (partials) per gradient tensor for the norm: each reduces at least 16 blocks
+/// before writing, and at most 64 per tensor bound the finalising reduction's work.
+fn norm_groups(len: usize) -> usize {
+    len.div_ceil(16 * NORM_BLOCK).clamp(1, 64)
 }
 
 struct BnTensors {
@@ -221,6 +258,8 @@ impl Builder<'_> {
             bn_after: None,
             skip: None,
             out: z,
+            dropout: None,
+            act_extra: None,
         };
         if self.is_output(l) {
             return Ok(layer);
@@ -232,12 +271,37 @@ impl Builder<'_> {
             layer.act_in = y;
         }
         let h = self.local(format!("layers.{l}.h"), &[rows, fan_out]);
-        self.both(Op::Activate {
-            act: self.spec.activation,
-            x: layer.act_in,
-            y: h,
-            len: rows * fan_out,
-        });
+        // Frozen layers run in inference mode: no dropout.
+        let dropout_p = self
+            .spec
+            .dropout_p(l)
+            .filter(|_| l >= self.spec.frozen_layers);
+        match dropout_p {
+            None => layer.act_extra = self.activation_forward(l, layer.act_in, h, h, fan_out)?,
+            Some(p) => {
+                // Evaluation activates straight into `h`, the tensor the next layer reads,
+                // and runs no dropout op; training activates into `pre` and drops out
+                // `pre` into `h`.
+                let pre = self.local(format!("layers.{l}.act"), &[rows, fan_out]);
+                let step = self.step_counter()?;
+                let stream = dropout_stream(self.spec.seed, l);
+                layer.act_extra = self.activation_forward(l, layer.act_in, h, pre, fan_out)?;
+                self.p.train.push(Op::Dropout {
+                    x: pre,
+                    y: h,
+                    step,
+                    len: rows * fan_out,
+                    p,
+                    stream,
+                });
+                layer.dropout = Some(DropoutSite {
+                    pre,
+                    step,
+                    p,
+                    stream,
+                });
+            }
+        }
         layer.act_out = h;
         layer.out = h;
         if placement == Some(BnPlacement::AfterActivation) {
@@ -282,6 +346,140 @@ impl Builder<'_> {
             layer.out = sum;
         }
         Ok(layer)
+    }
+
+    /// `y = f(x)` for hidden layer `l` of `width` units, into `y_eval` in evaluation and
+    /// `y_train` in training (they differ when dropout follows); returns what the backward
+    /// pass needs besides `x` and `y` (see [`Layer::act_extra`]).
+    fn activation_forward(
+        &mut self,
+        l: usize,
+        z: TensorId,
+        y_eval: TensorId,
+        y_train: TensorId,
+        width: usize,
+    ) -> anyhow::Result<Option<TensorId>> {
+        let act = self.spec.activation;
+        let len = self.rows * width;
+        let frozen = l < self.spec.frozen_layers;
+        let activate = |y| Op::Activate { act, x: z, y, len };
+        match act {
+            Activation::Prelu { per_unit, .. } => {
+                let units = if per_unit { width } else { 1 };
+                let weight = self.persistent(&prelu_weight_name(l), &[units])?;
+                let prelu = |y| Op::Prelu {
+                    x: z,
+                    weight,
+                    y,
+                    len,
+                    units,
+                };
+                self.p.forward.push(prelu(y_eval));
+                self.p.train.push(prelu(y_train));
+                Ok(Some(weight))
+            }
+            Activation::Rrelu { .. } if frozen => {
+                // Frozen layers run in inference mode: the mean slope, nothing random.
+                self.p.forward.push(activate(y_eval));
+                self.p.train.push(activate(y_train));
+                Ok(None)
+            }
+            Activation::Rrelu { lower, upper } => {
+                // Evaluation uses the mean slope, as torch.nn.RReLU in eval mode.
+                self.p.forward.push(activate(y_eval));
+                let step = self.p.find(STEP_SLOT_NAME).ok_or_else(|| {
+                    anyhow::anyhow!("the plan has no step counter for RReLU's slopes")
+                })?;
+                self.p.train.push(Op::RreluTrain {
+                    x: z,
+                    y: y_train,
+                    step,
+                    stream: rrelu_stream(l),
+                    lower,
+                    upper,
+                    len,
+                });
+                Ok(Some(step))
+            }
+            _ => {
+                self.p.forward.push(activate(y_eval));
+                self.p.train.push(activate(y_train));
+                Ok(None)
+            }
+        }
+    }
+
+    /// `dz = dh ⊙ f'(x)` for a hidden layer whose activation read `x` and wrote `y`
+    /// (before any dropout); PReLU also gets its slope's gradient.
+    fn activation_backward(&mut self, layer: &Layer, y: TensorId, dh: TensorId, dz: TensorId) {
+        let (l, rows, width) = (layer.index, self.rows, layer.fan_out);
+        let (x, len, act) = (layer.act_in, rows * width, self.spec.activation);
+        match (act, layer.act_extra) {
+            (Activation::Prelu { .. }, Some(weight)) => {
+                let units = self.p.tensors[weight].len();
+                let terms = self.local(format!("layers.{l}.act.weight.grad_terms"), &[rows, width]);
+                let dw = self.local(format!("layers.{l}.act.weight.grad"), &[units]);
+                self.p.train.push(Op::PreluBackward {
+                    x,
+                    weight,
+                    dy: dh,
+                    dx: dz,
+                    dw_terms: terms,
+                    len,
+                    units,
+                });
+                // Summed over the batch like a bias gradient; one slope per layer sums the
+                // per-unit sums too, in a second pass so the first stays parallel over units.
+                let per_unit = if units == width {
+                    dw
+                } else {
+                    self.local(format!("layers.{l}.act.weight.grad_units"), &[width])
+                };
+                self.p.train.push(Op::SumRows {
+                    x: terms,
+                    out: per_unit,
+                    rows,
+                    cols: width,
+                    accumulate: false,
+                });
+                if per_unit != dw {
+                    self.p.train.push(Op::SumRows {
+                        x: per_unit,
+                        out: dw,
+                        rows: width,
+                        cols: 1,
+                        accumulate: false,
+                    });
+                }
+                self.params.push((weight, dw));
+            }
+            (Activation::Rrelu { lower, upper }, Some(step)) => {
+                self.p.train.push(Op::RreluTrainBackward {
+                    x,
+                    dy: dh,
+                    dx: dz,
+                    step,
+                    stream: rrelu_stream(l),
+                    lower,
+                    upper,
+                    len,
+                });
+            }
+            _ => self.p.train.push(Op::ActivateBackward {
+                act,
+                x,
+                y,
+                dy: dh,
+                dx: dz,
+                len,
+            }),
+        }
+    }
+
+    fn step_counter(&self) -> anyhow::Result<TensorId> {
+        self.p
+            .find(STEP_SLOT_NAME)
+            .context("the plan has no step counter")
     }
 
     /// Batch norm of `x` (training statistics in `train`, running ones in `forward`);
@@ -459,14 +657,23 @@ impl Builder<'_> {
                 format!("{}.grad", self.p.tensors[layer.act_in].name),
                 &[rows, fan_out],
             );
-            self.p.train.push(Op::ActivateBackward {
-                act: self.spec.activation,
-                x: layer.act_in,
-                y: layer.act_out,
-                dy: dh,
-                dx: dact,
-                len: rows * fan_out,
-            });
+            // Dropout is its own adjoint: the same op on the gradient, redrawing the mask.
+            let (y, dy) = match &layer.dropout {
+                None => (layer.act_out, dh),
+                Some(d) => {
+                    let dpre = self.local(format!("layers.{l}.act.grad"), &[rows, fan_out]);
+                    self.p.train.push(Op::Dropout {
+                        x: dh,
+                        y: dpre,
+                        step: d.step,
+                        len: rows * fan_out,
+                        p: d.p,
+                        stream: d.stream,
+                    });
+                    (d.pre, dpre)
+                }
+            };
+            self.activation_backward(layer, y, dy, dact);
             match &layer.bn_before {
                 Some(bn) => self.batch_norm_backward(l, bn, dact),
                 None => dact,
@@ -545,14 +752,124 @@ impl Builder<'_> {
         }
     }
 
+    /// Gradient clipping over all trainable parameters, after the whole backward pass and
+    /// before any update, where torch code calls `clip_grad_norm_`/`clip_grad_value_`.
+    /// By norm it stays on the device: partial sums per tensor, one coefficient, scaling.
+    fn clip_gradients(&mut self) -> anyhow::Result<()> {
+        let grads: Vec<(TensorId, usize)> = self
+            .params
+            .iter()
+            .map(|&(_, g)| (g, self.p.tensors[g].len()))
+            .collect();
+        match self.spec.clip {
+            None => {}
+            Some(Clip::Value(limit)) => {
+                for (x, len) in grads {
+                    self.p.train.push(Op::ClampValue { x, len, limit });
+                }
+            }
+            Some(Clip::Norm(max_norm)) => {
+                let slots = grads.iter().map(|&(_, len)| norm_groups(len)).sum();
+                let partials = self.local("clip.partials", &[slots, 2]);
+                let mut first = 0;
+                for &(x, len) in &grads {
+                    let groups = norm_groups(len);
+                    self.p.train.push(Op::NormPartials {
+                        x,
+                        len,
+                        partials,
+                        first,
+                        groups,
+                        slots,
+                    });
+                    first += groups;
+                }
+                let total_norm = self.persistent(GRAD_NORM_SLOT_NAME, &[1])?;
+                let coef = self.local("clip.coef", &[1]);
+                self.p.train.push(Op::ClipCoef {
+                    partials,
+                    slots,
+                    total_norm,
+                    coef,
+                    max_norm,
+                });
+                for (x, len) in grads {
+                    self.p.train.push(Op::ScaleBy { x, coef, len });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Optimizer updates, after the whole backward pass so no gradient reads an updated
     /// weight.
-    fn updates(&mut self) {
-        for &(param, grad) in &self.params {
-            let len = self.p.tensors[param].len();
-            self.p.train.push(Op::SgdStep { param, grad, len });
+    fn updates(&mut self) -> anyhow::Result<()> {
+        for (param, grad) in self.params.clone() {
+            let op = self.update_op(param, grad)?;
+            self.p.train.push(op);
         }
         self.p.grads = self.params.clone();
+        Ok(())
+    }
+
+    /// The update of one parameter, with its optimizer state found by name.
+    fn update_op(&mut self, param: TensorId, grad: TensorId) -> anyhow::Result<Op> {
+        let t = &self.p.tensors[param];
+        let (name, shape, len) = (t.name.clone(), t.shape.clone(), t.len());
+        let state = |b: &mut Self, suffix: &str| b.persistent(&format!("{name}.{suffix}"), &shape);
+        Ok(match self.spec.optimizer {
+            Optimizer::Sgd {
+                momentum,
+                nesterov,
+                weight_decay,
+                ..
+            } => {
+                if momentum == 0.0 && weight_decay == 0.0 {
+                    Op::SgdStep { param, grad, len }
+                } else {
+                    let momentum = if momentum > 0.0 {
+                        Some(Momentum {
+                            buffer: state(self, "momentum_buffer")?,
+                            momentum,
+                            nesterov,
+                        })
+                    } else {
+                        None
+                    };
+                    Op::Sgd {
+                        param,
+                        grad,
+                        len,
+                        momentum,
+                        weight_decay,
+                    }
+                }
+            }
+            Optimizer::Adam {
+                betas,
+                eps,
+                weight_decay,
+                ..
+            }
+            | Optimizer::AdamW {
+                betas,
+                eps,
+                weight_decay,
+                ..
+            } => Op::Adam {
+                param,
+                grad,
+                exp_avg: state(self, "exp_avg")?,
+                exp_avg_sq: state(self, "exp_avg_sq")?,
+                step: self.step_counter()?,
+                len,
+                beta1: betas.0,
+                beta2: betas.1,
+                eps,
+                weight_decay,
+                decoupled: matches!(self.spec.optimizer, Optimizer::AdamW { .. }),
+            },
+        })
     }
 
     /// The non-finite guard, in `train` (every step), and the statistics ops of
@@ -619,7 +936,8 @@ impl Builder<'_> {
             pre.push(Op::ActivationStats {
                 out: layer.out,
                 act_in: layer.act_in,
-                act_out: layer.act_out,
+                // Saturation is a property of the activation, so before any dropout.
+                act_out: layer.dropout.as_ref().map_or(layer.act_out, |d| d.pre),
                 rows,
                 cols: layer.fan_out,
                 dead: hidden && st::has_dead_units(act),

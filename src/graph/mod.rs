@@ -13,52 +13,227 @@ use std::fmt;
 /// Index into [`Plan::tensors`].
 pub type TensorId = usize;
 
-/// Elementwise nonlinearities. The discriminant is the WGSL `ACT` override constant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Elementwise nonlinearities, with PyTorch's definitions and defaults (the `torch.nn`
+/// module of the same name). Parameters are constants of the compiled kernels (WGSL
+/// override constants), except PReLU's slope, which is a trained parameter.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Activation {
-    Identity = 0,
-    Sigmoid = 1,
-    Tanh = 2,
-    Relu = 3,
+    Identity,
+    Sigmoid,
+    Tanh,
+    Relu,
+    /// `x` for `x > 0`, else `slope·x` (`torch.nn.LeakyReLU(negative_slope=slope)`).
+    LeakyRelu {
+        slope: f32,
+    },
+    /// Leaky ReLU whose slope is drawn from U(lower, upper) per element and step in
+    /// training and is the mean `(lower + upper) / 2` in evaluation (`torch.nn.RReLU`).
+    Rrelu {
+        lower: f32,
+        upper: f32,
+    },
+    /// Leaky ReLU with a learned slope starting at `init`: one per layer, or one per unit
+    /// when `per_unit` (`torch.nn.PReLU(num_parameters=1 or width, init)`).
+    Prelu {
+        per_unit: bool,
+        init: f32,
+    },
+    /// `x` for `x > 0`, else `alpha·(eˣ − 1)` (`torch.nn.ELU(alpha)`).
+    Elu {
+        alpha: f32,
+    },
+    /// `scale·elu(x, alpha)` with the fixed constants of Klambauer et al. (`torch.nn.SELU`).
+    Selu,
+    /// `x·Φ(x)` with the exact normal CDF (`torch.nn.GELU(approximate='none')`).
+    Gelu,
+    /// `½x·(1 + tanh(√(2/π)·(x + 0.044715x³)))` (`torch.nn.GELU(approximate='tanh')`).
+    GeluTanh,
 }
 
+/// SELU's constants, as in PyTorch (`torch.nn.SELU`), from Klambauer et al. 2017.
+pub const SELU_ALPHA: f64 = 1.673_263_242_354_377_284_817_042_991_671_7;
+pub const SELU_SCALE: f64 = 1.050_700_987_355_480_493_419_334_985_294_6;
+
 impl Activation {
-    pub const ALL: [Activation; 4] = [
+    /// Each activation with PyTorch's default parameters.
+    pub const LEAKY_RELU: Activation = Activation::LeakyRelu { slope: 0.01 };
+    pub const RRELU: Activation = Activation::Rrelu {
+        lower: 1.0 / 8.0,
+        upper: 1.0 / 3.0,
+    };
+    pub const PRELU: Activation = Activation::Prelu {
+        per_unit: false,
+        init: 0.25,
+    };
+    pub const PRELU_UNIT: Activation = Activation::Prelu {
+        per_unit: true,
+        init: 0.25,
+    };
+    pub const ELU: Activation = Activation::Elu { alpha: 1.0 };
+
+    /// Every kind, with default parameters.
+    pub const ALL: [Activation; 12] = [
         Activation::Identity,
         Activation::Sigmoid,
         Activation::Tanh,
         Activation::Relu,
+        Activation::LEAKY_RELU,
+        Activation::RRELU,
+        Activation::PRELU,
+        Activation::PRELU_UNIT,
+        Activation::ELU,
+        Activation::Selu,
+        Activation::Gelu,
+        Activation::GeluTanh,
     ];
 
+    /// The kind's name, without parameters (see `Display` for the full form).
     pub fn name(self) -> &'static str {
         match self {
             Activation::Identity => "identity",
             Activation::Sigmoid => "sigmoid",
             Activation::Tanh => "tanh",
             Activation::Relu => "relu",
+            Activation::LeakyRelu { .. } => "leaky-relu",
+            Activation::Rrelu { .. } => "rrelu",
+            Activation::Prelu {
+                per_unit: false, ..
+            } => "prelu",
+            Activation::Prelu { per_unit: true, .. } => "prelu-unit",
+            Activation::Elu { .. } => "elu",
+            Activation::Selu => "selu",
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu-tanh",
         }
+    }
+
+    /// The WGSL `ACT` override constant selecting this kind in `shaders/activation.wgsl`.
+    pub fn kernel_id(self) -> u32 {
+        match self {
+            Activation::Identity => 0,
+            Activation::Sigmoid => 1,
+            Activation::Tanh => 2,
+            Activation::Relu => 3,
+            Activation::LeakyRelu { .. } => 4,
+            Activation::Rrelu { .. } => 5,
+            Activation::Prelu { .. } => 6,
+            Activation::Elu { .. } => 7,
+            Activation::Selu => 8,
+            Activation::Gelu => 9,
+            Activation::GeluTanh => 10,
+        }
+    }
+
+    /// The slope for `x <= 0` of the ReLU family where it is a constant of
+    /// [`Op::Activate`]: 0 for ReLU, RReLU's mean slope (its evaluation mode), PReLU's
+    /// initial slope (the learned one goes through [`Op::Prelu`]). `None` for the rest.
+    /// Also the `a` of He initialisation's gain `√(2/(1+a²))`.
+    pub fn negative_slope(self) -> Option<f32> {
+        match self {
+            Activation::Relu => Some(0.0),
+            Activation::LeakyRelu { slope } => Some(slope),
+            Activation::Rrelu { lower, upper } => Some((lower + upper) * 0.5),
+            Activation::Prelu { init, .. } => Some(init),
+            _ => None,
+        }
+    }
+
+    /// Rejects parameters outside the activation's domain with a message naming them.
+    pub fn validate(self) -> anyhow::Result<()> {
+        let ok = |v: f32| v.is_finite() && v >= 0.0;
+        match self {
+            Activation::LeakyRelu { slope } => anyhow::ensure!(
+                ok(slope),
+                "leaky-relu slope must be a finite number >= 0, got {slope}"
+            ),
+            Activation::Rrelu { lower, upper } => {
+                anyhow::ensure!(
+                    ok(lower) && ok(upper),
+                    "rrelu bounds must be finite numbers >= 0, got lower {lower}, upper {upper}"
+                );
+                anyhow::ensure!(
+                    lower <= upper,
+                    "rrelu needs lower <= upper, got lower {lower} > upper {upper}"
+                );
+            }
+            Activation::Prelu { init, .. } => anyhow::ensure!(
+                ok(init),
+                "{} initial slope must be a finite number >= 0, got {init}",
+                self.name()
+            ),
+            Activation::Elu { alpha } => anyhow::ensure!(
+                ok(alpha),
+                "elu alpha must be a finite number >= 0, got {alpha}"
+            ),
+            _ => {}
+        }
+        Ok(())
     }
 }
 
+/// The syntax `FromStr` accepts, for error messages and `--help`.
+pub const ACTIVATION_SYNTAX: &str = "identity, sigmoid, tanh, relu, leaky-relu[:SLOPE], \
+     rrelu[:LOWER:UPPER], prelu[:INIT], prelu-unit[:INIT], elu[:ALPHA], selu, gelu, gelu-tanh";
+
+/// Parses `name[:param[:param]]`, e.g. `leaky-relu:0.2` or `rrelu:0.1:0.3`; omitted
+/// parameters take PyTorch's defaults. Names are case-insensitive, `_` may replace `-`.
 impl std::str::FromStr for Activation {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        let lower = s.to_ascii_lowercase();
-        Activation::ALL
+        let lower = s.trim().to_ascii_lowercase().replace('_', "-");
+        let mut parts = lower.split(':');
+        let name = parts.next().unwrap_or_default();
+        let base = Activation::ALL
             .into_iter()
-            .find(|a| a.name() == lower)
+            .find(|a| a.name() == name)
             .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "unknown activation '{s}'; expected one of: {}",
-                    Activation::ALL.map(|a| a.name()).join(", ")
-                )
+                anyhow::anyhow!("unknown activation '{s}'; expected one of: {ACTIVATION_SYNTAX}")
+            })?;
+        let params = parts
+            .map(|p| {
+                p.trim().parse::<f32>().map_err(|_| {
+                    anyhow::anyhow!("activation '{s}': parameter '{p}' is not a number")
+                })
             })
+            .collect::<anyhow::Result<Vec<f32>>>()?;
+        let act = match (base, params.as_slice()) {
+            (a, []) => a,
+            (Activation::LeakyRelu { .. }, &[slope]) => Activation::LeakyRelu { slope },
+            (Activation::Rrelu { .. }, &[lower, upper]) => Activation::Rrelu { lower, upper },
+            (Activation::Prelu { per_unit, .. }, &[init]) => Activation::Prelu { per_unit, init },
+            (Activation::Elu { .. }, &[alpha]) => Activation::Elu { alpha },
+            (a, p) => anyhow::bail!(
+                "activation '{s}': {} takes {}, got {} parameter(s); expected one of: \
+                 {ACTIVATION_SYNTAX}",
+                a.name(),
+                match a {
+                    Activation::LeakyRelu { .. } => "one parameter (slope)",
+                    Activation::Rrelu { .. } => "two parameters (lower:upper)",
+                    Activation::Prelu { .. } => "one parameter (initial slope)",
+                    Activation::Elu { .. } => "one parameter (alpha)",
+                    _ => "no parameters",
+                },
+                p.len()
+            ),
+        };
+        // One message, not a context chain: clap prints only the outermost layer.
+        act.validate()
+            .map_err(|e| anyhow::anyhow!("activation '{s}': {e}"))?;
+        Ok(act)
     }
 }
 
+/// The full form `FromStr` reads back, e.g. `leaky-relu:0.2`.
 impl fmt::Display for Activation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.write_str(self.name())?;
+        match *self {
+            Activation::LeakyRelu { slope } => write!(f, ":{slope}"),
+            Activation::Rrelu { lower, upper } => write!(f, ":{lower}:{upper}"),
+            Activation::Prelu { init, .. } => write!(f, ":{init}"),
+            Activation::Elu { alpha } => write!(f, ":{alpha}"),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -194,6 +369,51 @@ pub enum Op {
         dx: TensorId,
         len: usize,
     },
+    /// RReLU in training: `y = x` for `x > 0`, else `a·x` with a fresh slope per element
+    /// and step, `a = lower + (upper − lower)·rng_uniform(stream, step, i)`, `step` being
+    /// the persistent step counter. Evaluation uses [`Op::Activate`] (the mean slope).
+    RreluTrain {
+        x: TensorId,
+        y: TensorId,
+        step: TensorId,
+        stream: u32,
+        lower: f32,
+        upper: f32,
+        len: usize,
+    },
+    /// `dx = dy ⊙ f'(x)` for [`Op::RreluTrain`], redrawing the slopes its forward pass drew
+    /// from the same `(stream, step, i)` instead of storing them.
+    RreluTrainBackward {
+        x: TensorId,
+        dy: TensorId,
+        dx: TensorId,
+        step: TensorId,
+        stream: u32,
+        lower: f32,
+        upper: f32,
+        len: usize,
+    },
+    /// PReLU: `y = x` for `x > 0`, else `weight[i mod units]·x`. `units` is 1 (one slope
+    /// per layer) or the row width (one per unit of a row-major `[rows, units]` tensor).
+    Prelu {
+        x: TensorId,
+        weight: TensorId,
+        y: TensorId,
+        len: usize,
+        units: usize,
+    },
+    /// PReLU backward: `dx = dy·(x > 0 ? 1 : weight[i mod units])` and the slope gradient's
+    /// per-element terms `dw_terms = dy·min(x, 0)`, which [`Op::SumRows`] then reduces
+    /// over the batch (the same reduction as the bias gradient).
+    PreluBackward {
+        x: TensorId,
+        weight: TensorId,
+        dy: TensorId,
+        dx: TensorId,
+        dw_terms: TensorId,
+        len: usize,
+        units: usize,
+    },
     /// Per-row loss and the gradient of the *mean* loss with respect to `pred`.
     /// Writes `row_loss[r]`, `row_correct[r]` (1 when argmax equals the label; 0 for MSE)
     /// and `dpred`.
@@ -291,6 +511,75 @@ pub enum Op {
         grad: TensorId,
         len: usize,
     },
+    /// `torch.optim.SGD` with dampening 0: `d = grad + weight_decay·param`, then with
+    /// momentum `buf = μ·buf + d` and `d = d + μ·buf` (Nesterov) or `d = buf`, and finally
+    /// `param -= lr·d`. The buffer starts at zero, so the first step sets `buf = d` exactly
+    /// as torch's first-step clone does. [`Op::SgdStep`] is the case without either.
+    Sgd {
+        param: TensorId,
+        grad: TensorId,
+        len: usize,
+        momentum: Option<Momentum>,
+        weight_decay: f32,
+    },
+    /// `torch.optim.Adam` (`decoupled: false`, L2 decay added to the gradient) or
+    /// `torch.optim.AdamW` (`decoupled: true`, `param *= 1 - lr·weight_decay` first), with
+    /// bias correction from the device step counter `step` (see [`Op::AdvanceStep`]).
+    Adam {
+        param: TensorId,
+        grad: TensorId,
+        exp_avg: TensorId,
+        exp_avg_sq: TensorId,
+        step: TensorId,
+        len: usize,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        decoupled: bool,
+    },
+    /// First stage of the global gradient norm: `groups` partial results of `x` into
+    /// slots `first..first + groups` of `partials` (`slots` pairs in all). Partial `j`
+    /// covers the [`NORM_BLOCK`]-element blocks `b` of `x` with `b mod groups = j` and is
+    /// stored as a pair `(s, q)` standing for the sum of squares `s²·q`, where `s` is the
+    /// largest magnitude: scaling by it keeps squares of huge gradients from overflowing.
+    NormPartials {
+        x: TensorId,
+        len: usize,
+        partials: TensorId,
+        first: usize,
+        groups: usize,
+        slots: usize,
+    },
+    /// Combines all `slots` partial pairs into the total norm `√Σ‖g‖²` (written to
+    /// `total_norm`) and `torch.nn.utils.clip_grad_norm_`'s coefficient
+    /// `min(max_norm / (total + 1e-6), 1)` (written to `coef`).
+    ClipCoef {
+        partials: TensorId,
+        slots: usize,
+        total_norm: TensorId,
+        coef: TensorId,
+        max_norm: f32,
+    },
+    /// `x *= coef[0]` in place (applying the clip coefficient to one gradient).
+    ScaleBy {
+        x: TensorId,
+        coef: TensorId,
+        len: usize,
+    },
+    /// `x = clamp(x, -limit, limit)` in place, as `torch.nn.utils.clip_grad_value_`.
+    ClampValue { x: TensorId, len: usize, limit: f32 },
+    /// Inverted dropout: `y = x · keep / (1 - p)` with `keep = rng_uniform(stream, step, i)
+    /// >= p`. The map is its own adjoint, so the backward pass is the same op applied to
+    /// the output gradient with the same `(stream, step)`: it redraws the same mask.
+    Dropout {
+        x: TensorId,
+        y: TensorId,
+        step: TensorId,
+        len: usize,
+        p: f32,
+        stream: u32,
+    },
     /// `dst[offset..offset + len] = src` bit for bit: weight snapshots before the update on
     /// statistics steps, and the step counter into the statistics record.
     Copy {
@@ -342,6 +631,24 @@ pub enum Op {
     },
 }
 
+/// Momentum state of [`Op::Sgd`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Momentum {
+    pub buffer: TensorId,
+    pub momentum: f32,
+    pub nesterov: bool,
+}
+
+/// Elements per block of [`Op::NormPartials`]: the GPU kernel's workgroup size, fixed in
+/// the op's definition so the CPU reference computes the same partials.
+pub const NORM_BLOCK: usize = 256;
+
+/// The multiplier of kept units in [`Op::Dropout`], computed once in `f32` so both backends
+/// scale by the identical value.
+pub fn dropout_scale(p: f32) -> f32 {
+    1.0 / (1.0 - p)
+}
+
 impl Op {
     /// Tensors the op reads and the one(s) it writes, for validation and hazard checks.
     pub fn reads_writes(&self) -> (Vec<TensorId>, Vec<TensorId>) {
@@ -371,6 +678,19 @@ impl Op {
             }
             Op::Activate { x, y, .. } => (vec![x], vec![y]),
             Op::ActivateBackward { x, y, dy, dx, .. } => (vec![x, y, dy], vec![dx]),
+            Op::RreluTrain { x, y, step, .. } => (vec![x, step], vec![y]),
+            Op::RreluTrainBackward {
+                x, dy, dx, step, ..
+            } => (vec![x, dy, step], vec![dx]),
+            Op::Prelu { x, weight, y, .. } => (vec![x, weight], vec![y]),
+            Op::PreluBackward {
+                x,
+                weight,
+                dy,
+                dx,
+                dw_terms,
+                ..
+            } => (vec![x, weight, dy], vec![dx, dw_terms]),
             Op::LossGrad {
                 pred,
                 target,
@@ -430,6 +750,36 @@ impl Op {
             } => (vec![x, dy, gamma, mean, invstd], vec![dx, dgamma, dbeta]),
             Op::Add { a, b, out, .. } => (vec![a, b], vec![out]),
             Op::Accumulate { x, y, .. } => (vec![x, y], vec![y]),
+            Op::Sgd {
+                param,
+                grad,
+                momentum,
+                ..
+            } => match momentum {
+                Some(m) => (vec![param, grad, m.buffer], vec![param, m.buffer]),
+                None => (vec![param, grad], vec![param]),
+            },
+            Op::Adam {
+                param,
+                grad,
+                exp_avg,
+                exp_avg_sq,
+                step,
+                ..
+            } => (
+                vec![param, grad, exp_avg, exp_avg_sq, step],
+                vec![param, exp_avg, exp_avg_sq],
+            ),
+            Op::NormPartials { x, partials, .. } => (vec![x], vec![partials]),
+            Op::ClipCoef {
+                partials,
+                total_norm,
+                coef,
+                ..
+            } => (vec![partials], vec![total_norm, coef]),
+            Op::ScaleBy { x, coef, .. } => (vec![x, coef], vec![x]),
+            Op::ClampValue { x, .. } => (vec![x], vec![x]),
+            Op::Dropout { x, y, step, .. } => (vec![x, step], vec![y]),
             Op::Copy { src, dst, .. } => (vec![src], vec![dst]),
             Op::ActivationStats {
                 out,
@@ -461,6 +811,71 @@ impl Op {
         }
     }
 
+    /// Checks an op's constants (probabilities, decay rates, partial-slot ranges), which
+    /// the tensor table cannot, so a bad hand-built plan is an error rather than a panic.
+    fn check_constants(&self) -> anyhow::Result<()> {
+        let unit = |name: &str, v: f32| {
+            anyhow::ensure!(
+                (0.0..1.0).contains(&v),
+                "op {self:?}: {name} must be in [0, 1), got {v}"
+            );
+            Ok(())
+        };
+        let non_negative = |name: &str, v: f32| {
+            anyhow::ensure!(
+                v.is_finite() && v >= 0.0,
+                "op {self:?}: {name} must be finite and >= 0, got {v}"
+            );
+            Ok(())
+        };
+        let positive = |name: &str, v: f32| {
+            anyhow::ensure!(
+                v.is_finite() && v > 0.0,
+                "op {self:?}: {name} must be finite and > 0, got {v}"
+            );
+            Ok(())
+        };
+        match *self {
+            Op::Sgd {
+                momentum,
+                weight_decay,
+                ..
+            } => {
+                non_negative("weight_decay", weight_decay)?;
+                if let Some(m) = momentum {
+                    unit("momentum", m.momentum)?;
+                }
+            }
+            Op::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            } => {
+                unit("beta1", beta1)?;
+                unit("beta2", beta2)?;
+                positive("eps", eps)?;
+                non_negative("weight_decay", weight_decay)?;
+            }
+            Op::NormPartials {
+                first,
+                groups,
+                slots,
+                ..
+            } => anyhow::ensure!(
+                groups > 0 && first + groups <= slots,
+                "op {self:?}: partial slots {first}..{} do not fit in {slots} slots",
+                first + groups
+            ),
+            Op::ClipCoef { max_norm, .. } => positive("max_norm", max_norm)?,
+            Op::ClampValue { limit, .. } => positive("limit", limit)?,
+            Op::Dropout { p, .. } => unit("dropout probability", p)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Elements each operand must hold, checked against the tensor table at compile time.
     fn required_lens(&self) -> Vec<(TensorId, usize)> {
         match *self {
@@ -480,6 +895,39 @@ impl Op {
             Op::ActivateBackward {
                 x, y, dy, dx, len, ..
             } => vec![(x, len), (y, len), (dy, len), (dx, len)],
+            Op::RreluTrain {
+                x, y, step, len, ..
+            } => vec![(x, len), (y, len), (step, 1)],
+            Op::RreluTrainBackward {
+                x,
+                dy,
+                dx,
+                step,
+                len,
+                ..
+            } => vec![(x, len), (dy, len), (dx, len), (step, 1)],
+            Op::Prelu {
+                x,
+                weight,
+                y,
+                len,
+                units,
+            } => vec![(x, len), (weight, units), (y, len)],
+            Op::PreluBackward {
+                x,
+                weight,
+                dy,
+                dx,
+                dw_terms,
+                len,
+                units,
+            } => vec![
+                (x, len),
+                (weight, units),
+                (dy, len),
+                (dx, len),
+                (dw_terms, len),
+            ],
             Op::LossGrad {
                 loss,
                 pred,
@@ -585,6 +1033,51 @@ impl Op {
             ],
             Op::Add { a, b, out, len } => vec![(a, len), (b, len), (out, len)],
             Op::Accumulate { x, y, len } => vec![(x, len), (y, len)],
+            Op::Sgd {
+                param,
+                grad,
+                len,
+                momentum,
+                ..
+            } => {
+                let mut v = vec![(param, len), (grad, len)];
+                v.extend(momentum.map(|m| (m.buffer, len)));
+                v
+            }
+            Op::Adam {
+                param,
+                grad,
+                exp_avg,
+                exp_avg_sq,
+                step,
+                len,
+                ..
+            } => vec![
+                (param, len),
+                (grad, len),
+                (exp_avg, len),
+                (exp_avg_sq, len),
+                (step, 1),
+            ],
+            Op::NormPartials {
+                x,
+                len,
+                partials,
+                slots,
+                ..
+            } => vec![(x, len), (partials, 2 * slots)],
+            Op::ClipCoef {
+                partials,
+                slots,
+                total_norm,
+                coef,
+                ..
+            } => vec![(partials, 2 * slots), (total_norm, 1), (coef, 1)],
+            Op::ScaleBy { x, coef, len } => vec![(x, len), (coef, 1)],
+            Op::ClampValue { x, len, .. } => vec![(x, len)],
+            Op::Dropout {
+                x, y, step, len, ..
+            } => vec![(x, len), (y, len), (step, 1)],
             Op::Copy {
                 src,
                 dst,
@@ -800,6 +1293,7 @@ impl Plan {
             .chain(&self.train)
             .chain(with_stats)
         {
+            op.check_constants()?;
             op.check_offsets()?;
             for (id, need) in op.required_lens() {
                 let t = self.tensors.get(id).ok_or_else(|| {
@@ -812,6 +1306,12 @@ impl Plan {
                     t.len()
                 );
             }
+            if let Op::Prelu { len, units, .. } | Op::PreluBackward { len, units, .. } = *op {
+                anyhow::ensure!(
+                    units > 0 && len % units == 0,
+                    "op {op:?}: {len} elements are not whole rows of {units} slope(s)"
+                );
+            }
             let (reads, writes) = op.reads_writes();
             for w in &writes {
                 let own = usize::from(op_reads_own_output(op) || is_running_stat(op, *w));
@@ -820,6 +1320,12 @@ impl Plan {
                 anyhow::ensure!(
                     !aliased,
                     "op {op:?} reads tensor '{}' that it also writes",
+                    self.tensors[*w].name
+                );
+                // Each output is produced once; the CPU backend takes each out of storage.
+                anyhow::ensure!(
+                    writes.iter().filter(|o| *o == w).count() == 1,
+                    "op {op:?} writes tensor '{}' through two operands",
                     self.tensors[*w].name
                 );
             }
@@ -839,6 +1345,10 @@ fn op_reads_own_output(op: &Op) -> bool {
         op,
         Op::AddBias { .. }
             | Op::SgdStep { .. }
+            | Op::Sgd { .. }
+            | Op::Adam { .. }
+            | Op::ScaleBy { .. }
+            | Op::ClampValue { .. }
             | Op::AccumulateMetrics { .. }
             | Op::AdvanceStep { .. }
             | Op::Accumulate { .. }

@@ -75,10 +75,12 @@ pub fn saturation_thresholds(act: Activation) -> Option<(f32, f32)> {
     })
 }
 
-/// Rectifiers, whose units can die: a unit whose pre-activation is `<= 0` for every row
-/// of the batch outputs zero (ReLU) and passes no gradient to its weights.
+/// The ReLU family, whose units can die: a unit whose pre-activation is `<= 0` for every
+/// row of the batch outputs zero (ReLU) and passes no gradient to its weights. Leaky,
+/// randomized and parametric ReLUs still pass `slope·gradient` there, so for them the
+/// fraction counts units stuck on the negative side rather than dead ones.
 pub fn has_dead_units(act: Activation) -> bool {
-    matches!(act, Activation::Relu)
+    act.negative_slope().is_some()
 }
 
 /// Name of the persistent guard flags: one `u32` per persistent slot (the flag of a

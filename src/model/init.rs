@@ -9,15 +9,20 @@ use rand_chacha::ChaCha8Rng;
 /// PyTorch's `_calculate_fan_in_and_fan_out` for a 2-D weight.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
-    /// He for ReLU, Glorot for sigmoid, tanh and identity (see [`Init::default_for`]).
+    /// The activation's usual init (see [`Init::default_for`]): He for the ReLU family,
+    /// ELU and GELU, LeCun normal for SELU, Glorot uniform for sigmoid, tanh and identity.
     Auto,
     /// `torch.nn.init.xavier_uniform_`: U(±√(6/(fan_in+fan_out))).
     GlorotUniform,
     /// `torch.nn.init.xavier_normal_`: N(0, 2/(fan_in+fan_out)).
     GlorotNormal,
-    /// `torch.nn.init.kaiming_uniform_(nonlinearity='relu')`: U(±√(6/fan_in)).
+    /// `torch.nn.init.kaiming_uniform_(a, nonlinearity='leaky_relu')`:
+    /// U(±√(6/((1+a²)·fan_in))), where `a` is the activation's negative slope
+    /// ([`Activation::negative_slope`]; 0 for ReLU and for activations outside its family,
+    /// which gives `nonlinearity='relu'`).
     HeUniform,
-    /// `torch.nn.init.kaiming_normal_(nonlinearity='relu')`: N(0, 2/fan_in).
+    /// `torch.nn.init.kaiming_normal_(a, nonlinearity='leaky_relu')`: N(0, 2/((1+a²)·fan_in)),
+    /// `a` as for [`Init::HeUniform`].
     HeNormal,
     /// U(±√(3/fan_in)), Keras' `lecun_uniform`.
     LecunUniform,
@@ -30,9 +35,20 @@ pub enum Init {
 }
 
 impl Init {
+    /// He keeps the variance of the ReLU family (and of ELU and GELU, which behave like
+    /// it for large inputs) constant across layers; SELU's fixed point of mean 0 and
+    /// variance 1 assumes LeCun normal weights; Glorot suits the functions that are
+    /// linear around 0.
     pub fn default_for(act: Activation) -> Init {
         match act {
-            Activation::Relu => Init::HeNormal,
+            Activation::Relu
+            | Activation::LeakyRelu { .. }
+            | Activation::Rrelu { .. }
+            | Activation::Prelu { .. }
+            | Activation::Elu { .. }
+            | Activation::Gelu
+            | Activation::GeluTanh => Init::HeNormal,
+            Activation::Selu => Init::LecunNormal,
             Activation::Identity | Activation::Sigmoid | Activation::Tanh => Init::GlorotUniform,
         }
     }
@@ -54,9 +70,34 @@ impl Init {
 
     /// Draws a `[fan_out, fan_in]` weight. Deterministic in `seed`.
     pub fn sample(self, act: Activation, fan_in: usize, fan_out: usize, seed: u64) -> Vec<f32> {
+        self.sample_n(act, fan_in, fan_out, fan_in * fan_out, seed)
+    }
+
+    /// Draws the `[fan_out]` bias of a layer with the given fans: the same distribution
+    /// (and scale) as its weight would have.
+    pub fn sample_bias(
+        self,
+        act: Activation,
+        fan_in: usize,
+        fan_out: usize,
+        seed: u64,
+    ) -> Vec<f32> {
+        self.sample_n(act, fan_in, fan_out, fan_out, seed)
+    }
+
+    fn sample_n(
+        self,
+        act: Activation,
+        fan_in: usize,
+        fan_out: usize,
+        n: usize,
+        seed: u64,
+    ) -> Vec<f32> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let (fi, fo) = (fan_in as f64, fan_out as f64);
-        let n = fan_in * fan_out;
+        // He's gain² 2/(1+a²) for a leaky slope a, as torch.nn.init.calculate_gain.
+        let a = act.negative_slope().unwrap_or(0.0) as f64;
+        let he = 2.0 / (1.0 + a * a);
         let uniform = |rng: &mut ChaCha8Rng, bound: f64| -> Vec<f32> {
             (0..n)
                 .map(|_| ((rng.random::<f64>() * 2.0 - 1.0) * bound) as f32)
@@ -68,11 +109,11 @@ impl Init {
                 .collect()
         };
         match self {
-            Init::Auto => Init::default_for(act).sample(act, fan_in, fan_out, seed),
+            Init::Auto => Init::default_for(act).sample_n(act, fan_in, fan_out, n, seed),
             Init::GlorotUniform => uniform(&mut rng, (6.0 / (fi + fo)).sqrt()),
             Init::GlorotNormal => normal(&mut rng, 0.0, (2.0 / (fi + fo)).sqrt()),
-            Init::HeUniform => uniform(&mut rng, (6.0 / fi).sqrt()),
-            Init::HeNormal => normal(&mut rng, 0.0, (2.0 / fi).sqrt()),
+            Init::HeUniform => uniform(&mut rng, (3.0 * he / fi).sqrt()),
+            Init::HeNormal => normal(&mut rng, 0.0, (he / fi).sqrt()),
             Init::LecunUniform => uniform(&mut rng, (3.0 / fi).sqrt()),
             Init::LecunNormal => normal(&mut rng, 0.0, (1.0 / fi).sqrt()),
             Init::Normal { mean, std } => normal(&mut rng, mean as f64, std as f64),

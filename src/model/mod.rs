@@ -2,9 +2,11 @@
 //! that trains it on either backend.
 
 pub mod init;
+pub mod optim;
 pub mod spec;
 pub mod trainer;
 
 pub use init::Init;
+pub use optim::{Clip, LrSchedule};
 pub use spec::{BatchNorm, BnPlacement, MlpSpec, Optimizer};
 pub use trainer::{EpochReport, FitOptions, Metrics, Model, NamedTensor};

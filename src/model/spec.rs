@@ -1,22 +1,9 @@
 //! The specification of a multilayer perceptron and its validation.
 
 use crate::graph::{Activation, Loss, PersistentDesc, PersistentKind, METRICS_LEN};
+pub use crate::model::optim::Optimizer;
+use crate::model::optim::{warmup_factor, Clip, LrSchedule};
 use crate::model::Init;
-
-/// The optimizer that updates parameters each step.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Optimizer {
-    /// Plain stochastic gradient descent, `p -= lr·g` (`torch.optim.SGD` without momentum).
-    Sgd { lr: f32 },
-}
-
-impl Optimizer {
-    pub fn lr(self) -> f32 {
-        match self {
-            Optimizer::Sgd { lr } => lr,
-        }
-    }
-}
 
 /// Where batch normalization sits in a hidden layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +43,7 @@ impl Default for BatchNorm {
 /// let spec = MlpSpec::new(2, &[64; 8], 3)
 ///     .activation(Activation::Relu)
 ///     .loss(Loss::SoftmaxCrossEntropy)
-///     .optimizer(Optimizer::Sgd { lr: 0.05 })
+///     .optimizer(Optimizer::sgd(0.05))
 ///     .seed(7);
 /// spec.validate().unwrap();
 /// assert_eq!(spec.layer_sizes(), vec![2, 64, 64, 64, 64, 64, 64, 64, 64, 3]);
@@ -70,6 +57,11 @@ pub struct MlpSpec {
     pub loss: Loss,
     pub optimizer: Optimizer,
     pub init: Init,
+    /// Per-layer overrides of `init` as `(layer, init)`; a later entry wins. Set with
+    /// [`MlpSpec::layer_init`].
+    pub layer_inits: Vec<(usize, Init)>,
+    /// How biases start; `None` is zero (see [`MlpSpec::bias_init`]).
+    pub bias_init: Option<Init>,
     pub seed: u64,
     /// Batch normalization in every hidden layer, when set.
     pub batch_norm: Option<BatchNorm>,
@@ -80,6 +72,15 @@ pub struct MlpSpec {
     /// Layers `0..frozen_layers` are frozen: not trained, run in inference mode, and no
     /// backward kernels are dispatched for them (transfer learning).
     pub frozen_layers: usize,
+    /// Gradient clipping, none by default.
+    pub clip: Option<Clip>,
+    /// Dropout probability after each hidden layer's activation (training only); empty
+    /// for none, otherwise one per hidden layer.
+    pub dropout: Vec<f32>,
+    /// Learning-rate schedule over epochs.
+    pub schedule: LrSchedule,
+    /// Linear learning-rate warm-up over the first this many training steps (0: none).
+    pub warmup_steps: usize,
 }
 
 impl MlpSpec {
@@ -90,12 +91,18 @@ impl MlpSpec {
             output,
             activation: Activation::Relu,
             loss: Loss::SoftmaxCrossEntropy,
-            optimizer: Optimizer::Sgd { lr: 0.01 },
+            optimizer: Optimizer::sgd(0.01),
             init: Init::Auto,
+            layer_inits: Vec::new(),
+            bias_init: None,
             seed: 0,
             batch_norm: None,
             residual_every: None,
             frozen_layers: 0,
+            clip: None,
+            dropout: Vec::new(),
+            schedule: LrSchedule::Constant,
+            warmup_steps: 0,
         }
     }
     /// Freezes layers `0..k` (see [`MlpSpec::frozen_layers`]).
@@ -135,9 +142,84 @@ impl MlpSpec {
         self.init = init;
         self
     }
+    /// Initialises linear layer `layer` (0-based; the output layer is the last) with
+    /// `init` instead of the model-wide one.
+    pub fn layer_init(mut self, layer: usize, init: Init) -> Self {
+        self.layer_inits.push((layer, init));
+        self
+    }
+    /// Draws biases from `init` (with the fans of their layer) instead of starting them
+    /// at zero, e.g. `Init::Uniform { low: 0.1, high: 0.1 }` for a constant 0.1.
+    pub fn bias_init(mut self, init: Init) -> Self {
+        self.bias_init = Some(init);
+        self
+    }
+    /// The init of linear layer `layer`'s weight.
+    pub fn init_of_layer(&self, layer: usize) -> Init {
+        self.layer_inits
+            .iter()
+            .rev()
+            .find(|(l, _)| *l == layer)
+            .map_or(self.init, |&(_, init)| init)
+    }
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
+    }
+    pub fn clip(mut self, clip: Clip) -> Self {
+        self.clip = Some(clip);
+        self
+    }
+    /// The same dropout probability after every hidden layer (`torch.nn.Dropout(p)`).
+    pub fn dropout(mut self, p: f32) -> Self {
+        self.dropout = vec![p; self.hidden.len()];
+        self
+    }
+    /// One dropout probability per hidden layer (0 for none at that layer).
+    pub fn dropout_per_layer(mut self, p: &[f32]) -> Self {
+        self.dropout = p.to_vec();
+        self
+    }
+    pub fn schedule(mut self, schedule: LrSchedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+    pub fn warmup_steps(mut self, steps: usize) -> Self {
+        self.warmup_steps = steps;
+        self
+    }
+
+    /// The learning rate of training step `step` (1 on the first) during epoch `epoch`
+    /// (from 0): the epoch schedule times the per-step warm-up factor.
+    pub fn lr_at(&self, epoch: usize, step: u64) -> f32 {
+        let base = self.schedule.lr(self.optimizer.lr(), epoch);
+        (base * warmup_factor(step, self.warmup_steps)) as f32
+    }
+
+    /// The dropout probability after hidden layer `l`, when it has dropout.
+    pub fn dropout_p(&self, l: usize) -> Option<f32> {
+        self.dropout.get(l).copied().filter(|&p| p > 0.0)
+    }
+
+    fn validate_training(&self) -> anyhow::Result<()> {
+        self.optimizer.validate()?;
+        if let Some(c) = self.clip {
+            c.validate()?;
+        }
+        self.schedule.validate()?;
+        anyhow::ensure!(
+            self.dropout.is_empty() || self.dropout.len() == self.hidden.len(),
+            "dropout lists {} probabilities but the model has {} hidden layers",
+            self.dropout.len(),
+            self.hidden.len()
+        );
+        for (l, &p) in self.dropout.iter().enumerate() {
+            anyhow::ensure!(
+                (0.0..1.0).contains(&p),
+                "dropout probability of hidden layer {l} must be in [0, 1), got {p}"
+            );
+        }
+        Ok(())
     }
 
     /// `[input, hidden..., output]`.
@@ -196,11 +278,22 @@ impl MlpSpec {
                 "residual connections need a spacing k >= 1, got {k}"
             );
         }
-        let lr = self.optimizer.lr();
-        anyhow::ensure!(
-            lr.is_finite() && lr > 0.0,
-            "learning rate must be a finite number > 0, got {lr}"
-        );
+        self.activation.validate()?;
+        for &(layer, init) in &self.layer_inits {
+            anyhow::ensure!(
+                layer < self.num_layers(),
+                "layer_init({layer}, ..): the model has {} linear layers (0 to {})",
+                self.num_layers(),
+                self.num_layers() - 1
+            );
+            init.validate()
+                .map_err(|e| anyhow::anyhow!("layer {layer}: {e}"))?;
+        }
+        if let Some(init) = self.bias_init {
+            init.validate()
+                .map_err(|e| anyhow::anyhow!("bias init: {e}"))?;
+        }
+        self.validate_training()?;
         self.init.validate()
     }
 
@@ -221,14 +314,24 @@ impl MlpSpec {
                 name: format!("layers.{l}.linear.weight"),
                 shape: vec![fan_out, fan_in],
                 init: self
-                    .init
+                    .init_of_layer(l)
                     .sample(self.activation, fan_in, fan_out, layer_seed),
                 kind: PersistentKind::Param,
             });
             out.push(PersistentDesc {
                 name: format!("layers.{l}.linear.bias"),
                 shape: vec![fan_out],
-                init: vec![0.0; fan_out],
+                init: match self.bias_init {
+                    // A stream apart from the weight's, so adding a bias init leaves
+                    // the weights as they were.
+                    Some(init) => init.sample_bias(
+                        self.activation,
+                        fan_in,
+                        fan_out,
+                        layer_seed ^ 0xB1A5_B1A5_B1A5_B1A5,
+                    ),
+                    None => vec![0.0; fan_out],
+                },
                 kind: PersistentKind::Param,
             });
             let hidden = l < self.hidden.len();
@@ -260,7 +363,20 @@ impl MlpSpec {
                     });
                 }
             }
+            if let Activation::Prelu { per_unit, init } = self.activation {
+                if l + 1 < self.num_layers() {
+                    let units = if per_unit { fan_out } else { 1 };
+                    out.push(PersistentDesc {
+                        name: prelu_weight_name(l),
+                        shape: vec![units],
+                        init: vec![init; units],
+                        kind: PersistentKind::Param,
+                    });
+                }
+            }
         }
+        let state = self.training_state(&out);
+        out.extend(state);
         out.push(PersistentDesc {
             name: STEP_SLOT_NAME.to_string(),
             shape: vec![1],
@@ -277,8 +393,50 @@ impl MlpSpec {
         out.push(crate::graph::stats::guard_desc(out.len()));
         out
     }
+
+    /// Zero-initialised optimizer state for every parameter in `params`, and the gradient
+    /// norm when clipping by norm.
+    fn training_state(&self, params: &[PersistentDesc]) -> Vec<PersistentDesc> {
+        let zeros = |name: String, shape: &[usize], kind| PersistentDesc {
+            name,
+            shape: shape.to_vec(),
+            init: vec![0.0; shape.iter().product()],
+            kind,
+        };
+        let mut out = Vec::new();
+        for p in params.iter().filter(|p| p.kind == PersistentKind::Param) {
+            for suffix in self.optimizer.state_names() {
+                out.push(zeros(
+                    format!("{}.{suffix}", p.name),
+                    &p.shape,
+                    PersistentKind::OptimizerState,
+                ));
+            }
+        }
+        if let Some(Clip::Norm(_)) = self.clip {
+            out.push(zeros(
+                GRAD_NORM_SLOT_NAME.to_string(),
+                &[1],
+                PersistentKind::Internal,
+            ));
+        }
+        out
+    }
 }
 
 pub(crate) const METRICS_SLOT_NAME: &str = "metrics";
+/// The total gradient norm before clipping, from the last training step.
+pub(crate) const GRAD_NORM_SLOT_NAME: &str = "state.grad_norm";
 /// Training steps taken, as `u32` bits (see `Op::AdvanceStep`).
 pub(crate) const STEP_SLOT_NAME: &str = "state.step";
+
+/// PReLU's slope of hidden layer `l`: `nn.PReLU`'s `weight` under a block attribute `act`.
+pub(crate) fn prelu_weight_name(l: usize) -> String {
+    format!("layers.{l}.act.weight")
+}
+
+/// RReLU's random stream for layer `l`: a fixed tag plus the layer, so layers draw
+/// independent slopes and the streams stay apart from other users of the RNG.
+pub(crate) fn rrelu_stream(l: usize) -> u32 {
+    0x5252_4C55u32.wrapping_add(l as u32)
+}

@@ -7,8 +7,8 @@ use crate::engine::{create_engine, BackendChoice, Engine, PlanId};
 use crate::graph::{
     mlp, target_len, Hyper, Loss, PersistentDesc, PersistentKind, Plan, Stage, METRICS_LEN,
 };
-use crate::model::spec::{METRICS_SLOT_NAME, STEP_SLOT_NAME};
-use crate::model::MlpSpec;
+use crate::model::spec::{GRAD_NORM_SLOT_NAME, METRICS_SLOT_NAME, STEP_SLOT_NAME};
+use crate::model::{Clip, MlpSpec};
 use anyhow::{ensure, Context, Result};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -78,7 +78,7 @@ pub struct NamedTensor {
 /// let train = data::synthetic::spirals(500, 3, 0.05, 1);
 /// let spec = MlpSpec::new(2, &[64; 8], 3)
 ///     .activation(Activation::Relu)
-///     .optimizer(Optimizer::Sgd { lr: 0.05 })
+///     .optimizer(Optimizer::sgd(0.05))
 ///     .seed(42);
 /// let mut model = Model::with_backend(spec, &BackendChoice::Auto)?;
 /// let opts = FitOptions { epochs: 20, batch_size: 64, shuffle_seed: 7 };
@@ -96,6 +96,14 @@ pub struct Model {
     /// gets its own, and so does training from cached frozen outputs.
     plans: HashMap<(usize, usize), (PlanId, Plan)>,
     cache_frozen: bool,
+    /// The learning rate last written to the device's hyper-parameter block.
+    lr: f32,
+    /// A fixed learning rate that overrides the schedule (see `set_learning_rate`).
+    lr_override: Option<f32>,
+    /// Epochs completed, which the learning-rate schedule follows.
+    epoch: usize,
+    /// Training steps enqueued, which the warm-up follows (the device counts them too).
+    steps_taken: u64,
     /// Statistics schedule, records and observer (see `health.rs`).
     health: health::Health,
 }
@@ -106,15 +114,18 @@ impl Model {
         spec.validate()?;
         let persistent = spec.persistent();
         engine.init_persistent(&persistent)?;
-        engine.set_hyper(Hyper {
-            lr: spec.optimizer.lr(),
-        })?;
+        let lr = spec.optimizer.lr();
+        engine.set_hyper(Hyper { lr })?;
         Ok(Model {
             spec,
             engine,
             persistent,
             plans: HashMap::new(),
             cache_frozen: false,
+            lr,
+            lr_override: None,
+            epoch: 0,
+            steps_taken: 0,
             health: health::Health::default(),
         })
     }
@@ -271,13 +282,62 @@ impl Model {
         let gathered = has_stats && self.health.due();
         self.engine.write(id, input, x)?;
         self.engine.write(id, target, y)?;
+        self.apply_schedule()?;
         let stage = if gathered {
             Stage::TrainWithStats
         } else {
             Stage::Train
         };
         self.engine.run(id, stage)?;
+        self.steps_taken += 1;
         self.health_after_step((rows, start), gathered)
+    }
+
+    /// Writes the coming step's learning rate into the hyper-parameter block when the
+    /// schedule changed it: a 16-byte write, with nothing rebuilt.
+    fn apply_schedule(&mut self) -> Result<()> {
+        let lr = self
+            .lr_override
+            .unwrap_or_else(|| self.spec.lr_at(self.epoch, self.steps_taken + 1));
+        if lr != self.lr {
+            self.engine.set_hyper(Hyper { lr })?;
+            self.lr = lr;
+        }
+        Ok(())
+    }
+
+    /// The learning rate of the most recent training step (the base rate before any).
+    pub fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    /// Epochs completed so far; the learning-rate schedule follows it. [`Model::fit`]
+    /// advances it after each epoch.
+    pub fn epoch(&self) -> usize {
+        self.epoch
+    }
+
+    /// Sets the epoch the schedule uses, for training loops written around
+    /// [`Model::train_batch`].
+    pub fn set_epoch(&mut self, epoch: usize) {
+        self.epoch = epoch;
+    }
+
+    /// The global gradient norm `√Σ‖g‖²` before clipping, from the last training step, when
+    /// the model clips by norm (`None` otherwise); 0 before the first step. Reading it
+    /// waits for the device.
+    pub fn last_grad_norm(&mut self) -> Result<Option<f32>> {
+        if !matches!(self.spec.clip, Some(Clip::Norm(_))) {
+            return Ok(None);
+        }
+        let slot = self.slot(GRAD_NORM_SLOT_NAME)?;
+        Ok(Some(self.engine.read_persistent(slot)?[0]))
+    }
+
+    /// Optimizer state (momentum buffers, Adam's moments), named `{parameter}.{key}` with
+    /// torch's state keys.
+    pub fn optimizer_state(&mut self) -> Result<Vec<NamedTensor>> {
+        self.persistent_of(|k| k == PersistentKind::OptimizerState)
     }
 
     /// One training step on a batch: `x` is `rows × input`, `y` holds class indices
@@ -294,14 +354,18 @@ impl Model {
             .with_context(|| format!("the model has no tensor named '{name}'"))
     }
 
-    /// Changes the learning rate from the next step on (one small write; nothing is
-    /// recompiled).
-    pub fn set_learning_rate(&mut self, lr: f32) -> Result<()> {
-        ensure!(
-            lr.is_finite() && lr >= 0.0,
-            "learning rate must be a finite number >= 0, got {lr}"
-        );
-        self.engine.set_hyper(Hyper { lr })
+    /// Fixes the learning rate from the next step on, overriding the schedule and warm-up
+    /// (`None` returns to them). 0 is allowed: a step then computes gradients and batch
+    /// statistics without moving any parameter.
+    pub fn set_learning_rate(&mut self, lr: Option<f32>) -> Result<()> {
+        if let Some(lr) = lr {
+            ensure!(
+                lr.is_finite() && lr >= 0.0,
+                "learning rate must be a finite number >= 0, got {lr}"
+            );
+        }
+        self.lr_override = lr;
+        Ok(())
     }
 
     /// Reads the metric accumulator and resets it.
@@ -322,41 +386,65 @@ impl Model {
         opts: &FitOptions,
         mut on_epoch: impl FnMut(&EpochReport),
     ) -> Result<Vec<EpochReport>> {
+        self.fit_with_hook(train, valid, opts, |_, r| {
+            on_epoch(r);
+            Ok(())
+        })
+    }
+
+    /// As [`Model::fit`], with a hook that gets the model after each epoch: to save a
+    /// checkpoint, or to unfreeze layers (the frozen-output cache is rebuilt then). An
+    /// error from the hook stops training.
+    ///
+    /// Each epoch's shuffle derives from `opts.shuffle_seed` and the epoch number, so a
+    /// run resumed from a checkpoint at epoch `e` continues exactly as the uninterrupted
+    /// run would have.
+    pub fn fit_with_hook(
+        &mut self,
+        raw_train: &Dataset,
+        raw_valid: Option<&Dataset>,
+        opts: &FitOptions,
+        mut hook: impl FnMut(&mut Model, &EpochReport) -> Result<()>,
+    ) -> Result<Vec<EpochReport>> {
         ensure!(opts.batch_size > 0, "batch size must be at least 1");
         ensure!(opts.epochs > 0, "epochs must be at least 1");
-        self.check_dataset(train).context("training data")?;
-        if let Some(v) = valid {
+        self.check_dataset(raw_train).context("training data")?;
+        if let Some(v) = raw_valid {
             self.check_dataset(v).context("validation data")?;
         }
-        // With a cache, the frozen layers run once here instead of once per epoch.
-        let start = if self.cache_frozen {
-            self.spec.frozen_layers
-        } else {
-            0
-        };
-        let cached;
-        let (train, valid) = if start > 0 {
-            let t = self.frozen_features(train, opts.batch_size)?;
-            let v = valid
-                .map(|v| self.frozen_features(v, opts.batch_size))
-                .transpose()?;
-            cached = (t, v);
-            (&cached.0, cached.1.as_ref())
-        } else {
-            (train, valid)
-        };
-        let mut rng = ChaCha8Rng::seed_from_u64(opts.shuffle_seed);
-        let mut order: Vec<usize> = (0..train.rows).collect();
         let (mut x, mut y) = (Vec::new(), Vec::new());
         let mut reports = Vec::with_capacity(opts.epochs);
+        // `(first layer, train, valid)`: with a cache, the frozen layers run once per
+        // freeze setting instead of once per epoch.
+        let mut cache: Option<(usize, Dataset, Option<Dataset>)> = None;
         self.take_metrics()?;
-        self.health_begin_fit(opts.epochs, train.rows.div_ceil(opts.batch_size))?;
-        for epoch in 1..=opts.epochs {
+        self.health_begin_fit(opts.epochs, raw_train.rows.div_ceil(opts.batch_size))?;
+        for _ in 0..opts.epochs {
+            let start = if self.cache_frozen {
+                self.spec.frozen_layers
+            } else {
+                0
+            };
+            if start > 0 && cache.as_ref().map(|c| c.0) != Some(start) {
+                let t = self.frozen_features(raw_train, opts.batch_size)?;
+                let v = raw_valid
+                    .map(|v| self.frozen_features(v, opts.batch_size))
+                    .transpose()?;
+                cache = Some((start, t, v));
+            }
+            let (train, valid) = match &cache {
+                Some((s, t, v)) if *s == start => (t, v.as_ref()),
+                _ => (raw_train, raw_valid),
+            };
+            let mut rng = ChaCha8Rng::seed_from_u64(
+                opts.shuffle_seed ^ (self.epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
+            let mut order: Vec<usize> = (0..train.rows).collect();
             for i in (1..order.len()).rev() {
                 order.swap(i, rng.random_range(0..=i));
             }
             let clock = Instant::now();
-            self.health_begin_epoch(epoch);
+            self.health_begin_epoch(self.epoch + 1);
             for chunk in order.chunks(opts.batch_size) {
                 train.gather(chunk, &mut x, &mut y);
                 self.step_unchecked(&x, &y, chunk.len(), start)?;
@@ -365,12 +453,14 @@ impl Model {
             let metrics = self.take_metrics()?;
             self.health_end_epoch()?;
             let seconds = clock.elapsed().as_secs_f64();
+            let epoch = self.epoch + 1;
             ensure!(
                 metrics.loss.is_finite(),
                 "training diverged in epoch {epoch}: the mean loss is {}; lower the learning rate \
                  or use an initialisation suited to the activation",
                 metrics.loss
             );
+            self.epoch = epoch;
             let valid = valid
                 .map(|v| self.evaluate_at(v, opts.batch_size, start))
                 .transpose()?;
@@ -381,7 +471,7 @@ impl Model {
                 samples_per_sec: train.rows as f64 / seconds.max(1e-9),
             };
             self.health_epoch_report(&report)?;
-            on_epoch(&report);
+            hook(self, &report)?;
             reports.push(report);
         }
         self.health_end_fit();
@@ -574,6 +664,43 @@ impl Model {
             );
         }
         self.load_state_dict(&full)
+    }
+
+    /// Restores optimizer state saved from [`Model::optimizer_state`], by name; every
+    /// state tensor of this model's optimizer must be present with its shape.
+    pub fn load_optimizer_state(&mut self, tensors: &[NamedTensor]) -> Result<()> {
+        let mut writes = Vec::new();
+        for (slot, p) in self.persistent.iter().enumerate() {
+            if p.kind != PersistentKind::OptimizerState {
+                continue;
+            }
+            let t = tensors.iter().find(|t| t.name == p.name).with_context(|| {
+                format!("optimizer state has no '{}' (different optimizer?)", p.name)
+            })?;
+            ensure!(
+                t.shape == p.shape,
+                "optimizer state '{}' has shape {:?}, the model needs {:?}",
+                p.name,
+                t.shape,
+                p.shape
+            );
+            writes.push((slot, t));
+        }
+        for (slot, t) in writes {
+            self.engine.write_persistent(slot, &t.values)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the device's training-step counter (resuming a run, or replaying a step's
+    /// random draws). The next step sees `steps + 1`.
+    pub fn set_steps(&mut self, steps: u32) -> Result<()> {
+        let slot = self.slot(STEP_SLOT_NAME)?;
+        self.engine
+            .write_persistent(slot, &[f32::from_bits(steps)])?;
+        // The warm-up follows the host's count of steps.
+        self.steps_taken = steps as u64;
+        Ok(())
     }
 
     /// Overwrites a parameter or buffer by name (e.g. for finite-difference checks).

@@ -35,8 +35,8 @@ pub(super) struct Health {
     epochs: usize,
     steps_per_epoch: usize,
     step_in_epoch: usize,
-    /// Device step counter when the current `fit` started.
-    fit_origin: Option<u64>,
+    /// Device step counter and completed epochs when the current `fit` started.
+    fit_origin: Option<(u64, usize)>,
     last_loss: Option<f32>,
     last_accuracy: Option<f32>,
 }
@@ -48,9 +48,9 @@ impl Health {
     }
 
     fn epoch_of(&self, step: u64) -> Option<usize> {
-        let origin = self.fit_origin?;
+        let (origin, epochs_before) = self.fit_origin?;
         let per = self.steps_per_epoch.max(1) as u64;
-        (step > origin).then(|| ((step - origin - 1) / per) as usize + 1)
+        (step > origin).then(|| epochs_before + ((step - origin - 1) / per) as usize + 1)
     }
 }
 
@@ -197,13 +197,14 @@ impl Model {
             .collect())
     }
 
-    /// Start of `fit`: remembers the length of the run for progress and epoch numbers.
+    /// Start of `fit`: remembers the length of the run for progress and epoch numbers
+    /// (counted across `fit` calls, as [`Model::epoch`] is).
     /// Reads the device step counter once; the queue is idle here (`fit` has just read
     /// the metrics).
     pub(super) fn health_begin_fit(&mut self, epochs: usize, steps_per_epoch: usize) -> Result<()> {
-        let origin = self.steps()?;
+        let origin = (self.steps()?, self.epoch);
         let h = &mut self.health;
-        h.epochs = epochs;
+        h.epochs = origin.1 + epochs;
         h.steps_per_epoch = steps_per_epoch;
         h.fit_origin = Some(origin);
         h.in_flight.clear();

@@ -1,0 +1,1041 @@
+//! The activations beyond identity/sigmoid/tanh/ReLU: derivatives against finite
+//! differences on the CPU reference, GPU against CPU op by op and for whole models, the
+//! WGSL `erf` against a reference, RReLU's random slopes and PReLU's slope gradient, and
+//! bad configurations.
+
+mod common;
+
+use common::{assert_close, gpu, random, OpCase, ODD_SIZES};
+use steadygrad::cpu::{ops, CpuEngine};
+use steadygrad::gpu::GpuEngine;
+use steadygrad::graph::{Activation, Loss, Op};
+use steadygrad::{cross_check, Init, MlpSpec, Model, Optimizer, Tolerance};
+
+/// The new kinds at their defaults and at other parameters.
+fn variants() -> Vec<Activation> {
+    let mut v: Vec<Activation> = Activation::ALL.to_vec();
+    v.extend([
+        Activation::LeakyRelu { slope: 0.2 },
+        Activation::LeakyRelu { slope: 0.0 },
+        Activation::Rrelu {
+            lower: 0.05,
+            upper: 0.45,
+        },
+        Activation::Prelu {
+            per_unit: false,
+            init: 0.1,
+        },
+        Activation::Elu { alpha: 0.5 },
+        Activation::Elu { alpha: 2.0 },
+    ]);
+    v
+}
+
+/// Every activation except the smooth ones has a kink (or a jump in its derivative) at 0.
+fn smooth(act: Activation) -> bool {
+    matches!(
+        act,
+        Activation::Identity
+            | Activation::Sigmoid
+            | Activation::Tanh
+            | Activation::Gelu
+            | Activation::GeluTanh
+    ) || act == Activation::ELU // alpha = 1: eˣ meets the slope 1 at 0
+}
+
+// ---------------------------------------------------------------------------------------
+// Finite differences (CPU reference). Same scheme and tolerance as tests/gradcheck.rs: the
+// reference stores f32, so H = 1e-2 balances O(H²) ≈ 1e-4 relative truncation against
+// f32 rounding of the objective (≈ 1e-7/H = 1e-5); |fd − analytic| <= 2e-3 + 2e-2·|analytic|.
+
+const H: f32 = 1e-2;
+
+fn assert_grad(name: &str, analytic: &[f32], fd: impl Fn(usize) -> f32) {
+    for (i, &a) in analytic.iter().enumerate() {
+        let f = fd(i);
+        assert!(
+            (f - a).abs() <= 2e-3 + 2e-2 * a.abs(),
+            "{name}[{i}]: finite difference {f} vs analytic {a}"
+        );
+    }
+}
+
+fn central(x: &[f32], i: usize, objective: impl Fn(&[f32]) -> f64) -> f32 {
+    let mut p = x.to_vec();
+    p[i] = x[i] + H;
+    let up = objective(&p);
+    p[i] = x[i] - H;
+    let down = objective(&p);
+    ((up - down) / (2.0 * H as f64)) as f32
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+/// Inputs in [-3, 3] kept at least 0.05 (5·H) from 0, so no difference straddles a kink.
+fn away_from_kink(len: usize, seed: u64) -> Vec<f32> {
+    random(len, seed)
+        .iter()
+        .map(|&v| {
+            let v = 3.0 * v;
+            if v.abs() < 0.05 {
+                v.signum() * 0.1 + v
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn derivatives_match_finite_differences() {
+    for act in variants() {
+        // Smooth ones are also checked straddling 0.
+        let x = if smooth(act) {
+            random(60, 7).iter().map(|v| 3.0 * v).collect()
+        } else {
+            away_from_kink(60, 7)
+        };
+        let r = random(60, 8);
+        let loss = |x: &[f32]| {
+            let mut y = vec![0.0; x.len()];
+            ops::activate(act, x, &mut y);
+            dot(&y, &r)
+        };
+        let mut y = vec![0.0; 60];
+        ops::activate(act, &x, &mut y);
+        let mut dx = vec![0.0; 60];
+        ops::activate_backward(act, &x, &y, &r, &mut dx);
+        assert_grad(&act.to_string(), &dx, |i| central(&x, i, loss));
+    }
+}
+
+/// Training-mode RReLU: with the step fixed the slopes are a fixed function of the
+/// element, so its backward is the derivative of its forward.
+#[test]
+fn rrelu_training_derivative_matches_finite_differences() {
+    let (lower, upper, stream, step) = (0.1, 0.6, 77, 5);
+    let x = away_from_kink(80, 9);
+    let r = random(80, 10);
+    let loss = |x: &[f32]| {
+        let mut y = vec![0.0; x.len()];
+        ops::rrelu_train(x, &mut y, step, stream, lower, upper);
+        dot(&y, &r)
+    };
+    let mut dx = vec![0.0; 80];
+    ops::rrelu_train_backward(&x, &r, &mut dx, step, stream, lower, upper);
+    assert_grad("rrelu (training)", &dx, |i| central(&x, i, loss));
+}
+
+/// PReLU's input gradient and its slope gradient (the terms summed per slope), one slope
+/// and one per unit.
+#[test]
+fn prelu_derivatives_match_finite_differences() {
+    let (rows, cols) = (5, 7);
+    let x = away_from_kink(rows * cols, 11);
+    let r = random(rows * cols, 12);
+    for units in [1, cols] {
+        let w: Vec<f32> = random(units, 13).iter().map(|v| 0.3 + 0.2 * v).collect();
+        let loss = |x: &[f32], w: &[f32]| {
+            let mut y = vec![0.0; x.len()];
+            ops::prelu(x, w, &mut y);
+            dot(&y, &r)
+        };
+        let (mut dx, mut terms) = (vec![0.0; rows * cols], vec![0.0; rows * cols]);
+        ops::prelu_backward(&x, &w, &r, &mut dx, &mut terms);
+        let mut dw = vec![0.0f32; units];
+        for (i, t) in terms.iter().enumerate() {
+            dw[i % units] += t;
+        }
+        assert_grad("prelu dx", &dx, |i| central(&x, i, |p| loss(p, &w)));
+        assert_grad("prelu dw", &dw, |i| central(&w, i, |p| loss(&x, p)));
+    }
+}
+
+/// Whole MLPs on the CPU: every gradient the plan computes, PReLU's slopes included,
+/// against finite differences of the model's own loss (as `whole_mlp_gradients` in
+/// tests/gradcheck.rs). With four rows and these seeds no pre-activation lies within the
+/// step's reach of PReLU's kink; a kink inside it would show up as a failure here.
+#[test]
+fn whole_mlp_gradients_with_new_activations() {
+    for act in [
+        Activation::PRELU,
+        Activation::PRELU_UNIT,
+        Activation::Gelu,
+        Activation::ELU,
+        Activation::GeluTanh,
+    ] {
+        let spec = MlpSpec::new(3, &[6, 5, 4], 3)
+            .activation(act)
+            .loss(Loss::MeanSquaredError)
+            .optimizer(Optimizer::sgd(1e-3))
+            .seed(3);
+        let rows = 4;
+        let x = random(rows * 3, 11);
+        let y = random(rows * 3, 12);
+        let mut model = Model::new(spec.clone(), Box::new(CpuEngine::new())).unwrap();
+        let before = model.parameters().unwrap();
+        model.train_batch(&x, &y).unwrap();
+        let grads = model.gradient_names(rows).unwrap();
+        let slopes = usize::from(matches!(act, Activation::Prelu { .. })) * 3;
+        assert_eq!(
+            grads.len(),
+            8 + slopes,
+            "{act}: every parameter has a gradient"
+        );
+        for p in &before {
+            model.set_parameter(&p.name, &p.values).unwrap();
+        }
+        for (param, grad) in grads {
+            let analytic = model.read_tensor(rows, &grad).unwrap();
+            let p0 = before
+                .iter()
+                .find(|p| p.name == param)
+                .unwrap()
+                .values
+                .clone();
+            for i in (0..p0.len()).step_by(2) {
+                let mut p = p0.clone();
+                p[i] = p0[i] + H;
+                model.set_parameter(&param, &p).unwrap();
+                let up = model.batch_loss(&x, &y).unwrap() as f64;
+                p[i] = p0[i] - H;
+                model.set_parameter(&param, &p).unwrap();
+                let down = model.batch_loss(&x, &y).unwrap() as f64;
+                model.set_parameter(&param, &p0).unwrap();
+                let fd = ((up - down) / (2.0 * H as f64)) as f32;
+                let a = analytic[i];
+                assert!(
+                    (fd - a).abs() <= 2e-3 + 2e-2 * a.abs(),
+                    "{act} {grad}[{i}]: finite difference {fd} vs analytic {a}"
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// GPU against the CPU reference. Tolerance: the cross-check default,
+// max|gpu − cpu| <= 1e-6 + 1e-4·max|cpu| (see steadygrad::check::Tolerance): elementwise
+// ops differ only by f32 rounding and the GPU's exp/tanh, orders of magnitude below it.
+
+const LARGE: usize = 70_001;
+
+/// Forward and backward of every kind at constant parameters, at odd lengths and one
+/// large one, on three input scales: small inputs exercise the series near 0 (expm1,
+/// erf's inner branch), where a normwise bound over ±20 inputs would be too loose to see
+/// them, and ±20 the saturated tails.
+#[test]
+fn activations_gpu_vs_cpu_at_several_scales() {
+    for act in variants() {
+        for len in ODD_SIZES.into_iter().chain([LARGE]) {
+            for scale in [0.5f32, 4.0, 20.0] {
+                let x: Vec<f32> = random(len, 5).iter().map(|v| v * scale).collect();
+                let what = format!("{act}, len {len}, inputs ±{scale}");
+                let case = OpCase::new(&[("x", len), ("y", len)]).op(Op::Activate {
+                    act,
+                    x: 0,
+                    y: 1,
+                    len,
+                });
+                let fwd = case.both(&[("x", x.clone())], 0.0);
+                assert_close(&fwd, &format!("{what} forward"));
+                let y = fwd[1].2.clone();
+                let case = OpCase::new(&[("x", len), ("y", len), ("dy", len), ("dx", len)]).op(
+                    Op::ActivateBackward {
+                        act,
+                        x: 0,
+                        y: 1,
+                        dy: 2,
+                        dx: 3,
+                        len,
+                    },
+                );
+                let inputs = [("x", x), ("y", y), ("dy", random(len, 6))];
+                assert_close(&case.both(&inputs, 0.0), &format!("{what} backward"));
+            }
+        }
+    }
+}
+
+/// Values that have a known closed form, so the CPU reference is right and not merely
+/// consistent with the GPU. Tolerance 1e-6 relative: f32 rounding of the result.
+#[test]
+fn reference_values() {
+    let cases: &[(Activation, f32, f64)] = &[
+        (Activation::LEAKY_RELU, -2.0, -0.02),
+        (Activation::LeakyRelu { slope: 0.2 }, 3.0, 3.0),
+        (Activation::RRELU, -1.0, -(1.0 / 8.0 + 1.0 / 3.0) / 2.0),
+        (Activation::ELU, -1.0, (-1.0f64).exp_m1()),
+        (
+            Activation::Elu { alpha: 0.5 },
+            -2.0,
+            0.5 * (-2.0f64).exp_m1(),
+        ),
+        (Activation::Selu, 1.0, 1.0507009873554805),
+        (
+            Activation::Selu,
+            -1.0,
+            1.0507009873554805 * 1.6732632423543772 * (-1.0f64).exp_m1(),
+        ),
+        // x·Φ(x) with Φ(1) = 0.8413447460685429, Φ(-2) = 0.022750131948179195.
+        (Activation::Gelu, 1.0, 0.8413447460685429),
+        (Activation::Gelu, -2.0, -2.0 * 0.022750131948179195),
+        // ½x(1 + tanh(√(2/π)(x + 0.044715x³))) at x = 1.
+        (Activation::GeluTanh, 1.0, 0.8411919906082768),
+    ];
+    for &(act, x, want) in cases {
+        let got = ops::activation(act, x) as f64;
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs().max(1e-30),
+            "{act}({x}) = {got}, expected {want}"
+        );
+    }
+    // Derivatives at the kink follow PyTorch: the negative side's slope.
+    assert_eq!(ops::activation_grad(Activation::LEAKY_RELU, 0.0, 0.0), 0.01);
+    assert_eq!(ops::activation_grad(Activation::ELU, 0.0, 0.0), 1.0);
+    assert_eq!(
+        ops::activation_grad(Activation::Elu { alpha: 0.5 }, 0.0, 0.0),
+        0.5
+    );
+}
+
+/// Training-mode RReLU on both backends draws the same slopes (the shared counter-based
+/// RNG), at odd lengths and a large one, for several steps and streams.
+#[test]
+fn rrelu_training_gpu_vs_cpu() {
+    let (lower, upper) = (1.0 / 8.0, 1.0 / 3.0);
+    for len in ODD_SIZES.into_iter().chain([LARGE]) {
+        for (step, stream) in [
+            (1u32, 0u32),
+            (2, 0),
+            (123_456, 0x5252_4C55),
+            (4_000_000_000, 9),
+        ] {
+            let case = OpCase::new(&[
+                ("x", len),
+                ("y", len),
+                ("dy", len),
+                ("dx", len),
+                ("step", 1),
+            ])
+            .op(Op::RreluTrain {
+                x: 0,
+                y: 1,
+                step: 4,
+                stream,
+                lower,
+                upper,
+                len,
+            })
+            .op(Op::RreluTrainBackward {
+                x: 0,
+                dy: 2,
+                dx: 3,
+                step: 4,
+                stream,
+                lower,
+                upper,
+                len,
+            });
+            let x: Vec<f32> = random(len, 20).iter().map(|v| v * 4.0).collect();
+            let dy = random(len, 21);
+            let inputs = [
+                ("x", x.clone()),
+                ("dy", dy.clone()),
+                ("step", vec![f32::from_bits(step)]),
+            ];
+            let out = case.both(&inputs, 0.0);
+            let what = format!("rrelu training, len {len}, step {step}, stream {stream}");
+            assert_close(&out, &what);
+            // The slopes are U(lower, upper) draws, and backward used the forward's: dx/dy
+            // equals y/x element by element.
+            let (y, dx) = (&out[1].2, &out[3].2);
+            let mut slopes = Vec::new();
+            for i in 0..len {
+                if x[i] < -1e-3 {
+                    let a = y[i] / x[i];
+                    assert!(
+                        (lower - 1e-6..=upper + 1e-6).contains(&a),
+                        "{what}: slope {a} at {i}"
+                    );
+                    assert!(
+                        (dx[i] / dy[i] - a).abs() <= 1e-5,
+                        "{what}: backward slope {} vs forward {a}",
+                        dx[i] / dy[i]
+                    );
+                    slopes.push(a);
+                } else if x[i] > 0.0 {
+                    assert_eq!(y[i], x[i]);
+                    assert_eq!(dx[i], dy[i]);
+                }
+            }
+            if slopes.len() >= 20 {
+                let mean = slopes.iter().sum::<f32>() / slopes.len() as f32;
+                let spread = slopes.iter().fold(0.0f32, |m, a| m.max(*a))
+                    - slopes.iter().fold(1.0f32, |m, a| m.min(*a));
+                assert!(
+                    spread > 0.5 * (upper - lower),
+                    "{what}: slopes do not vary ({spread})"
+                );
+                // Mean of n uniform draws: std (upper−lower)/√(12n); 6 standard deviations.
+                let tol = 6.0 * (upper - lower) / (12.0 * slopes.len() as f32).sqrt();
+                assert!(
+                    (mean - (lower + upper) / 2.0).abs() <= tol,
+                    "{what}: mean slope {mean}"
+                );
+            }
+        }
+    }
+}
+
+/// PReLU forward, backward and slope gradient (the op and the column sums the MLP
+/// lowering adds after it), one slope per layer and one per unit, at odd shapes.
+#[test]
+fn prelu_gpu_vs_cpu() {
+    let shapes = [
+        (1, 1),
+        (7, 33),
+        (33, 7),
+        (257, 1),
+        (1, 257),
+        (257, 33),
+        (1000, 70),
+    ];
+    for (rows, cols) in shapes {
+        for per_unit in [false, true] {
+            let units = if per_unit { cols } else { 1 };
+            let len = rows * cols;
+            let case = OpCase::new(&[
+                ("x", len),
+                ("w", units),
+                ("y", len),
+                ("dy", len),
+                ("dx", len),
+                ("terms", len),
+                ("per_unit", cols),
+                ("dw", 1),
+            ])
+            .op(Op::Prelu {
+                x: 0,
+                weight: 1,
+                y: 2,
+                len,
+                units,
+            })
+            .op(Op::PreluBackward {
+                x: 0,
+                weight: 1,
+                dy: 3,
+                dx: 4,
+                dw_terms: 5,
+                len,
+                units,
+            })
+            .op(Op::SumRows {
+                x: 5,
+                out: 6,
+                rows,
+                cols,
+                accumulate: false,
+            })
+            .op(Op::SumRows {
+                x: 6,
+                out: 7,
+                rows: cols,
+                cols: 1,
+                accumulate: false,
+            });
+            let x: Vec<f32> = random(len, 30).iter().map(|v| v * 3.0).collect();
+            let w: Vec<f32> = random(units, 31).iter().map(|v| 0.25 + 0.2 * v).collect();
+            let dy = random(len, 32);
+            let inputs = [("x", x.clone()), ("w", w.clone()), ("dy", dy.clone())];
+            let out = case.both(&inputs, 0.0);
+            let what = format!("prelu {rows}x{cols}, {units} slope(s)");
+            assert_close(&out, &what);
+            // And the gradient is the right one: Σ over the slope's elements with x <= 0
+            // of x·dy, summed here independently in f64.
+            let mut want = vec![0.0f64; cols];
+            for i in 0..len {
+                if x[i] <= 0.0 {
+                    want[i % cols] += x[i] as f64 * dy[i] as f64;
+                }
+            }
+            let total: f64 = want.iter().sum();
+            let got_unit = &out[6].2;
+            for c in 0..cols {
+                assert!(
+                    (got_unit[c] as f64 - want[c]).abs() <= 1e-5 * (1.0 + want[c].abs()),
+                    "{what}: unit {c}"
+                );
+            }
+            assert!(
+                (out[7].2[0] as f64 - total).abs() <= 1e-5 * (1.0 + total.abs()),
+                "{what}: total"
+            );
+        }
+    }
+}
+
+/// One training step of whole models on GPU and CPU: every output, gradient (PReLU's
+/// slopes included) and updated parameter agrees. RReLU's step trains with random slopes,
+/// so agreement shows both backends drew the same ones.
+#[test]
+fn whole_model_one_step_with_new_activations() {
+    type Case<'a> = (usize, &'a [usize], usize, Activation, Loss, usize);
+    let cases: &[Case] = &[
+        (
+            7,
+            &[33, 7, 257],
+            7,
+            Activation::PRELU,
+            Loss::SoftmaxCrossEntropy,
+            33,
+        ),
+        (
+            7,
+            &[33, 7, 257],
+            7,
+            Activation::PRELU_UNIT,
+            Loss::SoftmaxCrossEntropy,
+            33,
+        ),
+        (
+            1,
+            &[257, 33],
+            7,
+            Activation::PRELU_UNIT,
+            Loss::MeanSquaredError,
+            257,
+        ),
+        (
+            33,
+            &[7; 5],
+            2,
+            Activation::RRELU,
+            Loss::SoftmaxCrossEntropy,
+            257,
+        ),
+        (
+            257,
+            &[1, 33],
+            1,
+            Activation::RRELU,
+            Loss::MeanSquaredError,
+            1,
+        ),
+        (
+            2,
+            &[64; 8],
+            3,
+            Activation::Rrelu {
+                lower: 0.0,
+                upper: 0.9,
+            },
+            Loss::SoftmaxCrossEntropy,
+            64,
+        ),
+        (
+            7,
+            &[33, 33],
+            3,
+            Activation::LeakyRelu { slope: 0.2 },
+            Loss::SoftmaxCrossEntropy,
+            7,
+        ),
+        (
+            7,
+            &[33, 33],
+            3,
+            Activation::Elu { alpha: 0.5 },
+            Loss::MeanSquaredError,
+            33,
+        ),
+        (
+            7,
+            &[33; 4],
+            3,
+            Activation::Selu,
+            Loss::SoftmaxCrossEntropy,
+            33,
+        ),
+        (
+            7,
+            &[33; 4],
+            3,
+            Activation::Gelu,
+            Loss::SoftmaxCrossEntropy,
+            33,
+        ),
+        (
+            7,
+            &[33; 4],
+            3,
+            Activation::GeluTanh,
+            Loss::MeanSquaredError,
+            7,
+        ),
+    ];
+    for &(input, hidden, output, act, loss, batch) in cases {
+        let spec = MlpSpec::new(input, hidden, output)
+            .activation(act)
+            .loss(loss)
+            .optimizer(Optimizer::sgd(0.1))
+            .seed(batch as u64);
+        let x: Vec<f32> = random(batch * input, 11).iter().map(|v| 2.0 * v).collect();
+        let y: Vec<f32> = match loss {
+            Loss::SoftmaxCrossEntropy => (0..batch).map(|r| (r % output) as f32).collect(),
+            Loss::MeanSquaredError => random(batch * output, 12),
+        };
+        let report = cross_check(&spec, &x, &y, gpu(), Tolerance::default()).unwrap();
+        assert!(
+            report.passed(),
+            "{act} {spec:?} batch {batch}:\n{}",
+            report.table()
+        );
+        let slopes = report
+            .tensors
+            .iter()
+            .filter(|t| t.name.ends_with("act.weight.grad"))
+            .count();
+        let expect = if matches!(act, Activation::Prelu { .. }) {
+            hidden.len()
+        } else {
+            0
+        };
+        assert_eq!(slopes, expect, "{act}: PReLU slope gradients compared");
+    }
+}
+
+/// RReLU trains with a fresh random slope per element and step and evaluates with the mean
+/// slope, on both backends.
+#[test]
+fn rrelu_training_and_evaluation_modes() {
+    let (lower, upper) = (0.1f32, 0.5f32);
+    let spec = MlpSpec::new(5, &[64], 3)
+        .activation(Activation::Rrelu { lower, upper })
+        .seed(4);
+    let rows = 40;
+    let x = random(rows * 5, 40);
+    let y: Vec<f32> = (0..rows).map(|r| (r % 3) as f32).collect();
+    for engine in [
+        Box::new(CpuEngine::new()) as Box<dyn steadygrad::Engine>,
+        Box::new(GpuEngine::new(gpu())),
+    ] {
+        let mut m = Model::new(spec.clone(), engine).unwrap();
+        let ratios = |m: &mut Model| -> Vec<f32> {
+            let z = m.read_tensor(rows, "layers.0.z").unwrap();
+            let h = m.read_tensor(rows, "layers.0.h").unwrap();
+            z.iter()
+                .zip(&h)
+                .filter(|(z, _)| **z < -1e-3)
+                .map(|(z, h)| h / z)
+                .collect()
+        };
+        m.predict(&x).unwrap();
+        let eval = ratios(&mut m);
+        assert!(eval.len() > 100);
+        for a in &eval {
+            assert!(
+                (a - (lower + upper) / 2.0).abs() < 1e-5,
+                "evaluation slope {a}"
+            );
+        }
+        m.train_batch(&x, &y).unwrap();
+        let first = ratios(&mut m);
+        m.train_batch(&x, &y).unwrap();
+        let second = ratios(&mut m);
+        for slopes in [&first, &second] {
+            assert!(slopes
+                .iter()
+                .all(|a| (lower - 1e-6..=upper + 1e-6).contains(a)));
+            let spread = slopes.iter().cloned().fold(f32::MIN, f32::max)
+                - slopes.iter().cloned().fold(f32::MAX, f32::min);
+            assert!(
+                spread > 0.5 * (upper - lower),
+                "training slopes vary: spread {spread}"
+            );
+        }
+        // The second step drew new slopes (same length only if the signs did not change).
+        let same = first
+            .iter()
+            .zip(&second)
+            .filter(|(a, b)| (*a - *b).abs() < 1e-6)
+            .count();
+        assert!(
+            same < first.len() / 4,
+            "{same} of {} slopes repeated",
+            first.len()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// erf: WGSL has none, so shaders/activation.wgsl carries its own (GELU uses it through
+// erfc). It is run here through a probe entry point appended to the real shader source.
+
+const PROBE: &str = r#"
+@compute @workgroup_size(256)
+fn erf_probe(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if i < dims.len {
+        out[i] = select(erfc(x[i]), erf(x[i]), dims.units == 0u);
+    }
+}
+"#;
+
+/// Runs the WGSL `erf` (`erfc` when `complement`) on `xs`.
+fn gpu_erf(xs: &[f32], complement: bool) -> Vec<f32> {
+    use wgpu::util::DeviceExt;
+    let ctx = gpu();
+    let device = &ctx.device;
+    let source = [
+        include_str!("../shaders/rng.wgsl"),
+        include_str!("../shaders/activation.wgsl"),
+        PROBE,
+    ]
+    .concat();
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("erf probe"),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("erf probe"),
+        layout: None,
+        module: &module,
+        entry_point: Some("erf_probe"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let dims = [xs.len() as u32, complement as u32, 0, 0];
+    let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    let ubuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: bytemuck::cast_slice(&dims),
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    let xbuf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: bytemuck::cast_slice(xs),
+        usage: storage,
+    });
+    let bytes = (xs.len() * 4) as u64;
+    let obuf = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes,
+        usage: storage,
+        mapped_at_creation: false,
+    });
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: ubuf.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: xbuf.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 4,
+                resource: obuf.as_entire_binding(),
+            },
+        ],
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        let groups = xs.len().div_ceil(256) as u32;
+        let gx = groups.min(65_535);
+        pass.dispatch_workgroups(gx, groups.div_ceil(gx), 1);
+    }
+    enc.copy_buffer_to_buffer(&obuf, 0, &staging, 0, bytes);
+    ctx.queue.submit([enc.finish()]);
+    staging.map_async(wgpu::MapMode::Read, .., |r| {
+        r.expect("map erf probe output")
+    });
+    ctx.wait().unwrap();
+    let out = bytemuck::cast_slice::<u8, f32>(&staging.get_mapped_range(..).unwrap()).to_vec();
+    out
+}
+
+/// The CPU reference (libm's erf/erfc, < 1 ulp in f64) against published values, so the
+/// GPU test below compares with something right. Tolerance: 1e-15 relative, f64 rounding.
+#[test]
+fn erf_reference_values() {
+    for (x, erf, erfc) in [
+        (0.5, 0.5204998778130465, 0.4795001221869535),
+        (1.0, 0.8427007929497149, 0.15729920705028513),
+        (2.0, 0.9953222650189527, 0.004677734981047266),
+        (5.0, 0.9999999999984626, 1.537_459_794_428_035e-12),
+    ] {
+        assert!((ops::erf(x) - erf).abs() <= 1e-15 * erf);
+        assert!((ops::erfc(x) - erfc).abs() <= 1e-15 * erfc);
+        assert_eq!(ops::erf(-x), -ops::erf(x));
+    }
+}
+
+/// WGSL `erf` against libm over [-10, 10] in steps of 1e-5 (two million points) plus edge
+/// values. Bound: |erf_gpu − erf| <= 1.2e-7. The fits themselves are accurate to 2e-8;
+/// rounding the result to f32 costs up to 3e-8 (half an ulp below 1), and the remaining
+/// budget covers rounding inside the polynomial and WGSL's `exp`, which the spec allows a
+/// few ulp. A wrong coefficient or branch gives errors of 1e-6 or more.
+#[test]
+fn wgsl_erf_is_accurate_over_a_wide_range() {
+    let n = 2_000_001;
+    let mut xs: Vec<f32> = (0..n)
+        .map(|i| -10.0 + 20.0 * i as f32 / (n - 1) as f32)
+        .collect();
+    let split = 0.921875f32;
+    for v in [
+        0.0,
+        1e-30,
+        1e-40, // subnormal
+        f32::MIN_POSITIVE,
+        1e-4,
+        split,
+        split.next_down(),
+        split.next_up(),
+        3.92,
+        4.0f32.next_down(),
+        4.0,
+        4.0f32.next_up(),
+        10.0,
+        1e30,
+        f32::MAX,
+        f32::INFINITY,
+    ] {
+        xs.push(v);
+        xs.push(-v);
+    }
+    let got = gpu_erf(&xs, false);
+    let (mut worst, mut at) = (0.0f64, 0.0f32);
+    for (&x, &g) in xs.iter().zip(&got) {
+        let err = (g as f64 - ops::erf(x as f64)).abs();
+        if err > worst || err.is_nan() {
+            (worst, at) = (err, x);
+        }
+    }
+    println!("WGSL erf: max abs error {worst:.3e} at x = {at}");
+    assert!(
+        worst <= 1.2e-7,
+        "WGSL erf max abs error {worst:e} at x = {at}"
+    );
+    // Small arguments keep their relative accuracy (erf(x) ≈ 1.128x): 4 ulp.
+    for (&x, &g) in xs.iter().zip(&got) {
+        // Subnormal results have fewer bits (and GPUs may flush them), so start above.
+        if x.abs() >= 1e-37 && x.abs() < 0.5 {
+            let want = ops::erf(x as f64);
+            assert!(
+                ((g as f64 - want) / want).abs() <= 4.0 * f32::EPSILON as f64,
+                "erf({x}) = {g}, expected {want}"
+            );
+        }
+    }
+}
+
+/// WGSL `erfc`, which GELU uses for Φ. Absolute error <= 2.4e-7 over [-10, 10]: for
+/// negative arguments erfc is near 2, where an f32 ulp is 2.4e-7. In the upper tail
+/// (split, 4), where 1 − erf would cancel to nothing, relative error <= 8e-6: Q(t) falls
+/// to −17 there and its f32 rounding (ulp 1.9e-6) passes through exp as relative error,
+/// a few 1e-6 with a correctly rounded exp (scripts/fit_erf.py), plus the GPU's own exp
+/// error. A wrong tail coefficient gives 1e-4 or more. Beyond 4 it returns 0, within
+/// 1.6e-8 of the truth.
+#[test]
+fn wgsl_erfc_keeps_the_tail() {
+    let n = 400_001;
+    let xs: Vec<f32> = (0..n)
+        .map(|i| -10.0 + 20.0 * i as f32 / (n - 1) as f32)
+        .collect();
+    let got = gpu_erf(&xs, true);
+    let (mut abs, mut rel) = (0.0f64, 0.0f64);
+    for (&x, &g) in xs.iter().zip(&got) {
+        let want = ops::erfc(x as f64);
+        abs = abs.max((g as f64 - want).abs());
+        if x > 0.921875 && x < 4.0 {
+            rel = rel.max(((g as f64 - want) / want).abs());
+        }
+    }
+    println!("WGSL erfc: max abs error {abs:.3e}, max rel error on (0.92, 4) {rel:.3e}");
+    assert!(abs <= 2.4e-7, "erfc max abs error {abs:e}");
+    assert!(rel <= 8e-6, "erfc max relative error in the tail {rel:e}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad configuration: a clear error, never a panic.
+
+fn err_of<T>(r: anyhow::Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn bad_activation_configurations() {
+    let e = err_of("swish".parse::<Activation>());
+    assert!(
+        e.contains("unknown activation 'swish'") && e.contains("leaky-relu[:SLOPE]"),
+        "{e}"
+    );
+    let e = err_of("elu:-1".parse::<Activation>());
+    assert!(
+        e.contains("elu alpha must be a finite number >= 0, got -1"),
+        "{e}"
+    );
+    let e = err_of("leaky-relu:-0.1".parse::<Activation>());
+    assert!(e.contains("slope must be a finite number >= 0"), "{e}");
+    let e = err_of("leaky-relu:nan".parse::<Activation>());
+    assert!(e.contains("slope must be a finite number"), "{e}");
+    let e = err_of("leaky-relu:abc".parse::<Activation>());
+    assert!(e.contains("parameter 'abc' is not a number"), "{e}");
+    let e = err_of("rrelu:0.5:0.1".parse::<Activation>());
+    assert!(e.contains("lower 0.5 > upper 0.1"), "{e}");
+    let e = err_of("rrelu:0.2".parse::<Activation>());
+    assert!(e.contains("two parameters"), "{e}");
+    let e = err_of("selu:1".parse::<Activation>());
+    assert!(e.contains("selu takes no parameters"), "{e}");
+    let e = err_of("prelu:inf".parse::<Activation>());
+    assert!(e.contains("prelu initial slope"), "{e}");
+
+    // Through the library API, the same checks run when the model is built.
+    for (act, needle) in [
+        (Activation::Elu { alpha: -1.0 }, "elu alpha"),
+        (Activation::Elu { alpha: f32::NAN }, "elu alpha"),
+        (Activation::LeakyRelu { slope: -0.5 }, "leaky-relu slope"),
+        (
+            Activation::Rrelu {
+                lower: 0.4,
+                upper: 0.2,
+            },
+            "lower <= upper",
+        ),
+        (
+            Activation::Rrelu {
+                lower: -0.1,
+                upper: 0.2,
+            },
+            "rrelu bounds",
+        ),
+        (
+            Activation::Prelu {
+                per_unit: true,
+                init: f32::NEG_INFINITY,
+            },
+            "prelu-unit initial slope",
+        ),
+    ] {
+        let spec = MlpSpec::new(3, &[5], 2).activation(act);
+        let e = err_of(spec.validate());
+        assert!(e.contains(needle), "{act:?}: {e}");
+        let e = err_of(Model::new(spec, Box::new(CpuEngine::new())));
+        assert!(e.contains(needle), "{act:?}: {e}");
+    }
+}
+
+/// Every name round-trips through `Display`, defaults included.
+#[test]
+fn activation_names_round_trip() {
+    for act in variants() {
+        let s = act.to_string();
+        assert_eq!(s.parse::<Activation>().unwrap(), act, "{s}");
+    }
+    assert_eq!(
+        "leaky-relu".parse::<Activation>().unwrap(),
+        Activation::LeakyRelu { slope: 0.01 }
+    );
+    assert_eq!(
+        "Leaky_ReLU:0.2".parse::<Activation>().unwrap(),
+        Activation::LeakyRelu { slope: 0.2 }
+    );
+    assert_eq!(
+        "rrelu".parse::<Activation>().unwrap(),
+        Activation::Rrelu {
+            lower: 1.0 / 8.0,
+            upper: 1.0 / 3.0
+        }
+    );
+    assert_eq!(
+        "prelu-unit".parse::<Activation>().unwrap(),
+        Activation::Prelu {
+            per_unit: true,
+            init: 0.25
+        }
+    );
+    assert_eq!(
+        "elu:0.5".parse::<Activation>().unwrap(),
+        Activation::Elu { alpha: 0.5 }
+    );
+    assert_eq!(
+        "gelu-tanh".parse::<Activation>().unwrap(),
+        Activation::GeluTanh
+    );
+}
+
+/// PReLU's slope is a parameter named as in PyTorch's state_dict, shaped [1] or [units],
+/// starting at `init`, and trained: it moves with a step and its gradient is reported.
+#[test]
+fn prelu_slope_is_a_trained_parameter() {
+    for (act, shape) in [
+        (Activation::PRELU, vec![1]),
+        (Activation::PRELU_UNIT, vec![16]),
+    ] {
+        let spec = MlpSpec::new(4, &[16, 16], 3)
+            .activation(act)
+            .seed(2)
+            .init(Init::HeNormal);
+        let mut m = Model::new(spec, Box::new(CpuEngine::new())).unwrap();
+        let names: Vec<String> = m
+            .parameters()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "layers.0.linear.weight",
+                "layers.0.linear.bias",
+                "layers.0.act.weight",
+                "layers.1.linear.weight",
+                "layers.1.linear.bias",
+                "layers.1.act.weight",
+                "layers.2.linear.weight",
+                "layers.2.linear.bias",
+            ]
+        );
+        let p = m.parameters().unwrap();
+        let slope = p.iter().find(|p| p.name == "layers.1.act.weight").unwrap();
+        assert_eq!(slope.shape, shape);
+        assert!(slope.values.iter().all(|&v| v == 0.25));
+        let x = random(32 * 4, 50);
+        let y: Vec<f32> = (0..32).map(|r| (r % 3) as f32).collect();
+        m.train_batch(&x, &y).unwrap();
+        let after = m.parameters().unwrap();
+        let slope = after
+            .iter()
+            .find(|p| p.name == "layers.1.act.weight")
+            .unwrap();
+        assert!(
+            slope.values.iter().any(|&v| v != 0.25),
+            "the slope was updated"
+        );
+        let grads = m.gradient_names(32).unwrap();
+        assert!(grads.contains(&(
+            "layers.1.act.weight".into(),
+            "layers.1.act.weight.grad".into()
+        )));
+    }
+}

@@ -1,0 +1,182 @@
+//! The command line end to end: train on a CSV file with a checkpoint, resume, evaluate,
+//! predict, transfer, and clear errors for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_steadygrad"))
+}
+
+fn dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("steadygrad-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs the binary; returns (success, stdout + stderr).
+fn run(args: &[&str], cwd: &Path) -> (bool, String) {
+    let out = bin().args(args).current_dir(cwd).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn write_csv(path: &Path) {
+    let data = steadygrad::data::synthetic::spirals(60, 3, 0.05, 3);
+    let mut s = String::from("a,b,label\n");
+    for r in 0..data.rows {
+        s += &format!(
+            "{},{},{}\n",
+            data.features[2 * r],
+            data.features[2 * r + 1],
+            data.targets[r]
+        );
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+#[test]
+fn train_save_resume_eval_predict() {
+    let d = dir();
+    write_csv(&d.join("s.csv"));
+    let common = [
+        "--data",
+        "s.csv",
+        "--label-column",
+        "label",
+        "--depth",
+        "3",
+        "--width",
+        "16",
+    ];
+    let (ok, out) = run(
+        &[
+            &["train"][..],
+            &common,
+            &["--epochs", "2", "--save", "m.safetensors"],
+        ]
+        .concat(),
+        &d,
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("device:") && out.contains("epoch   2") && out.contains("samples/s"),
+        "{out}"
+    );
+    let (ok, out) = run(
+        &[
+            &["train"][..],
+            &common,
+            &[
+                "--epochs",
+                "3",
+                "--save",
+                "m.safetensors",
+                "--resume",
+                "m.safetensors",
+            ],
+        ]
+        .concat(),
+        &d,
+    );
+    assert!(
+        ok && out.contains("resuming") && out.contains("epoch   3") && !out.contains("epoch   1 "),
+        "{out}"
+    );
+    let (ok, out) = run(
+        &[
+            "eval",
+            "--checkpoint",
+            "m.safetensors",
+            "--data",
+            "s.csv",
+            "--label-column",
+            "label",
+        ],
+        &d,
+    );
+    assert!(
+        ok && out.contains("180 rows") && out.contains("accuracy"),
+        "{out}"
+    );
+    let (ok, out) = run(
+        &[
+            "predict",
+            "--checkpoint",
+            "m.safetensors",
+            "--data",
+            "s.csv",
+            "--label-column",
+            "label",
+            "--out",
+            "p.csv",
+        ],
+        &d,
+    );
+    assert!(ok, "{out}");
+    let preds = std::fs::read_to_string(d.join("p.csv")).unwrap();
+    assert_eq!(preds.lines().count(), 181);
+    assert!(preds.starts_with("output_0,output_1,output_2,class\n"));
+    // Transfer: keep 2 layers, freeze them, cache their outputs, unfreeze at epoch 2.
+    let (ok, out) = run(
+        &[
+            &["train"][..],
+            &common,
+            &[
+                "--epochs",
+                "2",
+                "--init-from",
+                "m.safetensors",
+                "--keep-layers",
+                "2",
+                "--freeze",
+                "0..2",
+                "--cache-frozen",
+                "--unfreeze-at-epoch",
+                "2",
+            ],
+        ]
+        .concat(),
+        &d,
+    );
+    assert!(
+        ok && out.contains("kept layers 0..2") && out.contains("unfreezing"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let d = dir();
+    std::fs::write(d.join("ragged.csv"), "a,b,label\n1,2,0\n3,1\n").unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["train", "--data", "missing.csv"], "missing.csv"),
+        (&["train", "--data", "ragged.csv"], "ragged.csv"),
+        (
+            &["train", "--activation", "swish"],
+            "unknown activation 'swish'",
+        ),
+        (&["train", "--lr=-1"], "learning rate"),
+        (
+            &[
+                "eval",
+                "--checkpoint",
+                "nope.safetensors",
+                "--data",
+                "ragged.csv",
+            ],
+            "nope.safetensors",
+        ),
+        (&["--backend", "cuda", "train"], "unknown backend 'cuda'"),
+    ];
+    for (args, needle) in cases {
+        let (ok, out) = run(args, &d);
+        assert!(!ok, "{args:?} should fail");
+        assert!(
+            out.contains(needle),
+            "{args:?}: expected '{needle}' in {out}"
+        );
+        assert!(!out.contains("panicked"), "{args:?} panicked: {out}");
+    }
+}

@@ -1,0 +1,78 @@
+//! Model configuration files: the commented default parses, round trips are exact, and
+//! bad files name the problem.
+
+use steadygrad::config::Config;
+use steadygrad::{BatchNorm, Clip, LrSchedule, MlpSpec, Optimizer};
+
+fn write(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("steadygrad-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn commented_default_is_valid() {
+    let p = write("default.toml", &Config::commented_default());
+    let c = Config::load(&p).unwrap();
+    let spec = c.to_spec().unwrap();
+    assert_eq!(spec.hidden.len(), 8);
+    assert_eq!(spec.optimizer, Optimizer::sgd(0.05));
+    assert_eq!(c.training.epochs, 20);
+}
+
+#[test]
+fn round_trip_through_toml() {
+    let spec = MlpSpec::new(4, &[16, 8], 3)
+        .activation("leaky-relu:0.2".parse().unwrap())
+        .batch_norm(BatchNorm::default())
+        .residual(2)
+        .optimizer(Optimizer::adamw(3e-3))
+        .clip(Clip::Norm(1.5))
+        .schedule(LrSchedule::Cosine {
+            t_max: 10,
+            eta_min: 1e-5,
+        })
+        .warmup_steps(7)
+        .dropout(0.25)
+        .seed(9);
+    let c = Config::from_spec(&spec, 12, 64);
+    let p = write("rt.toml", &c.to_toml());
+    let back = Config::load(&p).unwrap();
+    assert_eq!(back, c);
+    assert_eq!(back.to_spec().unwrap(), spec);
+}
+
+#[test]
+fn bad_files_name_the_problem() {
+    let base = Config::commented_default();
+    let cases = [
+        (base.replace("lr = 0.05", "lr = -1.0"), "learning rate"),
+        (
+            base.replace("activation = \"relu\"", "activation = \"swish\""),
+            "unknown activation 'swish'",
+        ),
+        (
+            base.replace("epochs = 20", "epochs = 20\nepochz = 3"),
+            "epochz",
+        ),
+        (base.replace("kind = \"sgd\"", "kind = \"lbfgs\""), "lbfgs"),
+        (
+            base.replace(
+                "hidden = [64, 64, 64, 64, 64, 64, 64, 64]",
+                "hidden = [64, 0]",
+            ),
+            "hidden layer 1 size is zero",
+        ),
+        ("[model\n".to_string(), "bad.toml"),
+    ];
+    for (text, needle) in cases {
+        let p = write("bad.toml", &text);
+        let e = format!("{:#}", Config::load(&p).unwrap_err());
+        assert!(
+            e.contains(needle) && e.contains("bad.toml"),
+            "expected '{needle}' in: {e}"
+        );
+    }
+}
