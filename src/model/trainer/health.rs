@@ -25,8 +25,9 @@ struct InFlight {
 pub(super) struct Health {
     /// Gather statistics every this many steps; 0 never.
     every: usize,
-    /// Steps this model has enqueued, for the schedule.
+    /// Steps this model has enqueued, and that count when statistics were turned on.
     steps: u64,
+    phase: u64,
     in_flight: VecDeque<InFlight>,
     history: Vec<StepStats>,
     observer: Option<Box<dyn TrainObserver>>,
@@ -42,9 +43,10 @@ pub(super) struct Health {
 }
 
 impl Health {
-    /// Whether the coming step gathers statistics: the first, then every `every`-th.
+    /// Whether the coming step gathers statistics: the first after they were turned on,
+    /// then every `every`-th.
     pub(super) fn due(&self) -> bool {
-        self.every > 0 && self.steps.is_multiple_of(self.every as u64)
+        self.every > 0 && (self.steps - self.phase).is_multiple_of(self.every as u64)
     }
 
     fn epoch_of(&self, step: u64) -> Option<usize> {
@@ -55,12 +57,13 @@ impl Health {
 }
 
 impl Model {
-    /// Gathers per-layer statistics on the device on the first training step and every
+    /// Gathers per-layer statistics on the device on the next training step and every
     /// `every`-th after it (0 turns them off, the default). Other steps dispatch nothing
     /// extra. Records reach [`Model::stats_history`] asynchronously, a few steps later;
     /// `fit` collects all of them by the end of each epoch.
     pub fn gather_stats_every(&mut self, every: usize) {
         self.health.every = every;
+        self.health.phase = self.health.steps;
     }
 
     /// The statistics records collected so far, oldest first.
