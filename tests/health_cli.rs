@@ -1,0 +1,172 @@
+//! The gradient-health commands end to end: diagnose and experiment (text and JSON),
+//! train with a metric log and plots, and clear errors for bad options.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("steadygrad-health-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs the binary; returns (success, stdout, stderr).
+fn run(args: &[&str], cwd: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_steadygrad"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn diagnose_prints_a_table_and_a_verdict() {
+    let d = dir();
+    let small = [
+        "--depth", "3", "--width", "8", "--epochs", "1", "--points", "40",
+    ];
+    let (ok, out, err) = run(&[&["diagnose"], &small[..]].concat(), &d);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("per-layer health at step"), "{out}");
+    assert!(out.contains("layer units"), "{out}");
+    assert!(out.contains("verdict:"), "{out}");
+    // Output is not a terminal: no progress bar control characters.
+    assert!(!err.contains('\u{1b}'), "{err}");
+
+    let (ok, out, err) = run(&[&["diagnose", "--json"], &small[..]].concat(), &d);
+    assert!(ok, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout");
+    assert_eq!(
+        v["model"]["layer_sizes"],
+        serde_json::json!([2, 8, 8, 8, 3])
+    );
+    assert_eq!(v["last"]["layers"].as_array().unwrap().len(), 4);
+    assert!(v["healthy"].is_boolean() && v["warnings"].is_array());
+
+    // A deep sigmoid network with N(0,1) weights is diagnosed as vanishing.
+    let (ok, out, err) = run(
+        &[
+            "diagnose",
+            "--json",
+            "--depth",
+            "20",
+            "--width",
+            "32",
+            "--activation",
+            "sigmoid",
+            "--init",
+            "normal",
+            "--lr",
+            "0.1",
+            "--epochs",
+            "2",
+            "--points",
+            "60",
+        ],
+        &d,
+    );
+    assert!(ok, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["healthy"], false);
+    assert_eq!(v["warnings"][0]["kind"], "vanishing", "{out}");
+
+    let (ok, _, err) = run(&["diagnose", "--stats-every", "0"], &d);
+    assert!(
+        !ok && err.contains("--stats-every must be at least 1"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["diagnose", "--window", "0"], &d);
+    assert!(!ok && err.contains("window"), "{err}");
+}
+
+#[test]
+fn experiment_compares_every_configuration() {
+    let d = dir();
+    let args = [
+        "experiment",
+        "vanishing",
+        "--depth",
+        "3",
+        "--width",
+        "8",
+        "--epochs",
+        "1",
+        "--points",
+        "20",
+        "--plots",
+        "exp-plots",
+    ];
+    let (ok, out, err) = run(&args, &d);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("configuration"), "{out}");
+    for label in [
+        "sigmoid + normal:0:1",
+        "tanh + glorot-uniform",
+        "relu + he-normal",
+        "selu + lecun-normal",
+        "batch norm",
+        "clip 1",
+    ] {
+        assert!(out.contains(label), "{label} missing from\n{out}");
+    }
+    for f in ["training", "grad_heatmap", "activation_std"] {
+        for ext in ["svg", "png"] {
+            let p = d.join("exp-plots").join(format!("{f}.{ext}"));
+            assert!(
+                p.metadata().map(|m| m.len() > 1000).unwrap_or(false),
+                "{}",
+                p.display()
+            );
+        }
+    }
+    let (ok, out, err) = run(&[&args[..], &["--json", "--no-plots"]].concat(), &d);
+    assert!(ok, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["outcomes"].as_array().unwrap().len(), 8);
+    assert_eq!(v["plots"].as_array().unwrap().len(), 0);
+
+    let (ok, _, err) = run(&["experiment", "vanishing", "--batch", "1"], &d);
+    assert!(!ok && err.contains("--batch"), "{err}");
+}
+
+#[test]
+fn train_writes_a_log_and_plots() {
+    let d = dir();
+    let (ok, out, err) = run(
+        &[
+            "train",
+            "--depth",
+            "2",
+            "--width",
+            "8",
+            "--epochs",
+            "2",
+            "--points",
+            "20",
+            "--log",
+            "run.csv",
+            "--stats-every",
+            "2",
+            "--plots",
+            "train-plots",
+            "--quiet",
+        ],
+        &d,
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        !out.contains("epoch   1"),
+        "--quiet drops the epoch lines: {out}"
+    );
+    let log = std::fs::read_to_string(d.join("run.csv")).unwrap();
+    // 48 training rows in batches of 32: 2 steps per epoch, 4 steps, every 2nd.
+    assert_eq!(log.lines().count(), 1 + 2, "{log}");
+    assert!(d.join("train-plots/grad_heatmap.png").exists());
+    let (ok, _, err) = run(&["train", "--epochs", "1", "--log", "run.txt"], &d);
+    assert!(!ok && err.contains(".csv"), "{err}");
+}
