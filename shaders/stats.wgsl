@@ -192,18 +192,28 @@ fn copy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
 }
 
-// dims: length and flag slot of src, then of src2 (length 0 for none). One load per
-// element; the atomic only runs on a NaN or inf. Two tensors per dispatch because on
-// small layers the dispatch itself costs more than the loads.
+@group(0) @binding(9) var<storage, read> src4: array<f32>;
+@group(0) @binding(10) var<storage, read> guard_slots: array<u32>;
+
+// Up to four tensors (src, src2, src3, src4) per dispatch: dims holds their lengths (0
+// for an unused place), guard_slots their flag slots. One load per element; the atomic
+// only runs on a NaN or inf. Grouped because on small layers launching a dispatch costs
+// more than the loads.
 @compute @workgroup_size(256)
 fn guard(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wg, nwg, lid);
     let mark = 0xffffffffu - step_bits[0];
     if i < dims.a && !is_finite(src[i]) {
-        atomicMax(&flags[dims.b], mark);
+        atomicMax(&flags[guard_slots[0]], mark);
     }
-    if i < dims.c && !is_finite(src2[i]) {
-        atomicMax(&flags[dims.d], mark);
+    if i < dims.b && !is_finite(src2[i]) {
+        atomicMax(&flags[guard_slots[1]], mark);
+    }
+    if i < dims.c && !is_finite(src3[i]) {
+        atomicMax(&flags[guard_slots[2]], mark);
+    }
+    if i < dims.d && !is_finite(src4[i]) {
+        atomicMax(&flags[guard_slots[3]], mark);
     }
 }

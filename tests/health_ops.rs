@@ -6,7 +6,7 @@ mod common;
 
 use common::{random, OpCase, ODD_SIZES};
 use steadygrad::cpu::stats as reference;
-use steadygrad::graph::stats::{guard_step, saturation_thresholds, ACT_STATS_LEN};
+use steadygrad::graph::stats::{guard_step, saturation_thresholds, ACT_STATS_LEN, GUARD_GROUP};
 use steadygrad::graph::{Activation, Op};
 
 /// `|gpu - cpu| <= atol + rtol·scale` element by element, with a message naming `what`.
@@ -184,52 +184,75 @@ fn copy_and_guard_gpu_match_cpu() {
         assert_eq!(bits(g), bits(c), "copy {len}");
         assert_eq!(bits(&g[3..3 + len]), bits(&src), "copy {len}");
 
-        // The second tensor is longer than the first, so the grid must cover it.
-        let len2 = 2 * len + 3;
-        for (bad, bad2) in [
-            (None, None),
-            (Some(len - 1), None),
-            (None, Some(len2 / 2)),
-            (Some(len / 2), Some(len2 - 1)),
-        ] {
-            let case = OpCase::new(&[("x", len), ("x2", len2), ("step", 1), ("flags", 4)]).op(
-                Op::GuardFinite {
-                    x: 0,
-                    len,
-                    slot: 1,
-                    also: Some((1, len2, 3)),
-                    step: 2,
-                    flags: 3,
-                    flags_len: 4,
-                },
-            );
-            let (mut x, mut x2) = (random(len, 3), random(len2, 4));
-            if let Some(i) = bad {
-                x[i] = if i % 2 == 0 {
-                    f32::NAN
-                } else {
-                    f32::NEG_INFINITY
-                };
+        // Groups of 1 to 4 tensors of different lengths, the longest not first, so the
+        // grid must cover every one; each tensor in turn holds the bad value.
+        let lens = [len, 2 * len + 3, 1, len + 300];
+        for group in 1..=GUARD_GROUP {
+            for bad in (0..group).map(Some).chain([None]) {
+                let mut names: Vec<(String, usize)> =
+                    (0..group).map(|t| (format!("x{t}"), lens[t])).collect();
+                names.push(("step".into(), 1));
+                names.push(("flags".into(), 6));
+                let refs: Vec<(&str, usize)> =
+                    names.iter().map(|(n, l)| (n.as_str(), *l)).collect();
+                // Tensor t reports to slot t + 1; slot 5 holds an earlier step (2) that a
+                // later one must not replace.
+                let slot = |t: usize| if t == 2 { 5 } else { t + 1 };
+                let case = OpCase::new(&refs).op(Op::GuardFinite {
+                    tensors: (0..group).map(|t| (t, lens[t], slot(t))).collect(),
+                    step: group,
+                    flags: group + 1,
+                    flags_len: 6,
+                });
+                let mut inputs: Vec<(&str, Vec<f32>)> = (0..group)
+                    .map(|t| {
+                        let mut x = random(lens[t], t as u64);
+                        if bad == Some(t) {
+                            let i = lens[t] - 1 - t % lens[t];
+                            x[i] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][t % 3];
+                        }
+                        (refs[t].0, x)
+                    })
+                    .collect();
+                inputs.push(("step", vec![f32::from_bits(41)]));
+                let mut flags = vec![0.0; 6];
+                flags[5] = f32::from_bits(u32::MAX - 2);
+                inputs.push(("flags", flags));
+                let results = case.both(&inputs, 0.0);
+                let (g, c) = outputs(&results, "flags");
+                let what = format!("guard len {len} group {group} bad {bad:?}");
+                assert_eq!(bits(g), bits(c), "{what}");
+                for t in 0..group {
+                    let expect = match (t, bad) {
+                        (2, _) => Some(2),
+                        (t, Some(b)) if t == b => Some(41),
+                        _ => None,
+                    };
+                    assert_eq!(guard_step(g[slot(t)]), expect, "{what}: tensor {t}");
+                }
+                assert_eq!(g[0], 0.0, "{what}: slot 0 belongs to nobody");
             }
-            if let Some(i) = bad2 {
-                x2[i] = f32::INFINITY;
-            }
-            // Slot 3 already holds an earlier step (2), which a later one must not replace;
-            // slot 1 is fresh; slots 0 and 2 belong to nobody here.
-            let flags = vec![0.0, 0.0, 0.0, f32::from_bits(u32::MAX - 2)];
-            let inputs = [
-                ("x", x),
-                ("x2", x2),
-                ("step", vec![f32::from_bits(41)]),
-                ("flags", flags),
-            ];
-            let results = case.both(&inputs, 0.0);
-            let (g, c) = outputs(&results, "flags");
-            let what = format!("guard {len}/{len2} bad={bad:?} bad2={bad2:?}");
-            assert_eq!(bits(g), bits(c), "{what}");
-            assert_eq!(guard_step(g[1]), bad.map(|_| 41), "{what}");
-            assert_eq!(guard_step(g[3]), Some(2), "{what}");
-            assert_eq!((g[0], g[2]), (0.0, 0.0), "{what}");
         }
     }
+}
+
+#[test]
+fn guard_groups_are_checked() {
+    let mut case = OpCase::new(&[("x", 4), ("step", 1), ("flags", 2)]);
+    case.plan.forward.push(Op::GuardFinite {
+        tensors: vec![(0, 4, 0); GUARD_GROUP + 1],
+        step: 1,
+        flags: 2,
+        flags_len: 2,
+    });
+    let e = case.plan.validate(&[]).unwrap_err().to_string();
+    assert!(e.contains("guards 5 tensors"), "{e}");
+    case.plan.forward[0] = Op::GuardFinite {
+        tensors: vec![(0, 4, 2)],
+        step: 1,
+        flags: 2,
+        flags_len: 2,
+    };
+    let e = case.plan.validate(&[]).unwrap_err().to_string();
+    assert!(e.contains("writes up to element 3 of a tensor of 2"), "{e}");
 }

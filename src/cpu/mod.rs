@@ -545,19 +545,15 @@ impl CpuEngine {
                 self.put(plan, s, record);
             }
             Op::GuardFinite {
-                x,
-                len,
-                slot,
-                also,
+                ref tensors,
                 step,
                 flags,
                 ..
             } => {
                 let mut f = self.take(plan, flags);
                 let step = self.get(plan, step)[0];
-                stats::guard_finite(&self.get(plan, x)[..len], step, &mut f, slot);
-                if let Some((x2, len2, slot2)) = also {
-                    stats::guard_finite(&self.get(plan, x2)[..len2], step, &mut f, slot2);
+                for &(x, len, slot) in tensors {
+                    stats::guard_finite(&self.get(plan, x)[..len], step, &mut f, slot);
                 }
                 self.put(plan, flags, f);
             }

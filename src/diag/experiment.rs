@@ -29,7 +29,7 @@ pub struct Config {
 impl Config {
     fn new(activation: Activation, init: Init) -> Config {
         Config {
-            label: format!("{activation} + {init}"),
+            label: format!("{} + {init}", activation.name()),
             activation,
             init,
             batch_norm: false,
@@ -96,7 +96,7 @@ impl Default for ExperimentOptions {
             depth: 20,
             width: 32,
             batch: 32,
-            epochs: 15,
+            epochs: 25,
             points: 200,
             lr: 0.1,
             high_lr_scale: 20.0,

@@ -292,7 +292,7 @@ fn draw_heatmap<DB: DrawingBackend>(
     let (main, bar) = root.split_horizontally(w - 110);
     let title = main
         .titled(
-            "gradient norm ‖∇W‖ per layer over training (log₁₀; grey: none or non-finite)",
+            "gradient norm ‖∇W‖ per layer over training (log₁₀; zero is darkest; grey: frozen or non-finite)",
             ("sans-serif", 22),
         )
         .map_err(draw_err)?;
@@ -325,12 +325,14 @@ fn draw_heatmap<DB: DrawingBackend>(
             let x0 = steps[i] - 1.0;
             let x1 = steps.get(i + 1).map_or(steps[i], |n| n - 1.0).max(x0 + 1.0);
             for l in &s.layers {
-                let fill = match log_norm(l.weight_grad_norm) {
-                    Some(v) => ViridisRGB
+                let fill = match (l.weight_grad_norm, log_norm(l.weight_grad_norm)) {
+                    (_, Some(v)) => ViridisRGB
                         .get_color_normalized(v.clamp(lo, hi), lo, hi)
                         .filled(),
+                    // A zero gradient (dead units) is the far end of the scale, not missing.
+                    (Some(g), None) if g == 0.0 => ViridisRGB.get_color(0.0).filled(),
                     // Frozen layers and non-finite values: grey.
-                    None => RGBColor(200, 200, 200).filled(),
+                    _ => RGBColor(200, 200, 200).filled(),
                 };
                 let y = l.layer as f64;
                 cells.push(Rectangle::new([(x0, y), (x1, y + 1.0)], fill));

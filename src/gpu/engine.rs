@@ -4,6 +4,7 @@
 use super::kernels::{KernelKey, Kernels, Shader};
 use super::GpuContext;
 use crate::engine::{Engine, PendingRead, PlanId};
+use crate::graph::stats::GUARD_GROUP;
 use crate::graph::{
     dropout_scale, Hyper, Loss, Op, PersistentDesc, Plan, Stage, Storage, TensorId,
 };
@@ -699,23 +700,47 @@ impl GpuEngine {
                 )
             }
             Op::GuardFinite {
-                x,
-                len,
-                slot,
-                also,
+                ref tensors,
                 step,
                 flags,
                 ..
             } => {
-                let [bx, bst, bf] = [x, step, flags].map(buf);
-                // Without a second tensor, `x` stands in for it with length 0.
-                let (x2, len2, slot2) = also.unwrap_or((x, 0, slot));
-                let b2 = buf(x2);
-                let g = self.grid(len.max(len2).div_ceil(ELEMENTWISE_WG))?;
+                ensure!(
+                    (1..=GUARD_GROUP).contains(&tensors.len()),
+                    "a guard dispatch checks 1 to {GUARD_GROUP} tensors, got {}",
+                    tensors.len()
+                );
+                // Unused places repeat the first tensor with length 0.
+                let mut group = [(tensors[0].0, 0, 0); GUARD_GROUP];
+                group[..tensors.len()].copy_from_slice(tensors);
+                let (mut lens, mut slots) = ([0u32; GUARD_GROUP], [0u32; GUARD_GROUP]);
+                for (i, &(_, len, slot)) in group.iter().enumerate() {
+                    (lens[i], slots[i]) = (u(len)?, u(slot)?);
+                }
+                let slots = self
+                    .ctx
+                    .device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("guard slots"),
+                        contents: bytemuck::cast_slice(&slots),
+                        usage: wgpu::BufferUsages::STORAGE,
+                    });
+                let [b0, b1, b2, b3] = group.map(|t| buf(t.0));
+                let [bst, bf] = [step, flags].map(buf);
+                let longest = group.iter().map(|t| t.1).max().unwrap_or(0);
+                let g = self.grid(longest.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
                     KernelKey::new(Shader::Stats, "guard"),
-                    Some([u(len)?, u(slot)?, u(len2)?, u(slot2)?]),
-                    &[(1, &bx), (2, &b2), (5, &bf), (6, &bst)],
+                    Some(lens),
+                    &[
+                        (1, &b0),
+                        (2, &b1),
+                        (3, &b2),
+                        (9, &b3),
+                        (5, &bf),
+                        (6, &bst),
+                        (10, &slots),
+                    ],
                     g,
                 )
             }

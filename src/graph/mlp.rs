@@ -889,31 +889,23 @@ impl Builder<'_> {
             (Some(l), Some(c)) => (l, c),
             _ => anyhow::bail!("the plan has no per-row loss to guard"),
         };
-        let guard = |x: TensorId, len: usize, slot: usize, also| Op::GuardFinite {
-            x,
-            len,
-            slot,
-            also,
+        let guard = |tensors: &[(TensorId, usize, usize)]| Op::GuardFinite {
+            tensors: tensors.to_vec(),
             step,
             flags,
             flags_len,
         };
         // Each flag records its own tensor, so the host can name the tensor where
         // non-finite values first appeared in backward order (the loss, then the output
-        // layer down); checking two per dispatch only saves dispatches.
-        let mut guards = vec![guard(row_loss, rows, flags_len - 1, None)];
-        let checked: Vec<(TensorId, usize, usize)> = self
-            .params
-            .iter()
-            .filter_map(|&(param, grad)| match self.p.tensors[param].storage {
+        // layer down); grouping tensors per dispatch only saves dispatches.
+        let mut checked = vec![(row_loss, rows, flags_len - 1)];
+        checked.extend(self.params.iter().filter_map(|&(param, grad)| {
+            match self.p.tensors[param].storage {
                 Storage::Persistent(slot) => Some((grad, self.p.tensors[grad].len(), slot)),
                 Storage::Local => None,
-            })
-            .collect();
-        for pair in checked.chunks(2) {
-            let (x, len, slot) = pair[0];
-            guards.push(guard(x, len, slot, pair.get(1).copied()));
-        }
+            }
+        }));
+        let guards: Vec<Op> = checked.chunks(st::GUARD_GROUP).map(guard).collect();
         let after_guards = backward_end + guards.len();
         self.p.train.splice(backward_end..backward_end, guards);
 

@@ -616,15 +616,13 @@ pub enum Op {
         stats_len: usize,
         at: usize,
     },
-    /// The always-on non-finite guard: when `x` holds a NaN or ±inf, records the current
-    /// step (the `u32` counter in `step`) in `flags[slot]` as `u32::MAX - step` with an
-    /// atomic max, so 0 means never and the earliest step wins. `also` is a second tensor
-    /// `(tensor, len, slot)` checked in the same dispatch, which halves the guard's cost.
+    /// The always-on non-finite guard: for each `(tensor, len, slot)` in `tensors` (one to
+    /// [`stats::GUARD_GROUP`]) that holds a NaN or ±inf, records the current step (the
+    /// `u32` counter in `step`) in `flags[slot]` as `u32::MAX - step` with an atomic max,
+    /// so 0 means never and the earliest step wins. Several tensors share a dispatch
+    /// because on small layers launching it costs more than the loads.
     GuardFinite {
-        x: TensorId,
-        len: usize,
-        slot: usize,
-        also: Option<(TensorId, usize, usize)>,
+        tensors: Vec<(TensorId, usize, usize)>,
         step: TensorId,
         flags: TensorId,
         flags_len: usize,
@@ -798,14 +796,13 @@ impl Op {
             // The flags are updated atomically in place; listing them as read too would
             // flag the op as aliased.
             Op::GuardFinite {
-                x,
-                also,
+                ref tensors,
                 step,
                 flags,
                 ..
             } => {
-                let mut r = vec![x, step];
-                r.extend(also.map(|a| a.0));
+                let mut r: Vec<TensorId> = tensors.iter().map(|t| t.0).collect();
+                r.push(step);
                 (r, vec![flags])
             }
         }
@@ -1113,16 +1110,13 @@ impl Op {
                 v
             }
             Op::GuardFinite {
-                x,
-                len,
-                also,
+                ref tensors,
                 step,
                 flags,
                 flags_len,
-                ..
             } => {
-                let mut v = vec![(x, len), (step, 1), (flags, flags_len)];
-                v.extend(also.map(|(t, len, _)| (t, len)));
+                let mut v: Vec<(TensorId, usize)> = tensors.iter().map(|t| (t.0, t.1)).collect();
+                v.extend([(step, 1), (flags, flags_len)]);
                 v
             }
         }
@@ -1141,11 +1135,21 @@ impl Op {
             Op::ActivationStats { stats_len, at, .. } => (at + stats::ACT_STATS_LEN, stats_len),
             Op::Norm { stats_len, at, .. } => (at + stats::NORM_STATS_LEN, stats_len),
             Op::GuardFinite {
+                ref tensors,
                 flags_len,
-                slot,
-                also,
                 ..
-            } => (slot.max(also.map_or(0, |a| a.2)) + 1, flags_len),
+            } => {
+                anyhow::ensure!(
+                    (1..=stats::GUARD_GROUP).contains(&tensors.len()),
+                    "op {self:?} guards {} tensors; one dispatch takes 1 to {}",
+                    tensors.len(),
+                    stats::GUARD_GROUP
+                );
+                (
+                    tensors.iter().map(|t| t.2 + 1).max().unwrap_or(0),
+                    flags_len,
+                )
+            }
             _ => return Ok(()),
         };
         anyhow::ensure!(

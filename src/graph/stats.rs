@@ -83,6 +83,9 @@ pub fn has_dead_units(act: Activation) -> bool {
     act.negative_slope().is_some()
 }
 
+/// Tensors one guard dispatch checks (bindings of `guard` in `shaders/stats.wgsl`).
+pub const GUARD_GROUP: usize = 4;
+
 /// Name of the persistent guard flags: one `u32` per persistent slot (the flag of a
 /// parameter's gradient sits at the parameter's slot) and, last, one for the loss.
 pub const GUARD_SLOT_NAME: &str = "state.nonfinite";
