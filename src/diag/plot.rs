@@ -330,7 +330,7 @@ fn draw_heatmap<DB: DrawingBackend>(
                         .get_color_normalized(v.clamp(lo, hi), lo, hi)
                         .filled(),
                     // A zero gradient (dead units) is the far end of the scale, not missing.
-                    (Some(g), None) if g == 0.0 => ViridisRGB.get_color(0.0).filled(),
+                    (Some(0.0), None) => ViridisRGB.get_color(0.0).filled(),
                     // Frozen layers and non-finite values: grey.
                     _ => RGBColor(200, 200, 200).filled(),
                 };
