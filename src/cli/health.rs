@@ -326,7 +326,8 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
             cfg.window.min(history.len())
         );
     } else {
-        println!("verdict: {} problem(s)", warnings.len().max(1));
+        let n = warnings.len().max(1);
+        println!("verdict: {n} problem{}", if n == 1 { "" } else { "s" });
         for w in &warnings {
             println!("- {w}");
         }
