@@ -201,7 +201,10 @@ pub fn detect(spec: &MlpSpec, history: &[StepStats], cfg: &DetectorConfig) -> Ve
         }
     }
     let mean_of = |get: &dyn Fn(&super::LayerStats) -> Option<f32>, l: usize| -> Option<f32> {
-        let v: Vec<f32> = window.iter().filter_map(|s| get(&s.layers[l])).collect();
+        let v: Vec<f32> = window
+            .iter()
+            .filter_map(|s| s.layers.get(l).and_then(get))
+            .collect();
         (!v.is_empty() && v.iter().all(|x| x.is_finite()))
             .then(|| v.iter().sum::<f32>() / v.len() as f32)
     };

@@ -68,8 +68,19 @@ pub struct StepStats {
 impl StepStats {
     /// Decodes a statistics record (`graph::stats` layout) of a plan whose first layer is
     /// `start`.
-    pub fn decode(record: &[f32], spec: &MlpSpec, start: usize, epoch: usize) -> StepStats {
+    pub fn decode(
+        record: &[f32],
+        spec: &MlpSpec,
+        start: usize,
+        epoch: usize,
+    ) -> anyhow::Result<StepStats> {
         let layers = spec.num_layers();
+        anyhow::ensure!(
+            record.len() == st::record_len(layers),
+            "a statistics record of a {layers}-layer model holds {} values, got {}",
+            st::record_len(layers),
+            record.len()
+        );
         let sizes = spec.layer_sizes();
         let g = st::global_at(layers);
         let act = spec.activation;
@@ -109,7 +120,7 @@ impl StepStats {
                 }
             })
             .collect();
-        StepStats {
+        Ok(StepStats {
             step: record[g + st::STEP].to_bits() as u64,
             epoch,
             // The statistics leave non-finite rows out; the batch loss itself is not finite
@@ -122,7 +133,7 @@ impl StepStats {
             accuracy: (spec.loss == crate::Loss::SoftmaxCrossEntropy)
                 .then_some(record[g + st::CORRECT + st::ACT_MEAN]),
             layers,
-        }
+        })
     }
 
     /// `√Σ‖∇W‖² + ‖∇b‖²` over the trained linear layers.

@@ -116,7 +116,7 @@ impl Model {
             let done = self.health.in_flight.pop_front().expect("front exists");
             let [record, flags] = <[Vec<f32>; 2]>::try_from(values)
                 .map_err(|_| anyhow::anyhow!("a statistics readback returned the wrong parts"))?;
-            let stats = StepStats::decode(&record, &self.spec, done.start, done.epoch);
+            let stats = StepStats::decode(&record, &self.spec, done.start, done.epoch)?;
             self.health.last_loss = Some(stats.loss);
             self.health.last_accuracy = stats.accuracy;
             if let Some(o) = self.health.observer.as_mut() {
@@ -130,6 +130,12 @@ impl Model {
             }
         }
         Ok(())
+    }
+
+    /// Waits for the statistics records still on their way back and collects them, for
+    /// loops built on [`Model::train_batch`] (`fit` does this after every epoch).
+    pub fn wait_for_stats(&mut self) -> Result<()> {
+        self.collect_stats(true)
     }
 
     /// Reads the guard flags (waiting for queued work) and returns the non-finite error
