@@ -352,35 +352,7 @@ fn whole_models_finite_differences() {
             m.take_metrics().unwrap().loss as f64
         };
         loss(&mut m);
-        let grads = m.gradient_names(rows).unwrap();
-        let analytic: Vec<Vec<f32>> = grads
-            .iter()
-            .map(|(_, g)| m.read_tensor(rows, g).unwrap())
-            .collect();
-        for ((param, grad), a) in grads.iter().zip(analytic) {
-            let p0 = before
-                .iter()
-                .find(|p| &p.name == param)
-                .unwrap()
-                .values
-                .clone();
-            for i in (0..p0.len()).step_by(2) {
-                let mut p = p0.clone();
-                p[i] = p0[i] + H;
-                m.set_parameter(param, &p).unwrap();
-                let up = loss(&mut m);
-                p[i] = p0[i] - H;
-                m.set_parameter(param, &p).unwrap();
-                let down = loss(&mut m);
-                m.set_parameter(param, &p0).unwrap();
-                let fd = ((up - down) / (2.0 * H as f64)) as f32;
-                assert!(
-                    fd_close(fd, a[i]),
-                    "{spec:?}\n{grad}[{i}]: finite difference {fd} vs analytic {}",
-                    a[i]
-                );
-            }
-        }
+        common::assert_model_gradients(&mut m, rows, &before, H, 2, &format!("{spec:?}"), loss);
     }
 }
 
