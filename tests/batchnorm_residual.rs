@@ -528,3 +528,31 @@ fn twenty_steps_bn_adam_clip_agree() {
     );
     assert!(t.pass, "{t:?}");
 }
+
+/// Batch norm before the activation with Adam: the redundant linear biases get noise
+/// gradients, whose Adam steps are reported but not judged; everything else must agree.
+#[test]
+fn redundant_bias_noise_is_not_judged() {
+    let spec = MlpSpec::new(5, &[16, 16], 3)
+        .batch_norm(BatchNorm::default())
+        .optimizer(Optimizer::adam(1e-2))
+        .seed(3);
+    let rows = 33;
+    let report = cross_check(
+        &spec,
+        &random(rows * 5, 7),
+        &targets(&spec, rows),
+        gpu(),
+        Tolerance::default(),
+    )
+    .unwrap();
+    assert!(report.passed(), "{}", report.table());
+    let unjudged: Vec<&str> = report
+        .tensors
+        .iter()
+        .filter(|t| t.name.contains("not judged"))
+        .map(|t| t.name.as_str())
+        .collect();
+    assert!(unjudged.iter().all(|n| n.starts_with("layers.0.linear.bias") || n.starts_with("layers.1.linear.bias")), "{unjudged:?}");
+    assert!(!unjudged.is_empty());
+}
