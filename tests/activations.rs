@@ -184,34 +184,9 @@ fn whole_mlp_gradients_with_new_activations() {
             8 + slopes,
             "{act}: every parameter has a gradient"
         );
-        for p in &before {
-            model.set_parameter(&p.name, &p.values).unwrap();
-        }
-        for (param, grad) in grads {
-            let analytic = model.read_tensor(rows, &grad).unwrap();
-            let p0 = before
-                .iter()
-                .find(|p| p.name == param)
-                .unwrap()
-                .values
-                .clone();
-            for i in (0..p0.len()).step_by(2) {
-                let mut p = p0.clone();
-                p[i] = p0[i] + H;
-                model.set_parameter(&param, &p).unwrap();
-                let up = model.batch_loss(&x, &y).unwrap() as f64;
-                p[i] = p0[i] - H;
-                model.set_parameter(&param, &p).unwrap();
-                let down = model.batch_loss(&x, &y).unwrap() as f64;
-                model.set_parameter(&param, &p0).unwrap();
-                let fd = ((up - down) / (2.0 * H as f64)) as f32;
-                let a = analytic[i];
-                assert!(
-                    (fd - a).abs() <= 2e-3 + 2e-2 * a.abs(),
-                    "{act} {grad}[{i}]: finite difference {fd} vs analytic {a}"
-                );
-            }
-        }
+        common::assert_model_gradients(&mut model, rows, &before, H, 2, &act.to_string(), |m| {
+            m.batch_loss(&x, &y).unwrap() as f64
+        });
     }
 }
 

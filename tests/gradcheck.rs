@@ -155,37 +155,15 @@ fn whole_mlp_gradients() {
         let mut model = Model::new(spec, Box::new(steadygrad::cpu::CpuEngine::new())).unwrap();
         let before = model.parameters().unwrap();
         model.train_batch(&x, &y).unwrap();
-        let grads = model.gradient_names(rows).unwrap();
-        assert_eq!(grads.len(), 10, "5 layers × (weight, bias)");
-        // Restore the pre-step parameters: gradients were computed at those.
-        for p in &before {
-            model.set_parameter(&p.name, &p.values).unwrap();
-        }
-        for (param, grad) in grads {
-            let analytic = model.read_tensor(rows, &grad).unwrap();
-            let p0 = before
-                .iter()
-                .find(|p| p.name == param)
-                .unwrap()
-                .values
-                .clone();
-            for i in (0..p0.len()).step_by(3) {
-                let mut p = p0.clone();
-                p[i] = p0[i] + H;
-                model.set_parameter(&param, &p).unwrap();
-                let up = model.batch_loss(&x, &y).unwrap() as f64;
-                p[i] = p0[i] - H;
-                model.set_parameter(&param, &p).unwrap();
-                let down = model.batch_loss(&x, &y).unwrap() as f64;
-                model.set_parameter(&param, &p0).unwrap();
-                let fd = ((up - down) / (2.0 * H as f64)) as f32;
-                let a = analytic[i];
-                assert!(
-                    (fd - a).abs() <= 2e-3 + 2e-2 * a.abs(),
-                    "{act}/{loss:?} {grad}[{i}]: finite difference {fd} vs analytic {a}"
-                );
-            }
-        }
+        assert_eq!(
+            model.gradient_names(rows).unwrap().len(),
+            10,
+            "5 layers × (weight, bias)"
+        );
+        let ctx = format!("{act}/{loss:?}");
+        common::assert_model_gradients(&mut model, rows, &before, H, 3, &ctx, |m| {
+            m.batch_loss(&x, &y).unwrap() as f64
+        });
     }
 }
 

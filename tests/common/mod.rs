@@ -96,3 +96,50 @@ pub fn assert_close(results: &[(String, Vec<f32>, Vec<f32>)], context: &str) {
         );
     }
 }
+
+/// After a training step on `model`, checks every gradient that step computed against
+/// central differences (step `h`) of `loss`, the model's loss at its current parameters,
+/// for every `stride`-th element. Parameters are first restored to `before`, the values
+/// the gradients were computed at. Bound: `|fd − analytic| <= 2e-3 + 2e-2·|analytic|`.
+pub fn assert_model_gradients(
+    model: &mut steadygrad::Model,
+    rows: usize,
+    before: &[steadygrad::NamedTensor],
+    h: f32,
+    stride: usize,
+    context: &str,
+    mut loss: impl FnMut(&mut steadygrad::Model) -> f64,
+) {
+    let grads = model.gradient_names(rows).unwrap();
+    let analytic: Vec<Vec<f32>> = grads
+        .iter()
+        .map(|(_, g)| model.read_tensor(rows, g).unwrap())
+        .collect();
+    for p in before {
+        model.set_parameter(&p.name, &p.values).unwrap();
+    }
+    for ((param, grad), a) in grads.iter().zip(analytic) {
+        let p0 = before
+            .iter()
+            .find(|p| &p.name == param)
+            .unwrap()
+            .values
+            .clone();
+        for i in (0..p0.len()).step_by(stride) {
+            let mut p = p0.clone();
+            p[i] = p0[i] + h;
+            model.set_parameter(param, &p).unwrap();
+            let up = loss(model);
+            p[i] = p0[i] - h;
+            model.set_parameter(param, &p).unwrap();
+            let down = loss(model);
+            model.set_parameter(param, &p0).unwrap();
+            let fd = ((up - down) / (2.0 * h as f64)) as f32;
+            assert!(
+                (fd - a[i]).abs() <= 2e-3 + 2e-2 * a[i].abs(),
+                "{context}: {grad}[{i}]: finite difference {fd} vs analytic {}",
+                a[i]
+            );
+        }
+    }
+}
