@@ -1,1 +1,150 @@
-fn main() {}
+//! Training throughput (samples/s) of two deep MLPs on the GPU backend, with the CPU
+//! reference for scale.
+//!
+//! * W1: 784 → 8×512 (ReLU) → 10, softmax cross-entropy, SGD, batch 256.
+//! * W2: 784 → 4×2048 (ReLU) → 10, otherwise the same.
+//!
+//! The batch is written once; each step is one `Stage::Train` submission, and the metrics
+//! readback at the end waits for all of them.
+//!
+//! ```text
+//! cargo bench --bench train_mlp                       # W1 and W2, CPU W1 for scale
+//! cargo bench --bench train_mlp -- --json --steps 40 --workloads w1
+//! ```
+//! `--workloads` (env `STEADYGRAD_BENCH_WORKLOADS`): w1,w2. `--steps`: timed steps (default
+//! 20, at least 20 is recommended). `--warmup`: untimed steps first (default 3).
+//! `--cpu-steps`: CPU reference steps for W1 (default 1; 0 skips; W2 on the CPU only when
+//! `--cpu-w2` is given, it takes minutes). `--variant`: matmul kernel variant.
+
+mod common;
+
+use common::{json_line, noise, Args, V};
+use std::time::Instant;
+use steadygrad::cpu::CpuEngine;
+use steadygrad::engine::Engine;
+use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant};
+use steadygrad::graph::{mlp, Hyper, Stage};
+use steadygrad::{Activation, Loss, MlpSpec, Optimizer};
+
+const BATCH: usize = 256;
+
+fn spec(name: &str) -> MlpSpec {
+    let hidden: &[usize] = match name {
+        "w1" => &[512; 8],
+        "w2" => &[2048; 4],
+        other => panic!("unknown workload '{other}': expected w1 or w2"),
+    };
+    MlpSpec::new(784, hidden, 10)
+        .activation(Activation::Relu)
+        .loss(Loss::SoftmaxCrossEntropy)
+        .optimizer(Optimizer::Sgd { lr: 0.01 })
+        .seed(1)
+}
+
+/// Runs `warmup` then `steps` training steps; returns seconds for the timed steps and the
+/// mean loss over them (a sanity check that the steps really ran).
+fn time_steps(engine: &mut dyn Engine, spec: &MlpSpec, warmup: usize, steps: usize) -> (f64, f32) {
+    let persistent = spec.persistent();
+    engine.init_persistent(&persistent).expect("init");
+    engine
+        .set_hyper(Hyper {
+            lr: spec.optimizer.lr(),
+        })
+        .unwrap();
+    let plan = mlp::build(spec, &persistent, BATCH).expect("plan");
+    let id = engine.compile(&plan).expect("compile");
+    let x: Vec<f32> = noise(BATCH * spec.input, 7)
+        .iter()
+        .map(|v| v * 0.5 + 0.5)
+        .collect();
+    let y: Vec<f32> = (0..BATCH).map(|i| (i % spec.output) as f32).collect();
+    engine.write(id, plan.input.unwrap(), &x).unwrap();
+    engine.write(id, plan.target.unwrap(), &y).unwrap();
+    let metrics = plan.metrics.unwrap();
+    for _ in 0..warmup {
+        engine.run(id, Stage::Train).unwrap();
+    }
+    engine.read(id, metrics).unwrap();
+    engine.write(id, metrics, &[0.0; 3]).unwrap();
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        engine.run(id, Stage::Train).unwrap();
+    }
+    let m = engine.read(id, metrics).unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(
+        m[2] as usize,
+        steps * BATCH,
+        "every step should have counted its rows"
+    );
+    (secs, m[0] / m[2])
+}
+
+fn main() {
+    let args = Args::parse();
+    let workloads = args
+        .value("workloads", "STEADYGRAD_BENCH_WORKLOADS")
+        .unwrap_or_else(|| "w1,w2".into());
+    let steps = args.number("steps", "STEADYGRAD_BENCH_STEPS", 20).max(1);
+    let warmup = args.number("warmup", "STEADYGRAD_BENCH_WARMUP", 3);
+    let cpu_steps = args.number("cpu-steps", "STEADYGRAD_BENCH_CPU_STEPS", 1);
+    let cpu_w2 = args.flag("cpu-w2");
+    let variant: MatmulVariant = args
+        .value("variant", "STEADYGRAD_MATMUL_VARIANT")
+        .unwrap_or_else(|| "auto".into())
+        .parse()
+        .expect("--variant");
+    let commit = common::git_commit();
+    let ctx = GpuContext::shared().expect("no GPU adapter (set STEADYGRAD_BACKEND?)");
+    if !args.json {
+        println!("device: {}", ctx.describe());
+        println!("batch {BATCH}, {warmup} warm-up steps, {steps} timed steps");
+    }
+    for name in workloads
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let spec = spec(name);
+        let mut gpu = GpuEngine::new(ctx.clone());
+        gpu.set_matmul_variant(variant);
+        let (secs, loss) = time_steps(&mut gpu, &spec, warmup, steps);
+        let gpu_rate = (steps * BATCH) as f64 / secs;
+        let run_cpu = cpu_steps > 0 && (name == "w1" || cpu_w2);
+        let cpu_rate = run_cpu.then(|| {
+            let (secs, _) = time_steps(&mut CpuEngine::new(), &spec, 0, cpu_steps);
+            (cpu_steps * BATCH) as f64 / secs
+        });
+        if args.json {
+            let mut fields = vec![
+                ("bench", V::from("train_mlp")),
+                ("commit", V::from(commit.as_str())),
+                ("workload", V::from(name)),
+                ("batch", V::from(BATCH)),
+                ("steps", V::from(steps)),
+                ("variant", V::from(variant.to_string())),
+                ("samples_per_sec", V::from(gpu_rate)),
+                ("ms_per_step", V::from(secs * 1e3 / steps as f64)),
+                ("loss", V::from(loss as f64)),
+                ("device", V::from(ctx.describe())),
+            ];
+            if let Some(c) = cpu_rate {
+                fields.push(("cpu_samples_per_sec", V::from(c)));
+                fields.push(("gpu_over_cpu", V::from(gpu_rate / c)));
+            }
+            println!("{}", json_line(&fields));
+        } else {
+            print!(
+                "{name}: {gpu_rate:>8.1} samples/s ({:.1} ms/step, mean loss {loss:.4})",
+                secs * 1e3 / steps as f64
+            );
+            match cpu_rate {
+                Some(c) => println!(
+                    "; CPU reference {c:.1} samples/s over {cpu_steps} step(s), GPU/CPU {:.1}x",
+                    gpu_rate / c
+                ),
+                None => println!("; CPU reference skipped"),
+            }
+        }
+    }
+}

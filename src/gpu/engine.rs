@@ -30,9 +30,52 @@ struct GpuPlan {
     train: Vec<Dispatch>,
 }
 
+/// Which matmul kernel a [`GpuEngine`] uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MatmulVariant {
+    /// Chosen from the adapter type.
+    #[default]
+    Auto,
+    /// 4×4 outputs per invocation in registers, 8×8 workgroups.
+    Reg4x4,
+}
+
+impl MatmulVariant {
+    pub const ALL: [MatmulVariant; 2] = [MatmulVariant::Auto, MatmulVariant::Reg4x4];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulVariant::Auto => "auto",
+            MatmulVariant::Reg4x4 => "reg4x4",
+        }
+    }
+}
+
+impl std::fmt::Display for MatmulVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for MatmulVariant {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        MatmulVariant::ALL
+            .into_iter()
+            .find(|v| v.name() == s.to_ascii_lowercase())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown matmul variant '{s}'; expected one of: {}",
+                    MatmulVariant::ALL.map(|v| v.name()).join(", ")
+                )
+            })
+    }
+}
+
 pub struct GpuEngine {
     ctx: Arc<GpuContext>,
     kernels: Kernels,
+    matmul_variant: MatmulVariant,
     persistent: Vec<wgpu::Buffer>,
     persistent_desc: Vec<PersistentDesc>,
     hyper: wgpu::Buffer,
@@ -50,6 +93,7 @@ impl GpuEngine {
         GpuEngine {
             ctx,
             kernels: Kernels::default(),
+            matmul_variant: MatmulVariant::Auto,
             persistent: Vec::new(),
             persistent_desc: Vec::new(),
             hyper,
@@ -59,6 +103,19 @@ impl GpuEngine {
 
     pub fn context(&self) -> &Arc<GpuContext> {
         &self.ctx
+    }
+
+    /// Forces a matmul kernel for plans compiled from now on (tests and benches).
+    pub fn set_matmul_variant(&mut self, variant: MatmulVariant) {
+        self.matmul_variant = variant;
+    }
+
+    /// The concrete variant `variant` stands for on this engine's adapter.
+    pub fn resolve_matmul_variant(&self, variant: MatmulVariant) -> MatmulVariant {
+        match variant {
+            MatmulVariant::Auto => MatmulVariant::Reg4x4,
+            v => v,
+        }
     }
 
     fn buffer<'a>(

@@ -5,4 +5,4 @@ pub mod engine;
 pub mod kernels;
 
 pub use context::{describe_adapter, list_adapters, AdapterSelection, GpuContext};
-pub use engine::GpuEngine;
+pub use engine::{GpuEngine, MatmulVariant};

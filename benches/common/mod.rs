@@ -1,0 +1,145 @@
+//! Shared by the bench binaries: argument parsing, output (human or JSON lines), data.
+//!
+//! Every bench accepts `--json` (or `STEADYGRAD_BENCH_JSON=1`) to print one JSON object
+//! per measurement, so figures can be diffed between commits. `cargo bench` passes its
+//! own `--bench` flag; unknown flags are ignored.
+
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+
+pub struct Args {
+    pub json: bool,
+    args: Vec<String>,
+}
+
+impl Args {
+    pub fn parse() -> Args {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let json = args.iter().any(|a| a == "--json")
+            || std::env::var("STEADYGRAD_BENCH_JSON").is_ok_and(|v| !v.is_empty() && v != "0");
+        Args { json, args }
+    }
+
+    /// `--name VALUE` or `--name=VALUE`, else the environment variable `env`.
+    pub fn value(&self, name: &str, env: &str) -> Option<String> {
+        let flag = format!("--{name}");
+        let mut it = self.args.iter();
+        while let Some(a) = it.next() {
+            if *a == flag {
+                return it.next().cloned();
+            }
+            if let Some(v) = a.strip_prefix(&format!("{flag}=")) {
+                return Some(v.to_string());
+            }
+        }
+        std::env::var(env).ok().filter(|v| !v.is_empty())
+    }
+
+    pub fn number(&self, name: &str, env: &str, default: usize) -> usize {
+        self.value(name, env).map_or(default, |v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("--{name}: expected a number, got '{v}'"))
+        })
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        self.args.iter().any(|a| *a == format!("--{name}"))
+    }
+}
+
+/// A JSON value small enough to format by hand (no serde dependency for benches).
+pub enum V {
+    S(String),
+    F(f64),
+    I(u64),
+    B(bool),
+}
+
+impl From<&str> for V {
+    fn from(s: &str) -> V {
+        V::S(s.to_string())
+    }
+}
+impl From<String> for V {
+    fn from(s: String) -> V {
+        V::S(s)
+    }
+}
+impl From<f64> for V {
+    fn from(x: f64) -> V {
+        V::F(x)
+    }
+}
+impl From<usize> for V {
+    fn from(x: usize) -> V {
+        V::I(x as u64)
+    }
+}
+impl From<bool> for V {
+    fn from(x: bool) -> V {
+        V::B(x)
+    }
+}
+
+pub fn json_line(fields: &[(&str, V)]) -> String {
+    let mut s = String::from("{");
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "\"{k}\":");
+        match v {
+            V::S(t) => {
+                s.push('"');
+                for ch in t.chars() {
+                    match ch {
+                        '"' => s.push_str("\\\""),
+                        '\\' => s.push_str("\\\\"),
+                        c if (c as u32) < 0x20 => {
+                            let _ = write!(s, "\\u{:04x}", c as u32);
+                        }
+                        c => s.push(c),
+                    }
+                }
+                s.push('"');
+            }
+            V::F(x) if x.is_finite() => {
+                let _ = write!(s, "{x:.4}");
+            }
+            V::F(_) => s.push_str("null"),
+            V::I(x) => {
+                let _ = write!(s, "{x}");
+            }
+            V::B(x) => {
+                let _ = write!(s, "{x}");
+            }
+        }
+    }
+    s.push('}');
+    s
+}
+
+/// The commit being measured, so JSON lines from different builds can be told apart.
+pub fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Deterministic values in [-1, 1): benches need data, not statistics.
+pub fn noise(len: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
