@@ -143,3 +143,16 @@ pub fn noise(len: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// CPU seconds (user + system) this process has used, from `/proc` (Linux), else `None`.
+/// On a software adapter the device work runs on the host's threads, so GFLOP per
+/// CPU-second is far less sensitive than wall time to other load on a shared machine.
+pub fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let mut after = stat[stat.rfind(')')? + 2..].split(' ');
+    // utime and stime are fields 14 and 15, i.e. 12th and 13th after `(comm)`.
+    let utime: f64 = after.nth(11)?.parse().ok()?;
+    let stime: f64 = after.next()?.parse().ok()?;
+    // USER_HZ is 100 on every Linux ABI Rust supports.
+    Some((utime + stime) / 100.0)
+}
