@@ -24,35 +24,22 @@ fn add_bias(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     dst[i] += src[i % dims.cols];
 }
 
-var<workgroup> partial: array<f32, 256>;
-
-// dst[c] (+)= Σ_r src[r,c]: one workgroup per column, each invocation sums a strided
-// subset of rows, then a tree reduction in shared memory. Correct for any row count.
-@compute @workgroup_size(256)
+// dst[c] (+)= Σ_r src[r,c]: one invocation per column, rows summed in order. Adjacent
+// invocations read adjacent addresses; no workgroup memory or barriers, which CPU-backed
+// adapters execute slowly.
+@compute @workgroup_size(64)
 fn sum_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let col = wg.y * nwg.x + wg.x;
-    // `col` is uniform across the workgroup, so this early exit keeps barriers uniform.
+    let col = (wg.y * nwg.x + wg.x) * 64u + lid;
     if col >= dims.cols {
         return;
     }
     var acc = 0.0;
-    for (var r = lid; r < dims.rows; r += WG) {
+    for (var r = 0u; r < dims.rows; r++) {
         acc += src[r * dims.cols + col];
     }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var width = WG / 2u; width > 0u; width /= 2u) {
-        if lid < width {
-            partial[lid] += partial[lid + width];
-        }
-        workgroupBarrier();
+    if dims.accumulate != 0u {
+        acc += dst[col];
     }
-    if lid == 0u {
-        var out = partial[0];
-        if dims.accumulate != 0u {
-            out += dst[col];
-        }
-        dst[col] = out;
-    }
+    dst[col] = acc;
 }
