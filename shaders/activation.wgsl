@@ -1,5 +1,6 @@
 // Elementwise activations and their derivatives, selected by the ACT override:
-// 0 identity, 1 sigmoid, 2 tanh, 3 relu (matches `graph::Activation`).
+// 0 identity, 1 sigmoid, 2 tanh, 3 relu (matches `graph::Activation`). The functions
+// themselves are in act_fn.wgsl, prepended at load time.
 
 override ACT: u32 = 0u;
 
@@ -17,35 +18,6 @@ struct Dims {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 const WG: u32 = 256u;
-
-fn sigmoid(v: f32) -> f32 {
-    // Two branches so exp never overflows into inf/inf.
-    if v >= 0.0 {
-        return 1.0 / (1.0 + exp(-v));
-    }
-    let e = exp(v);
-    return e / (1.0 + e);
-}
-
-fn act(v: f32) -> f32 {
-    switch ACT {
-        case 1u: { return sigmoid(v); }
-        // tanh(±15) is ±1 in f32; clamping keeps exp-based implementations from inf/inf.
-        case 2u: { return tanh(clamp(v, -15.0, 15.0)); }
-        case 3u: { return max(v, 0.0); }
-        default: { return v; }
-    }
-}
-
-// f'(x) from x and y = f(x).
-fn act_grad(xv: f32, yv: f32) -> f32 {
-    switch ACT {
-        case 1u: { return yv * (1.0 - yv); }
-        case 2u: { return 1.0 - yv * yv; }
-        case 3u: { return select(0.0, 1.0, xv > 0.0); }
-        default: { return 1.0; }
-    }
-}
 
 fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.y * nwg.x + wg.x) * WG + lid;

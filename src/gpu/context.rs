@@ -145,7 +145,7 @@ impl GpuContext {
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("steadygrad"),
-            required_features: wgpu::Features::empty(),
+            required_features: adapter.features() & wgpu::Features::SUBGROUP,
             // The adapter's real limits, not wgpu's conservative defaults: large layers
             // need the full storage-buffer binding size.
             required_limits: limits.clone(),

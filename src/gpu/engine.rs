@@ -1,52 +1,63 @@
 //! The GPU backend: every tensor is a device buffer, every op a prebuilt dispatch, and a
-//! stage is recorded into one compute pass and submitted once.
+//! stage is recorded into one command buffer and submitted once.
+//!
+//! On CPU-backed adapters the matmuls read their operands from texture mirrors (see
+//! `matmul_tex.rs` for why); a stage then interleaves the copies that refresh those
+//! mirrors with its compute passes, still in a single submission.
 
 use super::kernels::{KernelKey, Kernels, Shader};
+use super::matmul_tex::{self, Epilogue, TexKernel};
 use super::GpuContext;
 use crate::engine::{Engine, PlanId};
 use crate::graph::{Hyper, Loss, Op, PersistentDesc, Plan, Stage, Storage, TensorId};
 use anyhow::{bail, ensure, Context, Result};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use wgpu::util::DeviceExt;
 
 /// Invocations per workgroup of the 1-D kernels (see the WGSL files).
 const ELEMENTWISE_WG: usize = 256;
 const ROWWISE_WG: usize = 64;
-/// Outputs per matmul workgroup along each dimension (8 invocations × 4).
-const MATMUL_TILE: usize = 32;
-
-struct Dispatch {
-    pipeline: Arc<wgpu::ComputePipeline>,
-    bind_group: wgpu::BindGroup,
-    groups: [u32; 3],
-}
-
-struct GpuPlan {
-    plan: Plan,
-    /// Buffers of local tensors, `None` for persistent ones.
-    local: Vec<Option<wgpu::Buffer>>,
-    forward: Vec<Dispatch>,
-    eval: Vec<Dispatch>,
-    train: Vec<Dispatch>,
-}
+/// Outputs per workgroup along each dimension: `matmul.wgsl` (8 invocations × 4) and
+/// `matmul_tiled.wgsl` (16 × 4).
+const REG4X4_TILE: usize = 32;
+const TILED_TILE: usize = 64;
+/// Texels per invocation row of `pack.wgsl`.
+const PACK_WG: usize = 64;
 
 /// Which matmul kernel a [`GpuEngine`] uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum MatmulVariant {
-    /// Chosen from the adapter type.
+    /// Chosen from the adapter type: `texture` on CPU-backed adapters, `tiled` otherwise.
     #[default]
     Auto,
-    /// 4×4 outputs per invocation in registers, 8×8 workgroups.
+    /// 4×4 outputs per invocation in registers, operands read from storage buffers.
     Reg4x4,
+    /// 64×64 tiles staged in workgroup memory, 4×4 outputs per invocation (GPUs).
+    Tiled,
+    /// Operands read from texture mirrors, `A` shared across a subgroup where the adapter
+    /// has subgroups of 8 (CPU-backed adapters, see `matmul_tex.rs`).
+    Texture,
+    /// `Texture` without subgroup operations.
+    TextureNoSubgroup,
 }
 
 impl MatmulVariant {
-    pub const ALL: [MatmulVariant; 2] = [MatmulVariant::Auto, MatmulVariant::Reg4x4];
+    pub const ALL: [MatmulVariant; 5] = [
+        MatmulVariant::Auto,
+        MatmulVariant::Reg4x4,
+        MatmulVariant::Tiled,
+        MatmulVariant::Texture,
+        MatmulVariant::TextureNoSubgroup,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             MatmulVariant::Auto => "auto",
             MatmulVariant::Reg4x4 => "reg4x4",
+            MatmulVariant::Tiled => "tiled",
+            MatmulVariant::Texture => "texture",
+            MatmulVariant::TextureNoSubgroup => "texture-nosubgroup",
         }
     }
 }
@@ -72,6 +83,103 @@ impl std::str::FromStr for MatmulVariant {
     }
 }
 
+#[derive(Clone)]
+struct Dispatch {
+    pipeline: Arc<wgpu::ComputePipeline>,
+    bind_group: wgpu::BindGroup,
+    groups: [u32; 3],
+}
+
+/// A buffer-to-texture copy that refreshes a mirror whose layout equals the buffer's:
+/// `rows` full texture rows, then `tail` texels of one more.
+#[derive(Clone)]
+struct MirrorCopy {
+    src: wgpu::Buffer,
+    dst: wgpu::Texture,
+    width: u32,
+    rows: u32,
+    tail: u32,
+}
+
+impl MirrorCopy {
+    fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        let texel_bytes = 16u64;
+        let row_bytes = self.width * 16;
+        let mut copy = |offset: u64, y: u32, width: u32, height: u32| {
+            encoder.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &self.src,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset,
+                        bytes_per_row: Some(row_bytes),
+                        rows_per_image: None,
+                    },
+                },
+                wgpu::TexelCopyTextureInfo {
+                    texture: &self.dst,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d { x: 0, y, z: 0 },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                wgpu::Extent3d {
+                    width,
+                    height,
+                    depth_or_array_layers: 1,
+                },
+            );
+        };
+        if self.rows > 0 {
+            copy(0, 0, self.width, self.rows);
+        }
+        if self.tail > 0 {
+            let offset = self.rows as u64 * self.width as u64 * texel_bytes;
+            copy(offset, self.rows, self.tail, 1);
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Step {
+    Dispatch(Dispatch),
+    Copy(MirrorCopy),
+}
+
+/// A texture mirror of a matrix held in a buffer: the matrix `[rows, cols]` as stored, or
+/// its transpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct MirrorKey {
+    tensor: TensorId,
+    rows: usize,
+    cols: usize,
+    transpose: bool,
+}
+
+struct Mirror {
+    view: wgpu::TextureView,
+    pitch: u32,
+    shift: u32,
+    /// The copy or pack dispatch that brings the mirror up to date with its buffer.
+    refresh: Step,
+}
+
+/// Mirror bookkeeping while a plan is lowered. `fresh` holds the mirrors that are up to
+/// date at the current point of the op list, so each is refreshed only after its tensor
+/// was written (weights once per step, activations once for forward and backward).
+#[derive(Default)]
+struct Lowering {
+    mirrors: HashMap<MirrorKey, Option<Mirror>>,
+    fresh: HashSet<MirrorKey>,
+}
+
+struct GpuPlan {
+    plan: Plan,
+    /// Buffers of local tensors, `None` for persistent ones.
+    local: Vec<Option<wgpu::Buffer>>,
+    forward: Vec<Step>,
+    eval: Vec<Step>,
+    train: Vec<Step>,
+}
+
 pub struct GpuEngine {
     ctx: Arc<GpuContext>,
     kernels: Kernels,
@@ -79,6 +187,8 @@ pub struct GpuEngine {
     persistent: Vec<wgpu::Buffer>,
     persistent_desc: Vec<PersistentDesc>,
     hyper: wgpu::Buffer,
+    /// Stand-ins for the epilogue buffers a texture matmul does not use.
+    placeholders: [wgpu::Buffer; 3],
     plans: Vec<GpuPlan>,
 }
 
@@ -90,8 +200,17 @@ impl GpuEngine {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let placeholders = [0, 1, 2].map(|i| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&format!("epilogue placeholder {i}")),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        });
         GpuEngine {
             ctx,
+            placeholders,
             kernels: Kernels::default(),
             matmul_variant: MatmulVariant::Auto,
             persistent: Vec::new(),
@@ -113,7 +232,10 @@ impl GpuEngine {
     /// The concrete variant `variant` stands for on this engine's adapter.
     pub fn resolve_matmul_variant(&self, variant: MatmulVariant) -> MatmulVariant {
         match variant {
-            MatmulVariant::Auto => MatmulVariant::Reg4x4,
+            MatmulVariant::Auto => match self.ctx.info.device_type {
+                wgpu::DeviceType::Cpu => MatmulVariant::Texture,
+                _ => MatmulVariant::Tiled,
+            },
             v => v,
         }
     }
@@ -162,8 +284,22 @@ impl GpuEngine {
     fn dispatch(
         &mut self,
         key: KernelKey,
-        dims: [u32; 4],
+        dims: &[u32],
         bindings: &[(u32, &wgpu::Buffer)],
+        groups: [u32; 3],
+    ) -> Result<Dispatch> {
+        let entries = bindings
+            .iter()
+            .map(|&(binding, buf)| (binding, buf.as_entire_binding()))
+            .collect();
+        self.dispatch_with(key, dims, entries, groups)
+    }
+
+    fn dispatch_with(
+        &mut self,
+        key: KernelKey,
+        dims: &[u32],
+        bindings: Vec<(u32, wgpu::BindingResource<'_>)>,
         groups: [u32; 3],
     ) -> Result<Dispatch> {
         let pipeline = self.kernels.get(&self.ctx.device, &key)?;
@@ -171,17 +307,18 @@ impl GpuEngine {
         // Shapes never change after compile, so they go in a uniform written once here.
         let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("dims"),
-            contents: bytemuck::cast_slice(&dims),
+            contents: bytemuck::cast_slice(dims),
             usage: wgpu::BufferUsages::UNIFORM,
         });
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: uniform.as_entire_binding(),
         }];
-        entries.extend(bindings.iter().map(|&(binding, buf)| wgpu::BindGroupEntry {
-            binding,
-            resource: buf.as_entire_binding(),
-        }));
+        entries.extend(
+            bindings
+                .into_iter()
+                .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource }),
+        );
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(key.entry),
             layout: &pipeline.get_bind_group_layout(0),
@@ -194,7 +331,279 @@ impl GpuEngine {
         })
     }
 
-    fn lower(&mut self, plan: &Plan, local: &[Option<wgpu::Buffer>], op: &Op) -> Result<Dispatch> {
+    /// Lowers `ops[0]` (with the ops after it that a fused kernel absorbs) to the steps
+    /// that run it, refreshing the texture mirrors it reads. Returns the steps and how
+    /// many ops they cover.
+    fn lower(
+        &mut self,
+        plan: &Plan,
+        local: &[Option<wgpu::Buffer>],
+        ops: &[Op],
+        st: &mut Lowering,
+    ) -> Result<(Vec<Step>, usize)> {
+        let op = &ops[0];
+        let mut steps = Vec::new();
+        let texture = match self.resolve_matmul_variant(self.matmul_variant) {
+            MatmulVariant::Texture => Some(self.subgroups_of_8()),
+            MatmulVariant::TextureNoSubgroup => Some(false),
+            _ => None,
+        };
+        let mut lowered = None;
+        if let (Op::MatMul { .. }, Some(subgroup)) = (op, texture) {
+            let (epilogue, used) = fusable_epilogue(ops);
+            lowered = self
+                .lower_texture_matmul(
+                    plan,
+                    local,
+                    &ops[..used],
+                    epilogue,
+                    subgroup,
+                    st,
+                    &mut steps,
+                )?
+                .map(|d| (d, used));
+            if lowered.is_none() && used > 1 {
+                // A mirror did not fit: the buffer kernel runs the ops unfused.
+                lowered = self
+                    .lower_texture_matmul(
+                        plan,
+                        local,
+                        &ops[..1],
+                        Epilogue::Plain,
+                        subgroup,
+                        st,
+                        &mut steps,
+                    )?
+                    .map(|d| (d, 1));
+            }
+        }
+        let (dispatch, used) = match lowered {
+            Some(d) => d,
+            None => (self.lower_op(plan, local, op)?, 1),
+        };
+        steps.push(Step::Dispatch(dispatch));
+        for op in &ops[..used] {
+            let (_, writes) = op.reads_writes();
+            st.fresh.retain(|key| !writes.contains(&key.tensor));
+        }
+        Ok((steps, used))
+    }
+
+    /// Whether the device runs subgroups of exactly 8 invocations, as the cooperative
+    /// loads of the texture matmul assume.
+    fn subgroups_of_8(&self) -> bool {
+        self.ctx
+            .device
+            .features()
+            .contains(wgpu::Features::SUBGROUP)
+            && self.ctx.info.subgroup_min_size == 8
+            && self.ctx.info.subgroup_max_size == 8
+    }
+
+    /// The texture-mirror matmul, or `None` when a mirror would not fit the device's
+    /// texture limits (the caller then uses a buffer kernel).
+    #[allow(clippy::too_many_arguments)]
+    fn lower_texture_matmul(
+        &mut self,
+        plan: &Plan,
+        local: &[Option<wgpu::Buffer>],
+        ops: &[Op],
+        epilogue: Epilogue,
+        subgroup: bool,
+        st: &mut Lowering,
+        steps: &mut Vec<Step>,
+    ) -> Result<Option<Dispatch>> {
+        let Op::MatMul {
+            a,
+            b,
+            c,
+            m,
+            k,
+            n,
+            trans_a,
+            trans_b,
+            accumulate,
+        } = ops[0]
+        else {
+            unreachable!("only matmuls have texture kernels")
+        };
+        // `A` is mirrored as stored (the kernel reads it transposed if need be); `B` is
+        // always mirrored as [k, n].
+        let a_key = MirrorKey {
+            tensor: a,
+            rows: if trans_a { k } else { m },
+            cols: if trans_a { m } else { k },
+            transpose: false,
+        };
+        let b_key = if trans_b {
+            MirrorKey {
+                tensor: b,
+                rows: n,
+                cols: k,
+                transpose: true,
+            }
+        } else {
+            MirrorKey {
+                tensor: b,
+                rows: k,
+                cols: n,
+                transpose: false,
+            }
+        };
+        for key in [a_key, b_key] {
+            if let std::collections::hash_map::Entry::Vacant(slot) = st.mirrors.entry(key) {
+                slot.insert(self.mirror(plan, local, key)?);
+            }
+        }
+        let (Some(ma), Some(mb)) = (&st.mirrors[&a_key], &st.mirrors[&b_key]) else {
+            return Ok(None);
+        };
+        let groups = [
+            m.div_ceil(matmul_tex::ROWS as usize),
+            (mb.pitch as usize).div_ceil(matmul_tex::COLS as usize / 4),
+        ];
+        let max = self.ctx.limits.max_compute_workgroups_per_dimension as usize;
+        if groups.iter().any(|&g| g > max) {
+            return Ok(None);
+        }
+        let [code, act] = epilogue.codes();
+        let dims = [
+            m as u32,
+            k as u32,
+            n as u32,
+            ma.pitch,
+            mb.pitch,
+            ma.shift,
+            mb.shift,
+            k.div_ceil(matmul_tex::BLOCK_K as usize) as u32,
+            accumulate as u32,
+            code,
+            act,
+            0,
+        ];
+        let (view_a, view_b) = (ma.view.clone(), mb.view.clone());
+        for key in [a_key, b_key] {
+            if st.fresh.insert(key) {
+                let refresh = st.mirrors[&key]
+                    .as_ref()
+                    .expect("checked above")
+                    .refresh
+                    .clone();
+                steps.push(refresh);
+            }
+        }
+        let kernel = TexKernel { trans_a, subgroup };
+        let buf = |t: TensorId| self.buffer(local, plan, t).clone();
+        // Buffers of the epilogue at bindings 4..=6 (see `Epilogue`), placeholders where
+        // it has none.
+        let [p0, p1, p2] = self.placeholders.clone();
+        let extra: [wgpu::Buffer; 3] = match (epilogue, &ops[1..]) {
+            (Epilogue::Plain, _) => [p0, p1, p2],
+            (Epilogue::Bias { act: None }, [Op::AddBias { bias, .. }]) => [buf(*bias), p1, p2],
+            (
+                Epilogue::Bias { act: Some(_) },
+                [Op::AddBias { bias, .. }, Op::Activate { y, .. }],
+            ) => [buf(*bias), buf(*y), p2],
+            (Epilogue::ActGrad { .. }, [Op::ActivateBackward { x, y, dx, .. }]) => {
+                [buf(*x), buf(*y), buf(*dx)]
+            }
+            _ => unreachable!("fusable_epilogue matched these ops"),
+        };
+        let bc = buf(c);
+        let mut bindings = vec![
+            (1, wgpu::BindingResource::TextureView(&view_a)),
+            (2, wgpu::BindingResource::TextureView(&view_b)),
+            (3, bc.as_entire_binding()),
+        ];
+        bindings.extend((4..).zip(extra.iter().map(|b| b.as_entire_binding())));
+        let d = self.dispatch_with(
+            KernelKey::new(Shader::MatmulTexture(kernel), "main"),
+            &dims,
+            bindings,
+            [groups[0] as u32, groups[1] as u32, 1],
+        )?;
+        Ok(Some(d))
+    }
+
+    /// Creates the texture mirror for `key` and the step that refreshes it: a plain copy
+    /// when the layouts agree, else a pack dispatch. `None` when it exceeds the limits.
+    fn mirror(
+        &mut self,
+        plan: &Plan,
+        local: &[Option<wgpu::Buffer>],
+        key: MirrorKey,
+    ) -> Result<Option<Mirror>> {
+        let (rows, cols) = if key.transpose {
+            (key.cols, key.rows)
+        } else {
+            (key.rows, key.cols)
+        };
+        let pitch = cols.div_ceil(4);
+        let texels = (rows + matmul_tex::MIRROR_SLACK_ROWS + 1) * pitch;
+        let max_dim = self.ctx.limits.max_texture_dimension_2d as usize;
+        // The narrowest power-of-two width that fits; at least 16 texels so that a row is
+        // a multiple of the 256 bytes buffer-to-texture copies require.
+        let Some(shift) = (4..=max_dim.ilog2()).find(|&s| texels.div_ceil(1 << s) <= max_dim)
+        else {
+            return Ok(None);
+        };
+        let width = 1usize << shift;
+        let height = texels.div_ceil(width);
+        let max_groups = self.ctx.limits.max_compute_workgroups_per_dimension as usize;
+        if rows > max_groups {
+            return Ok(None);
+        }
+        let name = &plan.tensors[key.tensor].name;
+        let texture = self.ctx.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some(&format!("{name} (mirror)")),
+            size: wgpu::Extent3d {
+                width: width as u32,
+                height: height as u32,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+        let src = self.buffer(local, plan, key.tensor).clone();
+        let refresh = if !key.transpose && cols % 4 == 0 {
+            let data_texels = rows * pitch;
+            Step::Copy(MirrorCopy {
+                src,
+                dst: texture,
+                width: width as u32,
+                rows: (data_texels / width) as u32,
+                tail: (data_texels % width) as u32,
+            })
+        } else {
+            Step::Dispatch(self.dispatch_with(
+                KernelKey::new(Shader::Pack, "pack").with("TRANSPOSE", key.transpose as u32),
+                &[key.rows as u32, key.cols as u32, pitch as u32, shift],
+                vec![
+                    (1, src.as_entire_binding()),
+                    (2, wgpu::BindingResource::TextureView(&view)),
+                ],
+                [pitch.div_ceil(PACK_WG) as u32, rows as u32, 1],
+            )?)
+        };
+        Ok(Some(Mirror {
+            view,
+            pitch: pitch as u32,
+            shift,
+            refresh,
+        }))
+    }
+
+    fn lower_op(
+        &mut self,
+        plan: &Plan,
+        local: &[Option<wgpu::Buffer>],
+        op: &Op,
+    ) -> Result<Dispatch> {
         let buf = |t: TensorId| self.buffer(local, plan, t).clone();
         let u = |v: usize| -> Result<u32> { u32::try_from(v).context("size exceeds u32 indexing") };
         match *op {
@@ -209,12 +618,16 @@ impl GpuEngine {
                 trans_b,
                 accumulate,
             } => {
-                let key = KernelKey::new(Shader::Matmul, "main")
+                let (shader, tile) = match self.resolve_matmul_variant(self.matmul_variant) {
+                    MatmulVariant::Tiled => (Shader::MatmulTiled, TILED_TILE),
+                    _ => (Shader::Matmul, REG4X4_TILE),
+                };
+                let key = KernelKey::new(shader, "main")
                     .with("TRANS_A", trans_a as u32)
                     .with("TRANS_B", trans_b as u32)
                     .with("ACCUMULATE", accumulate as u32);
                 let max = self.ctx.limits.max_compute_workgroups_per_dimension as usize;
-                let groups = [n.div_ceil(MATMUL_TILE), m.div_ceil(MATMUL_TILE)];
+                let groups = [n.div_ceil(tile), m.div_ceil(tile)];
                 ensure!(
                     groups.iter().all(|&g| g <= max),
                     "matmul {m}×{k}×{n} needs more workgroups than the device allows per dimension"
@@ -222,7 +635,7 @@ impl GpuEngine {
                 let (ba, bb, bc) = (buf(a), buf(b), buf(c));
                 self.dispatch(
                     key,
-                    [u(m)?, u(k)?, u(n)?, 0],
+                    &[u(m)?, u(k)?, u(n)?, 0],
                     &[(1, &ba), (2, &bb), (3, &bc)],
                     [groups[0] as u32, groups[1] as u32, 1],
                 )
@@ -237,7 +650,7 @@ impl GpuEngine {
                 let g = self.grid((rows * cols).div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
                     KernelKey::new(Shader::Bias, "add_bias"),
-                    [u(rows)?, u(cols)?, 0, 0],
+                    &[u(rows)?, u(cols)?, 0, 0],
                     &[(1, &bb), (2, &by)],
                     g,
                 )
@@ -250,10 +663,10 @@ impl GpuEngine {
                 accumulate,
             } => {
                 let (bx, bo) = (buf(x), buf(out));
-                let g = self.grid(cols)?;
+                let g = self.grid(cols.div_ceil(ROWWISE_WG))?;
                 self.dispatch(
                     KernelKey::new(Shader::Bias, "sum_rows"),
-                    [u(rows)?, u(cols)?, accumulate as u32, 0],
+                    &[u(rows)?, u(cols)?, accumulate as u32, 0],
                     &[(1, &bx), (2, &bo)],
                     g,
                 )
@@ -263,7 +676,7 @@ impl GpuEngine {
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
                     KernelKey::new(Shader::Activation, "forward").with("ACT", act as u32),
-                    [u(len)?, 0, 0, 0],
+                    &[u(len)?, 0, 0, 0],
                     &[(1, &bx), (4, &by)],
                     g,
                 )
@@ -280,7 +693,7 @@ impl GpuEngine {
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
                     KernelKey::new(Shader::Activation, "backward").with("ACT", act as u32),
-                    [u(len)?, 0, 0, 0],
+                    &[u(len)?, 0, 0, 0],
                     &[(1, &bx), (2, &by), (3, &bdy), (4, &bdx)],
                     g,
                 )
@@ -327,17 +740,26 @@ impl GpuEngine {
                 let (bl, bc, bm) = (buf(row_loss), buf(row_correct), buf(metrics));
                 self.dispatch(
                     KernelKey::new(Shader::Loss, "accumulate_metrics"),
-                    [u(rows)?, 0, 0, 0],
+                    &[u(rows)?, 0, 0, 0],
                     &[(6, &bl), (7, &bc), (8, &bm)],
                     [1, 1, 1],
                 )
             }
             Op::SgdStep { param, grad, len } => {
                 let (bp, bg, bh) = (buf(param), buf(grad), self.hyper.clone());
+                if len % 4 == 0 {
+                    let g = self.grid((len / 4).div_ceil(ELEMENTWISE_WG))?;
+                    return self.dispatch(
+                        KernelKey::new(Shader::Optim, "sgd4"),
+                        &[u(len / 4)?, 0, 0, 0],
+                        &[(4, &bp), (5, &bg), (3, &bh)],
+                        g,
+                    );
+                }
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
                     KernelKey::new(Shader::Optim, "sgd"),
-                    [u(len)?, 0, 0, 0],
+                    &[u(len)?, 0, 0, 0],
                     &[(1, &bp), (2, &bg), (3, &bh)],
                     g,
                 )
@@ -364,7 +786,7 @@ impl GpuEngine {
         let g = self.grid(rows.div_ceil(ROWWISE_WG))?;
         self.dispatch(
             KernelKey::new(Shader::Loss, entry),
-            [rows as u32, cols as u32, 0, 0],
+            &[rows as u32, cols as u32, 0, 0],
             &[
                 (1, pred),
                 (2, target),
@@ -384,6 +806,65 @@ impl GpuEngine {
             .get(t)
             .with_context(|| format!("plan has no tensor {t}"))?;
         Ok((self.buffer(&p.local, &p.plan, t), desc.len(), &desc.name))
+    }
+}
+
+/// The epilogue a texture matmul at `ops[0]` can absorb, and how many ops it then covers:
+/// the bias add and activation that follow a layer's forward matmul, or the activation
+/// derivative that follows the matmul producing `dH`. Each absorbed op must work on
+/// exactly the matmul's output.
+fn fusable_epilogue(ops: &[Op]) -> (Epilogue, usize) {
+    let Op::MatMul {
+        c,
+        m,
+        n,
+        accumulate: false,
+        ..
+    } = ops[0]
+    else {
+        return (Epilogue::Plain, 1);
+    };
+    match ops.get(1..) {
+        Some([Op::AddBias { y, rows, cols, .. }, rest @ ..])
+            if *y == c && *rows == m && *cols == n =>
+        {
+            match rest.first() {
+                Some(&Op::Activate { act, x, y, len })
+                    if x == c
+                        && y != c
+                        && Some(&y) != ops.get(1).and_then(bias_of)
+                        && len == m * n =>
+                {
+                    (Epilogue::Bias { act: Some(act) }, 3)
+                }
+                _ => (Epilogue::Bias { act: None }, 2),
+            }
+        }
+        Some(
+            [Op::ActivateBackward {
+                act,
+                dy,
+                dx,
+                x,
+                y,
+                len,
+            }, ..],
+        ) if *dy == c
+            && *len == m * n
+            && x != y
+            && ![*x, *y, c].contains(dx)
+            && ![*x, *y].contains(&c) =>
+        {
+            (Epilogue::ActGrad { act: *act }, 2)
+        }
+        _ => (Epilogue::Plain, 1),
+    }
+}
+
+fn bias_of(op: &Op) -> Option<&TensorId> {
+    match op {
+        Op::AddBias { bias, .. } => Some(bias),
+        _ => None,
     }
 }
 
@@ -437,12 +918,24 @@ impl Engine for GpuEngine {
                 Storage::Persistent(_) => Ok(None),
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut lower_all = |ops: &[Op]| -> Result<Vec<Dispatch>> {
-            ops.iter().map(|op| self.lower(plan, &local, op)).collect()
+        // Every stage starts with all mirrors stale (the host or the last step may have
+        // written anything); eval and train continue from the state forward leaves.
+        let mut st = Lowering::default();
+        let mut lower_all = |ops: &[Op], st: &mut Lowering| -> Result<Vec<Step>> {
+            let mut steps = Vec::new();
+            let mut i = 0;
+            while i < ops.len() {
+                let (s, used) = self.lower(plan, &local, &ops[i..], st)?;
+                steps.extend(s);
+                i += used;
+            }
+            Ok(steps)
         };
-        let forward = lower_all(&plan.forward)?;
-        let eval = lower_all(&plan.eval)?;
-        let train = lower_all(&plan.train)?;
+        let forward = lower_all(&plan.forward, &mut st)?;
+        let after_forward = st.fresh.clone();
+        let eval = lower_all(&plan.eval, &mut st)?;
+        st.fresh = after_forward;
+        let train = lower_all(&plan.train, &mut st)?;
         self.ctx.take_error().context("compiling the plan")?;
         self.plans.push(GpuPlan {
             plan: plan.clone(),
@@ -507,7 +1000,7 @@ impl Engine for GpuEngine {
 
     fn run(&mut self, plan: PlanId, stage: Stage) -> Result<()> {
         let p = self.plans.get(plan).context("unknown plan id")?;
-        let tail: &[Dispatch] = match stage {
+        let tail: &[Step] = match stage {
             Stage::Predict => &[],
             Stage::Eval => &p.eval,
             Stage::Train => &p.train,
@@ -518,15 +1011,30 @@ impl Engine for GpuEngine {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("step"),
             });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("step"),
-                timestamp_writes: None,
-            });
-            for d in p.forward.iter().chain(tail) {
-                pass.set_pipeline(&d.pipeline);
-                pass.set_bind_group(0, &d.bind_group, &[]);
-                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+        let mut steps = p.forward.iter().chain(tail).peekable();
+        while let Some(step) = steps.next() {
+            match step {
+                Step::Copy(copy) => copy.record(&mut encoder),
+                Step::Dispatch(first) => {
+                    // Consecutive dispatches share one compute pass; copies end it.
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("step"),
+                        timestamp_writes: None,
+                    });
+                    let mut d = first;
+                    loop {
+                        pass.set_pipeline(&d.pipeline);
+                        pass.set_bind_group(0, &d.bind_group, &[]);
+                        pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                        match steps.peek() {
+                            Some(Step::Dispatch(next)) => {
+                                d = next;
+                                steps.next();
+                            }
+                            _ => break,
+                        }
+                    }
+                }
             }
         }
         self.ctx.queue.submit([encoder.finish()]);

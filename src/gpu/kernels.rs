@@ -1,14 +1,19 @@
 //! WGSL sources and the pipeline cache. Pipelines are keyed by shader, entry point and
 //! override constants, so a plan with twenty layers of the same activation creates one.
 
+use super::matmul_tex::TexKernel;
 use anyhow::{bail, Result};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The kernel families, one WGSL file each.
+/// The kernel families: one WGSL file each, or a generated source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
     Matmul,
+    MatmulTiled,
+    MatmulTexture(TexKernel),
+    Pack,
     Bias,
     Activation,
     Loss,
@@ -16,14 +21,20 @@ pub enum Shader {
 }
 
 impl Shader {
-    fn source(self) -> &'static str {
-        match self {
+    fn source(self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Shader::MatmulTiled => include_str!("../../shaders/matmul_tiled.wgsl"),
+            Shader::MatmulTexture(k) => return Cow::Owned(k.source()),
+            Shader::Pack => include_str!("../../shaders/pack.wgsl"),
             Shader::Bias => include_str!("../../shaders/bias.wgsl"),
-            Shader::Activation => include_str!("../../shaders/activation.wgsl"),
+            Shader::Activation => concat!(
+                include_str!("../../shaders/activation.wgsl"),
+                include_str!("../../shaders/act_fn.wgsl")
+            ),
             Shader::Loss => include_str!("../../shaders/loss.wgsl"),
             Shader::Optim => include_str!("../../shaders/optim.wgsl"),
-        }
+        })
     }
 }
 
@@ -68,7 +79,7 @@ impl Kernels {
         let module = self.modules.entry(key.shader).or_insert_with(|| {
             device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(&format!("{:?}", key.shader)),
-                source: wgpu::ShaderSource::Wgsl(key.shader.source().into()),
+                source: wgpu::ShaderSource::Wgsl(key.shader.source()),
             })
         });
         let constants: Vec<(&str, f64)> =
