@@ -1,9 +1,6 @@
 // Copies a row-major matrix [rows, cols] from a buffer into a texture mirror for the
-// CPU-adapter matmul (see src/gpu/matmul_tex.rs for the layout), transposed when
-// TRANSPOSE. Used where a plain buffer-to-texture copy cannot produce the layout: rows
-// that are not a whole number of texels, or a transpose.
-
-override TRANSPOSE: bool = false;
+// CPU-adapter matmul (see src/gpu/matmul_tex.rs for the layout), padding each row to a
+// whole number of texels. Rows that already are whole texels are copied instead.
 
 struct Dims {
     rows: u32,
@@ -20,26 +17,16 @@ struct Dims {
 // One invocation per texel of the mirror: x is the texel within a row, y the row.
 @compute @workgroup_size(64)
 fn pack(@builtin(global_invocation_id) gid: vec3<u32>) {
-    var out_rows = dims.rows;
-    var out_cols = dims.cols;
-    if TRANSPOSE {
-        out_rows = dims.cols;
-        out_cols = dims.rows;
-    }
     let row = gid.y;
     let texel = gid.x;
-    if texel >= dims.pitch || row >= out_rows {
+    if texel >= dims.pitch || row >= dims.rows {
         return;
     }
     var v = vec4<f32>(0.0);
     for (var j = 0u; j < 4u; j++) {
         let col = texel * 4u + j;
-        if col < out_cols {
-            if TRANSPOSE {
-                v[j] = src[col * dims.cols + row];
-            } else {
-                v[j] = src[row * dims.cols + col];
-            }
+        if col < dims.cols {
+            v[j] = src[row * dims.cols + col];
         }
     }
     let t = row * dims.pitch + texel;

@@ -9,8 +9,13 @@ use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant};
 use steadygrad::graph::{Activation, Op, Plan, Stage, Storage};
 
 const SIZES: [usize; 4] = [1, 7, 33, 257];
-/// `(trans_a, trans_b)`: forward `X·Wᵀ`, backward `dY·W` and `dYᵀ·X`.
-const FORMS: [(bool, bool); 3] = [(false, true), (false, false), (true, false)];
+/// Shapes whose sides are whole texels of 4 (the texture variants copy instead of
+/// padding such operands) and multiples of the tiles.
+const ALIGNED: [(usize, usize, usize); 4] =
+    [(64, 64, 64), (8, 36, 32), (12, 260, 68), (256, 4, 20)];
+/// `(trans_a, trans_b)`: forward `X·Wᵀ`, backward `dY·W` and `dYᵀ·X`, and for
+/// completeness `Aᵀ·Bᵀ`.
+const FORMS: [(bool, bool); 4] = [(false, true), (false, false), (true, false), (true, true)];
 
 /// Values in [-1, 1) from a seed, different for every operand.
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -36,31 +41,30 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     let mut out = Vec::new();
+    let mut shapes = Vec::new();
     for &m in &SIZES {
         for &k in &SIZES {
             for &n in &SIZES {
-                for (f, &(trans_a, trans_b)) in FORMS.iter().enumerate() {
-                    out.push(Case {
-                        m,
-                        k,
-                        n,
-                        trans_a,
-                        trans_b,
-                        accumulate: false,
-                    });
-                    // Accumulation changes only the epilogue: a rotating subset covers
-                    // every form and every size without tripling the run time.
-                    if (m + k + n + f) % 3 == 0 {
-                        out.push(Case {
-                            m,
-                            k,
-                            n,
-                            trans_a,
-                            trans_b,
-                            accumulate: true,
-                        });
-                    }
-                }
+                shapes.push((m, k, n));
+            }
+        }
+    }
+    shapes.extend(ALIGNED);
+    for &(m, k, n) in &shapes {
+        for (f, &(trans_a, trans_b)) in FORMS.iter().enumerate() {
+            let case = |accumulate| Case {
+                m,
+                k,
+                n,
+                trans_a,
+                trans_b,
+                accumulate,
+            };
+            out.push(case(false));
+            // Accumulation changes only the epilogue: a rotating subset covers every form
+            // and every size without doubling the run time.
+            if (m + k + n + f) % 3 == 0 {
+                out.push(case(true));
             }
         }
     }

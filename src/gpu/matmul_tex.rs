@@ -1,5 +1,5 @@
 //! The matmul kernel for CPU-backed adapters (lavapipe and the like), generated as WGSL
-//! because `subgroupBroadcast` needs constant lane indices, i.e. an unrolled inner block.
+//! because `subgroupBroadcast` needs constant lane indices, i.e. an unrolled inner step.
 //!
 //! Why a different kernel: such drivers run 8 invocations in the lanes of one SIMD register,
 //! and a storage-buffer load whose address is not provably uniform becomes a per-lane loop
@@ -9,31 +9,32 @@
 //! read from texture mirrors (see `engine.rs`), and each fetched float is reused as much
 //! as the register file allows:
 //!
-//! * lanes own adjacent groups of 4 columns of C; each lane fetches `B[p, 4 columns]`
-//!   and multiplies it into `ROWS` rows of vec4 accumulators;
-//! * the rows are shared by the 8 lanes, so `A` is fetched cooperatively: lane `l`
+//! * lanes own adjacent groups of 4 columns of C; each lane gets `B[p, 4 columns]` (one
+//!   texel, or for a transposed `B` four texels whose 4×4 block is transposed by
+//!   renaming registers) and multiplies it into `ROWS` rows of vec4 accumulators;
+//! * the rows are shared by the 8 lanes, so `A` is fetched cooperatively: each lane
 //!   fetches a different texel of `A` and `subgroupBroadcast` hands each value to all
 //!   lanes (one fetch per 32 values instead of 8 redundant ones). Without subgroups every
-//!   lane fetches the texel itself.
+//!   lane fetches the texels itself.
 //!
-//! Fetches are calls that clobber every vector register, so the 8 `B` texels of a step
-//! are fetched before the multiply-adds that use them. Loops are kept rather than fully
-//! unrolled: the driver compiles shaders at first use, and a 4× smaller body compiles
-//! about twice as fast at the same speed.
+//! Each loop iteration covers 8 values of k. Fetches are calls that clobber every vector
+//! register, so all of an iteration's fetches come before its multiply-adds. The loop is
+//! not unrolled further: the driver compiles shaders at first use, and larger bodies
+//! compiled much slower with no gain in speed.
 //!
 //! Workgroups along x walk down the rows of C, so consecutive workgroups reuse the same
 //! strip of `B` (the bigger stream) while it is still in cache.
 //!
 //! The epilogue (bias, activation, activation derivative, accumulation) is chosen at run
-//! time from the dims uniform: it runs once per output, and one kernel per `trans_a`
-//! keeps the number of these large shaders, and so the first step's compile time, low.
+//! time from the dims uniform: it runs once per output, and fewer of these large shaders
+//! means less compiling before the first step.
 //!
 //! Mirror layout: a matrix `[rows, cols]` is stored row-major with `pitch = ceil(cols/4)`
 //! texels per row, padded with zeros, and texel `t` of that flat sequence lives at
-//! `(t & (2^shift - 1), t >> shift)`. The `B` mirror is always `[k, n]`; `A` is `[m, k]`, or
-//! `[k, m]` when `trans_a` (the kernel reads it transposed directly). Mirrors have
-//! `MIRROR_SLACK_ROWS` zero rows past the data, so the last step along `k` may read past
-//! `k` without masking `B`.
+//! `(t & (2^shift - 1), t >> shift)`. Operands are mirrored as stored (`A` as `[m, k]` or
+//! `[k, m]`, `B` as `[k, n]` or `[n, k]`). Mirrors have `MIRROR_SLACK_ROWS` zero rows past
+//! the data, so the last iteration may read past `k` without masking `B`; values of `A`
+//! past `k` are masked to zero, which cancels whatever (finite) values `B` has there.
 
 use crate::graph::Activation;
 use std::fmt::Write as _;
@@ -42,11 +43,9 @@ use std::fmt::Write as _;
 pub const ROWS: u32 = 8;
 /// Columns of C per workgroup: 8 lanes × one texel of 4 columns.
 pub const COLS: u32 = 32;
-/// Values of `k` per outer loop iteration when `A` is not transposed (8 lanes × 4
-/// components), and the step `blocks` in the dims counts.
-pub const BLOCK_K: u32 = 32;
-/// Extra zero rows a mirror keeps past its data (see the module docs).
-pub const MIRROR_SLACK_ROWS: usize = BLOCK_K as usize;
+/// Extra zero rows a mirror keeps past its data (see the module docs): one iteration
+/// reads up to 8 values of k, i.e. 2 texels, past the last.
+pub const MIRROR_SLACK_ROWS: usize = 8;
 
 /// Work folded into the store of C, replacing the elementwise ops that would follow it
 /// (each of which costs a full pass over the matrix on a CPU-backed adapter).
@@ -78,18 +77,21 @@ impl Epilogue {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TexKernel {
     pub trans_a: bool,
+    pub trans_b: bool,
     /// Share `A` fetches across the 8 lanes of a subgroup (needs subgroups of exactly 8).
     pub subgroup: bool,
 }
 
+const XYZW: [&str; 4] = ["x", "y", "z", "w"];
+
 impl TexKernel {
     /// WGSL source. Bindings: 0 dims, 1 `A` mirror, 2 `B` mirror, 3 C, 4–6 epilogue
     /// buffers (see [`Epilogue`]; unused ones get placeholders). Dims: `m, k, n, pitch_a,
-    /// pitch_b, shift_a, shift_b, blocks, accumulate, epilogue, act, _` with
-    /// `blocks = ceil(k / 32)`.
+    /// pitch_b, shift_a, shift_b, _, accumulate, epilogue, act, _`.
     pub fn source(&self) -> String {
         let rm = ROWS as usize;
-        let mut s = String::from(PRELUDE);
+        let mut s = format!("const ROWS: u32 = {ROWS}u;\n");
+        s.push_str(PRELUDE);
         s.push_str(include_str!("../../shaders/act_fn.wgsl"));
         s.push_str(EPILOGUE);
         s.push_str(
@@ -98,154 +100,163 @@ impl TexKernel {
              @builtin(local_invocation_id) lid: vec3<u32>) {\n\
              \x20   ACT = dims.act;\n\
              \x20   let lane = lid.x;\n\
-             \x20   let row0 = wg.x * 8u;\n\
-             \x20   let jt = min(wg.y * 8u + lane, dims.pitch_b - 1u);\n",
+             \x20   let row0 = wg.x * ROWS;\n\
+             \x20   let jt = min(wg.y * 8u + lane, (dims.n + 3u) / 4u - 1u);\n",
         );
         for r in 0..rm {
             let _ = writeln!(s, "    var acc{r} = vec4<f32>(0.0);");
         }
-        if self.trans_a {
-            // Texel g of a row of the [k, m] mirror holds rows row0 + 4g .. row0 + 4g + 3.
-            for g in 0..rm / 4 {
-                let _ = writeln!(s, "    let ca{g} = row0 / 4u + {g}u;");
+        // Ragged rows and columns are clamped onto the last one; their results are
+        // never stored.
+        match (self.subgroup, self.trans_a) {
+            // Lane l fetches row 4f + l/2, texel t + l%2: 8 texels of 4 rows per fetch.
+            (true, false) => {
+                for f in 0..rm / 4 {
+                    let _ = writeln!(
+                        s,
+                        "    let ra{f} = min(row0 + {}u + lane / 2u, dims.m - 1u) * dims.pitch_a \
+                         + lane % 2u;",
+                        4 * f
+                    );
+                }
             }
-        } else {
-            // Ragged rows are clamped onto the last one; their results are never stored.
-            for r in 0..rm {
+            // Texel g of a row of the [k, m] mirror holds rows row0 + 4g .. row0 + 4g + 3.
+            (_, true) => {
+                for g in 0..rm / 4 {
+                    let _ = writeln!(s, "    let ca{g} = row0 / 4u + {g}u;");
+                }
+            }
+            (false, false) => {
+                for r in 0..rm {
+                    let _ = writeln!(
+                        s,
+                        "    let ra{r} = min(row0 + {r}u, dims.m - 1u) * dims.pitch_a;"
+                    );
+                }
+            }
+        }
+        if self.trans_b {
+            // B is stored [n, k]: the lane's 4 columns are 4 rows of the mirror.
+            for c in 0..4 {
                 let _ = writeln!(
                     s,
-                    "    let ra{r} = min(row0 + {r}u, dims.m - 1u) * dims.pitch_a;"
+                    "    let rb{c} = min(jt * 4u + {c}u, dims.n - 1u) * dims.pitch_b;"
                 );
             }
         }
-        match (self.subgroup, self.trans_a) {
-            (true, false) => self.body_coop(&mut s),
-            (true, true) => self.body_coop_trans(&mut s),
-            (false, false) => self.body_plain(&mut s),
-            (false, true) => self.body_plain_trans(&mut s),
+        // Each iteration handles 8 values of k: two texels along k.
+        s.push_str(
+            "    for (var p0 = 0u; p0 < dims.k; p0 += 8u) {\n\
+             \x20       let t = p0 / 4u;\n",
+        );
+        self.fetch_a(&mut s);
+        self.fetch_b(&mut s);
+        for q in 0..8 {
+            for r in 0..rm {
+                let _ = writeln!(
+                    s,
+                    "        acc{r} = fma(vec4<f32>({}), b{q}, acc{r});",
+                    self.a_value(q, r)
+                );
+            }
         }
-        s.push_str("    finish(row0, jt * 4u, array<vec4<f32>, 8>(");
+        s.push_str("    }\n    finish(row0, jt * 4u, array<vec4<f32>, ROWS>(");
         let accs: Vec<String> = (0..rm).map(|r| format!("acc{r}")).collect();
         s.push_str(&accs.join(", "));
         s.push_str("));\n}\n");
         s
     }
 
-    /// One step of 8 values of `k`: the 8 `B` texels at rows `b_row(q)`, then
-    /// `acc_r += a(q, r) · b_q` for every q and row (both WGSL expressions).
-    fn step(
-        &self,
-        s: &mut String,
-        indent: &str,
-        b_row: impl Fn(usize) -> String,
-        a: impl Fn(usize, usize) -> String,
-    ) {
-        for q in 0..8 {
-            let _ = writeln!(
-                s,
-                "{indent}let b{q} = tex_b(({}) * dims.pitch_b + jt);",
-                b_row(q)
-            );
+    /// The `A` values of one iteration. Values past `k` must be zero: past a row's end
+    /// the mirror holds the next row (the `B` side may then hold anything finite).
+    fn fetch_a(&self, s: &mut String) {
+        let rm = ROWS as usize;
+        match (self.subgroup, self.trans_a) {
+            (true, false) => {
+                s.push_str("        let live = t + lane % 2u < dims.pitch_a;\n");
+                for f in 0..rm / 4 {
+                    let _ = writeln!(
+                        s,
+                        "        let av{f} = select(vec4<f32>(0.0), tex_a(ra{f} + t), live);"
+                    );
+                }
+            }
+            // Lane l holds rows row0 + 4g .. + 3 at k = p0 + l.
+            (true, true) => {
+                s.push_str("        let pa = p0 + lane;\n");
+                for g in 0..rm / 4 {
+                    let _ = writeln!(
+                        s,
+                        "        let av{g} = select(vec4<f32>(0.0), \
+                         tex_a(pa * dims.pitch_a + ca{g}), pa < dims.k);"
+                    );
+                }
+            }
+            (false, false) => {
+                s.push_str("        let live = t + 1u < dims.pitch_a;\n");
+                for r in 0..rm {
+                    let _ = writeln!(s, "        let av{r}_0 = tex_a(ra{r} + t);");
+                    let _ = writeln!(
+                        s,
+                        "        let av{r}_1 = select(vec4<f32>(0.0), tex_a(ra{r} + t + 1u), live);"
+                    );
+                }
+            }
+            (false, true) => {
+                for q in 0..8 {
+                    for g in 0..rm / 4 {
+                        let _ = writeln!(
+                            s,
+                            "        let av{q}_{g} = select(vec4<f32>(0.0), \
+                             tex_a((p0 + {q}u) * dims.pitch_a + ca{g}), p0 + {q}u < dims.k);"
+                        );
+                    }
+                }
+            }
         }
-        for q in 0..8 {
-            for r in 0..ROWS as usize {
+    }
+
+    /// `b0 .. b7`: the lane's 4 columns of `B` at k = p0 .. p0 + 7. The mirror has zero
+    /// rows past `k`, so these need no mask.
+    fn fetch_b(&self, s: &mut String) {
+        if self.trans_b {
+            // A texel holds 4 values of k for one column; the 4×4 block of texels is
+            // transposed by renaming, which costs nothing with lanes across registers.
+            for e in 0..2 {
+                for c in 0..4 {
+                    let _ = writeln!(s, "        let tb{e}{c} = tex_b(rb{c} + t + {e}u);");
+                }
+            }
+            for q in 0..8 {
+                let (e, x) = (q / 4, XYZW[q % 4]);
                 let _ = writeln!(
                     s,
-                    "{indent}acc{r} = fma(vec4<f32>({}), b{q}, acc{r});",
-                    a(q, r)
+                    "        let b{q} = vec4<f32>(tb{e}0.{x}, tb{e}1.{x}, tb{e}2.{x}, tb{e}3.{x});"
+                );
+            }
+        } else {
+            for q in 0..8 {
+                let _ = writeln!(
+                    s,
+                    "        let b{q} = tex_b((p0 + {q}u) * dims.pitch_b + jt);"
                 );
             }
         }
     }
 
-    /// Lane l holds `A[row, p0 + 4l .. p0 + 4l + 3]`; component c of lane q is `k = p0 +
-    /// 4q + c`. Texels past a row's end belong to the next row, so they are zeroed.
-    fn body_coop(&self, s: &mut String) {
-        s.push_str(
-            "    for (var blk = 0u; blk < dims.blocks; blk++) {\n\
-             \x20       let t0 = blk * 8u;\n\
-             \x20       let p0 = blk * 32u;\n\
-             \x20       let live = t0 + lane < dims.pitch_a;\n",
-        );
-        for r in 0..ROWS {
-            let _ = writeln!(
-                s,
-                "        let av{r} = select(vec4<f32>(0.0), tex_a(ra{r} + t0 + lane), live);"
-            );
+    /// The expression for `A[row0 + r, p0 + q]`.
+    fn a_value(&self, q: usize, r: usize) -> String {
+        match (self.subgroup, self.trans_a) {
+            (true, false) => format!(
+                "subgroupBroadcast(av{}.{}, {}u)",
+                r / 4,
+                XYZW[q % 4],
+                2 * (r % 4) + q / 4
+            ),
+            (true, true) => format!("subgroupBroadcast(av{}.{}, {q}u)", r / 4, XYZW[r % 4]),
+            (false, false) => format!("av{r}_{}.{}", q / 4, XYZW[q % 4]),
+            (false, true) => format!("av{q}_{}.{}", r / 4, XYZW[r % 4]),
         }
-        s.push_str("        for (var c = 0u; c < 4u; c++) {\n");
-        self.step(
-            s,
-            "            ",
-            |q| format!("p0 + {}u + c", 4 * q),
-            |q, r| format!("subgroupBroadcast(av{r}[c], {q}u)"),
-        );
-        s.push_str("        }\n    }\n");
-    }
-
-    /// Lane l holds rows `row0 + 4g .. + 3` at `k = p0 + l`, 8 values of `k` per step.
-    fn body_coop_trans(&self, s: &mut String) {
-        s.push_str(
-            "    for (var p0 = 0u; p0 < dims.k; p0 += 8u) {\n\
-             \x20       let pa = p0 + lane;\n",
-        );
-        for g in 0..ROWS / 4 {
-            let _ = writeln!(
-                s,
-                "        let av{g} = select(vec4<f32>(0.0), \
-                 tex_a(pa * dims.pitch_a + ca{g}), pa < dims.k);"
-            );
-        }
-        self.step(
-            s,
-            "        ",
-            |q| format!("p0 + {q}u"),
-            |q, r| format!("subgroupBroadcast(av{}[{}], {q}u)", r / 4, r % 4),
-        );
-        s.push_str("    }\n");
-    }
-
-    /// Every lane fetches the same `A` texels: 2 texels of 4 values of `k` per row.
-    fn body_plain(&self, s: &mut String) {
-        s.push_str(
-            "    for (var t0 = 0u; t0 < dims.pitch_a; t0 += 2u) {\n\
-             \x20       let live = t0 + 1u < dims.pitch_a;\n",
-        );
-        for r in 0..ROWS {
-            let _ = writeln!(s, "        let av{r}_0 = tex_a(ra{r} + t0);");
-            let _ = writeln!(
-                s,
-                "        let av{r}_1 = select(vec4<f32>(0.0), tex_a(ra{r} + t0 + 1u), live);"
-            );
-        }
-        self.step(
-            s,
-            "        ",
-            |q| format!("t0 * 4u + {q}u"),
-            |q, r| format!("av{r}_{}[{}]", q / 4, q % 4),
-        );
-        s.push_str("    }\n");
-    }
-
-    /// Every lane fetches the same `A` texels: 8 values of `k` per step.
-    fn body_plain_trans(&self, s: &mut String) {
-        s.push_str("    for (var p0 = 0u; p0 < dims.k; p0 += 8u) {\n");
-        for q in 0..8 {
-            for g in 0..ROWS / 4 {
-                let _ = writeln!(
-                    s,
-                    "        let av{q}_{g} = select(vec4<f32>(0.0), \
-                     tex_a((p0 + {q}u) * dims.pitch_a + ca{g}), p0 + {q}u < dims.k);"
-                );
-            }
-        }
-        self.step(
-            s,
-            "        ",
-            |q| format!("p0 + {q}u"),
-            |q, r| format!("av{q}_{}[{}]", r / 4, r % 4),
-        );
-        s.push_str("    }\n");
     }
 }
 
@@ -258,7 +269,7 @@ struct Dims {
     pitch_b: u32,
     shift_a: u32,
     shift_b: u32,
-    blocks: u32,
+    _pad0: u32,
     accumulate: u32,
     // 0 plain, 1 bias, 2 bias and activation, 3 activation derivative (`Epilogue`).
     epilogue: u32,
@@ -288,8 +299,8 @@ fn tex_b(t: u32) -> vec4<f32> {
 ";
 
 const EPILOGUE: &str = "
-// Stores rows row0 .. row0 + 7 of columns col .. col + 3, applying the epilogue.
-fn finish(row0: u32, col: u32, acc: array<vec4<f32>, 8>) {
+// Stores rows row0 .. row0 + ROWS - 1 of columns col .. col + 3, applying the epilogue.
+fn finish(row0: u32, col: u32, acc: array<vec4<f32>, ROWS>) {
     var bias = vec4<f32>(0.0);
     if dims.epilogue == 1u || dims.epilogue == 2u {
         for (var j = 0u; j < 4u; j++) {
@@ -298,7 +309,7 @@ fn finish(row0: u32, col: u32, acc: array<vec4<f32>, 8>) {
             }
         }
     }
-    for (var r = 0u; r < 8u; r++) {
+    for (var r = 0u; r < ROWS; r++) {
         let row = row0 + r;
         if row >= dims.m {
             return;
