@@ -1,13 +1,14 @@
 // Copies a row-major matrix [rows, cols] from a buffer into a texture mirror for the
-// CPU-adapter matmul (see src/gpu/matmul_tex.rs for the layout), padding each row to a
-// whole number of texels. Rows that already are whole texels are copied instead.
+// CPU-adapter matmul (see src/gpu/matmul_tex.rs for the layout), one matrix row per
+// texture row, padded to whole texels. Used where a buffer-to-texture copy cannot be:
+// rows that are not a multiple of 256 bytes.
 
 struct Dims {
     rows: u32,
     cols: u32,
-    // Texels per row of the mirror, and log2 of the mirror texture's width.
+    // Texels of data per row of the mirror: ceil(cols / 4).
     pitch: u32,
-    shift: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -29,6 +30,18 @@ fn pack(@builtin(global_invocation_id) gid: vec3<u32>) {
             v[j] = src[row * dims.cols + col];
         }
     }
-    let t = row * dims.pitch + texel;
-    textureStore(dst, vec2<u32>(t & ((1u << dims.shift) - 1u), t >> dims.shift), v);
+    textureStore(dst, vec2<u32>(texel, row), v);
+}
+
+// The same for rows of a multiple of 4 values: one vector load per texel.
+@group(0) @binding(3) var<storage, read> src4: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn pack4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.y;
+    let texel = gid.x;
+    if texel >= dims.pitch || row >= dims.rows {
+        return;
+    }
+    textureStore(dst, vec2<u32>(texel, row), src4[row * dims.pitch + texel]);
 }

@@ -90,51 +90,40 @@ struct Dispatch {
     groups: [u32; 3],
 }
 
-/// A buffer-to-texture copy that refreshes a mirror whose layout equals the buffer's:
-/// `rows` full texture rows, then `tail` texels of one more.
+/// A buffer-to-texture copy that refreshes a mirror: `rows` rows of `width` texels, read
+/// from rows of `row_bytes` in the buffer.
 #[derive(Clone)]
 struct MirrorCopy {
     src: wgpu::Buffer,
     dst: wgpu::Texture,
     width: u32,
     rows: u32,
-    tail: u32,
+    row_bytes: u32,
 }
 
 impl MirrorCopy {
     fn record(&self, encoder: &mut wgpu::CommandEncoder) {
-        let texel_bytes = 16u64;
-        let row_bytes = self.width * 16;
-        let mut copy = |offset: u64, y: u32, width: u32, height: u32| {
-            encoder.copy_buffer_to_texture(
-                wgpu::TexelCopyBufferInfo {
-                    buffer: &self.src,
-                    layout: wgpu::TexelCopyBufferLayout {
-                        offset,
-                        bytes_per_row: Some(row_bytes),
-                        rows_per_image: None,
-                    },
+        encoder.copy_buffer_to_texture(
+            wgpu::TexelCopyBufferInfo {
+                buffer: &self.src,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(self.row_bytes),
+                    rows_per_image: None,
                 },
-                wgpu::TexelCopyTextureInfo {
-                    texture: &self.dst,
-                    mip_level: 0,
-                    origin: wgpu::Origin3d { x: 0, y, z: 0 },
-                    aspect: wgpu::TextureAspect::All,
-                },
-                wgpu::Extent3d {
-                    width,
-                    height,
-                    depth_or_array_layers: 1,
-                },
-            );
-        };
-        if self.rows > 0 {
-            copy(0, 0, self.width, self.rows);
-        }
-        if self.tail > 0 {
-            let offset = self.rows as u64 * self.width as u64 * texel_bytes;
-            copy(offset, self.rows, self.tail, 1);
-        }
+            },
+            wgpu::TexelCopyTextureInfo {
+                texture: &self.dst,
+                mip_level: 0,
+                origin: wgpu::Origin3d::ZERO,
+                aspect: wgpu::TextureAspect::All,
+            },
+            wgpu::Extent3d {
+                width: self.width,
+                height: self.rows,
+                depth_or_array_layers: 1,
+            },
+        );
     }
 }
 
@@ -155,7 +144,6 @@ struct MirrorKey {
 struct Mirror {
     view: wgpu::TextureView,
     pitch: u32,
-    shift: u32,
     /// The copy or pack dispatch that brings the mirror up to date with its buffer.
     refresh: Step,
 }
@@ -460,9 +448,9 @@ impl GpuEngine {
             k as u32,
             n as u32,
             ma.pitch,
-            mb.pitch,
-            ma.shift,
-            mb.shift,
+            0,
+            0,
+            0,
             0,
             accumulate as u32,
             code,
@@ -528,18 +516,14 @@ impl GpuEngine {
     ) -> Result<Option<Mirror>> {
         let (rows, cols) = (key.rows, key.cols);
         let pitch = cols.div_ceil(4);
-        let texels = (rows + matmul_tex::MIRROR_SLACK_ROWS + 1) * pitch;
+        // A row stride of an odd number of 64-byte lines puts the rows the kernel reads
+        // together in distinct cache sets (see `matmul_tex.rs`).
+        let lines = pitch.div_ceil(4);
+        let width = 4 * (lines | 1);
+        let height = rows + matmul_tex::MIRROR_SLACK_ROWS;
         let max_dim = self.ctx.limits.max_texture_dimension_2d as usize;
-        // The narrowest power-of-two width that fits; at least 16 texels so that a row is
-        // a multiple of the 256 bytes buffer-to-texture copies require.
-        let Some(shift) = (4..=max_dim.ilog2()).find(|&s| texels.div_ceil(1 << s) <= max_dim)
-        else {
-            return Ok(None);
-        };
-        let width = 1usize << shift;
-        let height = texels.div_ceil(width);
         let max_groups = self.ctx.limits.max_compute_workgroups_per_dimension as usize;
-        if rows > max_groups {
+        if width > max_dim || height > max_dim || rows > max_groups {
             return Ok(None);
         }
         let name = &plan.tensors[key.tensor].name;
@@ -559,21 +543,26 @@ impl GpuEngine {
         });
         let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
         let src = self.buffer(local, plan, key.tensor).clone();
-        let refresh = if cols % 4 == 0 {
-            let data_texels = rows * pitch;
+        // Buffer-to-texture copies need source rows that are a multiple of 256 bytes.
+        let refresh = if cols % 64 == 0 {
             Step::Copy(MirrorCopy {
                 src,
                 dst: texture,
-                width: width as u32,
-                rows: (data_texels / width) as u32,
-                tail: (data_texels % width) as u32,
+                width: pitch as u32,
+                rows: rows as u32,
+                row_bytes: (cols * 4) as u32,
             })
         } else {
+            let (entry, binding) = if cols % 4 == 0 {
+                ("pack4", 3)
+            } else {
+                ("pack", 1)
+            };
             Step::Dispatch(self.dispatch_with(
-                KernelKey::new(Shader::Pack, "pack"),
-                &[rows as u32, cols as u32, pitch as u32, shift],
+                KernelKey::new(Shader::Pack, entry),
+                &[rows as u32, cols as u32, pitch as u32, 0],
                 vec![
-                    (1, src.as_entire_binding()),
+                    (binding, src.as_entire_binding()),
                     (2, wgpu::BindingResource::TextureView(&view)),
                 ],
                 [pitch.div_ceil(PACK_WG) as u32, rows as u32, 1],
@@ -582,7 +571,6 @@ impl GpuEngine {
         Ok(Some(Mirror {
             view,
             pitch: pitch as u32,
-            shift,
             refresh,
         }))
     }

@@ -29,12 +29,15 @@
 //! time from the dims uniform: it runs once per output, and fewer of these large shaders
 //! means less compiling before the first step.
 //!
-//! Mirror layout: a matrix `[rows, cols]` is stored row-major with `pitch = ceil(cols/4)`
-//! texels per row, padded with zeros, and texel `t` of that flat sequence lives at
-//! `(t & (2^shift - 1), t >> shift)`. Operands are mirrored as stored (`A` as `[m, k]` or
-//! `[k, m]`, `B` as `[k, n]` or `[n, k]`). Mirrors have `MIRROR_SLACK_ROWS` zero rows past
-//! the data, so the last iteration may read past `k` without masking `B`; values of `A`
-//! past `k` are masked to zero, which cancels whatever (finite) values `B` has there.
+//! Mirror layout: row `r` of a matrix `[rows, cols]` is texture row `r`, `ceil(cols/4)`
+//! texels zero-padded at the end. Texture rows are a little wider than that when the
+//! width would be a multiple of 64 texels: the kernel reads the same column of 32 rows at
+//! once, and at a power-of-two stride those all compete for the same few cache sets (the
+//! transposed forms ran at half speed for k = 512, 1024, 2048). Operands are mirrored as
+//! stored (`A` as `[m, k]` or `[k, m]`, `B` as `[k, n]` or `[n, k]`). Mirrors have
+//! `MIRROR_SLACK_ROWS` zero rows past the data, so the last iteration may read past `k`
+//! without masking `B`; values of `A` past `k` are masked to zero, which cancels whatever
+//! (finite) values `B` has there.
 
 use crate::graph::Activation;
 use std::fmt::Write as _;
@@ -87,7 +90,7 @@ const XYZW: [&str; 4] = ["x", "y", "z", "w"];
 impl TexKernel {
     /// WGSL source. Bindings: 0 dims, 1 `A` mirror, 2 `B` mirror, 3 C, 4–6 epilogue
     /// buffers (see [`Epilogue`]; unused ones get placeholders). Dims: `m, k, n, pitch_a,
-    /// pitch_b, shift_a, shift_b, _, accumulate, epilogue, act, _`.
+    /// _, _, _, _, accumulate, epilogue, act, _`.
     pub fn source(&self) -> String {
         let rm = ROWS as usize;
         let mut s = format!("const ROWS: u32 = {ROWS}u;\n");
@@ -114,8 +117,7 @@ impl TexKernel {
                 for f in 0..rm / 4 {
                     let _ = writeln!(
                         s,
-                        "    let ra{f} = min(row0 + {}u + lane / 2u, dims.m - 1u) * dims.pitch_a \
-                         + lane % 2u;",
+                        "    let ra{f} = min(row0 + {}u + lane / 2u, dims.m - 1u);",
                         4 * f
                     );
                 }
@@ -128,20 +130,14 @@ impl TexKernel {
             }
             (false, false) => {
                 for r in 0..rm {
-                    let _ = writeln!(
-                        s,
-                        "    let ra{r} = min(row0 + {r}u, dims.m - 1u) * dims.pitch_a;"
-                    );
+                    let _ = writeln!(s, "    let ra{r} = min(row0 + {r}u, dims.m - 1u);");
                 }
             }
         }
         if self.trans_b {
             // B is stored [n, k]: the lane's 4 columns are 4 rows of the mirror.
             for c in 0..4 {
-                let _ = writeln!(
-                    s,
-                    "    let rb{c} = min(jt * 4u + {c}u, dims.n - 1u) * dims.pitch_b;"
-                );
+                let _ = writeln!(s, "    let rb{c} = min(jt * 4u + {c}u, dims.n - 1u);");
             }
         }
         // Each iteration handles 8 values of k: two texels along k.
@@ -177,7 +173,7 @@ impl TexKernel {
                 for f in 0..rm / 4 {
                     let _ = writeln!(
                         s,
-                        "        let av{f} = select(vec4<f32>(0.0), tex_a(ra{f} + t), live);"
+                        "        let av{f} = select(vec4<f32>(0.0), tex_a(t + lane % 2u, ra{f}), live);"
                     );
                 }
             }
@@ -188,17 +184,17 @@ impl TexKernel {
                     let _ = writeln!(
                         s,
                         "        let av{g} = select(vec4<f32>(0.0), \
-                         tex_a(pa * dims.pitch_a + ca{g}), pa < dims.k);"
+                         tex_a(ca{g}, pa), pa < dims.k);"
                     );
                 }
             }
             (false, false) => {
                 s.push_str("        let live = t + 1u < dims.pitch_a;\n");
                 for r in 0..rm {
-                    let _ = writeln!(s, "        let av{r}_0 = tex_a(ra{r} + t);");
+                    let _ = writeln!(s, "        let av{r}_0 = tex_a(t, ra{r});");
                     let _ = writeln!(
                         s,
-                        "        let av{r}_1 = select(vec4<f32>(0.0), tex_a(ra{r} + t + 1u), live);"
+                        "        let av{r}_1 = select(vec4<f32>(0.0), tex_a(t + 1u, ra{r}), live);"
                     );
                 }
             }
@@ -208,7 +204,7 @@ impl TexKernel {
                         let _ = writeln!(
                             s,
                             "        let av{q}_{g} = select(vec4<f32>(0.0), \
-                             tex_a((p0 + {q}u) * dims.pitch_a + ca{g}), p0 + {q}u < dims.k);"
+                             tex_a(ca{g}, p0 + {q}u), p0 + {q}u < dims.k);"
                         );
                     }
                 }
@@ -224,7 +220,7 @@ impl TexKernel {
             // transposed by renaming, which costs nothing with lanes across registers.
             for e in 0..2 {
                 for c in 0..4 {
-                    let _ = writeln!(s, "        let tb{e}{c} = tex_b(rb{c} + t + {e}u);");
+                    let _ = writeln!(s, "        let tb{e}{c} = tex_b(t + {e}u, rb{c});");
                 }
             }
             for q in 0..8 {
@@ -236,10 +232,7 @@ impl TexKernel {
             }
         } else {
             for q in 0..8 {
-                let _ = writeln!(
-                    s,
-                    "        let b{q} = tex_b((p0 + {q}u) * dims.pitch_b + jt);"
-                );
+                let _ = writeln!(s, "        let b{q} = tex_b(jt, p0 + {q}u);");
             }
         }
     }
@@ -265,11 +258,12 @@ struct Dims {
     m: u32,
     k: u32,
     n: u32,
+    // Texels per row of the A mirror with data: ceil(cols / 4).
     pitch_a: u32,
-    pitch_b: u32,
-    shift_a: u32,
-    shift_b: u32,
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
     accumulate: u32,
     // 0 plain, 1 bias, 2 bias and activation, 3 activation derivative (`Epilogue`).
     epilogue: u32,
@@ -288,12 +282,13 @@ struct Dims {
 // Read by act_fn.wgsl; set from dims.act.
 var<private> ACT: u32;
 
-fn tex_a(t: u32) -> vec4<f32> {
-    return textureLoad(mirror_a, vec2<u32>(t & ((1u << dims.shift_a) - 1u), t >> dims.shift_a));
+// Texel `x` of row `y` of a mirror.
+fn tex_a(x: u32, y: u32) -> vec4<f32> {
+    return textureLoad(mirror_a, vec2<u32>(x, y));
 }
 
-fn tex_b(t: u32) -> vec4<f32> {
-    return textureLoad(mirror_b, vec2<u32>(t & ((1u << dims.shift_b) - 1u), t >> dims.shift_b));
+fn tex_b(x: u32, y: u32) -> vec4<f32> {
+    return textureLoad(mirror_b, vec2<u32>(x, y));
 }
 
 ";
