@@ -1,7 +1,7 @@
 // Copies a row-major matrix [rows, cols] from a buffer into a texture mirror for the
 // CPU-adapter matmul (see src/gpu/matmul_tex.rs for the layout), one matrix row per
-// texture row, padded to whole texels. Used where a buffer-to-texture copy cannot be:
-// rows that are not a multiple of 256 bytes.
+// texture row, padded to whole texels, or transposed. Used where a buffer-to-texture copy
+// cannot be: rows that are not a multiple of 256 bytes, or a transpose.
 
 struct Dims {
     rows: u32,
@@ -44,4 +44,26 @@ fn pack4(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     textureStore(dst, vec2<u32>(texel, row), src4[row * dims.pitch + texel]);
+}
+
+// Transposed: mirror row r is source column r. Sides must be multiples of 4: each
+// invocation moves a 4×4 block with four vector loads.
+@compute @workgroup_size(64)
+fn transpose4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let cb = gid.x;
+    let rb = gid.y;
+    let cols4 = dims.cols / 4u;
+    if cb >= cols4 || rb * 4u >= dims.rows {
+        return;
+    }
+    let r0 = rb * 4u;
+    let m = transpose(mat4x4<f32>(
+        src4[r0 * cols4 + cb],
+        src4[(r0 + 1u) * cols4 + cb],
+        src4[(r0 + 2u) * cols4 + cb],
+        src4[(r0 + 3u) * cols4 + cb],
+    ));
+    for (var i = 0u; i < 4u; i++) {
+        textureStore(dst, vec2<u32>(rb, cb * 4u + i), m[i]);
+    }
 }

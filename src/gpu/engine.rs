@@ -133,12 +133,13 @@ enum Step {
     Copy(MirrorCopy),
 }
 
-/// A texture mirror of a matrix `[rows, cols]` held in a buffer.
+/// A texture mirror of a matrix `[rows, cols]` held in a buffer, or of its transpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct MirrorKey {
     tensor: TensorId,
     rows: usize,
     cols: usize,
+    transpose: bool,
 }
 
 struct Mirror {
@@ -413,19 +414,24 @@ impl GpuEngine {
         else {
             unreachable!("only matmuls have texture kernels")
         };
-        // Both operands are mirrored as stored and read transposed by the kernel where
-        // need be. (Transposing in the mirror instead measured no faster: the transpose
-        // costs about what the kernel's scattered reads do.)
+        // A transposed A is transposed into its mirror where both sides are whole texels:
+        // read in place, each of the kernel's strips of A spans all k rows, which with
+        // those of B overflows the TLB for large k (1024³ ran at 60% of the untransposed
+        // speed). Transposed B and everything else is mirrored as stored.
+        let pack_a = trans_a && m % 4 == 0 && k % 4 == 0;
         let a_key = MirrorKey {
             tensor: a,
             rows: if trans_a { k } else { m },
             cols: if trans_a { m } else { k },
+            transpose: pack_a,
         };
         let b_key = MirrorKey {
             tensor: b,
             rows: if trans_b { n } else { k },
             cols: if trans_b { k } else { n },
+            transpose: false,
         };
+        let trans_a = trans_a && !pack_a;
         for key in [a_key, b_key] {
             if let std::collections::hash_map::Entry::Vacant(slot) = st.mirrors.entry(key) {
                 slot.insert(self.mirror(plan, local, key)?);
@@ -506,15 +512,19 @@ impl GpuEngine {
     }
 
     /// Creates the texture mirror for `key` and the step that refreshes it: a plain copy
-    /// when rows are whole texels (the layouts then agree), else a pack dispatch that pads
-    /// them. `None` when it exceeds the limits.
+    /// where buffer rows are a multiple of 256 bytes, else a pack dispatch (padding rows to
+    /// whole texels, or transposing). `None` when it exceeds the device's limits.
     fn mirror(
         &mut self,
         plan: &Plan,
         local: &[Option<wgpu::Buffer>],
         key: MirrorKey,
     ) -> Result<Option<Mirror>> {
-        let (rows, cols) = (key.rows, key.cols);
+        let (rows, cols) = if key.transpose {
+            (key.cols, key.rows)
+        } else {
+            (key.rows, key.cols)
+        };
         let pitch = cols.div_ceil(4);
         // A row stride of an odd number of 64-byte lines puts the rows the kernel reads
         // together in distinct cache sets (see `matmul_tex.rs`).
@@ -544,7 +554,21 @@ impl GpuEngine {
         let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
         let src = self.buffer(local, plan, key.tensor).clone();
         // Buffer-to-texture copies need source rows that are a multiple of 256 bytes.
-        let refresh = if cols % 64 == 0 {
+        let refresh = if key.transpose {
+            Step::Dispatch(self.dispatch_with(
+                KernelKey::new(Shader::Pack, "transpose4"),
+                &[key.rows as u32, key.cols as u32, pitch as u32, 0],
+                vec![
+                    (3, src.as_entire_binding()),
+                    (2, wgpu::BindingResource::TextureView(&view)),
+                ],
+                [
+                    (key.cols / 4).div_ceil(PACK_WG) as u32,
+                    (key.rows / 4) as u32,
+                    1,
+                ],
+            )?)
+        } else if cols % 64 == 0 {
             Step::Copy(MirrorCopy {
                 src,
                 dst: texture,
