@@ -1,7 +1,10 @@
 // Copies a row-major matrix [rows, cols] from a buffer into a texture mirror for the
 // CPU-adapter matmul (see src/gpu/matmul_tex.rs for the layout), one matrix row per
-// texture row, padded to whole texels, or transposed. Used where a buffer-to-texture copy
-// cannot be: rows that are not a multiple of 256 bytes, or a transpose.
+// texture row, padded to whole texels, or transposed (TRANSPOSE, and the entry point
+// transpose4). Used where a buffer-to-texture copy cannot be: rows that are not a
+// multiple of 256 bytes, or a transpose.
+
+override TRANSPOSE: bool = false;
 
 struct Dims {
     rows: u32,
@@ -18,16 +21,26 @@ struct Dims {
 // One invocation per texel of the mirror: x is the texel within a row, y the row.
 @compute @workgroup_size(64)
 fn pack(@builtin(global_invocation_id) gid: vec3<u32>) {
+    var out_rows = dims.rows;
+    var out_cols = dims.cols;
+    if TRANSPOSE {
+        out_rows = dims.cols;
+        out_cols = dims.rows;
+    }
     let row = gid.y;
     let texel = gid.x;
-    if texel >= dims.pitch || row >= dims.rows {
+    if texel >= dims.pitch || row >= out_rows {
         return;
     }
     var v = vec4<f32>(0.0);
     for (var j = 0u; j < 4u; j++) {
         let col = texel * 4u + j;
-        if col < dims.cols {
-            v[j] = src[row * dims.cols + col];
+        if col < out_cols {
+            if TRANSPOSE {
+                v[j] = src[col * dims.cols + row];
+            } else {
+                v[j] = src[row * dims.cols + col];
+            }
         }
     }
     textureStore(dst, vec2<u32>(texel, row), v);

@@ -414,11 +414,12 @@ impl GpuEngine {
         else {
             unreachable!("only matmuls have texture kernels")
         };
-        // A transposed A is transposed into its mirror where both sides are whole texels:
-        // read in place, each of the kernel's strips of A spans all k rows, which with
-        // those of B overflows the TLB for large k (1024³ ran at 60% of the untransposed
-        // speed). Transposed B and everything else is mirrored as stored.
-        let pack_a = trans_a && m % 4 == 0 && k % 4 == 0;
+        // A transposed A is transposed into its mirror: read in place, each of the
+        // kernel's strips of A would span all k rows, which with those of B overflows the
+        // TLB for large k (1024³ ran at 60% of the untransposed speed). It is the smaller
+        // operand in an MLP's `dW = dYᵀ·X`, and the kernel then needs no transposed-A form.
+        // A transposed B is read in place.
+        let pack_a = trans_a;
         let a_key = MirrorKey {
             tensor: a,
             rows: if trans_a { k } else { m },
@@ -431,7 +432,6 @@ impl GpuEngine {
             cols: if trans_b { k } else { n },
             transpose: false,
         };
-        let trans_a = trans_a && !pack_a;
         for key in [a_key, b_key] {
             if let std::collections::hash_map::Entry::Vacant(slot) = st.mirrors.entry(key) {
                 slot.insert(self.mirror(plan, local, key)?);
@@ -474,11 +474,7 @@ impl GpuEngine {
                 steps.push(refresh);
             }
         }
-        let kernel = TexKernel {
-            trans_a,
-            trans_b,
-            subgroup,
-        };
+        let kernel = TexKernel { trans_b, subgroup };
         let buf = |t: TensorId| self.buffer(local, plan, t).clone();
         // Buffers of the epilogue at bindings 4..=6 (see `Epilogue`), placeholders where
         // it has none.
@@ -554,7 +550,7 @@ impl GpuEngine {
         let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
         let src = self.buffer(local, plan, key.tensor).clone();
         // Buffer-to-texture copies need source rows that are a multiple of 256 bytes.
-        let refresh = if key.transpose {
+        let refresh = if key.transpose && key.rows % 4 == 0 && key.cols % 4 == 0 {
             Step::Dispatch(self.dispatch_with(
                 KernelKey::new(Shader::Pack, "transpose4"),
                 &[key.rows as u32, key.cols as u32, pitch as u32, 0],
@@ -567,6 +563,16 @@ impl GpuEngine {
                     (key.rows / 4) as u32,
                     1,
                 ],
+            )?)
+        } else if key.transpose {
+            Step::Dispatch(self.dispatch_with(
+                KernelKey::new(Shader::Pack, "pack").with("TRANSPOSE", 1),
+                &[key.rows as u32, key.cols as u32, pitch as u32, 0],
+                vec![
+                    (1, src.as_entire_binding()),
+                    (2, wgpu::BindingResource::TextureView(&view)),
+                ],
+                [pitch.div_ceil(PACK_WG) as u32, rows as u32, 1],
             )?)
         } else if cols % 64 == 0 {
             Step::Copy(MirrorCopy {

@@ -33,8 +33,9 @@
 //! texels zero-padded at the end. Texture rows are a little wider than that when the
 //! width would be a multiple of 64 texels: the kernel reads the same column of 32 rows at
 //! once, and at a power-of-two stride those all compete for the same few cache sets (the
-//! transposed forms ran at half speed for k = 512, 1024, 2048). Operands are mirrored as
-//! stored (`A` as `[m, k]` or `[k, m]`, `B` as `[k, n]` or `[n, k]`). Mirrors have
+//! transposed forms ran at half speed for k = 512, 1024, 2048). `A` is mirrored as
+//! `[m, k]` (transposed into the mirror if need be), `B` as stored, `[k, n]` or `[n, k]`.
+//! Mirrors have
 //! `MIRROR_SLACK_ROWS` zero rows past the data, so the last iteration may read past `k`
 //! without masking `B`; values of `A` past `k` are masked to zero, which cancels whatever
 //! (finite) values `B` has there.
@@ -79,7 +80,8 @@ impl Epilogue {
 /// Which kernel to generate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TexKernel {
-    pub trans_a: bool,
+    /// `B` is stored `[n, k]` (else `[k, n]`). `A` is always `[m, k]`: a transposed `A` is
+    /// transposed into its mirror (see `engine.rs`).
     pub trans_b: bool,
     /// Share `A` fetches across the 8 lanes of a subgroup (needs subgroups of exactly 8).
     pub subgroup: bool,
@@ -111,27 +113,18 @@ impl TexKernel {
         }
         // Ragged rows and columns are clamped onto the last one; their results are
         // never stored.
-        match (self.subgroup, self.trans_a) {
+        if self.subgroup {
             // Lane l fetches row 4f + l/2, texel t + l%2: 8 texels of 4 rows per fetch.
-            (true, false) => {
-                for f in 0..rm / 4 {
-                    let _ = writeln!(
-                        s,
-                        "    let ra{f} = min(row0 + {}u + lane / 2u, dims.m - 1u);",
-                        4 * f
-                    );
-                }
+            for f in 0..rm / 4 {
+                let _ = writeln!(
+                    s,
+                    "    let ra{f} = min(row0 + {}u + lane / 2u, dims.m - 1u);",
+                    4 * f
+                );
             }
-            // Texel g of a row of the [k, m] mirror holds rows row0 + 4g .. row0 + 4g + 3.
-            (_, true) => {
-                for g in 0..rm / 4 {
-                    let _ = writeln!(s, "    let ca{g} = row0 / 4u + {g}u;");
-                }
-            }
-            (false, false) => {
-                for r in 0..rm {
-                    let _ = writeln!(s, "    let ra{r} = min(row0 + {r}u, dims.m - 1u);");
-                }
+        } else {
+            for r in 0..rm {
+                let _ = writeln!(s, "    let ra{r} = min(row0 + {r}u, dims.m - 1u);");
             }
         }
         if self.trans_b {
@@ -164,50 +157,24 @@ impl TexKernel {
     }
 
     /// The `A` values of one iteration. Values past `k` must be zero: past a row's end
-    /// the mirror holds the next row (the `B` side may then hold anything finite).
+    /// the mirror holds padding or nothing (the `B` side may then hold anything finite).
     fn fetch_a(&self, s: &mut String) {
-        let rm = ROWS as usize;
-        match (self.subgroup, self.trans_a) {
-            (true, false) => {
-                s.push_str("        let live = t + lane % 2u < dims.pitch_a;\n");
-                for f in 0..rm / 4 {
-                    let _ = writeln!(
-                        s,
-                        "        let av{f} = select(vec4<f32>(0.0), tex_a(t + lane % 2u, ra{f}), live);"
-                    );
-                }
+        if self.subgroup {
+            s.push_str("        let live = t + lane % 2u < dims.pitch_a;\n");
+            for f in 0..ROWS / 4 {
+                let _ = writeln!(
+                    s,
+                    "        let av{f} = select(vec4<f32>(0.0), tex_a(t + lane % 2u, ra{f}), live);"
+                );
             }
-            // Lane l holds rows row0 + 4g .. + 3 at k = p0 + l.
-            (true, true) => {
-                s.push_str("        let pa = p0 + lane;\n");
-                for g in 0..rm / 4 {
-                    let _ = writeln!(
-                        s,
-                        "        let av{g} = select(vec4<f32>(0.0), \
-                         tex_a(ca{g}, pa), pa < dims.k);"
-                    );
-                }
-            }
-            (false, false) => {
-                s.push_str("        let live = t + 1u < dims.pitch_a;\n");
-                for r in 0..rm {
-                    let _ = writeln!(s, "        let av{r}_0 = tex_a(t, ra{r});");
-                    let _ = writeln!(
-                        s,
-                        "        let av{r}_1 = select(vec4<f32>(0.0), tex_a(t + 1u, ra{r}), live);"
-                    );
-                }
-            }
-            (false, true) => {
-                for q in 0..8 {
-                    for g in 0..rm / 4 {
-                        let _ = writeln!(
-                            s,
-                            "        let av{q}_{g} = select(vec4<f32>(0.0), \
-                             tex_a(ca{g}, p0 + {q}u), p0 + {q}u < dims.k);"
-                        );
-                    }
-                }
+        } else {
+            s.push_str("        let live = t + 1u < dims.pitch_a;\n");
+            for r in 0..ROWS {
+                let _ = writeln!(s, "        let av{r}_0 = tex_a(t, ra{r});");
+                let _ = writeln!(
+                    s,
+                    "        let av{r}_1 = select(vec4<f32>(0.0), tex_a(t + 1u, ra{r}), live);"
+                );
             }
         }
     }
@@ -239,16 +206,15 @@ impl TexKernel {
 
     /// The expression for `A[row0 + r, p0 + q]`.
     fn a_value(&self, q: usize, r: usize) -> String {
-        match (self.subgroup, self.trans_a) {
-            (true, false) => format!(
+        if self.subgroup {
+            format!(
                 "subgroupBroadcast(av{}.{}, {}u)",
                 r / 4,
                 XYZW[q % 4],
                 2 * (r % 4) + q / 4
-            ),
-            (true, true) => format!("subgroupBroadcast(av{}.{}, {q}u)", r / 4, XYZW[r % 4]),
-            (false, false) => format!("av{r}_{}.{}", q / 4, XYZW[q % 4]),
-            (false, true) => format!("av{q}_{}.{}", r / 4, XYZW[r % 4]),
+            )
+        } else {
+            format!("av{r}_{}.{}", q / 4, XYZW[q % 4])
         }
     }
 }
