@@ -349,20 +349,6 @@ impl GpuEngine {
                     &mut steps,
                 )?
                 .map(|d| (d, used));
-            if lowered.is_none() && used > 1 {
-                // A mirror did not fit: the buffer kernel runs the ops unfused.
-                lowered = self
-                    .lower_texture_matmul(
-                        plan,
-                        local,
-                        &ops[..1],
-                        Epilogue::Plain,
-                        subgroup,
-                        st,
-                        &mut steps,
-                    )?
-                    .map(|d| (d, 1));
-            }
         }
         let (dispatch, used) = match lowered {
             Some(d) => d,
@@ -419,12 +405,11 @@ impl GpuEngine {
         // TLB for large k (1024³ ran at 60% of the untransposed speed). It is the smaller
         // operand in an MLP's `dW = dYᵀ·X`, and the kernel then needs no transposed-A form.
         // A transposed B is read in place.
-        let pack_a = trans_a;
         let a_key = MirrorKey {
             tensor: a,
             rows: if trans_a { k } else { m },
             cols: if trans_a { m } else { k },
-            transpose: pack_a,
+            transpose: trans_a,
         };
         let b_key = MirrorKey {
             tensor: b,
@@ -454,10 +439,6 @@ impl GpuEngine {
             k as u32,
             n as u32,
             ma.pitch,
-            0,
-            0,
-            0,
-            0,
             accumulate as u32,
             code,
             act,

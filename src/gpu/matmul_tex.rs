@@ -92,7 +92,7 @@ const XYZW: [&str; 4] = ["x", "y", "z", "w"];
 impl TexKernel {
     /// WGSL source. Bindings: 0 dims, 1 `A` mirror, 2 `B` mirror, 3 C, 4–6 epilogue
     /// buffers (see [`Epilogue`]; unused ones get placeholders). Dims: `m, k, n, pitch_a,
-    /// _, _, _, _, accumulate, epilogue, act, _`.
+    /// accumulate, epilogue, act, _`.
     pub fn source(&self) -> String {
         let rm = ROWS as usize;
         let mut s = format!("const ROWS: u32 = {ROWS}u;\n");
@@ -224,12 +224,8 @@ struct Dims {
     m: u32,
     k: u32,
     n: u32,
-    // Texels per row of the A mirror with data: ceil(cols / 4).
+    // Texels per row of the A mirror with data: ceil(k / 4).
     pitch_a: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-    _pad3: u32,
     accumulate: u32,
     // 0 plain, 1 bias, 2 bias and activation, 3 activation derivative (`Epilogue`).
     epilogue: u32,
