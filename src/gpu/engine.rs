@@ -531,7 +531,7 @@ impl GpuEngine {
         let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
         let src = self.buffer(local, plan, key.tensor).clone();
         // Buffer-to-texture copies need source rows that are a multiple of 256 bytes.
-        let refresh = if key.transpose && key.rows % 4 == 0 && key.cols % 4 == 0 {
+        let refresh = if key.transpose && key.rows.is_multiple_of(4) && key.cols.is_multiple_of(4) {
             Step::Dispatch(self.dispatch_with(
                 KernelKey::new(Shader::Pack, "transpose4"),
                 &[key.rows as u32, key.cols as u32, pitch as u32, 0],
@@ -555,7 +555,7 @@ impl GpuEngine {
                 ],
                 [pitch.div_ceil(PACK_WG) as u32, rows as u32, 1],
             )?)
-        } else if cols % 64 == 0 {
+        } else if cols.is_multiple_of(64) {
             Step::Copy(MirrorCopy {
                 src,
                 dst: texture,
@@ -564,7 +564,7 @@ impl GpuEngine {
                 row_bytes: (cols * 4) as u32,
             })
         } else {
-            let (entry, binding) = if cols % 4 == 0 {
+            let (entry, binding) = if cols.is_multiple_of(4) {
                 ("pack4", 3)
             } else {
                 ("pack", 1)
@@ -735,7 +735,7 @@ impl GpuEngine {
             }
             Op::SgdStep { param, grad, len } => {
                 let (bp, bg, bh) = (buf(param), buf(grad), self.hyper.clone());
-                if len % 4 == 0 {
+                if len.is_multiple_of(4) {
                     let g = self.grid((len / 4).div_ceil(ELEMENTWISE_WG))?;
                     return self.dispatch(
                         KernelKey::new(Shader::Optim, "sgd4"),
