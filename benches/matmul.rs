@@ -4,10 +4,11 @@
 //! ```text
 //! cargo bench --bench matmul                       # default sizes
 //! cargo bench --bench matmul -- --json             # one JSON object per line
-//! cargo bench --bench matmul -- --sizes 1024,mlp --forms nt
+//! cargo bench --bench matmul -- --sizes 1024,mlp --forms nt --variant auto
 //! ```
 //! `--sizes` (env `STEADYGRAD_BENCH_SIZES`): comma-separated `N` (N×N×N), `MxKxN`, or `mlp`
-//! (the shapes of the W1/W2 training benches). `--forms`: nt, nn, tn.
+//! (the shapes of the W1/W2 training benches). `--forms`: nt, nn, tn. `--variant`: a
+//! matmul kernel variant name (see `steadygrad::gpu::MatmulVariant`), default `auto`.
 //! `--secs`: time per measurement window (default 0.5); `--tries`: windows, the best is
 //! reported (default 3). `--cpu-rows`: the CPU reference computes
 //! only this many rows of C (default 32; 0 skips it) because it is a plain triple loop.
@@ -17,7 +18,7 @@ mod common;
 use common::{json_line, noise, Args, V};
 use std::time::Instant;
 use steadygrad::engine::Engine;
-use steadygrad::gpu::{GpuContext, GpuEngine};
+use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant};
 use steadygrad::graph::{Op, Plan, Stage, Storage};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -137,6 +138,11 @@ fn main() {
             other => panic!("unknown form '{other}': expected nt, nn or tn"),
         })
         .collect();
+    let variant: MatmulVariant = args
+        .value("variant", "STEADYGRAD_MATMUL_VARIANT")
+        .unwrap_or_else(|| "auto".into())
+        .parse()
+        .expect("--variant");
     let secs: f64 = args
         .value("secs", "STEADYGRAD_BENCH_SECS")
         .map_or(0.5, |s| s.parse().expect("--secs: a number"));
@@ -146,10 +152,15 @@ fn main() {
 
     let ctx = GpuContext::shared().expect("no GPU adapter (set STEADYGRAD_BACKEND?)");
     let mut engine = GpuEngine::new(ctx.clone());
+    engine.set_matmul_variant(variant);
     engine.init_persistent(&[]).expect("init");
     let device = engine.describe();
     if !args.json {
         println!("device: {device}");
+        println!(
+            "matmul variant: {variant} (resolves to {})",
+            engine.resolve_matmul_variant(variant)
+        );
         println!(
             "{:<22} {:>4} {:>16} {:>10} {:>6} {:>9} {:>12}",
             "shape", "form", "m x k x n", "GFLOP/s", "reps", "/cpu-s", "CPU GFLOP/s"
@@ -209,6 +220,7 @@ fn main() {
                     ("m", V::from(m)),
                     ("k", V::from(k)),
                     ("n", V::from(n)),
+                    ("variant", V::from(variant.to_string())),
                     ("gflops", V::from(gpu_gflops)),
                     ("reps", V::from(reps)),
                     ("wall_s", V::from(wall)),

@@ -15,7 +15,7 @@
 //! window (default 20, at least 20 is recommended); `--tries`: windows, the fastest is
 //! reported (default 2; other load on a shared machine only slows a window down). `--warmup`: untimed steps first (default 3).
 //! `--cpu-steps`: CPU reference steps for W1 (default 1; 0 skips; W2 on the CPU only when
-//! `--cpu-w2` is given, it takes minutes).
+//! `--cpu-w2` is given, it takes minutes). `--variant`: matmul kernel variant.
 
 mod common;
 
@@ -23,7 +23,7 @@ use common::{json_line, noise, Args, V};
 use std::time::Instant;
 use steadygrad::cpu::CpuEngine;
 use steadygrad::engine::Engine;
-use steadygrad::gpu::{GpuContext, GpuEngine};
+use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant};
 use steadygrad::graph::{mlp, Hyper, Stage};
 use steadygrad::{Activation, Loss, MlpSpec, Optimizer};
 
@@ -107,6 +107,11 @@ fn main() {
     let cpu_steps = args.number("cpu-steps", "STEADYGRAD_BENCH_CPU_STEPS", 1);
     let cpu_w2 = args.flag("cpu-w2");
     let tries = args.number("tries", "STEADYGRAD_BENCH_TRIES", 2).max(1);
+    let variant: MatmulVariant = args
+        .value("variant", "STEADYGRAD_MATMUL_VARIANT")
+        .unwrap_or_else(|| "auto".into())
+        .parse()
+        .expect("--variant");
     let commit = common::git_commit();
     let ctx = GpuContext::shared().expect("no GPU adapter (set STEADYGRAD_BACKEND?)");
     if !args.json {
@@ -122,6 +127,7 @@ fn main() {
     {
         let spec = spec(name);
         let mut gpu = GpuEngine::new(ctx.clone());
+        gpu.set_matmul_variant(variant);
         let (secs, cpu_secs, loss) = time_steps(&mut gpu, &spec, warmup, steps, tries);
         let gpu_rate = (steps * BATCH) as f64 / secs;
         let run_cpu = cpu_steps > 0 && (name == "w1" || cpu_w2);
@@ -136,6 +142,7 @@ fn main() {
                 ("workload", V::from(name)),
                 ("batch", V::from(BATCH)),
                 ("steps", V::from(steps)),
+                ("variant", V::from(variant.to_string())),
                 ("samples_per_sec", V::from(gpu_rate)),
                 ("ms_per_step", V::from(secs * 1e3 / steps as f64)),
                 ("tries", V::from(tries)),

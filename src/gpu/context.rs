@@ -145,7 +145,9 @@ impl GpuContext {
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("steadygrad"),
-            required_features: wgpu::Features::empty(),
+            // Subgroups, where the adapter has them, let the CPU-adapter matmul share its
+            // loads across lanes (see `matmul_tex.rs`).
+            required_features: adapter.features() & wgpu::Features::SUBGROUP,
             // The adapter's real limits, not wgpu's conservative defaults: large layers
             // need the full storage-buffer binding size.
             required_limits: limits.clone(),

@@ -1,48 +1,188 @@
 //! The GPU backend: every tensor is a device buffer, every op a prebuilt dispatch, and a
-//! stage is recorded into one compute pass and submitted once.
+//! stage is recorded into one command buffer and submitted once.
+//!
+//! On CPU-backed adapters the matmuls read their operands from texture mirrors (see
+//! `matmul_tex.rs` for why); a stage then interleaves the copies that refresh those
+//! mirrors with its compute passes, still in a single submission.
 
 use super::kernels::{KernelKey, Kernels, Shader};
+use super::matmul_tex::{self, Epilogue, TexKernel};
 use super::GpuContext;
 use crate::engine::{Engine, PendingRead, PlanId};
 use crate::graph::stats::GUARD_GROUP;
 use crate::graph::{
-    dropout_scale, Hyper, Loss, Op, PersistentDesc, Plan, Stage, Storage, TensorId,
+    dropout_scale, Activation, Hyper, Loss, Op, PersistentDesc, Plan, Stage, Storage, TensorId,
 };
 use anyhow::{bail, ensure, Context, Result};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 /// Invocations per workgroup of the 1-D kernels (see the WGSL files).
 const ELEMENTWISE_WG: usize = 256;
 const ROWWISE_WG: usize = 64;
-/// Outputs per matmul workgroup along each dimension (8 invocations × 4).
-const MATMUL_TILE: usize = 32;
+/// Outputs per workgroup along each dimension: `matmul.wgsl` (8 invocations × 4) and
+/// `matmul_tiled.wgsl` (16 × 4).
+const REG4X4_TILE: usize = 32;
+const TILED_TILE: usize = 64;
+/// Texels per invocation row of `pack.wgsl`.
+const PACK_WG: usize = 64;
 
+/// Which matmul kernel a [`GpuEngine`] uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MatmulVariant {
+    /// Chosen from the adapter type: `texture` on CPU-backed adapters, `tiled` otherwise.
+    #[default]
+    Auto,
+    /// 4×4 outputs per invocation in registers, operands read from storage buffers.
+    Reg4x4,
+    /// 64×64 tiles staged in workgroup memory, 4×4 outputs per invocation (GPUs).
+    Tiled,
+    /// Operands read from texture mirrors, `A` shared across a subgroup where the adapter
+    /// has subgroups of 8 (CPU-backed adapters, see `matmul_tex.rs`).
+    Texture,
+    /// `Texture` without subgroup operations.
+    TextureNoSubgroup,
+}
+
+impl MatmulVariant {
+    pub const ALL: [MatmulVariant; 5] = [
+        MatmulVariant::Auto,
+        MatmulVariant::Reg4x4,
+        MatmulVariant::Tiled,
+        MatmulVariant::Texture,
+        MatmulVariant::TextureNoSubgroup,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulVariant::Auto => "auto",
+            MatmulVariant::Reg4x4 => "reg4x4",
+            MatmulVariant::Tiled => "tiled",
+            MatmulVariant::Texture => "texture",
+            MatmulVariant::TextureNoSubgroup => "texture-nosubgroup",
+        }
+    }
+}
+
+impl std::fmt::Display for MatmulVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for MatmulVariant {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        MatmulVariant::ALL
+            .into_iter()
+            .find(|v| v.name() == s.to_ascii_lowercase())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown matmul variant '{s}'; expected one of: {}",
+                    MatmulVariant::ALL.map(|v| v.name()).join(", ")
+                )
+            })
+    }
+}
+
+#[derive(Clone)]
 struct Dispatch {
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
     groups: [u32; 3],
 }
 
+/// A buffer-to-texture copy that refreshes a mirror: `rows` rows of `width` texels, read
+/// from rows of `row_bytes` in the buffer.
+#[derive(Clone)]
+struct MirrorCopy {
+    src: wgpu::Buffer,
+    dst: wgpu::Texture,
+    width: u32,
+    rows: u32,
+    row_bytes: u32,
+}
+
+impl MirrorCopy {
+    fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.copy_buffer_to_texture(
+            wgpu::TexelCopyBufferInfo {
+                buffer: &self.src,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(self.row_bytes),
+                    rows_per_image: None,
+                },
+            },
+            wgpu::TexelCopyTextureInfo {
+                texture: &self.dst,
+                mip_level: 0,
+                origin: wgpu::Origin3d::ZERO,
+                aspect: wgpu::TextureAspect::All,
+            },
+            wgpu::Extent3d {
+                width: self.width,
+                height: self.rows,
+                depth_or_array_layers: 1,
+            },
+        );
+    }
+}
+
+#[derive(Clone)]
+enum Step {
+    Dispatch(Dispatch),
+    Copy(MirrorCopy),
+}
+
+/// A texture mirror of a matrix `[rows, cols]` held in a buffer, or of its transpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct MirrorKey {
+    tensor: TensorId,
+    rows: usize,
+    cols: usize,
+    transpose: bool,
+}
+
+struct Mirror {
+    view: wgpu::TextureView,
+    pitch: u32,
+    /// The copy or pack dispatch that brings the mirror up to date with its buffer.
+    refresh: Step,
+}
+
+/// Mirror bookkeeping while a plan is lowered. `fresh` holds the mirrors that are up to
+/// date at the current point of the op list, so each is refreshed only after its tensor
+/// was written (weights once per step, activations once for forward and backward).
+#[derive(Default)]
+struct Lowering {
+    mirrors: HashMap<MirrorKey, Option<Mirror>>,
+    fresh: HashSet<MirrorKey>,
+}
+
 struct GpuPlan {
     plan: Plan,
     /// Buffers of local tensors, `None` for persistent ones.
     local: Vec<Option<wgpu::Buffer>>,
-    forward: Vec<Dispatch>,
-    eval: Vec<Dispatch>,
+    forward: Vec<Step>,
+    eval: Vec<Step>,
     /// A whole training step, training-mode forward pass included.
-    train: Vec<Dispatch>,
+    train: Vec<Step>,
     /// The training step with statistics, lowered on first use so models that never
     /// gather statistics pay nothing for them, not even pipeline creation.
-    train_stats: Option<Vec<Dispatch>>,
+    train_stats: Option<Vec<Step>>,
 }
 
 pub struct GpuEngine {
     ctx: Arc<GpuContext>,
     kernels: Kernels,
+    matmul_variant: MatmulVariant,
     persistent: Vec<wgpu::Buffer>,
     persistent_desc: Vec<PersistentDesc>,
     hyper: wgpu::Buffer,
+    /// Stand-ins for the epilogue buffers a texture matmul does not use.
+    placeholders: [wgpu::Buffer; 3],
     plans: Vec<GpuPlan>,
 }
 
@@ -54,9 +194,19 @@ impl GpuEngine {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let placeholders = [0, 1, 2].map(|i| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&format!("epilogue placeholder {i}")),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        });
         GpuEngine {
             ctx,
+            placeholders,
             kernels: Kernels::default(),
+            matmul_variant: MatmulVariant::Auto,
             persistent: Vec::new(),
             persistent_desc: Vec::new(),
             hyper,
@@ -66,6 +216,22 @@ impl GpuEngine {
 
     pub fn context(&self) -> &Arc<GpuContext> {
         &self.ctx
+    }
+
+    /// Forces a matmul kernel for plans compiled from now on (tests and benches).
+    pub fn set_matmul_variant(&mut self, variant: MatmulVariant) {
+        self.matmul_variant = variant;
+    }
+
+    /// The concrete variant `variant` stands for on this engine's adapter.
+    pub fn resolve_matmul_variant(&self, variant: MatmulVariant) -> MatmulVariant {
+        match variant {
+            MatmulVariant::Auto => match self.ctx.info.device_type {
+                wgpu::DeviceType::Cpu => MatmulVariant::Texture,
+                _ => MatmulVariant::Tiled,
+            },
+            v => v,
+        }
     }
 
     fn buffer<'a>(
@@ -116,13 +282,28 @@ impl GpuEngine {
         bindings: &[(u32, &wgpu::Buffer)],
         groups: [u32; 3],
     ) -> Result<Dispatch> {
+        let entries = bindings
+            .iter()
+            .map(|&(binding, buf)| (binding, buf.as_entire_binding()))
+            .collect();
+        self.dispatch_with(key, dims.as_ref().map(|d| &d[..]), entries, groups)
+    }
+
+    /// `dispatch` with arbitrary binding resources (texture views) and dims of any length.
+    fn dispatch_with(
+        &mut self,
+        key: KernelKey,
+        dims: Option<&[u32]>,
+        bindings: Vec<(u32, wgpu::BindingResource<'_>)>,
+        groups: [u32; 3],
+    ) -> Result<Dispatch> {
         let pipeline = self.kernels.get(&self.ctx.device, &key)?;
         let device = &self.ctx.device;
         // Shapes never change after compile, so they go in a uniform written once here.
         let uniform = dims.map(|dims| {
             device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("dims"),
-                contents: bytemuck::cast_slice(&dims),
+                contents: bytemuck::cast_slice(dims),
                 usage: wgpu::BufferUsages::UNIFORM,
             })
         });
@@ -133,10 +314,11 @@ impl GpuEngine {
                 resource: u.as_entire_binding(),
             })
             .collect();
-        entries.extend(bindings.iter().map(|&(binding, buf)| wgpu::BindGroupEntry {
-            binding,
-            resource: buf.as_entire_binding(),
-        }));
+        entries.extend(
+            bindings
+                .into_iter()
+                .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource }),
+        );
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(key.entry),
             layout: &pipeline.get_bind_group_layout(0),
@@ -149,7 +331,298 @@ impl GpuEngine {
         })
     }
 
-    fn lower(&mut self, plan: &Plan, local: &[Option<wgpu::Buffer>], op: &Op) -> Result<Dispatch> {
+    /// Lowers a whole op list, continuing from the mirror state in `st`.
+    fn lower_ops(
+        &mut self,
+        plan: &Plan,
+        local: &[Option<wgpu::Buffer>],
+        ops: &[Op],
+        st: &mut Lowering,
+    ) -> Result<Vec<Step>> {
+        let mut steps = Vec::new();
+        let mut i = 0;
+        while i < ops.len() {
+            let (s, used) = self.lower(plan, local, &ops[i..], st)?;
+            steps.extend(s);
+            i += used;
+        }
+        Ok(steps)
+    }
+
+    /// Lowers `ops[0]` (with the ops after it that a fused kernel absorbs) to the steps
+    /// that run it, refreshing the texture mirrors it reads. Returns the steps and how
+    /// many ops they cover.
+    fn lower(
+        &mut self,
+        plan: &Plan,
+        local: &[Option<wgpu::Buffer>],
+        ops: &[Op],
+        st: &mut Lowering,
+    ) -> Result<(Vec<Step>, usize)> {
+        let op = &ops[0];
+        let mut steps = Vec::new();
+        let texture = match self.resolve_matmul_variant(self.matmul_variant) {
+            MatmulVariant::Texture => Some(self.subgroups_of_8()),
+            MatmulVariant::TextureNoSubgroup => Some(false),
+            _ => None,
+        };
+        let mut lowered = None;
+        if let (Op::MatMul { .. }, Some(subgroup)) = (op, texture) {
+            let (epilogue, used) = fusable_epilogue(ops);
+            lowered = self
+                .lower_texture_matmul(
+                    plan,
+                    local,
+                    &ops[..used],
+                    epilogue,
+                    subgroup,
+                    st,
+                    &mut steps,
+                )?
+                .map(|d| (d, used));
+        }
+        let (dispatch, used) = match lowered {
+            Some(d) => d,
+            None => (self.lower_op(plan, local, op)?, 1),
+        };
+        steps.push(Step::Dispatch(dispatch));
+        for op in &ops[..used] {
+            let (_, writes) = op.reads_writes();
+            st.fresh.retain(|key| !writes.contains(&key.tensor));
+        }
+        Ok((steps, used))
+    }
+
+    /// Whether the device runs subgroups of exactly 8 invocations, as the cooperative
+    /// loads of the texture matmul assume.
+    fn subgroups_of_8(&self) -> bool {
+        self.ctx
+            .device
+            .features()
+            .contains(wgpu::Features::SUBGROUP)
+            && self.ctx.info.subgroup_min_size == 8
+            && self.ctx.info.subgroup_max_size == 8
+    }
+
+    /// The texture-mirror matmul, or `None` when a mirror would not fit the device's
+    /// texture limits (the caller then uses a buffer kernel).
+    #[allow(clippy::too_many_arguments)]
+    fn lower_texture_matmul(
+        &mut self,
+        plan: &Plan,
+        local: &[Option<wgpu::Buffer>],
+        ops: &[Op],
+        epilogue: Epilogue,
+        subgroup: bool,
+        st: &mut Lowering,
+        steps: &mut Vec<Step>,
+    ) -> Result<Option<Dispatch>> {
+        let Op::MatMul {
+            a,
+            b,
+            c,
+            m,
+            k,
+            n,
+            trans_a,
+            trans_b,
+            accumulate,
+        } = ops[0]
+        else {
+            unreachable!("only matmuls have texture kernels")
+        };
+        // A transposed A is transposed into its mirror: read in place, each of the
+        // kernel's strips of A would span all k rows, which with those of B overflows the
+        // TLB for large k (1024³ ran at 60% of the untransposed speed). It is the smaller
+        // operand in an MLP's `dW = dYᵀ·X`, and the kernel then needs no transposed-A form.
+        // A transposed B is read in place.
+        let a_key = MirrorKey {
+            tensor: a,
+            rows: if trans_a { k } else { m },
+            cols: if trans_a { m } else { k },
+            transpose: trans_a,
+        };
+        let b_key = MirrorKey {
+            tensor: b,
+            rows: if trans_b { n } else { k },
+            cols: if trans_b { k } else { n },
+            transpose: false,
+        };
+        for key in [a_key, b_key] {
+            if let std::collections::hash_map::Entry::Vacant(slot) = st.mirrors.entry(key) {
+                slot.insert(self.mirror(plan, local, key)?);
+            }
+        }
+        let (Some(ma), Some(mb)) = (&st.mirrors[&a_key], &st.mirrors[&b_key]) else {
+            return Ok(None);
+        };
+        let groups = [
+            m.div_ceil(matmul_tex::ROWS as usize),
+            n.div_ceil(matmul_tex::COLS as usize),
+        ];
+        let max = self.ctx.limits.max_compute_workgroups_per_dimension as usize;
+        if groups.iter().any(|&g| g > max) {
+            return Ok(None);
+        }
+        let [code, act] = epilogue.codes();
+        let dims = [
+            m as u32,
+            k as u32,
+            n as u32,
+            ma.pitch,
+            accumulate as u32,
+            code,
+            act,
+            0,
+        ];
+        let (view_a, view_b) = (ma.view.clone(), mb.view.clone());
+        for key in [a_key, b_key] {
+            if st.fresh.insert(key) {
+                let refresh = st.mirrors[&key]
+                    .as_ref()
+                    .expect("checked above")
+                    .refresh
+                    .clone();
+                steps.push(refresh);
+            }
+        }
+        let kernel = TexKernel { trans_b, subgroup };
+        let buf = |t: TensorId| self.buffer(local, plan, t).clone();
+        // Buffers of the epilogue at bindings 4..=6 (see `Epilogue`), placeholders where
+        // it has none.
+        let [p0, p1, p2] = self.placeholders.clone();
+        let extra: [wgpu::Buffer; 3] = match (epilogue, &ops[1..]) {
+            (Epilogue::Plain, _) => [p0, p1, p2],
+            (Epilogue::Bias { act: None }, [Op::AddBias { bias, .. }]) => [buf(*bias), p1, p2],
+            (
+                Epilogue::Bias { act: Some(_) },
+                [Op::AddBias { bias, .. }, Op::Activate { y, .. }],
+            ) => [buf(*bias), buf(*y), p2],
+            (Epilogue::ActGrad { .. }, [Op::ActivateBackward { x, y, dx, .. }]) => {
+                [buf(*x), buf(*y), buf(*dx)]
+            }
+            _ => unreachable!("fusable_epilogue matched these ops"),
+        };
+        let bc = buf(c);
+        let mut bindings = vec![
+            (1, wgpu::BindingResource::TextureView(&view_a)),
+            (2, wgpu::BindingResource::TextureView(&view_b)),
+            (3, bc.as_entire_binding()),
+        ];
+        bindings.extend((4..).zip(extra.iter().map(|b| b.as_entire_binding())));
+        let d = self.dispatch_with(
+            KernelKey::new(Shader::MatmulTexture(kernel), "main"),
+            Some(&dims),
+            bindings,
+            [groups[0] as u32, groups[1] as u32, 1],
+        )?;
+        Ok(Some(d))
+    }
+
+    /// Creates the texture mirror for `key` and the step that refreshes it: a plain copy
+    /// where buffer rows are a multiple of 256 bytes, else a pack dispatch (padding rows to
+    /// whole texels, or transposing). `None` when it exceeds the device's limits.
+    fn mirror(
+        &mut self,
+        plan: &Plan,
+        local: &[Option<wgpu::Buffer>],
+        key: MirrorKey,
+    ) -> Result<Option<Mirror>> {
+        let (rows, cols) = if key.transpose {
+            (key.cols, key.rows)
+        } else {
+            (key.rows, key.cols)
+        };
+        let pitch = cols.div_ceil(4);
+        // A row stride of an odd number of 64-byte lines puts the rows the kernel reads
+        // together in distinct cache sets (see `matmul_tex.rs`).
+        let lines = pitch.div_ceil(4);
+        let width = 4 * (lines | 1);
+        let height = rows + matmul_tex::MIRROR_SLACK_ROWS;
+        let max_dim = self.ctx.limits.max_texture_dimension_2d as usize;
+        let max_groups = self.ctx.limits.max_compute_workgroups_per_dimension as usize;
+        if width > max_dim || height > max_dim || rows > max_groups {
+            return Ok(None);
+        }
+        let name = &plan.tensors[key.tensor].name;
+        let texture = self.ctx.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some(&format!("{name} (mirror)")),
+            size: wgpu::Extent3d {
+                width: width as u32,
+                height: height as u32,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+        let src = self.buffer(local, plan, key.tensor).clone();
+        // Buffer-to-texture copies need source rows that are a multiple of 256 bytes.
+        let refresh = if key.transpose && key.rows.is_multiple_of(4) && key.cols.is_multiple_of(4) {
+            Step::Dispatch(self.dispatch_with(
+                KernelKey::new(Shader::Pack, "transpose4"),
+                Some(&[key.rows as u32, key.cols as u32, pitch as u32, 0]),
+                vec![
+                    (3, src.as_entire_binding()),
+                    (2, wgpu::BindingResource::TextureView(&view)),
+                ],
+                [
+                    (key.cols / 4).div_ceil(PACK_WG) as u32,
+                    (key.rows / 4) as u32,
+                    1,
+                ],
+            )?)
+        } else if key.transpose {
+            Step::Dispatch(self.dispatch_with(
+                KernelKey::new(Shader::Pack, "pack").with("TRANSPOSE", 1),
+                Some(&[key.rows as u32, key.cols as u32, pitch as u32, 0]),
+                vec![
+                    (1, src.as_entire_binding()),
+                    (2, wgpu::BindingResource::TextureView(&view)),
+                ],
+                [pitch.div_ceil(PACK_WG) as u32, rows as u32, 1],
+            )?)
+        } else if cols.is_multiple_of(64) {
+            Step::Copy(MirrorCopy {
+                src,
+                dst: texture,
+                width: pitch as u32,
+                rows: rows as u32,
+                row_bytes: (cols * 4) as u32,
+            })
+        } else {
+            let (entry, binding) = if cols.is_multiple_of(4) {
+                ("pack4", 3)
+            } else {
+                ("pack", 1)
+            };
+            Step::Dispatch(self.dispatch_with(
+                KernelKey::new(Shader::Pack, entry),
+                Some(&[rows as u32, cols as u32, pitch as u32, 0]),
+                vec![
+                    (binding, src.as_entire_binding()),
+                    (2, wgpu::BindingResource::TextureView(&view)),
+                ],
+                [pitch.div_ceil(PACK_WG) as u32, rows as u32, 1],
+            )?)
+        };
+        Ok(Some(Mirror {
+            view,
+            pitch: pitch as u32,
+            refresh,
+        }))
+    }
+
+    fn lower_op(
+        &mut self,
+        plan: &Plan,
+        local: &[Option<wgpu::Buffer>],
+        op: &Op,
+    ) -> Result<Dispatch> {
         let buf = |t: TensorId| self.buffer(local, plan, t).clone();
         let u = |v: usize| -> Result<u32> { u32::try_from(v).context("size exceeds u32 indexing") };
         match *op {
@@ -164,12 +637,16 @@ impl GpuEngine {
                 trans_b,
                 accumulate,
             } => {
-                let key = KernelKey::new(Shader::Matmul, "main")
+                let (shader, tile) = match self.resolve_matmul_variant(self.matmul_variant) {
+                    MatmulVariant::Tiled => (Shader::MatmulTiled, TILED_TILE),
+                    _ => (Shader::Matmul, REG4X4_TILE),
+                };
+                let key = KernelKey::new(shader, "main")
                     .with("TRANS_A", trans_a as u32)
                     .with("TRANS_B", trans_b as u32)
                     .with("ACCUMULATE", accumulate as u32);
                 let max = self.ctx.limits.max_compute_workgroups_per_dimension as usize;
-                let groups = [n.div_ceil(MATMUL_TILE), m.div_ceil(MATMUL_TILE)];
+                let groups = [n.div_ceil(tile), m.div_ceil(tile)];
                 ensure!(
                     groups.iter().all(|&g| g <= max),
                     "matmul {m}×{k}×{n} needs more workgroups than the device allows per dimension"
@@ -834,11 +1311,8 @@ impl GpuEngine {
             return Ok(());
         }
         let (plan, local) = (p.plan.clone(), p.local.clone());
-        let dispatches = plan
-            .train_stats
-            .iter()
-            .map(|op| self.lower(&plan, &local, op))
-            .collect::<Result<Vec<_>>>()?;
+        let dispatches =
+            self.lower_ops(&plan, &local, &plan.train_stats, &mut Lowering::default())?;
         self.ctx
             .take_error()
             .context("compiling the statistics step")?;
@@ -854,6 +1328,73 @@ impl GpuEngine {
             .get(t)
             .with_context(|| format!("plan has no tensor {t}"))?;
         Ok((self.buffer(&p.local, &p.plan, t), desc.len(), &desc.name))
+    }
+}
+
+/// The epilogue a texture matmul at `ops[0]` can absorb, and how many ops it then covers:
+/// the bias add and activation that follow a layer's forward matmul, or the activation
+/// derivative that follows the matmul producing `dH`. Each absorbed op must work on
+/// exactly the matmul's output.
+fn fusable_epilogue(ops: &[Op]) -> (Epilogue, usize) {
+    let Op::MatMul {
+        c,
+        m,
+        n,
+        accumulate: false,
+        ..
+    } = ops[0]
+    else {
+        return (Epilogue::Plain, 1);
+    };
+    match ops.get(1..) {
+        Some([Op::AddBias { y, rows, cols, .. }, rest @ ..])
+            if *y == c && *rows == m && *cols == n =>
+        {
+            match rest.first() {
+                Some(&Op::Activate { act, x, y, len })
+                    if fusable_activation(act)
+                        && x == c
+                        && y != c
+                        && Some(&y) != ops.get(1).and_then(bias_of)
+                        && len == m * n =>
+                {
+                    (Epilogue::Bias { act: Some(act) }, 3)
+                }
+                _ => (Epilogue::Bias { act: None }, 2),
+            }
+        }
+        Some(
+            [Op::ActivateBackward {
+                act,
+                dy,
+                dx,
+                x,
+                y,
+                len,
+            }, ..],
+        ) if *dy == c
+            && fusable_activation(*act)
+            && *len == m * n
+            && x != y
+            && ![*x, *y, c].contains(dx)
+            && ![*x, *y].contains(&c) =>
+        {
+            (Epilogue::ActGrad { act: *act }, 2)
+        }
+        _ => (Epilogue::Plain, 1),
+    }
+}
+
+/// Activations the texture kernel's epilogue computes itself: those whose kernel ids
+/// `act_fn.wgsl` implements (identity, sigmoid, tanh, relu).
+fn fusable_activation(act: Activation) -> bool {
+    act.kernel_id() <= 3
+}
+
+fn bias_of(op: &Op) -> Option<&TensorId> {
+    match op {
+        Op::AddBias { bias, .. } => Some(bias),
+        _ => None,
     }
 }
 
@@ -907,12 +1448,13 @@ impl Engine for GpuEngine {
                 Storage::Persistent(_) => Ok(None),
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut lower_all = |ops: &[Op]| -> Result<Vec<Dispatch>> {
-            ops.iter().map(|op| self.lower(plan, &local, op)).collect()
-        };
-        let forward = lower_all(&plan.forward)?;
-        let eval = lower_all(&plan.eval)?;
-        let train = lower_all(&plan.train)?;
+        // Every stage starts with all mirrors stale (the host or the last step may have
+        // written anything); eval continues from the state forward leaves. A training step
+        // runs its own forward pass, so it starts stale.
+        let mut st = Lowering::default();
+        let forward = self.lower_ops(plan, &local, &plan.forward, &mut st)?;
+        let eval = self.lower_ops(plan, &local, &plan.eval, &mut st)?;
+        let train = self.lower_ops(plan, &local, &plan.train, &mut Lowering::default())?;
         self.ctx.take_error().context("compiling the plan")?;
         self.plans.push(GpuPlan {
             plan: plan.clone(),
@@ -979,7 +1521,7 @@ impl Engine for GpuEngine {
             self.lower_stats(plan)?;
         }
         let p = self.plans.get(plan).context("unknown plan id")?;
-        let (head, tail): (&[Dispatch], &[Dispatch]) = match stage {
+        let (head, tail): (&[Step], &[Step]) = match stage {
             Stage::Predict => (&p.forward, &[]),
             Stage::Eval => (&p.forward, &p.eval),
             Stage::Train => (&p.train, &[]),
@@ -991,15 +1533,30 @@ impl Engine for GpuEngine {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("step"),
             });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("step"),
-                timestamp_writes: None,
-            });
-            for d in head.iter().chain(tail) {
-                pass.set_pipeline(&d.pipeline);
-                pass.set_bind_group(0, &d.bind_group, &[]);
-                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+        let mut steps = head.iter().chain(tail).peekable();
+        while let Some(step) = steps.next() {
+            match step {
+                Step::Copy(copy) => copy.record(&mut encoder),
+                Step::Dispatch(first) => {
+                    // Consecutive dispatches share one compute pass; copies end it.
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("step"),
+                        timestamp_writes: None,
+                    });
+                    let mut d = first;
+                    loop {
+                        pass.set_pipeline(&d.pipeline);
+                        pass.set_bind_group(0, &d.bind_group, &[]);
+                        pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                        match steps.peek() {
+                            Some(Step::Dispatch(next)) => {
+                                d = next;
+                                steps.next();
+                            }
+                            _ => break,
+                        }
+                    }
+                }
             }
         }
         let what = || format!("running the {stage:?} stage");

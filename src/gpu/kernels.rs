@@ -1,15 +1,19 @@
 //! WGSL sources and the pipeline cache. Pipelines are keyed by shader, entry point and
 //! override constants, so a plan with twenty layers of the same activation creates one.
 
+use super::matmul_tex::TexKernel;
 use crate::graph::Activation;
 use anyhow::{bail, Result};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The kernel families, one WGSL file each.
+/// The kernel families: one WGSL file each, or a generated source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
     Matmul,
+    MatmulTiled,
+    MatmulTexture(TexKernel),
+    Pack,
     Bias,
     Activation,
     Loss,
@@ -31,6 +35,9 @@ impl Shader {
     }
 
     fn source(self) -> String {
+        if let Shader::MatmulTexture(k) = self {
+            return k.source();
+        }
         let mut src: String = self.prelude().concat();
         src.push_str(self.body());
         src
@@ -39,6 +46,9 @@ impl Shader {
     fn body(self) -> &'static str {
         match self {
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Shader::MatmulTiled => include_str!("../../shaders/matmul_tiled.wgsl"),
+            Shader::MatmulTexture(_) => unreachable!("generated in `source`"),
+            Shader::Pack => include_str!("../../shaders/pack.wgsl"),
             Shader::Bias => include_str!("../../shaders/bias.wgsl"),
             Shader::Activation => include_str!("../../shaders/activation.wgsl"),
             Shader::Loss => include_str!("../../shaders/loss.wgsl"),

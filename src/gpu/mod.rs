@@ -3,6 +3,7 @@
 pub mod context;
 pub mod engine;
 pub mod kernels;
+pub mod matmul_tex;
 
 pub use context::{describe_adapter, list_adapters, AdapterSelection, GpuContext};
-pub use engine::GpuEngine;
+pub use engine::{GpuEngine, MatmulVariant};

@@ -1,0 +1,303 @@
+//! Every matmul kernel variant against the CPU reference, forced explicitly, for sizes
+//! that are and are not multiples of the tiles, all three transpose forms, and
+//! accumulation. Speed is never asserted here; see `benches/matmul.rs`.
+
+use steadygrad::check::{compare, Tolerance};
+use steadygrad::cpu::CpuEngine;
+use steadygrad::engine::Engine;
+use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant};
+use steadygrad::graph::{Activation, Op, Plan, Stage, Storage};
+
+const SIZES: [usize; 4] = [1, 7, 33, 257];
+/// Shapes whose sides are whole texels of 4 (the texture variants copy instead of
+/// padding such operands) and multiples of the tiles.
+const ALIGNED: [(usize, usize, usize); 4] =
+    [(64, 64, 64), (8, 36, 32), (12, 260, 68), (256, 4, 20)];
+/// `(trans_a, trans_b)`: forward `X·Wᵀ`, backward `dY·W` and `dYᵀ·X`, and for
+/// completeness `Aᵀ·Bᵀ`.
+const FORMS: [(bool, bool); 4] = [(false, true), (false, false), (true, false), (true, true)];
+
+/// Values in [-1, 1) from a seed, different for every operand.
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+struct Case {
+    m: usize,
+    k: usize,
+    n: usize,
+    trans_a: bool,
+    trans_b: bool,
+    accumulate: bool,
+}
+
+fn cases() -> Vec<Case> {
+    let mut out = Vec::new();
+    let mut shapes = Vec::new();
+    for &m in &SIZES {
+        for &k in &SIZES {
+            for &n in &SIZES {
+                shapes.push((m, k, n));
+            }
+        }
+    }
+    shapes.extend(ALIGNED);
+    for &(m, k, n) in &shapes {
+        for (f, &(trans_a, trans_b)) in FORMS.iter().enumerate() {
+            let case = |accumulate| Case {
+                m,
+                k,
+                n,
+                trans_a,
+                trans_b,
+                accumulate,
+            };
+            out.push(case(false));
+            // Accumulation changes only the epilogue: a rotating subset covers every form
+            // and every size without doubling the run time.
+            if (m + k + n + f).is_multiple_of(3) {
+                out.push(case(true));
+            }
+        }
+    }
+    out
+}
+
+fn check_variant(variant: MatmulVariant) {
+    let ctx = GpuContext::shared().expect("a GPU adapter is required for these tests");
+    let mut engine = GpuEngine::new(ctx);
+    engine.set_matmul_variant(variant);
+    engine.init_persistent(&[]).unwrap();
+    let mut failures = Vec::new();
+    let all = cases();
+    for (i, case) in all.iter().enumerate() {
+        let &Case {
+            m,
+            k,
+            n,
+            trans_a,
+            trans_b,
+            accumulate,
+        } = case;
+        let mut plan = Plan::default();
+        let a = plan.add_tensor("a", &[m * k], Storage::Local);
+        let b = plan.add_tensor("b", &[k * n], Storage::Local);
+        let c = plan.add_tensor("c", &[m * n], Storage::Local);
+        plan.forward.push(Op::MatMul {
+            a,
+            b,
+            c,
+            m,
+            k,
+            n,
+            trans_a,
+            trans_b,
+            accumulate,
+        });
+        let seed = i as u64 * 3;
+        let (av, bv, c0) = (
+            values(m * k, seed + 1),
+            values(k * n, seed + 2),
+            values(m * n, seed + 3),
+        );
+        let id = engine.compile(&plan).unwrap();
+        engine.write(id, a, &av).unwrap();
+        engine.write(id, b, &bv).unwrap();
+        engine.write(id, c, &c0).unwrap();
+        engine.run(id, Stage::Predict).unwrap();
+        let gpu = engine.read(id, c).unwrap();
+        let mut cpu = c0.clone();
+        steadygrad::cpu::ops::matmul(&av, &bv, &mut cpu, m, k, n, trans_a, trans_b, accumulate);
+        let name = format!(
+            "{variant} m={m} k={k} n={n} trans_a={trans_a} trans_b={trans_b} \
+             accumulate={accumulate}"
+        );
+        let r = compare(&name, &gpu, &cpu, Tolerance::default());
+        if !r.pass {
+            failures.push(format!("{name}: max abs err {:e}", r.max_abs));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed on {}:\n{}",
+        failures.len(),
+        all.len(),
+        engine.describe(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn reg4x4() {
+    check_variant(MatmulVariant::Reg4x4);
+}
+
+#[test]
+fn tiled() {
+    check_variant(MatmulVariant::Tiled);
+}
+
+#[test]
+fn texture() {
+    check_variant(MatmulVariant::Texture);
+}
+
+#[test]
+fn texture_without_subgroups() {
+    check_variant(MatmulVariant::TextureNoSubgroup);
+}
+
+#[test]
+fn auto() {
+    check_variant(MatmulVariant::Auto);
+}
+
+/// A layer's forward (`MatMul`, `AddBias`, `Activate`) and the backward pair (`MatMul`,
+/// `ActivateBackward`), which some variants fuse into one kernel: every tensor, fused or
+/// not, must match the CPU running the same plan.
+fn check_fused_ops(variant: MatmulVariant) {
+    let ctx = GpuContext::shared().expect("a GPU adapter is required for these tests");
+    let mut failures = Vec::new();
+    for act in Activation::ALL {
+        for &(m, k, n) in &[(33, 7, 257), (257, 33, 7), (8, 32, 32), (1, 1, 1)] {
+            let mut plan = Plan::default();
+            let local = Storage::Local;
+            let x = plan.add_tensor("x", &[m * k], local);
+            let w = plan.add_tensor("w", &[n * k], local);
+            let bias = plan.add_tensor("bias", &[n], local);
+            let z = plan.add_tensor("z", &[m * n], local);
+            let h = plan.add_tensor("h", &[m * n], local);
+            let dz = plan.add_tensor("dz", &[m * k], local);
+            let dh = plan.add_tensor("dh", &[m * n], local);
+            let dx = plan.add_tensor("dx", &[m * k], local);
+            let xz = plan.add_tensor("xz", &[m * k], local);
+            let xh = plan.add_tensor("xh", &[m * k], local);
+            plan.forward = vec![
+                Op::MatMul {
+                    a: x,
+                    b: w,
+                    c: z,
+                    m,
+                    k,
+                    n,
+                    trans_a: false,
+                    trans_b: true,
+                    accumulate: false,
+                },
+                Op::AddBias {
+                    y: z,
+                    bias,
+                    rows: m,
+                    cols: n,
+                },
+                Op::Activate {
+                    act,
+                    x: z,
+                    y: h,
+                    len: m * n,
+                },
+                // dH-like product back to width k, then the derivative of a layer whose
+                // pre-activation is `xz` and output `xh`.
+                Op::MatMul {
+                    a: h,
+                    b: w,
+                    c: dx,
+                    m,
+                    k: n,
+                    n: k,
+                    trans_a: false,
+                    trans_b: false,
+                    accumulate: false,
+                },
+                Op::ActivateBackward {
+                    act,
+                    x: xz,
+                    y: xh,
+                    dy: dx,
+                    dx: dz,
+                    len: m * k,
+                },
+                // Bias without an activation.
+                Op::MatMul {
+                    a: dz,
+                    b: w,
+                    c: dh,
+                    m,
+                    k,
+                    n,
+                    trans_a: false,
+                    trans_b: true,
+                    accumulate: false,
+                },
+                Op::AddBias {
+                    y: dh,
+                    bias,
+                    rows: m,
+                    cols: n,
+                },
+            ];
+            let inputs = [
+                (x, values(m * k, 1)),
+                (w, values(n * k, 2)),
+                (bias, values(n, 3)),
+                (xz, values(m * k, 4)),
+            ];
+            let xh_values: Vec<f32> = inputs[3]
+                .1
+                .iter()
+                .map(|&v| steadygrad::cpu::ops::activation(act, v))
+                .collect();
+            let mut gpu = GpuEngine::new(ctx.clone());
+            gpu.set_matmul_variant(variant);
+            let mut cpu = CpuEngine::new();
+            let mut outputs = Vec::new();
+            for engine in [&mut gpu as &mut dyn Engine, &mut cpu] {
+                engine.init_persistent(&[]).unwrap();
+                let id = engine.compile(&plan).unwrap();
+                for (t, v) in &inputs {
+                    engine.write(id, *t, v).unwrap();
+                }
+                engine.write(id, xh, &xh_values).unwrap();
+                engine.run(id, Stage::Predict).unwrap();
+                let read: Vec<Vec<f32>> = [z, h, dx, dz, dh]
+                    .iter()
+                    .map(|&t| engine.read(id, t).unwrap())
+                    .collect();
+                outputs.push(read);
+            }
+            for (i, name) in ["z", "h", "dx", "dz", "dh"].iter().enumerate() {
+                let r = compare(name, &outputs[0][i], &outputs[1][i], Tolerance::default());
+                if !r.pass {
+                    failures.push(format!(
+                        "{variant} {act} m={m} k={k} n={n}: {name} max abs err {:e}",
+                        r.max_abs
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn fused_epilogues_texture() {
+    check_fused_ops(MatmulVariant::Texture);
+}
+
+#[test]
+fn fused_epilogues_texture_without_subgroups() {
+    check_fused_ops(MatmulVariant::TextureNoSubgroup);
+}
+
+#[test]
+fn unfused_ops_tiled() {
+    check_fused_ops(MatmulVariant::Tiled);
+}
