@@ -14,6 +14,7 @@
 //! `--workloads` (env `STEADYGRAD_BENCH_WORKLOADS`): w1,w2. `--steps`: timed steps per
 //! window (default 20, at least 20 is recommended); `--tries`: windows, the fastest is
 //! reported (default 2; other load on a shared machine only slows a window down). `--warmup`: untimed steps first (default 3).
+//! `--profile`: after timing, each op of one step timed alone, slowest first.
 //! `--cpu-steps`: CPU reference steps for W1 (default 1; 0 skips; W2 on the CPU only when
 //! `--cpu-w2` is given, it takes minutes). `--variant`: matmul kernel variant.
 
@@ -22,7 +23,7 @@ mod common;
 use common::{json_line, noise, Args, V};
 use std::time::Instant;
 use steadygrad::cpu::CpuEngine;
-use steadygrad::engine::Engine;
+use steadygrad::engine::{Engine, PlanId};
 use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant};
 use steadygrad::graph::{mlp, Hyper, Stage};
 use steadygrad::{Activation, Loss, MlpSpec, Optimizer};
@@ -51,7 +52,7 @@ fn time_steps(
     warmup: usize,
     steps: usize,
     tries: usize,
-) -> (f64, Option<f64>, f32) {
+) -> (f64, Option<f64>, f32, PlanId) {
     let persistent = spec.persistent();
     engine.init_persistent(&persistent).expect("init");
     engine
@@ -94,7 +95,40 @@ fn time_steps(
         }
         loss = m[0] / m[2];
     }
-    (best, best_cpu, loss)
+    (best, best_cpu, loss, id)
+}
+
+/// Prints each step of one training step timed alone, slowest first, then the totals per
+/// kind of step.
+fn print_profile(gpu: &mut GpuEngine, id: PlanId) {
+    let mut times = gpu.profile(id, Stage::Train, 3).expect("profile");
+    let total: f64 = times.iter().map(|(_, t)| t.as_secs_f64()).sum();
+    let mut kinds: Vec<(String, f64, usize)> = Vec::new();
+    for (label, t) in &times {
+        let kind = label.split(" → ").next().unwrap_or_default();
+        let kind = kind.split('[').next().unwrap_or_default().to_string();
+        match kinds.iter_mut().find(|(k, _, _)| *k == kind) {
+            Some(entry) => {
+                entry.1 += t.as_secs_f64();
+                entry.2 += 1;
+            }
+            None => kinds.push((kind, t.as_secs_f64(), 1)),
+        }
+    }
+    times.sort_by(|a, b| b.1.cmp(&a.1));
+    println!(
+        "  profile: {} steps, {:.1} ms in all when submitted one by one",
+        times.len(),
+        total * 1e3
+    );
+    for (label, t) in times.iter().take(25) {
+        println!("  {:>8.2} ms  {label}", t.as_secs_f64() * 1e3);
+    }
+    kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("  by kind:");
+    for (kind, t, n) in kinds {
+        println!("  {:>8.2} ms  {n:>3}× {kind}", t * 1e3);
+    }
 }
 
 fn main() {
@@ -106,6 +140,7 @@ fn main() {
     let warmup = args.number("warmup", "STEADYGRAD_BENCH_WARMUP", 3);
     let cpu_steps = args.number("cpu-steps", "STEADYGRAD_BENCH_CPU_STEPS", 1);
     let cpu_w2 = args.flag("cpu-w2");
+    let profile = args.flag("profile");
     let tries = args.number("tries", "STEADYGRAD_BENCH_TRIES", 2).max(1);
     let variant: MatmulVariant = args
         .value("variant", "STEADYGRAD_MATMUL_VARIANT")
@@ -128,11 +163,11 @@ fn main() {
         let spec = spec(name);
         let mut gpu = GpuEngine::new(ctx.clone());
         gpu.set_matmul_variant(variant);
-        let (secs, cpu_secs, loss) = time_steps(&mut gpu, &spec, warmup, steps, tries);
+        let (secs, cpu_secs, loss, id) = time_steps(&mut gpu, &spec, warmup, steps, tries);
         let gpu_rate = (steps * BATCH) as f64 / secs;
         let run_cpu = cpu_steps > 0 && (name == "w1" || cpu_w2);
         let cpu_rate = run_cpu.then(|| {
-            let (secs, _, _) = time_steps(&mut CpuEngine::new(), &spec, 0, cpu_steps, 1);
+            let (secs, _, _, _) = time_steps(&mut CpuEngine::new(), &spec, 0, cpu_steps, 1);
             (cpu_steps * BATCH) as f64 / secs
         });
         if args.json {
@@ -171,6 +206,9 @@ fn main() {
                 ),
                 None => println!("; CPU reference skipped"),
             }
+        }
+        if profile {
+            print_profile(&mut gpu, id);
         }
     }
 }

@@ -1,5 +1,5 @@
-// Gradient-health statistics (dispatched only on statistics steps) and the always-on
-// non-finite guard. Layout of the record they write: `src/graph/stats.rs`.
+// Gradient-health statistics, dispatched only on statistics steps. Layout of the record
+// they write: `src/graph/stats.rs`. The always-on guard is in `guard.wgsl`.
 //
 // The statistics kernels run as one workgroup: each invocation walks a strided subset of
 // the tensor, then a tree reduction in shared memory combines the partial results, so
@@ -25,8 +25,6 @@ struct Dims {
 @group(0) @binding(2) var<storage, read> src2: array<f32>;
 @group(0) @binding(3) var<storage, read> src3: array<f32>;
 @group(0) @binding(4) var<storage, read_write> record: array<f32>;
-@group(0) @binding(5) var<storage, read_write> flags: array<atomic<u32>>;
-@group(0) @binding(6) var<storage, read> step_bits: array<u32>;
 // `copy` moves bits, so it reads and writes as u32: a float copy may flush the step
 // counter's bits (small integers are denormal floats) to zero.
 @group(0) @binding(7) var<storage, read> copy_src: array<u32>;
@@ -189,31 +187,5 @@ fn copy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let i = flat_index(wg, nwg, lid);
     if i < dims.a {
         copy_dst[dims.b + i] = copy_src[i];
-    }
-}
-
-@group(0) @binding(9) var<storage, read> src4: array<f32>;
-@group(0) @binding(10) var<storage, read> guard_slots: array<u32>;
-
-// Up to four tensors (src, src2, src3, src4) per dispatch: dims holds their lengths (0
-// for an unused place), guard_slots their flag slots. One load per element; the atomic
-// only runs on a NaN or inf. Grouped because on small layers launching a dispatch costs
-// more than the loads.
-@compute @workgroup_size(256)
-fn guard(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-         @builtin(local_invocation_index) lid: u32) {
-    let i = flat_index(wg, nwg, lid);
-    let mark = 0xffffffffu - step_bits[0];
-    if i < dims.a && !is_finite(src[i]) {
-        atomicMax(&flags[guard_slots[0]], mark);
-    }
-    if i < dims.b && !is_finite(src2[i]) {
-        atomicMax(&flags[guard_slots[1]], mark);
-    }
-    if i < dims.c && !is_finite(src3[i]) {
-        atomicMax(&flags[guard_slots[2]], mark);
-    }
-    if i < dims.d && !is_finite(src4[i]) {
-        atomicMax(&flags[guard_slots[3]], mark);
     }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close, gpu, random, OpCase, ODD_SIZES};
+use common::{assert_close, gpu, random, OpCase, ODD_SIZES, VEC4_SIZES};
 use steadygrad::graph::{Activation, Loss, Op, METRICS_LEN};
 use steadygrad::{cross_check, MlpSpec, Optimizer, Tolerance};
 
@@ -53,6 +53,11 @@ fn bias_add_and_column_sums() {
         (1000, 1),
         (3, 1000),
         (1, 257),
+        // Column counts that divide by 4 take the vector `sum_rows4`.
+        (1, 4),
+        (7, 36),
+        (257, 260),
+        (1000, 4),
     ];
     for (rows, cols) in shapes {
         let case = OpCase::new(&[("y", rows * cols), ("bias", cols)]).op(Op::AddBias {
@@ -165,7 +170,7 @@ fn losses_and_metrics() {
 
 #[test]
 fn sgd_update() {
-    for len in ODD_SIZES {
+    for len in ODD_SIZES.into_iter().chain(VEC4_SIZES) {
         let case = OpCase::new(&[("param", len), ("grad", len)]).op(Op::SgdStep {
             param: 0,
             grad: 1,

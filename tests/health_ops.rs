@@ -185,9 +185,16 @@ fn copy_and_guard_gpu_match_cpu() {
         assert_eq!(bits(&g[3..3 + len]), bits(&src), "copy {len}");
 
         // Groups of 1 to 4 tensors of different lengths, the longest not first, so the
-        // grid must cover every one; each tensor in turn holds the bad value.
-        let lens = [len, 2 * len + 3, 1, len + 300];
-        for group in 1..=GUARD_GROUP {
+        // grid must cover every one; each tensor in turn holds the bad value. The second
+        // set divides by 4 and takes the vector kernel.
+        let length_sets = [
+            [len, 2 * len + 3, 1, len + 300],
+            [4 * len, 8 * len + 4, 4, 4 * len + 300],
+        ];
+        for (lens, group) in length_sets
+            .into_iter()
+            .flat_map(|lens| (1..=GUARD_GROUP).map(move |group| (lens, group)))
+        {
             for bad in (0..group).map(Some).chain([None]) {
                 let mut names: Vec<(String, usize)> =
                     (0..group).map(|t| (format!("x{t}"), lens[t])).collect();
@@ -220,7 +227,7 @@ fn copy_and_guard_gpu_match_cpu() {
                 inputs.push(("flags", flags));
                 let results = case.both(&inputs, 0.0);
                 let (g, c) = outputs(&results, "flags");
-                let what = format!("guard len {len} group {group} bad {bad:?}");
+                let what = format!("guard lens {lens:?} group {group} bad {bad:?}");
                 assert_eq!(bits(g), bits(c), "{what}");
                 for t in 0..group {
                     let expect = match (t, bad) {

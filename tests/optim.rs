@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{gpu, random, ODD_SIZES};
+use common::{gpu, random, ODD_SIZES, VEC4_SIZES};
 use std::cell::RefCell;
 use std::rc::Rc;
 use steadygrad::cpu::CpuEngine;
@@ -301,13 +301,14 @@ fn engines() -> Vec<Box<dyn Engine>> {
 }
 
 /// Every optimizer op on the GPU against the CPU over three steps (so Adam's bias
-/// correction sees t = 1, 2, 3), at sizes that are not multiples of the workgroup size.
+/// correction sees t = 1, 2, 3), at sizes that are not multiples of the workgroup size,
+/// scalar and `vec4` kernels.
 /// Default tolerance (see `steadygrad::check::Tolerance`): the GPU rounds each term in
 /// `f32` and computes βᵗ with `pow`, a few ulps from the reference.
 #[test]
 fn optimizer_ops_gpu_vs_cpu() {
     for cfg in CFGS {
-        for len in ODD_SIZES {
+        for len in ODD_SIZES.into_iter().chain(VEC4_SIZES) {
             let p0 = random(len, 3);
             let grads: Vec<Vec<f32>> = (0..3).map(|s| random(len, 20 + s)).collect();
             let g = run_steps(&mut GpuEngine::new(gpu()), cfg, &p0, &grads, 0.05);

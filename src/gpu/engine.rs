@@ -21,6 +21,8 @@ use wgpu::util::DeviceExt;
 /// Invocations per workgroup of the 1-D kernels (see the WGSL files).
 const ELEMENTWISE_WG: usize = 256;
 const ROWWISE_WG: usize = 64;
+/// Columns (or groups of 4) per workgroup of `sum_rows` in `bias.wgsl`.
+const SUM_ROWS_WG: usize = 64;
 /// Outputs per workgroup along each dimension: `matmul.wgsl` (8 invocations × 4) and
 /// `matmul_tiled.wgsl` (16 × 4).
 const REG4X4_TILE: usize = 32;
@@ -91,12 +93,15 @@ struct Dispatch {
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
     groups: [u32; 3],
+    /// What the dispatch computes, for [`GpuEngine::profile`].
+    label: String,
 }
 
 /// A buffer-to-texture copy that refreshes a mirror: `rows` rows of `width` texels, read
 /// from rows of `row_bytes` in the buffer.
 #[derive(Clone)]
 struct MirrorCopy {
+    label: String,
     src: wgpu::Buffer,
     dst: wgpu::Texture,
     width: u32,
@@ -328,7 +333,97 @@ impl GpuEngine {
             pipeline,
             bind_group,
             groups,
+            label: key.entry.to_string(),
         })
+    }
+
+    /// The steps of `stage` in order.
+    fn stage_steps(&self, plan: PlanId, stage: Stage) -> Result<Vec<&Step>> {
+        let p = self.plans.get(plan).context("unknown plan id")?;
+        let (head, tail): (&[Step], &[Step]) = match stage {
+            Stage::Predict => (&p.forward, &[]),
+            Stage::Eval => (&p.forward, &p.eval),
+            Stage::Train => (&p.train, &[]),
+            Stage::TrainWithStats => (p.train_stats.as_deref().unwrap_or_default(), &[]),
+        };
+        Ok(head.iter().chain(tail).collect())
+    }
+
+    /// Records `steps` into a new command encoder.
+    fn record(&self, steps: Vec<&Step>) -> wgpu::CommandEncoder {
+        let mut encoder = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            });
+        let mut steps = steps.into_iter().peekable();
+        while let Some(step) = steps.next() {
+            match step {
+                Step::Copy(copy) => copy.record(&mut encoder),
+                Step::Dispatch(first) => {
+                    // Consecutive dispatches share one compute pass; copies end it.
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("step"),
+                        timestamp_writes: None,
+                    });
+                    let mut d = first;
+                    loop {
+                        pass.set_pipeline(&d.pipeline);
+                        pass.set_bind_group(0, &d.bind_group, &[]);
+                        pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                        match steps.peek() {
+                            Some(Step::Dispatch(next)) => {
+                                d = next;
+                                steps.next();
+                            }
+                            _ => break,
+                        }
+                    }
+                }
+            }
+        }
+        encoder
+    }
+
+    /// Times every step of `stage` alone: each dispatch or mirror copy is submitted by
+    /// itself and waited for, `reps` times, and the fastest time is kept. For finding where
+    /// a stage's time goes (`cargo bench --bench train_mlp -- --profile`): the sum exceeds
+    /// a normal run of the stage by one submission's overhead per step, and the stage's
+    /// effects are applied `reps` times.
+    pub fn profile(
+        &mut self,
+        plan: PlanId,
+        stage: Stage,
+        reps: usize,
+    ) -> Result<Vec<(String, std::time::Duration)>> {
+        if stage == Stage::TrainWithStats {
+            self.lower_stats(plan)?;
+        }
+        let steps = self.stage_steps(plan, stage)?;
+        let mut times = vec![std::time::Duration::MAX; steps.len()];
+        let wait = || self.ctx.wait();
+        wait()?;
+        for _ in 0..reps.max(1) {
+            for (i, step) in steps.iter().enumerate() {
+                let encoder = self.record(vec![step]);
+                let t0 = std::time::Instant::now();
+                self.ctx.queue.submit([encoder.finish()]);
+                wait()?;
+                times[i] = times[i].min(t0.elapsed());
+            }
+        }
+        Ok(steps
+            .iter()
+            .zip(times)
+            .map(|(step, t)| {
+                let label = match step {
+                    Step::Dispatch(d) => d.label.clone(),
+                    Step::Copy(c) => c.label.clone(),
+                };
+                (label, t)
+            })
+            .collect())
     }
 
     /// Lowers a whole op list, continuing from the mirror state in `st`.
@@ -381,10 +476,11 @@ impl GpuEngine {
                 )?
                 .map(|d| (d, used));
         }
-        let (dispatch, used) = match lowered {
+        let (mut dispatch, used) = match lowered {
             Some(d) => d,
             None => (self.lower_op(plan, local, op)?, 1),
         };
+        dispatch.label = describe_ops(plan, &ops[..used]);
         steps.push(Step::Dispatch(dispatch));
         for op in &ops[..used] {
             let (_, writes) = op.reads_writes();
@@ -588,6 +684,7 @@ impl GpuEngine {
             )?)
         } else if cols.is_multiple_of(64) {
             Step::Copy(MirrorCopy {
+                label: String::new(),
                 src,
                 dst: texture,
                 width: pitch as u32,
@@ -610,6 +707,12 @@ impl GpuEngine {
                 [pitch.div_ceil(PACK_WG) as u32, rows as u32, 1],
             )?)
         };
+        let mut refresh = refresh;
+        let label = format!("mirror {name}{}", if key.transpose { "ᵀ" } else { "" });
+        match &mut refresh {
+            Step::Dispatch(d) => d.label = label,
+            Step::Copy(c) => c.label = label,
+        }
         Ok(Some(Mirror {
             view,
             pitch: pitch as u32,
@@ -682,11 +785,16 @@ impl GpuEngine {
                 accumulate,
             } => {
                 let (bx, bo) = (buf(x), buf(out));
-                let g = self.grid(cols)?;
+                let (entry, width, bindings) = if cols.is_multiple_of(4) {
+                    ("sum_rows4", 4, [(3, &bx), (4, &bo)])
+                } else {
+                    ("sum_rows", 1, [(1, &bx), (2, &bo)])
+                };
+                let g = self.grid((cols / width).div_ceil(SUM_ROWS_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Bias, "sum_rows"),
-                    Some([u(rows)?, u(cols)?, accumulate as u32, 0]),
-                    &[(1, &bx), (2, &bo)],
+                    KernelKey::new(Shader::Bias, entry),
+                    Some([u(rows)?, u(cols / width)?, accumulate as u32, 0]),
+                    &bindings,
                     g,
                 )
             }
@@ -938,7 +1046,7 @@ impl GpuEngine {
             Op::AdvanceStep { counter } => {
                 let bc = buf(counter);
                 self.dispatch(
-                    KernelKey::new(Shader::Optim, "advance_step"),
+                    KernelKey::new(Shader::Optim { vec4: false }, "advance_step"),
                     None,
                     &[(4, &bc)],
                     [1, 1, 1],
@@ -946,10 +1054,11 @@ impl GpuEngine {
             }
             Op::SgdStep { param, grad, len } => {
                 let (bp, bg, bh) = (buf(param), buf(grad), self.hyper.clone());
+                let (shader, len) = optim_width(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 let consts = self.constants([0.0; 8]);
                 self.dispatch(
-                    KernelKey::new(Shader::Optim, "sgd"),
+                    KernelKey::new(shader, "sgd"),
                     Some([u(len)?, 0, 0, 0]),
                     &[(1, &bp), (2, &bg), (3, &bh), (5, &consts)],
                     g,
@@ -963,13 +1072,14 @@ impl GpuEngine {
                 weight_decay,
             } => {
                 let (bp, bg, bh) = (buf(param), buf(grad), self.hyper.clone());
+                let (shader, len) = optim_width(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 match momentum {
                     None => {
                         let consts =
                             self.constants([0.0, 0.0, 0.0, weight_decay, 0.0, 0.0, 0.0, 0.0]);
                         self.dispatch(
-                            KernelKey::new(Shader::Optim, "sgd"),
+                            KernelKey::new(shader, "sgd"),
                             Some([u(len)?, 0, 0, 0]),
                             &[(1, &bp), (2, &bg), (3, &bh), (5, &consts)],
                             g,
@@ -988,7 +1098,7 @@ impl GpuEngine {
                             0.0,
                         ]);
                         self.dispatch(
-                            KernelKey::new(Shader::Optim, "sgd_momentum"),
+                            KernelKey::new(shader, "sgd_momentum"),
                             Some([u(len)?, m.nesterov as u32, 0, 0]),
                             &[(1, &bp), (2, &bg), (3, &bh), (5, &consts), (6, &bb)],
                             g,
@@ -1017,6 +1127,7 @@ impl GpuEngine {
                     buf(exp_avg),
                     buf(exp_avg_sq),
                 );
+                let (shader, len) = optim_width(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 // ln β in f64 on the host: the kernel's bias correction needs it accurately.
                 let ln = |b: f32| if b > 0.0 { (b as f64).ln() as f32 } else { 0.0 };
@@ -1031,7 +1142,7 @@ impl GpuEngine {
                     0.0,
                 ]);
                 self.dispatch(
-                    KernelKey::new(Shader::Optim, "adam"),
+                    KernelKey::new(shader, "adam"),
                     Some([u(len)?, decoupled as u32, 0, 0]),
                     &[
                         (1, &bp),
@@ -1190,9 +1301,12 @@ impl GpuEngine {
                 // Unused places repeat the first tensor with length 0.
                 let mut group = [(tensors[0].0, 0, 0); GUARD_GROUP];
                 group[..tensors.len()].copy_from_slice(tensors);
+                // Vector loads when every length allows (see `guard.wgsl`).
+                let vec4 = tensors.iter().all(|t| t.1.is_multiple_of(4));
+                let width = if vec4 { 4 } else { 1 };
                 let (mut lens, mut slots) = ([0u32; GUARD_GROUP], [0u32; GUARD_GROUP]);
                 for (i, &(_, len, slot)) in group.iter().enumerate() {
-                    (lens[i], slots[i]) = (u(len)?, u(slot)?);
+                    (lens[i], slots[i]) = (u(len / width)?, u(slot)?);
                 }
                 let slots = self
                     .ctx
@@ -1204,19 +1318,19 @@ impl GpuEngine {
                     });
                 let [b0, b1, b2, b3] = group.map(|t| buf(t.0));
                 let [bst, bf] = [step, flags].map(buf);
-                let longest = group.iter().map(|t| t.1).max().unwrap_or(0);
+                let longest = group.iter().map(|t| t.1 / width).max().unwrap_or(0);
                 let g = self.grid(longest.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Stats, "guard"),
+                    KernelKey::new(Shader::Guard { vec4 }, "guard"),
                     Some(lens),
                     &[
                         (1, &b0),
                         (2, &b1),
                         (3, &b2),
-                        (9, &b3),
+                        (4, &b3),
                         (5, &bf),
                         (6, &bst),
-                        (10, &slots),
+                        (7, &slots),
                     ],
                     g,
                 )
@@ -1335,6 +1449,54 @@ impl GpuEngine {
 /// the bias add and activation that follow a layer's forward matmul, or the activation
 /// derivative that follows the matmul producing `dH`. Each absorbed op must work on
 /// exactly the matmul's output.
+/// The `optim.wgsl` build for a tensor of `len` elements and the length in its elements
+/// (`vec4`s where `len` divides by 4).
+fn optim_width(len: usize) -> (Shader, usize) {
+    if len.is_multiple_of(4) {
+        (Shader::Optim { vec4: true }, len / 4)
+    } else {
+        (Shader::Optim { vec4: false }, len)
+    }
+}
+
+/// `ops`' kinds and output tensors, with matmul shapes, e.g. `MatMul[256×784×512 Bᵀ]+AddBias+Activate → layers.0.out`.
+fn describe_ops(plan: &Plan, ops: &[Op]) -> String {
+    let kinds: Vec<String> = ops
+        .iter()
+        .map(|op| {
+            let debug = format!("{op:?}");
+            let kind = debug
+                .split(|c: char| !c.is_alphanumeric())
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            match *op {
+                Op::MatMul {
+                    m,
+                    k,
+                    n,
+                    trans_a,
+                    trans_b,
+                    accumulate,
+                    ..
+                } => format!(
+                    "{kind}[{m}×{k}×{n}{}{}{}]",
+                    if trans_a { " Aᵀ" } else { "" },
+                    if trans_b { " Bᵀ" } else { "" },
+                    if accumulate { " +=" } else { "" }
+                ),
+                _ => kind,
+            }
+        })
+        .collect();
+    let out = ops
+        .last()
+        .and_then(|op| op.reads_writes().1.first().copied())
+        .map(|t| plan.tensors[t].name.as_str())
+        .unwrap_or_default();
+    format!("{} → {out}", kinds.join("+"))
+}
+
 fn fusable_epilogue(ops: &[Op]) -> (Epilogue, usize) {
     let Op::MatMul {
         c,
@@ -1520,45 +1682,8 @@ impl Engine for GpuEngine {
         if stage == Stage::TrainWithStats {
             self.lower_stats(plan)?;
         }
-        let p = self.plans.get(plan).context("unknown plan id")?;
-        let (head, tail): (&[Step], &[Step]) = match stage {
-            Stage::Predict => (&p.forward, &[]),
-            Stage::Eval => (&p.forward, &p.eval),
-            Stage::Train => (&p.train, &[]),
-            Stage::TrainWithStats => (p.train_stats.as_deref().unwrap_or_default(), &[]),
-        };
-        let mut encoder = self
-            .ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("step"),
-            });
-        let mut steps = head.iter().chain(tail).peekable();
-        while let Some(step) = steps.next() {
-            match step {
-                Step::Copy(copy) => copy.record(&mut encoder),
-                Step::Dispatch(first) => {
-                    // Consecutive dispatches share one compute pass; copies end it.
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some("step"),
-                        timestamp_writes: None,
-                    });
-                    let mut d = first;
-                    loop {
-                        pass.set_pipeline(&d.pipeline);
-                        pass.set_bind_group(0, &d.bind_group, &[]);
-                        pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
-                        match steps.peek() {
-                            Some(Step::Dispatch(next)) => {
-                                d = next;
-                                steps.next();
-                            }
-                            _ => break,
-                        }
-                    }
-                }
-            }
-        }
+        let steps = self.stage_steps(plan, stage)?;
+        let encoder = self.record(steps);
         let what = || format!("running the {stage:?} stage");
         self.ctx
             .scoped(what, || self.ctx.queue.submit([encoder.finish()]))?;

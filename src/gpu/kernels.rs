@@ -17,12 +17,19 @@ pub enum Shader {
     Bias,
     Activation,
     Loss,
-    Optim,
+    /// `optim.wgsl` over `f32` or, when every length divides by 4, `vec4<f32>` elements.
+    Optim {
+        vec4: bool,
+    },
     BatchNorm,
     Elementwise,
     Clip,
     Dropout,
     Stats,
+    /// `guard.wgsl`, elements as in `Optim`.
+    Guard {
+        vec4: bool,
+    },
 }
 
 impl Shader {
@@ -39,6 +46,14 @@ impl Shader {
             return k.source();
         }
         let mut src: String = self.prelude().concat();
+        if let Shader::Optim { vec4 } | Shader::Guard { vec4 } = self {
+            // The element type the file is written against (see its header).
+            src.push_str(if vec4 {
+                "alias V = vec4<f32>;\nalias U = vec4<u32>;\n"
+            } else {
+                "alias V = f32;\nalias U = u32;\n"
+            });
+        }
         src.push_str(self.body());
         src
     }
@@ -52,12 +67,13 @@ impl Shader {
             Shader::Bias => include_str!("../../shaders/bias.wgsl"),
             Shader::Activation => include_str!("../../shaders/activation.wgsl"),
             Shader::Loss => include_str!("../../shaders/loss.wgsl"),
-            Shader::Optim => include_str!("../../shaders/optim.wgsl"),
+            Shader::Optim { .. } => include_str!("../../shaders/optim.wgsl"),
             Shader::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),
             Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Shader::Clip => include_str!("../../shaders/clip.wgsl"),
             Shader::Dropout => include_str!("../../shaders/dropout.wgsl"),
             Shader::Stats => include_str!("../../shaders/stats.wgsl"),
+            Shader::Guard { .. } => include_str!("../../shaders/guard.wgsl"),
         }
     }
 }

@@ -12,6 +12,10 @@ use steadygrad::graph::{Hyper, Op, Plan, Stage, Storage, TensorId};
 /// Sizes that are not multiples of any workgroup or tile size.
 pub const ODD_SIZES: [usize; 4] = [1, 7, 33, 257];
 
+/// Sizes that divide by 4, for the kernels that switch to `vec4` elements there, still
+/// not multiples of a workgroup (260 = 65 vectors).
+pub const VEC4_SIZES: [usize; 3] = [4, 36, 260];
+
 /// The process-wide GPU device. Panics (fails the test) when there is none: a green run
 /// must prove the GPU path ran.
 pub fn gpu() -> Arc<GpuContext> {
