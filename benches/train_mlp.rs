@@ -115,7 +115,7 @@ fn print_profile(gpu: &mut GpuEngine, id: PlanId) {
             None => kinds.push((kind, t.as_secs_f64(), 1)),
         }
     }
-    times.sort_by(|a, b| b.1.cmp(&a.1));
+    times.sort_by_key(|t| std::cmp::Reverse(t.1));
     println!(
         "  profile: {} steps, {:.1} ms in all when submitted one by one",
         times.len(),
