@@ -2,21 +2,18 @@
 
 mod common;
 
+use common::TempDir;
+
 use std::collections::BTreeMap;
 use steadygrad::checkpoint;
 use steadygrad::cpu::CpuEngine;
 use steadygrad::gpu::GpuEngine;
 use steadygrad::{BatchNorm, MlpSpec, Model, NamedTensor, Optimizer};
 
-fn temp_dir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("steadygrad-test-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn save_load_round_trip_is_exact() {
-    let dir = temp_dir("roundtrip");
+    let tmp = TempDir::new("roundtrip");
+    let dir = tmp.path();
     let path = dir.join("m.safetensors");
     let spec = MlpSpec::new(3, &[5, 4], 2)
         .batch_norm(BatchNorm::default())
@@ -37,7 +34,7 @@ fn save_load_round_trip_is_exact() {
     };
     assert_eq!(by_name(&loaded), by_name(&state), "bit-exact round trip");
     // No temporary files are left behind.
-    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
@@ -90,7 +87,8 @@ fn mismatches_are_all_named() {
 
 #[test]
 fn corrupt_files_are_errors() {
-    let dir = temp_dir("corrupt");
+    let tmp = TempDir::new("corrupt");
+    let dir = tmp.path();
     let path = dir.join("bad.safetensors");
     std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}").unwrap();
     let e = format!("{:#}", checkpoint::load(&path).unwrap_err());
@@ -159,7 +157,8 @@ fn pytorch_checkpoint_reproduces_pytorch_outputs() {
 fn resume_continues_exactly() {
     use steadygrad::checkpoint::{load_checkpoint, save_checkpoint, TrainingState};
     use steadygrad::{LrSchedule, Optimizer as O};
-    let dir = temp_dir("resume");
+    let tmp = TempDir::new("resume");
+    let dir = tmp.path();
     let path = dir.join("ckpt.safetensors");
     let data = steadygrad::data::synthetic::spirals(20, 3, 0.05, 1);
     let spec = MlpSpec::new(2, &[12, 12], 3)

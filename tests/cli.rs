@@ -1,17 +1,15 @@
 //! The command line end to end: train on a CSV file with a checkpoint, resume, evaluate,
 //! predict, transfer, and clear errors for bad input.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::TempDir;
+
+use std::path::Path;
 use std::process::Command;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_steadygrad"))
-}
-
-fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("steadygrad-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// Runs the binary; returns (success, stdout + stderr).
@@ -38,7 +36,8 @@ fn write_csv(path: &Path) {
 
 #[test]
 fn train_save_resume_eval_predict() {
-    let d = dir();
+    let tmp = TempDir::new("cli");
+    let d = tmp.path();
     write_csv(&d.join("s.csv"));
     let common = [
         "--data",
@@ -57,7 +56,7 @@ fn train_save_resume_eval_predict() {
             &["--epochs", "2", "--save", "m.safetensors"],
         ]
         .concat(),
-        &d,
+        d,
     );
     assert!(ok, "{out}");
     assert!(
@@ -78,7 +77,7 @@ fn train_save_resume_eval_predict() {
             ],
         ]
         .concat(),
-        &d,
+        d,
     );
     assert!(
         ok && out.contains("resuming") && out.contains("epoch   3") && !out.contains("epoch   1 "),
@@ -94,7 +93,7 @@ fn train_save_resume_eval_predict() {
             "--label-column",
             "label",
         ],
-        &d,
+        d,
     );
     assert!(
         ok && out.contains("180 rows") && out.contains("accuracy"),
@@ -112,7 +111,7 @@ fn train_save_resume_eval_predict() {
             "--out",
             "p.csv",
         ],
-        &d,
+        d,
     );
     assert!(ok, "{out}");
     let preds = std::fs::read_to_string(d.join("p.csv")).unwrap();
@@ -138,7 +137,7 @@ fn train_save_resume_eval_predict() {
             ],
         ]
         .concat(),
-        &d,
+        d,
     );
     assert!(
         ok && out.contains("kept layers 0..2") && out.contains("unfreezing"),
@@ -148,7 +147,8 @@ fn train_save_resume_eval_predict() {
 
 #[test]
 fn bad_input_is_a_clear_error() {
-    let d = dir();
+    let tmp = TempDir::new("cli");
+    let d = tmp.path();
     std::fs::write(d.join("ragged.csv"), "a,b,label\n1,2,0\n3,1\n").unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&["train", "--data", "missing.csv"], "missing.csv"),
@@ -171,7 +171,7 @@ fn bad_input_is_a_clear_error() {
         (&["--backend", "cuda", "train"], "unknown backend 'cuda'"),
     ];
     for (args, needle) in cases {
-        let (ok, out) = run(args, &d);
+        let (ok, out) = run(args, d);
         assert!(!ok, "{args:?} should fail");
         assert!(
             out.contains(needle),

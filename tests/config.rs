@@ -1,20 +1,23 @@
 //! Model configuration files: the commented default parses, round trips are exact, and
 //! bad files name the problem.
 
+mod common;
+
+use common::TempDir;
+
 use steadygrad::config::Config;
 use steadygrad::{BatchNorm, Clip, LrSchedule, MlpSpec, Optimizer};
 
-fn write(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("steadygrad-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
+/// Writes `text` to a file in a fresh temporary directory, removed with the returned guard.
+fn write(name: &str, text: &str) -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new("config");
+    let p = dir.write(name, text.as_bytes());
+    (dir, p)
 }
 
 #[test]
 fn commented_default_is_valid() {
-    let p = write("default.toml", &Config::commented_default());
+    let (_dir, p) = write("default.toml", &Config::commented_default());
     let c = Config::load(&p).unwrap();
     let spec = c.to_spec().unwrap();
     assert_eq!(spec.hidden.len(), 8);
@@ -38,7 +41,7 @@ fn round_trip_through_toml() {
         .dropout(0.25)
         .seed(9);
     let c = Config::from_spec(&spec, 12, 64);
-    let p = write("rt.toml", &c.to_toml());
+    let (_dir, p) = write("rt.toml", &c.to_toml());
     let back = Config::load(&p).unwrap();
     assert_eq!(back, c);
     assert_eq!(back.to_spec().unwrap(), spec);
@@ -68,7 +71,7 @@ fn bad_files_name_the_problem() {
         ("[model\n".to_string(), "bad.toml"),
     ];
     for (text, needle) in cases {
-        let p = write("bad.toml", &text);
+        let (_dir, p) = write("bad.toml", &text);
         let e = format!("{:#}", Config::load(&p).unwrap_err());
         assert!(
             e.contains(needle) && e.contains("bad.toml"),

@@ -2,44 +2,18 @@
 //! kind of bad file as an error naming the file and the place, garbage that must never
 //! panic, standardization statistics and the train/validation split.
 
+mod common;
+
+use common::TempDir;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use steadygrad::cpu::CpuEngine;
 use steadygrad::data::{
     load, split, Column, Dataset, Format, Header, LoadOptions, Standardizer, Task,
 };
 use steadygrad::{FitOptions, MlpSpec, Model, Optimizer};
-
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "steadygrad-data-{}-{}-{tag}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -344,7 +318,10 @@ fn csv_bad_files() {
         let p = dir.write(name, bytes);
         assert_err(load(&p, opts), &p, fragments);
     }
-    let e = err_of(load(dir.0.join("missing.csv"), &LoadOptions::default()));
+    let e = err_of(load(
+        dir.path().join("missing.csv"),
+        &LoadOptions::default(),
+    ));
     assert!(
         e.contains("cannot read") && e.contains("missing.csv"),
         "{e}"

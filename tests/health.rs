@@ -492,8 +492,8 @@ fn nonfinite_stop_names_step_layer_and_tensor() {
 /// epoch's hook runs: a checkpoint saved earlier is left byte for byte as it was.
 #[test]
 fn nonfinite_stop_leaves_the_last_checkpoint_intact() {
-    let dir = std::env::temp_dir().join(format!("steadygrad-health-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = common::TempDir::new("health");
+    let dir = tmp.path();
     let path = dir.join("last-good.safetensors");
     let spec = MlpSpec::new(2, &[16; 6], 3)
         .activation(Activation::Relu)
@@ -528,7 +528,6 @@ fn nonfinite_stop_leaves_the_last_checkpoint_intact() {
         assert_eq!(hooks, 0);
         assert_eq!(std::fs::read(&path).unwrap(), before);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Detectors and advice on hand-made histories: each fires on its condition, stays quiet
@@ -670,8 +669,8 @@ fn detectors_and_advice_on_synthetic_histories() {
 /// Logs get one row per record; plots are written as SVG and PNG.
 #[test]
 fn logs_and_plots() {
-    let dir = std::env::temp_dir().join(format!("steadygrad-health-out-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = common::TempDir::new("health-out");
+    let dir = tmp.path();
     let spec = MlpSpec::new(2, &[8, 8], 3)
         .seed(1)
         .loss(Loss::SoftmaxCrossEntropy);
@@ -739,5 +738,4 @@ fn logs_and_plots() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("no statistics"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

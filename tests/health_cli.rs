@@ -1,14 +1,12 @@
 //! The gradient-health commands end to end: diagnose and experiment (text and JSON),
 //! train with a metric log and plots, and clear errors for bad options.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("steadygrad-health-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::TempDir;
+
+use std::path::Path;
+use std::process::Command;
 
 /// Runs the binary; returns (success, stdout, stderr).
 fn run(args: &[&str], cwd: &Path) -> (bool, String, String) {
@@ -26,11 +24,12 @@ fn run(args: &[&str], cwd: &Path) -> (bool, String, String) {
 
 #[test]
 fn diagnose_prints_a_table_and_a_verdict() {
-    let d = dir();
+    let tmp = TempDir::new("health-cli");
+    let d = tmp.path();
     let small = [
         "--depth", "3", "--width", "8", "--epochs", "1", "--points", "40",
     ];
-    let (ok, out, err) = run(&[&["diagnose"], &small[..]].concat(), &d);
+    let (ok, out, err) = run(&[&["diagnose"], &small[..]].concat(), d);
     assert!(ok, "{out}{err}");
     assert!(out.contains("per-layer health at step"), "{out}");
     assert!(out.contains("layer units"), "{out}");
@@ -38,7 +37,7 @@ fn diagnose_prints_a_table_and_a_verdict() {
     // Output is not a terminal: no progress bar control characters.
     assert!(!err.contains('\u{1b}'), "{err}");
 
-    let (ok, out, err) = run(&[&["diagnose", "--json"], &small[..]].concat(), &d);
+    let (ok, out, err) = run(&[&["diagnose", "--json"], &small[..]].concat(), d);
     assert!(ok, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout");
     assert_eq!(
@@ -68,25 +67,26 @@ fn diagnose_prints_a_table_and_a_verdict() {
             "--points",
             "60",
         ],
-        &d,
+        d,
     );
     assert!(ok, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["healthy"], false);
     assert_eq!(v["warnings"][0]["kind"], "vanishing", "{out}");
 
-    let (ok, _, err) = run(&["diagnose", "--stats-every", "0"], &d);
+    let (ok, _, err) = run(&["diagnose", "--stats-every", "0"], d);
     assert!(
         !ok && err.contains("--stats-every must be at least 1"),
         "{err}"
     );
-    let (ok, _, err) = run(&["diagnose", "--window", "0"], &d);
+    let (ok, _, err) = run(&["diagnose", "--window", "0"], d);
     assert!(!ok && err.contains("window"), "{err}");
 }
 
 #[test]
 fn experiment_compares_every_configuration() {
-    let d = dir();
+    let tmp = TempDir::new("health-cli");
+    let d = tmp.path();
     let args = [
         "experiment",
         "vanishing",
@@ -101,7 +101,7 @@ fn experiment_compares_every_configuration() {
         "--plots",
         "exp-plots",
     ];
-    let (ok, out, err) = run(&args, &d);
+    let (ok, out, err) = run(&args, d);
     assert!(ok, "{out}{err}");
     assert!(out.contains("configuration"), "{out}");
     for label in [
@@ -124,19 +124,20 @@ fn experiment_compares_every_configuration() {
             );
         }
     }
-    let (ok, out, err) = run(&[&args[..], &["--json", "--no-plots"]].concat(), &d);
+    let (ok, out, err) = run(&[&args[..], &["--json", "--no-plots"]].concat(), d);
     assert!(ok, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["outcomes"].as_array().unwrap().len(), 8);
     assert_eq!(v["plots"].as_array().unwrap().len(), 0);
 
-    let (ok, _, err) = run(&["experiment", "vanishing", "--batch", "1"], &d);
+    let (ok, _, err) = run(&["experiment", "vanishing", "--batch", "1"], d);
     assert!(!ok && err.contains("--batch"), "{err}");
 }
 
 #[test]
 fn train_writes_a_log_and_plots() {
-    let d = dir();
+    let tmp = TempDir::new("health-cli");
+    let d = tmp.path();
     let (ok, out, err) = run(
         &[
             "train",
@@ -156,7 +157,7 @@ fn train_writes_a_log_and_plots() {
             "train-plots",
             "--quiet",
         ],
-        &d,
+        d,
     );
     assert!(ok, "{out}{err}");
     assert!(
@@ -167,6 +168,6 @@ fn train_writes_a_log_and_plots() {
     // 48 training rows in batches of 32: 2 steps per epoch, 4 steps, every 2nd.
     assert_eq!(log.lines().count(), 1 + 2, "{log}");
     assert!(d.join("train-plots/grad_heatmap.png").exists());
-    let (ok, _, err) = run(&["train", "--epochs", "1", "--log", "run.txt"], &d);
+    let (ok, _, err) = run(&["train", "--epochs", "1", "--log", "run.txt"], d);
     assert!(!ok && err.contains(".csv"), "{err}");
 }
