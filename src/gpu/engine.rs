@@ -189,6 +189,20 @@ pub struct GpuEngine {
     /// Stand-ins for the epilogue buffers a texture matmul does not use.
     placeholders: [wgpu::Buffer; 3],
     plans: Vec<GpuPlan>,
+    counters: Counters,
+}
+
+/// What a [`GpuEngine`] has created and submitted so far, for tests that check a compiled
+/// step creates nothing and is one submission.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Distinct compute pipelines built (each is cached by shader, entry and constants).
+    pub pipelines: usize,
+    pub bind_groups: usize,
+    /// Command buffers submitted to run a stage.
+    pub stage_submissions: usize,
+    /// Submissions that copy tensors back to the host.
+    pub readbacks: usize,
 }
 
 impl GpuEngine {
@@ -216,6 +230,14 @@ impl GpuEngine {
             persistent_desc: Vec::new(),
             hyper,
             plans: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> Counters {
+        Counters {
+            pipelines: self.kernels.built(),
+            ..self.counters
         }
     }
 
@@ -324,6 +346,7 @@ impl GpuEngine {
                 .into_iter()
                 .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource }),
         );
+        self.counters.bind_groups += 1;
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(key.entry),
             layout: &pipeline.get_bind_group_layout(0),
@@ -1643,11 +1666,13 @@ impl Engine for GpuEngine {
     }
 
     fn read(&mut self, plan: PlanId, t: TensorId) -> Result<Vec<f32>> {
+        self.counters.readbacks += 1;
         let (buf, len, name) = self.tensor_buffer(plan, t)?;
         self.read_buffer(buf, len, name)
     }
 
     fn read_persistent(&mut self, slot: usize) -> Result<Vec<f32>> {
+        self.counters.readbacks += 1;
         let desc = self
             .persistent_desc
             .get(slot)
@@ -1684,6 +1709,7 @@ impl Engine for GpuEngine {
         }
         let steps = self.stage_steps(plan, stage)?;
         let encoder = self.record(steps);
+        self.counters.stage_submissions += 1;
         let what = || format!("running the {stage:?} stage");
         self.ctx
             .scoped(what, || self.ctx.queue.submit([encoder.finish()]))?;
@@ -1698,6 +1724,7 @@ impl Engine for GpuEngine {
     }
 
     fn read_async(&mut self, plan: PlanId, tensors: &[TensorId]) -> Result<Box<dyn PendingRead>> {
+        self.counters.readbacks += 1;
         let mut lens = Vec::with_capacity(tensors.len());
         let mut encoder = self
             .ctx

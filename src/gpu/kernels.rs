@@ -131,6 +131,11 @@ pub struct Kernels {
 }
 
 impl Kernels {
+    /// Pipelines built so far.
+    pub fn built(&self) -> usize {
+        self.pipelines.len()
+    }
+
     pub fn get(
         &mut self,
         device: &wgpu::Device,

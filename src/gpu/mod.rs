@@ -6,4 +6,4 @@ pub mod kernels;
 pub mod matmul_tex;
 
 pub use context::{describe_adapter, list_adapters, AdapterSelection, GpuContext};
-pub use engine::{GpuEngine, MatmulVariant};
+pub use engine::{Counters, GpuEngine, MatmulVariant};
