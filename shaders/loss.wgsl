@@ -78,31 +78,24 @@ fn mse(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<
 @group(0) @binding(7) var<storage, read> correct_in: array<f32>;
 @group(0) @binding(8) var<storage, read_write> metrics: array<f32>;
 
-var<workgroup> part_loss: array<f32, 256>;
-var<workgroup> part_correct: array<f32, 256>;
-
-// metrics += [Σ loss, Σ correct, rows], dispatched as a single workgroup.
-@compute @workgroup_size(256)
-fn accumulate_metrics(@builtin(local_invocation_index) lid: u32) {
-    var l = 0.0;
-    var c = 0.0;
-    for (var r = lid; r < dims.rows; r += 256u) {
-        l += loss_in[r];
-        c += correct_in[r];
+// metrics += [Σ loss, Σ correct, rows], one invocation. Rows are a batch: a loop over
+// them is short, and a workgroup tree reduction's barriers cost lavapipe about 0.4 s of
+// LLVM compilation on the first step (barriers become coroutine suspend points). Four
+// interleaved partial sums keep rounding closer to a pairwise sum.
+@compute @workgroup_size(1)
+fn accumulate_metrics() {
+    var l = vec4<f32>(0.0);
+    var c = vec4<f32>(0.0);
+    var r = 0u;
+    for (; r + 4u <= dims.rows; r += 4u) {
+        l += vec4<f32>(loss_in[r], loss_in[r + 1u], loss_in[r + 2u], loss_in[r + 3u]);
+        c += vec4<f32>(correct_in[r], correct_in[r + 1u], correct_in[r + 2u], correct_in[r + 3u]);
     }
-    part_loss[lid] = l;
-    part_correct[lid] = c;
-    workgroupBarrier();
-    for (var width = 128u; width > 0u; width /= 2u) {
-        if lid < width {
-            part_loss[lid] += part_loss[lid + width];
-            part_correct[lid] += part_correct[lid + width];
-        }
-        workgroupBarrier();
+    for (; r < dims.rows; r++) {
+        l.x += loss_in[r];
+        c.x += correct_in[r];
     }
-    if lid == 0u {
-        metrics[0] += part_loss[0];
-        metrics[1] += part_correct[0];
-        metrics[2] += f32(dims.rows);
-    }
+    metrics[0] += (l.x + l.y) + (l.z + l.w);
+    metrics[1] += (c.x + c.y) + (c.z + c.w);
+    metrics[2] += f32(dims.rows);
 }
