@@ -11,7 +11,8 @@ struct Dims {
     len: u32,
     first: u32,
     groups: u32,
-    // clip_coef: max_norm; clamp_value: the clip value.
+    // clip_coef: max_norm; clamp_value: the clip value; norm_partials: nonzero to merge
+    // into the partials already stored.
     limit: f32,
 }
 
@@ -74,8 +75,14 @@ fn norm_partials(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     reduce_pairs(lid, acc);
     if lid == 0u {
         let slot = 2u * (dims.first + wg.x);
-        partials[slot] = pairs[0].x;
-        partials[slot + 1u] = pairs[0].y;
+        var p = pairs[0];
+        // A tensor larger than one storage binding is reduced in windows of whole rounds
+        // of blocks; each window after the first merges into the pairs stored so far.
+        if dims.limit != 0.0 {
+            p = merge(vec2<f32>(partials[slot], partials[slot + 1u]), p);
+        }
+        partials[slot] = p.x;
+        partials[slot + 1u] = p.y;
     }
 }
 

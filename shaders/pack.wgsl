@@ -3,15 +3,18 @@
 // texture row, padded to whole texels, or transposed (TRANSPOSE, and the entry point
 // transpose4). Used where a buffer-to-texture copy cannot be: rows that are not a
 // multiple of 256 bytes, or a transpose.
+//
+// A matrix larger than one storage binding is packed in windows of its rows: `src` is
+// then bound from row `row0` (a multiple of 4) and `rows` counts the window's rows.
 
 override TRANSPOSE: bool = false;
 
 struct Dims {
     rows: u32,
     cols: u32,
-    // Texels of data per row of the mirror: ceil(cols / 4).
+    // Texels of data per row of the mirror: ceil(cols / 4) (TRANSPOSE: ceil(rows / 4)).
     pitch: u32,
-    _pad: u32,
+    row0: u32,
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -43,7 +46,11 @@ fn pack(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
         }
     }
-    textureStore(dst, vec2<u32>(texel, row), v);
+    if TRANSPOSE {
+        textureStore(dst, vec2<u32>(texel + dims.row0 / 4u, row), v);
+    } else {
+        textureStore(dst, vec2<u32>(texel, row + dims.row0), v);
+    }
 }
 
 // The same for rows of a multiple of 4 values: one vector load per texel.
@@ -56,7 +63,7 @@ fn pack4(@builtin(global_invocation_id) gid: vec3<u32>) {
     if texel >= dims.pitch || row >= dims.rows {
         return;
     }
-    textureStore(dst, vec2<u32>(texel, row), src4[row * dims.pitch + texel]);
+    textureStore(dst, vec2<u32>(texel, row + dims.row0), src4[row * dims.pitch + texel]);
 }
 
 // Transposed: mirror row r is source column r. Sides must be multiples of 4: each
@@ -77,6 +84,6 @@ fn transpose4(@builtin(global_invocation_id) gid: vec3<u32>) {
         src4[(r0 + 3u) * cols4 + cb],
     ));
     for (var i = 0u; i < 4u; i++) {
-        textureStore(dst, vec2<u32>(rb, cb * 4u + i), m[i]);
+        textureStore(dst, vec2<u32>(rb + dims.row0 / 4u, cb * 4u + i), m[i]);
     }
 }

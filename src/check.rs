@@ -162,8 +162,20 @@ pub fn cross_check(
     ctx: Arc<GpuContext>,
     tol: Tolerance,
 ) -> Result<CheckReport> {
-    let gpu_device = ctx.describe();
-    let mut gpu = Model::new(spec.clone(), Box::new(GpuEngine::new(ctx)))?;
+    cross_check_engine(spec, x, y, GpuEngine::new(ctx), tol)
+}
+
+/// [`cross_check`] on a GPU engine set up by the caller (a kernel variant, lower memory
+/// limits).
+pub fn cross_check_engine(
+    spec: &MlpSpec,
+    x: &[f32],
+    y: &[f32],
+    engine: GpuEngine,
+    tol: Tolerance,
+) -> Result<CheckReport> {
+    let gpu_device = engine.context().describe();
+    let mut gpu = Model::new(spec.clone(), Box::new(engine))?;
     let mut cpu = Model::new(spec.clone(), Box::new(CpuEngine::new()))?;
     let mut tensors = Vec::new();
     let mut snapshots = Vec::new();

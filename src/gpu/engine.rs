@@ -12,6 +12,7 @@ use crate::engine::{Engine, PendingRead, PlanId};
 use crate::graph::stats::GUARD_GROUP;
 use crate::graph::{
     dropout_scale, Activation, Hyper, Loss, Op, PersistentDesc, Plan, Stage, Storage, TensorId,
+    NORM_BLOCK,
 };
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::{HashMap, HashSet};
@@ -153,8 +154,8 @@ struct MirrorKey {
 struct Mirror {
     view: wgpu::TextureView,
     pitch: u32,
-    /// The copy or pack dispatch that brings the mirror up to date with its buffer.
-    refresh: Step,
+    /// The copy or pack dispatches that bring the mirror up to date with its buffer.
+    refresh: Vec<Step>,
 }
 
 /// Mirror bookkeeping while a plan is lowered. `fresh` holds the mirrors that are up to
@@ -190,6 +191,11 @@ pub struct GpuEngine {
     placeholders: [wgpu::Buffer; 3],
     plans: Vec<GpuPlan>,
     counters: Counters,
+    /// Limits planned against when lower than the device's (see `limit_memory`).
+    memory_limits: Option<(u64, u64)>,
+    /// Byte ranges bound in place of whole buffers while an op is lowered in pieces
+    /// (tensors larger than one storage binding, see `lower_split`).
+    windows: Vec<(wgpu::Buffer, u64, u64)>,
 }
 
 /// What a [`GpuEngine`] has created and submitted so far, for tests that check a compiled
@@ -231,7 +237,49 @@ impl GpuEngine {
             hyper,
             plans: Vec::new(),
             counters: Counters::default(),
+            memory_limits: None,
+            windows: Vec::new(),
         }
+    }
+
+    /// Plans compiled from now on respect at most `max_binding` bytes per storage binding
+    /// and `max_buffer` bytes per buffer (or the device's limits where those are lower).
+    /// Tests use it to exercise the splitting of large tensors at small sizes.
+    pub fn limit_memory(&mut self, max_binding: u64, max_buffer: u64) {
+        self.memory_limits = Some((max_binding.max(16), max_buffer.max(16)));
+    }
+
+    /// Largest storage binding planned against, in bytes.
+    fn max_binding(&self) -> u64 {
+        let device = self.ctx.max_binding_bytes();
+        self.memory_limits.map_or(device, |(b, _)| b.min(device))
+    }
+
+    /// Largest buffer planned against, in bytes.
+    fn max_buffer(&self) -> u64 {
+        let device = self.ctx.limits.max_buffer_size;
+        self.memory_limits.map_or(device, |(_, b)| b.min(device))
+    }
+
+    /// `buf` as a binding: the window set for it while an op is lowered in pieces, else
+    /// the whole buffer.
+    fn bind<'a>(&self, buf: &'a wgpu::Buffer) -> wgpu::BindingResource<'a> {
+        match self.windows.iter().find(|w| &w.0 == buf) {
+            Some(&(_, offset, size)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: buf,
+                offset,
+                size: std::num::NonZeroU64::new(size),
+            }),
+            None => buf.as_entire_binding(),
+        }
+    }
+
+    /// The smallest number of rows, a multiple of `multiple`, whose bytes at `row_bytes`
+    /// each are a multiple of the device's storage-binding offset alignment: where a
+    /// window of rows may start.
+    fn row_granularity(&self, row_bytes: usize, multiple: usize) -> usize {
+        let align = (self.ctx.limits.min_storage_buffer_offset_alignment as usize).max(4);
+        lcm(multiple, align / gcd(row_bytes.max(1), align))
     }
 
     pub fn counters(&self) -> Counters {
@@ -274,11 +322,13 @@ impl GpuEngine {
     }
 
     fn storage_buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
-        let max = self.ctx.max_binding_bytes();
+        // Tensors over one storage binding are bound in windows (see `lower_split`); a
+        // buffer itself cannot exceed the device's largest buffer.
+        let max = self.max_buffer();
         ensure!(
             bytes <= max,
-            "tensor '{label}' needs {bytes} bytes but this adapter binds at most {max} bytes per \
-             storage buffer; use a smaller batch or layer"
+            "tensor '{label}' needs {bytes} bytes but this adapter's largest buffer is {max} \
+             bytes; use a smaller batch or layer"
         );
         Ok(self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -311,7 +361,7 @@ impl GpuEngine {
     ) -> Result<Dispatch> {
         let entries = bindings
             .iter()
-            .map(|&(binding, buf)| (binding, buf.as_entire_binding()))
+            .map(|&(binding, buf)| (binding, self.bind(buf)))
             .collect();
         self.dispatch_with(key, dims.as_ref().map(|d| &d[..]), entries, groups)
     }
@@ -499,17 +549,357 @@ impl GpuEngine {
                 )?
                 .map(|d| (d, used));
         }
-        let (mut dispatch, used) = match lowered {
+        let (dispatches, used) = match lowered {
             Some(d) => d,
-            None => (self.lower_op(plan, local, op)?, 1),
+            None => (self.lower_split(plan, local, op)?, 1),
         };
-        dispatch.label = describe_ops(plan, &ops[..used]);
-        steps.push(Step::Dispatch(dispatch));
+        let label = describe_ops(plan, &ops[..used]);
+        let parts = dispatches.len();
+        for (i, mut d) in dispatches.into_iter().enumerate() {
+            d.label = if parts > 1 {
+                format!("{label} (part {} of {parts})", i + 1)
+            } else {
+                label.clone()
+            };
+            steps.push(Step::Dispatch(d));
+        }
         for op in &ops[..used] {
             let (_, writes) = op.reads_writes();
             st.fresh.retain(|key| !writes.contains(&key.tensor));
         }
         Ok((steps, used))
+    }
+
+    /// Lowers `op` with buffer kernels. Where a tensor it binds exceeds the largest
+    /// storage binding, the op runs as several dispatches, each binding a window of the
+    /// large tensors: ranges of elements for elementwise ops, ranges of rows for row-wise
+    /// ones. Ops that cannot be split that way are refused, naming the tensor.
+    fn lower_split(
+        &mut self,
+        plan: &Plan,
+        local: &[Option<wgpu::Buffer>],
+        op: &Op,
+    ) -> Result<Vec<Dispatch>> {
+        let max = self.max_binding();
+        let bytes = |t: TensorId| plan.tensors[t].len() as u64 * 4;
+        let (reads, writes) = op.reads_writes();
+        let mut touched = reads;
+        touched.extend(writes);
+        touched.sort_unstable();
+        touched.dedup();
+        let Some(&big) = touched.iter().find(|&&t| bytes(t) > max) else {
+            return Ok(vec![self.lower_op(plan, local, op)?]);
+        };
+        let max_elems = (max / 4) as usize;
+        let refuse = |why: &str| {
+            anyhow::anyhow!(
+                "tensor '{}' needs {} bytes, more than this adapter binds at once ({max} bytes), \
+                 and {} cannot be split into smaller bindings{why}; use a smaller batch or layer",
+                plan.tensors[big].name,
+                bytes(big),
+                describe_ops(plan, std::slice::from_ref(op)),
+            )
+        };
+        match *op {
+            // Element i of each full-length tensor depends only on element i of the others.
+            Op::Activate { len, .. }
+            | Op::ActivateBackward { len, .. }
+            | Op::Add { len, .. }
+            | Op::Accumulate { len, .. }
+            | Op::SgdStep { len, .. }
+            | Op::Sgd { len, .. }
+            | Op::Adam { len, .. }
+            | Op::ScaleBy { len, .. }
+            | Op::ClampValue { len, .. } => {
+                self.lower_elementwise_windows(plan, local, op, &touched, len, 1, &refuse)
+            }
+            // Windows of whole rows keep `i mod units` the unit of element i.
+            Op::Prelu { len, units, .. } | Op::PreluBackward { len, units, .. } => {
+                self.lower_elementwise_windows(plan, local, op, &touched, len, units, &refuse)
+            }
+            Op::AddBias { rows, cols, .. } => self.lower_elementwise_windows(
+                plan,
+                local,
+                op,
+                &touched,
+                rows * cols,
+                cols,
+                &refuse,
+            ),
+            Op::Copy {
+                len,
+                dst_len,
+                offset: 0,
+                ..
+            } if dst_len == len => {
+                self.lower_elementwise_windows(plan, local, op, &touched, len, 1, &refuse)
+            }
+            Op::SumRows {
+                x,
+                out,
+                rows,
+                cols,
+                accumulate,
+            } => {
+                if bytes(out) > max {
+                    return Err(refuse(" (its output is too large)"));
+                }
+                let step = self
+                    .row_window(cols, 1, max_elems)
+                    .ok_or_else(|| refuse(""))?;
+                let bx = self.buffer(local, plan, x).clone();
+                let mut out_dispatches = Vec::new();
+                for r0 in (0..rows).step_by(step) {
+                    let rc = step.min(rows - r0);
+                    let part = Op::SumRows {
+                        x,
+                        out,
+                        rows: rc,
+                        cols,
+                        // Later windows add to what the earlier ones summed.
+                        accumulate: accumulate || r0 > 0,
+                    };
+                    self.windows =
+                        vec![(bx.clone(), (r0 * cols * 4) as u64, (rc * cols * 4) as u64)];
+                    let d = self.lower_op(plan, local, &part);
+                    self.windows.clear();
+                    out_dispatches.push(d?);
+                }
+                Ok(out_dispatches)
+            }
+            Op::MatMul {
+                a,
+                b,
+                c,
+                m,
+                k,
+                n,
+                trans_a,
+                trans_b,
+                accumulate,
+            } if bytes(c) <= max
+                && (trans_a || bytes(a) <= max)
+                && (!trans_b || bytes(b) <= max) =>
+            {
+                // C fits, so split k: windows of rows of a transposed A (`[k, m]`) and of
+                // an untransposed B (`[k, n]`), each window adding to C.
+                let gran = lcm(
+                    self.row_granularity(m * 4, 1),
+                    self.row_granularity(n * 4, 1),
+                );
+                let step = max_elems / m.max(n).max(1) / gran * gran;
+                if step == 0 {
+                    return Err(refuse(""));
+                }
+                let (ba, bb) = (
+                    self.buffer(local, plan, a).clone(),
+                    self.buffer(local, plan, b).clone(),
+                );
+                let mut out = Vec::new();
+                for p0 in (0..k).step_by(step) {
+                    let pc = step.min(k - p0);
+                    let part = Op::MatMul {
+                        a,
+                        b,
+                        c,
+                        m,
+                        k: pc,
+                        n,
+                        trans_a,
+                        trans_b,
+                        accumulate: accumulate || p0 > 0,
+                    };
+                    self.windows.clear();
+                    if trans_a {
+                        let w = (ba.clone(), (p0 * m * 4) as u64, (pc * m * 4) as u64);
+                        self.windows.push(w);
+                    }
+                    if !trans_b {
+                        let w = (bb.clone(), (p0 * n * 4) as u64, (pc * n * 4) as u64);
+                        self.windows.push(w);
+                    }
+                    let d = self.lower_op(plan, local, &part);
+                    self.windows.clear();
+                    out.push(d?);
+                }
+                Ok(out)
+            }
+            Op::MatMul {
+                a,
+                b,
+                c,
+                m,
+                k,
+                n,
+                trans_a: false,
+                trans_b,
+                accumulate,
+            } => {
+                // Rows of C and of A together; B whole.
+                if bytes(b) > max {
+                    return Err(refuse(" (its B operand is too large)"));
+                }
+                let gran = lcm(
+                    self.row_granularity(k * 4, 1),
+                    self.row_granularity(n * 4, 1),
+                );
+                let step = max_elems / k.max(n).max(1) / gran * gran;
+                if step == 0 {
+                    return Err(refuse(""));
+                }
+                let (ba, bc) = (
+                    self.buffer(local, plan, a).clone(),
+                    self.buffer(local, plan, c).clone(),
+                );
+                let mut out = Vec::new();
+                for r0 in (0..m).step_by(step) {
+                    let rc = step.min(m - r0);
+                    let part = Op::MatMul {
+                        a,
+                        b,
+                        c,
+                        m: rc,
+                        k,
+                        n,
+                        trans_a: false,
+                        trans_b,
+                        accumulate,
+                    };
+                    self.windows = vec![
+                        (ba.clone(), (r0 * k * 4) as u64, (rc * k * 4) as u64),
+                        (bc.clone(), (r0 * n * 4) as u64, (rc * n * 4) as u64),
+                    ];
+                    let d = self.lower_op(plan, local, &part);
+                    self.windows.clear();
+                    out.push(d?);
+                }
+                Ok(out)
+            }
+            Op::GuardFinite {
+                ref tensors,
+                step,
+                flags,
+                flags_len,
+            } => {
+                // Small tensors keep their shared dispatch; each large one gets its own,
+                // in windows.
+                let (large, small): (Vec<_>, Vec<_>) =
+                    tensors.iter().partition(|&&(t, _, _)| bytes(t) > max);
+                let mut out = Vec::new();
+                if !small.is_empty() {
+                    let part = Op::GuardFinite {
+                        tensors: small,
+                        step,
+                        flags,
+                        flags_len,
+                    };
+                    out.push(self.lower_op(plan, local, &part)?);
+                }
+                for (t, len, slot) in large {
+                    let part = Op::GuardFinite {
+                        tensors: vec![(t, len, slot)],
+                        step,
+                        flags,
+                        flags_len,
+                    };
+                    let touched = [t, step, flags];
+                    out.extend(self.lower_elementwise_windows(
+                        plan, local, &part, &touched, len, 1, &refuse,
+                    )?);
+                }
+                Ok(out)
+            }
+            Op::NormPartials {
+                x,
+                len,
+                partials,
+                first,
+                groups,
+                ..
+            } => {
+                // Windows of whole rounds (`groups` blocks) keep each block's partial.
+                let round = groups * NORM_BLOCK;
+                let per = max_elems / round * round;
+                if per == 0 || bytes(partials) > max {
+                    return Err(refuse(""));
+                }
+                let [bx, bp] = [x, partials].map(|t| self.buffer(local, plan, t).clone());
+                let mut out = Vec::new();
+                for start in (0..len).step_by(per) {
+                    let n = per.min(len - start);
+                    self.windows = vec![(bx.clone(), (start * 4) as u64, (n * 4) as u64)];
+                    // Later windows merge into the partials the earlier ones wrote.
+                    let d = self.dispatch(
+                        KernelKey::new(Shader::Clip, "norm_partials"),
+                        Some([
+                            n as u32,
+                            first as u32,
+                            groups as u32,
+                            if start > 0 { 1f32.to_bits() } else { 0 },
+                        ]),
+                        &[(2, &bx), (3, &bp)],
+                        [groups as u32, 1, 1],
+                    );
+                    self.windows.clear();
+                    out.push(d?);
+                }
+                Ok(out)
+            }
+            _ => Err(refuse("")),
+        }
+    }
+
+    /// `op` (an elementwise op over `len` elements, see `lower_split`) as dispatches over
+    /// windows of `len` elements, each a multiple of `unit`. Tensors in `touched` of
+    /// length `len` are windowed; the others are bound whole and must fit.
+    #[allow(clippy::too_many_arguments)]
+    fn lower_elementwise_windows(
+        &mut self,
+        plan: &Plan,
+        local: &[Option<wgpu::Buffer>],
+        op: &Op,
+        touched: &[TensorId],
+        len: usize,
+        unit: usize,
+        refuse: &dyn Fn(&str) -> anyhow::Error,
+    ) -> Result<Vec<Dispatch>> {
+        let max_elems = (self.max_binding() / 4) as usize;
+        let (full, other): (Vec<TensorId>, Vec<TensorId>) =
+            touched.iter().partition(|&&t| plan.tensors[t].len() == len);
+        if other.iter().any(|&t| plan.tensors[t].len() > max_elems) {
+            return Err(refuse(" (a second large tensor has another length)"));
+        }
+        // Window starts aligned for the binding offset and for vec4 kernels.
+        let gran = lcm(self.row_granularity(4, 4), unit.max(1));
+        let per = max_elems / gran * gran;
+        if per == 0 {
+            return Err(refuse(""));
+        }
+        let bufs: Vec<wgpu::Buffer> = full
+            .iter()
+            .map(|&t| self.buffer(local, plan, t).clone())
+            .collect();
+        let mut out = Vec::new();
+        for start in (0..len).step_by(per) {
+            let n = per.min(len - start);
+            self.windows = bufs
+                .iter()
+                .map(|b| (b.clone(), (start * 4) as u64, (n * 4) as u64))
+                .collect();
+            let d = self.lower_op(plan, local, &with_len(op, n));
+            self.windows.clear();
+            out.push(d?);
+        }
+        Ok(out)
+    }
+
+    /// Rows per window of a `[rows, cols]` tensor: as many as fit in `max_elems`
+    /// elements, a multiple of `multiple` and of the offset alignment. `None` when not
+    /// even one such group of rows fits.
+    fn row_window(&self, cols: usize, multiple: usize, max_elems: usize) -> Option<usize> {
+        let gran = self.row_granularity(cols * 4, multiple);
+        let rows = max_elems / cols.max(1) / gran * gran;
+        (rows > 0).then_some(rows)
     }
 
     /// Whether the device runs subgroups of exactly 8 invocations, as the cooperative
@@ -535,7 +925,7 @@ impl GpuEngine {
         subgroup: bool,
         st: &mut Lowering,
         steps: &mut Vec<Step>,
-    ) -> Result<Option<Dispatch>> {
+    ) -> Result<Option<Vec<Dispatch>>> {
         let Op::MatMul {
             a,
             b,
@@ -584,16 +974,6 @@ impl GpuEngine {
             return Ok(None);
         }
         let [code, act] = epilogue.codes();
-        let dims = [
-            m as u32,
-            k as u32,
-            n as u32,
-            ma.pitch,
-            accumulate as u32,
-            code,
-            act,
-            0,
-        ];
         let (view_a, view_b) = (ma.view.clone(), mb.view.clone());
         for key in [a_key, b_key] {
             if st.fresh.insert(key) {
@@ -602,40 +982,87 @@ impl GpuEngine {
                     .expect("checked above")
                     .refresh
                     .clone();
-                steps.push(refresh);
+                steps.extend(refresh);
             }
         }
         let kernel = TexKernel { trans_b, subgroup };
         let buf = |t: TensorId| self.buffer(local, plan, t).clone();
         // Buffers of the epilogue at bindings 4..=6 (see `Epilogue`), placeholders where
-        // it has none.
+        // it has none, and which tensors are shaped like C.
         let [p0, p1, p2] = self.placeholders.clone();
-        let extra: [wgpu::Buffer; 3] = match (epilogue, &ops[1..]) {
-            (Epilogue::Plain, _) => [p0, p1, p2],
-            (Epilogue::Bias { act: None }, [Op::AddBias { bias, .. }]) => [buf(*bias), p1, p2],
+        let (extra, c_shaped): ([wgpu::Buffer; 3], Vec<TensorId>) = match (epilogue, &ops[1..]) {
+            (Epilogue::Plain, _) => ([p0, p1, p2], vec![c]),
+            (Epilogue::Bias { act: None }, [Op::AddBias { bias, .. }]) => {
+                ([buf(*bias), p1, p2], vec![c])
+            }
             (
                 Epilogue::Bias { act: Some(_) },
                 [Op::AddBias { bias, .. }, Op::Activate { y, .. }],
-            ) => [buf(*bias), buf(*y), p2],
+            ) => ([buf(*bias), buf(*y), p2], vec![c, *y]),
             (Epilogue::ActGrad { .. }, [Op::ActivateBackward { x, y, dx, .. }]) => {
-                [buf(*x), buf(*y), buf(*dx)]
+                ([buf(*x), buf(*y), buf(*dx)], vec![c, *x, *y, *dx])
             }
             _ => unreachable!("fusable_epilogue matched these ops"),
         };
+        // Where C exceeds one storage binding, dispatch windows of its rows; the kernel
+        // reads A's mirror from the window's first row (`dims[7]`).
+        let max_elems = (self.max_binding() / 4) as usize;
+        let step = if m * n <= max_elems {
+            m
+        } else {
+            let rows = self
+                .row_window(n, matmul_tex::ROWS as usize, max_elems)
+                .with_context(|| {
+                    format!(
+                        "one block of rows of '{}' exceeds this adapter's largest storage \
+                         binding ({} bytes); use a smaller layer",
+                        plan.tensors[c].name,
+                        self.max_binding()
+                    )
+                })?;
+            rows.min(m)
+        };
+        let windowed: Vec<wgpu::Buffer> = c_shaped.iter().map(|&t| buf(t)).collect();
         let bc = buf(c);
-        let mut bindings = vec![
-            (1, wgpu::BindingResource::TextureView(&view_a)),
-            (2, wgpu::BindingResource::TextureView(&view_b)),
-            (3, bc.as_entire_binding()),
-        ];
-        bindings.extend((4..).zip(extra.iter().map(|b| b.as_entire_binding())));
-        let d = self.dispatch_with(
-            KernelKey::new(Shader::MatmulTexture(kernel), "main"),
-            Some(&dims),
-            bindings,
-            [groups[0] as u32, groups[1] as u32, 1],
-        )?;
-        Ok(Some(d))
+        let mut dispatches = Vec::new();
+        for r0 in (0..m).step_by(step) {
+            let rc = step.min(m - r0);
+            let dims = [
+                rc as u32,
+                k as u32,
+                n as u32,
+                ma.pitch,
+                accumulate as u32,
+                code,
+                act,
+                r0 as u32,
+            ];
+            if step < m {
+                self.windows = windowed
+                    .iter()
+                    .map(|b| (b.clone(), (r0 * n * 4) as u64, (rc * n * 4) as u64))
+                    .collect();
+            }
+            let mut bindings = vec![
+                (1, wgpu::BindingResource::TextureView(&view_a)),
+                (2, wgpu::BindingResource::TextureView(&view_b)),
+                (3, self.bind(&bc)),
+            ];
+            bindings.extend((4..).zip(extra.iter().map(|b| self.bind(b))));
+            let d = self.dispatch_with(
+                KernelKey::new(Shader::MatmulTexture(kernel), "main"),
+                Some(&dims),
+                bindings,
+                [
+                    rc.div_ceil(matmul_tex::ROWS as usize) as u32,
+                    groups[1] as u32,
+                    1,
+                ],
+            );
+            self.windows.clear();
+            dispatches.push(d?);
+        }
+        Ok(Some(dispatches))
     }
 
     /// Creates the texture mirror for `key` and the step that refreshes it: a plain copy
@@ -680,61 +1107,93 @@ impl GpuEngine {
         });
         let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
         let src = self.buffer(local, plan, key.tensor).clone();
+        let label = format!("mirror {name}{}", if key.transpose { "ᵀ" } else { "" });
         // Buffer-to-texture copies need source rows that are a multiple of 256 bytes.
-        let refresh = if key.transpose && key.rows.is_multiple_of(4) && key.cols.is_multiple_of(4) {
-            Step::Dispatch(self.dispatch_with(
-                KernelKey::new(Shader::Pack, "transpose4"),
-                Some(&[key.rows as u32, key.cols as u32, pitch as u32, 0]),
-                vec![
-                    (3, src.as_entire_binding()),
-                    (2, wgpu::BindingResource::TextureView(&view)),
-                ],
-                [
-                    (key.cols / 4).div_ceil(PACK_WG) as u32,
-                    (key.rows / 4) as u32,
-                    1,
-                ],
-            )?)
-        } else if key.transpose {
-            Step::Dispatch(self.dispatch_with(
-                KernelKey::new(Shader::Pack, "pack").with("TRANSPOSE", 1),
-                Some(&[key.rows as u32, key.cols as u32, pitch as u32, 0]),
-                vec![
-                    (1, src.as_entire_binding()),
-                    (2, wgpu::BindingResource::TextureView(&view)),
-                ],
-                [pitch.div_ceil(PACK_WG) as u32, rows as u32, 1],
-            )?)
-        } else if cols.is_multiple_of(64) {
-            Step::Copy(MirrorCopy {
-                label: String::new(),
+        if !key.transpose && cols.is_multiple_of(64) {
+            let copy = Step::Copy(MirrorCopy {
+                label,
                 src,
                 dst: texture,
                 width: pitch as u32,
                 rows: rows as u32,
                 row_bytes: (cols * 4) as u32,
-            })
+            });
+            return Ok(Some(Mirror {
+                view,
+                pitch: pitch as u32,
+                refresh: vec![copy],
+            }));
+        }
+        // A pack dispatch binds the source: one larger than a storage binding is packed in
+        // windows of its rows (a multiple of 4, so transposed windows fill whole texels),
+        // each told its first row (`dims[3]`).
+        let (src_rows, src_cols) = (key.rows, key.cols);
+        let max_elems = (self.max_binding() / 4) as usize;
+        let step = if src_rows * src_cols <= max_elems {
+            src_rows
         } else {
-            let (entry, binding) = if cols.is_multiple_of(4) {
-                ("pack4", 3)
-            } else {
-                ("pack", 1)
-            };
-            Step::Dispatch(self.dispatch_with(
-                KernelKey::new(Shader::Pack, entry),
-                Some(&[rows as u32, cols as u32, pitch as u32, 0]),
+            self.row_window(src_cols, 4, max_elems)
+                .with_context(|| {
+                    format!(
+                        "4 rows of '{name}' exceed this adapter's largest storage binding ({} \
+                         bytes); use a smaller layer",
+                        self.max_binding()
+                    )
+                })?
+                .min(src_rows)
+        };
+        let mut refresh = Vec::new();
+        for r0 in (0..src_rows).step_by(step) {
+            let rc = step.min(src_rows - r0);
+            if step < src_rows {
+                self.windows = vec![(
+                    src.clone(),
+                    (r0 * src_cols * 4) as u64,
+                    (rc * src_cols * 4) as u64,
+                )];
+            }
+            let (kernel, binding, dims, groups) =
+                if key.transpose && src_rows.is_multiple_of(4) && src_cols.is_multiple_of(4) {
+                    (
+                        KernelKey::new(Shader::Pack, "transpose4"),
+                        3,
+                        [rc, src_cols, pitch, r0],
+                        [(src_cols / 4).div_ceil(PACK_WG), rc / 4],
+                    )
+                } else if key.transpose {
+                    let window_pitch = rc.div_ceil(4);
+                    (
+                        KernelKey::new(Shader::Pack, "pack").with("TRANSPOSE", 1),
+                        1,
+                        [rc, src_cols, window_pitch, r0],
+                        [window_pitch.div_ceil(PACK_WG), src_cols],
+                    )
+                } else {
+                    let (entry, binding) = if cols.is_multiple_of(4) {
+                        ("pack4", 3)
+                    } else {
+                        ("pack", 1)
+                    };
+                    (
+                        KernelKey::new(Shader::Pack, entry),
+                        binding,
+                        [rc, cols, pitch, r0],
+                        [pitch.div_ceil(PACK_WG), rc],
+                    )
+                };
+            let d = self.dispatch_with(
+                kernel,
+                Some(&dims.map(|v| v as u32)),
                 vec![
-                    (binding, src.as_entire_binding()),
+                    (binding, self.bind(&src)),
                     (2, wgpu::BindingResource::TextureView(&view)),
                 ],
-                [pitch.div_ceil(PACK_WG) as u32, rows as u32, 1],
-            )?)
-        };
-        let mut refresh = refresh;
-        let label = format!("mirror {name}{}", if key.transpose { "ᵀ" } else { "" });
-        match &mut refresh {
-            Step::Dispatch(d) => d.label = label,
-            Step::Copy(c) => c.label = label,
+                [groups[0] as u32, groups[1] as u32, 1],
+            );
+            self.windows.clear();
+            let mut d = d?;
+            d.label = label.clone();
+            refresh.push(Step::Dispatch(d));
         }
         Ok(Some(Mirror {
             view,
@@ -1472,6 +1931,45 @@ impl GpuEngine {
 /// the bias add and activation that follow a layer's forward matmul, or the activation
 /// derivative that follows the matmul producing `dH`. Each absorbed op must work on
 /// exactly the matmul's output.
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    a / gcd(a, b) * b
+}
+
+/// `op` with its element count set to `n` (the elementwise ops of `lower_split`).
+fn with_len(op: &Op, n: usize) -> Op {
+    let mut op = op.clone();
+    match &mut op {
+        Op::Activate { len, .. }
+        | Op::ActivateBackward { len, .. }
+        | Op::Add { len, .. }
+        | Op::Accumulate { len, .. }
+        | Op::SgdStep { len, .. }
+        | Op::Sgd { len, .. }
+        | Op::Adam { len, .. }
+        | Op::ScaleBy { len, .. }
+        | Op::ClampValue { len, .. }
+        | Op::Prelu { len, .. }
+        | Op::PreluBackward { len, .. } => *len = n,
+        Op::Copy { len, dst_len, .. } => (*len, *dst_len) = (n, n),
+        Op::AddBias { rows, cols, .. } => *rows = n / *cols,
+        Op::GuardFinite { tensors, .. } => {
+            for t in tensors {
+                t.1 = n;
+            }
+        }
+        _ => unreachable!("only elementwise ops are split by elements"),
+    }
+    op
+}
+
 /// The `optim.wgsl` build for a tensor of `len` elements and the length in its elements
 /// (`vec4`s where `len` divides by 4).
 fn optim_width(len: usize) -> (Shader, usize) {

@@ -92,7 +92,7 @@ const XYZW: [&str; 4] = ["x", "y", "z", "w"];
 impl TexKernel {
     /// WGSL source. Bindings: 0 dims, 1 `A` mirror, 2 `B` mirror, 3 C, 4–6 epilogue
     /// buffers (see [`Epilogue`]; unused ones get placeholders). Dims: `m, k, n, pitch_a,
-    /// accumulate, epilogue, act, _`.
+    /// accumulate, epilogue, act, a_row0`.
     pub fn source(&self) -> String {
         let rm = ROWS as usize;
         let mut s = format!("const ROWS: u32 = {ROWS}u;\n");
@@ -230,7 +230,9 @@ struct Dims {
     // 0 plain, 1 bias, 2 bias and activation, 3 activation derivative (`Epilogue`).
     epilogue: u32,
     act: u32,
-    _pad: u32,
+    // Mirror row of A for row 0 of C: C may be a window of rows of a larger matrix
+    // (one larger than a storage binding).
+    a_row0: u32,
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -246,7 +248,7 @@ var<private> ACT: u32;
 
 // Texel `x` of row `y` of a mirror.
 fn tex_a(x: u32, y: u32) -> vec4<f32> {
-    return textureLoad(mirror_a, vec2<u32>(x, y));
+    return textureLoad(mirror_a, vec2<u32>(x, y + dims.a_row0));
 }
 
 fn tex_b(x: u32, y: u32) -> vec4<f32> {
