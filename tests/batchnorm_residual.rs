@@ -22,8 +22,9 @@ fn fd_close(fd: f32, a: f32) -> bool {
 }
 
 /// Shapes with awkward row and column counts, including a single feature over many rows
-/// and many features over three rows.
-const BN_SHAPES: [(usize, usize); 8] = [
+/// and many features over three rows. Feature counts that divide by 4 take the `vec4`
+/// kernels.
+const BN_SHAPES: [(usize, usize); 11] = [
     (2, 1),
     (7, 33),
     (33, 7),
@@ -32,6 +33,9 @@ const BN_SHAPES: [(usize, usize); 8] = [
     (3, 1000),
     (257, 1),
     (2, 257),
+    (2, 4),
+    (7, 36),
+    (257, 260),
 ];
 
 fn bn_train_case(rows: usize, cols: usize, momentum: f32) -> OpCase {

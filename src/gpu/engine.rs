@@ -22,8 +22,10 @@ use wgpu::util::DeviceExt;
 /// Invocations per workgroup of the 1-D kernels (see the WGSL files).
 const ELEMENTWISE_WG: usize = 256;
 const ROWWISE_WG: usize = 64;
-/// Columns (or groups of 4) per workgroup of `sum_rows` in `bias.wgsl`.
+/// Columns (or groups of 4) per workgroup of `sum_rows` in `bias.wgsl` and of the
+/// per-feature kernels of `batchnorm.wgsl`.
 const SUM_ROWS_WG: usize = 64;
+const BN_COLS_WG: usize = 64;
 /// Outputs per workgroup along each dimension: `matmul.wgsl` (8 invocations × 4) and
 /// `matmul_tiled.wgsl` (16 × 4).
 const REG4X4_TILE: usize = 32;
@@ -1444,10 +1446,11 @@ impl GpuEngine {
                 eps,
             } => {
                 let b = [x, gamma, beta, y, mean, invstd, running_mean, running_var].map(buf);
-                let g = self.grid(cols)?;
+                let (shader, cols) = batchnorm_width(cols);
+                let g = self.grid(cols.div_ceil(BN_COLS_WG))?;
                 let bindings: Vec<(u32, &wgpu::Buffer)> = (1..=8).zip(b.iter()).collect();
                 self.dispatch(
-                    KernelKey::new(Shader::BatchNorm, "train"),
+                    KernelKey::new(shader, "train"),
                     Some([u(rows)?, u(cols)?, momentum.to_bits(), eps.to_bits()]),
                     &bindings,
                     g,
@@ -1466,9 +1469,10 @@ impl GpuEngine {
             } => {
                 let [bx, bg, bb, by, bm, bv] =
                     [x, gamma, beta, y, running_mean, running_var].map(buf);
+                let (shader, cols) = batchnorm_width(cols);
                 let g = self.grid((rows * cols).div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::BatchNorm, "eval"),
+                    KernelKey::new(shader, "eval"),
                     Some([u(rows)?, u(cols)?, 0, eps.to_bits()]),
                     &[(1, &bx), (2, &bg), (3, &bb), (4, &by), (9, &bm), (10, &bv)],
                     g,
@@ -1488,9 +1492,10 @@ impl GpuEngine {
             } => {
                 let [bx, bgam, bdy, bm, bis, bdx, bdg, bdb] =
                     [x, gamma, dy, mean, invstd, dx, dgamma, dbeta].map(buf);
-                let g = self.grid(cols)?;
+                let (shader, cols) = batchnorm_width(cols);
+                let g = self.grid(cols.div_ceil(BN_COLS_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::BatchNorm, "backward"),
+                    KernelKey::new(shader, "backward"),
                     Some([u(rows)?, u(cols)?, 0, 0]),
                     &[
                         (1, &bx),
@@ -1977,6 +1982,15 @@ fn optim_width(len: usize) -> (Shader, usize) {
         (Shader::Optim { vec4: true }, len / 4)
     } else {
         (Shader::Optim { vec4: false }, len)
+    }
+}
+
+/// The `batchnorm.wgsl` build for `cols` features and the feature count in its elements.
+fn batchnorm_width(cols: usize) -> (Shader, usize) {
+    if cols.is_multiple_of(4) {
+        (Shader::BatchNorm { vec4: true }, cols / 4)
+    } else {
+        (Shader::BatchNorm { vec4: false }, cols)
     }
 }
 

@@ -21,7 +21,10 @@ pub enum Shader {
     Optim {
         vec4: bool,
     },
-    BatchNorm,
+    /// `batchnorm.wgsl`, elements as in `Optim` (four features per `vec4`).
+    BatchNorm {
+        vec4: bool,
+    },
     Elementwise,
     Clip,
     Dropout,
@@ -46,7 +49,7 @@ impl Shader {
             return k.source();
         }
         let mut src: String = self.prelude().concat();
-        if let Shader::Optim { vec4 } | Shader::Guard { vec4 } = self {
+        if let Shader::Optim { vec4 } | Shader::Guard { vec4 } | Shader::BatchNorm { vec4 } = self {
             // The element type the file is written against (see its header).
             src.push_str(if vec4 {
                 "alias V = vec4<f32>;\nalias U = vec4<u32>;\n"
@@ -68,7 +71,7 @@ impl Shader {
             Shader::Activation => include_str!("../../shaders/activation.wgsl"),
             Shader::Loss => include_str!("../../shaders/loss.wgsl"),
             Shader::Optim { .. } => include_str!("../../shaders/optim.wgsl"),
-            Shader::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),
+            Shader::BatchNorm { .. } => include_str!("../../shaders/batchnorm.wgsl"),
             Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Shader::Clip => include_str!("../../shaders/clip.wgsl"),
             Shader::Dropout => include_str!("../../shaders/dropout.wgsl"),
