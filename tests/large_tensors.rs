@@ -165,3 +165,73 @@ fn weight_over_the_device_binding_limit_trains() {
         .seed(2);
     assert_matches_cpu(&spec, 2, GpuEngine::new(ctx), "over the real limit");
 }
+
+/// Every matmul form with operands over the limit, as a bare op on the buffer and texture
+/// kernels: either the CPU's result or a refusal naming a tensor, never a wrong result.
+#[test]
+fn every_matmul_form_splits_or_refuses() {
+    use steadygrad::cpu::CpuEngine;
+    use steadygrad::engine::Engine;
+    use steadygrad::graph::{Hyper, Op, Plan, Stage, Storage};
+    // k = 37: with m = 45 A is over 1024 floats, with n = 33 B is; C is over when both
+    // are 45 and 33.
+    let k = 37;
+    let mut split = 0;
+    for (variant, m, n) in [MatmulVariant::Reg4x4, MatmulVariant::Texture]
+        .into_iter()
+        .flat_map(|v| [(v, 45, 33), (v, 45, 20), (v, 20, 33)])
+    {
+        for (trans_a, trans_b, accumulate) in [
+            (false, false, false),
+            (false, true, true),
+            (true, false, false),
+            (true, true, true),
+        ] {
+            let mut plan = Plan::default();
+            for (name, len) in [("a", m * k), ("b", k * n), ("c", m * n)] {
+                plan.add_tensor(name, &[len], Storage::Local);
+            }
+            plan.forward.push(Op::MatMul {
+                a: 0,
+                b: 1,
+                c: 2,
+                m,
+                k,
+                n,
+                trans_a,
+                trans_b,
+                accumulate,
+            });
+            let inputs = [random(m * k, 1), random(k * n, 2), random(m * n, 3)];
+            let run = |engine: &mut dyn Engine| -> anyhow::Result<Vec<f32>> {
+                engine.init_persistent(&[])?;
+                engine.set_hyper(Hyper { lr: 0.0 })?;
+                let id = engine.compile(&plan)?;
+                for (t, data) in inputs.iter().enumerate() {
+                    engine.write(id, t, data)?;
+                }
+                engine.run(id, Stage::Predict)?;
+                engine.read(id, 2)
+            };
+            let what = format!("{variant} {m}×{k}×{n} trans_a={trans_a} trans_b={trans_b}");
+            let cpu = run(&mut CpuEngine::new()).unwrap();
+            match run(&mut limited(variant, SMALL_BINDING)) {
+                Ok(gpu) => {
+                    let t = steadygrad::check::compare("c", &gpu, &cpu, Tolerance::default());
+                    assert!(t.pass, "{what}: {t:?}");
+                    split += 1;
+                }
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    assert!(
+                        e.contains("tensor '") && e.contains("4096 bytes"),
+                        "{what}: {e}"
+                    );
+                }
+            }
+        }
+    }
+    // The texture kernels take every form; the buffer kernels split rows when B fits and
+    // A is not transposed, and k for `Aᵀ·B` when C fits.
+    assert_eq!(split, 12 + 4, "forms that ran split");
+}

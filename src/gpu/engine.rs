@@ -679,12 +679,10 @@ impl GpuEngine {
                 trans_a,
                 trans_b,
                 accumulate,
-            } if bytes(c) <= max
-                && (trans_a || bytes(a) <= max)
-                && (!trans_b || bytes(b) <= max) =>
-            {
-                // C fits, so split k: windows of rows of a transposed A (`[k, m]`) and of
-                // an untransposed B (`[k, n]`), each window adding to C.
+            } if trans_a && !trans_b && bytes(c) <= max && a != b => {
+                // `dW = dZᵀ·X` with C fitting: split k, windows of the rows of both A
+                // (`[k, m]`) and B (`[k, n]`), each window adding to C. (Other forms would
+                // need the kernels to know the full row stride of an operand bound whole.)
                 let gran = lcm(
                     self.row_granularity(m * 4, 1),
                     self.row_granularity(n * 4, 1),
@@ -711,15 +709,10 @@ impl GpuEngine {
                         trans_b,
                         accumulate: accumulate || p0 > 0,
                     };
-                    self.windows.clear();
-                    if trans_a {
-                        let w = (ba.clone(), (p0 * m * 4) as u64, (pc * m * 4) as u64);
-                        self.windows.push(w);
-                    }
-                    if !trans_b {
-                        let w = (bb.clone(), (p0 * n * 4) as u64, (pc * n * 4) as u64);
-                        self.windows.push(w);
-                    }
+                    self.windows = vec![
+                        (ba.clone(), (p0 * m * 4) as u64, (pc * m * 4) as u64),
+                        (bb.clone(), (p0 * n * 4) as u64, (pc * n * 4) as u64),
+                    ];
                     let d = self.lower_op(plan, local, &part);
                     self.windows.clear();
                     out.push(d?);
@@ -737,9 +730,13 @@ impl GpuEngine {
                 trans_b,
                 accumulate,
             } => {
-                // Rows of C and of A together; B whole.
+                // Rows of C and of A together; B whole. Windows are matched by buffer, so
+                // B must not be A or C.
                 if bytes(b) > max {
                     return Err(refuse(" (its B operand is too large)"));
+                }
+                if b == a || b == c {
+                    return Err(refuse(" (B is also A or C)"));
                 }
                 let gran = lcm(
                     self.row_granularity(k * 4, 1),
@@ -1012,16 +1009,10 @@ impl GpuEngine {
         let step = if m * n <= max_elems {
             m
         } else {
-            let rows = self
-                .row_window(n, matmul_tex::ROWS as usize, max_elems)
-                .with_context(|| {
-                    format!(
-                        "one block of rows of '{}' exceeds this adapter's largest storage \
-                         binding ({} bytes); use a smaller layer",
-                        plan.tensors[c].name,
-                        self.max_binding()
-                    )
-                })?;
+            // Not even one block of rows fits: the buffer kernels refuse it by name.
+            let Some(rows) = self.row_window(n, matmul_tex::ROWS as usize, max_elems) else {
+                return Ok(None);
+            };
             rows.min(m)
         };
         let windowed: Vec<wgpu::Buffer> = c_shaped.iter().map(|&t| buf(t)).collect();
@@ -1134,15 +1125,11 @@ impl GpuEngine {
         let step = if src_rows * src_cols <= max_elems {
             src_rows
         } else {
-            self.row_window(src_cols, 4, max_elems)
-                .with_context(|| {
-                    format!(
-                        "4 rows of '{name}' exceed this adapter's largest storage binding ({} \
-                         bytes); use a smaller layer",
-                        self.max_binding()
-                    )
-                })?
-                .min(src_rows)
+            // Not even 4 rows fit: no mirror, the buffer kernels refuse it by name.
+            let Some(rows) = self.row_window(src_cols, 4, max_elems) else {
+                return Ok(None);
+            };
+            rows.min(src_rows)
         };
         let mut refresh = Vec::new();
         for r0 in (0..src_rows).step_by(step) {
