@@ -74,16 +74,43 @@ fn norm_partials(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     }
     reduce_pairs(lid, acc);
     if lid == 0u {
-        let slot = 2u * (dims.first + wg.x);
-        var p = pairs[0];
-        // A tensor larger than one storage binding is reduced in windows of whole rounds
-        // of blocks; each window after the first merges into the pairs stored so far.
-        if dims.limit != 0.0 {
-            p = merge(vec2<f32>(partials[slot], partials[slot + 1u]), p);
-        }
-        partials[slot] = p.x;
-        partials[slot + 1u] = p.y;
+        store_partial(wg.x, pairs[0]);
     }
+}
+
+fn store_partial(j: u32, pair: vec2<f32>) {
+    let slot = 2u * (dims.first + j);
+    var p = pair;
+    // A tensor larger than one storage binding is reduced in windows of whole rounds of
+    // blocks; each window after the first merges into the pairs stored so far.
+    if dims.limit != 0.0 {
+        p = merge(vec2<f32>(partials[slot], partials[slot + 1u]), p);
+    }
+    partials[slot] = p.x;
+    partials[slot + 1u] = p.y;
+}
+
+// The same partials with one invocation per partial walking its blocks in order (the CPU
+// reference's order): CPU-backed adapters run workgroup barriers slowly, and a block round
+// has little work. GPUs would leave most lanes idle here and use `norm_partials`.
+@compute @workgroup_size(64)
+fn norm_partials_serial(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    if j >= dims.groups {
+        return;
+    }
+    // Each block is summed on its own and then merged, so rounding grows with the block
+    // size plus the block count rather than with the partial's whole length.
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var b = j; b * WG < dims.len; b += dims.groups) {
+        let end = min((b + 1u) * WG, dims.len);
+        var block = vec2<f32>(0.0, 0.0);
+        for (var i = b * WG; i < end; i++) {
+            block = merge(block, vec2<f32>(abs(values[i]), 1.0));
+        }
+        acc = merge(acc, block);
+    }
+    store_partial(j, acc);
 }
 
 // One workgroup: total = s·√q over all partials, coef = min(max_norm / (total + 1e-6), 1)
@@ -122,5 +149,28 @@ fn clamp_value(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let i = flat_index(wg, nwg, lid);
     if i < dims.len {
         x[i] = clamp(x[i], -dims.limit, dims.limit);
+    }
+}
+
+// `scale_by` and `clamp_value` four values at a time, for lengths divisible by 4
+// (`dims.len` counts vec4s): one vector load costs about what a scalar one does on
+// CPU-backed adapters.
+@group(0) @binding(8) var<storage, read_write> x4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn scale_by4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if i < dims.len {
+        x4[i] *= coef_in[0];
+    }
+}
+
+@compute @workgroup_size(256)
+fn clamp_value4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if i < dims.len {
+        x4[i] = clamp(x4[i], vec4<f32>(-dims.limit), vec4<f32>(dims.limit));
     }
 }

@@ -28,3 +28,23 @@ fn dropout(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     let keep = rng_uniform(dims.stream, bitcast<u32>(step_counter[0]), i) >= dims.p;
     y[i] = select(0.0, x[i] * dims.scale, keep);
 }
+
+// The same four values at a time, for lengths divisible by 4 (`dims.len` counts vec4s);
+// element 4i + c draws with index 4i + c, as above.
+@group(0) @binding(4) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> y4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn dropout4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * nwg.x + wg.x) * WG + lid;
+    if i >= dims.len {
+        return;
+    }
+    let step = bitcast<u32>(step_counter[0]);
+    var keep: vec4<bool>;
+    for (var c = 0u; c < 4u; c++) {
+        keep[c] = rng_uniform(dims.stream, step, 4u * i + c) >= dims.p;
+    }
+    y4[i] = select(vec4<f32>(0.0), x4[i] * dims.scale, keep);
+}

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_close, gpu, random, OpCase, ODD_SIZES};
+use common::{assert_close, gpu, random, OpCase, ODD_SIZES, VEC4_SIZES};
 use steadygrad::cpu::{ops, CpuEngine};
 use steadygrad::gpu::GpuEngine;
 use steadygrad::graph::{Activation, Loss, Op};
@@ -204,7 +204,7 @@ const LARGE: usize = 70_001;
 #[test]
 fn activations_gpu_vs_cpu_at_several_scales() {
     for act in variants() {
-        for len in ODD_SIZES.into_iter().chain([LARGE]) {
+        for len in ODD_SIZES.into_iter().chain(VEC4_SIZES).chain([LARGE]) {
             for scale in [0.5f32, 4.0, 20.0] {
                 let x: Vec<f32> = random(len, 5).iter().map(|v| v * scale).collect();
                 let what = format!("{act}, len {len}, inputs ±{scale}");

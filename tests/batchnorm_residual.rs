@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{assert_close, gpu, random, OpCase, ODD_SIZES};
+use common::{assert_close, gpu, random, OpCase, ODD_SIZES, VEC4_SIZES};
 use steadygrad::cpu::{ops, CpuEngine};
 use steadygrad::gpu::GpuEngine;
 use steadygrad::graph::{Activation, Loss, Op};
@@ -241,7 +241,7 @@ fn batch_norm_backward_finite_differences() {
 
 #[test]
 fn add_and_accumulate_gpu_vs_cpu() {
-    for len in ODD_SIZES {
+    for len in ODD_SIZES.into_iter().chain(VEC4_SIZES) {
         let add = OpCase::new(&[("a", len), ("b", len), ("out", len)]).op(Op::Add {
             a: 0,
             b: 1,

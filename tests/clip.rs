@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{assert_close, gpu, random, OpCase, ODD_SIZES};
+use common::{assert_close, gpu, random, OpCase, ODD_SIZES, VEC4_SIZES};
 use steadygrad::cpu::CpuEngine;
 use steadygrad::engine::Engine;
-use steadygrad::gpu::GpuEngine;
+use steadygrad::gpu::{GpuEngine, MatmulVariant};
 use steadygrad::graph::{Op, NORM_BLOCK};
 use steadygrad::{Clip, Loss, MlpSpec, Model, Optimizer};
 
@@ -31,9 +31,11 @@ fn partial_sum_of_squares(x: &[f32], groups: usize, j: usize) -> f64 {
 }
 
 /// Each partial pair `(s, q)`: `s` is a maximum, so the GPU must match it exactly; `q` is a
-/// sum of up to a few hundred rescaled squares per invocation plus a 256-way tree, so
-/// `f32` rounding stays below 2e-5 relative. The CPU reference is also checked against
-/// the definition `s²·q = Σ x²` (in `f64`, to 1e-6: `s` and `q` are each rounded to `f32`).
+/// sum of up to a few hundred rescaled squares per invocation plus a 256-way tree (GPU
+/// form) or of 256-element blocks, each merged into the running pair (CPU-adapter form,
+/// with the texture variants), so `f32` rounding stays below 2e-5 relative. The CPU
+/// reference is also checked against the definition `s²·q = Σ x²` (in `f64`, to 1e-6: `s`
+/// and `q` are each rounded to `f32`).
 #[test]
 fn norm_partials_gpu_vs_cpu_and_definition() {
     for len in ODD_SIZES.into_iter().chain([4097, 70_001, (1 << 20) + 3]) {
@@ -51,25 +53,30 @@ fn norm_partials_gpu_vs_cpu_and_definition() {
             let x = spread(len, len as u64);
             // Slots outside first..first + groups must be left alone.
             let sentinel = random(2 * slots, 7);
-            let out = case.both(&[("x", x.clone()), ("partials", sentinel.clone())], 0.0);
-            let (gp, cp) = (&out[1].1, &out[1].2);
-            for j in 0..slots {
-                let what = format!("len {len} groups {groups} slot {j}");
-                if j < first || j >= first + groups {
-                    assert_eq!(cp[2 * j..2 * j + 2], sentinel[2 * j..2 * j + 2], "{what}");
-                    assert_eq!(gp[2 * j..2 * j + 2], sentinel[2 * j..2 * j + 2], "{what}");
-                    continue;
+            let inputs = [("x", x.clone()), ("partials", sentinel.clone())];
+            let cp = &case.run(&mut CpuEngine::new(), &inputs, 0.0)[1].1;
+            for variant in [MatmulVariant::Texture, MatmulVariant::Tiled] {
+                let mut engine = GpuEngine::new(gpu());
+                engine.set_matmul_variant(variant);
+                let gp = &case.run(&mut engine, &inputs, 0.0)[1].1;
+                for j in 0..slots {
+                    let what = format!("{variant}: len {len} groups {groups} slot {j}");
+                    if j < first || j >= first + groups {
+                        assert_eq!(cp[2 * j..2 * j + 2], sentinel[2 * j..2 * j + 2], "{what}");
+                        assert_eq!(gp[2 * j..2 * j + 2], sentinel[2 * j..2 * j + 2], "{what}");
+                        continue;
+                    }
+                    let (s, q) = (cp[2 * j] as f64, cp[2 * j + 1] as f64);
+                    let want = partial_sum_of_squares(&x, groups, j - first);
+                    assert!(
+                        (s * s * q - want).abs() <= 1e-6 * want,
+                        "{what}: cpu {} vs {want}",
+                        s * s * q
+                    );
+                    assert_eq!(gp[2 * j], cp[2 * j], "{what}: scale");
+                    let dq = (gp[2 * j + 1] - cp[2 * j + 1]).abs();
+                    assert!(dq <= 2e-5 * cp[2 * j + 1], "{what}: q {dq:e}");
                 }
-                let (s, q) = (cp[2 * j] as f64, cp[2 * j + 1] as f64);
-                let want = partial_sum_of_squares(&x, groups, j - first);
-                assert!(
-                    (s * s * q - want).abs() <= 1e-6 * want,
-                    "{what}: cpu {} vs {want}",
-                    s * s * q
-                );
-                assert_eq!(gp[2 * j], cp[2 * j], "{what}: scale");
-                let dq = (gp[2 * j + 1] - cp[2 * j + 1]).abs();
-                assert!(dq <= 2e-5 * cp[2 * j + 1], "{what}: q {dq:e}");
             }
         }
     }
@@ -114,7 +121,7 @@ fn clip_coef_scale_and_clamp_gpu_vs_cpu() {
             assert_eq!(coef, if c > 1.0 { 1.0 } else { c });
         }
     }
-    for len in ODD_SIZES.into_iter().chain([70_001]) {
+    for len in ODD_SIZES.into_iter().chain(VEC4_SIZES).chain([70_001]) {
         let case = OpCase::new(&[("x", len), ("coef", 1)]).op(Op::ScaleBy { x: 0, coef: 1, len });
         let x = random(len, 9);
         let out = case.both(&[("x", x.clone()), ("coef", vec![0.37])], 0.0);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{gpu, random, OpCase, ODD_SIZES};
+use common::{gpu, random, OpCase, ODD_SIZES, VEC4_SIZES};
 use steadygrad::cpu::{ops, CpuEngine};
 use steadygrad::engine::Engine;
 use steadygrad::gpu::GpuEngine;
@@ -15,7 +15,7 @@ use steadygrad::{Activation, Loss, MlpSpec, Model, Optimizer};
 /// agree exactly, not merely within a tolerance.
 #[test]
 fn dropout_op_is_bit_identical_on_both_backends() {
-    for len in ODD_SIZES.into_iter().chain([70_001]) {
+    for len in ODD_SIZES.into_iter().chain(VEC4_SIZES).chain([70_001]) {
         for (p, step, stream) in [(0.1, 1u32, 0u32), (0.5, 12_345, 7), (0.9, u32::MAX, 99)] {
             let case = OpCase::new(&[("x", len), ("y", len), ("step", 1)]).op(Op::Dropout {
                 x: 0,

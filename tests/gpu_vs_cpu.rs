@@ -88,7 +88,7 @@ fn bias_add_and_column_sums() {
 #[test]
 fn activations_forward_and_backward() {
     for act in Activation::ALL {
-        for len in ODD_SIZES.into_iter().chain([70_001]) {
+        for len in ODD_SIZES.into_iter().chain(VEC4_SIZES).chain([70_001]) {
             // Scale inputs to cover the saturating tails of sigmoid and tanh too.
             let x: Vec<f32> = random(len, 5).iter().map(|v| v * 20.0).collect();
             let case = OpCase::new(&[("x", len), ("y", len)]).op(Op::Activate {

@@ -828,17 +828,7 @@ impl GpuEngine {
                     let n = per.min(len - start);
                     self.windows = vec![(bx.clone(), (start * 4) as u64, (n * 4) as u64)];
                     // Later windows merge into the partials the earlier ones wrote.
-                    let d = self.dispatch(
-                        KernelKey::new(Shader::Clip, "norm_partials"),
-                        Some([
-                            n as u32,
-                            first as u32,
-                            groups as u32,
-                            if start > 0 { 1f32.to_bits() } else { 0 },
-                        ]),
-                        &[(2, &bx), (3, &bp)],
-                        [groups as u32, 1, 1],
-                    );
+                    let d = self.norm_partials(&bx, &bp, n, first, groups, start > 0);
                     self.windows.clear();
                     out.push(d?);
                 }
@@ -846,6 +836,47 @@ impl GpuEngine {
             }
             _ => Err(refuse("")),
         }
+    }
+
+    /// The `Op::NormPartials` dispatch, `merge` into the partials already stored. On
+    /// CPU-backed adapters (the texture matmul variants) one invocation per partial walks
+    /// its blocks: workgroup barriers cost them more than the work; GPUs reduce each
+    /// partial with a workgroup.
+    fn norm_partials(
+        &mut self,
+        x: &wgpu::Buffer,
+        partials: &wgpu::Buffer,
+        len: usize,
+        first: usize,
+        groups: usize,
+        merge: bool,
+    ) -> Result<Dispatch> {
+        let serial = matches!(
+            self.resolve_matmul_variant(self.matmul_variant),
+            MatmulVariant::Texture | MatmulVariant::TextureNoSubgroup
+        );
+        let (entry, workgroups) = if serial {
+            ("norm_partials_serial", groups.div_ceil(64))
+        } else {
+            ("norm_partials", groups)
+        };
+        let max = self.ctx.limits.max_compute_workgroups_per_dimension as usize;
+        ensure!(
+            workgroups <= max,
+            "{groups} norm partials exceed the device's dispatch limit"
+        );
+        let dims = [
+            u32::try_from(len).context("size exceeds u32 indexing")?,
+            first as u32,
+            groups as u32,
+            if merge { 1f32.to_bits() } else { 0 },
+        ];
+        self.dispatch(
+            KernelKey::new(Shader::Clip, entry),
+            Some(dims),
+            &[(2, x), (3, partials)],
+            [workgroups as u32, 1, 1],
+        )
     }
 
     /// `op` (an elementwise op over `len` elements, see `lower_split`) as dispatches over
@@ -1271,11 +1302,16 @@ impl GpuEngine {
             }
             Op::Activate { act, x, y, len } => {
                 let (bx, by) = (buf(x), buf(y));
+                let (entry, len, bindings) = if len.is_multiple_of(4) {
+                    ("forward4", len / 4, [(8, &bx), (11, &by)])
+                } else {
+                    ("forward", len, [(1, &bx), (4, &by)])
+                };
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::activation("forward", act),
+                    KernelKey::activation(entry, act),
                     Some([u(len)?, 0, 0, 0]),
-                    &[(1, &bx), (4, &by)],
+                    &bindings,
                     g,
                 )
             }
@@ -1288,11 +1324,20 @@ impl GpuEngine {
                 len,
             } => {
                 let (bx, by, bdy, bdx) = (buf(x), buf(y), buf(dy), buf(dx));
+                let (entry, len, bindings) = if len.is_multiple_of(4) {
+                    (
+                        "backward4",
+                        len / 4,
+                        [(8, &bx), (9, &by), (10, &bdy), (11, &bdx)],
+                    )
+                } else {
+                    ("backward", len, [(1, &bx), (2, &by), (3, &bdy), (4, &bdx)])
+                };
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::activation("backward", act),
+                    KernelKey::activation(entry, act),
                     Some([u(len)?, 0, 0, 0]),
-                    &[(1, &bx), (2, &by), (3, &bdy), (4, &bdx)],
+                    &bindings,
                     g,
                 )
             }
@@ -1499,21 +1544,31 @@ impl GpuEngine {
             }
             Op::Add { a, b, out, len } => {
                 let [ba, bb, bo] = [a, b, out].map(buf);
+                let (entry, len, bindings) = if len.is_multiple_of(4) {
+                    ("add4", len / 4, [(4, &ba), (5, &bb), (6, &bo)])
+                } else {
+                    ("add", len, [(1, &ba), (2, &bb), (3, &bo)])
+                };
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Elementwise, "add"),
+                    KernelKey::new(Shader::Elementwise, entry),
                     Some([u(len)?, 0, 0, 0]),
-                    &[(1, &ba), (2, &bb), (3, &bo)],
+                    &bindings,
                     g,
                 )
             }
             Op::Accumulate { x, y, len } => {
                 let [bx, by] = [x, y].map(buf);
+                let (entry, len, bindings) = if len.is_multiple_of(4) {
+                    ("accumulate4", len / 4, [(4, &bx), (6, &by)])
+                } else {
+                    ("accumulate", len, [(1, &bx), (3, &by)])
+                };
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Elementwise, "accumulate"),
+                    KernelKey::new(Shader::Elementwise, entry),
                     Some([u(len)?, 0, 0, 0]),
-                    &[(1, &bx), (3, &by)],
+                    &bindings,
                     g,
                 )
             }
@@ -1639,17 +1694,7 @@ impl GpuEngine {
                 ..
             } => {
                 let (bx, bp) = (buf(x), buf(partials));
-                let max = self.ctx.limits.max_compute_workgroups_per_dimension as usize;
-                ensure!(
-                    groups <= max,
-                    "{groups} norm partials exceed the device's dispatch limit"
-                );
-                self.dispatch(
-                    KernelKey::new(Shader::Clip, "norm_partials"),
-                    Some([u(len)?, u(first)?, u(groups)?, 0]),
-                    &[(2, &bx), (3, &bp)],
-                    [groups as u32, 1, 1],
-                )
+                self.norm_partials(&bx, &bp, len, first, groups, false)
             }
             Op::ClipCoef {
                 partials,
@@ -1668,21 +1713,31 @@ impl GpuEngine {
             }
             Op::ScaleBy { x, coef, len } => {
                 let (bx, bc) = (buf(x), buf(coef));
+                let (entry, len, binding) = if len.is_multiple_of(4) {
+                    ("scale_by4", len / 4, 8)
+                } else {
+                    ("scale_by", len, 1)
+                };
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Clip, "scale_by"),
+                    KernelKey::new(Shader::Clip, entry),
                     Some([u(len)?, 0, 0, 0]),
-                    &[(1, &bx), (7, &bc)],
+                    &[(binding, &bx), (7, &bc)],
                     g,
                 )
             }
             Op::ClampValue { x, len, limit } => {
                 let bx = buf(x);
+                let (entry, len, binding) = if len.is_multiple_of(4) {
+                    ("clamp_value4", len / 4, 8)
+                } else {
+                    ("clamp_value", len, 1)
+                };
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Clip, "clamp_value"),
+                    KernelKey::new(Shader::Clip, entry),
                     Some([u(len)?, 0, 0, limit.to_bits()]),
-                    &[(1, &bx)],
+                    &[(binding, &bx)],
                     g,
                 )
             }
@@ -1695,11 +1750,16 @@ impl GpuEngine {
                 stream,
             } => {
                 let (bx, by, bs) = (buf(x), buf(y), buf(step));
+                let (entry, len, bindings) = if len.is_multiple_of(4) {
+                    ("dropout4", len / 4, [(4, &bx), (5, &by), (3, &bs)])
+                } else {
+                    ("dropout", len, [(1, &bx), (2, &by), (3, &bs)])
+                };
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Dropout, "dropout"),
+                    KernelKey::new(Shader::Dropout, entry),
                     Some([u(len)?, stream, p.to_bits(), dropout_scale(p).to_bits()]),
-                    &[(1, &bx), (2, &by), (3, &bs)],
+                    &bindings,
                     g,
                 )
             }
