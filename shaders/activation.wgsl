@@ -8,6 +8,10 @@
 // `rrelu_forward`/`rrelu_backward` for RReLU in training (a random slope per element and
 // step, redrawn in backward from the counter-based RNG rather than stored);
 // `prelu_forward`/`prelu_backward` for PReLU's learned slopes. Each binds only what it uses.
+//
+// Tensors are read and written as `V` elements (see `ELEMENT_F32` in src/gpu/kernels.rs),
+// the functions applied lane by lane; `dims.len` counts `V`s, and element
+// `LANES * i + c` (lane c of number i) is what indexes random draws and PReLU slopes.
 
 override ACT: u32 = 0u;
 // The ReLU family's slope for x <= 0 (`Activation::negative_slope`).
@@ -27,14 +31,14 @@ struct Dims {
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> y: array<f32>;
-@group(0) @binding(3) var<storage, read> dy: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(2) var<storage, read> y: array<V>;
+@group(0) @binding(3) var<storage, read> dy: array<V>;
+@group(0) @binding(4) var<storage, read_write> out: array<V>;
 // The persistent step counter: a u32 kept in an f32 slot, read as its bits.
 @group(0) @binding(5) var<storage, read> step_counter: array<u32>;
 @group(0) @binding(6) var<storage, read> slope: array<f32>;
-@group(0) @binding(7) var<storage, read_write> slope_terms: array<f32>;
+@group(0) @binding(7) var<storage, read_write> slope_terms: array<V>;
 
 const WG: u32 = 256u;
 
@@ -198,7 +202,12 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
            @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wg, nwg, lid);
     if i < dims.len {
-        out[i] = act(x[i]);
+        let xv = x[i];
+        var o = xv;
+        for (var c = 0u; c < LANES; c++) {
+            o = with_lane(o, c, act(lane(xv, c)));
+        }
+        out[i] = o;
     }
 }
 
@@ -207,7 +216,13 @@ fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
             @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wg, nwg, lid);
     if i < dims.len {
-        out[i] = dy[i] * act_grad(x[i], y[i]);
+        let xv = x[i];
+        let yv = y[i];
+        var g = xv;
+        for (var c = 0u; c < LANES; c++) {
+            g = with_lane(g, c, act_grad(lane(xv, c), lane(yv, c)));
+        }
+        out[i] = dy[i] * g;
     }
 }
 
@@ -216,8 +231,13 @@ fn rrelu_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
                  @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wg, nwg, lid);
     if i < dims.len {
-        let v = x[i];
-        out[i] = select(rrelu_slope(i) * v, v, v > 0.0);
+        let xv = x[i];
+        var o = xv;
+        for (var c = 0u; c < LANES; c++) {
+            let v = lane(xv, c);
+            o = with_lane(o, c, select(rrelu_slope(LANES * i + c) * v, v, v > 0.0));
+        }
+        out[i] = o;
     }
 }
 
@@ -226,7 +246,12 @@ fn rrelu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
                   @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wg, nwg, lid);
     if i < dims.len {
-        out[i] = dy[i] * select(rrelu_slope(i), 1.0, x[i] > 0.0);
+        let xv = x[i];
+        var g = xv;
+        for (var c = 0u; c < LANES; c++) {
+            g = with_lane(g, c, select(rrelu_slope(LANES * i + c), 1.0, lane(xv, c) > 0.0));
+        }
+        out[i] = dy[i] * g;
     }
 }
 
@@ -235,8 +260,13 @@ fn prelu_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
                  @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wg, nwg, lid);
     if i < dims.len {
-        let v = x[i];
-        out[i] = select(slope[i % dims.units] * v, v, v > 0.0);
+        let xv = x[i];
+        var o = xv;
+        for (var c = 0u; c < LANES; c++) {
+            let v = lane(xv, c);
+            o = with_lane(o, c, select(slope[(LANES * i + c) % dims.units] * v, v, v > 0.0));
+        }
+        out[i] = o;
     }
 }
 
@@ -247,40 +277,17 @@ fn prelu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
                   @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wg, nwg, lid);
     if i < dims.len {
-        let v = x[i];
-        let g = dy[i];
-        out[i] = g * select(slope[i % dims.units], 1.0, v > 0.0);
-        slope_terms[i] = select(v * g, 0.0, v > 0.0);
-    }
-}
-
-// `forward` and `backward` four values at a time, for lengths divisible by 4 (`dims.len`
-// counts vec4s): on CPU-backed adapters a vector load or store costs about what a scalar
-// one does. The function itself runs per component.
-@group(0) @binding(8) var<storage, read> x4: array<vec4<f32>>;
-@group(0) @binding(9) var<storage, read> y4: array<vec4<f32>>;
-@group(0) @binding(10) var<storage, read> dy4: array<vec4<f32>>;
-@group(0) @binding(11) var<storage, read_write> out4: array<vec4<f32>>;
-
-@compute @workgroup_size(256)
-fn forward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-            @builtin(local_invocation_index) lid: u32) {
-    let i = flat_index(wg, nwg, lid);
-    if i < dims.len {
-        let v = x4[i];
-        out4[i] = vec4<f32>(act(v.x), act(v.y), act(v.z), act(v.w));
-    }
-}
-
-@compute @workgroup_size(256)
-fn backward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-             @builtin(local_invocation_index) lid: u32) {
-    let i = flat_index(wg, nwg, lid);
-    if i < dims.len {
-        let xv = x4[i];
-        let yv = y4[i];
-        let g = vec4<f32>(act_grad(xv.x, yv.x), act_grad(xv.y, yv.y), act_grad(xv.z, yv.z),
-                          act_grad(xv.w, yv.w));
-        out4[i] = dy4[i] * g;
+        let xv = x[i];
+        let gv = dy[i];
+        var o = xv;
+        var t = xv;
+        for (var c = 0u; c < LANES; c++) {
+            let v = lane(xv, c);
+            let g = lane(gv, c);
+            o = with_lane(o, c, g * select(slope[(LANES * i + c) % dims.units], 1.0, v > 0.0));
+            t = with_lane(t, c, select(v * g, 0.0, v > 0.0));
+        }
+        out[i] = o;
+        slope_terms[i] = t;
     }
 }

@@ -1,4 +1,6 @@
-// Bias add (forward) and the bias gradient, a column sum over the batch (backward).
+// Bias add (forward) and the bias gradient, a column sum over the batch (backward). Over
+// `V` elements (see `ELEMENT_F32` in src/gpu/kernels.rs): `vec4` when the column count
+// divides by 4, and `dims.cols` then counts groups of 4 columns.
 
 struct Dims {
     rows: u32,
@@ -8,8 +10,8 @@ struct Dims {
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(1) var<storage, read> src: array<V>;
+@group(0) @binding(2) var<storage, read_write> dst: array<V>;
 
 const WG: u32 = 256u;
 
@@ -38,7 +40,7 @@ fn sum_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     if col >= dims.cols {
         return;
     }
-    var acc = 0.0;
+    var acc = V(0.0);
     for (var r = 0u; r < dims.rows; r++) {
         acc += src[r * dims.cols + col];
     }
@@ -48,24 +50,3 @@ fn sum_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     dst[col] = acc;
 }
 
-// The same for `cols` divisible by 4, four columns per invocation (`dims.cols` counts
-// vec4s): one vector load costs about what one scalar load does on CPU-backed adapters.
-@group(0) @binding(3) var<storage, read> src4: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> dst4: array<vec4<f32>>;
-
-@compute @workgroup_size(64)
-fn sum_rows4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-             @builtin(local_invocation_index) lid: u32) {
-    let col = (wg.y * nwg.x + wg.x) * COLS_WG + lid;
-    if col >= dims.cols {
-        return;
-    }
-    var acc = vec4<f32>(0.0);
-    for (var r = 0u; r < dims.rows; r++) {
-        acc += src4[r * dims.cols + col];
-    }
-    if dims.accumulate != 0u {
-        acc += dst4[col];
-    }
-    dst4[col] = acc;
-}

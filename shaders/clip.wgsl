@@ -17,7 +17,9 @@ struct Dims {
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+// Over `V` elements (see `ELEMENT_F32` in src/gpu/kernels.rs), for scale_by and
+// clamp_value; `dims.len` then counts them.
+@group(0) @binding(1) var<storage, read_write> x: array<V>;
 @group(0) @binding(2) var<storage, read> values: array<f32>;
 @group(0) @binding(3) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(4) var<storage, read> partials_in: array<f32>;
@@ -148,29 +150,7 @@ fn clamp_value(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wg, nwg, lid);
     if i < dims.len {
-        x[i] = clamp(x[i], -dims.limit, dims.limit);
+        x[i] = clamp(x[i], V(-dims.limit), V(dims.limit));
     }
 }
 
-// `scale_by` and `clamp_value` four values at a time, for lengths divisible by 4
-// (`dims.len` counts vec4s): one vector load costs about what a scalar one does on
-// CPU-backed adapters.
-@group(0) @binding(8) var<storage, read_write> x4: array<vec4<f32>>;
-
-@compute @workgroup_size(256)
-fn scale_by4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-             @builtin(local_invocation_index) lid: u32) {
-    let i = flat_index(wg, nwg, lid);
-    if i < dims.len {
-        x4[i] *= coef_in[0];
-    }
-}
-
-@compute @workgroup_size(256)
-fn clamp_value4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                @builtin(local_invocation_index) lid: u32) {
-    let i = flat_index(wg, nwg, lid);
-    if i < dims.len {
-        x4[i] = clamp(x4[i], vec4<f32>(-dims.limit), vec4<f32>(dims.limit));
-    }
-}

@@ -1,5 +1,6 @@
 // Elementwise tensor sums: a residual connection's forward sum, and gradients adding up
-// where a tensor feeds two consumers.
+// where a tensor feeds two consumers. Over `V` elements (see `ELEMENT_F32` in
+// src/gpu/kernels.rs); `dims.len` counts them.
 
 struct Dims {
     len: u32,
@@ -9,9 +10,9 @@ struct Dims {
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<V>;
+@group(0) @binding(2) var<storage, read> b: array<V>;
+@group(0) @binding(3) var<storage, read_write> out: array<V>;
 
 const WG: u32 = 256u;
 
@@ -39,26 +40,3 @@ fn accumulate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     }
 }
 
-// The same four values at a time, for lengths divisible by 4 (`dims.len` counts vec4s):
-// one vector load costs about what a scalar one does on CPU-backed adapters.
-@group(0) @binding(4) var<storage, read> a4: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> b4: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> out4: array<vec4<f32>>;
-
-@compute @workgroup_size(256)
-fn add4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let i = flat_index(wg, nwg, lid);
-    if i < dims.len {
-        out4[i] = a4[i] + b4[i];
-    }
-}
-
-@compute @workgroup_size(256)
-fn accumulate4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-               @builtin(local_invocation_index) lid: u32) {
-    let i = flat_index(wg, nwg, lid);
-    if i < dims.len {
-        out4[i] += a4[i];
-    }
-}

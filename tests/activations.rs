@@ -281,7 +281,7 @@ fn reference_values() {
 #[test]
 fn rrelu_training_gpu_vs_cpu() {
     let (lower, upper) = (1.0 / 8.0, 1.0 / 3.0);
-    for len in ODD_SIZES.into_iter().chain([LARGE]) {
+    for len in ODD_SIZES.into_iter().chain(VEC4_SIZES).chain([LARGE]) {
         for (step, stream) in [
             (1u32, 0u32),
             (2, 0),
@@ -377,6 +377,10 @@ fn prelu_gpu_vs_cpu() {
         (1, 257),
         (257, 33),
         (1000, 70),
+        // Lengths that divide by 4 run four values per invocation; rows of 9 units put a
+        // row boundary inside a vector.
+        (4, 9),
+        (7, 36),
     ];
     for (rows, cols) in shapes {
         for per_unit in [false, true] {
@@ -666,12 +670,7 @@ fn gpu_erf(xs: &[f32], complement: bool) -> Vec<f32> {
     use wgpu::util::DeviceExt;
     let ctx = gpu();
     let device = &ctx.device;
-    let source = [
-        include_str!("../shaders/rng.wgsl"),
-        include_str!("../shaders/activation.wgsl"),
-        PROBE,
-    ]
-    .concat();
+    let source = steadygrad::gpu::kernels::Shader::Activation.source(false) + PROBE;
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("erf probe"),
         source: wgpu::ShaderSource::Wgsl(source.into()),

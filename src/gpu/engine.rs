@@ -602,23 +602,15 @@ impl GpuEngine {
                 describe_ops(plan, std::slice::from_ref(op)),
             )
         };
-        match *op {
-            // Element i of each full-length tensor depends only on element i of the others.
-            Op::Activate { len, .. }
-            | Op::ActivateBackward { len, .. }
-            | Op::Add { len, .. }
-            | Op::Accumulate { len, .. }
-            | Op::SgdStep { len, .. }
-            | Op::Sgd { len, .. }
-            | Op::Adam { len, .. }
-            | Op::ScaleBy { len, .. }
-            | Op::ClampValue { len, .. } => {
-                self.lower_elementwise_windows(plan, local, op, &touched, len, 1, &refuse)
-            }
+        if let Some(&mut len) = elementwise_len(&mut op.clone()) {
             // Windows of whole rows keep `i mod units` the unit of element i.
-            Op::Prelu { len, units, .. } | Op::PreluBackward { len, units, .. } => {
-                self.lower_elementwise_windows(plan, local, op, &touched, len, units, &refuse)
-            }
+            let unit = match *op {
+                Op::Prelu { units, .. } | Op::PreluBackward { units, .. } => units,
+                _ => 1,
+            };
+            return self.lower_elementwise_windows(plan, local, op, &touched, len, unit, &refuse);
+        }
+        match *op {
             Op::AddBias { rows, cols, .. } => self.lower_elementwise_windows(
                 plan,
                 local,
@@ -646,28 +638,15 @@ impl GpuEngine {
                 if bytes(out) > max {
                     return Err(refuse(" (its output is too large)"));
                 }
-                let step = self
-                    .row_window(cols, 1, max_elems)
-                    .ok_or_else(|| refuse(""))?;
-                let bx = self.buffer(local, plan, x).clone();
-                let mut out_dispatches = Vec::new();
-                for r0 in (0..rows).step_by(step) {
-                    let rc = step.min(rows - r0);
-                    let part = Op::SumRows {
-                        x,
-                        out,
-                        rows: rc,
-                        cols,
-                        // Later windows add to what the earlier ones summed.
-                        accumulate: accumulate || r0 > 0,
-                    };
-                    self.windows =
-                        vec![(bx.clone(), (r0 * cols * 4) as u64, (rc * cols * 4) as u64)];
-                    let d = self.lower_op(plan, local, &part);
-                    self.windows.clear();
-                    out_dispatches.push(d?);
-                }
-                Ok(out_dispatches)
+                // Later windows add to what the earlier ones summed.
+                let part = |r0, rc| Op::SumRows {
+                    x,
+                    out,
+                    rows: rc,
+                    cols,
+                    accumulate: accumulate || r0 > 0,
+                };
+                self.lower_row_windows(plan, local, rows, &[(x, cols)], part, &refuse)
             }
             Op::MatMul {
                 a,
@@ -683,41 +662,18 @@ impl GpuEngine {
                 // `dW = dZᵀ·X` with C fitting: split k, windows of the rows of both A
                 // (`[k, m]`) and B (`[k, n]`), each window adding to C. (Other forms would
                 // need the kernels to know the full row stride of an operand bound whole.)
-                let gran = lcm(
-                    self.row_granularity(m * 4, 1),
-                    self.row_granularity(n * 4, 1),
-                );
-                let step = max_elems / m.max(n).max(1) / gran * gran;
-                if step == 0 {
-                    return Err(refuse(""));
-                }
-                let (ba, bb) = (
-                    self.buffer(local, plan, a).clone(),
-                    self.buffer(local, plan, b).clone(),
-                );
-                let mut out = Vec::new();
-                for p0 in (0..k).step_by(step) {
-                    let pc = step.min(k - p0);
-                    let part = Op::MatMul {
-                        a,
-                        b,
-                        c,
-                        m,
-                        k: pc,
-                        n,
-                        trans_a,
-                        trans_b,
-                        accumulate: accumulate || p0 > 0,
-                    };
-                    self.windows = vec![
-                        (ba.clone(), (p0 * m * 4) as u64, (pc * m * 4) as u64),
-                        (bb.clone(), (p0 * n * 4) as u64, (pc * n * 4) as u64),
-                    ];
-                    let d = self.lower_op(plan, local, &part);
-                    self.windows.clear();
-                    out.push(d?);
-                }
-                Ok(out)
+                let part = |p0, pc| Op::MatMul {
+                    a,
+                    b,
+                    c,
+                    m,
+                    k: pc,
+                    n,
+                    trans_a,
+                    trans_b,
+                    accumulate: accumulate || p0 > 0,
+                };
+                self.lower_row_windows(plan, local, k, &[(a, m), (b, n)], part, &refuse)
             }
             Op::MatMul {
                 a,
@@ -738,41 +694,18 @@ impl GpuEngine {
                 if b == a || b == c {
                     return Err(refuse(" (B is also A or C)"));
                 }
-                let gran = lcm(
-                    self.row_granularity(k * 4, 1),
-                    self.row_granularity(n * 4, 1),
-                );
-                let step = max_elems / k.max(n).max(1) / gran * gran;
-                if step == 0 {
-                    return Err(refuse(""));
-                }
-                let (ba, bc) = (
-                    self.buffer(local, plan, a).clone(),
-                    self.buffer(local, plan, c).clone(),
-                );
-                let mut out = Vec::new();
-                for r0 in (0..m).step_by(step) {
-                    let rc = step.min(m - r0);
-                    let part = Op::MatMul {
-                        a,
-                        b,
-                        c,
-                        m: rc,
-                        k,
-                        n,
-                        trans_a: false,
-                        trans_b,
-                        accumulate,
-                    };
-                    self.windows = vec![
-                        (ba.clone(), (r0 * k * 4) as u64, (rc * k * 4) as u64),
-                        (bc.clone(), (r0 * n * 4) as u64, (rc * n * 4) as u64),
-                    ];
-                    let d = self.lower_op(plan, local, &part);
-                    self.windows.clear();
-                    out.push(d?);
-                }
-                Ok(out)
+                let part = |_, rc| Op::MatMul {
+                    a,
+                    b,
+                    c,
+                    m: rc,
+                    k,
+                    n,
+                    trans_a: false,
+                    trans_b,
+                    accumulate,
+                };
+                self.lower_row_windows(plan, local, m, &[(a, k), (c, n)], part, &refuse)
             }
             Op::GuardFinite {
                 ref tensors,
@@ -877,6 +810,57 @@ impl GpuEngine {
             &[(2, x), (3, partials)],
             [workgroups as u32, 1, 1],
         )
+    }
+
+    /// Dispatches over windows of `rows` rows of `tensors` (each given with its row
+    /// length), `part(first_row, rows)` being the op for one window; as many rows per
+    /// window as the widest tensor allows, starting where every tensor's binding offset
+    /// is aligned.
+    fn lower_row_windows(
+        &mut self,
+        plan: &Plan,
+        local: &[Option<wgpu::Buffer>],
+        rows: usize,
+        tensors: &[(TensorId, usize)],
+        part: impl Fn(usize, usize) -> Op,
+        refuse: &dyn Fn(&str) -> anyhow::Error,
+    ) -> Result<Vec<Dispatch>> {
+        let max_elems = (self.max_binding() / 4) as usize;
+        let gran = tensors
+            .iter()
+            .fold(1, |g, &(_, row)| lcm(g, self.row_granularity(row * 4, 1)));
+        let widest = tensors
+            .iter()
+            .map(|&(_, row)| row)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let step = max_elems / widest / gran * gran;
+        if step == 0 {
+            return Err(refuse(""));
+        }
+        let bufs: Vec<(wgpu::Buffer, usize)> = tensors
+            .iter()
+            .map(|&(t, row)| (self.buffer(local, plan, t).clone(), row))
+            .collect();
+        let mut out = Vec::new();
+        for first in (0..rows).step_by(step) {
+            let count = step.min(rows - first);
+            self.windows = bufs
+                .iter()
+                .map(|(b, row)| {
+                    (
+                        b.clone(),
+                        (first * row * 4) as u64,
+                        (count * row * 4) as u64,
+                    )
+                })
+                .collect();
+            let d = self.lower_op(plan, local, &part(first, count));
+            self.windows.clear();
+            out.push(d?);
+        }
+        Ok(out)
     }
 
     /// `op` (an elementwise op over `len` elements, see `lower_split`) as dispatches over
@@ -1271,9 +1255,10 @@ impl GpuEngine {
                 cols,
             } => {
                 let (by, bb) = (buf(y), buf(bias));
+                let (vec4, cols) = lanes(cols);
                 let g = self.grid((rows * cols).div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Bias, "add_bias"),
+                    KernelKey::new(Shader::Bias, "add_bias").vec4(vec4),
                     Some([u(rows)?, u(cols)?, 0, 0]),
                     &[(1, &bb), (2, &by)],
                     g,
@@ -1287,31 +1272,23 @@ impl GpuEngine {
                 accumulate,
             } => {
                 let (bx, bo) = (buf(x), buf(out));
-                let (entry, width, bindings) = if cols.is_multiple_of(4) {
-                    ("sum_rows4", 4, [(3, &bx), (4, &bo)])
-                } else {
-                    ("sum_rows", 1, [(1, &bx), (2, &bo)])
-                };
-                let g = self.grid((cols / width).div_ceil(SUM_ROWS_WG))?;
+                let (vec4, cols) = lanes(cols);
+                let g = self.grid(cols.div_ceil(SUM_ROWS_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Bias, entry),
-                    Some([u(rows)?, u(cols / width)?, accumulate as u32, 0]),
-                    &bindings,
+                    KernelKey::new(Shader::Bias, "sum_rows").vec4(vec4),
+                    Some([u(rows)?, u(cols)?, accumulate as u32, 0]),
+                    &[(1, &bx), (2, &bo)],
                     g,
                 )
             }
             Op::Activate { act, x, y, len } => {
                 let (bx, by) = (buf(x), buf(y));
-                let (entry, len, bindings) = if len.is_multiple_of(4) {
-                    ("forward4", len / 4, [(8, &bx), (11, &by)])
-                } else {
-                    ("forward", len, [(1, &bx), (4, &by)])
-                };
+                let (vec4, len) = lanes(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::activation(entry, act),
+                    KernelKey::activation("forward", act).vec4(vec4),
                     Some([u(len)?, 0, 0, 0]),
-                    &bindings,
+                    &[(1, &bx), (4, &by)],
                     g,
                 )
             }
@@ -1324,20 +1301,12 @@ impl GpuEngine {
                 len,
             } => {
                 let (bx, by, bdy, bdx) = (buf(x), buf(y), buf(dy), buf(dx));
-                let (entry, len, bindings) = if len.is_multiple_of(4) {
-                    (
-                        "backward4",
-                        len / 4,
-                        [(8, &bx), (9, &by), (10, &bdy), (11, &bdx)],
-                    )
-                } else {
-                    ("backward", len, [(1, &bx), (2, &by), (3, &bdy), (4, &bdx)])
-                };
+                let (vec4, len) = lanes(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::activation(entry, act),
+                    KernelKey::activation("backward", act).vec4(vec4),
                     Some([u(len)?, 0, 0, 0]),
-                    &bindings,
+                    &[(1, &bx), (2, &by), (3, &bdy), (4, &bdx)],
                     g,
                 )
             }
@@ -1351,9 +1320,11 @@ impl GpuEngine {
                 len,
             } => {
                 let (bx, by, bs) = (buf(x), buf(y), buf(step));
+                let (vec4, len) = lanes(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
                     KernelKey::new(Shader::Activation, "rrelu_forward")
+                        .vec4(vec4)
                         .with_f32("LOWER", lower)
                         .with_f32("UPPER", upper),
                     Some([u(len)?, 0, stream, 0]),
@@ -1372,9 +1343,11 @@ impl GpuEngine {
                 len,
             } => {
                 let (bx, bdy, bdx, bs) = (buf(x), buf(dy), buf(dx), buf(step));
+                let (vec4, len) = lanes(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
                     KernelKey::new(Shader::Activation, "rrelu_backward")
+                        .vec4(vec4)
                         .with_f32("LOWER", lower)
                         .with_f32("UPPER", upper),
                     Some([u(len)?, 0, stream, 0]),
@@ -1390,9 +1363,10 @@ impl GpuEngine {
                 units,
             } => {
                 let (bx, bw, by) = (buf(x), buf(weight), buf(y));
+                let (vec4, len) = lanes(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Activation, "prelu_forward"),
+                    KernelKey::new(Shader::Activation, "prelu_forward").vec4(vec4),
                     Some([u(len)?, u(units)?, 0, 0]),
                     &[(1, &bx), (4, &by), (6, &bw)],
                     g,
@@ -1408,9 +1382,10 @@ impl GpuEngine {
                 units,
             } => {
                 let (bx, bw, bdy, bdx, bt) = (buf(x), buf(weight), buf(dy), buf(dx), buf(dw_terms));
+                let (vec4, len) = lanes(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Activation, "prelu_backward"),
+                    KernelKey::new(Shader::Activation, "prelu_backward").vec4(vec4),
                     Some([u(len)?, u(units)?, 0, 0]),
                     &[(1, &bx), (3, &bdy), (4, &bdx), (6, &bw), (7, &bt)],
                     g,
@@ -1478,11 +1453,11 @@ impl GpuEngine {
                 eps,
             } => {
                 let b = [x, gamma, beta, y, mean, invstd, running_mean, running_var].map(buf);
-                let (shader, cols) = batchnorm_width(cols);
+                let (vec4, cols) = lanes(cols);
                 let g = self.grid(cols.div_ceil(BN_COLS_WG))?;
                 let bindings: Vec<(u32, &wgpu::Buffer)> = (1..=8).zip(b.iter()).collect();
                 self.dispatch(
-                    KernelKey::new(shader, "train"),
+                    KernelKey::new(Shader::BatchNorm, "train").vec4(vec4),
                     Some([u(rows)?, u(cols)?, momentum.to_bits(), eps.to_bits()]),
                     &bindings,
                     g,
@@ -1501,10 +1476,10 @@ impl GpuEngine {
             } => {
                 let [bx, bg, bb, by, bm, bv] =
                     [x, gamma, beta, y, running_mean, running_var].map(buf);
-                let (shader, cols) = batchnorm_width(cols);
+                let (vec4, cols) = lanes(cols);
                 let g = self.grid((rows * cols).div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(shader, "eval"),
+                    KernelKey::new(Shader::BatchNorm, "eval").vec4(vec4),
                     Some([u(rows)?, u(cols)?, 0, eps.to_bits()]),
                     &[(1, &bx), (2, &bg), (3, &bb), (4, &by), (9, &bm), (10, &bv)],
                     g,
@@ -1524,10 +1499,10 @@ impl GpuEngine {
             } => {
                 let [bx, bgam, bdy, bm, bis, bdx, bdg, bdb] =
                     [x, gamma, dy, mean, invstd, dx, dgamma, dbeta].map(buf);
-                let (shader, cols) = batchnorm_width(cols);
+                let (vec4, cols) = lanes(cols);
                 let g = self.grid(cols.div_ceil(BN_COLS_WG))?;
                 self.dispatch(
-                    KernelKey::new(shader, "backward"),
+                    KernelKey::new(Shader::BatchNorm, "backward").vec4(vec4),
                     Some([u(rows)?, u(cols)?, 0, 0]),
                     &[
                         (1, &bx),
@@ -1544,38 +1519,30 @@ impl GpuEngine {
             }
             Op::Add { a, b, out, len } => {
                 let [ba, bb, bo] = [a, b, out].map(buf);
-                let (entry, len, bindings) = if len.is_multiple_of(4) {
-                    ("add4", len / 4, [(4, &ba), (5, &bb), (6, &bo)])
-                } else {
-                    ("add", len, [(1, &ba), (2, &bb), (3, &bo)])
-                };
+                let (vec4, len) = lanes(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Elementwise, entry),
+                    KernelKey::new(Shader::Elementwise, "add").vec4(vec4),
                     Some([u(len)?, 0, 0, 0]),
-                    &bindings,
+                    &[(1, &ba), (2, &bb), (3, &bo)],
                     g,
                 )
             }
             Op::Accumulate { x, y, len } => {
                 let [bx, by] = [x, y].map(buf);
-                let (entry, len, bindings) = if len.is_multiple_of(4) {
-                    ("accumulate4", len / 4, [(4, &bx), (6, &by)])
-                } else {
-                    ("accumulate", len, [(1, &bx), (3, &by)])
-                };
+                let (vec4, len) = lanes(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Elementwise, entry),
+                    KernelKey::new(Shader::Elementwise, "accumulate").vec4(vec4),
                     Some([u(len)?, 0, 0, 0]),
-                    &bindings,
+                    &[(1, &bx), (3, &by)],
                     g,
                 )
             }
             Op::AdvanceStep { counter } => {
                 let bc = buf(counter);
                 self.dispatch(
-                    KernelKey::new(Shader::Optim { vec4: false }, "advance_step"),
+                    KernelKey::new(Shader::Optim, "advance_step"),
                     None,
                     &[(4, &bc)],
                     [1, 1, 1],
@@ -1583,11 +1550,11 @@ impl GpuEngine {
             }
             Op::SgdStep { param, grad, len } => {
                 let (bp, bg, bh) = (buf(param), buf(grad), self.hyper.clone());
-                let (shader, len) = optim_width(len);
+                let (vec4, len) = lanes(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 let consts = self.constants([0.0; 8]);
                 self.dispatch(
-                    KernelKey::new(shader, "sgd"),
+                    KernelKey::new(Shader::Optim, "sgd").vec4(vec4),
                     Some([u(len)?, 0, 0, 0]),
                     &[(1, &bp), (2, &bg), (3, &bh), (5, &consts)],
                     g,
@@ -1601,14 +1568,14 @@ impl GpuEngine {
                 weight_decay,
             } => {
                 let (bp, bg, bh) = (buf(param), buf(grad), self.hyper.clone());
-                let (shader, len) = optim_width(len);
+                let (vec4, len) = lanes(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 match momentum {
                     None => {
                         let consts =
                             self.constants([0.0, 0.0, 0.0, weight_decay, 0.0, 0.0, 0.0, 0.0]);
                         self.dispatch(
-                            KernelKey::new(shader, "sgd"),
+                            KernelKey::new(Shader::Optim, "sgd").vec4(vec4),
                             Some([u(len)?, 0, 0, 0]),
                             &[(1, &bp), (2, &bg), (3, &bh), (5, &consts)],
                             g,
@@ -1627,7 +1594,7 @@ impl GpuEngine {
                             0.0,
                         ]);
                         self.dispatch(
-                            KernelKey::new(shader, "sgd_momentum"),
+                            KernelKey::new(Shader::Optim, "sgd_momentum").vec4(vec4),
                             Some([u(len)?, m.nesterov as u32, 0, 0]),
                             &[(1, &bp), (2, &bg), (3, &bh), (5, &consts), (6, &bb)],
                             g,
@@ -1656,7 +1623,7 @@ impl GpuEngine {
                     buf(exp_avg),
                     buf(exp_avg_sq),
                 );
-                let (shader, len) = optim_width(len);
+                let (vec4, len) = lanes(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 // ln β in f64 on the host: the kernel's bias correction needs it accurately.
                 let ln = |b: f32| if b > 0.0 { (b as f64).ln() as f32 } else { 0.0 };
@@ -1671,7 +1638,7 @@ impl GpuEngine {
                     0.0,
                 ]);
                 self.dispatch(
-                    KernelKey::new(shader, "adam"),
+                    KernelKey::new(Shader::Optim, "adam").vec4(vec4),
                     Some([u(len)?, decoupled as u32, 0, 0]),
                     &[
                         (1, &bp),
@@ -1713,31 +1680,23 @@ impl GpuEngine {
             }
             Op::ScaleBy { x, coef, len } => {
                 let (bx, bc) = (buf(x), buf(coef));
-                let (entry, len, binding) = if len.is_multiple_of(4) {
-                    ("scale_by4", len / 4, 8)
-                } else {
-                    ("scale_by", len, 1)
-                };
+                let (vec4, len) = lanes(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Clip, entry),
+                    KernelKey::new(Shader::Clip, "scale_by").vec4(vec4),
                     Some([u(len)?, 0, 0, 0]),
-                    &[(binding, &bx), (7, &bc)],
+                    &[(1, &bx), (7, &bc)],
                     g,
                 )
             }
             Op::ClampValue { x, len, limit } => {
                 let bx = buf(x);
-                let (entry, len, binding) = if len.is_multiple_of(4) {
-                    ("clamp_value4", len / 4, 8)
-                } else {
-                    ("clamp_value", len, 1)
-                };
+                let (vec4, len) = lanes(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Clip, entry),
+                    KernelKey::new(Shader::Clip, "clamp_value").vec4(vec4),
                     Some([u(len)?, 0, 0, limit.to_bits()]),
-                    &[(binding, &bx)],
+                    &[(1, &bx)],
                     g,
                 )
             }
@@ -1750,16 +1709,12 @@ impl GpuEngine {
                 stream,
             } => {
                 let (bx, by, bs) = (buf(x), buf(y), buf(step));
-                let (entry, len, bindings) = if len.is_multiple_of(4) {
-                    ("dropout4", len / 4, [(4, &bx), (5, &by), (3, &bs)])
-                } else {
-                    ("dropout", len, [(1, &bx), (2, &by), (3, &bs)])
-                };
+                let (vec4, len) = lanes(len);
                 let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Dropout, entry),
+                    KernelKey::new(Shader::Dropout, "dropout").vec4(vec4),
                     Some([u(len)?, stream, p.to_bits(), dropout_scale(p).to_bits()]),
-                    &bindings,
+                    &[(1, &bx), (2, &by), (3, &bs)],
                     g,
                 )
             }
@@ -1855,7 +1810,7 @@ impl GpuEngine {
                 let longest = group.iter().map(|t| t.1 / width).max().unwrap_or(0);
                 let g = self.grid(longest.div_ceil(ELEMENTWISE_WG))?;
                 self.dispatch(
-                    KernelKey::new(Shader::Guard { vec4 }, "guard"),
+                    KernelKey::new(Shader::Guard, "guard").vec4(vec4),
                     Some(lens),
                     &[
                         (1, &b0),
@@ -1995,10 +1950,11 @@ fn lcm(a: usize, b: usize) -> usize {
     a / gcd(a, b) * b
 }
 
-/// `op` with its element count set to `n` (the elementwise ops of `lower_split`).
-fn with_len(op: &Op, n: usize) -> Op {
-    let mut op = op.clone();
-    match &mut op {
+/// The element count of an op in which element i of each full-length tensor depends
+/// only on element i of the others (and for PReLU on `i mod units`), so that it can run
+/// over windows of elements (see `lower_split`).
+fn elementwise_len(op: &mut Op) -> Option<&mut usize> {
+    match op {
         Op::Activate { len, .. }
         | Op::ActivateBackward { len, .. }
         | Op::Add { len, .. }
@@ -2009,7 +1965,19 @@ fn with_len(op: &Op, n: usize) -> Op {
         | Op::ScaleBy { len, .. }
         | Op::ClampValue { len, .. }
         | Op::Prelu { len, .. }
-        | Op::PreluBackward { len, .. } => *len = n,
+        | Op::PreluBackward { len, .. } => Some(len),
+        _ => None,
+    }
+}
+
+/// `op` with its element count set to `n` (the ops `lower_split` windows by elements).
+fn with_len(op: &Op, n: usize) -> Op {
+    let mut op = op.clone();
+    if let Some(len) = elementwise_len(&mut op) {
+        *len = n;
+        return op;
+    }
+    match &mut op {
         Op::Copy { len, dst_len, .. } => (*len, *dst_len) = (n, n),
         Op::AddBias { rows, cols, .. } => *rows = n / *cols,
         Op::GuardFinite { tensors, .. } => {
@@ -2022,22 +1990,13 @@ fn with_len(op: &Op, n: usize) -> Op {
     op
 }
 
-/// The `optim.wgsl` build for a tensor of `len` elements and the length in its elements
-/// (`vec4`s where `len` divides by 4).
-fn optim_width(len: usize) -> (Shader, usize) {
+/// Whether a kernel over `len` values runs over `vec4<f32>` elements (see `ELEMENT_F32` in
+/// `kernels.rs`), and its length in elements.
+fn lanes(len: usize) -> (bool, usize) {
     if len.is_multiple_of(4) {
-        (Shader::Optim { vec4: true }, len / 4)
+        (true, len / 4)
     } else {
-        (Shader::Optim { vec4: false }, len)
-    }
-}
-
-/// The `batchnorm.wgsl` build for `cols` features and the feature count in its elements.
-fn batchnorm_width(cols: usize) -> (Shader, usize) {
-    if cols.is_multiple_of(4) {
-        (Shader::BatchNorm { vec4: true }, cols / 4)
-    } else {
-        (Shader::BatchNorm { vec4: false }, cols)
+        (false, len)
     }
 }
 

@@ -17,22 +17,13 @@ pub enum Shader {
     Bias,
     Activation,
     Loss,
-    /// `optim.wgsl` over `f32` or, when every length divides by 4, `vec4<f32>` elements.
-    Optim {
-        vec4: bool,
-    },
-    /// `batchnorm.wgsl`, elements as in `Optim` (four features per `vec4`).
-    BatchNorm {
-        vec4: bool,
-    },
+    Optim,
+    BatchNorm,
     Elementwise,
     Clip,
     Dropout,
     Stats,
-    /// `guard.wgsl`, elements as in `Optim`.
-    Guard {
-        vec4: bool,
-    },
+    Guard,
 }
 
 impl Shader {
@@ -44,19 +35,13 @@ impl Shader {
         }
     }
 
-    fn source(self) -> String {
+    /// The WGSL of the file, built over `f32` or `vec4<f32>` elements (see [`ELEMENT_F32`]).
+    pub fn source(self, vec4: bool) -> String {
         if let Shader::MatmulTexture(k) = self {
             return k.source();
         }
         let mut src: String = self.prelude().concat();
-        if let Shader::Optim { vec4 } | Shader::Guard { vec4 } | Shader::BatchNorm { vec4 } = self {
-            // The element type the file is written against (see its header).
-            src.push_str(if vec4 {
-                "alias V = vec4<f32>;\nalias U = vec4<u32>;\n"
-            } else {
-                "alias V = f32;\nalias U = u32;\n"
-            });
-        }
+        src.push_str(if vec4 { ELEMENT_VEC4 } else { ELEMENT_F32 });
         src.push_str(self.body());
         src
     }
@@ -70,18 +55,40 @@ impl Shader {
             Shader::Bias => include_str!("../../shaders/bias.wgsl"),
             Shader::Activation => include_str!("../../shaders/activation.wgsl"),
             Shader::Loss => include_str!("../../shaders/loss.wgsl"),
-            Shader::Optim { .. } => include_str!("../../shaders/optim.wgsl"),
-            Shader::BatchNorm { .. } => include_str!("../../shaders/batchnorm.wgsl"),
+            Shader::Optim => include_str!("../../shaders/optim.wgsl"),
+            Shader::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),
             Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Shader::Clip => include_str!("../../shaders/clip.wgsl"),
             Shader::Dropout => include_str!("../../shaders/dropout.wgsl"),
             Shader::Stats => include_str!("../../shaders/stats.wgsl"),
-            Shader::Guard { .. } => include_str!("../../shaders/guard.wgsl"),
+            Shader::Guard => include_str!("../../shaders/guard.wgsl"),
         }
     }
 }
 
 const RNG: &str = include_str!("../../shaders/rng.wgsl");
+
+/// The element type the elementwise and per-feature kernels are written against, put in
+/// front of every file: `V` holds `LANES` consecutive values (`U` the matching `u32`
+/// type), `lane`/`with_lane` read and replace one. Engines pick `vec4<f32>` where a length
+/// divides by 4: on CPU-backed adapters one vector load or store costs about what a
+/// scalar one does, so those kernels run up to four times faster. Element
+/// `LANES * i + c` of a tensor is lane `c` of its `V` number `i`.
+const ELEMENT_F32: &str = "\
+alias V = f32;
+alias U = u32;
+const LANES: u32 = 1u;
+fn lane(v: V, c: u32) -> f32 { return v; }
+fn with_lane(v: V, c: u32, value: f32) -> V { return value; }
+";
+
+const ELEMENT_VEC4: &str = "\
+alias V = vec4<f32>;
+alias U = vec4<u32>;
+const LANES: u32 = 4u;
+fn lane(v: V, c: u32) -> f32 { return v[c]; }
+fn with_lane(v: V, c: u32, value: f32) -> V { var w = v; w[c] = value; return w; }
+";
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct KernelKey {
@@ -92,6 +99,8 @@ pub struct KernelKey {
     /// `f32` override constants (activation slopes), kept as bits so the key stays
     /// `Eq + Hash`; the bits round-trip exactly through the `f64` wgpu takes.
     pub float_constants: Vec<(&'static str, u32)>,
+    /// The file built over `vec4<f32>` elements (see [`ELEMENT_F32`]).
+    pub vec4: bool,
 }
 
 impl KernelKey {
@@ -101,7 +110,14 @@ impl KernelKey {
             entry,
             constants: Vec::new(),
             float_constants: Vec::new(),
+            vec4: false,
         }
+    }
+
+    /// Builds the file over `vec4<f32>` elements when `vec4`.
+    pub fn vec4(mut self, vec4: bool) -> Self {
+        self.vec4 = vec4;
+        self
     }
     pub fn with(mut self, name: &'static str, value: u32) -> Self {
         self.constants.push((name, value));
@@ -129,7 +145,7 @@ impl KernelKey {
 
 #[derive(Default)]
 pub struct Kernels {
-    modules: HashMap<Shader, wgpu::ShaderModule>,
+    modules: HashMap<(Shader, bool), wgpu::ShaderModule>,
     pipelines: HashMap<KernelKey, Arc<wgpu::ComputePipeline>>,
 }
 
@@ -148,12 +164,15 @@ impl Kernels {
             return Ok(p.clone());
         }
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self.modules.entry(key.shader).or_insert_with(|| {
-            device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(&format!("{:?}", key.shader)),
-                source: wgpu::ShaderSource::Wgsl(key.shader.source().into()),
-            })
-        });
+        let module = self
+            .modules
+            .entry((key.shader, key.vec4))
+            .or_insert_with(|| {
+                device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(&format!("{:?}", key.shader)),
+                    source: wgpu::ShaderSource::Wgsl(key.shader.source(key.vec4).into()),
+                })
+            });
         let constants: Vec<(&str, f64)> = key
             .constants
             .iter()
@@ -177,7 +196,7 @@ impl Kernels {
         });
         if let Some(err) = pollster::block_on(scope.pop()) {
             // Drop the cached module too: it may be the part that failed.
-            self.modules.remove(&key.shader);
+            self.modules.remove(&(key.shader, key.vec4));
             bail!(
                 "building kernel {:?}::{} failed: {err}",
                 key.shader,
