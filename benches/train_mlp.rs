@@ -1,17 +1,19 @@
-//! Training throughput (samples/s) of two deep MLPs on the GPU backend, with the CPU
+//! Training throughput (samples/s) of deep MLPs on the GPU backend, with the CPU
 //! reference for scale.
 //!
 //! * W1: 784 → 8×512 (ReLU) → 10, softmax cross-entropy, SGD, batch 256.
 //! * W2: 784 → 4×2048 (ReLU) → 10, otherwise the same.
+//! * W1-BN: W1 with the usual cures switched on: batch norm before each activation, Adam
+//!   (lr 1e-3), clipping by global norm 1.0 and dropout 0.1.
 //!
 //! The batch is written once; each step is one `Stage::Train` submission, and the metrics
 //! readback at the end waits for all of them.
 //!
 //! ```text
-//! cargo bench --bench train_mlp                       # W1 and W2, CPU W1 for scale
+//! cargo bench --bench train_mlp                       # W1, W2, W1-BN; CPU W1 for scale
 //! cargo bench --bench train_mlp -- --json --steps 40 --workloads w1
 //! ```
-//! `--workloads` (env `STEADYGRAD_BENCH_WORKLOADS`): w1,w2. `--steps`: timed steps per
+//! `--workloads` (env `STEADYGRAD_BENCH_WORKLOADS`): w1,w2,w1-bn. `--steps`: timed steps per
 //! window (default 20, at least 20 is recommended); `--tries`: windows, the fastest is
 //! reported (default 2; other load on a shared machine only slows a window down). `--warmup`: untimed steps first (default 3).
 //! `--profile`: after timing, each op of one step timed alone, slowest first.
@@ -26,21 +28,29 @@ use steadygrad::cpu::CpuEngine;
 use steadygrad::engine::{Engine, PlanId};
 use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant};
 use steadygrad::graph::{mlp, Hyper, Stage};
-use steadygrad::{Activation, Loss, MlpSpec, Optimizer};
+use steadygrad::{Activation, BatchNorm, Clip, Loss, MlpSpec, Optimizer};
 
 const BATCH: usize = 256;
 
 fn spec(name: &str) -> MlpSpec {
     let hidden: &[usize] = match name {
-        "w1" => &[512; 8],
+        "w1" | "w1-bn" => &[512; 8],
         "w2" => &[2048; 4],
-        other => panic!("unknown workload '{other}': expected w1 or w2"),
+        other => panic!("unknown workload '{other}': expected w1, w2 or w1-bn"),
     };
-    MlpSpec::new(784, hidden, 10)
+    let spec = MlpSpec::new(784, hidden, 10)
         .activation(Activation::Relu)
         .loss(Loss::SoftmaxCrossEntropy)
         .optimizer(Optimizer::sgd(0.01))
-        .seed(1)
+        .seed(1);
+    if name == "w1-bn" {
+        spec.batch_norm(BatchNorm::default())
+            .optimizer(Optimizer::adam(1e-3))
+            .clip(Clip::Norm(1.0))
+            .dropout(0.1)
+    } else {
+        spec
+    }
 }
 
 /// Runs `warmup` steps, then `tries` windows of `steps` training steps. Returns the best
@@ -135,7 +145,7 @@ fn main() {
     let args = Args::parse();
     let workloads = args
         .value("workloads", "STEADYGRAD_BENCH_WORKLOADS")
-        .unwrap_or_else(|| "w1,w2".into());
+        .unwrap_or_else(|| "w1,w2,w1-bn".into());
     let steps = args.number("steps", "STEADYGRAD_BENCH_STEPS", 20).max(1);
     let warmup = args.number("warmup", "STEADYGRAD_BENCH_WARMUP", 3);
     let cpu_steps = args.number("cpu-steps", "STEADYGRAD_BENCH_CPU_STEPS", 1);
