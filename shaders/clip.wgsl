@@ -92,9 +92,10 @@ fn store_partial(j: u32, pair: vec2<f32>) {
     partials[slot + 1u] = p.y;
 }
 
-// The same partials with one invocation per partial walking its blocks in order (the CPU
-// reference's order): CPU-backed adapters run workgroup barriers slowly, and a block round
-// has little work. GPUs would leave most lanes idle here and use `norm_partials`.
+// The same partials with one invocation per partial walking its blocks in order, each
+// block summed on its own and then merged: CPU-backed adapters run workgroup barriers
+// slowly, and a block round has little work. GPUs would leave most lanes idle here and
+// use `norm_partials`.
 @compute @workgroup_size(64)
 fn norm_partials_serial(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = gid.x;

@@ -11,7 +11,7 @@ mod common;
 
 use common::{assert_close, gpu, random, OpCase, ODD_SIZES, VEC4_SIZES};
 use steadygrad::cpu::{ops, CpuEngine};
-use steadygrad::gpu::GpuEngine;
+use steadygrad::gpu::{GpuEngine, MatmulVariant};
 use steadygrad::graph::{Activation, Loss, Op};
 use steadygrad::{cross_check, BatchNorm, BnPlacement, MlpSpec, Model, Optimizer, Tolerance};
 
@@ -24,7 +24,7 @@ fn fd_close(fd: f32, a: f32) -> bool {
 /// Shapes with awkward row and column counts, including a single feature over many rows
 /// and many features over three rows. Feature counts that divide by 4 take the `vec4`
 /// kernels.
-const BN_SHAPES: [(usize, usize); 11] = [
+const BN_SHAPES: [(usize, usize); 12] = [
     (2, 1),
     (7, 33),
     (33, 7),
@@ -36,6 +36,7 @@ const BN_SHAPES: [(usize, usize); 11] = [
     (2, 4),
     (7, 36),
     (257, 260),
+    (2000, 8),
 ];
 
 fn bn_train_case(rows: usize, cols: usize, momentum: f32) -> OpCase {
@@ -89,71 +90,78 @@ fn batch_norm_train_eval_backward_gpu_vs_cpu() {
             ("rm", rm.clone()),
             ("rv", rv.clone()),
         ];
-        let out = bn_train_case(rows, cols, 0.1).both(&inputs, 0.0);
-        assert_close(&out, &format!("bn train {rows}x{cols}"));
-        let (mean, invstd) = (out[4].2.clone(), out[5].2.clone());
+        // Texture: the CPU-adapter (loop per feature) kernels; Tiled: the GPU (workgroup
+        // tree) kernels.
+        for variant in [MatmulVariant::Texture, MatmulVariant::Tiled] {
+            let out = bn_train_case(rows, cols, 0.1).both_with(variant, &inputs, 0.0);
+            assert_close(&out, &format!("{variant}: bn train {rows}x{cols}"));
+            let (mean, invstd) = (out[4].2.clone(), out[5].2.clone());
 
-        let eval = OpCase::new(&[
-            ("x", rows * cols),
-            ("y", rows * cols),
-            ("gamma", cols),
-            ("beta", cols),
-            ("rm", cols),
-            ("rv", cols),
-        ])
-        .op(Op::BatchNormEval {
-            x: 0,
-            y: 1,
-            gamma: 2,
-            beta: 3,
-            running_mean: 4,
-            running_var: 5,
-            rows,
-            cols,
-            eps: 1e-5,
-        });
-        let inputs = [
-            ("x", x.clone()),
-            ("gamma", gamma.clone()),
-            ("beta", beta),
-            ("rm", rm),
-            ("rv", rv),
-        ];
-        assert_close(&eval.both(&inputs, 0.0), &format!("bn eval {rows}x{cols}"));
+            let eval = OpCase::new(&[
+                ("x", rows * cols),
+                ("y", rows * cols),
+                ("gamma", cols),
+                ("beta", cols),
+                ("rm", cols),
+                ("rv", cols),
+            ])
+            .op(Op::BatchNormEval {
+                x: 0,
+                y: 1,
+                gamma: 2,
+                beta: 3,
+                running_mean: 4,
+                running_var: 5,
+                rows,
+                cols,
+                eps: 1e-5,
+            });
+            let inputs = [
+                ("x", x.clone()),
+                ("gamma", gamma.clone()),
+                ("beta", beta.clone()),
+                ("rm", rm.clone()),
+                ("rv", rv.clone()),
+            ];
+            assert_close(
+                &eval.both_with(variant, &inputs, 0.0),
+                &format!("{variant}: bn eval {rows}x{cols}"),
+            );
 
-        let back = OpCase::new(&[
-            ("x", rows * cols),
-            ("dy", rows * cols),
-            ("gamma", cols),
-            ("mean", cols),
-            ("invstd", cols),
-            ("dx", rows * cols),
-            ("dgamma", cols),
-            ("dbeta", cols),
-        ])
-        .op(Op::BatchNormBackward {
-            x: 0,
-            dy: 1,
-            gamma: 2,
-            mean: 3,
-            invstd: 4,
-            dx: 5,
-            dgamma: 6,
-            dbeta: 7,
-            rows,
-            cols,
-        });
-        let inputs = [
-            ("x", x),
-            ("dy", random(rows * cols, 6)),
-            ("gamma", gamma),
-            ("mean", mean),
-            ("invstd", invstd),
-        ];
-        assert_close(
-            &back.both(&inputs, 0.0),
-            &format!("bn backward {rows}x{cols}"),
-        );
+            let back = OpCase::new(&[
+                ("x", rows * cols),
+                ("dy", rows * cols),
+                ("gamma", cols),
+                ("mean", cols),
+                ("invstd", cols),
+                ("dx", rows * cols),
+                ("dgamma", cols),
+                ("dbeta", cols),
+            ])
+            .op(Op::BatchNormBackward {
+                x: 0,
+                dy: 1,
+                gamma: 2,
+                mean: 3,
+                invstd: 4,
+                dx: 5,
+                dgamma: 6,
+                dbeta: 7,
+                rows,
+                cols,
+            });
+            let inputs = [
+                ("x", x.clone()),
+                ("dy", random(rows * cols, 6)),
+                ("gamma", gamma.clone()),
+                ("mean", mean),
+                ("invstd", invstd),
+            ];
+            assert_close(
+                &back.both_with(variant, &inputs, 0.0),
+                &format!("{variant}: bn backward {rows}x{cols}"),
+            );
+        }
     }
 }
 
@@ -297,6 +305,12 @@ fn specs() -> Vec<MlpSpec> {
             .residual(1)
             .batch_norm(after)
             .loss(Loss::MeanSquaredError),
+        // Widths that divide by 4: batch norm, residual sums and activations take their
+        // vec4 kernels.
+        base(&[8, 8, 12])
+            .activation(Activation::Relu)
+            .residual(1)
+            .batch_norm(before),
     ]
 }
 

@@ -235,3 +235,60 @@ fn every_matmul_form_splits_or_refuses() {
     // A is not transposed, and k for `Aᵀ·B` when C fits.
     assert_eq!(split, 12 + 4, "forms that ran split");
 }
+
+/// Norm partials of a tensor over the limit run in windows of whole block rounds, each
+/// merging into the partials stored so far, in both forms (a loop per partial with the
+/// texture variants, a workgroup tree with the buffer ones).
+#[test]
+fn norm_partials_merge_windows() {
+    use steadygrad::cpu::CpuEngine;
+    use steadygrad::engine::Engine;
+    use steadygrad::graph::{Hyper, Op, Plan, Stage, Storage};
+    // 5000 floats in windows of 768 (3 groups of 256-element blocks), the last ragged.
+    let (len, groups, first, slots) = (5000, 3, 1, 5);
+    let mut plan = Plan::default();
+    plan.add_tensor("x", &[len], Storage::Local);
+    plan.add_tensor("partials", &[slots, 2], Storage::Local);
+    plan.forward.push(Op::NormPartials {
+        x: 0,
+        len,
+        partials: 1,
+        first,
+        groups,
+        slots,
+    });
+    let x: Vec<f32> = random(len, 8)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * (1 + i % 13) as f32)
+        .collect();
+    let run = |engine: &mut dyn Engine| -> Vec<f32> {
+        engine.init_persistent(&[]).unwrap();
+        engine.set_hyper(Hyper { lr: 0.0 }).unwrap();
+        let id = engine.compile(&plan).unwrap();
+        engine.write(id, 0, &x).unwrap();
+        engine.write(id, 1, &[0.5; 10]).unwrap();
+        engine.run(id, Stage::Predict).unwrap();
+        engine.read(id, 1).unwrap()
+    };
+    let cpu = run(&mut CpuEngine::new());
+    for variant in [MatmulVariant::Texture, MatmulVariant::Tiled] {
+        let gpu = run(&mut limited(variant, SMALL_BINDING));
+        for j in 0..slots {
+            let what = format!("{variant} slot {j}");
+            if j < first || j >= first + groups {
+                assert_eq!(gpu[2 * j..2 * j + 2], [0.5, 0.5], "{what}: untouched");
+                continue;
+            }
+            // The scale is a maximum: exact. The scaled sum: merged in another order.
+            assert_eq!(gpu[2 * j], cpu[2 * j], "{what}: scale");
+            let dq = (gpu[2 * j + 1] - cpu[2 * j + 1]).abs();
+            assert!(
+                dq <= 2e-5 * cpu[2 * j + 1],
+                "{what}: q {} vs {}",
+                gpu[2 * j + 1],
+                cpu[2 * j + 1]
+            );
+        }
+    }
+}

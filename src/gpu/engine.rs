@@ -771,10 +771,18 @@ impl GpuEngine {
         }
     }
 
-    /// The `Op::NormPartials` dispatch, `merge` into the partials already stored. On
-    /// CPU-backed adapters (the texture matmul variants) one invocation per partial walks
-    /// its blocks: workgroup barriers cost them more than the work; GPUs reduce each
-    /// partial with a workgroup.
+    /// Whether reductions run one invocation per output with a loop (CPU-backed adapters,
+    /// i.e. the texture matmul variants, where workgroup barriers cost more than the work)
+    /// rather than one workgroup per output with a tree (GPUs). Norm partials and batch
+    /// norm have both forms.
+    fn serial_reductions(&self) -> bool {
+        matches!(
+            self.resolve_matmul_variant(self.matmul_variant),
+            MatmulVariant::Texture | MatmulVariant::TextureNoSubgroup
+        )
+    }
+
+    /// The `Op::NormPartials` dispatch, `merge` into the partials already stored.
     fn norm_partials(
         &mut self,
         x: &wgpu::Buffer,
@@ -784,11 +792,7 @@ impl GpuEngine {
         groups: usize,
         merge: bool,
     ) -> Result<Dispatch> {
-        let serial = matches!(
-            self.resolve_matmul_variant(self.matmul_variant),
-            MatmulVariant::Texture | MatmulVariant::TextureNoSubgroup
-        );
-        let (entry, workgroups) = if serial {
+        let (entry, workgroups) = if self.serial_reductions() {
             ("norm_partials_serial", groups.div_ceil(64))
         } else {
             ("norm_partials", groups)
@@ -1454,10 +1458,14 @@ impl GpuEngine {
             } => {
                 let b = [x, gamma, beta, y, mean, invstd, running_mean, running_var].map(buf);
                 let (vec4, cols) = lanes(cols);
-                let g = self.grid(cols.div_ceil(BN_COLS_WG))?;
+                let (entry, g) = if self.serial_reductions() {
+                    ("train", self.grid(cols.div_ceil(BN_COLS_WG))?)
+                } else {
+                    ("train_tree", self.grid(cols)?)
+                };
                 let bindings: Vec<(u32, &wgpu::Buffer)> = (1..=8).zip(b.iter()).collect();
                 self.dispatch(
-                    KernelKey::new(Shader::BatchNorm, "train").vec4(vec4),
+                    KernelKey::new(Shader::BatchNorm, entry).vec4(vec4),
                     Some([u(rows)?, u(cols)?, momentum.to_bits(), eps.to_bits()]),
                     &bindings,
                     g,
@@ -1500,9 +1508,13 @@ impl GpuEngine {
                 let [bx, bgam, bdy, bm, bis, bdx, bdg, bdb] =
                     [x, gamma, dy, mean, invstd, dx, dgamma, dbeta].map(buf);
                 let (vec4, cols) = lanes(cols);
-                let g = self.grid(cols.div_ceil(BN_COLS_WG))?;
+                let (entry, g) = if self.serial_reductions() {
+                    ("backward", self.grid(cols.div_ceil(BN_COLS_WG))?)
+                } else {
+                    ("backward_tree", self.grid(cols)?)
+                };
                 self.dispatch(
-                    KernelKey::new(Shader::BatchNorm, "backward").vec4(vec4),
+                    KernelKey::new(Shader::BatchNorm, entry).vec4(vec4),
                     Some([u(rows)?, u(cols)?, 0, 0]),
                     &[
                         (1, &bx),

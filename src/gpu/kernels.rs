@@ -41,9 +41,26 @@ impl Shader {
             return k.source();
         }
         let mut src: String = self.prelude().concat();
-        src.push_str(if vec4 { ELEMENT_VEC4 } else { ELEMENT_F32 });
+        if self.over_elements() {
+            src.push_str(if vec4 { ELEMENT_VEC4 } else { ELEMENT_F32 });
+        }
         src.push_str(self.body());
         src
+    }
+
+    /// Whether the file is written against the element type `V` (see [`ELEMENT_F32`]).
+    fn over_elements(self) -> bool {
+        matches!(
+            self,
+            Shader::Bias
+                | Shader::Activation
+                | Shader::Optim
+                | Shader::BatchNorm
+                | Shader::Elementwise
+                | Shader::Clip
+                | Shader::Dropout
+                | Shader::Guard
+        )
     }
 
     fn body(self) -> &'static str {
@@ -163,6 +180,11 @@ impl Kernels {
         if let Some(p) = self.pipelines.get(key) {
             return Ok(p.clone());
         }
+        debug_assert!(
+            !key.vec4 || key.shader.over_elements(),
+            "{:?} has no vec4 build",
+            key.shader
+        );
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
             .modules

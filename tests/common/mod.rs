@@ -8,15 +8,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use steadygrad::cpu::CpuEngine;
 use steadygrad::engine::Engine;
-use steadygrad::gpu::{GpuContext, GpuEngine};
+use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant};
 use steadygrad::graph::{Hyper, Op, Plan, Stage, Storage, TensorId};
 
 /// Sizes that are not multiples of any workgroup or tile size.
 pub const ODD_SIZES: [usize; 4] = [1, 7, 33, 257];
 
 /// Sizes that divide by 4, for the kernels that switch to `vec4` elements there, still
-/// not multiples of a workgroup (260 = 65 vectors).
-pub const VEC4_SIZES: [usize; 3] = [4, 36, 260];
+/// not multiples of a workgroup (260 = 65 vectors; 70 000 spans many workgroups).
+pub const VEC4_SIZES: [usize; 4] = [4, 36, 260, 70_000];
 
 /// The process-wide GPU device. Panics (fails the test) when there is none: a green run
 /// must prove the GPU path ran.
@@ -82,7 +82,20 @@ impl OpCase {
 
     /// Runs on the GPU and the CPU reference; returns `(name, gpu, cpu)` per tensor.
     pub fn both(&self, inputs: &[(&str, Vec<f32>)], lr: f32) -> Vec<(String, Vec<f32>, Vec<f32>)> {
-        let g = self.run(&mut GpuEngine::new(gpu()), inputs, lr);
+        self.both_with(MatmulVariant::Auto, inputs, lr)
+    }
+
+    /// `both` with the GPU engine's kernel variant forced: the texture variants also pick
+    /// the CPU-adapter forms of the reductions, the buffer variants the GPU forms.
+    pub fn both_with(
+        &self,
+        variant: MatmulVariant,
+        inputs: &[(&str, Vec<f32>)],
+        lr: f32,
+    ) -> Vec<(String, Vec<f32>, Vec<f32>)> {
+        let mut engine = GpuEngine::new(gpu());
+        engine.set_matmul_variant(variant);
+        let g = self.run(&mut engine, inputs, lr);
         let c = self.run(&mut CpuEngine::new(), inputs, lr);
         g.into_iter()
             .zip(c)
