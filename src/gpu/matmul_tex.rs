@@ -6,7 +6,7 @@
 //! with a bounds-check branch per element, about ten instructions per float. A
 //! `textureLoad` from an `rgba32float` storage texture is one branch-free call that
 //! returns 16 bytes to every lane (about two instructions per float). So both operands are
-//! read from texture mirrors (see `engine.rs`), and each fetched float is reused as much
+//! read from texture mirrors (see `engine/texture.rs`), and each fetched float is reused as much
 //! as the register file allows:
 //!
 //! * lanes own adjacent groups of 4 columns of C; each lane gets `B[p, 4 columns]` (one
@@ -84,7 +84,7 @@ impl Epilogue {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TexKernel {
     /// `B` is stored `[n, k]` (else `[k, n]`). `A` is always `[m, k]`: a transposed `A` is
-    /// transposed into its mirror (see `engine.rs`).
+    /// transposed into its mirror (see `engine/texture.rs`).
     pub trans_b: bool,
     /// Share `A` fetches across the 8 lanes of a subgroup (needs subgroups of exactly 8).
     pub subgroup: bool,
