@@ -422,6 +422,23 @@ impl GpuEngine {
             .collect())
     }
 
+    /// An elementwise kernel over `len` values: the `vec4` build where `len` divides by 4
+    /// (see `ELEMENT_F32` in `kernels.rs`), one invocation per element, and the dims
+    /// uniform `[elements, rest…]`.
+    fn dispatch_elementwise(
+        &mut self,
+        key: KernelKey,
+        len: usize,
+        rest: [u32; 3],
+        bindings: &[(u32, &wgpu::Buffer)],
+    ) -> Result<Dispatch> {
+        let (vec4, elements) = lanes(len);
+        let groups = self.grid(elements.div_ceil(ELEMENTWISE_WG))?;
+        let elements = u32::try_from(elements).context("size exceeds u32 indexing")?;
+        let [a, b, c] = rest;
+        self.dispatch(key.vec4(vec4), Some([elements, a, b, c]), bindings, groups)
+    }
+
     /// Lowers a whole op list, continuing from the mirror state in `st`.
     fn lower_ops(
         &mut self,
@@ -615,13 +632,11 @@ impl GpuEngine {
             }
             Op::Activate { act, x, y, len } => {
                 let (bx, by) = (buf(x), buf(y));
-                let (vec4, len) = lanes(len);
-                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
-                self.dispatch(
-                    KernelKey::activation("forward", act).vec4(vec4),
-                    Some([u(len)?, 0, 0, 0]),
+                self.dispatch_elementwise(
+                    KernelKey::activation("forward", act),
+                    len,
+                    [0, 0, 0],
                     &[(1, &bx), (4, &by)],
-                    g,
                 )
             }
             Op::ActivateBackward {
@@ -633,13 +648,11 @@ impl GpuEngine {
                 len,
             } => {
                 let (bx, by, bdy, bdx) = (buf(x), buf(y), buf(dy), buf(dx));
-                let (vec4, len) = lanes(len);
-                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
-                self.dispatch(
-                    KernelKey::activation("backward", act).vec4(vec4),
-                    Some([u(len)?, 0, 0, 0]),
+                self.dispatch_elementwise(
+                    KernelKey::activation("backward", act),
+                    len,
+                    [0, 0, 0],
                     &[(1, &bx), (2, &by), (3, &bdy), (4, &bdx)],
-                    g,
                 )
             }
             Op::RreluTrain {
@@ -652,16 +665,13 @@ impl GpuEngine {
                 len,
             } => {
                 let (bx, by, bs) = (buf(x), buf(y), buf(step));
-                let (vec4, len) = lanes(len);
-                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
-                self.dispatch(
+                self.dispatch_elementwise(
                     KernelKey::new(Shader::Activation, "rrelu_forward")
-                        .vec4(vec4)
                         .with_f32("LOWER", lower)
                         .with_f32("UPPER", upper),
-                    Some([u(len)?, 0, stream, 0]),
+                    len,
+                    [0, stream, 0],
                     &[(1, &bx), (4, &by), (5, &bs)],
-                    g,
                 )
             }
             Op::RreluTrainBackward {
@@ -675,16 +685,13 @@ impl GpuEngine {
                 len,
             } => {
                 let (bx, bdy, bdx, bs) = (buf(x), buf(dy), buf(dx), buf(step));
-                let (vec4, len) = lanes(len);
-                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
-                self.dispatch(
+                self.dispatch_elementwise(
                     KernelKey::new(Shader::Activation, "rrelu_backward")
-                        .vec4(vec4)
                         .with_f32("LOWER", lower)
                         .with_f32("UPPER", upper),
-                    Some([u(len)?, 0, stream, 0]),
+                    len,
+                    [0, stream, 0],
                     &[(1, &bx), (3, &bdy), (4, &bdx), (5, &bs)],
-                    g,
                 )
             }
             Op::Prelu {
@@ -695,13 +702,11 @@ impl GpuEngine {
                 units,
             } => {
                 let (bx, bw, by) = (buf(x), buf(weight), buf(y));
-                let (vec4, len) = lanes(len);
-                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
-                self.dispatch(
-                    KernelKey::new(Shader::Activation, "prelu_forward").vec4(vec4),
-                    Some([u(len)?, u(units)?, 0, 0]),
+                self.dispatch_elementwise(
+                    KernelKey::new(Shader::Activation, "prelu_forward"),
+                    len,
+                    [u(units)?, 0, 0],
                     &[(1, &bx), (4, &by), (6, &bw)],
-                    g,
                 )
             }
             Op::PreluBackward {
@@ -714,13 +719,11 @@ impl GpuEngine {
                 units,
             } => {
                 let (bx, bw, bdy, bdx, bt) = (buf(x), buf(weight), buf(dy), buf(dx), buf(dw_terms));
-                let (vec4, len) = lanes(len);
-                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
-                self.dispatch(
-                    KernelKey::new(Shader::Activation, "prelu_backward").vec4(vec4),
-                    Some([u(len)?, u(units)?, 0, 0]),
+                self.dispatch_elementwise(
+                    KernelKey::new(Shader::Activation, "prelu_backward"),
+                    len,
+                    [u(units)?, 0, 0],
                     &[(1, &bx), (3, &bdy), (4, &bdx), (6, &bw), (7, &bt)],
-                    g,
                 )
             }
             Op::LossGrad {
@@ -859,24 +862,20 @@ impl GpuEngine {
             }
             Op::Add { a, b, out, len } => {
                 let [ba, bb, bo] = [a, b, out].map(buf);
-                let (vec4, len) = lanes(len);
-                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
-                self.dispatch(
-                    KernelKey::new(Shader::Elementwise, "add").vec4(vec4),
-                    Some([u(len)?, 0, 0, 0]),
+                self.dispatch_elementwise(
+                    KernelKey::new(Shader::Elementwise, "add"),
+                    len,
+                    [0, 0, 0],
                     &[(1, &ba), (2, &bb), (3, &bo)],
-                    g,
                 )
             }
             Op::Accumulate { x, y, len } => {
                 let [bx, by] = [x, y].map(buf);
-                let (vec4, len) = lanes(len);
-                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
-                self.dispatch(
-                    KernelKey::new(Shader::Elementwise, "accumulate").vec4(vec4),
-                    Some([u(len)?, 0, 0, 0]),
+                self.dispatch_elementwise(
+                    KernelKey::new(Shader::Elementwise, "accumulate"),
+                    len,
+                    [0, 0, 0],
                     &[(1, &bx), (3, &by)],
-                    g,
                 )
             }
             Op::AdvanceStep { counter } => {
@@ -890,14 +889,12 @@ impl GpuEngine {
             }
             Op::SgdStep { param, grad, len } => {
                 let (bp, bg, bh) = (buf(param), buf(grad), self.hyper.clone());
-                let (vec4, len) = lanes(len);
-                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 let consts = self.constants([0.0; 8]);
-                self.dispatch(
-                    KernelKey::new(Shader::Optim, "sgd").vec4(vec4),
-                    Some([u(len)?, 0, 0, 0]),
+                self.dispatch_elementwise(
+                    KernelKey::new(Shader::Optim, "sgd"),
+                    len,
+                    [0, 0, 0],
                     &[(1, &bp), (2, &bg), (3, &bh), (5, &consts)],
-                    g,
                 )
             }
             Op::Sgd {
@@ -908,17 +905,15 @@ impl GpuEngine {
                 weight_decay,
             } => {
                 let (bp, bg, bh) = (buf(param), buf(grad), self.hyper.clone());
-                let (vec4, len) = lanes(len);
-                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 match momentum {
                     None => {
                         let consts =
                             self.constants([0.0, 0.0, 0.0, weight_decay, 0.0, 0.0, 0.0, 0.0]);
-                        self.dispatch(
-                            KernelKey::new(Shader::Optim, "sgd").vec4(vec4),
-                            Some([u(len)?, 0, 0, 0]),
+                        self.dispatch_elementwise(
+                            KernelKey::new(Shader::Optim, "sgd"),
+                            len,
+                            [0, 0, 0],
                             &[(1, &bp), (2, &bg), (3, &bh), (5, &consts)],
-                            g,
                         )
                     }
                     Some(m) => {
@@ -933,11 +928,11 @@ impl GpuEngine {
                             0.0,
                             0.0,
                         ]);
-                        self.dispatch(
-                            KernelKey::new(Shader::Optim, "sgd_momentum").vec4(vec4),
-                            Some([u(len)?, m.nesterov as u32, 0, 0]),
+                        self.dispatch_elementwise(
+                            KernelKey::new(Shader::Optim, "sgd_momentum"),
+                            len,
+                            [m.nesterov as u32, 0, 0],
                             &[(1, &bp), (2, &bg), (3, &bh), (5, &consts), (6, &bb)],
-                            g,
                         )
                     }
                 }
@@ -963,8 +958,6 @@ impl GpuEngine {
                     buf(exp_avg),
                     buf(exp_avg_sq),
                 );
-                let (vec4, len) = lanes(len);
-                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
                 // ln β in f64 on the host: the kernel's bias correction needs it accurately.
                 let ln = |b: f32| if b > 0.0 { (b as f64).ln() as f32 } else { 0.0 };
                 let consts = self.constants([
@@ -977,9 +970,10 @@ impl GpuEngine {
                     0.0,
                     0.0,
                 ]);
-                self.dispatch(
-                    KernelKey::new(Shader::Optim, "adam").vec4(vec4),
-                    Some([u(len)?, decoupled as u32, 0, 0]),
+                self.dispatch_elementwise(
+                    KernelKey::new(Shader::Optim, "adam"),
+                    len,
+                    [decoupled as u32, 0, 0],
                     &[
                         (1, &bp),
                         (2, &bg),
@@ -989,7 +983,6 @@ impl GpuEngine {
                         (6, &bm),
                         (7, &bv),
                     ],
-                    g,
                 )
             }
             Op::NormPartials {
@@ -1020,24 +1013,20 @@ impl GpuEngine {
             }
             Op::ScaleBy { x, coef, len } => {
                 let (bx, bc) = (buf(x), buf(coef));
-                let (vec4, len) = lanes(len);
-                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
-                self.dispatch(
-                    KernelKey::new(Shader::Clip, "scale_by").vec4(vec4),
-                    Some([u(len)?, 0, 0, 0]),
+                self.dispatch_elementwise(
+                    KernelKey::new(Shader::Clip, "scale_by"),
+                    len,
+                    [0, 0, 0],
                     &[(1, &bx), (7, &bc)],
-                    g,
                 )
             }
             Op::ClampValue { x, len, limit } => {
                 let bx = buf(x);
-                let (vec4, len) = lanes(len);
-                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
-                self.dispatch(
-                    KernelKey::new(Shader::Clip, "clamp_value").vec4(vec4),
-                    Some([u(len)?, 0, 0, limit.to_bits()]),
+                self.dispatch_elementwise(
+                    KernelKey::new(Shader::Clip, "clamp_value"),
+                    len,
+                    [0, 0, limit.to_bits()],
                     &[(1, &bx)],
-                    g,
                 )
             }
             Op::Dropout {
@@ -1049,13 +1038,11 @@ impl GpuEngine {
                 stream,
             } => {
                 let (bx, by, bs) = (buf(x), buf(y), buf(step));
-                let (vec4, len) = lanes(len);
-                let g = self.grid(len.div_ceil(ELEMENTWISE_WG))?;
-                self.dispatch(
-                    KernelKey::new(Shader::Dropout, "dropout").vec4(vec4),
-                    Some([u(len)?, stream, p.to_bits(), dropout_scale(p).to_bits()]),
+                self.dispatch_elementwise(
+                    KernelKey::new(Shader::Dropout, "dropout"),
+                    len,
+                    [stream, p.to_bits(), dropout_scale(p).to_bits()],
                     &[(1, &bx), (2, &by), (3, &bs)],
-                    g,
                 )
             }
             Op::Copy {
