@@ -17,7 +17,9 @@ use std::process::Command;
 use std::time::Instant;
 use steadygrad::engine::Engine;
 use steadygrad::gpu::{GpuContext, GpuEngine};
-use steadygrad::graph::{mlp, Hyper, Stage};
+use steadygrad::graph::Stage;
+use steadygrad::model::lower as mlp;
+use steadygrad::tensor::Hyper;
 use steadygrad::{Activation, MlpSpec, Optimizer};
 
 const CHILD_ENV: &str = "STEADYGRAD_FIRST_STEP_CHILD";

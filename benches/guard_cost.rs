@@ -4,7 +4,11 @@
 use std::time::Instant;
 use steadygrad::engine::Engine;
 use steadygrad::gpu::{GpuContext, GpuEngine};
-use steadygrad::graph::{mlp, Hyper, Op, Stage};
+use steadygrad::graph::Stage;
+use steadygrad::model::lower as mlp;
+use steadygrad::ops::Op;
+use steadygrad::ops::*;
+use steadygrad::tensor::Hyper;
 use steadygrad::MlpSpec;
 
 fn main() -> anyhow::Result<()> {
@@ -22,7 +26,7 @@ fn main() -> anyhow::Result<()> {
     let mut without = with.clone();
     without
         .train
-        .retain(|op| !matches!(op, Op::GuardFinite { .. }));
+        .retain(|op| !matches!(op, Op::GuardFinite(GuardFinite { .. })));
     let guards = with.train.len() - without.train.len();
     let mut engine = GpuEngine::new(ctx.clone());
     engine.init_persistent(&persistent)?;

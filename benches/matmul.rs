@@ -19,7 +19,10 @@ use common::{json_line, noise, Args, V};
 use std::time::Instant;
 use steadygrad::engine::Engine;
 use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant};
-use steadygrad::graph::{Op, Plan, Stage, Storage};
+use steadygrad::graph::{Plan, Stage};
+use steadygrad::ops::Op;
+use steadygrad::ops::*;
+use steadygrad::tensor::Storage;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Form {
@@ -106,7 +109,7 @@ fn single_matmul_plan(m: usize, k: usize, n: usize, form: Form) -> (Plan, [usize
     let c = p.add_tensor("c", &[m * n], Storage::Local);
     // Untouched by the op: reading it back waits for the queue without copying all of C.
     let sync = p.add_tensor("sync", &[1], Storage::Local);
-    p.forward.push(Op::MatMul {
+    p.forward.push(Op::MatMul(MatMul {
         a,
         b,
         c,
@@ -116,7 +119,7 @@ fn single_matmul_plan(m: usize, k: usize, n: usize, form: Form) -> (Plan, [usize
         trans_a,
         trans_b,
         accumulate: false,
-    });
+    }));
     (p, [a, b, c, sync])
 }
 
@@ -207,7 +210,7 @@ fn main() {
                 let (av, bv) = (noise(cpu_m * k, 3), noise(k * n, 4));
                 let mut cv = vec![0.0f32; cpu_m * n];
                 let t0 = Instant::now();
-                steadygrad::cpu::ops::matmul(&av, &bv, &mut cv, cpu_m, k, n, ta, tb, false);
+                steadygrad::ops::matmul::cpu::matmul(&av, &bv, &mut cv, cpu_m, k, n, ta, tb, false);
                 std::hint::black_box(&cv);
                 2.0 * (cpu_m * k * n) as f64 / t0.elapsed().as_secs_f64() / 1e9
             });

@@ -27,7 +27,9 @@ use std::time::Instant;
 use steadygrad::cpu::CpuEngine;
 use steadygrad::engine::{Engine, PlanId};
 use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant};
-use steadygrad::graph::{mlp, Hyper, Stage};
+use steadygrad::graph::Stage;
+use steadygrad::model::lower as mlp;
+use steadygrad::tensor::Hyper;
 use steadygrad::{Activation, BatchNorm, Clip, Loss, MlpSpec, Optimizer};
 
 const BATCH: usize = 256;

@@ -1,5 +1,5 @@
 // Bias add (forward) and the bias gradient, a column sum over the batch (backward). Over
-// `V` elements (see `ELEMENT_F32` in src/gpu/kernels.rs): `vec4` when the column count
+// `V` elements (see `ELEMENT_F32` in src/device/kernels.rs): `vec4` when the column count
 // divides by 4, and `dims.cols` then counts groups of 4 columns.
 
 struct Dims {
@@ -13,13 +13,12 @@ struct Dims {
 @group(0) @binding(1) var<storage, read> src: array<V>;
 @group(0) @binding(2) var<storage, read_write> dst: array<V>;
 
-const WG: u32 = 256u;
 
 // dst[r,c] += src[c]
 @compute @workgroup_size(256)
 fn add_bias(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.y * nwg.x + wg.x) * WG + lid;
+    let i = flat_index(wg, nwg, lid);
     if i >= dims.rows * dims.cols {
         return;
     }

@@ -17,7 +17,7 @@ struct Dims {
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-// Over `V` elements (see `ELEMENT_F32` in src/gpu/kernels.rs), for scale_by and
+// Over `V` elements (see `ELEMENT_F32` in src/device/kernels.rs), for scale_by and
 // clamp_value; `dims.len` then counts them.
 @group(0) @binding(1) var<storage, read_write> x: array<V>;
 @group(0) @binding(2) var<storage, read> values: array<f32>;
@@ -27,7 +27,6 @@ struct Dims {
 @group(0) @binding(6) var<storage, read_write> coef: array<f32>;
 @group(0) @binding(7) var<storage, read> coef_in: array<f32>;
 
-const WG: u32 = 256u;
 
 var<workgroup> pairs: array<vec2<f32>, 256>;
 
@@ -131,10 +130,6 @@ fn clip_coef(@builtin(local_invocation_index) lid: u32) {
         total_norm[0] = total;
         coef[0] = select(c, 1.0, c > 1.0);
     }
-}
-
-fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG + lid;
 }
 
 @compute @workgroup_size(256)

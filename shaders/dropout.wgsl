@@ -1,8 +1,8 @@
 // Inverted dropout: kept units are scaled by 1/(1-p), dropped ones zeroed. The mask is
-// redrawn from (stream, step, index) by rng_uniform (shaders/rng.wgsl, prepended), so the
+// redrawn from (stream, step, index) by rng_uniform (shaders/prelude.wgsl), so the
 // backward pass, which is this same kernel applied to the output gradient, sees the mask
 // the forward pass drew, and the CPU reference draws it bit for bit. Over `V` elements
-// (see `ELEMENT_F32` in src/gpu/kernels.rs); `dims.len` counts them.
+// (see `ELEMENT_F32` in src/device/kernels.rs); `dims.len` counts them.
 
 struct Dims {
     len: u32,
@@ -17,12 +17,11 @@ struct Dims {
 @group(0) @binding(2) var<storage, read_write> y: array<V>;
 @group(0) @binding(3) var<storage, read> step_counter: array<f32>;
 
-const WG: u32 = 256u;
 
 @compute @workgroup_size(256)
 fn dropout(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.y * nwg.x + wg.x) * WG + lid;
+    let i = flat_index(wg, nwg, lid);
     if i >= dims.len {
         return;
     }

@@ -1,6 +1,6 @@
 // Elementwise tensor sums: a residual connection's forward sum, and gradients adding up
 // where a tensor feeds two consumers. Over `V` elements (see `ELEMENT_F32` in
-// src/gpu/kernels.rs); `dims.len` counts them.
+// src/device/kernels.rs); `dims.len` counts them.
 
 struct Dims {
     len: u32,
@@ -14,11 +14,6 @@ struct Dims {
 @group(0) @binding(2) var<storage, read> b: array<V>;
 @group(0) @binding(3) var<storage, read_write> out: array<V>;
 
-const WG: u32 = 256u;
-
-fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG + lid;
-}
 
 // out = a + b
 @compute @workgroup_size(256)

@@ -16,10 +16,10 @@ struct Dims {
 @group(0) @binding(4) var<storage, read_write> row_loss: array<f32>;
 @group(0) @binding(5) var<storage, read_write> row_correct: array<f32>;
 
-const WG: u32 = 64u;
+const ROW_WG: u32 = 64u;
 
 fn row_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG + lid;
+    return (wg.y * nwg.x + wg.x) * ROW_WG + lid;
 }
 
 // Softmax cross-entropy, stable through the row maximum: loss = log Σ exp(z - max) + max - z[label].

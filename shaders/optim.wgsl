@@ -40,11 +40,6 @@ struct Consts {
 // adam: exp_avg_sq.
 @group(0) @binding(7) var<storage, read_write> state_b: array<V>;
 
-const WG: u32 = 256u;
-
-fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG + lid;
-}
 
 // torch's d_p: the gradient plus coupled (L2) weight decay.
 fn decayed_grad(i: u32) -> V {

@@ -1,10 +1,14 @@
 //! steadygrad trains deep multilayer perceptrons on any GPU through wgpu compute shaders,
 //! with a plain CPU reference backend that computes the same plan for checking.
 //!
-//! * [`graph`]: the backend-neutral plan (tensors and ops) and the MLP lowering.
-//! * [`cpu`]: the reference backend (plain loops).
-//! * [`gpu`]: the wgpu backend; kernels live in `shaders/*.wgsl`.
-//! * [`model`]: the model specification, initialisation and the training loop.
+//! * [`ops`]: every op, one folder per family (matmul, bias, activation, loss, batch_norm,
+//!   elementwise, optim, clip, dropout, health), each with its CPU reference (`cpu.rs`)
+//!   and its lowering to the family's kernels in `shaders/` (`wgpu.rs`).
+//! * [`tensor`]: tensor ids and descriptions; [`graph`]: the plan (tensors and op lists).
+//! * [`cpu`]: the reference backend; [`gpu`]: the wgpu backend's executor; [`device`]:
+//!   the wgpu device, kernel cache and the tools ops lower with; [`backend`]: choosing one.
+//! * [`model`]: the model specification, its lowering to a plan, initialisation and the
+//!   training loop.
 //! * [`check`]: GPU-versus-CPU comparison of one training step.
 //! * [`data`]: datasets and the built-in synthetic data.
 //!
@@ -22,25 +26,30 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backend;
 pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;
 pub mod data;
+pub mod device;
 pub mod diag;
 pub mod engine;
 pub mod gpu;
 pub mod graph;
 pub mod model;
+pub mod ops;
+pub mod tensor;
 
+pub use backend::{create_engine, BackendChoice};
 pub use check::{cross_check, CheckReport, Tolerance};
 pub use data::Dataset;
-pub use engine::{create_engine, BackendChoice, Engine};
-pub use graph::{Activation, Loss};
+pub use engine::Engine;
 pub use model::{
     BatchNorm, BnPlacement, Clip, EpochReport, FitOptions, Init, LrSchedule, Metrics, MlpSpec,
     Model, NamedTensor, Optimizer,
 };
+pub use ops::{Activation, Loss};
 
 /// Compiles the README's examples as doctests so they cannot drift from the API.
 #[doc = include_str!("../README.md")]

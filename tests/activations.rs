@@ -6,9 +6,10 @@
 mod common;
 
 use common::{assert_close, gpu, random, OpCase, ODD_SIZES, VEC4_SIZES};
-use steadygrad::cpu::{ops, CpuEngine};
+use steadygrad::cpu::CpuEngine;
 use steadygrad::gpu::GpuEngine;
-use steadygrad::graph::{Activation, Loss, Op};
+use steadygrad::ops::*;
+use steadygrad::ops::{Activation, Loss, Op};
 use steadygrad::{cross_check, Init, MlpSpec, Model, Optimizer, Tolerance};
 
 /// The new kinds at their defaults and at other parameters.
@@ -100,13 +101,13 @@ fn derivatives_match_finite_differences() {
         let r = random(60, 8);
         let loss = |x: &[f32]| {
             let mut y = vec![0.0; x.len()];
-            ops::activate(act, x, &mut y);
+            steadygrad::ops::activation::cpu::activate(act, x, &mut y);
             dot(&y, &r)
         };
         let mut y = vec![0.0; 60];
-        ops::activate(act, &x, &mut y);
+        steadygrad::ops::activation::cpu::activate(act, &x, &mut y);
         let mut dx = vec![0.0; 60];
-        ops::activate_backward(act, &x, &y, &r, &mut dx);
+        steadygrad::ops::activation::cpu::activate_backward(act, &x, &y, &r, &mut dx);
         assert_grad(&act.to_string(), &dx, |i| central(&x, i, loss));
     }
 }
@@ -120,11 +121,13 @@ fn rrelu_training_derivative_matches_finite_differences() {
     let r = random(80, 10);
     let loss = |x: &[f32]| {
         let mut y = vec![0.0; x.len()];
-        ops::rrelu_train(x, &mut y, step, stream, lower, upper);
+        steadygrad::ops::activation::cpu::rrelu_train(x, &mut y, step, stream, lower, upper);
         dot(&y, &r)
     };
     let mut dx = vec![0.0; 80];
-    ops::rrelu_train_backward(&x, &r, &mut dx, step, stream, lower, upper);
+    steadygrad::ops::activation::cpu::rrelu_train_backward(
+        &x, &r, &mut dx, step, stream, lower, upper,
+    );
     assert_grad("rrelu (training)", &dx, |i| central(&x, i, loss));
 }
 
@@ -139,11 +142,11 @@ fn prelu_derivatives_match_finite_differences() {
         let w: Vec<f32> = random(units, 13).iter().map(|v| 0.3 + 0.2 * v).collect();
         let loss = |x: &[f32], w: &[f32]| {
             let mut y = vec![0.0; x.len()];
-            ops::prelu(x, w, &mut y);
+            steadygrad::ops::activation::cpu::prelu(x, w, &mut y);
             dot(&y, &r)
         };
         let (mut dx, mut terms) = (vec![0.0; rows * cols], vec![0.0; rows * cols]);
-        ops::prelu_backward(&x, &w, &r, &mut dx, &mut terms);
+        steadygrad::ops::activation::cpu::prelu_backward(&x, &w, &r, &mut dx, &mut terms);
         let mut dw = vec![0.0f32; units];
         for (i, t) in terms.iter().enumerate() {
             dw[i % units] += t;
@@ -208,24 +211,24 @@ fn activations_gpu_vs_cpu_at_several_scales() {
             for scale in [0.5f32, 4.0, 20.0] {
                 let x: Vec<f32> = random(len, 5).iter().map(|v| v * scale).collect();
                 let what = format!("{act}, len {len}, inputs ±{scale}");
-                let case = OpCase::new(&[("x", len), ("y", len)]).op(Op::Activate {
+                let case = OpCase::new(&[("x", len), ("y", len)]).op(Op::Activate(Activate {
                     act,
                     x: 0,
                     y: 1,
                     len,
-                });
+                }));
                 let fwd = case.both(&[("x", x.clone())], 0.0);
                 assert_close(&fwd, &format!("{what} forward"));
                 let y = fwd[1].2.clone();
                 let case = OpCase::new(&[("x", len), ("y", len), ("dy", len), ("dx", len)]).op(
-                    Op::ActivateBackward {
+                    Op::ActivateBackward(ActivateBackward {
                         act,
                         x: 0,
                         y: 1,
                         dy: 2,
                         dx: 3,
                         len,
-                    },
+                    }),
                 );
                 let inputs = [("x", x), ("y", y), ("dy", random(len, 6))];
                 assert_close(&case.both(&inputs, 0.0), &format!("{what} backward"));
@@ -261,17 +264,23 @@ fn reference_values() {
         (Activation::GeluTanh, 1.0, 0.8411919906082768),
     ];
     for &(act, x, want) in cases {
-        let got = ops::activation(act, x) as f64;
+        let got = steadygrad::ops::activation::cpu::activation(act, x) as f64;
         assert!(
             (got - want).abs() <= 1e-6 * want.abs().max(1e-30),
             "{act}({x}) = {got}, expected {want}"
         );
     }
     // Derivatives at the kink follow PyTorch: the negative side's slope.
-    assert_eq!(ops::activation_grad(Activation::LEAKY_RELU, 0.0, 0.0), 0.01);
-    assert_eq!(ops::activation_grad(Activation::ELU, 0.0, 0.0), 1.0);
     assert_eq!(
-        ops::activation_grad(Activation::Elu { alpha: 0.5 }, 0.0, 0.0),
+        steadygrad::ops::activation::cpu::activation_grad(Activation::LEAKY_RELU, 0.0, 0.0),
+        0.01
+    );
+    assert_eq!(
+        steadygrad::ops::activation::cpu::activation_grad(Activation::ELU, 0.0, 0.0),
+        1.0
+    );
+    assert_eq!(
+        steadygrad::ops::activation::cpu::activation_grad(Activation::Elu { alpha: 0.5 }, 0.0, 0.0),
         0.5
     );
 }
@@ -295,7 +304,7 @@ fn rrelu_training_gpu_vs_cpu() {
                 ("dx", len),
                 ("step", 1),
             ])
-            .op(Op::RreluTrain {
+            .op(Op::RreluTrain(RreluTrain {
                 x: 0,
                 y: 1,
                 step: 4,
@@ -303,8 +312,8 @@ fn rrelu_training_gpu_vs_cpu() {
                 lower,
                 upper,
                 len,
-            })
-            .op(Op::RreluTrainBackward {
+            }))
+            .op(Op::RreluTrainBackward(RreluTrainBackward {
                 x: 0,
                 dy: 2,
                 dx: 3,
@@ -313,7 +322,7 @@ fn rrelu_training_gpu_vs_cpu() {
                 lower,
                 upper,
                 len,
-            });
+            }));
             let x: Vec<f32> = random(len, 20).iter().map(|v| v * 4.0).collect();
             let dy = random(len, 21);
             let inputs = [
@@ -396,14 +405,14 @@ fn prelu_gpu_vs_cpu() {
                 ("per_unit", cols),
                 ("dw", 1),
             ])
-            .op(Op::Prelu {
+            .op(Op::Prelu(Prelu {
                 x: 0,
                 weight: 1,
                 y: 2,
                 len,
                 units,
-            })
-            .op(Op::PreluBackward {
+            }))
+            .op(Op::PreluBackward(PreluBackward {
                 x: 0,
                 weight: 1,
                 dy: 3,
@@ -411,21 +420,21 @@ fn prelu_gpu_vs_cpu() {
                 dw_terms: 5,
                 len,
                 units,
-            })
-            .op(Op::SumRows {
+            }))
+            .op(Op::SumRows(SumRows {
                 x: 5,
                 out: 6,
                 rows,
                 cols,
                 accumulate: false,
-            })
-            .op(Op::SumRows {
+            }))
+            .op(Op::SumRows(SumRows {
                 x: 6,
                 out: 7,
                 rows: cols,
                 cols: 1,
                 accumulate: false,
-            });
+            }));
             let x: Vec<f32> = random(len, 30).iter().map(|v| v * 3.0).collect();
             let w: Vec<f32> = random(units, 31).iter().map(|v| 0.25 + 0.2 * v).collect();
             let dy = random(len, 32);
@@ -670,7 +679,7 @@ fn gpu_erf(xs: &[f32], complement: bool) -> Vec<f32> {
     use wgpu::util::DeviceExt;
     let ctx = gpu();
     let device = &ctx.device;
-    let source = steadygrad::gpu::kernels::Shader::Activation.source(false) + PROBE;
+    let source = steadygrad::ops::activation::wgpu::SHADER.source(false) + PROBE;
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("erf probe"),
         source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -755,9 +764,12 @@ fn erf_reference_values() {
         (2.0, 0.9953222650189527, 0.004677734981047266),
         (5.0, 0.9999999999984626, 1.537_459_794_428_035e-12),
     ] {
-        assert!((ops::erf(x) - erf).abs() <= 1e-15 * erf);
-        assert!((ops::erfc(x) - erfc).abs() <= 1e-15 * erfc);
-        assert_eq!(ops::erf(-x), -ops::erf(x));
+        assert!((steadygrad::ops::activation::cpu::erf(x) - erf).abs() <= 1e-15 * erf);
+        assert!((steadygrad::ops::activation::cpu::erfc(x) - erfc).abs() <= 1e-15 * erfc);
+        assert_eq!(
+            steadygrad::ops::activation::cpu::erf(-x),
+            -steadygrad::ops::activation::cpu::erf(x)
+        );
     }
 }
 
@@ -797,7 +809,7 @@ fn wgsl_erf_is_accurate_over_a_wide_range() {
     let got = gpu_erf(&xs, false);
     let (mut worst, mut at) = (0.0f64, 0.0f32);
     for (&x, &g) in xs.iter().zip(&got) {
-        let err = (g as f64 - ops::erf(x as f64)).abs();
+        let err = (g as f64 - steadygrad::ops::activation::cpu::erf(x as f64)).abs();
         if err > worst || err.is_nan() {
             (worst, at) = (err, x);
         }
@@ -811,7 +823,7 @@ fn wgsl_erf_is_accurate_over_a_wide_range() {
     for (&x, &g) in xs.iter().zip(&got) {
         // Subnormal results have fewer bits (and GPUs may flush them), so start above.
         if x.abs() >= 1e-37 && x.abs() < 0.5 {
-            let want = ops::erf(x as f64);
+            let want = steadygrad::ops::activation::cpu::erf(x as f64);
             assert!(
                 ((g as f64 - want) / want).abs() <= 4.0 * f32::EPSILON as f64,
                 "erf({x}) = {g}, expected {want}"
@@ -836,7 +848,7 @@ fn wgsl_erfc_keeps_the_tail() {
     let got = gpu_erf(&xs, true);
     let (mut abs, mut rel) = (0.0f64, 0.0f64);
     for (&x, &g) in xs.iter().zip(&got) {
-        let want = ops::erfc(x as f64);
+        let want = steadygrad::ops::activation::cpu::erfc(x as f64);
         abs = abs.max((g as f64 - want).abs());
         if x > 0.921875 && x < 4.0 {
             rel = rel.max(((g as f64 - want) / want).abs());

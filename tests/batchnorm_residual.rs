@@ -10,9 +10,10 @@
 mod common;
 
 use common::{assert_close, gpu, random, OpCase, ODD_SIZES, VEC4_SIZES};
-use steadygrad::cpu::{ops, CpuEngine};
+use steadygrad::cpu::CpuEngine;
 use steadygrad::gpu::{GpuEngine, MatmulVariant};
-use steadygrad::graph::{Activation, Loss, Op};
+use steadygrad::ops::*;
+use steadygrad::ops::{Activation, Loss, Op};
 use steadygrad::{cross_check, BatchNorm, BnPlacement, MlpSpec, Model, Optimizer, Tolerance};
 
 const H: f32 = 2e-3;
@@ -50,7 +51,7 @@ fn bn_train_case(rows: usize, cols: usize, momentum: f32) -> OpCase {
         ("rm", cols),
         ("rv", cols),
     ])
-    .op(Op::BatchNormTrain {
+    .op(Op::BatchNormTrain(BatchNormTrain {
         x: 0,
         y: 1,
         gamma: 2,
@@ -63,7 +64,7 @@ fn bn_train_case(rows: usize, cols: usize, momentum: f32) -> OpCase {
         cols,
         momentum,
         eps: 1e-5,
-    })
+    }))
 }
 
 #[test]
@@ -105,7 +106,7 @@ fn batch_norm_train_eval_backward_gpu_vs_cpu() {
                 ("rm", cols),
                 ("rv", cols),
             ])
-            .op(Op::BatchNormEval {
+            .op(Op::BatchNormEval(BatchNormEval {
                 x: 0,
                 y: 1,
                 gamma: 2,
@@ -115,7 +116,7 @@ fn batch_norm_train_eval_backward_gpu_vs_cpu() {
                 rows,
                 cols,
                 eps: 1e-5,
-            });
+            }));
             let inputs = [
                 ("x", x.clone()),
                 ("gamma", gamma.clone()),
@@ -138,7 +139,7 @@ fn batch_norm_train_eval_backward_gpu_vs_cpu() {
                 ("dgamma", cols),
                 ("dbeta", cols),
             ])
-            .op(Op::BatchNormBackward {
+            .op(Op::BatchNormBackward(BatchNormBackward {
                 x: 0,
                 dy: 1,
                 gamma: 2,
@@ -149,7 +150,7 @@ fn batch_norm_train_eval_backward_gpu_vs_cpu() {
                 dbeta: 7,
                 rows,
                 cols,
-            });
+            }));
             let inputs = [
                 ("x", x.clone()),
                 ("dy", random(rows * cols, 6)),
@@ -209,7 +210,7 @@ fn batch_norm_backward_finite_differences() {
             vec![0.0; cols],
             vec![1.0; cols],
         );
-        ops::batch_norm_train(
+        steadygrad::ops::batch_norm::cpu::batch_norm_train(
             x, &mut y, gamma, beta, &mut m, &mut is, &mut rm, &mut rv, rows, cols, 0.1, 1e-5,
         );
         y.iter().zip(&r).map(|(&a, &b)| a as f64 * b as f64).sum()
@@ -221,11 +222,11 @@ fn batch_norm_backward_finite_differences() {
         vec![0.0; cols],
         vec![1.0; cols],
     );
-    ops::batch_norm_train(
+    steadygrad::ops::batch_norm::cpu::batch_norm_train(
         &x, &mut y, &gamma, &beta, &mut m, &mut is, &mut rm, &mut rv, rows, cols, 0.1, 1e-5,
     );
     let (mut dx, mut dg, mut db) = (vec![0.0; rows * cols], vec![0.0; cols], vec![0.0; cols]);
-    ops::batch_norm_backward(
+    steadygrad::ops::batch_norm::cpu::batch_norm_backward(
         &x, &r, &gamma, &m, &is, &mut dx, &mut dg, &mut db, rows, cols,
     );
     let central = |v: &[f32], i: usize, f: &dyn Fn(&[f32]) -> f64| {
@@ -250,17 +251,21 @@ fn batch_norm_backward_finite_differences() {
 #[test]
 fn add_and_accumulate_gpu_vs_cpu() {
     for len in ODD_SIZES.into_iter().chain(VEC4_SIZES) {
-        let add = OpCase::new(&[("a", len), ("b", len), ("out", len)]).op(Op::Add {
+        let add = OpCase::new(&[("a", len), ("b", len), ("out", len)]).op(Op::Add(Add {
             a: 0,
             b: 1,
             out: 2,
             len,
-        });
+        }));
         assert_close(
             &add.both(&[("a", random(len, 1)), ("b", random(len, 2))], 0.0),
             "add",
         );
-        let acc = OpCase::new(&[("x", len), ("y", len)]).op(Op::Accumulate { x: 0, y: 1, len });
+        let acc = OpCase::new(&[("x", len), ("y", len)]).op(Op::Accumulate(Accumulate {
+            x: 0,
+            y: 1,
+            len,
+        }));
         let out = acc.both(&[("x", random(len, 3)), ("y", random(len, 4))], 0.0);
         assert_close(&out, "accumulate");
         let expect: Vec<f32> = random(len, 3)

@@ -8,7 +8,8 @@ use common::{assert_close, gpu, random, OpCase, ODD_SIZES, VEC4_SIZES};
 use steadygrad::cpu::CpuEngine;
 use steadygrad::engine::Engine;
 use steadygrad::gpu::{GpuEngine, MatmulVariant};
-use steadygrad::graph::{Op, NORM_BLOCK};
+use steadygrad::ops::*;
+use steadygrad::ops::{Op, NORM_BLOCK};
 use steadygrad::{Clip, Loss, MlpSpec, Model, Optimizer};
 
 /// Values spanning twelve orders of magnitude, so the scaled sums really rescale.
@@ -42,14 +43,16 @@ fn norm_partials_gpu_vs_cpu_and_definition() {
         for groups in [1, 5, 64] {
             let first = 2;
             let slots = first + groups + 1;
-            let case = OpCase::new(&[("x", len), ("partials", 2 * slots)]).op(Op::NormPartials {
-                x: 0,
-                len,
-                partials: 1,
-                first,
-                groups,
-                slots,
-            });
+            let case = OpCase::new(&[("x", len), ("partials", 2 * slots)]).op(Op::NormPartials(
+                NormPartials {
+                    x: 0,
+                    len,
+                    partials: 1,
+                    first,
+                    groups,
+                    slots,
+                },
+            ));
             let x = spread(len, len as u64);
             // Slots outside first..first + groups must be left alone.
             let sentinel = random(2 * slots, 7);
@@ -102,13 +105,13 @@ fn clip_coef_scale_and_clamp_gpu_vs_cpu() {
         // One threshold below the total (clips) and one above (coefficient 1).
         for max_norm in [want as f32 * 0.3, want as f32 * 3.0] {
             let case = OpCase::new(&[("partials", 2 * slots), ("total", 1), ("coef", 1)]).op(
-                Op::ClipCoef {
+                Op::ClipCoef(ClipCoef {
                     partials: 0,
                     slots,
                     total_norm: 1,
                     coef: 2,
                     max_norm,
-                },
+                }),
             );
             let out = case.both(&[("partials", partials.clone())], 0.0);
             assert_close(&out, &format!("clip_coef slots {slots}"));
@@ -122,18 +125,19 @@ fn clip_coef_scale_and_clamp_gpu_vs_cpu() {
         }
     }
     for len in ODD_SIZES.into_iter().chain(VEC4_SIZES).chain([70_001]) {
-        let case = OpCase::new(&[("x", len), ("coef", 1)]).op(Op::ScaleBy { x: 0, coef: 1, len });
+        let case =
+            OpCase::new(&[("x", len), ("coef", 1)]).op(Op::ScaleBy(ScaleBy { x: 0, coef: 1, len }));
         let x = random(len, 9);
         let out = case.both(&[("x", x.clone()), ("coef", vec![0.37])], 0.0);
         assert_close(&out, &format!("scale_by len {len}"));
         let scaled: Vec<f32> = x.iter().map(|v| v * 0.37).collect();
         assert_eq!(out[0].2, scaled);
 
-        let case = OpCase::new(&[("x", len)]).op(Op::ClampValue {
+        let case = OpCase::new(&[("x", len)]).op(Op::ClampValue(ClampValue {
             x: 0,
             len,
             limit: 0.5,
-        });
+        }));
         let out = case.both(&[("x", x.clone())], 0.0);
         let clamped: Vec<f32> = x.iter().map(|v| v.clamp(-0.5, 0.5)).collect();
         assert_eq!(out[0].1, clamped, "gpu clamp len {len}");
@@ -156,24 +160,24 @@ fn norm_pipeline(lens: &[usize], max_norm: f32) -> OpCase {
     let mut case = OpCase::new(&named);
     let (p, total, coef) = (slots, slots + 1, slots + 2);
     for (i, &len) in lens.iter().enumerate() {
-        case = case.op(Op::NormPartials {
+        case = case.op(Op::NormPartials(NormPartials {
             x: i,
             len,
             partials: p,
             first: i,
             groups: 1,
             slots,
-        });
+        }));
     }
-    case = case.op(Op::ClipCoef {
+    case = case.op(Op::ClipCoef(ClipCoef {
         partials: p,
         slots,
         total_norm: total,
         coef,
         max_norm,
-    });
+    }));
     for (i, &len) in lens.iter().enumerate() {
-        case = case.op(Op::ScaleBy { x: i, coef, len });
+        case = case.op(Op::ScaleBy(ScaleBy { x: i, coef, len }));
     }
     case
 }

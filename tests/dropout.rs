@@ -4,10 +4,12 @@
 mod common;
 
 use common::{gpu, random, OpCase, ODD_SIZES, VEC4_SIZES};
-use steadygrad::cpu::{ops, CpuEngine};
+use steadygrad::cpu::CpuEngine;
 use steadygrad::engine::Engine;
 use steadygrad::gpu::GpuEngine;
-use steadygrad::graph::{dropout_scale, mlp, Op};
+use steadygrad::model::lower as mlp;
+use steadygrad::ops::*;
+use steadygrad::ops::{dropout_scale, Op};
 use steadygrad::{Activation, Loss, MlpSpec, Model, Optimizer};
 
 /// The mask comes from a bit-identical counter-based RNG and the kept values are one
@@ -17,14 +19,15 @@ use steadygrad::{Activation, Loss, MlpSpec, Model, Optimizer};
 fn dropout_op_is_bit_identical_on_both_backends() {
     for len in ODD_SIZES.into_iter().chain(VEC4_SIZES).chain([70_001]) {
         for (p, step, stream) in [(0.1, 1u32, 0u32), (0.5, 12_345, 7), (0.9, u32::MAX, 99)] {
-            let case = OpCase::new(&[("x", len), ("y", len), ("step", 1)]).op(Op::Dropout {
-                x: 0,
-                y: 1,
-                step: 2,
-                len,
-                p,
-                stream,
-            });
+            let case =
+                OpCase::new(&[("x", len), ("y", len), ("step", 1)]).op(Op::Dropout(Dropout {
+                    x: 0,
+                    y: 1,
+                    step: 2,
+                    len,
+                    p,
+                    stream,
+                }));
             let x = random(len, len as u64);
             let out = case.both(
                 &[("x", x.clone()), ("step", vec![f32::from_bits(step)])],
@@ -32,7 +35,7 @@ fn dropout_op_is_bit_identical_on_both_backends() {
             );
             assert_eq!(out[1].1, out[1].2, "len {len} p {p} step {step}");
             let mut want = vec![0.0; len];
-            ops::dropout(&x, &mut want, p, stream, step);
+            steadygrad::ops::dropout::cpu::dropout(&x, &mut want, p, stream, step);
             assert_eq!(out[1].2, want);
         }
     }
@@ -44,7 +47,7 @@ fn inverted_dropout_statistics() {
     let x: Vec<f32> = random(n, 1).iter().map(|v| v + 2.0).collect(); // never 0
     let mask = |p: f32, stream: u32, step: u32| {
         let mut y = vec![0.0; n];
-        ops::dropout(&x, &mut y, p, stream, step);
+        steadygrad::ops::dropout::cpu::dropout(&x, &mut y, p, stream, step);
         y
     };
     for p in [0.1f32, 0.3, 0.75] {
@@ -85,14 +88,14 @@ fn dropout_backward_matches_finite_differences() {
     let (x, r) = (random(len, 2), random(len, 3));
     let objective = |x: &[f32]| {
         let mut y = vec![0.0; len];
-        ops::dropout(x, &mut y, p, stream, step);
+        steadygrad::ops::dropout::cpu::dropout(x, &mut y, p, stream, step);
         y.iter()
             .zip(&r)
             .map(|(&a, &b)| a as f64 * b as f64)
             .sum::<f64>()
     };
     let mut grad = vec![0.0; len];
-    ops::dropout(&r, &mut grad, p, stream, step);
+    steadygrad::ops::dropout::cpu::dropout(&r, &mut grad, p, stream, step);
     let h = 1e-2f32;
     for i in 0..len {
         let mut xp = x.clone();
@@ -192,7 +195,7 @@ fn eval_is_identity_and_training_drops() {
     let plan = mlp::build(&spec, &spec.persistent(), rows).unwrap();
     let count = |ops: &[Op]| {
         ops.iter()
-            .filter(|o| matches!(o, Op::Dropout { .. }))
+            .filter(|o| matches!(o, Op::Dropout(Dropout { .. })))
             .count()
     };
     assert_eq!(count(&plan.forward), 0, "no dropout in evaluation");

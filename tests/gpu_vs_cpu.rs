@@ -5,7 +5,8 @@
 mod common;
 
 use common::{assert_close, gpu, random, OpCase, ODD_SIZES, VEC4_SIZES};
-use steadygrad::graph::{Activation, Loss, Op, METRICS_LEN};
+use steadygrad::ops::*;
+use steadygrad::ops::{Activation, Loss, Op, METRICS_LEN};
 use steadygrad::{cross_check, MlpSpec, Optimizer, Tolerance};
 
 #[test]
@@ -15,8 +16,8 @@ fn matmul_all_forms_and_odd_sizes() {
             for &n in &ODD_SIZES {
                 for (ta, tb) in [(false, true), (false, false), (true, false), (true, true)] {
                     let accumulate = (m + k + n) % 2 == 1;
-                    let case =
-                        OpCase::new(&[("a", m * k), ("b", k * n), ("c", m * n)]).op(Op::MatMul {
+                    let case = OpCase::new(&[("a", m * k), ("b", k * n), ("c", m * n)]).op(
+                        Op::MatMul(MatMul {
                             a: 0,
                             b: 1,
                             c: 2,
@@ -26,7 +27,8 @@ fn matmul_all_forms_and_odd_sizes() {
                             trans_a: ta,
                             trans_b: tb,
                             accumulate,
-                        });
+                        }),
+                    );
                     let seed = (m * 1000 + k * 10 + n) as u64;
                     let inputs = [
                         ("a", random(m * k, seed)),
@@ -60,22 +62,22 @@ fn bias_add_and_column_sums() {
         (1000, 4),
     ];
     for (rows, cols) in shapes {
-        let case = OpCase::new(&[("y", rows * cols), ("bias", cols)]).op(Op::AddBias {
+        let case = OpCase::new(&[("y", rows * cols), ("bias", cols)]).op(Op::AddBias(AddBias {
             y: 0,
             bias: 1,
             rows,
             cols,
-        });
+        }));
         let inputs = [("y", random(rows * cols, 1)), ("bias", random(cols, 2))];
         assert_close(&case.both(&inputs, 0.0), &format!("add_bias {rows}x{cols}"));
         for accumulate in [false, true] {
-            let case = OpCase::new(&[("x", rows * cols), ("out", cols)]).op(Op::SumRows {
+            let case = OpCase::new(&[("x", rows * cols), ("out", cols)]).op(Op::SumRows(SumRows {
                 x: 0,
                 out: 1,
                 rows,
                 cols,
                 accumulate,
-            });
+            }));
             let inputs = [("x", random(rows * cols, 3)), ("out", random(cols, 4))];
             assert_close(
                 &case.both(&inputs, 0.0),
@@ -91,24 +93,24 @@ fn activations_forward_and_backward() {
         for len in ODD_SIZES.into_iter().chain(VEC4_SIZES).chain([70_001]) {
             // Scale inputs to cover the saturating tails of sigmoid and tanh too.
             let x: Vec<f32> = random(len, 5).iter().map(|v| v * 20.0).collect();
-            let case = OpCase::new(&[("x", len), ("y", len)]).op(Op::Activate {
+            let case = OpCase::new(&[("x", len), ("y", len)]).op(Op::Activate(Activate {
                 act,
                 x: 0,
                 y: 1,
                 len,
-            });
+            }));
             let fwd = case.both(&[("x", x.clone())], 0.0);
             assert_close(&fwd, &format!("{act} forward, len {len}"));
             let y = fwd[1].2.clone();
             let case = OpCase::new(&[("x", len), ("y", len), ("dy", len), ("dx", len)]).op(
-                Op::ActivateBackward {
+                Op::ActivateBackward(ActivateBackward {
                     act,
                     x: 0,
                     y: 1,
                     dy: 2,
                     dx: 3,
                     len,
-                },
+                }),
             );
             let inputs = [("x", x), ("y", y), ("dy", random(len, 6))];
             assert_close(
@@ -124,7 +126,7 @@ fn losses_and_metrics() {
     for &rows in &ODD_SIZES {
         for cols in [2, 7, 33] {
             for loss in [Loss::SoftmaxCrossEntropy, Loss::MeanSquaredError] {
-                let tlen = steadygrad::graph::target_len(loss, rows, cols);
+                let tlen = steadygrad::ops::target_len(loss, rows, cols);
                 let case = OpCase::new(&[
                     ("pred", rows * cols),
                     ("target", tlen),
@@ -133,7 +135,7 @@ fn losses_and_metrics() {
                     ("row_correct", rows),
                     ("metrics", METRICS_LEN),
                 ])
-                .op(Op::LossGrad {
+                .op(Op::LossGrad(LossGrad {
                     loss,
                     pred: 0,
                     target: 1,
@@ -142,13 +144,13 @@ fn losses_and_metrics() {
                     row_correct: 4,
                     rows,
                     cols,
-                })
-                .op(Op::AccumulateMetrics {
+                }))
+                .op(Op::AccumulateMetrics(AccumulateMetrics {
                     row_loss: 3,
                     row_correct: 4,
                     metrics: 5,
                     rows,
-                });
+                }));
                 let target: Vec<f32> = match loss {
                     Loss::SoftmaxCrossEntropy => {
                         (0..rows).map(|r| ((r * 5) % cols) as f32).collect()
@@ -171,11 +173,13 @@ fn losses_and_metrics() {
 #[test]
 fn sgd_update() {
     for len in ODD_SIZES.into_iter().chain(VEC4_SIZES) {
-        let case = OpCase::new(&[("param", len), ("grad", len)]).op(Op::SgdStep {
+        let case = OpCase::new(&[("param", len), ("grad", len)]).op(Op::Sgd(Sgd {
             param: 0,
             grad: 1,
             len,
-        });
+            momentum: None,
+            weight_decay: 0.0,
+        }));
         let inputs = [("param", random(len, 9)), ("grad", random(len, 10))];
         let out = case.both(&inputs, 0.37);
         assert_close(&out, &format!("sgd len {len}"));

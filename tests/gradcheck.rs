@@ -9,8 +9,7 @@
 mod common;
 
 use common::random;
-use steadygrad::cpu::ops;
-use steadygrad::graph::{Activation, Loss};
+use steadygrad::ops::{Activation, Loss};
 use steadygrad::{MlpSpec, Model, Optimizer};
 
 const H: f32 = 1e-2;
@@ -46,13 +45,13 @@ fn matmul_backward_forms() {
     let (x, w, r) = (random(m * k, 1), random(n * k, 2), random(m * n, 3));
     let loss = |x: &[f32], w: &[f32]| {
         let mut y = vec![0.0; m * n];
-        ops::matmul(x, w, &mut y, m, k, n, false, true, false);
+        steadygrad::ops::matmul::cpu::matmul(x, w, &mut y, m, k, n, false, true, false);
         dot(&y, &r)
     };
     let mut dx = vec![0.0; m * k];
-    ops::matmul(&r, &w, &mut dx, m, n, k, false, false, false); // dX = R·W
+    steadygrad::ops::matmul::cpu::matmul(&r, &w, &mut dx, m, n, k, false, false, false); // dX = R·W
     let mut dw = vec![0.0; n * k];
-    ops::matmul(&r, &x, &mut dw, n, m, k, true, false, false); // dW = Rᵀ·X
+    steadygrad::ops::matmul::cpu::matmul(&r, &x, &mut dw, n, m, k, true, false, false); // dW = Rᵀ·X
     assert_grad("dX", &dx, |i| central(&x, i, |p| loss(p, &w)));
     assert_grad("dW", &dw, |i| central(&w, i, |p| loss(&x, p)));
 }
@@ -67,11 +66,11 @@ fn bias_backward_is_column_sum() {
     );
     let loss = |b: &[f32]| {
         let mut y = y0.clone();
-        ops::add_bias(&mut y, b, rows, cols);
+        steadygrad::ops::bias::cpu::add_bias(&mut y, b, rows, cols);
         dot(&y, &r)
     };
     let mut db = vec![0.0; cols];
-    ops::sum_rows(&r, &mut db, rows, cols, false);
+    steadygrad::ops::bias::cpu::sum_rows(&r, &mut db, rows, cols, false);
     assert_grad("db", &db, |i| central(&b, i, loss));
 }
 
@@ -92,13 +91,13 @@ fn activation_derivatives() {
         let r = random(40, 8);
         let loss = |x: &[f32]| {
             let mut y = vec![0.0; x.len()];
-            ops::activate(act, x, &mut y);
+            steadygrad::ops::activation::cpu::activate(act, x, &mut y);
             dot(&y, &r)
         };
         let mut y = vec![0.0; 40];
-        ops::activate(act, &x, &mut y);
+        steadygrad::ops::activation::cpu::activate(act, &x, &mut y);
         let mut dx = vec![0.0; 40];
-        ops::activate_backward(act, &x, &y, &r, &mut dx);
+        steadygrad::ops::activation::cpu::activate_backward(act, &x, &y, &r, &mut dx);
         assert_grad(act.name(), &dx, |i| central(&x, i, loss));
     }
 }
@@ -114,12 +113,12 @@ fn loss_gradients() {
         };
         let mean_loss = |p: &[f32]| {
             let (mut l, mut c) = (vec![0.0; rows], vec![0.0; rows]);
-            ops::loss(loss, p, &target, None, &mut l, &mut c, rows, cols);
+            steadygrad::ops::loss::cpu::loss(loss, p, &target, None, &mut l, &mut c, rows, cols);
             l.iter().map(|&v| v as f64).sum::<f64>() / rows as f64
         };
         let mut d = vec![0.0; rows * cols];
         let (mut l, mut c) = (vec![0.0; rows], vec![0.0; rows]);
-        ops::loss(
+        steadygrad::ops::loss::cpu::loss(
             loss,
             &pred,
             &target,

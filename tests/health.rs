@@ -13,7 +13,9 @@ use steadygrad::diag::{
 };
 use steadygrad::engine::Engine;
 use steadygrad::gpu::GpuEngine;
-use steadygrad::graph::{mlp, Op};
+use steadygrad::model::lower as mlp;
+use steadygrad::ops::Op;
+use steadygrad::ops::*;
 use steadygrad::{
     checkpoint, data, Activation, BatchNorm, BnPlacement, Clip, FitOptions, Init, Loss, MlpSpec,
     Model, Optimizer,
@@ -275,7 +277,9 @@ fn statistics_are_a_separate_op_list() {
     let is_stats = |op: &Op| {
         matches!(
             op,
-            Op::ActivationStats { .. } | Op::Norm { .. } | Op::Copy { .. }
+            Op::ActivationStats(ActivationStats { .. })
+                | Op::Norm(Norm { .. })
+                | Op::CopyInto(CopyInto { .. })
         )
     };
     assert!(!plan.train.iter().any(is_stats));
@@ -283,7 +287,7 @@ fn statistics_are_a_separate_op_list() {
     // The guard is in both: it is always on.
     let guards = |ops: &[Op]| {
         ops.iter()
-            .filter(|op| matches!(op, Op::GuardFinite { .. }))
+            .filter(|op| matches!(op, Op::GuardFinite(GuardFinite { .. })))
             .count()
     };
     assert!(guards(&plan.train) > 0);

@@ -5,9 +5,11 @@
 mod common;
 
 use common::{random, OpCase, ODD_SIZES};
-use steadygrad::cpu::stats as reference;
-use steadygrad::graph::stats::{guard_step, saturation_thresholds, ACT_STATS_LEN, GUARD_GROUP};
-use steadygrad::graph::{Activation, Op};
+use steadygrad::model::health_record::{guard_step, saturation_thresholds};
+use steadygrad::ops::health::cpu as reference;
+use steadygrad::ops::health::{ACT_STATS_LEN, GUARD_GROUP};
+use steadygrad::ops::*;
+use steadygrad::ops::{Activation, Op};
 
 /// `|gpu - cpu| <= atol + rtol·scale` element by element, with a message naming `what`.
 fn assert_near(gpu: &[f32], cpu: &[f32], scale: f32, what: &str) {
@@ -96,7 +98,7 @@ fn activation_stats_gpu_matches_cpu_at_odd_sizes() {
             {
                 let n = rows * cols;
                 let case = OpCase::new(&[("out", n), ("act_in", n), ("act_out", n), ("rec", 9)])
-                    .op(Op::ActivationStats {
+                    .op(Op::ActivationStats(ActivationStats {
                         out: 0,
                         act_in: 1,
                         act_out: 2,
@@ -107,7 +109,7 @@ fn activation_stats_gpu_matches_cpu_at_odd_sizes() {
                         stats: 3,
                         stats_len: 9,
                         at: 3,
-                    });
+                    }));
                 let act_in = layer_values(rows, cols, (rows * 31 + cols) as u64, poison);
                 let act_out: Vec<f32> = act_in.iter().map(|v| v.tanh() * 1.02).collect();
                 let out: Vec<f32> = act_in.iter().map(|v| 3.0 * v + 0.5).collect();
@@ -142,14 +144,14 @@ fn norms_gpu_match_cpu_at_odd_sizes() {
     for &len in ODD_SIZES.iter().chain(&[1000, 70_000]) {
         for (minus, scale, poison) in [(false, 1.0, false), (true, 1.0, true), (false, 1e30, false)]
         {
-            let case = OpCase::new(&[("x", len), ("m", len), ("rec", 4)]).op(Op::Norm {
+            let case = OpCase::new(&[("x", len), ("m", len), ("rec", 4)]).op(Op::Norm(Norm {
                 x: 0,
                 minus: minus.then_some(1),
                 len,
                 stats: 2,
                 stats_len: 4,
                 at: 1,
-            });
+            }));
             let mut x: Vec<f32> = random(len, len as u64).iter().map(|v| v * scale).collect();
             if poison {
                 x[len / 2] = f32::NAN;
@@ -169,13 +171,13 @@ fn norms_gpu_match_cpu_at_odd_sizes() {
 #[test]
 fn copy_and_guard_gpu_match_cpu() {
     for &len in &ODD_SIZES {
-        let case = OpCase::new(&[("src", len), ("dst", len + 5)]).op(Op::Copy {
+        let case = OpCase::new(&[("src", len), ("dst", len + 5)]).op(Op::CopyInto(CopyInto {
             src: 0,
             dst: 1,
             len,
             dst_len: len + 5,
             offset: 3,
-        });
+        }));
         // Small integers as bits are denormal floats: the copy must keep them exactly.
         let src: Vec<f32> = (0..len as u32).map(|i| f32::from_bits(i + 1)).collect();
         let results = case.both(&[("src", src.clone()), ("dst", vec![2.0; len + 5])], 0.0);
@@ -205,12 +207,12 @@ fn copy_and_guard_gpu_match_cpu() {
                 // Tensor t reports to slot t + 1; slot 5 holds an earlier step (2) that a
                 // later one must not replace.
                 let slot = |t: usize| if t == 2 { 5 } else { t + 1 };
-                let case = OpCase::new(&refs).op(Op::GuardFinite {
+                let case = OpCase::new(&refs).op(Op::GuardFinite(GuardFinite {
                     tensors: (0..group).map(|t| (t, lens[t], slot(t))).collect(),
                     step: group,
                     flags: group + 1,
                     flags_len: 6,
-                });
+                }));
                 let mut inputs: Vec<(&str, Vec<f32>)> = (0..group)
                     .map(|t| {
                         let mut x = random(lens[t], t as u64);
@@ -246,20 +248,20 @@ fn copy_and_guard_gpu_match_cpu() {
 #[test]
 fn guard_groups_are_checked() {
     let mut case = OpCase::new(&[("x", 4), ("step", 1), ("flags", 2)]);
-    case.plan.forward.push(Op::GuardFinite {
+    case.plan.forward.push(Op::GuardFinite(GuardFinite {
         tensors: vec![(0, 4, 0); GUARD_GROUP + 1],
         step: 1,
         flags: 2,
         flags_len: 2,
-    });
+    }));
     let e = case.plan.validate(&[]).unwrap_err().to_string();
     assert!(e.contains("guards 5 tensors"), "{e}");
-    case.plan.forward[0] = Op::GuardFinite {
+    case.plan.forward[0] = Op::GuardFinite(GuardFinite {
         tensors: vec![(0, 4, 2)],
         step: 1,
         flags: 2,
         flags_len: 2,
-    };
+    });
     let e = case.plan.validate(&[]).unwrap_err().to_string();
     assert!(e.contains("writes up to element 3 of a tensor of 2"), "{e}");
 }

@@ -13,6 +13,7 @@ mod common;
 use common::{gpu, random};
 use steadygrad::check::{cross_check_engine, Tolerance};
 use steadygrad::gpu::{GpuEngine, MatmulVariant};
+use steadygrad::ops::*;
 use steadygrad::{Activation, BatchNorm, Clip, MlpSpec, Model, Optimizer};
 
 /// Bytes per binding in the small-limit cases: 1024 floats.
@@ -172,7 +173,9 @@ fn weight_over_the_device_binding_limit_trains() {
 fn every_matmul_form_splits_or_refuses() {
     use steadygrad::cpu::CpuEngine;
     use steadygrad::engine::Engine;
-    use steadygrad::graph::{Hyper, Op, Plan, Stage, Storage};
+    use steadygrad::graph::{Plan, Stage};
+    use steadygrad::ops::Op;
+    use steadygrad::tensor::{Hyper, Storage};
     // k = 37: with m = 45 A is over 1024 floats, with n = 33 B is; C is over when both
     // are 45 and 33.
     let k = 37;
@@ -191,7 +194,7 @@ fn every_matmul_form_splits_or_refuses() {
             for (name, len) in [("a", m * k), ("b", k * n), ("c", m * n)] {
                 plan.add_tensor(name, &[len], Storage::Local);
             }
-            plan.forward.push(Op::MatMul {
+            plan.forward.push(Op::MatMul(MatMul {
                 a: 0,
                 b: 1,
                 c: 2,
@@ -201,7 +204,7 @@ fn every_matmul_form_splits_or_refuses() {
                 trans_a,
                 trans_b,
                 accumulate,
-            });
+            }));
             let inputs = [random(m * k, 1), random(k * n, 2), random(m * n, 3)];
             let run = |engine: &mut dyn Engine| -> anyhow::Result<Vec<f32>> {
                 engine.init_persistent(&[])?;
@@ -243,20 +246,22 @@ fn every_matmul_form_splits_or_refuses() {
 fn norm_partials_merge_windows() {
     use steadygrad::cpu::CpuEngine;
     use steadygrad::engine::Engine;
-    use steadygrad::graph::{Hyper, Op, Plan, Stage, Storage};
+    use steadygrad::graph::{Plan, Stage};
+    use steadygrad::ops::Op;
+    use steadygrad::tensor::{Hyper, Storage};
     // 5000 floats in windows of 768 (3 groups of 256-element blocks), the last ragged.
     let (len, groups, first, slots) = (5000, 3, 1, 5);
     let mut plan = Plan::default();
     plan.add_tensor("x", &[len], Storage::Local);
     plan.add_tensor("partials", &[slots, 2], Storage::Local);
-    plan.forward.push(Op::NormPartials {
+    plan.forward.push(Op::NormPartials(NormPartials {
         x: 0,
         len,
         partials: 1,
         first,
         groups,
         slots,
-    });
+    }));
     let x: Vec<f32> = random(len, 8)
         .iter()
         .enumerate()

@@ -6,7 +6,10 @@ use steadygrad::check::{compare, Tolerance};
 use steadygrad::cpu::CpuEngine;
 use steadygrad::engine::Engine;
 use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant};
-use steadygrad::graph::{Activation, Op, Plan, Stage, Storage};
+use steadygrad::graph::{Plan, Stage};
+use steadygrad::ops::*;
+use steadygrad::ops::{Activation, Op};
+use steadygrad::tensor::Storage;
 
 const SIZES: [usize; 4] = [1, 7, 33, 257];
 /// Shapes whose sides are whole texels of 4 (the texture variants copy instead of
@@ -91,7 +94,7 @@ fn check_variant(variant: MatmulVariant) {
         let a = plan.add_tensor("a", &[m * k], Storage::Local);
         let b = plan.add_tensor("b", &[k * n], Storage::Local);
         let c = plan.add_tensor("c", &[m * n], Storage::Local);
-        plan.forward.push(Op::MatMul {
+        plan.forward.push(Op::MatMul(MatMul {
             a,
             b,
             c,
@@ -101,7 +104,7 @@ fn check_variant(variant: MatmulVariant) {
             trans_a,
             trans_b,
             accumulate,
-        });
+        }));
         let seed = i as u64 * 3;
         let (av, bv, c0) = (
             values(m * k, seed + 1),
@@ -115,7 +118,9 @@ fn check_variant(variant: MatmulVariant) {
         engine.run(id, Stage::Predict).unwrap();
         let gpu = engine.read(id, c).unwrap();
         let mut cpu = c0.clone();
-        steadygrad::cpu::ops::matmul(&av, &bv, &mut cpu, m, k, n, trans_a, trans_b, accumulate);
+        steadygrad::ops::matmul::cpu::matmul(
+            &av, &bv, &mut cpu, m, k, n, trans_a, trans_b, accumulate,
+        );
         let name = format!(
             "{variant} m={m} k={k} n={n} trans_a={trans_a} trans_b={trans_b} \
              accumulate={accumulate}"
@@ -181,7 +186,7 @@ fn check_fused_ops(variant: MatmulVariant) {
             let xz = plan.add_tensor("xz", &[m * k], local);
             let xh = plan.add_tensor("xh", &[m * k], local);
             plan.forward = vec![
-                Op::MatMul {
+                Op::MatMul(MatMul {
                     a: x,
                     b: w,
                     c: z,
@@ -191,22 +196,22 @@ fn check_fused_ops(variant: MatmulVariant) {
                     trans_a: false,
                     trans_b: true,
                     accumulate: false,
-                },
-                Op::AddBias {
+                }),
+                Op::AddBias(AddBias {
                     y: z,
                     bias,
                     rows: m,
                     cols: n,
-                },
-                Op::Activate {
+                }),
+                Op::Activate(Activate {
                     act,
                     x: z,
                     y: h,
                     len: m * n,
-                },
+                }),
                 // dH-like product back to width k, then the derivative of a layer whose
                 // pre-activation is `xz` and output `xh`.
-                Op::MatMul {
+                Op::MatMul(MatMul {
                     a: h,
                     b: w,
                     c: dx,
@@ -216,17 +221,17 @@ fn check_fused_ops(variant: MatmulVariant) {
                     trans_a: false,
                     trans_b: false,
                     accumulate: false,
-                },
-                Op::ActivateBackward {
+                }),
+                Op::ActivateBackward(ActivateBackward {
                     act,
                     x: xz,
                     y: xh,
                     dy: dx,
                     dx: dz,
                     len: m * k,
-                },
+                }),
                 // Bias without an activation.
-                Op::MatMul {
+                Op::MatMul(MatMul {
                     a: dz,
                     b: w,
                     c: dh,
@@ -236,13 +241,13 @@ fn check_fused_ops(variant: MatmulVariant) {
                     trans_a: false,
                     trans_b: true,
                     accumulate: false,
-                },
-                Op::AddBias {
+                }),
+                Op::AddBias(AddBias {
                     y: dh,
                     bias,
                     rows: m,
                     cols: n,
-                },
+                }),
             ];
             let inputs = [
                 (x, values(m * k, 1)),
@@ -253,7 +258,7 @@ fn check_fused_ops(variant: MatmulVariant) {
             let xh_values: Vec<f32> = inputs[3]
                 .1
                 .iter()
-                .map(|&v| steadygrad::cpu::ops::activation(act, v))
+                .map(|&v| steadygrad::ops::activation::cpu::activation(act, v))
                 .collect();
             let mut gpu = GpuEngine::new(ctx.clone());
             gpu.set_matmul_variant(variant);

@@ -11,8 +11,11 @@ use std::rc::Rc;
 use steadygrad::cpu::CpuEngine;
 use steadygrad::engine::{Engine, PlanId};
 use steadygrad::gpu::GpuEngine;
-use steadygrad::graph::{Hyper, Momentum, Op, PersistentDesc, Plan, Stage, Storage, TensorId};
+use steadygrad::graph::{Plan, Stage};
 use steadygrad::model::optim::warmup_factor;
+use steadygrad::ops::*;
+use steadygrad::ops::{Momentum, Op};
+use steadygrad::tensor::{Hyper, PersistentDesc, Storage, TensorId};
 use steadygrad::{Clip, LrSchedule, MlpSpec, Model, Optimizer, Tolerance};
 
 #[derive(Clone, Copy, Debug)]
@@ -92,9 +95,10 @@ fn optimizer_plan(cfg: Cfg, len: usize) -> Plan {
     ] {
         plan.add_tensor(name, &[n], Storage::Local);
     }
-    plan.forward.push(Op::AdvanceStep { counter: STEP });
+    plan.forward
+        .push(Op::AdvanceStep(AdvanceStep { counter: STEP }));
     plan.forward.push(match cfg {
-        Cfg::Sgd { mu, nesterov, wd } => Op::Sgd {
+        Cfg::Sgd { mu, nesterov, wd } => Op::Sgd(Sgd {
             param: PARAM,
             grad: GRAD,
             len,
@@ -104,13 +108,13 @@ fn optimizer_plan(cfg: Cfg, len: usize) -> Plan {
                 nesterov,
             }),
             weight_decay: wd,
-        },
+        }),
         Cfg::Adam {
             betas,
             eps,
             wd,
             decoupled,
-        } => Op::Adam {
+        } => Op::Adam(Adam {
             param: PARAM,
             grad: GRAD,
             exp_avg: STATE_A,
@@ -122,7 +126,7 @@ fn optimizer_plan(cfg: Cfg, len: usize) -> Plan {
             eps,
             weight_decay: wd,
             decoupled,
-        },
+        }),
     });
     plan
 }

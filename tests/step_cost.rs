@@ -7,7 +7,9 @@ mod common;
 use common::{gpu, random};
 use steadygrad::engine::Engine;
 use steadygrad::gpu::GpuEngine;
-use steadygrad::graph::{mlp, Hyper, Stage};
+use steadygrad::graph::Stage;
+use steadygrad::model::lower as mlp;
+use steadygrad::tensor::Hyper;
 use steadygrad::{Activation, BatchNorm, Clip, MlpSpec, Optimizer};
 
 #[test]

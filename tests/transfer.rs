@@ -5,7 +5,9 @@ mod common;
 use common::gpu;
 use steadygrad::cpu::CpuEngine;
 use steadygrad::gpu::GpuEngine;
-use steadygrad::graph::{mlp, Op};
+use steadygrad::model::lower as mlp;
+use steadygrad::ops::Op;
+use steadygrad::ops::*;
 use steadygrad::{
     data, Activation, BatchNorm, Engine, FitOptions, MlpSpec, Model, Optimizer, Tolerance,
 };
@@ -60,7 +62,7 @@ fn no_backward_below_lowest_trainable_layer() {
             );
         }
         assert!(
-            !matches!(op, Op::BatchNormTrain { x, .. } if plan.tensors[*x].name.starts_with("layers.0.") || plan.tensors[*x].name.starts_with("layers.1."))
+            !matches!(op, Op::BatchNormTrain(BatchNormTrain { x, .. }) if plan.tensors[*x].name.starts_with("layers.0.") || plan.tensors[*x].name.starts_with("layers.1."))
         );
     }
     let grads: Vec<&str> = plan

@@ -1,8 +1,8 @@
 //! Detectors over the statistics history, and advice fitted to the model's configuration.
 
 use super::StepStats;
-use crate::graph::Activation;
 use crate::model::{Init, MlpSpec};
+use crate::ops::Activation;
 use serde::Serialize;
 use std::fmt;
 
@@ -241,7 +241,7 @@ pub fn detect(spec: &MlpSpec, history: &[StepStats], cfg: &DetectorConfig) -> Ve
                 "{} outputs within {:.0}% of their bounds, where the derivative is nearly \
                  zero, mean over the last {} records: {} (threshold {:.0}%)",
                 spec.activation,
-                100.0 * crate::graph::stats::SATURATION_EPS,
+                100.0 * crate::model::health_record::SATURATION_EPS,
                 window.len(),
                 percent_list(&saturated),
                 100.0 * cfg.saturated_fraction
@@ -406,7 +406,7 @@ impl<'a> Advice<'a> {
     }
 
     fn saturating(&self) -> bool {
-        crate::graph::stats::bounds(self.spec.activation).is_some()
+        self.spec.activation.output_bounds().is_some()
     }
 
     fn non_saturating(&self) -> Option<String> {

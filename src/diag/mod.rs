@@ -16,7 +16,7 @@ pub mod table;
 
 pub use detect::{detect, DetectorConfig, Warning, WarningKind};
 
-use crate::graph::stats as st;
+use crate::model::health_record as st;
 use crate::model::{EpochReport, MlpSpec};
 use serde::Serialize;
 use std::fmt;
@@ -99,7 +99,7 @@ impl StepStats {
                     act_std: some(present, r[st::ACT_STD]),
                     dead: some(present && hidden && st::has_dead_units(act), r[st::DEAD]),
                     saturated: some(
-                        present && hidden && st::bounds(act).is_some(),
+                        present && hidden && act.output_bounds().is_some(),
                         r[st::SATURATED],
                     ),
                     weight_grad_norm: some(trained, r[st::WEIGHT_GRAD_NORM]),

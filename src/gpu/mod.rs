@@ -1,9 +1,9 @@
-//! The wgpu backend: device selection, kernels and the plan executor.
+//! The wgpu backend: the plan executor ([`GpuEngine`]). The device, kernel cache and
+//! lowering tools are in `crate::device`; each op's lowering is in its family's `wgpu.rs`.
 
-pub mod context;
 pub mod engine;
-pub mod kernels;
-pub mod matmul_tex;
 
-pub use context::{describe_adapter, list_adapters, AdapterSelection, GpuContext};
-pub use engine::{Counters, GpuEngine, MatmulVariant};
+pub use crate::device::{
+    describe_adapter, list_adapters, AdapterSelection, Counters, GpuContext, MatmulVariant,
+};
+pub use engine::GpuEngine;

@@ -1,7 +1,8 @@
 //! Weight initialisation, computed on the host from the seed so both backends start from
 //! bit-identical parameters.
 
-use crate::graph::Activation;
+use crate::ops::activation::InitScheme;
+use crate::ops::Activation;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -35,21 +36,12 @@ pub enum Init {
 }
 
 impl Init {
-    /// He keeps the variance of the ReLU family (and of ELU and GELU, which behave like
-    /// it for large inputs) constant across layers; SELU's fixed point of mean 0 and
-    /// variance 1 assumes LeCun normal weights; Glorot suits the functions that are
-    /// linear around 0.
+    /// The initialisation `act` recommends ([`Activation::recommended_init`]).
     pub fn default_for(act: Activation) -> Init {
-        match act {
-            Activation::Relu
-            | Activation::LeakyRelu { .. }
-            | Activation::Rrelu { .. }
-            | Activation::Prelu { .. }
-            | Activation::Elu { .. }
-            | Activation::Gelu
-            | Activation::GeluTanh => Init::HeNormal,
-            Activation::Selu => Init::LecunNormal,
-            Activation::Identity | Activation::Sigmoid | Activation::Tanh => Init::GlorotUniform,
+        match act.recommended_init() {
+            InitScheme::GlorotUniform => Init::GlorotUniform,
+            InitScheme::HeNormal => Init::HeNormal,
+            InitScheme::LecunNormal => Init::LecunNormal,
         }
     }
 

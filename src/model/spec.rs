@@ -1,9 +1,10 @@
 //! The specification of a multilayer perceptron and its validation.
 
-use crate::graph::{Activation, Loss, PersistentDesc, PersistentKind, METRICS_LEN};
 pub use crate::model::optim::Optimizer;
 use crate::model::optim::{warmup_factor, Clip, LrSchedule};
 use crate::model::Init;
+use crate::ops::{Activation, Loss, METRICS_LEN};
+use crate::tensor::{PersistentDesc, PersistentKind};
 
 /// Where batch normalization sits in a hidden layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -390,7 +391,7 @@ impl MlpSpec {
             kind: PersistentKind::Internal,
         });
         // Last, so it has a flag for every slot before it (see `graph::stats`).
-        out.push(crate::graph::stats::guard_desc(out.len()));
+        out.push(crate::model::health_record::guard_desc(out.len()));
         out
     }
 

@@ -2,13 +2,15 @@
 
 mod health;
 
+use crate::backend::{create_engine, BackendChoice};
 use crate::data::{check_finite, check_labels, Dataset};
-use crate::engine::{create_engine, BackendChoice, Engine, PlanId};
-use crate::graph::{
-    mlp, target_len, Hyper, Loss, PersistentDesc, PersistentKind, Plan, Stage, METRICS_LEN,
-};
+use crate::engine::{Engine, PlanId};
+use crate::graph::{Plan, Stage};
+use crate::model::lower as mlp;
 use crate::model::spec::{GRAD_NORM_SLOT_NAME, METRICS_SLOT_NAME, STEP_SLOT_NAME};
 use crate::model::{Clip, MlpSpec};
+use crate::ops::{target_len, Loss, METRICS_LEN};
+use crate::tensor::{Hyper, PersistentDesc, PersistentKind};
 use anyhow::{ensure, Context, Result};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;

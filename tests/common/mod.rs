@@ -9,7 +9,9 @@ use std::sync::Arc;
 use steadygrad::cpu::CpuEngine;
 use steadygrad::engine::Engine;
 use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant};
-use steadygrad::graph::{Hyper, Op, Plan, Stage, Storage, TensorId};
+use steadygrad::graph::{Plan, Stage};
+use steadygrad::ops::Op;
+use steadygrad::tensor::{Hyper, Storage, TensorId};
 
 /// Sizes that are not multiples of any workgroup or tile size.
 pub const ODD_SIZES: [usize; 4] = [1, 7, 33, 257];

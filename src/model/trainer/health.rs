@@ -8,7 +8,7 @@ use crate::diag::{
     layer_of, DetectorConfig, NonFiniteError, StepProgress, StepStats, TrainObserver, Warning,
 };
 use crate::engine::PendingRead;
-use crate::graph::stats::{guard_step, GUARD_SLOT_NAME};
+use crate::model::health_record::{guard_step, GUARD_SLOT_NAME};
 use crate::model::EpochReport;
 use anyhow::{Context, Result};
 use std::collections::VecDeque;
@@ -200,8 +200,8 @@ impl Model {
             .grads
             .iter()
             .filter_map(|&(p, g)| match plan.tensors[p].storage {
-                crate::graph::Storage::Persistent(s) => Some((s, plan.tensors[g].name.clone())),
-                crate::graph::Storage::Local => None,
+                crate::tensor::Storage::Persistent(s) => Some((s, plan.tensors[g].name.clone())),
+                crate::tensor::Storage::Local => None,
             })
             .collect())
     }

@@ -1,0 +1,490 @@
+//! What an op's lowering works with: the [`Lowerer`] turns a kernel, its binding table
+//! entries and a uniform into a prebuilt [`Dispatch`], finds each tensor's buffer, respects
+//! the adapter's limits, and binds windows of tensors larger than one storage binding.
+//! It knows no op: each family's `wgpu.rs` calls it.
+
+use super::kernels::{KernelKey, Kernels, Slot, Uniform};
+use super::{Counters, GpuContext, MatmulVariant};
+use crate::tensor::{Storage, TensorDesc, TensorId};
+use anyhow::{ensure, Context, Result};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use wgpu::util::DeviceExt;
+
+/// A compute dispatch with everything prebuilt.
+#[derive(Clone)]
+pub struct Dispatch {
+    pub pipeline: Arc<wgpu::ComputePipeline>,
+    pub bind_group: wgpu::BindGroup,
+    pub groups: [u32; 3],
+    /// What the dispatch computes, for `GpuEngine::profile`.
+    pub label: String,
+}
+
+/// One recorded piece of a stage.
+#[derive(Clone)]
+pub enum Step {
+    Dispatch(Dispatch),
+    Copy(MirrorCopy),
+}
+
+/// A buffer-to-texture copy that refreshes a mirror: `rows` rows of `width` texels, read
+/// from rows of `row_bytes` in the buffer.
+#[derive(Clone)]
+pub struct MirrorCopy {
+    pub label: String,
+    pub src: wgpu::Buffer,
+    pub dst: wgpu::Texture,
+    pub width: u32,
+    pub rows: u32,
+    pub row_bytes: u32,
+}
+
+impl MirrorCopy {
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.copy_buffer_to_texture(
+            wgpu::TexelCopyBufferInfo {
+                buffer: &self.src,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(self.row_bytes),
+                    rows_per_image: None,
+                },
+            },
+            wgpu::TexelCopyTextureInfo {
+                texture: &self.dst,
+                mip_level: 0,
+                origin: wgpu::Origin3d::ZERO,
+                aspect: wgpu::TextureAspect::All,
+            },
+            wgpu::Extent3d {
+                width: self.width,
+                height: self.rows,
+                depth_or_array_layers: 1,
+            },
+        );
+    }
+}
+
+/// A texture mirror of a matrix `[rows, cols]` held in a buffer, or of its transpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MirrorKey {
+    pub tensor: TensorId,
+    pub rows: usize,
+    pub cols: usize,
+    pub transpose: bool,
+}
+
+pub struct Mirror {
+    pub view: wgpu::TextureView,
+    pub pitch: u32,
+    /// The copy or pack dispatches that bring the mirror up to date with its buffer.
+    pub refresh: Vec<Step>,
+}
+
+/// Mirror bookkeeping while a plan is lowered. `fresh` holds the mirrors that are up to
+/// date at the current point of the op list, so each is refreshed only after its tensor
+/// was written (weights once per step, activations once for forward and backward).
+#[derive(Default)]
+pub struct Mirrors {
+    pub mirrors: HashMap<MirrorKey, Option<Mirror>>,
+    pub fresh: HashSet<MirrorKey>,
+}
+
+/// What a binding is bound to.
+pub enum Res<'r> {
+    Tensor(TensorId),
+    Buffer(&'r wgpu::Buffer),
+    View(&'r wgpu::TextureView),
+}
+
+/// The buffers, limits and caches an op is lowered against (see the module docs).
+pub struct Lowerer<'a> {
+    pub ctx: &'a GpuContext,
+    kernels: &'a mut Kernels,
+    counters: &'a mut Counters,
+    tensors: &'a [TensorDesc],
+    local: &'a [Option<wgpu::Buffer>],
+    persistent: &'a [wgpu::Buffer],
+    /// The hyper-parameter block (`tensor::Hyper`).
+    pub hyper: &'a wgpu::Buffer,
+    /// Stand-ins for bindings a kernel declares but a dispatch does not use.
+    pub placeholders: &'a [wgpu::Buffer; 3],
+    /// The matmul kernel in use, resolved for the adapter (never `Auto`).
+    pub variant: MatmulVariant,
+    pub mirrors: &'a mut Mirrors,
+    max_binding: u64,
+    max_buffer: u64,
+    /// Byte ranges bound in place of whole buffers while an op is lowered in pieces.
+    windows: Vec<(wgpu::Buffer, u64, u64)>,
+    /// The op being lowered and the tensor too large to bind whole, for
+    /// [`Lowerer::refuse`].
+    pub what: String,
+    pub big: Option<TensorId>,
+}
+
+/// The parts of an engine a [`Lowerer`] borrows.
+pub struct LowerParts<'a> {
+    pub ctx: &'a GpuContext,
+    pub kernels: &'a mut Kernels,
+    pub counters: &'a mut Counters,
+    pub tensors: &'a [TensorDesc],
+    pub local: &'a [Option<wgpu::Buffer>],
+    pub persistent: &'a [wgpu::Buffer],
+    pub hyper: &'a wgpu::Buffer,
+    pub placeholders: &'a [wgpu::Buffer; 3],
+    pub variant: MatmulVariant,
+    pub mirrors: &'a mut Mirrors,
+    pub max_binding: u64,
+    pub max_buffer: u64,
+}
+
+impl<'a> Lowerer<'a> {
+    pub fn new(p: LowerParts<'a>) -> Self {
+        Lowerer {
+            ctx: p.ctx,
+            kernels: p.kernels,
+            counters: p.counters,
+            tensors: p.tensors,
+            local: p.local,
+            persistent: p.persistent,
+            hyper: p.hyper,
+            placeholders: p.placeholders,
+            variant: p.variant,
+            mirrors: p.mirrors,
+            max_binding: p.max_binding,
+            max_buffer: p.max_buffer,
+            windows: Vec::new(),
+            what: String::new(),
+            big: None,
+        }
+    }
+
+    pub fn tensor(&self, t: TensorId) -> &TensorDesc {
+        &self.tensors[t]
+    }
+
+    /// Bytes of tensor `t`.
+    pub fn bytes(&self, t: TensorId) -> u64 {
+        self.tensors[t].len() as u64 * 4
+    }
+
+    pub fn buffer(&self, t: TensorId) -> wgpu::Buffer {
+        match self.tensors[t].storage {
+            Storage::Persistent(s) => self.persistent[s].clone(),
+            Storage::Local => self.local[t].clone().expect("local tensors have buffers"),
+        }
+    }
+
+    /// Largest storage binding planned against, in bytes.
+    pub fn max_binding(&self) -> u64 {
+        self.max_binding
+    }
+
+    /// Whether reductions run one invocation per output with a loop (CPU-backed adapters,
+    /// i.e. the texture matmul variants, where workgroup barriers cost more than the work)
+    /// rather than one workgroup per output with a tree (GPUs).
+    pub fn serial_reductions(&self) -> bool {
+        matches!(
+            self.variant,
+            MatmulVariant::Texture | MatmulVariant::TextureNoSubgroup
+        )
+    }
+
+    /// A new storage buffer (scratch an op needs), within the adapter's buffer limit.
+    pub fn storage_buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        storage_buffer(self.ctx, self.max_buffer, label, bytes)
+    }
+
+    /// A small uniform or storage buffer of fixed values, made once at compile time.
+    pub fn constants<T: bytemuck::Pod>(&self, values: &[T], uniform: bool) -> wgpu::Buffer {
+        self.ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("constants"),
+                contents: bytemuck::cast_slice(values),
+                usage: if uniform {
+                    wgpu::BufferUsages::UNIFORM
+                } else {
+                    wgpu::BufferUsages::STORAGE
+                },
+            })
+    }
+
+    /// Splits a 1-D workgroup count over x and y so neither exceeds the device limit.
+    pub fn grid(&self, groups: usize) -> Result<[u32; 3]> {
+        let max = self.max_groups();
+        let x = groups.clamp(1, max);
+        let y = groups.div_ceil(x);
+        ensure!(
+            y <= max,
+            "{groups} workgroups exceed the device's dispatch limit"
+        );
+        Ok([x as u32, y as u32, 1])
+    }
+
+    pub fn max_groups(&self) -> usize {
+        self.ctx.limits.max_compute_workgroups_per_dimension as usize
+    }
+
+    /// `buf` as a binding: the window set for it while an op is lowered in pieces, else
+    /// the whole buffer.
+    fn bind<'r>(&self, buf: &'r wgpu::Buffer) -> wgpu::BindingResource<'r> {
+        match self.windows.iter().find(|w| &w.0 == buf) {
+            Some(&(_, offset, size)) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: buf,
+                offset,
+                size: std::num::NonZeroU64::new(size),
+            }),
+            None => buf.as_entire_binding(),
+        }
+    }
+
+    /// A dispatch of `key` with the uniform `dims` at binding 0 (when given) and each
+    /// slot bound to its resource.
+    pub fn dispatch<D: Uniform>(
+        &mut self,
+        key: KernelKey,
+        dims: Option<D>,
+        bindings: &[(Slot, Res)],
+        groups: [u32; 3],
+    ) -> Result<Dispatch> {
+        let pipeline = self.kernels.get(&self.ctx.device, &key)?;
+        let device = &self.ctx.device;
+        // Shapes never change after compile, so they go in a uniform written once here.
+        let uniform = dims.map(|dims| {
+            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("dims"),
+                contents: bytemuck::bytes_of(&dims),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+        });
+        let buffers: Vec<wgpu::Buffer> = bindings
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Res::Tensor(t) => Some(self.buffer(*t)),
+                _ => None,
+            })
+            .collect();
+        let mut tensor_buffers = buffers.iter();
+        let mut entries: Vec<wgpu::BindGroupEntry> = uniform
+            .iter()
+            .map(|u| wgpu::BindGroupEntry {
+                binding: 0,
+                resource: u.as_entire_binding(),
+            })
+            .collect();
+        for (slot, res) in bindings {
+            let resource = match res {
+                Res::Tensor(_) => self.bind(tensor_buffers.next().expect("one per tensor")),
+                Res::Buffer(b) => self.bind(b),
+                Res::View(v) => wgpu::BindingResource::TextureView(v),
+            };
+            entries.push(wgpu::BindGroupEntry {
+                binding: slot.binding,
+                resource,
+            });
+        }
+        self.counters.bind_groups += 1;
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(key.entry),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        Ok(Dispatch {
+            pipeline,
+            bind_group,
+            groups,
+            label: key.entry.to_string(),
+        })
+    }
+
+    /// An elementwise kernel over `len` values: the `vec4` build where `len` divides by 4
+    /// (see `ELEMENT_F32`), one invocation per element, and the uniform `dims(elements)`.
+    pub fn dispatch_elementwise<D: Uniform>(
+        &mut self,
+        key: KernelKey,
+        len: usize,
+        dims: impl FnOnce(u32) -> D,
+        bindings: &[(Slot, Res)],
+    ) -> Result<Dispatch> {
+        let (vec4, elements) = lanes(len);
+        let groups = self.grid(elements.div_ceil(ELEMENTWISE_WG))?;
+        let elements = u32_of(elements)?;
+        self.dispatch(key.vec4(vec4), Some(dims(elements)), bindings, groups)
+    }
+
+    /// The error for an op that cannot be split to fit the binding limit.
+    pub fn refuse(&self, why: &str) -> anyhow::Error {
+        let (name, bytes) = self
+            .big
+            .map(|t| (self.tensors[t].name.as_str(), self.bytes(t)))
+            .unwrap_or_default();
+        anyhow::anyhow!(
+            "tensor '{name}' needs {bytes} bytes, more than this adapter binds at once ({} \
+             bytes), and {} cannot be split into smaller bindings{why}; use a smaller batch or \
+             layer",
+            self.max_binding,
+            self.what,
+        )
+    }
+
+    /// The smallest number of rows, a multiple of `multiple`, whose bytes at `row_bytes`
+    /// each are a multiple of the device's storage-binding offset alignment: where a
+    /// window of rows may start.
+    pub fn row_granularity(&self, row_bytes: usize, multiple: usize) -> usize {
+        let align = (self.ctx.limits.min_storage_buffer_offset_alignment as usize).max(4);
+        lcm(multiple, align / gcd(row_bytes.max(1), align))
+    }
+
+    /// Rows per window of a `[rows, cols]` tensor: as many as fit in `max_elems`
+    /// elements, a multiple of `multiple` and of the offset alignment. `None` when not
+    /// even one such group of rows fits.
+    pub fn row_window(&self, cols: usize, multiple: usize, max_elems: usize) -> Option<usize> {
+        let gran = self.row_granularity(cols * 4, multiple);
+        let rows = max_elems / cols.max(1) / gran * gran;
+        (rows > 0).then_some(rows)
+    }
+
+    /// Runs `lower` with windows of `(buffer, first byte, bytes)` bound in place of the
+    /// whole buffers.
+    pub fn windowed<T>(
+        &mut self,
+        windows: Vec<(wgpu::Buffer, u64, u64)>,
+        lower: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        self.windows = windows;
+        let out = lower(self);
+        self.windows.clear();
+        out
+    }
+
+    /// Dispatches over windows of `rows` rows of `tensors` (each given with its row
+    /// length), `lower(first_row, rows)` making the dispatch for one window; as many rows
+    /// per window as the widest tensor allows, starting where every tensor's binding
+    /// offset is aligned.
+    pub fn row_windows(
+        &mut self,
+        rows: usize,
+        tensors: &[(TensorId, usize)],
+        lower: impl Fn(&mut Self, usize, usize) -> Result<Dispatch>,
+    ) -> Result<Vec<Dispatch>> {
+        let max_elems = (self.max_binding / 4) as usize;
+        let gran = tensors
+            .iter()
+            .fold(1, |g, &(_, row)| lcm(g, self.row_granularity(row * 4, 1)));
+        let widest = tensors
+            .iter()
+            .map(|&(_, row)| row)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let step = max_elems / widest / gran * gran;
+        if step == 0 {
+            return Err(self.refuse(""));
+        }
+        let bufs: Vec<(wgpu::Buffer, usize)> = tensors
+            .iter()
+            .map(|&(t, row)| (self.buffer(t), row))
+            .collect();
+        let mut out = Vec::new();
+        for first in (0..rows).step_by(step) {
+            let count = step.min(rows - first);
+            let windows = bufs
+                .iter()
+                .map(|(b, row)| {
+                    (
+                        b.clone(),
+                        (first * row * 4) as u64,
+                        (count * row * 4) as u64,
+                    )
+                })
+                .collect();
+            out.push(self.windowed(windows, |lw| lower(lw, first, count))?);
+        }
+        Ok(out)
+    }
+
+    /// An elementwise op over `len` elements as dispatches over windows of elements, each
+    /// a multiple of `unit`, `lower(n)` making the dispatch for a window of `n`. Tensors
+    /// in `touched` of length `len` are windowed; the others are bound whole and must fit.
+    pub fn element_windows(
+        &mut self,
+        touched: &[TensorId],
+        len: usize,
+        unit: usize,
+        lower: impl Fn(&mut Self, usize) -> Result<Dispatch>,
+    ) -> Result<Vec<Dispatch>> {
+        let max_elems = (self.max_binding / 4) as usize;
+        let (full, other): (Vec<TensorId>, Vec<TensorId>) =
+            touched.iter().partition(|&&t| self.tensors[t].len() == len);
+        if other.iter().any(|&t| self.tensors[t].len() > max_elems) {
+            return Err(self.refuse(" (a second large tensor has another length)"));
+        }
+        // Window starts aligned for the binding offset and for vec4 kernels.
+        let gran = lcm(self.row_granularity(4, 4), unit.max(1));
+        let per = max_elems / gran * gran;
+        if per == 0 {
+            return Err(self.refuse(""));
+        }
+        let bufs: Vec<wgpu::Buffer> = full.iter().map(|&t| self.buffer(t)).collect();
+        let mut out = Vec::new();
+        for start in (0..len).step_by(per) {
+            let n = per.min(len - start);
+            let windows = bufs
+                .iter()
+                .map(|b| (b.clone(), (start * 4) as u64, (n * 4) as u64))
+                .collect();
+            out.push(self.windowed(windows, |lw| lower(lw, n))?);
+        }
+        Ok(out)
+    }
+}
+
+/// Invocations per workgroup of the 1-D kernels (`WG` in `shaders/prelude.wgsl`).
+pub const ELEMENTWISE_WG: usize = 256;
+
+/// Whether a kernel over `len` values runs over `vec4<f32>` elements (see `ELEMENT_F32`),
+/// and its length in elements.
+pub fn lanes(len: usize) -> (bool, usize) {
+    if len.is_multiple_of(4) {
+        (true, len / 4)
+    } else {
+        (false, len)
+    }
+}
+
+/// A size as the `u32` kernels index with.
+pub fn u32_of(v: usize) -> Result<u32> {
+    u32::try_from(v).context("size exceeds u32 indexing")
+}
+
+/// A storage buffer of `bytes`, refused by name when over the adapter's largest buffer
+/// (`max`); tensors over one storage binding are bound in windows instead.
+pub fn storage_buffer(ctx: &GpuContext, max: u64, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+    ensure!(
+        bytes <= max,
+        "tensor '{label}' needs {bytes} bytes but this adapter's largest buffer is {max} \
+         bytes; use a smaller batch or layer"
+    );
+    Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    }))
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    a / gcd(a, b) * b
+}

@@ -1,0 +1,138 @@
+//! The gradient-health statistics spliced into a statistics step, and the always-on guard.
+
+use super::*;
+
+impl Builder<'_> {
+    /// The non-finite guard, in `train` (every step), and the statistics ops of
+    /// `Stage::TrainWithStats`, in `train_stats` only. `backward_end` is where the updates
+    /// start in `train`: the guard and the gradient statistics see the raw gradients
+    /// there, and the weights before the update.
+    pub(super) fn health(
+        &mut self,
+        net: &[Layer],
+        backward_end: usize,
+        step: TensorId,
+    ) -> anyhow::Result<()> {
+        let rows = self.rows;
+        let flags_len = self
+            .persistent
+            .iter()
+            .find(|p| p.name == GUARD_SLOT_NAME)
+            .map_or(0, |p| p.init.len());
+        let flags = self.persistent(GUARD_SLOT_NAME, &[flags_len])?;
+        let (row_loss, row_correct) = match (self.p.find("loss.rows"), self.p.find("loss.correct"))
+        {
+            (Some(l), Some(c)) => (l, c),
+            _ => anyhow::bail!("the plan has no per-row loss to guard"),
+        };
+        let guard = |tensors: &[(TensorId, usize, usize)]| {
+            Op::GuardFinite(GuardFinite {
+                tensors: tensors.to_vec(),
+                step,
+                flags,
+                flags_len,
+            })
+        };
+        // Each flag records its own tensor, so the host can name the tensor where
+        // non-finite values first appeared in backward order (the loss, then the output
+        // layer down); grouping tensors per dispatch only saves dispatches.
+        let mut checked = vec![(row_loss, rows, flags_len - 1)];
+        checked.extend(self.params.iter().filter_map(|&(param, grad)| {
+            match self.p.tensors[param].storage {
+                Storage::Persistent(slot) => Some((grad, self.p.tensors[grad].len(), slot)),
+                Storage::Local => None,
+            }
+        }));
+        let guards: Vec<Op> = checked.chunks(GUARD_GROUP).map(guard).collect();
+        let after_guards = backward_end + guards.len();
+        self.p.train.splice(backward_end..backward_end, guards);
+
+        let layers = self.spec.num_layers();
+        let stats_len = st::record_len(layers);
+        let stats = self.local("stats.record", &[stats_len]);
+        let act = self.spec.activation;
+        let (mut pre, mut post) = (Vec::new(), Vec::new());
+        let norm = |x: TensorId, minus: Option<TensorId>, len: usize, at: usize| {
+            Op::Norm(Norm {
+                x,
+                minus,
+                len,
+                stats,
+                stats_len,
+                at,
+            })
+        };
+        for layer in net {
+            let (l, hidden) = (layer.index, !self.is_output(layer.index));
+            let base = l * st::LAYER_STRIDE;
+            pre.push(Op::ActivationStats(ActivationStats {
+                out: layer.out,
+                act_in: layer.act_in,
+                // Saturation is a property of the activation, so before any dropout.
+                act_out: layer.dropout.as_ref().map_or(layer.act_out, |d| d.pre),
+                rows,
+                cols: layer.fan_out,
+                dead: hidden && st::has_dead_units(act),
+                saturation: st::saturation_thresholds(act).filter(|_| hidden),
+                stats,
+                stats_len,
+                at: base,
+            }));
+            let grad_of = |p: TensorId| self.params.iter().find(|g| g.0 == p).map(|g| g.1);
+            let (Some(dw), Some(db)) = (grad_of(layer.weight), grad_of(layer.bias)) else {
+                continue; // frozen: no gradients, no update
+            };
+            let n = layer.fan_in * layer.fan_out;
+            pre.push(norm(dw, None, n, base + st::WEIGHT_GRAD_NORM));
+            pre.push(norm(db, None, layer.fan_out, base + st::BIAS_GRAD_NORM));
+            pre.push(norm(layer.weight, None, n, base + st::WEIGHT_NORM));
+            let snapshot = self.local(
+                format!("stats.snapshot.layers.{l}.linear.weight"),
+                &[layer.fan_out, layer.fan_in],
+            );
+            pre.push(Op::CopyInto(CopyInto {
+                src: layer.weight,
+                dst: snapshot,
+                len: n,
+                dst_len: n,
+                offset: 0,
+            }));
+            post.push(norm(
+                layer.weight,
+                Some(snapshot),
+                n,
+                base + st::UPDATE_NORM,
+            ));
+        }
+        let global = st::global_at(layers);
+        for (x, at) in [(row_loss, st::LOSS), (row_correct, st::CORRECT)] {
+            pre.push(Op::ActivationStats(ActivationStats {
+                out: x,
+                act_in: x,
+                act_out: x,
+                rows,
+                cols: 1,
+                dead: false,
+                saturation: None,
+                stats,
+                stats_len,
+                at: global + at,
+            }));
+        }
+        pre.push(Op::CopyInto(CopyInto {
+            src: step,
+            dst: stats,
+            len: 1,
+            dst_len: stats_len,
+            offset: global + st::STEP,
+        }));
+        let mut with_stats = self.p.train[..after_guards].to_vec();
+        with_stats.extend(pre);
+        with_stats.extend_from_slice(&self.p.train[after_guards..]);
+        with_stats.extend(post);
+        self.p.train_stats = with_stats;
+        self.p.stats = Some(stats);
+        self.p.guard = Some(flags);
+        Ok(())
+    }
+}

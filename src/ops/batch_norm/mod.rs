@@ -1,0 +1,220 @@
+//! Batch normalization (`torch.nn.BatchNorm1d`): training mode with batch statistics and
+//! running-statistics updates ([`BatchNormTrain`]), evaluation mode with the running
+//! statistics ([`BatchNormEval`]), and the exact backward through the batch statistics
+//! ([`BatchNormBackward`]).
+
+pub mod cpu;
+pub mod wgpu;
+
+use super::{Host, Operation};
+use crate::device::{Dispatch, Lowerer};
+use crate::tensor::TensorId;
+use anyhow::Result;
+
+/// Batch normalization in training mode, per feature over the batch: normalizes `x`
+/// with the batch mean and biased variance, then scales by `gamma` and shifts by
+/// `beta`. Saves `mean` and `invstd = 1/√(var+eps)` for backward and updates the
+/// running statistics with `momentum`, using the unbiased variance as PyTorch does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNormTrain {
+    pub x: TensorId,
+    pub y: TensorId,
+    pub gamma: TensorId,
+    pub beta: TensorId,
+    pub mean: TensorId,
+    pub invstd: TensorId,
+    pub running_mean: TensorId,
+    pub running_var: TensorId,
+    pub rows: usize,
+    pub cols: usize,
+    pub momentum: f32,
+    pub eps: f32,
+}
+
+/// Batch normalization in evaluation mode, with the running statistics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNormEval {
+    pub x: TensorId,
+    pub y: TensorId,
+    pub gamma: TensorId,
+    pub beta: TensorId,
+    pub running_mean: TensorId,
+    pub running_var: TensorId,
+    pub rows: usize,
+    pub cols: usize,
+    pub eps: f32,
+}
+
+/// The exact batch-norm backward through the batch statistics:
+/// `dx = γ·invstd/N · (N·dy − Σdy − x̂·Σ(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNormBackward {
+    pub x: TensorId,
+    pub dy: TensorId,
+    pub gamma: TensorId,
+    pub mean: TensorId,
+    pub invstd: TensorId,
+    pub dx: TensorId,
+    pub dgamma: TensorId,
+    pub dbeta: TensorId,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Operation for BatchNormTrain {
+    fn reads(&self) -> Vec<TensorId> {
+        vec![
+            self.x,
+            self.gamma,
+            self.beta,
+            self.running_mean,
+            self.running_var,
+        ]
+    }
+    fn writes(&self) -> Vec<TensorId> {
+        vec![
+            self.y,
+            self.mean,
+            self.invstd,
+            self.running_mean,
+            self.running_var,
+        ]
+    }
+    fn in_place(&self) -> Vec<TensorId> {
+        vec![self.running_mean, self.running_var]
+    }
+    fn lens(&self) -> Vec<(TensorId, usize)> {
+        let (all, col) = (self.rows * self.cols, self.cols);
+        vec![
+            (self.x, all),
+            (self.y, all),
+            (self.gamma, col),
+            (self.beta, col),
+            (self.mean, col),
+            (self.invstd, col),
+            (self.running_mean, col),
+            (self.running_var, col),
+        ]
+    }
+    fn run_cpu(&self, h: &mut Host) -> Result<()> {
+        let outs = [
+            self.y,
+            self.mean,
+            self.invstd,
+            self.running_mean,
+            self.running_var,
+        ];
+        let [mut y, mut mean, mut invstd, mut rm, mut rv] = outs.map(|t| h.take(t));
+        cpu::batch_norm_train(
+            h.get(self.x),
+            &mut y,
+            h.get(self.gamma),
+            h.get(self.beta),
+            &mut mean,
+            &mut invstd,
+            &mut rm,
+            &mut rv,
+            self.rows,
+            self.cols,
+            self.momentum,
+            self.eps,
+        );
+        for (t, v) in outs.into_iter().zip([y, mean, invstd, rm, rv]) {
+            h.put(t, v);
+        }
+        Ok(())
+    }
+    fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
+        wgpu::train(self, lw)
+    }
+}
+
+impl Operation for BatchNormEval {
+    fn reads(&self) -> Vec<TensorId> {
+        vec![
+            self.x,
+            self.gamma,
+            self.beta,
+            self.running_mean,
+            self.running_var,
+        ]
+    }
+    fn writes(&self) -> Vec<TensorId> {
+        vec![self.y]
+    }
+    fn lens(&self) -> Vec<(TensorId, usize)> {
+        let (all, col) = (self.rows * self.cols, self.cols);
+        vec![
+            (self.x, all),
+            (self.y, all),
+            (self.gamma, col),
+            (self.beta, col),
+            (self.running_mean, col),
+            (self.running_var, col),
+        ]
+    }
+    fn run_cpu(&self, h: &mut Host) -> Result<()> {
+        h.update(self.y, |y, h| {
+            let ins = [
+                self.x,
+                self.gamma,
+                self.beta,
+                self.running_mean,
+                self.running_var,
+            ];
+            let [x, gamma, beta, rm, rv] = ins.map(|t| h.get(t));
+            cpu::batch_norm_eval(x, y, gamma, beta, rm, rv, self.rows, self.cols, self.eps)
+        });
+        Ok(())
+    }
+    fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
+        wgpu::eval(self, lw)
+    }
+}
+
+impl Operation for BatchNormBackward {
+    fn reads(&self) -> Vec<TensorId> {
+        vec![self.x, self.dy, self.gamma, self.mean, self.invstd]
+    }
+    fn writes(&self) -> Vec<TensorId> {
+        vec![self.dx, self.dgamma, self.dbeta]
+    }
+    fn lens(&self) -> Vec<(TensorId, usize)> {
+        let (all, col) = (self.rows * self.cols, self.cols);
+        vec![
+            (self.x, all),
+            (self.dy, all),
+            (self.gamma, col),
+            (self.mean, col),
+            (self.invstd, col),
+            (self.dx, all),
+            (self.dgamma, col),
+            (self.dbeta, col),
+        ]
+    }
+    fn run_cpu(&self, h: &mut Host) -> Result<()> {
+        let outs = [self.dx, self.dgamma, self.dbeta];
+        let [mut dx, mut dgamma, mut dbeta] = outs.map(|t| h.take(t));
+        let ins = [self.x, self.dy, self.gamma, self.mean, self.invstd];
+        let [x, dy, gamma, mean, invstd] = ins.map(|t| h.get(t));
+        cpu::batch_norm_backward(
+            x,
+            dy,
+            gamma,
+            mean,
+            invstd,
+            &mut dx,
+            &mut dgamma,
+            &mut dbeta,
+            self.rows,
+            self.cols,
+        );
+        for (t, v) in outs.into_iter().zip([dx, dgamma, dbeta]) {
+            h.put(t, v);
+        }
+        Ok(())
+    }
+    fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
+        wgpu::backward(self, lw)
+    }
+}

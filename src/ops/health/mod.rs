@@ -1,0 +1,235 @@
+//! Gradient health: the statistics a statistics step gathers into its record
+//! ([`ActivationStats`], [`Norm`], [`CopyInto`]; the record's layout is the model's, see
+//! `crate::model::health_record`) and the always-on non-finite guard ([`GuardFinite`]).
+
+pub mod cpu;
+pub mod wgpu;
+
+use super::{Host, Operation};
+use crate::device::{Dispatch, Lowerer};
+use crate::tensor::TensorId;
+use anyhow::{ensure, Result};
+
+/// Values written by one [`ActivationStats`].
+pub const ACT_STATS_LEN: usize = 5;
+/// Values written by one [`Norm`]: the norm and the non-finite count.
+pub const NORM_STATS_LEN: usize = 2;
+/// Tensors one guard dispatch checks (bindings of `guard` in `shaders/health/guard.wgsl`).
+pub const GUARD_GROUP: usize = 4;
+
+/// `dst[offset..offset + len] = src` bit for bit: weight snapshots before the update on
+/// statistics steps, and the step counter into the statistics record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CopyInto {
+    pub src: TensorId,
+    pub dst: TensorId,
+    pub len: usize,
+    pub dst_len: usize,
+    pub offset: usize,
+}
+
+/// Activation statistics of one layer, written to `stats[at..at + 5]` (see
+/// [`ACT_STATS_LEN`]): mean and standard deviation of the finite elements of
+/// `out` (`[rows, cols]`), the fraction of dead units (columns where `act_in <= 0` in
+/// every row) when `dead`, the fraction of saturated elements of `act_out` (`<= lo` or
+/// `>= hi`) when `saturation = Some((lo, hi))`, and the count of non-finite elements.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActivationStats {
+    pub out: TensorId,
+    pub act_in: TensorId,
+    pub act_out: TensorId,
+    pub rows: usize,
+    pub cols: usize,
+    pub dead: bool,
+    pub saturation: Option<(f32, f32)>,
+    pub stats: TensorId,
+    pub stats_len: usize,
+    pub at: usize,
+}
+
+/// `stats[at] = ‖x − minus‖₂` (`‖x‖₂` without `minus`) over the finite differences,
+/// and `stats[at + 1]` = how many were not finite.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Norm {
+    pub x: TensorId,
+    pub minus: Option<TensorId>,
+    pub len: usize,
+    pub stats: TensorId,
+    pub stats_len: usize,
+    pub at: usize,
+}
+
+/// The always-on non-finite guard: for each `(tensor, len, slot)` in `tensors` (one to
+/// [`GUARD_GROUP`]) that holds a NaN or ±inf, records the current step (the
+/// `u32` counter in `step`) in `flags[slot]` as `u32::MAX - step` with an atomic max,
+/// so 0 means never and the earliest step wins. Several tensors share a dispatch
+/// because on small layers launching it costs more than the loads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GuardFinite {
+    pub tensors: Vec<(TensorId, usize, usize)>,
+    pub step: TensorId,
+    pub flags: TensorId,
+    pub flags_len: usize,
+}
+
+/// An offset range `end` that must fit a tensor of `len`.
+fn check_end(end: usize, len: usize) -> Result<()> {
+    ensure!(
+        end <= len,
+        "writes up to element {end} of a tensor of {len}"
+    );
+    Ok(())
+}
+
+impl Operation for CopyInto {
+    fn reads(&self) -> Vec<TensorId> {
+        vec![self.src]
+    }
+    fn writes(&self) -> Vec<TensorId> {
+        vec![self.dst]
+    }
+    fn lens(&self) -> Vec<(TensorId, usize)> {
+        vec![(self.src, self.len), (self.dst, self.dst_len)]
+    }
+    fn check(&self) -> Result<()> {
+        check_end(self.offset + self.len, self.dst_len)
+    }
+    fn run_cpu(&self, h: &mut Host) -> Result<()> {
+        let (offset, len) = (self.offset, self.len);
+        h.update(self.dst, |d, h| {
+            d[offset..offset + len].copy_from_slice(&h.get(self.src)[..len])
+        });
+        Ok(())
+    }
+    fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
+        wgpu::copy(self, lw)
+    }
+    fn lower_split(&self, lw: &mut Lowerer) -> Result<Vec<Dispatch>> {
+        if self.offset != 0 || self.dst_len != self.len {
+            return Err(lw.refuse(""));
+        }
+        lw.element_windows(&[self.src, self.dst], self.len, 1, |lw, len| {
+            let part = CopyInto {
+                len,
+                dst_len: len,
+                ..*self
+            };
+            wgpu::copy(&part, lw)
+        })
+    }
+}
+
+impl Operation for ActivationStats {
+    fn reads(&self) -> Vec<TensorId> {
+        vec![self.out, self.act_in, self.act_out]
+    }
+    fn writes(&self) -> Vec<TensorId> {
+        vec![self.stats]
+    }
+    fn lens(&self) -> Vec<(TensorId, usize)> {
+        let all = self.rows * self.cols;
+        vec![
+            (self.out, all),
+            (self.act_in, all),
+            (self.act_out, all),
+            (self.stats, self.stats_len),
+        ]
+    }
+    fn check(&self) -> Result<()> {
+        check_end(self.at + ACT_STATS_LEN, self.stats_len)
+    }
+    fn run_cpu(&self, h: &mut Host) -> Result<()> {
+        let at = self.at;
+        h.update(self.stats, |record, h| {
+            cpu::activation_stats(
+                h.get(self.out),
+                h.get(self.act_in),
+                h.get(self.act_out),
+                self.rows,
+                self.cols,
+                self.dead,
+                self.saturation,
+                &mut record[at..at + ACT_STATS_LEN],
+            )
+        });
+        Ok(())
+    }
+    fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
+        wgpu::activation_stats(self, lw)
+    }
+}
+
+impl Operation for Norm {
+    fn reads(&self) -> Vec<TensorId> {
+        let mut r = vec![self.x];
+        r.extend(self.minus);
+        r
+    }
+    fn writes(&self) -> Vec<TensorId> {
+        vec![self.stats]
+    }
+    fn lens(&self) -> Vec<(TensorId, usize)> {
+        let mut v = vec![(self.x, self.len), (self.stats, self.stats_len)];
+        v.extend(self.minus.map(|m| (m, self.len)));
+        v
+    }
+    fn check(&self) -> Result<()> {
+        check_end(self.at + NORM_STATS_LEN, self.stats_len)
+    }
+    fn run_cpu(&self, h: &mut Host) -> Result<()> {
+        let (at, len) = (self.at, self.len);
+        h.update(self.stats, |record, h| {
+            cpu::norm(
+                &h.get(self.x)[..len],
+                self.minus.map(|m| &h.get(m)[..len]),
+                &mut record[at..at + NORM_STATS_LEN],
+            )
+        });
+        Ok(())
+    }
+    fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
+        wgpu::norm(self, lw)
+    }
+}
+
+impl Operation for GuardFinite {
+    fn reads(&self) -> Vec<TensorId> {
+        let mut r: Vec<TensorId> = self.tensors.iter().map(|t| t.0).collect();
+        r.push(self.step);
+        r
+    }
+    // The flags are updated atomically in place; listing them as read too would flag the
+    // op as aliased.
+    fn writes(&self) -> Vec<TensorId> {
+        vec![self.flags]
+    }
+    fn lens(&self) -> Vec<(TensorId, usize)> {
+        let mut v: Vec<(TensorId, usize)> = self.tensors.iter().map(|t| (t.0, t.1)).collect();
+        v.extend([(self.step, 1), (self.flags, self.flags_len)]);
+        v
+    }
+    fn check(&self) -> Result<()> {
+        ensure!(
+            (1..=GUARD_GROUP).contains(&self.tensors.len()),
+            "guards {} tensors; one dispatch takes 1 to {GUARD_GROUP}",
+            self.tensors.len()
+        );
+        let end = self.tensors.iter().map(|t| t.2 + 1).max().unwrap_or(0);
+        check_end(end, self.flags_len)
+    }
+    fn run_cpu(&self, h: &mut Host) -> Result<()> {
+        let step = h.get(self.step)[0];
+        h.update(self.flags, |f, h| {
+            for &(x, len, slot) in &self.tensors {
+                cpu::guard_finite(&h.get(x)[..len], step, f, slot);
+            }
+        });
+        Ok(())
+    }
+    fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
+        wgpu::guard(self, lw)
+    }
+    fn lower_split(&self, lw: &mut Lowerer) -> Result<Vec<Dispatch>> {
+        wgpu::guard_split(self, lw)
+    }
+}

@@ -1,0 +1,194 @@
+//! Lowering of the gradient-health statistics (`shaders/health/stats.wgsl`) and the
+//! non-finite guard (`shaders/health/guard.wgsl`).
+
+use super::{ActivationStats, CopyInto, GuardFinite, Norm, GUARD_GROUP};
+use crate::device::{
+    u32_of, Dispatch, KernelKey, Lowerer, Res, Shader, ShaderTable, Slot, Uniform, ELEMENTWISE_WG,
+};
+use anyhow::{ensure, Result};
+
+pub const STATS: Shader = Shader::scalar(
+    "health/stats",
+    include_str!("../../../shaders/health/stats.wgsl"),
+);
+pub const GUARD: Shader = Shader::elements(
+    "health/guard",
+    include_str!("../../../shaders/health/guard.wgsl"),
+);
+
+const SRC: Slot = Slot::read(1, "src");
+const SRC2: Slot = Slot::read(2, "src2");
+const SRC3: Slot = Slot::read(3, "src3");
+const RECORD: Slot = Slot::read_write(4, "record");
+const COPY_SRC: Slot = Slot::read(7, "copy_src");
+const COPY_DST: Slot = Slot::read_write(8, "copy_dst");
+
+const GUARD_SRC: [Slot; GUARD_GROUP] = [
+    Slot::read(1, "src"),
+    Slot::read(2, "src2"),
+    Slot::read(3, "src3"),
+    Slot::read(4, "src4"),
+];
+const FLAGS: Slot = Slot::read_write(5, "flags");
+const STEP_BITS: Slot = Slot::read(6, "step_bits");
+const GUARD_SLOTS: Slot = Slot::read(7, "guard_slots");
+
+crate::uniform! {
+    /// Four sizes or offsets, named per kernel in the WGSL.
+    pub struct Dims { a: u32, b: u32, c: u32, d: u32 }
+}
+
+pub fn copy(op: &CopyInto, lw: &mut Lowerer) -> Result<Dispatch> {
+    let groups = lw.grid(op.len.div_ceil(ELEMENTWISE_WG))?;
+    let dims = Dims {
+        a: u32_of(op.len)?,
+        b: u32_of(op.offset)?,
+        ..Dims::default()
+    };
+    lw.dispatch(
+        KernelKey::new(&STATS, "copy"),
+        Some(dims),
+        &[
+            (COPY_SRC, Res::Tensor(op.src)),
+            (COPY_DST, Res::Tensor(op.dst)),
+        ],
+        groups,
+    )
+}
+
+pub fn activation_stats(op: &ActivationStats, lw: &mut Lowerer) -> Result<Dispatch> {
+    let (lo, hi) = op.saturation.unwrap_or((0.0, 0.0));
+    let mode = op.dead as u32 | (op.saturation.is_some() as u32) << 1;
+    let dims = Dims {
+        a: u32_of(op.rows)?,
+        b: u32_of(op.cols)?,
+        c: u32_of(op.at)?,
+        d: mode,
+    };
+    // Statistics steps are rare; one workgroup per layer is enough (see the WGSL).
+    lw.dispatch(
+        KernelKey::new(&STATS, "activation_stats")
+            .with("LO_BITS", lo.to_bits())
+            .with("HI_BITS", hi.to_bits()),
+        Some(dims),
+        &[
+            (SRC, Res::Tensor(op.out)),
+            (SRC2, Res::Tensor(op.act_in)),
+            (SRC3, Res::Tensor(op.act_out)),
+            (RECORD, Res::Tensor(op.stats)),
+        ],
+        [1, 1, 1],
+    )
+}
+
+pub fn norm(op: &Norm, lw: &mut Lowerer) -> Result<Dispatch> {
+    let dims = Dims {
+        a: u32_of(op.len)?,
+        b: u32_of(op.at)?,
+        c: op.minus.is_some() as u32,
+        d: 0,
+    };
+    lw.dispatch(
+        KernelKey::new(&STATS, "norm"),
+        Some(dims),
+        &[
+            (SRC, Res::Tensor(op.x)),
+            (SRC2, Res::Tensor(op.minus.unwrap_or(op.x))),
+            (RECORD, Res::Tensor(op.stats)),
+        ],
+        [1, 1, 1],
+    )
+}
+
+pub fn guard(op: &GuardFinite, lw: &mut Lowerer) -> Result<Dispatch> {
+    let tensors = &op.tensors;
+    ensure!(
+        (1..=GUARD_GROUP).contains(&tensors.len()),
+        "a guard dispatch checks 1 to {GUARD_GROUP} tensors, got {}",
+        tensors.len()
+    );
+    // Unused places repeat the first tensor with length 0.
+    let mut group = [(tensors[0].0, 0, 0); GUARD_GROUP];
+    group[..tensors.len()].copy_from_slice(tensors);
+    // Vector loads when every length allows (see `guard.wgsl`).
+    let vec4 = tensors.iter().all(|t| t.1.is_multiple_of(4));
+    let width = if vec4 { 4 } else { 1 };
+    let (mut lens, mut slots) = ([0u32; GUARD_GROUP], [0u32; GUARD_GROUP]);
+    for (i, &(_, len, slot)) in group.iter().enumerate() {
+        (lens[i], slots[i]) = (u32_of(len / width)?, u32_of(slot)?);
+    }
+    let slots = lw.constants(&slots, false);
+    let longest = group.iter().map(|t| t.1 / width).max().unwrap_or(0);
+    let groups = lw.grid(longest.div_ceil(ELEMENTWISE_WG))?;
+    let [a, b, c, d] = lens;
+    let mut bindings: Vec<(Slot, Res)> = GUARD_SRC
+        .iter()
+        .zip(group)
+        .map(|(&slot, t)| (slot, Res::Tensor(t.0)))
+        .collect();
+    bindings.extend([
+        (FLAGS, Res::Tensor(op.flags)),
+        (STEP_BITS, Res::Tensor(op.step)),
+        (GUARD_SLOTS, Res::Buffer(&slots)),
+    ]);
+    lw.dispatch(
+        KernelKey::new(&GUARD, "guard").vec4(vec4),
+        Some(Dims { a, b, c, d }),
+        &bindings,
+        groups,
+    )
+}
+
+/// Small tensors keep their shared dispatch; each one larger than a storage binding gets
+/// its own, in windows.
+pub fn guard_split(op: &GuardFinite, lw: &mut Lowerer) -> Result<Vec<Dispatch>> {
+    let max = lw.max_binding();
+    let (large, small): (Vec<_>, Vec<_>) =
+        op.tensors.iter().partition(|&&(t, _, _)| lw.bytes(t) > max);
+    let mut out = Vec::new();
+    if !small.is_empty() {
+        out.push(guard(
+            &GuardFinite {
+                tensors: small,
+                ..op.clone()
+            },
+            lw,
+        )?);
+    }
+    for (t, len, slot) in large {
+        let touched = [t, op.step, op.flags];
+        out.extend(lw.element_windows(&touched, len, 1, |lw, n| {
+            let part = GuardFinite {
+                tensors: vec![(t, n, slot)],
+                ..op.clone()
+            };
+            guard(&part, lw)
+        })?);
+    }
+    Ok(out)
+}
+
+pub fn tables() -> Vec<ShaderTable> {
+    vec![
+        ShaderTable {
+            shader: STATS,
+            slots: &[SRC, SRC2, SRC3, RECORD, COPY_SRC, COPY_DST],
+            dims: Some(Dims::FIELDS),
+            uniforms: &[],
+        },
+        ShaderTable {
+            shader: GUARD,
+            slots: &[
+                GUARD_SRC[0],
+                GUARD_SRC[1],
+                GUARD_SRC[2],
+                GUARD_SRC[3],
+                FLAGS,
+                STEP_BITS,
+                GUARD_SLOTS,
+            ],
+            dims: Some(Dims::FIELDS),
+            uniforms: &[],
+        },
+    ]
+}

@@ -1,0 +1,397 @@
+//! The texture-mirror matmul of CPU-backed adapters, as it is lowered: which operands
+//! get mirrors, the copy or pack steps that refresh them (in windows of rows for a matrix
+//! larger than one storage binding), and the fused epilogues (see `texture_kernel.rs` for
+//! the kernel itself).
+
+use super::texture_kernel::{self as tex, Epilogue, TexKernel};
+use super::MatMul;
+use crate::device::{
+    KernelKey, Lowerer, Mirror, MirrorCopy, MirrorKey, Res, Shader, ShaderTable, Slot, Step,
+    Uniform,
+};
+use crate::ops::{Activate, ActivateBackward, AddBias, Op};
+use crate::tensor::TensorId;
+use anyhow::Result;
+
+pub const PACK: Shader = Shader::scalar(
+    "matmul/pack",
+    include_str!("../../../shaders/matmul/pack.wgsl"),
+);
+
+const PACK_SRC: Slot = Slot::read(1, "src");
+const PACK_DST: Slot = Slot::texture(2, "dst");
+const PACK_SRC4: Slot = Slot::read(3, "src4");
+
+crate::uniform! {
+    /// `pitch`: texels per mirror row with data; `row0`: the first source row of a window.
+    pub struct PackDims { rows: u32, cols: u32, pitch: u32, row0: u32 }
+}
+
+/// Texels per invocation row of `pack.wgsl`.
+const PACK_WG: usize = 64;
+
+/// Whether the device runs subgroups of exactly 8 invocations, as the cooperative loads
+/// of the texture matmul assume.
+fn subgroups_of_8(lw: &Lowerer) -> bool {
+    let ctx = lw.ctx;
+    ctx.device.features().contains(wgpu::Features::SUBGROUP)
+        && ctx.info.subgroup_min_size == 8
+        && ctx.info.subgroup_max_size == 8
+}
+
+/// `op` with the epilogue it absorbs from `following`, as the texture kernel, or `None`
+/// where the engine does not use texture mirrors or a mirror would not fit the device's
+/// texture limits (the caller then uses a buffer kernel).
+pub fn lower(
+    op: &MatMul,
+    lw: &mut Lowerer,
+    following: &[Op],
+) -> Result<Option<(Vec<Step>, usize)>> {
+    let subgroup = match lw.variant {
+        crate::device::MatmulVariant::Texture => subgroups_of_8(lw),
+        crate::device::MatmulVariant::TextureNoSubgroup => false,
+        _ => return Ok(None),
+    };
+    let (epilogue, used) = fusable_epilogue(op, following);
+    let MatMul {
+        a,
+        b,
+        c,
+        m,
+        k,
+        n,
+        trans_a,
+        trans_b,
+        accumulate,
+    } = *op;
+    // A transposed A is transposed into its mirror: read in place, each of the
+    // kernel's strips of A would span all k rows, which with those of B overflows the
+    // TLB for large k (1024³ ran at 60% of the untransposed speed). It is the smaller
+    // operand in an MLP's `dW = dYᵀ·X`, and the kernel then needs no transposed-A form.
+    // A transposed B is read in place.
+    let a_key = MirrorKey {
+        tensor: a,
+        rows: if trans_a { k } else { m },
+        cols: if trans_a { m } else { k },
+        transpose: trans_a,
+    };
+    let b_key = MirrorKey {
+        tensor: b,
+        rows: if trans_b { n } else { k },
+        cols: if trans_b { k } else { n },
+        transpose: false,
+    };
+    for key in [a_key, b_key] {
+        if !lw.mirrors.mirrors.contains_key(&key) {
+            let mirror = mirror(lw, key)?;
+            lw.mirrors.mirrors.insert(key, mirror);
+        }
+    }
+    let (Some(ma), Some(mb)) = (&lw.mirrors.mirrors[&a_key], &lw.mirrors.mirrors[&b_key]) else {
+        return Ok(None);
+    };
+    let groups = [
+        m.div_ceil(tex::ROWS as usize),
+        n.div_ceil(tex::COLS as usize),
+    ];
+    if groups.iter().any(|&g| g > lw.max_groups()) {
+        return Ok(None);
+    }
+    let [code, act] = epilogue.codes();
+    let (view_a, view_b, pitch_a) = (ma.view.clone(), mb.view.clone(), ma.pitch);
+    let mut steps = Vec::new();
+    for key in [a_key, b_key] {
+        if lw.mirrors.fresh.insert(key) {
+            let refresh = lw.mirrors.mirrors[&key]
+                .as_ref()
+                .expect("checked above")
+                .refresh
+                .clone();
+            steps.extend(refresh);
+        }
+    }
+    let kernel = TexKernel { trans_b, subgroup };
+    // Buffers of the epilogue at bindings 4..=6 (see `Epilogue`), placeholders where
+    // it has none, and which tensors are shaped like C.
+    let [p0, p1, p2] = lw.placeholders.clone();
+    let buf = |t: TensorId| lw.buffer(t);
+    let (extra, c_shaped): ([wgpu::Buffer; 3], Vec<TensorId>) =
+        match (epilogue, &following[1..used]) {
+            (Epilogue::Plain, _) => ([p0, p1, p2], vec![c]),
+            (Epilogue::Bias { act: None }, [Op::AddBias(AddBias { bias, .. })]) => {
+                ([buf(*bias), p1, p2], vec![c])
+            }
+            (
+                Epilogue::Bias { act: Some(_) },
+                [Op::AddBias(AddBias { bias, .. }), Op::Activate(Activate { y, .. })],
+            ) => ([buf(*bias), buf(*y), p2], vec![c, *y]),
+            (
+                Epilogue::ActGrad { .. },
+                [Op::ActivateBackward(ActivateBackward { x, y, dx, .. })],
+            ) => ([buf(*x), buf(*y), buf(*dx)], vec![c, *x, *y, *dx]),
+            _ => unreachable!("fusable_epilogue matched these ops"),
+        };
+    // Where C exceeds one storage binding, dispatch windows of its rows; the kernel
+    // reads A's mirror from the window's first row (`a_row0`).
+    let max_elems = (lw.max_binding() / 4) as usize;
+    let step = if m * n <= max_elems {
+        m
+    } else {
+        // Not even one block of rows fits: the buffer kernels refuse it by name.
+        let Some(rows) = lw.row_window(n, tex::ROWS as usize, max_elems) else {
+            return Ok(None);
+        };
+        rows.min(m)
+    };
+    let windowed: Vec<wgpu::Buffer> = c_shaped.iter().map(|&t| lw.buffer(t)).collect();
+    let shader = kernel.shader();
+    let mut dispatches = Vec::new();
+    for r0 in (0..m).step_by(step) {
+        let rc = step.min(m - r0);
+        let dims = tex::Dims {
+            m: rc as u32,
+            k: k as u32,
+            n: n as u32,
+            pitch_a,
+            accumulate: accumulate as u32,
+            epilogue: code,
+            act,
+            a_row0: r0 as u32,
+        };
+        let windows = if step < m {
+            windowed
+                .iter()
+                .map(|b| (b.clone(), (r0 * n * 4) as u64, (rc * n * 4) as u64))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut bindings = vec![
+            (tex::MIRROR_A, Res::View(&view_a)),
+            (tex::MIRROR_B, Res::View(&view_b)),
+            (tex::C, Res::Tensor(c)),
+        ];
+        bindings.extend(
+            tex::EPILOGUE_SLOTS
+                .into_iter()
+                .zip(extra.iter().map(Res::Buffer)),
+        );
+        let grid = [rc.div_ceil(tex::ROWS as usize) as u32, groups[1] as u32, 1];
+        let key = KernelKey::new(&shader, "main");
+        let d = lw.windowed(windows, |lw| lw.dispatch(key, Some(dims), &bindings, grid))?;
+        dispatches.push(d);
+    }
+    steps.extend(dispatches.into_iter().map(Step::Dispatch));
+    Ok(Some((steps, used)))
+}
+
+/// Creates the texture mirror for `key` and the step that refreshes it: a plain copy
+/// where buffer rows are a multiple of 256 bytes, else a pack dispatch (padding rows to
+/// whole texels, or transposing). `None` when it exceeds the device's limits.
+fn mirror(lw: &mut Lowerer, key: MirrorKey) -> Result<Option<Mirror>> {
+    let (rows, cols) = if key.transpose {
+        (key.cols, key.rows)
+    } else {
+        (key.rows, key.cols)
+    };
+    let pitch = cols.div_ceil(4);
+    // A row stride of an odd number of 64-byte lines puts the rows the kernel reads
+    // together in distinct cache sets (see `texture_kernel.rs`).
+    let lines = pitch.div_ceil(4);
+    let width = 4 * (lines | 1);
+    let height = rows + tex::MIRROR_SLACK_ROWS;
+    let max_dim = lw.ctx.limits.max_texture_dimension_2d as usize;
+    if width > max_dim || height > max_dim || rows > lw.max_groups() {
+        return Ok(None);
+    }
+    let name = lw.tensor(key.tensor).name.clone();
+    let texture = lw.ctx.device.create_texture(&wgpu::TextureDescriptor {
+        label: Some(&format!("{name} (mirror)")),
+        size: wgpu::Extent3d {
+            width: width as u32,
+            height: height as u32,
+            depth_or_array_layers: 1,
+        },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::Rgba32Float,
+        usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    });
+    let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+    let src = lw.buffer(key.tensor);
+    let label = format!("mirror {name}{}", if key.transpose { "ᵀ" } else { "" });
+    // Buffer-to-texture copies need source rows that are a multiple of 256 bytes.
+    if !key.transpose && cols.is_multiple_of(64) {
+        let copy = Step::Copy(MirrorCopy {
+            label,
+            src,
+            dst: texture,
+            width: pitch as u32,
+            rows: rows as u32,
+            row_bytes: (cols * 4) as u32,
+        });
+        return Ok(Some(Mirror {
+            view,
+            pitch: pitch as u32,
+            refresh: vec![copy],
+        }));
+    }
+    // A pack dispatch binds the source: one larger than a storage binding is packed in
+    // windows of its rows (a multiple of 4, so transposed windows fill whole texels),
+    // each told its first row (`row0`).
+    let (src_rows, src_cols) = (key.rows, key.cols);
+    let max_elems = (lw.max_binding() / 4) as usize;
+    let step = if src_rows * src_cols <= max_elems {
+        src_rows
+    } else {
+        // Not even 4 rows fit: no mirror, the buffer kernels refuse it by name.
+        let Some(rows) = lw.row_window(src_cols, 4, max_elems) else {
+            return Ok(None);
+        };
+        rows.min(src_rows)
+    };
+    let mut refresh = Vec::new();
+    for r0 in (0..src_rows).step_by(step) {
+        let rc = step.min(src_rows - r0);
+        let windows = if step < src_rows {
+            vec![(
+                src.clone(),
+                (r0 * src_cols * 4) as u64,
+                (rc * src_cols * 4) as u64,
+            )]
+        } else {
+            Vec::new()
+        };
+        let (kernel, slot, dims, groups) =
+            if key.transpose && src_rows.is_multiple_of(4) && src_cols.is_multiple_of(4) {
+                (
+                    KernelKey::new(&PACK, "transpose4"),
+                    PACK_SRC4,
+                    [rc, src_cols, pitch, r0],
+                    [(src_cols / 4).div_ceil(PACK_WG), rc / 4],
+                )
+            } else if key.transpose {
+                let window_pitch = rc.div_ceil(4);
+                (
+                    KernelKey::new(&PACK, "pack").with("TRANSPOSE", 1),
+                    PACK_SRC,
+                    [rc, src_cols, window_pitch, r0],
+                    [window_pitch.div_ceil(PACK_WG), src_cols],
+                )
+            } else {
+                let (entry, slot) = if cols.is_multiple_of(4) {
+                    ("pack4", PACK_SRC4)
+                } else {
+                    ("pack", PACK_SRC)
+                };
+                (
+                    KernelKey::new(&PACK, entry),
+                    slot,
+                    [rc, cols, pitch, r0],
+                    [pitch.div_ceil(PACK_WG), rc],
+                )
+            };
+        let [rows, cols, pitch, row0] = dims.map(|v| v as u32);
+        let dims = PackDims {
+            rows,
+            cols,
+            pitch,
+            row0,
+        };
+        let bindings = [(slot, Res::Buffer(&src)), (PACK_DST, Res::View(&view))];
+        let grid = [groups[0] as u32, groups[1] as u32, 1];
+        let mut d = lw.windowed(windows, |lw| {
+            lw.dispatch(kernel, Some(dims), &bindings, grid)
+        })?;
+        d.label = label.clone();
+        refresh.push(Step::Dispatch(d));
+    }
+    Ok(Some(Mirror {
+        view,
+        pitch: pitch as u32,
+        refresh,
+    }))
+}
+
+/// The epilogue a texture matmul `op` can absorb from the ops that follow it
+/// (`following[0]` is `op` itself), and how many ops it then covers: the bias add and
+/// activation that follow a layer's forward matmul, or the activation derivative that
+/// follows the matmul producing `dH`. Each absorbed op must work on exactly the matmul's
+/// output.
+fn fusable_epilogue(op: &MatMul, following: &[Op]) -> (Epilogue, usize) {
+    let MatMul {
+        c,
+        m,
+        n,
+        accumulate: false,
+        ..
+    } = *op
+    else {
+        return (Epilogue::Plain, 1);
+    };
+    match following.get(1..) {
+        Some(
+            [Op::AddBias(AddBias {
+                y,
+                rows,
+                cols,
+                bias,
+            }), rest @ ..],
+        ) if *y == c && *rows == m && *cols == n => match rest.first() {
+            Some(&Op::Activate(Activate { act, x, y, len }))
+                if act.fusable() && x == c && y != c && y != *bias && len == m * n =>
+            {
+                (Epilogue::Bias { act: Some(act) }, 3)
+            }
+            _ => (Epilogue::Bias { act: None }, 2),
+        },
+        Some(
+            [Op::ActivateBackward(ActivateBackward {
+                act,
+                dy,
+                dx,
+                x,
+                y,
+                len,
+            }), ..],
+        ) if *dy == c
+            && act.fusable()
+            && *len == m * n
+            && x != y
+            && ![*x, *y, c].contains(dx)
+            && ![*x, *y].contains(&c) =>
+        {
+            (Epilogue::ActGrad { act: *act }, 2)
+        }
+        _ => (Epilogue::Plain, 1),
+    }
+}
+
+/// The texture kernels and the pack kernel, for the binding test.
+pub fn tables() -> Vec<ShaderTable> {
+    let mut tables: Vec<ShaderTable> = TexKernel::ALL
+        .iter()
+        .map(|k| ShaderTable {
+            shader: k.shader(),
+            slots: &[
+                tex::MIRROR_A,
+                tex::MIRROR_B,
+                tex::C,
+                tex::EPILOGUE_SLOTS[0],
+                tex::EPILOGUE_SLOTS[1],
+                tex::EPILOGUE_SLOTS[2],
+            ],
+            dims: Some(tex::Dims::FIELDS),
+            uniforms: &[],
+        })
+        .collect();
+    tables.push(ShaderTable {
+        shader: PACK,
+        slots: &[PACK_SRC, PACK_DST, PACK_SRC4],
+        dims: Some(PackDims::FIELDS),
+        uniforms: &[],
+    });
+    tables
+}
