@@ -262,6 +262,13 @@ fn reference_values() {
         (Activation::Gelu, -2.0, -2.0 * 0.022750131948179195),
         // ½x(1 + tanh(√(2/π)(x + 0.044715x³))) at x = 1.
         (Activation::GeluTanh, 1.0, 0.8411919906082768),
+        // x·σ(x) and x·tanh(ln(1 + eˣ)), as torch.nn.SiLU and torch.nn.Mish.
+        (Activation::Silu, 1.0, 0.7310585786300049),
+        (Activation::Silu, -2.0, -0.2384058440442351),
+        (Activation::Mish, 1.0, 0.8650983882673103),
+        (Activation::Mish, -2.0, -0.2525014826957089),
+        // Above 20, softplus(x) is x as in PyTorch, and tanh(x) rounds to 1.
+        (Activation::Mish, 30.0, 30.0),
     ];
     for &(act, x, want) in cases {
         let got = steadygrad::ops::activation::cpu::activation(act, x) as f64;

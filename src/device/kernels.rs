@@ -78,7 +78,7 @@ fn with_lane(v: V, c: u32, value: f32) -> V { var w = v; w[c] = value; return w;
 ";
 
 /// How a kernel may access a binding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Access {
     /// `var<storage, read>`
     Read,
