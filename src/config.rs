@@ -225,7 +225,7 @@ input = 2                  # features per row (must match the data)
 hidden = [64, 64, 64, 64, 64, 64, 64, 64]   # units per hidden layer
 output = 3                 # classes (cross-entropy) or targets per row (mse)
 activation = "relu"        # identity sigmoid tanh relu leaky-relu[:SLOPE] rrelu[:L:U]
-                           # prelu[:INIT] prelu-unit elu[:ALPHA] selu gelu gelu-tanh
+                           # prelu[:INIT] prelu-unit elu[:ALPHA] selu gelu gelu-tanh silu mish
 init = "auto"              # auto glorot-uniform glorot-normal he-uniform he-normal
                            # lecun-uniform lecun-normal normal normal:MEAN:STD uniform:LOW:HIGH
 loss = "cross-entropy"     # cross-entropy | mse

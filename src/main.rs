@@ -48,10 +48,8 @@ struct ModelArgs {
     /// Units per hidden layer.
     #[arg(long, default_value_t = 64)]
     width: usize,
-    /// Hidden activation: identity, sigmoid, tanh, relu, leaky-relu[:SLOPE], rrelu[:LOWER:UPPER],
-    /// prelu[:INIT] (one slope per layer), prelu-unit[:INIT] (one per unit), elu[:ALPHA], selu,
-    /// gelu, gelu-tanh. Parameters default to PyTorch's (0.01; 1/8:1/3; 0.25; 1).
-    #[arg(long, default_value = "relu")]
+    /// Hidden activation (the list comes from `Activation::ALL`).
+    #[arg(long, default_value = "relu", long_help = activation_help())]
     activation: Activation,
     /// Weight init: auto, glorot-uniform, glorot-normal, he-uniform, he-normal, lecun-uniform, lecun-normal, normal.
     #[arg(long, default_value = "auto")]
@@ -716,4 +714,13 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `--activation`'s help: every kind from the one list, with PyTorch's defaults.
+fn activation_help() -> String {
+    format!(
+        "Hidden activation: {}. prelu has one slope per layer, prelu-unit one per unit. \
+         Parameters default to PyTorch's (0.01; 1/8:1/3; 0.25; 1).",
+        Activation::syntax()
+    )
 }
