@@ -213,8 +213,26 @@ impl Config {
 
     /// The default configuration as TOML with a comment on every option.
     pub fn commented_default() -> String {
-        DEFAULT_CONFIG.to_string()
+        DEFAULT_CONFIG.replace("{ACTIVATIONS}", &activation_comment())
     }
+}
+
+/// The activation kinds from `Activation::ALL`, wrapped under the `activation =` line so
+/// that a new kind shows up in the template without editing it.
+fn activation_comment() -> String {
+    let mut lines = vec![String::new()];
+    for item in crate::Activation::syntax().split(", ") {
+        let last = lines.last_mut().expect("one line at least");
+        if !last.is_empty() && last.len() + item.len() > 60 {
+            lines.push(item.to_string());
+        } else {
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(item);
+        }
+    }
+    lines.join(&format!("\n{:27}# ", ""))
 }
 
 const DEFAULT_CONFIG: &str = r#"# steadygrad model configuration (use with `steadygrad train --config FILE`).
@@ -224,8 +242,7 @@ const DEFAULT_CONFIG: &str = r#"# steadygrad model configuration (use with `stea
 input = 2                  # features per row (must match the data)
 hidden = [64, 64, 64, 64, 64, 64, 64, 64]   # units per hidden layer
 output = 3                 # classes (cross-entropy) or targets per row (mse)
-activation = "relu"        # identity sigmoid tanh relu leaky-relu[:SLOPE] rrelu[:L:U]
-                           # prelu[:INIT] prelu-unit elu[:ALPHA] selu gelu gelu-tanh silu mish
+activation = "relu"        # {ACTIVATIONS}
 init = "auto"              # auto glorot-uniform glorot-normal he-uniform he-normal
                            # lecun-uniform lecun-normal normal normal:MEAN:STD uniform:LOW:HIGH
 loss = "cross-entropy"     # cross-entropy | mse

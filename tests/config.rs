@@ -25,6 +25,30 @@ fn commented_default_is_valid() {
     assert_eq!(c.training.epochs, 20);
 }
 
+/// The template's activation comment comes from `Activation::ALL`: every kind is listed and
+/// each listed name parses.
+#[test]
+fn commented_default_lists_every_activation() {
+    let text = Config::commented_default();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("activation ="))
+        .expect("an activation line");
+    let comment: String = text
+        .lines()
+        .skip(line)
+        .take_while(|l| l.starts_with("activation =") || l.trim_start().starts_with('#'))
+        .map(|l| l.split('#').nth(1).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join(" ");
+    for a in steadygrad::Activation::ALL {
+        let listed = comment
+            .split_whitespace()
+            .any(|w| w == a.name() || w.starts_with(&format!("{}[", a.name())));
+        assert!(listed, "{} missing from the template: {comment}", a.name());
+    }
+}
+
 #[test]
 fn round_trip_through_toml() {
     let spec = MlpSpec::new(4, &[16, 8], 3)

@@ -6,13 +6,13 @@
 mod common;
 
 use steadygrad::cpu::CpuEngine;
-use steadygrad::diag::detect::layer_list;
-use steadygrad::diag::log::MetricsLog;
-use steadygrad::diag::{
-    detect, plot, DetectorConfig, LayerStats, NonFiniteError, StepStats, TrainObserver, WarningKind,
-};
 use steadygrad::engine::Engine;
 use steadygrad::gpu::GpuEngine;
+use steadygrad::health::detect::layer_list;
+use steadygrad::health::log::MetricsLog;
+use steadygrad::health::{
+    detect, plot, DetectorConfig, LayerStats, NonFiniteError, StepStats, TrainObserver, WarningKind,
+};
 use steadygrad::model::lower as mlp;
 use steadygrad::ops::Op;
 use steadygrad::ops::*;
@@ -304,7 +304,7 @@ fn statistics_are_a_separate_op_list() {
     assert!(m.stats_history().iter().all(|s| s.epoch >= 3));
 }
 
-fn kinds(w: &[steadygrad::diag::Warning]) -> Vec<WarningKind> {
+fn kinds(w: &[steadygrad::health::Warning]) -> Vec<WarningKind> {
     w.iter().map(|w| w.kind).collect()
 }
 
@@ -324,7 +324,8 @@ fn vanishing_is_detected_in_deep_sigmoid_with_unit_normal_init() {
         let mut m = Model::new(spec.clone(), engine).unwrap();
         m.gather_stats_every(2);
         fit(&mut m, &spirals(60), 2, 32).unwrap();
-        let warnings = m.gradient_health(&DetectorConfig::default());
+        let warnings =
+            steadygrad::health::detect(m.spec(), m.stats_history(), &DetectorConfig::default());
         let v = warnings
             .iter()
             .find(|w| w.kind == WarningKind::Vanishing)
@@ -358,7 +359,8 @@ fn healthy_relu_he_batch_norm_stays_quiet() {
         m.gather_stats_every(3);
         fit(&mut m, &spirals(80), 3, 32).unwrap();
         assert!(m.stats_history().len() >= 5);
-        let warnings = m.gradient_health(&DetectorConfig::default());
+        let warnings =
+            steadygrad::health::detect(m.spec(), m.stats_history(), &DetectorConfig::default());
         assert!(warnings.is_empty(), "{:#?}", warnings);
     }
 }
@@ -375,7 +377,8 @@ fn huge_learning_rate_stops_or_is_reported_as_exploding() {
         let mut m = Model::new(spec.clone(), engine).unwrap();
         m.gather_stats_every(2);
         let result = fit(&mut m, &spirals(60), 3, 16);
-        let warnings = m.gradient_health(&DetectorConfig::default());
+        let warnings =
+            steadygrad::health::detect(m.spec(), m.stats_history(), &DetectorConfig::default());
         let stopped = result
             .as_ref()
             .err()
@@ -685,7 +688,7 @@ fn logs_and_plots() {
         Box::new(MetricsLog::create(&csv).unwrap()),
         Box::new(MetricsLog::create(&jsonl).unwrap()),
     ];
-    m.set_observer(Some(Box::new(steadygrad::diag::Observers(logs))));
+    m.set_observer(Some(Box::new(steadygrad::health::Observers(logs))));
     fit(&mut m, &spirals(10), 2, 8).unwrap();
     m.set_observer(None);
     let n = m.stats_history().len();

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{random, OpCase, ODD_SIZES};
-use steadygrad::model::health_record::{guard_step, saturation_thresholds};
+use steadygrad::model::health::layout::{guard_step, saturation_thresholds};
 use steadygrad::ops::health::cpu as reference;
 use steadygrad::ops::health::{ACT_STATS_LEN, GUARD_GROUP};
 use steadygrad::ops::*;

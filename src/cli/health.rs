@@ -1,23 +1,24 @@
 //! The gradient-health parts of the command line: statistics, logs, plots and progress
 //! for `train`, and the `diagnose` and `experiment` commands.
 
-use super::{print_epoch, spec_from, DataArgs, ModelArgs};
+use super::args::{spec_from, DataArgs, ModelArgs};
+use crate::print_epoch;
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use steadygrad::cpu::CpuEngine;
-use steadygrad::diag::experiment::{self, ExperimentOptions};
-use steadygrad::diag::log::MetricsLog;
-use steadygrad::diag::plot::{self, Run};
-use steadygrad::diag::progress::TrainProgress;
-use steadygrad::diag::table::layer_table;
-use steadygrad::diag::{
-    DetectorConfig, NonFiniteError, Observers, StepStats, TrainObserver, Warning,
-};
 use steadygrad::engine::Engine;
 use steadygrad::gpu::{AdapterSelection, GpuContext, GpuEngine};
+use steadygrad::health::experiment::{self, ExperimentOptions};
+use steadygrad::health::log::MetricsLog;
+use steadygrad::health::plot::{self, Run};
+use steadygrad::health::progress::TrainProgress;
+use steadygrad::health::table::layer_table;
+use steadygrad::health::{
+    DetectorConfig, NonFiniteError, Observers, StepStats, TrainObserver, Warning,
+};
 use steadygrad::{data, BackendChoice, EpochReport, FitOptions, Loss, Model};
 
 /// Statistics, logging, plots and progress of a training run.
@@ -281,7 +282,7 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
     run.finish(&mut m, "diagnose")?;
     let (reports, stopped) = result?;
     let history = m.stats_history();
-    let warnings = m.gradient_health(&cfg);
+    let warnings = steadygrad::health::detect(m.spec(), m.stats_history(), &cfg);
     if args.json {
         let summary = DiagnoseSummary {
             device: m.device(),

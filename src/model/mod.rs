@@ -1,7 +1,7 @@
 //! What a model is (its specification and initial weights) and the user-facing handle
 //! that trains it on either backend.
 
-pub mod health_record;
+pub mod health;
 pub mod init;
 pub mod lower;
 pub mod optim;

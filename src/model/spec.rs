@@ -391,7 +391,7 @@ impl MlpSpec {
             kind: PersistentKind::Internal,
         });
         // Last, so it has a flag for every slot before it (see `graph::stats`).
-        out.push(crate::model::health_record::guard_desc(out.len()));
+        out.push(crate::model::health::layout::guard_desc(out.len()));
         out
     }
 

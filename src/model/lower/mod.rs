@@ -10,7 +10,7 @@ mod backward;
 mod health;
 
 use crate::graph::Plan;
-use crate::model::health_record::{self as st, GUARD_SLOT_NAME};
+use crate::model::health::layout::{self as st, GUARD_SLOT_NAME};
 use crate::model::spec::{
     prelu_weight_name, rrelu_stream, GRAD_NORM_SLOT_NAME, METRICS_SLOT_NAME, STEP_SLOT_NAME,
 };

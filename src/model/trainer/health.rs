@@ -4,11 +4,9 @@
 //! A child of `trainer` so it can reach [`Model`]'s fields without widening them.
 
 use super::Model;
-use crate::diag::{
-    layer_of, DetectorConfig, NonFiniteError, StepProgress, StepStats, TrainObserver, Warning,
-};
 use crate::engine::PendingRead;
-use crate::model::health_record::{guard_step, GUARD_SLOT_NAME};
+use crate::model::health::layout::{guard_step, GUARD_SLOT_NAME};
+use crate::model::health::{layer_of, NonFiniteError, StepProgress, StepStats, TrainObserver};
 use crate::model::EpochReport;
 use anyhow::{Context, Result};
 use std::collections::VecDeque;
@@ -80,11 +78,6 @@ impl Model {
     /// metric logs). `None` removes it.
     pub fn set_observer(&mut self, observer: Option<Box<dyn TrainObserver>>) {
         self.health.observer = observer;
-    }
-
-    /// Runs the detectors over the statistics history, with advice for this model.
-    pub fn gradient_health(&self, config: &DetectorConfig) -> Vec<Warning> {
-        crate::diag::detect(&self.spec, &self.health.history, config)
     }
 
     /// Starts the readback of the statistics record (and the guard flags) just written by

@@ -1,6 +1,6 @@
 //! Gradient health: the statistics a statistics step gathers into its record
 //! ([`ActivationStats`], [`Norm`], [`CopyInto`]; the record's layout is the model's, see
-//! `crate::model::health_record`) and the always-on non-finite guard ([`GuardFinite`]).
+//! `crate::model::health::layout`) and the always-on non-finite guard ([`GuardFinite`]).
 
 pub mod cpu;
 pub mod wgpu;

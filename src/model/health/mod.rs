@@ -1,23 +1,11 @@
-//! Gradient health: per-layer statistics gathered on the device every N steps, detectors
-//! for vanishing and exploding gradients and dying ReLUs with advice fitted to the model,
-//! the non-finite stop, metric logs, progress bars, plots, and the vanishing-gradient
-//! experiment.
-//!
-//! Turn statistics on with [`crate::Model::gather_stats_every`]; records arrive in
-//! [`crate::Model::stats_history`] a few steps after they were taken, without stalling
-//! the device (see `graph::stats` for what a statistics step computes).
+//! The gradient-health records training produces: per-layer statistics decoded from the
+//! device record, progress events for observers, and the non-finite stop. They live beside
+//! the model that produces them; `crate::health` interprets them (detectors, logs, plots).
 
-pub mod detect;
-pub mod experiment;
-pub mod log;
-pub mod plot;
-pub mod progress;
-pub mod table;
+pub mod layout;
 
-pub use detect::{detect, DetectorConfig, Warning, WarningKind};
-
-use crate::model::health_record as st;
 use crate::model::{EpochReport, MlpSpec};
+use layout as st;
 use serde::Serialize;
 use std::fmt;
 

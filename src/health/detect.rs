@@ -241,7 +241,7 @@ pub fn detect(spec: &MlpSpec, history: &[StepStats], cfg: &DetectorConfig) -> Ve
                 "{} outputs within {:.0}% of their bounds, where the derivative is nearly \
                  zero, mean over the last {} records: {} (threshold {:.0}%)",
                 spec.activation,
-                100.0 * crate::model::health_record::SATURATION_EPS,
+                100.0 * crate::model::health::layout::SATURATION_EPS,
                 window.len(),
                 percent_list(&saturated),
                 100.0 * cfg.saturated_fraction

@@ -4,7 +4,7 @@
 //! On a statistics step ([`crate::graph::Stage::TrainWithStats`]) the plan writes one *record*, a
 //! small local tensor, with a block of [`LAYER_STRIDE`] values per layer followed by a
 //! global block. The host copies it back asynchronously and decodes it (see
-//! `crate::diag`). Ordinary training steps never touch it.
+//! `crate::health`). Ordinary training steps never touch it.
 //!
 //! The guard is part of every training step: one cheap check per gradient tensor and one
 //! for the per-row losses, recording the first step at which each held a NaN or ±inf in

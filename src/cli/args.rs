@@ -1,0 +1,418 @@
+//! The command line's arguments: global options, the model and data flag groups shared
+//! by the subcommands, and the subcommands themselves.
+
+use super::health::{DiagnoseArgs, ExperimentKind, RunArgs};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use steadygrad::check::Tolerance;
+use steadygrad::{
+    data, Activation, BatchNorm, BnPlacement, Clip, Dataset, Init, Loss, LrSchedule, MlpSpec,
+    Optimizer,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "steadygrad",
+    version,
+    about = "Train deep MLPs on any GPU through wgpu, checked against a CPU reference"
+)]
+pub struct Cli {
+    /// Backend: auto (best GPU, else CPU), cpu, vulkan, metal, dx12 or gl.
+    #[arg(
+        long,
+        global = true,
+        env = "STEADYGRAD_BACKEND",
+        default_value = "auto"
+    )]
+    pub backend: String,
+    /// GPU adapter: index from `steadygrad devices`, or part of its name.
+    #[arg(long, global = true, env = "STEADYGRAD_ADAPTER")]
+    pub adapter: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ModelArgs {
+    /// Number of hidden layers.
+    #[arg(long, default_value_t = 8)]
+    pub depth: usize,
+    /// Units per hidden layer.
+    #[arg(long, default_value_t = 64)]
+    pub width: usize,
+    /// Hidden activation (the list comes from `Activation::ALL`).
+    #[arg(long, default_value = "relu", long_help = activation_help())]
+    pub activation: Activation,
+    /// Weight init: auto, glorot-uniform, glorot-normal, he-uniform, he-normal, lecun-uniform, lecun-normal, normal.
+    #[arg(long, default_value = "auto")]
+    pub init: Init,
+    /// Learning rate [default: 0.05 for sgd; 0.001, torch's default, for adam and adamw].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Seed for weights, data and shuffling.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Batch normalization in every hidden layer: before (the activation) or after.
+    #[arg(long, value_parser = ["before", "after"])]
+    pub batch_norm: Option<String>,
+    /// Batch-norm momentum for the running statistics (PyTorch: 0.1).
+    #[arg(long, default_value_t = 0.1)]
+    pub bn_momentum: f32,
+    /// A skip connection into every K-th hidden layer (projection when sizes differ).
+    #[arg(long, value_name = "K")]
+    pub residual: Option<usize>,
+    /// Optimizer: sgd, adam or adamw (torch.optim.SGD, Adam, AdamW; betas (0.9, 0.999), eps 1e-8).
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
+    pub optimizer: OptimizerKind,
+    /// SGD momentum in [0, 1), dampening 0 [default: 0].
+    #[arg(long)]
+    pub momentum: Option<f32>,
+    /// Nesterov momentum (SGD, needs --momentum > 0).
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Weight decay on all parameters, biases included: L2 for sgd and adam, decoupled for adamw [default: 0; 0.01 for adamw, as torch].
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Scale gradients so their global L2 norm is at most this (torch.nn.utils.clip_grad_norm_).
+    #[arg(long, conflicts_with = "clip_value")]
+    pub clip_norm: Option<f32>,
+    /// Clamp every gradient element to [-V, V] (torch.nn.utils.clip_grad_value_).
+    #[arg(long)]
+    pub clip_value: Option<f32>,
+    /// Dropout probability in [0, 1) after every hidden activation, in training only.
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f32,
+    /// Learning-rate schedule per epoch: constant, step (StepLR) or cosine (CosineAnnealingLR).
+    #[arg(long, value_enum, default_value_t = ScheduleKind::Constant)]
+    pub schedule: ScheduleKind,
+    /// Step schedule: epochs between decays.
+    #[arg(long, default_value_t = 10)]
+    pub step_size: usize,
+    /// Step schedule: decay factor per step_size epochs.
+    #[arg(long, default_value_t = 0.1)]
+    pub gamma: f32,
+    /// Cosine schedule: epochs from the full rate down to --eta-min [default: the number of epochs; 1 for check].
+    #[arg(long)]
+    pub t_max: Option<usize>,
+    /// Cosine schedule: the lowest learning rate.
+    #[arg(long, default_value_t = 0.0)]
+    pub eta_min: f32,
+    /// Linear learning-rate warm-up over the first N steps (batches): step s uses lr·min(1, s/N).
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum OptimizerKind {
+    Sgd,
+    Adam,
+    Adamw,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleKind {
+    Constant,
+    Step,
+    Cosine,
+}
+
+impl ModelArgs {
+    pub fn optimizer(&self) -> Result<Optimizer> {
+        if self.optimizer != OptimizerKind::Sgd {
+            anyhow::ensure!(
+                self.momentum.is_none() && !self.nesterov,
+                "--momentum and --nesterov apply to --optimizer sgd only"
+            );
+        }
+        let opt = match self.optimizer {
+            OptimizerKind::Sgd => Optimizer::Sgd {
+                lr: self.lr.unwrap_or(0.05),
+                momentum: self.momentum.unwrap_or(0.0),
+                nesterov: self.nesterov,
+                weight_decay: 0.0,
+            },
+            OptimizerKind::Adam => Optimizer::adam(self.lr.unwrap_or(1e-3)),
+            OptimizerKind::Adamw => Optimizer::adamw(self.lr.unwrap_or(1e-3)),
+        };
+        Ok(match self.weight_decay {
+            Some(wd) => opt.with_weight_decay(wd),
+            None => opt,
+        })
+    }
+
+    pub fn schedule(&self, default_t_max: usize) -> LrSchedule {
+        match self.schedule {
+            ScheduleKind::Constant => LrSchedule::Constant,
+            ScheduleKind::Step => LrSchedule::Step {
+                step_size: self.step_size,
+                gamma: self.gamma,
+            },
+            ScheduleKind::Cosine => LrSchedule::Cosine {
+                t_max: self.t_max.unwrap_or(default_t_max),
+                eta_min: self.eta_min,
+            },
+        }
+    }
+}
+
+/// Where data comes from and how to read it.
+#[derive(clap::Args, Clone)]
+pub struct DataArgs {
+    /// Data file: .csv/.tsv, .npy, IDX (MNIST; .gz too) or .safetensors. Without it, the
+    /// built-in spirals.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// A separate labels file (.npy or IDX) for --data.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Label column of a CSV or 2-D .npy file, by 0-based index or header name (repeat
+    /// for several regression targets) [default: the last column].
+    #[arg(long = "label-column")]
+    pub label_columns: Vec<String>,
+    /// Whether the CSV file has a header line: auto, yes or no.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "yes", "no"])]
+    pub header: String,
+    /// classification (whole-number labels, cross-entropy) or regression (mse).
+    #[arg(long, default_value = "classification", value_parser = ["classification", "regression"])]
+    pub task: String,
+    /// Number of classes [default: largest label + 1].
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Fraction of --data held out for validation (seeded shuffle).
+    #[arg(long, default_value_t = 0.2)]
+    pub valid_fraction: f64,
+    /// A separate validation file instead of --valid-fraction.
+    #[arg(long)]
+    pub valid_data: Option<PathBuf>,
+    /// Do not standardize features (by default: mean 0, std 1 fitted on the training split).
+    #[arg(long)]
+    pub no_standardize: bool,
+}
+
+impl DataArgs {
+    pub fn load_options(&self, classes: Option<usize>) -> Result<data::LoadOptions> {
+        Ok(data::LoadOptions {
+            labels: self.labels.clone(),
+            task: if self.task == "regression" {
+                data::Task::Regression
+            } else {
+                data::Task::Classification {
+                    classes: classes.or(self.classes),
+                }
+            },
+            label_columns: self
+                .label_columns
+                .iter()
+                .map(|c| c.parse().expect("infallible"))
+                .collect(),
+            header: match self.header.as_str() {
+                "yes" => data::Header::Present,
+                "no" => data::Header::Absent,
+                _ => data::Header::Auto,
+            },
+            ..data::LoadOptions::default()
+        })
+    }
+
+    /// Training and validation sets, standardized by statistics of the training set
+    /// (returned so checkpoints can carry them).
+    pub fn train_valid(
+        &self,
+        seed: u64,
+        points: usize,
+        spiral_classes: usize,
+    ) -> Result<(Dataset, Dataset, Option<data::Standardizer>)> {
+        let Some(path) = &self.data else {
+            anyhow::ensure!(points >= 5, "--points must be at least 5");
+            let all = data::synthetic::spirals(points, spiral_classes, 0.05, seed);
+            let split = all.rows * 4 / 5;
+            return Ok((all.slice(0, split), all.slice(split, all.rows), None));
+        };
+        let all = data::load(path, &self.load_options(None)?)?;
+        let (mut train, mut valid) = match &self.valid_data {
+            Some(v) => {
+                let valid = data::load(v, &self.load_options(all.classes)?)?;
+                (all, valid)
+            }
+            None => data::split(&all, self.valid_fraction, seed)?,
+        };
+        if let (Some(a), Some(b)) = (train.classes, valid.classes) {
+            // A validation file without the top classes must not shrink the output layer.
+            let c = a.max(b);
+            train.classes = Some(c);
+            valid.classes = Some(c);
+        }
+        let standardizer = if self.no_standardize {
+            None
+        } else {
+            let s = data::Standardizer::fit(&train)?;
+            s.apply(&mut train)?;
+            s.apply(&mut valid)?;
+            Some(s)
+        };
+        Ok((train, valid, standardizer))
+    }
+
+    /// A single dataset (for eval/predict), standardized as at training time.
+    pub fn load_one(
+        &self,
+        classes: Option<usize>,
+        standardizer: Option<&data::Standardizer>,
+    ) -> Result<Dataset> {
+        let path = self.data.as_ref().context("--data is required")?;
+        let mut d = data::load(path, &self.load_options(classes)?)?;
+        if let Some(s) = standardizer {
+            s.apply(&mut d)?;
+        }
+        Ok(d)
+    }
+}
+
+// Parsed once per process, so the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+pub enum Command {
+    /// Train a deep MLP (on --data, or the built-in spirals) and report loss, accuracy and speed.
+    Train {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Total epochs [default: the config's or the checkpoint's, else 20]. With
+        /// --resume, training continues up to this many.
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Batch size [default: the config's or the checkpoint's, else 32].
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Spiral arms (classes) of the built-in data.
+        #[arg(long, default_value_t = 3)]
+        spiral_classes: usize,
+        /// Points per spiral arm; 20% of them are held out for validation.
+        #[arg(long, default_value_t = 1000)]
+        points: usize,
+        /// Model configuration file (TOML); replaces the model, optimizer and training flags.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the configuration (the commented default, or that of --config) and exit.
+        #[arg(long)]
+        print_config: bool,
+        /// Save a checkpoint here after every epoch (atomic; safetensors with PyTorch names).
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// Continue a run from a checkpoint saved with --save: weights, optimizer state,
+        /// epoch and random streams.
+        #[arg(long, conflicts_with_all = ["config", "init_from"])]
+        resume: Option<PathBuf>,
+        /// Start from a pretrained checkpoint's lower layers (transfer learning).
+        #[arg(long)]
+        init_from: Option<PathBuf>,
+        /// How many layers of --init-from to keep [default: all but the output layer].
+        #[arg(long, requires = "init_from")]
+        keep_layers: Option<usize>,
+        /// Freeze layers 0..K: not trained, run in inference mode, no backward kernels.
+        /// Written `--freeze 0..K` or `--freeze K`.
+        #[arg(long, value_parser = parse_freeze)]
+        freeze: Option<usize>,
+        /// Unfreeze every layer from this epoch on (1-based).
+        #[arg(long, requires = "freeze")]
+        unfreeze_at_epoch: Option<usize>,
+        /// Compute the frozen layers' outputs once and train the layers above from them.
+        #[arg(long, requires = "freeze")]
+        cache_frozen: bool,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Loss and accuracy (or RMSE) of a checkpoint on --data.
+    Eval {
+        /// A checkpoint saved by `train --save`.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+    },
+    /// Write a checkpoint's outputs for --data to a CSV file.
+    Predict {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Output CSV: one row per input row, the model outputs, and for classification
+        /// the predicted class.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A short training run that reports per-layer gradient health and a verdict with
+    /// advice (vanishing or exploding gradients, dying ReLUs, saturation, NaN).
+    Diagnose(DiagnoseArgs),
+    /// Built-in experiments.
+    Experiment {
+        #[command(subcommand)]
+        which: ExperimentKind,
+    },
+    /// List the GPU adapters wgpu can see.
+    Devices,
+    /// Run one training step on the GPU and the CPU reference and compare every tensor.
+    Check {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 33)]
+        batch: usize,
+        /// cross-entropy or mse.
+        #[arg(long, default_value = "cross-entropy")]
+        loss: Loss,
+        #[arg(long, default_value_t = Tolerance::default().rtol)]
+        rtol: f32,
+        #[arg(long, default_value_t = Tolerance::default().atol)]
+        atol: f32,
+    },
+}
+
+/// `t_max` is the cosine schedule's default half period.
+pub fn spec_from(args: &ModelArgs, input: usize, output: usize, t_max: usize) -> Result<MlpSpec> {
+    let mut spec = MlpSpec::new(input, &vec![args.width; args.depth], output)
+        .activation(args.activation)
+        .init(args.init)
+        .optimizer(args.optimizer()?)
+        .seed(args.seed)
+        .dropout(args.dropout)
+        .schedule(args.schedule(t_max))
+        .warmup_steps(args.warmup_steps);
+    if let Some(v) = args.clip_norm {
+        spec = spec.clip(Clip::Norm(v));
+    }
+    if let Some(v) = args.clip_value {
+        spec = spec.clip(Clip::Value(v));
+    }
+    if let Some(place) = &args.batch_norm {
+        spec = spec.batch_norm(BatchNorm {
+            placement: if place == "after" {
+                BnPlacement::AfterActivation
+            } else {
+                BnPlacement::BeforeActivation
+            },
+            momentum: args.bn_momentum,
+            ..BatchNorm::default()
+        });
+    }
+    spec.residual_every = args.residual;
+    Ok(spec)
+}
+
+pub fn parse_freeze(s: &str) -> Result<usize, String> {
+    let k = s.strip_prefix("0..").unwrap_or(s);
+    k.parse()
+        .map_err(|_| format!("'{s}' is not a layer count: write K or 0..K"))
+}
+
+/// `--activation`'s help: every kind from the one list, with PyTorch's defaults.
+fn activation_help() -> String {
+    format!(
+        "Hidden activation: {}. prelu has one slope per layer, prelu-unit one per unit. \
+         Parameters default to PyTorch's (0.01; 1/8:1/3; 0.25; 1).",
+        Activation::syntax()
+    )
+}

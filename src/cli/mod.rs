@@ -1,0 +1,4 @@
+//! The binary's modules: argument definitions and the gradient-health commands.
+
+pub mod args;
+pub mod health;
