@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::fd::{assert_grad, central, dot, H};
 use common::{assert_close, gpu, random, OpCase, ODD_SIZES, VEC4_SIZES};
 use steadygrad::cpu::CpuEngine;
 use steadygrad::gpu::GpuEngine;
@@ -44,35 +45,7 @@ fn smooth(act: Activation) -> bool {
     ) || act == Activation::ELU // alpha = 1: eˣ meets the slope 1 at 0
 }
 
-// ---------------------------------------------------------------------------------------
-// Finite differences (CPU reference). Same scheme and tolerance as tests/gradcheck.rs: the
-// reference stores f32, so H = 1e-2 balances O(H²) ≈ 1e-4 relative truncation against
-// f32 rounding of the objective (≈ 1e-7/H = 1e-5); |fd − analytic| <= 2e-3 + 2e-2·|analytic|.
-
-const H: f32 = 1e-2;
-
-fn assert_grad(name: &str, analytic: &[f32], fd: impl Fn(usize) -> f32) {
-    for (i, &a) in analytic.iter().enumerate() {
-        let f = fd(i);
-        assert!(
-            (f - a).abs() <= 2e-3 + 2e-2 * a.abs(),
-            "{name}[{i}]: finite difference {f} vs analytic {a}"
-        );
-    }
-}
-
-fn central(x: &[f32], i: usize, objective: impl Fn(&[f32]) -> f64) -> f32 {
-    let mut p = x.to_vec();
-    p[i] = x[i] + H;
-    let up = objective(&p);
-    p[i] = x[i] - H;
-    let down = objective(&p);
-    ((up - down) / (2.0 * H as f64)) as f32
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
-}
+// Finite differences (CPU reference): the scheme and bound of `common::fd`.
 
 /// Inputs in [-3, 3] kept at least 0.05 (5·H) from 0, so no difference straddles a kink.
 fn away_from_kink(len: usize, seed: u64) -> Vec<f32> {

@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::fd::{central_h, close};
 use common::{assert_close, gpu, random, OpCase, ODD_SIZES, VEC4_SIZES};
 use steadygrad::cpu::CpuEngine;
 use steadygrad::gpu::{GpuEngine, MatmulVariant};
@@ -17,10 +18,6 @@ use steadygrad::ops::{Activation, Loss, Op};
 use steadygrad::{cross_check, BatchNorm, BnPlacement, MlpSpec, Model, Optimizer, Tolerance};
 
 const H: f32 = 2e-3;
-
-fn fd_close(fd: f32, a: f32) -> bool {
-    (fd - a).abs() <= 2e-3 + 2e-2 * a.abs()
-}
 
 /// Shapes with awkward row and column counts, including a single feature over many rows
 /// and many features over three rows. Feature counts that divide by 4 take the `vec4`
@@ -229,22 +226,15 @@ fn batch_norm_backward_finite_differences() {
     steadygrad::ops::batch_norm::cpu::batch_norm_backward(
         &x, &r, &gamma, &m, &is, &mut dx, &mut dg, &mut db, rows, cols,
     );
-    let central = |v: &[f32], i: usize, f: &dyn Fn(&[f32]) -> f64| {
-        let mut p = v.to_vec();
-        p[i] += H;
-        let up = f(&p);
-        p[i] -= 2.0 * H;
-        ((up - f(&p)) / (2.0 * H as f64)) as f32
-    };
     for (i, &a) in dx.iter().enumerate() {
-        let fd = central(&x, i, &|p| objective(p, &gamma, &beta));
-        assert!(fd_close(fd, a), "dx[{i}]: fd {fd} vs {a}");
+        let fd = central_h(&x, i, H, |p| objective(p, &gamma, &beta));
+        assert!(close(fd, a), "dx[{i}]: fd {fd} vs {a}");
     }
     for i in 0..cols {
-        let fd = central(&gamma, i, &|p| objective(&x, p, &beta));
-        assert!(fd_close(fd, dg[i]), "dgamma[{i}]: fd {fd} vs {}", dg[i]);
-        let fd = central(&beta, i, &|p| objective(&x, &gamma, p));
-        assert!(fd_close(fd, db[i]), "dbeta[{i}]: fd {fd} vs {}", db[i]);
+        let fd = central_h(&gamma, i, H, |p| objective(&x, p, &beta));
+        assert!(close(fd, dg[i]), "dgamma[{i}]: fd {fd} vs {}", dg[i]);
+        let fd = central_h(&beta, i, H, |p| objective(&x, &gamma, p));
+        assert!(close(fd, db[i]), "dbeta[{i}]: fd {fd} vs {}", db[i]);
     }
 }
 

@@ -8,35 +8,10 @@
 
 mod common;
 
+use common::fd::{assert_grad, central, dot, H};
 use common::random;
 use steadygrad::ops::{Activation, Loss};
 use steadygrad::{MlpSpec, Model, Optimizer};
-
-const H: f32 = 1e-2;
-
-fn assert_grad(name: &str, analytic: &[f32], fd: impl Fn(usize) -> f32) {
-    for (i, &a) in analytic.iter().enumerate() {
-        let f = fd(i);
-        assert!(
-            (f - a).abs() <= 2e-3 + 2e-2 * a.abs(),
-            "{name}[{i}]: finite difference {f} vs analytic {a}"
-        );
-    }
-}
-
-/// Central difference of `objective` with respect to element `i` of `x`.
-fn central(x: &[f32], i: usize, objective: impl Fn(&[f32]) -> f64) -> f32 {
-    let mut p = x.to_vec();
-    p[i] = x[i] + H;
-    let up = objective(&p);
-    p[i] = x[i] - H;
-    let down = objective(&p);
-    ((up - down) / (2.0 * H as f64)) as f32
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
-}
 
 /// Forward `Y = X·Wᵀ` (the NT form); backward uses the NN and TN forms, as the MLP does.
 #[test]
