@@ -401,15 +401,24 @@ fn huge_learning_rate_stops_or_is_reported_as_exploding() {
 }
 
 /// The first step at which any guarded tensor was non-finite, and the tensors that were,
-/// in backward order, found by reading every tensor after every step.
+/// in execution order (each layer's forward outputs, the loss, then the gradients in
+/// backward order), found by reading every tensor after every step.
 fn first_nonfinite_by_hand(spec: &MlpSpec, d: &data::Dataset, rows: usize) -> (u64, Vec<String>) {
     let mut m = Model::new(spec.clone(), cpu()).unwrap();
-    let names: Vec<String> = std::iter::once("loss.rows".to_string())
+    let layers = spec.num_layers();
+    let forward = (0..layers).flat_map(|l| {
+        let hidden = l + 1 < layers;
+        std::iter::once(format!("layers.{l}.z")).chain(hidden.then(|| format!("layers.{l}.h")))
+    });
+    let names: Vec<String> = forward
+        .chain(std::iter::once("loss.rows".to_string()))
         .chain(m.gradient_names(rows).unwrap().into_iter().map(|(_, g)| g))
         .collect();
     for step in 1..=50u64 {
         let (x, y) = batch(d, rows, rows * step as usize);
-        m.train_batch(&x, &y).unwrap();
+        m.train_batch(&x, &y)
+            .or_else(|e| e.downcast::<NonFiniteError>().map(|_| ()))
+            .unwrap();
         let bad: Vec<String> = names
             .iter()
             .filter(|n| {
@@ -418,13 +427,7 @@ fn first_nonfinite_by_hand(spec: &MlpSpec, d: &data::Dataset, rows: usize) -> (u
                     .iter()
                     .any(|v| !v.is_finite())
             })
-            .map(|n| {
-                if n == "loss.rows" {
-                    "loss".to_string()
-                } else {
-                    n.clone()
-                }
-            })
+            .cloned()
             .collect();
         if !bad.is_empty() {
             return (step, bad);
@@ -459,8 +462,7 @@ fn nonfinite_stop_names_step_layer_and_tensor() {
             let mut err = None;
             for s in 1..=step {
                 let (x, y) = batch(&d, rows, rows * s as usize);
-                m.train_batch(&x, &y).unwrap();
-                if let Err(e) = m.check_finite() {
+                if let Err(e) = m.train_batch(&x, &y).and_then(|_| m.check_finite()) {
                     err = Some(e);
                     break;
                 }
@@ -491,8 +493,88 @@ fn nonfinite_stop_names_step_layer_and_tensor() {
             m.check_finite().unwrap();
         }
     }
-    assert!(origins.iter().any(|o| o == "loss"), "{origins:?}");
-    assert!(origins.iter().any(|o| o.ends_with(".grad")), "{origins:?}");
+    // Large learning rates blow up the weights in one update; the next forward pass is
+    // where that first shows, which the guard now sees (it watched only the loss and the
+    // gradients before, and named a gradient further on).
+    assert!(
+        origins
+            .iter()
+            .all(|o| o.ends_with(".z") || o.ends_with(".h")),
+        "{origins:?}"
+    );
+}
+
+/// Huge weights in one layer only overflow that layer's linear output in the first
+/// forward pass: the stop names that layer and op, not a gradient further on, and shows
+/// that its input was modest (the weights, not the values coming in, overflowed).
+#[test]
+fn forward_overflow_is_named_at_its_layer() {
+    let d = spirals(40);
+    let rows = 8;
+    let spec = MlpSpec::new(2, &[16; 6], 3)
+        .activation(Activation::Tanh)
+        .init(Init::GlorotUniform)
+        .seed(3);
+    for engine in [cpu(), gpu()] {
+        let is_gpu = engine.is_gpu();
+        let mut m = Model::new(spec.clone(), engine).unwrap();
+        // With every weight and the bias at f32::MAX, any positive input sum overflows.
+        m.set_parameter("layers.4.linear.weight", &vec![f32::MAX; 16 * 16])
+            .unwrap();
+        m.set_parameter("layers.4.linear.bias", &[f32::MAX; 16])
+            .unwrap();
+        let (x, y) = batch(&d, rows, 0);
+        let e = m
+            .train_batch(&x, &y)
+            .and_then(|_| m.check_finite())
+            .unwrap_err();
+        let nf = e
+            .downcast_ref::<NonFiniteError>()
+            .expect("a NonFiniteError");
+        assert_eq!(nf.step, 1, "gpu {is_gpu}: {nf}");
+        assert_eq!(nf.layer, Some(4), "gpu {is_gpu}: {nf}");
+        assert_eq!(nf.tensor, "layers.4.z", "gpu {is_gpu}: {nf}");
+        assert!(
+            nf.op.contains("linear output, before the activation"),
+            "{nf}"
+        );
+        let peak = nf.input_peak.as_ref().expect("the input's peak");
+        assert_eq!(peak.tensor, "layers.3.h");
+        // tanh outputs lie in [-1, 1].
+        assert!(peak.magnitude > 0.0 && peak.magnitude <= 1.0, "{nf}");
+        assert!(e.to_string().contains("layers.4 linear output"), "{e}");
+    }
+}
+
+/// With statistics off, `fit` stops within `GUARD_LAG` steps of the first non-finite step,
+/// in the middle of the epoch (the flags are read back asynchronously after every step).
+#[test]
+fn nonfinite_stop_comes_within_the_guard_lag() {
+    let spec = MlpSpec::new(2, &[16; 6], 3)
+        .activation(Activation::Relu)
+        .optimizer(Optimizer::sgd(300.0))
+        .seed(2);
+    let data = spirals(200);
+    let opts = FitOptions {
+        epochs: 1,
+        batch_size: 8,
+        shuffle_seed: 1,
+    };
+    let steps_per_epoch = data.rows.div_ceil(opts.batch_size) as u64;
+    for engine in [cpu(), gpu()] {
+        let mut m = Model::new(spec.clone(), engine).unwrap();
+        let e = m.fit(&data, None, &opts, |_| {}).unwrap_err();
+        let nf = e
+            .downcast_ref::<NonFiniteError>()
+            .expect("a NonFiniteError");
+        let lag = steadygrad::model::health::layout::GUARD_LAG as u64;
+        assert!(nf.stopped_after >= nf.step, "{nf}");
+        assert!(nf.stopped_after - nf.step <= lag, "{nf}");
+        assert!(
+            nf.stopped_after < steps_per_epoch,
+            "stopped at the epoch's end: {nf}"
+        );
+    }
 }
 
 /// `fit` stops at the end of the epoch the first non-finite step fell in, before the

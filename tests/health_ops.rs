@@ -55,18 +55,21 @@ fn reference_norm_and_guard_by_hand() {
     assert_eq!(out, [5.0, 1.0]);
     reference::norm(&[4.0, 6.0], Some(&[1.0, 2.0]), &mut out);
     assert_eq!(out, [5.0, 0.0]);
-    let mut flags = [0.0f32; 2];
+    let mut flags = [0.0f32; 4];
     let step = |s: u32| f32::from_bits(s);
-    reference::guard_finite(&[1.0, 2.0], step(3), &mut flags, 1);
+    reference::guard_finite(&[1.0, -2.0], step(3), &mut flags, 1, 2);
+    assert_eq!(flags[3], 2.0, "the peak is the largest magnitude");
     assert_eq!(
         guard_step(flags[1]),
         None,
         "finite values leave the flag alone"
     );
-    reference::guard_finite(&[1.0, f32::NEG_INFINITY], step(7), &mut flags, 1);
-    reference::guard_finite(&[f32::NAN], step(9), &mut flags, 1);
+    reference::guard_finite(&[1.0, f32::NEG_INFINITY], step(7), &mut flags, 1, 2);
+    reference::guard_finite(&[f32::NAN, -3.5], step(9), &mut flags, 1, 2);
     assert_eq!(guard_step(flags[1]), Some(7), "the earliest step is kept");
     assert_eq!(guard_step(flags[0]), None);
+    assert_eq!(flags[3], 3.5, "non-finite values are left out of the peak");
+    assert_eq!(flags[2], 0.0);
 }
 
 /// Random values with dead columns, a few exact zeros and (optionally) non-finite entries.
@@ -201,7 +204,7 @@ fn copy_and_guard_gpu_match_cpu() {
                 let mut names: Vec<(String, usize)> =
                     (0..group).map(|t| (format!("x{t}"), lens[t])).collect();
                 names.push(("step".into(), 1));
-                names.push(("flags".into(), 6));
+                names.push(("flags".into(), 12));
                 let refs: Vec<(&str, usize)> =
                     names.iter().map(|(n, l)| (n.as_str(), *l)).collect();
                 // Tensor t reports to slot t + 1; slot 5 holds an earlier step (2) that a
@@ -211,7 +214,8 @@ fn copy_and_guard_gpu_match_cpu() {
                     tensors: (0..group).map(|t| (t, lens[t], slot(t))).collect(),
                     step: group,
                     flags: group + 1,
-                    flags_len: 6,
+                    flags_len: 12,
+                    peaks: 6,
                 }));
                 let mut inputs: Vec<(&str, Vec<f32>)> = (0..group)
                     .map(|t| {
@@ -224,8 +228,10 @@ fn copy_and_guard_gpu_match_cpu() {
                     })
                     .collect();
                 inputs.push(("step", vec![f32::from_bits(41)]));
-                let mut flags = vec![0.0; 6];
+                let mut flags = vec![0.0; 12];
                 flags[5] = f32::from_bits(u32::MAX - 2);
+                // A peak from an earlier step that is larger than anything now stays.
+                flags[6 + 5] = 1e9;
                 inputs.push(("flags", flags));
                 let results = case.both(&inputs, 0.0);
                 let (g, c) = outputs(&results, "flags");
@@ -238,6 +244,13 @@ fn copy_and_guard_gpu_match_cpu() {
                         _ => None,
                     };
                     assert_eq!(guard_step(g[slot(t)]), expect, "{what}: tensor {t}");
+                    let x = &inputs[t].1;
+                    let peak = x
+                        .iter()
+                        .filter(|v| v.is_finite())
+                        .fold(0.0f32, |m, v| m.max(v.abs()));
+                    let expect = if t == 2 { 1e9 } else { peak };
+                    assert_eq!(g[6 + slot(t)], expect, "{what}: peak of tensor {t}");
                 }
                 assert_eq!(g[0], 0.0, "{what}: slot 0 belongs to nobody");
             }
@@ -253,6 +266,7 @@ fn guard_groups_are_checked() {
         step: 1,
         flags: 2,
         flags_len: 2,
+        peaks: 0,
     }));
     let e = case.plan.validate(&[]).unwrap_err().to_string();
     assert!(e.contains("guards 5 tensors"), "{e}");
@@ -261,6 +275,7 @@ fn guard_groups_are_checked() {
         step: 1,
         flags: 2,
         flags_len: 2,
+        peaks: 0,
     });
     let e = case.plan.validate(&[]).unwrap_err().to_string();
     assert!(e.contains("writes up to element 3 of a tensor of 2"), "{e}");

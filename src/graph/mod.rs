@@ -52,6 +52,9 @@ pub struct Plan {
     pub stats: Option<TensorId>,
     /// The persistent non-finite flags written by the guard in [`Plan::train`].
     pub guard: Option<TensorId>,
+    /// `(flag index, tensor)` of every tensor the guard checks, so the host can name the
+    /// tensor behind a flag.
+    pub guarded: Vec<(usize, TensorId)>,
 }
 
 impl Plan {

@@ -391,7 +391,10 @@ impl MlpSpec {
             kind: PersistentKind::Internal,
         });
         // Last, so it has a flag for every slot before it (see `graph::stats`).
-        out.push(crate::model::health::layout::guard_desc(out.len()));
+        out.push(crate::model::health::layout::guard_desc(
+            self.num_layers(),
+            out.len(),
+        ));
         out
     }
 

@@ -204,22 +204,39 @@ impl TrainObserver for Observers {
     }
 }
 
-/// Training stopped because a loss or gradient held NaN or ±inf. Returned (inside an
-/// `anyhow::Error`, see `downcast_ref`) by [`crate::Model::fit`] and
-/// [`crate::Model::check_finite`].
+/// Training stopped because a tensor of a training step held NaN or ±inf. Returned
+/// (inside an `anyhow::Error`, see `downcast_ref`) by [`crate::Model::fit`],
+/// [`crate::Model::train_batch`] and [`crate::Model::check_finite`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct NonFiniteError {
     /// The first training step at which a guarded tensor was non-finite.
     pub step: u64,
     /// Its epoch in `fit` (from 1), when known.
     pub epoch: Option<usize>,
-    /// The tensor where the values first appeared within that step: the first non-finite
-    /// one in backward order (the loss, then gradients from the output layer down).
+    /// The tensor where the values first appeared within that step, in execution order:
+    /// each layer's forward outputs, the loss, then the gradients from the output layer
+    /// down.
     pub tensor: String,
+    /// The op that wrote it, in words ("layers.4 linear output, before the activation").
+    pub op: String,
     /// Its layer; `None` for the loss.
     pub layer: Option<usize>,
-    /// Other tensors non-finite at the same step, in backward order.
+    /// The largest finite magnitude the op's input held up to the stop, when the op is
+    /// part of the forward pass: an overflow shows as this growing towards `f32::MAX`
+    /// (3.4e38), or as a modest value when the layer's own weights overflowed it.
+    pub input_peak: Option<InputPeak>,
+    /// Other tensors non-finite at the same step, in execution order.
     pub also: Vec<String>,
+    /// Training steps the model had enqueued when training stopped (at most
+    /// [`layout::GUARD_LAG`] after [`NonFiniteError::step`]).
+    pub stopped_after: u64,
+}
+
+/// The largest finite magnitude of a guarded tensor.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InputPeak {
+    pub tensor: String,
+    pub magnitude: f32,
 }
 
 impl fmt::Display for NonFiniteError {
@@ -230,12 +247,16 @@ impl fmt::Display for NonFiniteError {
         }
         write!(
             f,
-            ": non-finite values (NaN or ±inf) first appeared in '{}'",
-            self.tensor
+            ": non-finite values (NaN or ±inf) first appeared in the {} ('{}')",
+            self.op, self.tensor
         )?;
-        match self.layer {
-            Some(l) => write!(f, " (layer {l})")?,
-            None => write!(f, " (the loss, in the forward pass)")?,
+        if let Some(p) = &self.input_peak {
+            write!(
+                f,
+                "; its input '{}' held finite values up to {:.3e} in magnitude (f32 \
+                 overflows past 3.4e38)",
+                p.tensor, p.magnitude,
+            )?;
         }
         if !self.also.is_empty() {
             let shown: Vec<&str> = self.also.iter().take(4).map(String::as_str).collect();
@@ -246,9 +267,10 @@ impl fmt::Display for NonFiniteError {
         }
         write!(
             f,
-            ". Training stopped before anything else ran, so checkpoints saved earlier are \
-             intact; the model's weights in memory are not. Lower the learning rate, clip \
-             gradients, or use an initialisation suited to the activation"
+            ". Training stopped after step {}, before the epoch ended, so checkpoints saved \
+             earlier are intact; the model's weights in memory are not. Lower the learning \
+             rate, clip gradients, or use an initialisation suited to the activation",
+            self.stopped_after
         )
     }
 }

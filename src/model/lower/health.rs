@@ -25,29 +25,61 @@ impl Builder<'_> {
             (Some(l), Some(c)) => (l, c),
             _ => anyhow::bail!("the plan has no per-row loss to guard"),
         };
+        let layers = self.spec.num_layers();
+        let peaks = flags_len / 2;
         let guard = |tensors: &[(TensorId, usize, usize)]| {
             Op::GuardFinite(GuardFinite {
                 tensors: tensors.to_vec(),
                 step,
                 flags,
                 flags_len,
+                peaks,
             })
         };
-        // Each flag records its own tensor, so the host can name the tensor where
-        // non-finite values first appeared in backward order (the loss, then the output
-        // layer down); grouping tensors per dispatch only saves dispatches.
-        let mut checked = vec![(row_loss, rows, flags_len - 1)];
+        // Each flag records its own tensor, in execution order (see `layout::forward_flag`),
+        // so the host can name the first op whose output held a NaN or inf, wherever in
+        // the step it appeared. All of them are checked here, after the backward pass:
+        // the plan keeps every forward tensor in its own buffer, so they still hold what
+        // the forward pass wrote, and one place keeps the dispatches grouped.
+        let mut checked = Vec::new();
+        for layer in net {
+            let len = rows * layer.fan_out;
+            // Saturation and overflow are the activation's, so before any dropout.
+            let act_out = layer.dropout.as_ref().map_or(layer.act_out, |d| d.pre);
+            let mut seen = Vec::new();
+            for (point, x) in [
+                (st::ForwardPoint::Linear, layer.z),
+                (st::ForwardPoint::BatchNorm, layer.act_in),
+                (st::ForwardPoint::Activation, act_out),
+                (st::ForwardPoint::Output, layer.out),
+            ] {
+                // A tensor shared by several points (no batch norm, no skip, the output
+                // layer) is checked once, under the first. Dropout's output is finite
+                // where its input is, so it is not checked again.
+                let dropout_only = point == st::ForwardPoint::Output && x == layer.act_out;
+                if seen.contains(&x) || dropout_only {
+                    continue;
+                }
+                seen.push(x);
+                checked.push((x, len, st::forward_flag(layer.index, point)));
+            }
+        }
+        checked.push((row_loss, rows, st::loss_flag(layers)));
         checked.extend(self.params.iter().filter_map(|&(param, grad)| {
             match self.p.tensors[param].storage {
-                Storage::Persistent(slot) => Some((grad, self.p.tensors[grad].len(), slot)),
+                Storage::Persistent(slot) => Some((
+                    grad,
+                    self.p.tensors[grad].len(),
+                    st::grad_flag(layers, slot),
+                )),
                 Storage::Local => None,
             }
         }));
+        self.p.guarded = checked.iter().map(|&(t, _, flag)| (flag, t)).collect();
         let guards: Vec<Op> = checked.chunks(GUARD_GROUP).map(guard).collect();
         let after_guards = backward_end + guards.len();
         self.p.train.splice(backward_end..backward_end, guards);
 
-        let layers = self.spec.num_layers();
         let stats_len = st::record_len(layers);
         let stats = self.local("stats.record", &[stats_len]);
         let act = self.spec.activation;

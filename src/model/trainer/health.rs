@@ -5,11 +5,23 @@
 
 use super::Model;
 use crate::engine::PendingRead;
-use crate::model::health::layout::{guard_step, GUARD_SLOT_NAME};
+use crate::model::health::layout::{
+    self as st, guard_step, ForwardPoint, GUARD_SLOT_NAME, POINTS_PER_LAYER,
+};
+use crate::model::health::InputPeak;
 use crate::model::health::{layer_of, NonFiniteError, StepProgress, StepStats, TrainObserver};
 use crate::model::EpochReport;
 use anyhow::{Context, Result};
 use std::collections::VecDeque;
+
+/// One tensor the guard checks, as the non-finite error names it.
+struct GuardPoint {
+    flag: usize,
+    tensor: String,
+    op: String,
+    layer: Option<usize>,
+    forward: bool,
+}
 
 /// A statistics record on its way back from the device.
 struct InFlight {
@@ -27,6 +39,9 @@ pub(super) struct Health {
     steps: u64,
     phase: u64,
     in_flight: VecDeque<InFlight>,
+    /// Readbacks of the guard flags after ordinary steps, oldest first (statistics steps
+    /// read the flags with their record).
+    guard_reads: VecDeque<Box<dyn PendingRead>>,
     history: Vec<StepStats>,
     observer: Option<Box<dyn TrainObserver>>,
     /// The epoch `fit` is in (0 outside it), its length, and steps done in it.
@@ -81,13 +96,14 @@ impl Model {
     }
 
     /// Starts the readback of the statistics record (and the guard flags) just written by
-    /// a statistics step of the plan for `(rows, start)`, and collects any earlier ones
-    /// that have arrived. Called after every training step.
+    /// a statistics step of the plan for `(rows, start)`, or of the guard flags alone
+    /// after an ordinary step, and collects whatever has arrived. Called after every
+    /// training step; a step the guard flagged stops training within [`st::GUARD_LAG`] steps.
     pub(super) fn health_after_step(&mut self, key: (usize, usize), gathered: bool) -> Result<()> {
         self.health.steps += 1;
-        if gathered {
-            let (id, plan) = &self.plans[&key];
-            if let (Some(stats), Some(guard)) = (plan.stats, plan.guard) {
+        let (id, plan) = &self.plans[&key];
+        match (gathered, plan.stats, plan.guard) {
+            (true, Some(stats), Some(guard)) => {
                 let read = self.engine.read_async(*id, &[stats, guard])?;
                 self.health.in_flight.push_back(InFlight {
                     read,
@@ -95,8 +111,35 @@ impl Model {
                     epoch: self.health.epoch,
                 });
             }
+            (_, _, Some(guard)) => {
+                let read = self.engine.read_async(*id, &[guard])?;
+                self.health.guard_reads.push_back(read);
+            }
+            _ => {}
         }
+        self.collect_guard()?;
         self.collect_stats(false)
+    }
+
+    /// Checks the guard readbacks that have arrived, waiting for the oldest while more
+    /// than [`st::GUARD_LAG`] are outstanding.
+    fn collect_guard(&mut self) -> Result<()> {
+        loop {
+            let wait = self.health.guard_reads.len() > st::GUARD_LAG;
+            let Some(front) = self.health.guard_reads.front_mut() else {
+                return Ok(());
+            };
+            let Some(values) = front.poll(wait)? else {
+                return Ok(());
+            };
+            self.health.guard_reads.pop_front();
+            let flags = values.into_iter().next().unwrap_or_default();
+            if st::flagged(&flags) {
+                self.health.guard_reads.clear();
+                self.health.in_flight.clear();
+                return self.raise_nonfinite(&flags);
+            }
+        }
     }
 
     /// Decodes the records that have arrived (all of them with `wait`), in order. A record
@@ -117,8 +160,9 @@ impl Model {
             }
             // Kept even when the guard fired: it shows where the values went bad.
             self.health.history.push(stats);
-            if flags.iter().any(|&f| guard_step(f).is_some()) {
+            if st::flagged(&flags) {
                 self.health.in_flight.clear();
+                self.health.guard_reads.clear();
                 return self.raise_nonfinite(&flags);
             }
         }
@@ -138,7 +182,7 @@ impl Model {
     pub fn check_finite(&mut self) -> Result<()> {
         let slot = self.slot(GUARD_SLOT_NAME)?;
         let flags = self.engine.read_persistent(slot)?;
-        if flags.iter().any(|&f| guard_step(f).is_some()) {
+        if st::flagged(&flags) {
             return self.raise_nonfinite(&flags);
         }
         Ok(())
@@ -150,53 +194,98 @@ impl Model {
         self.engine
             .write_persistent(slot, &vec![0.0; flags.len()])
             .context("clearing the non-finite flags")?;
-        let Some(step) = flags.iter().filter_map(|&f| guard_step(f)).min() else {
+        let peaks = flags.len() / 2;
+        let Some(step) = flags[..peaks].iter().filter_map(|&f| guard_step(f)).min() else {
             return Ok(());
         };
         let at_step = |i: usize| flags.get(i).and_then(|&f| guard_step(f)) == Some(step);
-        // Backward order: the loss, then the gradients in the order the backward pass
-        // wrote them (the output layer first), as the plan lists them.
-        let mut names = Vec::new();
-        if at_step(flags.len() - 1) {
-            names.push("loss".to_string());
-        }
-        let order = self.grad_order()?;
-        for (param_slot, grad) in order {
-            if at_step(param_slot) {
-                names.push(grad);
-            }
-        }
-        let tensor = names
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "an unknown tensor".to_string());
+        let points = self.guard_points()?;
+        let first = points.iter().position(|p| at_step(p.flag));
+        let Some(first) = first else {
+            anyhow::bail!(
+                "training diverged at step {step}: the non-finite guard fired, but on no \
+                 tensor of the current plan"
+            );
+        };
+        let p = &points[first];
+        // The op's inputs are the tensors guarded just before it in the forward pass (the
+        // previous point of the same layer, or the previous layer's output); gradients
+        // have none listed.
+        let input_peak = (first > 0 && p.forward)
+            .then(|| &points[first - 1])
+            .filter(|q| q.forward)
+            .map(|q| InputPeak {
+                tensor: q.tensor.clone(),
+                magnitude: flags[peaks + q.flag],
+            });
         let err = NonFiniteError {
             step: step as u64,
             epoch: self.health.epoch_of(step as u64),
-            layer: if tensor == "loss" {
-                None
-            } else {
-                layer_of(&tensor)
-            },
-            tensor,
-            also: names.into_iter().skip(1).collect(),
+            tensor: p.tensor.clone(),
+            op: p.op.clone(),
+            layer: p.layer,
+            input_peak,
+            also: points[first + 1..]
+                .iter()
+                .filter(|q| at_step(q.flag))
+                .map(|q| q.tensor.clone())
+                .collect(),
+            // The device's step counter: the last step enqueued has run by now.
+            stopped_after: self.steps()?,
         };
         Err(anyhow::Error::new(err))
     }
 
-    /// `(persistent slot of the parameter, gradient name)` in backward order.
-    fn grad_order(&mut self) -> Result<Vec<(usize, String)>> {
+    /// Every tensor the guard checks in the current plan, in execution order: the
+    /// forward pass layer by layer, the loss, then the gradients in the order the backward
+    /// pass wrote them (the output layer first).
+    fn guard_points(&mut self) -> Result<Vec<GuardPoint>> {
+        let layers = self.spec.num_layers();
         let rows = self.plans.keys().next().map_or(1, |k| k.0);
         let start = self.plans.keys().next().map_or(0, |k| k.1);
         let (_, plan) = self.plan_at(rows, start)?;
-        Ok(plan
+        let name = |t: crate::tensor::TensorId| plan.tensors[t].name.clone();
+        let mut forward: Vec<GuardPoint> = plan
+            .guarded
+            .iter()
+            .filter(|&&(flag, _)| flag <= st::loss_flag(layers))
+            .map(|&(flag, t)| {
+                if flag == st::loss_flag(layers) {
+                    return GuardPoint {
+                        flag,
+                        tensor: name(t),
+                        op: "the loss (per-row losses of the batch)".to_string(),
+                        layer: None,
+                        forward: true,
+                    };
+                }
+                let layer = flag / POINTS_PER_LAYER;
+                let point = ForwardPoint::ALL[flag % POINTS_PER_LAYER];
+                GuardPoint {
+                    flag,
+                    tensor: name(t),
+                    op: point.describe(layer, layer + 1 == layers),
+                    layer: Some(layer),
+                    forward: true,
+                }
+            })
+            .collect();
+        forward.sort_by_key(|p| p.flag);
+        let backward = plan
             .grads
             .iter()
             .filter_map(|&(p, g)| match plan.tensors[p].storage {
-                crate::tensor::Storage::Persistent(s) => Some((s, plan.tensors[g].name.clone())),
+                crate::tensor::Storage::Persistent(s) => Some(GuardPoint {
+                    flag: st::grad_flag(layers, s),
+                    tensor: name(g),
+                    op: format!("the gradient of {} (backward pass)", name(p)),
+                    layer: layer_of(&name(g)),
+                    forward: false,
+                }),
                 crate::tensor::Storage::Local => None,
-            })
-            .collect())
+            });
+        forward.extend(backward);
+        Ok(forward)
     }
 
     /// Start of `fit`: remembers the length of the run for progress and epoch numbers
@@ -210,6 +299,7 @@ impl Model {
         h.steps_per_epoch = steps_per_epoch;
         h.fit_origin = Some(origin);
         h.in_flight.clear();
+        h.guard_reads.clear();
         Ok(())
     }
 
@@ -241,6 +331,7 @@ impl Model {
     /// guard, so a non-finite step stops `fit` before anything else happens.
     pub(super) fn health_end_epoch(&mut self) -> Result<()> {
         self.collect_stats(true)?;
+        self.health.guard_reads.clear();
         self.check_finite()
     }
 

@@ -73,11 +73,17 @@ pub fn norm(x: &[f32], minus: Option<&[f32]>, out: &mut [f32]) {
     out[1] = bad as f32;
 }
 
-/// Records `step` in `flags[slot]` (as `u32::MAX - step`, keeping the earliest) when `x`
-/// holds a NaN or ±inf (see `Op::GuardFinite`).
-pub fn guard_finite(x: &[f32], step: f32, flags: &mut [f32], slot: usize) {
+/// The guard on one tensor (see [`super::GuardFinite`]): marks `flags[slot]` with the step
+/// when `x` holds a NaN or ±inf, and raises `flags[peaks + slot]` to its largest finite
+/// magnitude.
+pub fn guard_finite(x: &[f32], step: f32, flags: &mut [f32], slot: usize, peaks: usize) {
     if x.iter().any(|v| !v.is_finite()) {
         let mark = u32::MAX - step.to_bits();
         flags[slot] = f32::from_bits(flags[slot].to_bits().max(mark));
     }
+    let peak = x
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(0.0f32, |m, v| m.max(v.abs()));
+    flags[peaks + slot] = flags[peaks + slot].max(peak);
 }

@@ -62,14 +62,18 @@ pub struct Norm {
 /// The always-on non-finite guard: for each `(tensor, len, slot)` in `tensors` (one to
 /// [`GUARD_GROUP`]) that holds a NaN or ±inf, records the current step (the
 /// `u32` counter in `step`) in `flags[slot]` as `u32::MAX - step` with an atomic max,
-/// so 0 means never and the earliest step wins. Several tensors share a dispatch
-/// because on small layers launching it costs more than the loads.
+/// so 0 means never and the earliest step wins; and raises `flags[peaks + slot]` to the
+/// largest finite magnitude in the tensor (as `f32` bits), so an error can show the
+/// values growing towards an overflow. Several tensors share a dispatch because on small
+/// layers launching it costs more than the loads.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GuardFinite {
     pub tensors: Vec<(TensorId, usize, usize)>,
     pub step: TensorId,
     pub flags: TensorId,
     pub flags_len: usize,
+    /// Where the peaks start in `flags`.
+    pub peaks: usize,
 }
 
 /// An offset range `end` that must fit a tensor of `len`.
@@ -215,13 +219,13 @@ impl Operation for GuardFinite {
             self.tensors.len()
         );
         let end = self.tensors.iter().map(|t| t.2 + 1).max().unwrap_or(0);
-        check_end(end, self.flags_len)
+        check_end(end + self.peaks, self.flags_len)
     }
     fn run_cpu(&self, h: &mut Host) -> Result<()> {
         let step = h.get(self.step)[0];
         h.update(self.flags, |f, h| {
             for &(x, len, slot) in &self.tensors {
-                cpu::guard_finite(&h.get(x)[..len], step, f, slot);
+                cpu::guard_finite(&h.get(x)[..len], step, f, slot, self.peaks);
             }
         });
         Ok(())

@@ -30,6 +30,9 @@ const GUARD_SRC: [Slot; GUARD_GROUP] = [
     Slot::read(4, "src4"),
 ];
 const FLAGS: Slot = Slot::read_write(5, "flags");
+/// Elements (of `V`) each guard invocation checks: `PER_THREAD` in `guard.wgsl`. Enough
+/// that the workgroup's reduction of the peaks costs little per element.
+const GUARD_PER_THREAD: usize = 8;
 const STEP_BITS: Slot = Slot::read(6, "step_bits");
 const GUARD_SLOTS: Slot = Slot::read(7, "guard_slots");
 
@@ -113,13 +116,15 @@ pub fn guard(op: &GuardFinite, lw: &mut Lowerer) -> Result<Dispatch> {
     // Vector loads when every length allows (see `guard.wgsl`).
     let vec4 = tensors.iter().all(|t| t.1.is_multiple_of(4));
     let width = if vec4 { 4 } else { 1 };
-    let (mut lens, mut slots) = ([0u32; GUARD_GROUP], [0u32; GUARD_GROUP]);
+    // The flag slots, then where the peaks start.
+    let (mut lens, mut slots) = ([0u32; GUARD_GROUP], [0u32; GUARD_GROUP + 1]);
     for (i, &(_, len, slot)) in group.iter().enumerate() {
         (lens[i], slots[i]) = (u32_of(len / width)?, u32_of(slot)?);
     }
+    slots[GUARD_GROUP] = u32_of(op.peaks)?;
     let slots = lw.constants(&slots, false);
     let longest = group.iter().map(|t| t.1 / width).max().unwrap_or(0);
-    let groups = lw.grid(longest.div_ceil(ELEMENTWISE_WG))?;
+    let groups = lw.grid(longest.div_ceil(ELEMENTWISE_WG * GUARD_PER_THREAD))?;
     let [a, b, c, d] = lens;
     let mut bindings: Vec<(Slot, Res)> = GUARD_SRC
         .iter()
