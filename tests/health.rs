@@ -828,3 +828,119 @@ fn logs_and_plots() {
     .unwrap_err();
     assert!(e.to_string().contains("no statistics"), "{e}");
 }
+
+fn report(epoch: usize, loss: f32, val: Option<(f32, f32)>) -> steadygrad::EpochReport {
+    let m = |loss: f32, acc: f32| steadygrad::Metrics {
+        loss,
+        accuracy: Some(acc),
+        rows: 100,
+    };
+    steadygrad::EpochReport {
+        epoch,
+        train: m(loss, 0.5),
+        valid: val.map(|(l, a)| m(l, a)),
+        samples_per_sec: 1.0,
+    }
+}
+
+fn loss_record(step: u64, loss: f32) -> StepStats {
+    StepStats {
+        step,
+        epoch: 1,
+        loss,
+        accuracy: None,
+        layers: Vec::new(),
+    }
+}
+
+/// Run-level verdicts on hand-made runs: each fires on its condition and stays quiet on a
+/// run that is merely noisy.
+#[test]
+fn divergence_verdicts_on_synthetic_runs() {
+    let spec = MlpSpec::new(2, &[8, 8], 10).activation(Activation::Relu);
+    let cfg = DetectorConfig::default();
+    let run_kinds = |h: &[StepStats], e: &[steadygrad::EpochReport]| {
+        kinds(&steadygrad::health::detect_run(&spec, h, e, &cfg))
+    };
+    let falling: Vec<StepStats> = (1..=10).map(|i| loss_record(i, 2.3 / i as f32)).collect();
+    let good = [
+        report(1, 1.0, Some((0.9, 0.7))),
+        report(2, 0.6, Some((0.7, 0.8))),
+        report(3, 0.4, Some((0.65, 0.82))),
+    ];
+    assert!(run_kinds(&falling, &good).is_empty());
+
+    // A batch loss 10× the median of the records before it.
+    let mut spiky = falling.clone();
+    spiky[7].loss = 10.0 * 2.3 / 5.0;
+    assert_eq!(run_kinds(&spiky, &good), [WarningKind::LossSpike]);
+
+    // Ending above the start.
+    let rising: Vec<StepStats> = (1..=10)
+        .map(|i| loss_record(i, 2.0 + 0.01 * i as f32))
+        .collect();
+    let ends_high = [report(1, 2.1, None), report(2, 2.4, None)];
+    assert!(run_kinds(&rising, &ends_high).contains(&WarningKind::Diverging));
+
+    // The validation loss of the issue's example: 0.55 → 84.9, accuracy to 9.8%.
+    let issue = [
+        report(1, 1.0, Some((0.55, 0.85))),
+        report(2, 0.9, Some((3.0, 0.5))),
+        report(3, 0.8, Some((84.9, 0.098))),
+    ];
+    let k = run_kinds(&falling, &issue);
+    assert!(k.contains(&WarningKind::RisingValidationLoss), "{k:?}");
+    assert!(k.contains(&WarningKind::AccuracyCollapse), "{k:?}");
+    // Overfitting-sized drift (×1.2) is not called rising.
+    let drift = [
+        report(1, 1.0, Some((0.5, 0.8))),
+        report(2, 0.8, Some((0.6, 0.8))),
+    ];
+    assert!(run_kinds(&falling, &drift).is_empty());
+}
+
+/// A real run that goes nowhere: ReLU, 10 hidden layers, Adam at lr 0.1 on the digits
+/// (the loss spikes to about 50 in the first epoch and accuracy ends at chance). The
+/// detectors over the statistics alone find at most dying units; the run verdicts say
+/// what a user sees, and such a run is never healthy.
+#[test]
+fn diverging_digits_run_gets_a_divergence_verdict() {
+    let (train, valid) = common::digits::load();
+    let spec = MlpSpec::new(64, &[64; 10], 10)
+        .activation(Activation::Relu)
+        .optimizer(Optimizer::adam(0.1))
+        .seed(42);
+    let opts = FitOptions {
+        epochs: 4,
+        batch_size: 32,
+        shuffle_seed: 42,
+    };
+    let mut m = Model::new(spec, gpu()).unwrap();
+    m.gather_stats_every(5);
+    let mut reports = Vec::new();
+    let result = m.fit(&train, Some(&valid), &opts, |r| reports.push(r.clone()));
+    if let Err(e) = &result {
+        // A NaN stop is an even clearer verdict of its own.
+        assert!(e.downcast_ref::<NonFiniteError>().is_some(), "{e:#}");
+        return;
+    }
+    let w = steadygrad::health::detect_run(
+        m.spec(),
+        m.stats_history(),
+        &reports,
+        &DetectorConfig::default(),
+    );
+    let k = kinds(&w);
+    let divergence = [
+        WarningKind::LossSpike,
+        WarningKind::Diverging,
+        WarningKind::RisingValidationLoss,
+        WarningKind::AccuracyCollapse,
+    ];
+    assert!(
+        k.iter().any(|k| divergence.contains(k)),
+        "{reports:?}\n{w:#?}"
+    );
+    let last = reports.last().unwrap().valid.unwrap().accuracy.unwrap();
+    assert!(last < 0.2, "the run was meant to fail: {reports:?}");
+}

@@ -129,6 +129,7 @@ impl DetectArgs {
             exploding_factor: self.exploding_factor,
             dead_fraction: self.dead_fraction,
             saturated_fraction: self.saturated_fraction,
+            ..DetectorConfig::default()
         };
         c.validate()?;
         Ok(c)

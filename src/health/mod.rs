@@ -14,7 +14,7 @@ pub mod plot;
 pub mod progress;
 pub mod table;
 
-pub use detect::{detect, DetectorConfig, Warning, WarningKind};
+pub use detect::{detect, detect_run, DetectorConfig, Warning, WarningKind};
 
 pub use crate::model::health::{
     LayerStats, NonFiniteError, Observers, StepProgress, StepStats, TrainObserver,
