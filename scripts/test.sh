@@ -41,3 +41,16 @@ if [ "$(uname -s)" = "Linux" ] && ! have_vulkan; then
 fi
 
 cargo test --release "$@"
+
+# The GPU-vs-CPU suites again with the device opened at WebGPU's default limits and no
+# optional feature (see `LimitsProfile`), so a green run proves the engine stays within
+# what any WebGPU implementation guarantees. Skipped when arguments pick tests. Not
+# large_tensors: its fake binding limits of a few KiB are smaller than one window at
+# WebGPU's 256-byte offset alignment.
+if [ "$#" -eq 0 ]; then
+    echo "GPU-vs-CPU suites under STEADYGRAD_LIMITS=webgpu"
+    STEADYGRAD_LIMITS=webgpu cargo test --release \
+        --test gpu_vs_cpu --test activations --test batchnorm_residual --test clip \
+        --test dropout --test health_ops --test matmul_variants --test optim \
+        --test health --test training --test transfer --test self_normalization
+fi

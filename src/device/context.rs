@@ -87,7 +87,34 @@ fn no_adapter_hint() -> &'static str {
     }
 }
 
-/// A wgpu device with the adapter's own limits and a record of asynchronous errors.
+/// Which limits a device is opened with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitsProfile {
+    /// The adapter's own limits and the optional features the engine can use.
+    Native,
+    /// WebGPU's default limits (`wgpu::Limits::default()`) and no optional feature.
+    WebGpu,
+}
+
+impl LimitsProfile {
+    /// Environment variable choosing the profile: `native` (the default) or `webgpu`.
+    pub const ENV: &'static str = "STEADYGRAD_LIMITS";
+
+    pub fn from_env() -> Result<LimitsProfile> {
+        match std::env::var(Self::ENV).ok().as_deref() {
+            None | Some("") | Some("native") => Ok(LimitsProfile::Native),
+            Some("webgpu") | Some("portable") => Ok(LimitsProfile::WebGpu),
+            Some(other) => bail!(
+                "{}={other}: expected native (the adapter's limits) or webgpu (WebGPU's \
+                 default limits, no optional features)",
+                Self::ENV
+            ),
+        }
+    }
+}
+
+/// A wgpu device with the adapter's own limits (or WebGPU's defaults, see
+/// [`LimitsProfile`]) and a record of asynchronous errors.
 pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     pub device: wgpu::Device,
@@ -142,14 +169,25 @@ impl GpuContext {
             }
         };
         let info = adapter.get_info();
-        let limits = adapter.limits();
+        let portable = LimitsProfile::from_env()? == LimitsProfile::WebGpu;
+        let (limits, features) = if portable {
+            // What every WebGPU implementation guarantees (8 storage buffers per stage,
+            // 128 MiB bindings, 16 KiB workgroup memory) and no optional feature: proves
+            // the engine runs on an ordinary GPU and driver, not only on this adapter.
+            (wgpu::Limits::default(), wgpu::Features::empty())
+        } else {
+            // The adapter's real limits, not wgpu's conservative defaults: large layers
+            // need the full storage-buffer binding size. Subgroups, where the adapter has
+            // them, let the CPU-adapter matmul share its loads across lanes (see
+            // `ops/matmul/texture.rs`).
+            (
+                adapter.limits(),
+                adapter.features() & wgpu::Features::SUBGROUP,
+            )
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("steadygrad"),
-            // Subgroups, where the adapter has them, let the CPU-adapter matmul share its
-            // loads across lanes (see `matmul_tex.rs`).
-            required_features: adapter.features() & wgpu::Features::SUBGROUP,
-            // The adapter's real limits, not wgpu's conservative defaults: large layers
-            // need the full storage-buffer binding size.
+            required_features: features,
             required_limits: limits.clone(),
             memory_hints: wgpu::MemoryHints::Performance,
             ..Default::default()

@@ -7,7 +7,7 @@ pub mod context;
 pub mod kernels;
 pub mod lower;
 
-pub use context::{describe_adapter, list_adapters, AdapterSelection, GpuContext};
+pub use context::{describe_adapter, list_adapters, AdapterSelection, GpuContext, LimitsProfile};
 pub use kernels::{Access, KernelKey, Kernels, Shader, ShaderTable, Slot, Uniform};
 pub use lower::{
     lanes, u32_of, Dispatch, LowerParts, Lowerer, Mirror, MirrorCopy, MirrorKey, Mirrors, Res,

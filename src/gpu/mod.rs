@@ -4,6 +4,7 @@
 pub mod engine;
 
 pub use crate::device::{
-    describe_adapter, list_adapters, AdapterSelection, Counters, GpuContext, MatmulVariant,
+    describe_adapter, list_adapters, AdapterSelection, Counters, GpuContext, LimitsProfile,
+    MatmulVariant,
 };
 pub use engine::GpuEngine;
