@@ -85,7 +85,7 @@ fn translate(module: &Module, info: &ModuleInfo, entry: &str, uses_subgroups: bo
     // wgpu's GL backend assigns flat binding numbers; any distinct ones do here.
     for (i, (_, var)) in module.global_variables.iter().enumerate() {
         if let Some(rb) = &var.binding {
-            glsl.binding_map.insert(rb.clone(), i as u8);
+            glsl.binding_map.insert(*rb, i as u8);
         }
     }
     let pipeline = naga::back::glsl::PipelineOptions {
