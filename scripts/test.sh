@@ -11,6 +11,12 @@ have_vulkan() {
         ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json /usr/local/share/vulkan/icd.d/*.json >/dev/null 2>&1
 }
 
+# wgpu's GL backend runs on Mesa's llvmpipe through headless EGL (tests/gl_backend.rs).
+have_gl() {
+    ldconfig -p 2>/dev/null | grep -q 'libEGL\.so\.1' &&
+        ls /usr/share/glvnd/egl_vendor.d/*mesa*.json >/dev/null 2>&1
+}
+
 install_vulkan() {
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -25,13 +31,14 @@ install_vulkan() {
         fi
         target=(-t bookworm-backports)
     fi
-    echo "installing Mesa's software Vulkan driver (lavapipe)..."
+    local packages=(mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgles2 libgl1-mesa-dri)
+    echo "installing Mesa's software Vulkan (lavapipe) and EGL/GL (llvmpipe) drivers..."
     $sudo apt-get update -q
-    $sudo apt-get install -y -q "${target[@]}" mesa-vulkan-drivers libvulkan1 ||
-        $sudo apt-get install -y -q mesa-vulkan-drivers libvulkan1
+    $sudo apt-get install -y -q "${target[@]}" "${packages[@]}" ||
+        $sudo apt-get install -y -q "${packages[@]}"
 }
 
-if [ "$(uname -s)" = "Linux" ] && ! have_vulkan; then
+if [ "$(uname -s)" = "Linux" ] && ! { have_vulkan && have_gl; }; then
     if command -v apt-get >/dev/null; then
         install_vulkan
     else
@@ -53,4 +60,10 @@ if [ "$#" -eq 0 ]; then
         --test gpu_vs_cpu --test activations --test batchnorm_residual --test clip \
         --test dropout --test health_ops --test matmul_variants --test optim \
         --test health --test training --test transfer --test self_normalization
+    # And on wgpu's GL backend (llvmpipe through EGL), which translates every kernel to
+    # GLSL: a third driver stack behind the same tests.
+    echo "GPU-vs-CPU suites on the GL backend (STEADYGRAD_BACKEND=gl)"
+    STEADYGRAD_BACKEND=gl cargo test --release \
+        --test gpu_vs_cpu --test activations --test batchnorm_residual --test clip \
+        --test dropout --test health_ops --test matmul_variants --test optim --test health
 fi

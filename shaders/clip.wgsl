@@ -116,7 +116,8 @@ fn norm_partials_serial(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // One workgroup: total = s·√q over all partials, coef = min(max_norm / (total + 1e-6), 1)
-// with a clamp that keeps NaN, as torch.clamp does.
+// with a clamp that keeps NaN, as torch.clamp does. The NaN test reads the exponent bits:
+// GL drivers were seen to take `NaN > 1.0` as true, which turned a NaN coefficient into 1.
 @compute @workgroup_size(256)
 fn clip_coef(@builtin(local_invocation_index) lid: u32) {
     var acc = vec2<f32>(0.0, 0.0);
@@ -128,7 +129,7 @@ fn clip_coef(@builtin(local_invocation_index) lid: u32) {
         let total = pairs[0].x * sqrt(pairs[0].y);
         let c = dims.limit / (total + 1e-6);
         total_norm[0] = total;
-        coef[0] = select(c, 1.0, c > 1.0);
+        coef[0] = select(c, 1.0, is_finite(c) && c > 1.0);
     }
 }
 
