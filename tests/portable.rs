@@ -4,8 +4,9 @@
 //! runs the GPU-vs-CPU suites under the profile; this test proves the profile is what they
 //! got.) Its own test binary: the variable is process-wide.
 
+mod common;
+
 use steadygrad::gpu::{AdapterSelection, GpuContext, GpuEngine, LimitsProfile};
-use steadygrad::{check, Activation, BatchNorm, Clip, MlpSpec, Optimizer, Tolerance};
 
 #[test]
 fn webgpu_profile_opens_default_limits_and_trains() {
@@ -17,22 +18,7 @@ fn webgpu_profile_opens_default_limits_and_trains() {
     assert_eq!(ctx.device.limits(), wgpu::Limits::default());
     assert_eq!(ctx.device.features(), wgpu::Features::empty());
 
-    let spec = MlpSpec::new(9, &[33, 33, 7], 4)
-        .activation(Activation::Gelu)
-        .batch_norm(BatchNorm::default())
-        .dropout(0.1)
-        .residual(2)
-        .optimizer(Optimizer::adam(1e-2))
-        .clip(Clip::Norm(1.0))
-        .seed(5);
-    let rows = 33;
-    let x: Vec<f32> = (0..rows * 9)
-        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
-        .collect();
-    let y: Vec<f32> = (0..rows).map(|i| (i % 4) as f32).collect();
-    let engine = GpuEngine::new(std::sync::Arc::new(ctx));
-    let report = check::cross_check_engine(&spec, &x, &y, engine, Tolerance::default()).unwrap();
-    assert!(report.passed(), "{}", report.table());
+    common::assert_rich_model_agrees(GpuEngine::new(std::sync::Arc::new(ctx)));
 
     std::env::set_var(LimitsProfile::ENV, "bogus");
     let e = GpuContext::new(&AdapterSelection::default())

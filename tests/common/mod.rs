@@ -199,3 +199,25 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// One training step of a model that needs every kind of kernel (batch norm, dropout, a
+/// skip connection with a projection, GELU, Adam, norm clipping) on `engine` agrees with
+/// the CPU reference within the default tolerance: the check for a device or backend.
+pub fn assert_rich_model_agrees(engine: GpuEngine) {
+    use steadygrad::{check, Activation, BatchNorm, Clip, MlpSpec, Optimizer, Tolerance};
+    let spec = MlpSpec::new(9, &[33, 33, 7], 4)
+        .activation(Activation::Gelu)
+        .batch_norm(BatchNorm::default())
+        .dropout(0.1)
+        .residual(2)
+        .optimizer(Optimizer::adam(1e-2))
+        .clip(Clip::Norm(1.0))
+        .seed(5);
+    let rows = 33;
+    let x: Vec<f32> = (0..rows * 9)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    let y: Vec<f32> = (0..rows).map(|i| (i % 4) as f32).collect();
+    let report = check::cross_check_engine(&spec, &x, &y, engine, Tolerance::default()).unwrap();
+    assert!(report.passed(), "{}", report.table());
+}
