@@ -120,8 +120,13 @@ fn deep_sigmoid_gets_a_measured_remedy_that_beats_the_unchanged_model() {
             "{}",
             t.label
         );
-        if acc < base_acc + opts.min_accuracy_gain {
+        if acc < base_acc {
             assert_ne!(t.verdict, Verdict::Better, "{}", t.label);
+        }
+        if acc < base_acc + opts.min_accuracy_gain && t.verdict == Verdict::Better {
+            // Only a clearly lower validation loss makes up for a small accuracy gain.
+            let bar = base.val_loss.unwrap() * (1.0 - opts.min_loss_gain);
+            assert!(t.val_loss.unwrap() <= bar, "{}", t.label);
         }
         if acc <= base_acc - opts.min_accuracy_gain {
             assert_eq!(t.verdict, Verdict::Worse, "{}", t.label);
@@ -227,6 +232,18 @@ fn a_remedy_worse_than_doing_nothing_is_never_recommended() {
         "{}",
         r.recommendation()
     );
+
+    // When accuracy cannot tell them apart, a clearly lower validation loss can, but only
+    // at an accuracy no lower than the baseline's.
+    let r = judge(vec![
+        trial("base", None, 0.10, 2.3, 1e-4),
+        trial("lower acc", lr, 0.09, 1.0, 1.0),
+        trial("slightly", clip, 0.10, 2.2, 1.0),
+        trial("clearly", bn, 0.10, 1.2, 1.0),
+    ]);
+    assert_eq!(verdict_of(&r, "lower acc"), Verdict::NoBetter);
+    assert_eq!(verdict_of(&r, "slightly"), Verdict::NoBetter);
+    assert_eq!(r.best().unwrap().label, "clearly");
 
     // The best better remedy is recommended and ranked first, even when a worse one has
     // the healthier gradient ratio.

@@ -404,6 +404,13 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
             args.trial_budget
         );
         print!("{}", r.table());
+        for t in r.trials.iter().filter(|t| t.error.is_some()) {
+            println!(
+                "- {} failed: {}",
+                t.label,
+                t.error.as_deref().unwrap_or_default()
+            );
+        }
         println!("\nrecommendation: {advice}");
     } else if healthy {
         println!("{advice}");

@@ -14,12 +14,14 @@
 //! validation loss must also not have grown by more than the loss margin: near chance
 //! level a few rows can flip the accuracy while the model got worse (measured: a 20-layer
 //! sigmoid net at lr ÷10 gained 3 points of accuracy at 12% while its validation loss rose
-//! 15%); such a remedy is *mixed*. A baseline that diverged is beaten by any remedy that
-//! did not. **Worse** means the measure lost by at least the same margin, or the remedy
-//! diverged where the baseline did not. Only a remedy that is better is ever recommended;
-//! the gradient ratio is shown and breaks ties in the ranking, but never makes a remedy
-//! recommended on its own, since a healthier-looking gradient that does not train better
-//! is not a cure.
+//! 15%); such a remedy is *mixed*. Conversely, when every model is still stuck at one
+//! accuracy, a remedy whose accuracy is at least the baseline's and whose validation loss
+//! fell by the loss margin is better too. A baseline that diverged is beaten by any remedy
+//! that did not. **Worse** means the measure lost by at least the same margin, or the
+//! remedy diverged where the baseline did not. Only a remedy that is better is ever
+//! recommended. The gradient ratio is shown and breaks the last ties in the ranking, but
+//! never makes a remedy recommended on its own: a healthier-looking gradient that does not
+//! train better is not a cure.
 
 use super::{NonFiniteError, StepProgress, StepStats, TrainObserver};
 use crate::data::Dataset;
@@ -420,7 +422,8 @@ impl TrialReport {
         }
         // The remedies better than the baseline first, so the top row is the
         // recommendation; then the rest by measure; then NaN or a missing measure (a later
-        // divergence before an earlier one). A gradient ratio nearer 1 breaks ties.
+        // divergence before an earlier one). Then the lower validation loss, then
+        // the gradient ratio nearer 1.
         let key = |t: &Trial| {
             let tier = match (t.score(measure), t.verdict) {
                 (_, Verdict::Better) => 0,
@@ -433,12 +436,12 @@ impl TrialReport {
                 .grad_ratio
                 .filter(|r| r.is_finite() && *r > 0.0)
                 .map_or(f32::INFINITY, |r| r.log10().abs());
-            (
-                tier,
-                -t.score(measure).unwrap_or(0.0),
-                u64::MAX - step,
-                ratio,
-            )
+            let loss = t
+                .val_loss
+                .filter(|l| l.is_finite())
+                .unwrap_or(f32::INFINITY);
+            let score = -t.score(measure).unwrap_or(0.0);
+            (tier, score, u64::MAX - step, loss, ratio)
         };
         trials.sort_by(|a, b| {
             let (ka, kb) = (key(a), key(b));
@@ -446,6 +449,7 @@ impl TrialReport {
                 .then(ka.1.total_cmp(&kb.1))
                 .then(ka.2.cmp(&kb.2))
                 .then(ka.3.total_cmp(&kb.3))
+                .then(ka.4.total_cmp(&kb.4))
         });
         let recommended = trials.iter().position(|t| t.verdict == Verdict::Better);
         Ok(TrialReport {
@@ -550,15 +554,23 @@ impl TrialReport {
             figure(base)
         };
         match self.best() {
-            Some(t) => format!(
-                "{} ({}): {} {} → {} against the unchanged model after {} steps",
-                t.label,
-                t.flags,
-                self.measure.name(),
-                base_figure,
-                figure(t),
-                t.steps
-            ),
+            Some(t) => {
+                let loss = match (self.measure, base.val_loss, t.val_loss) {
+                    (Measure::ValidationAccuracy, Some(a), Some(b)) if !base.nan => {
+                        format!(" (validation loss {a:.4} → {b:.4})")
+                    }
+                    _ => String::new(),
+                };
+                format!(
+                    "{} ({}): {} {} → {}{loss} against the unchanged model after {} steps",
+                    t.label,
+                    t.flags,
+                    self.measure.name(),
+                    base_figure,
+                    figure(t),
+                    t.steps
+                )
+            }
             None => {
                 let margin = match self.measure {
                     Measure::ValidationAccuracy => {
@@ -598,15 +610,18 @@ fn verdict(t: &Trial, base: &Trial, measure: Measure, o: &TrialOptions) -> Verdi
         // taken off.
         _ => (score - base) / (base.abs() * o.min_loss_gain).max(f32::MIN_POSITIVE),
     };
-    let loss_grew = measure == Measure::ValidationAccuracy
-        && match (t.val_loss, base_loss) {
-            (Some(l), Some(b)) => l > b * (1.0 + o.min_loss_gain),
-            _ => false,
-        };
+    let accuracy = measure == Measure::ValidationAccuracy;
+    let (loss_grew, loss_fell) = match (t.val_loss, base_loss) {
+        (Some(l), Some(b)) if accuracy => (
+            l > b * (1.0 + o.min_loss_gain),
+            l <= b * (1.0 - o.min_loss_gain),
+        ),
+        _ => (false, false),
+    };
     // `gain` is in units of the margin.
     if gain >= 1.0 && loss_grew {
         Verdict::Mixed
-    } else if gain >= 1.0 {
+    } else if gain >= 1.0 || (gain >= 0.0 && loss_fell) {
         Verdict::Better
     } else if t.cut_short {
         Verdict::CutShort
@@ -715,8 +730,9 @@ fn measure_into(
         };
         t.diverged = Some(nf.clone());
         t.nan = true;
-        // The step counter of the device counts from 1 at the first step of this model.
-        t.steps = t.steps.min(nf.step as usize);
+        // The device counts steps from 1 for this fresh model; the bad step may have
+        // stopped `fit` before the observer counted it.
+        t.steps = (nf.step as usize).min(steps);
     }
     t.grad_ratio = median_ratio(m.stats_history());
     if t.nan {
