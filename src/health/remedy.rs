@@ -496,11 +496,11 @@ impl TrialReport {
             "rank  {:<width$}  {:<fwidth$}  {:>11}  {:>15}  {:>8}  {:>8}  {:>5}  verdict",
             "remedy", "flags", "‖∇W₀‖/‖∇Wₗ‖", "train loss", "val loss", "val acc", "steps"
         );
-        let num = |v: Option<f32>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+        let num = |v: Option<f32>| v.map_or("-".to_string(), |v| compact(v, 4));
         for (i, t) in self.trials.iter().enumerate() {
             let loss = match (t.loss_start, t.loss_end) {
-                (Some(a), Some(b)) => format!("{a:.3}→{b:.3}"),
-                (Some(a), None) => format!("{a:.3}→-"),
+                (Some(a), Some(b)) => format!("{}→{}", compact(a, 3), compact(b, 3)),
+                (Some(a), None) => format!("{}→-", compact(a, 3)),
                 _ => "-".to_string(),
             };
             let acc = t
@@ -586,6 +586,16 @@ impl TrialReport {
                 )
             }
         }
+    }
+}
+
+/// A loss in a table column: fixed point, or scientific when a diverging model makes it
+/// too long.
+fn compact(v: f32, decimals: usize) -> String {
+    if v.is_finite() && v.abs() >= 1e4 {
+        format!("{v:.1e}")
+    } else {
+        format!("{v:.decimals$}")
     }
 }
 
