@@ -396,7 +396,29 @@ fn the_budget_bounds_the_trials() {
         assert_eq!(t.steps, 0);
     }
     assert!(report.best().is_none());
+    assert!(report.too_short);
     assert!(report.table().contains("skipped (budget)"));
+    assert!(
+        report.recommendation().contains("too few to judge"),
+        "{}",
+        report.recommendation()
+    );
+
+    // Trials a step or two long measure the initial weights, not a cure: even a remedy
+    // that measured better then is not recommended.
+    let short = TrialReport::judge(
+        vec![
+            trial("base", None, 0.10, 2.3, 1e-4),
+            trial("lucky", Some(Change::BatchNormBefore), 0.30, 1.9, 1.0),
+        ],
+        Measure::ValidationAccuracy,
+        TrialOptions::default(),
+        2,
+        1.0,
+    )
+    .unwrap();
+    assert_eq!(short.trials[0].verdict, Verdict::Better);
+    assert!(short.best().is_none() && short.too_short);
 
     let bad = TrialOptions {
         steps: 0,

@@ -218,6 +218,10 @@ pub struct TrialOptions {
     pub min_accuracy_gain: f32,
     /// Fraction of the baseline's loss a remedy must take off to count as better.
     pub min_loss_gain: f32,
+    /// Fewest steps a comparison is judged on: when the budget cuts the baseline (and so
+    /// every trial) shorter than this, or than `steps` if that is lower, nothing is
+    /// recommended. A step or two mostly measures the initial weights.
+    pub min_steps: usize,
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -236,6 +240,7 @@ impl Default for TrialOptions {
             // equally good settings is about one point.
             min_accuracy_gain: 0.02,
             min_loss_gain: 0.05,
+            min_steps: 10,
         }
     }
 }
@@ -399,8 +404,10 @@ pub struct TrialReport {
     /// Best first; the baseline is among them.
     pub trials: Vec<Trial>,
     /// Index into `trials` of the recommended remedy: the best one that is better than the
-    /// baseline; `None` when no remedy is.
+    /// baseline; `None` when no remedy is, or when the trials were too short to judge.
     pub recommended: Option<usize>,
+    /// The budget cut the trials below [`TrialOptions::min_steps`].
+    pub too_short: bool,
 }
 
 impl TrialReport {
@@ -451,7 +458,11 @@ impl TrialReport {
                 .then(ka.3.total_cmp(&kb.3))
                 .then(ka.4.total_cmp(&kb.4))
         });
-        let recommended = trials.iter().position(|t| t.verdict == Verdict::Better);
+        let too_short = steps < options.min_steps.min(options.steps);
+        let recommended = trials
+            .iter()
+            .position(|t| t.verdict == Verdict::Better)
+            .filter(|_| !too_short);
         Ok(TrialReport {
             measure,
             options,
@@ -459,6 +470,7 @@ impl TrialReport {
             seconds,
             trials,
             recommended,
+            too_short,
         })
     }
 
@@ -562,15 +574,21 @@ impl TrialReport {
                     _ => String::new(),
                 };
                 format!(
-                    "{} ({}): {} {} → {}{loss} against the unchanged model after {} steps",
+                    "{} ({}): {} {} → {}{loss} against the unchanged model after {}",
                     t.label,
                     t.flags,
                     self.measure.name(),
                     base_figure,
                     figure(t),
-                    t.steps
+                    plural(t.steps, "step")
                 )
             }
+            None if self.too_short => format!(
+                "none — the budget let the unchanged model train only {}, too few to judge any \
+                 remedy by (at least {} are needed); raise --trial-budget or lower --trial-steps",
+                plural(self.steps, "step"),
+                self.options.min_steps.min(self.options.steps)
+            ),
             None => {
                 let margin = match self.measure {
                     Measure::ValidationAccuracy => {
@@ -580,13 +598,17 @@ impl TrialReport {
                 };
                 format!(
                     "none — no remedy beat the unchanged model's {} of {base_figure} by at least \
-                     {margin} in {} steps, so no change is recommended",
+                     {margin} in {}, so no change is recommended",
                     self.measure.name(),
-                    self.steps
+                    plural(self.steps, "step")
                 )
             }
         }
     }
+}
+
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// A loss in a table column: fixed point, or scientific when a diverging model makes it
