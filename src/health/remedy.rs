@@ -738,7 +738,8 @@ fn measure_into(
         batch_size: bs,
         shuffle_seed: o.shuffle_seed,
     };
-    let result = m.fit(train, valid, &fit, |_| {});
+    // Validation runs once, after the trial, not after every epoch of it.
+    let result = m.fit(train, None, &fit, |_| {});
     m.set_observer(None);
     let mut outcome = match result {
         Ok(_) => Ok(()),
@@ -789,7 +790,6 @@ fn measure_into(
 /// budget, and ranks them. `make_engine` gives each trial a fresh engine; `on_done` sees
 /// each trial as it finishes (the baseline first). A trial that diverges or fails is a
 /// row of the report, not an error.
-#[allow(clippy::too_many_arguments)]
 pub fn run_trials(
     spec: &MlpSpec,
     remedies: &[Remedy],
