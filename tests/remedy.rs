@@ -170,6 +170,53 @@ fn deep_sigmoid_gets_a_measured_remedy_that_beats_the_unchanged_model() {
     assert!(fixed >= unchanged + opts.min_accuracy_gain);
 }
 
+#[test]
+fn the_same_remedy_is_judged_on_each_model() {
+    // The init matched to the activation is Glorot for both sigmoid and tanh; measured, it
+    // cures the deep tanh network and not the deep sigmoid one.
+    let (train, valid) = digits();
+    let opts = TrialOptions {
+        steps: 90,
+        budget: Duration::from_secs(3600),
+        ..TrialOptions::default()
+    };
+    let glorot = |spec: &MlpSpec| {
+        let only: Vec<_> = candidates(spec)
+            .into_iter()
+            .filter(|r| {
+                r.change
+                    == Change::Init {
+                        init: Init::GlorotUniform,
+                    }
+            })
+            .collect();
+        assert_eq!(only.len(), 1);
+        let r = run_trials(spec, &only, &train, Some(&valid), &opts, &mut cpu, |_| {}).unwrap();
+        let t = r
+            .trials
+            .iter()
+            .find(|t| t.change.is_some())
+            .unwrap()
+            .clone();
+        (r.baseline().val_accuracy.unwrap(), t, r.best().is_some())
+    };
+    let sigmoid = deep_sigmoid(train.input_dim, 10);
+    let (base, t, recommended) = glorot(&sigmoid);
+    assert_ne!(t.verdict, Verdict::Better, "sigmoid: {t:?}");
+    assert!(!recommended);
+    assert!(t.val_accuracy.unwrap() < base + opts.min_accuracy_gain);
+
+    let tanh = sigmoid.clone().activation(Activation::Tanh);
+    let (base, t, recommended) = glorot(&tanh);
+    assert_eq!(t.verdict, Verdict::Better, "tanh: {t:?}");
+    assert!(recommended);
+    assert!(
+        t.val_accuracy.unwrap() >= base + 0.3,
+        "{base} → {:?}",
+        t.val_accuracy
+    );
+}
+
 fn trial(label: &str, change: Option<Change>, acc: f32, loss: f32, ratio: f32) -> Trial {
     Trial {
         label: label.to_string(),
