@@ -11,10 +11,12 @@ use std::sync::Arc;
 use steadygrad::cpu::CpuEngine;
 use steadygrad::engine::Engine;
 use steadygrad::gpu::{AdapterSelection, GpuContext, GpuEngine};
+use steadygrad::health::detect::layer_list;
 use steadygrad::health::experiment::{self, ExperimentOptions};
 use steadygrad::health::log::MetricsLog;
 use steadygrad::health::plot::{self, Run};
 use steadygrad::health::progress::TrainProgress;
+use steadygrad::health::remedy::{self, Change, Trial, TrialOptions, TrialReport};
 use steadygrad::health::table::layer_table;
 use steadygrad::health::{
     DetectorConfig, NonFiniteError, Observers, StepStats, TrainObserver, Warning,
@@ -159,6 +161,17 @@ pub struct DiagnoseArgs {
     /// Print a machine-readable summary (JSON) instead of the table.
     #[arg(long)]
     json: bool,
+    /// Training steps of each remedy trial [default: as many as the diagnosis run, epochs
+    /// × batches per epoch].
+    #[arg(long, value_name = "N")]
+    trial_steps: Option<usize>,
+    /// Wall-clock budget in seconds for all remedy trials together; a trial that runs out
+    /// of its share stops early and is marked cut short.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    trial_budget: f64,
+    /// Do not try remedies: print the detectors' unmeasured suggestions instead.
+    #[arg(long)]
+    no_trials: bool,
 }
 
 #[derive(Serialize)]
@@ -203,6 +216,20 @@ struct DiagnoseSummary<'a> {
     last: Option<&'a StepStats>,
     warnings: Vec<Warning>,
     healthy: bool,
+    /// The remedies tried on this model and data, ranked; `None` when none were tried.
+    trials: Option<&'a TrialReport>,
+    /// The best measured remedy; `None` when none beat the unchanged model or none were
+    /// tried.
+    recommendation: Option<RecommendationJson<'a>>,
+    /// The recommendation in words, or why no remedies were tried.
+    advice: String,
+}
+
+#[derive(Serialize)]
+struct RecommendationJson<'a> {
+    label: &'a str,
+    flags: &'a str,
+    change: Option<Change>,
 }
 
 /// Runs `fit` and turns a non-finite stop into a finding rather than an error.
@@ -245,7 +272,19 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
         Loss::MeanSquaredError
     };
     let spec = spec_from(&args.model, input, output, args.epochs)?.loss(loss);
-    let mut m = Model::with_backend(spec.clone(), choice)?;
+    let trial_options = TrialOptions {
+        steps: args
+            .trial_steps
+            .unwrap_or(args.epochs * train.rows.div_ceil(args.batch)),
+        batch_size: args.batch,
+        shuffle_seed: args.model.seed,
+        stats_every: args.run.stats_every.unwrap_or(5),
+        budget: trial_budget(args.trial_budget)?,
+        ..TrialOptions::default()
+    };
+    anyhow::ensure!(trial_options.steps >= 1, "--trial-steps must be at least 1");
+    let mut make = engine_factory(choice)?;
+    let mut m = Model::new(spec.clone(), make()?)?;
     let opts = FitOptions {
         epochs: args.epochs,
         batch_size: args.batch,
@@ -284,6 +323,45 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
     let (reports, stopped) = result?;
     let history = m.stats_history();
     let warnings = steadygrad::health::detect(m.spec(), m.stats_history(), &cfg);
+    let healthy = warnings.is_empty() && stopped.is_none();
+    if !args.json {
+        print_findings(history, &warnings, stopped.as_ref(), &cfg, args.no_trials)?;
+    }
+    let trials = if healthy || args.no_trials {
+        None
+    } else {
+        let remedies = remedy::candidates(&spec);
+        let n = remedies.len() + 1;
+        let mut i = 0;
+        let talk = !quiet && !args.run.quiet;
+        if talk {
+            eprintln!(
+                "\ntrying {} remedies against the unchanged model, {} steps each (budget {} s)",
+                remedies.len(),
+                trial_options.steps,
+                args.trial_budget
+            );
+        }
+        Some(remedy::run_trials(
+            &spec,
+            &remedies,
+            &train,
+            Some(&valid),
+            &trial_options,
+            &mut make,
+            |t| {
+                i += 1;
+                if talk {
+                    eprintln!("[{i}/{n}] {}", trial_line(t));
+                }
+            },
+        )?)
+    };
+    let advice = match &trials {
+        Some(r) => r.recommendation(),
+        None if args.no_trials => "no remedies tried (--no-trials)".to_string(),
+        None => "no problem found, so no remedies were tried".to_string(),
+    };
     if args.json {
         let summary = DiagnoseSummary {
             device: m.device(),
@@ -297,16 +375,90 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
                 batch: args.batch,
             },
             epochs: reports.iter().map(EpochRow::from).collect(),
-            healthy: warnings.is_empty() && stopped.is_none(),
+            healthy,
             stopped,
             first: history.first(),
             last: history.last(),
             warnings,
+            recommendation: trials
+                .as_ref()
+                .and_then(|r| r.best())
+                .map(|t| RecommendationJson {
+                    label: &t.label,
+                    flags: &t.flags,
+                    change: t.change,
+                }),
+            trials: trials.as_ref(),
+            advice,
         };
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
     }
-    if let Some(nf) = &stopped {
+    if let Some(r) = &trials {
+        println!(
+            "\nremedy trials: the unchanged model and {} remedies, {} steps each from the same \
+             seed on the same batches, ranked by {}; {:.1} s (budget {} s)",
+            r.trials.len() - 1,
+            r.steps,
+            r.measure.name(),
+            r.seconds,
+            args.trial_budget
+        );
+        print!("{}", r.table());
+        for t in r.trials.iter().filter(|t| t.error.is_some()) {
+            println!(
+                "- {} failed: {}",
+                t.label,
+                t.error.as_deref().unwrap_or_default()
+            );
+        }
+        println!("\nrecommendation: {advice}");
+    } else if healthy {
+        println!("{advice}");
+    }
+    Ok(())
+}
+
+fn trial_budget(seconds: f64) -> Result<std::time::Duration> {
+    anyhow::ensure!(
+        seconds.is_finite() && seconds > 0.0,
+        "--trial-budget must be a finite number of seconds > 0, got {seconds}"
+    );
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+/// A trial's figures in one line, for progress.
+fn trial_line(t: &Trial) -> String {
+    let what = if let Some(d) = &t.diverged {
+        format!("NaN at step {}", d.step)
+    } else if let Some(e) = &t.error {
+        format!("failed: {e}")
+    } else if t.steps == 0 {
+        "skipped: the budget is spent".to_string()
+    } else {
+        let acc = t
+            .val_accuracy
+            .map_or(String::new(), |a| format!(", val acc {:.1}%", 100.0 * a));
+        format!(
+            "loss {:.4}{acc}, {} steps{}",
+            t.loss_end.unwrap_or(f32::NAN),
+            t.steps,
+            if t.cut_short { " (cut short)" } else { "" }
+        )
+    };
+    format!("{}: {what} ({:.1} s)", t.label, t.seconds)
+}
+
+/// The last record's per-layer table and the detectors' findings. Their suggested
+/// remedies are shown only when no trials will measure them.
+fn print_findings(
+    history: &[StepStats],
+    warnings: &[Warning],
+    stopped: Option<&NonFiniteError>,
+    cfg: &DetectorConfig,
+    unmeasured: bool,
+) -> Result<()> {
+    if let Some(nf) = stopped {
         println!("\nstopped: {nf}");
     }
     let Some(last) = history.last() else {
@@ -330,8 +482,20 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
     } else {
         let n = warnings.len().max(1);
         println!("verdict: {n} problem{}", if n == 1 { "" } else { "s" });
-        for w in &warnings {
-            println!("- {w}");
+        for w in warnings {
+            if unmeasured {
+                println!("- {w}");
+            } else {
+                println!(
+                    "- {} in {}: {}",
+                    w.kind.name(),
+                    layer_list(&w.layers),
+                    w.evidence
+                );
+            }
+        }
+        if unmeasured && warnings.iter().any(|w| !w.remedies.is_empty()) {
+            println!("(suggestions, not measured on this model: drop --no-trials to try each one)");
         }
     }
     Ok(())

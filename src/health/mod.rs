@@ -12,6 +12,7 @@ pub mod experiment;
 pub mod log;
 pub mod plot;
 pub mod progress;
+pub mod remedy;
 pub mod table;
 
 pub use detect::{detect, detect_run, DetectorConfig, Warning, WarningKind};
