@@ -121,6 +121,12 @@ struct DetectArgs {
     /// Saturation when this fraction of a sigmoid or tanh layer's outputs is saturated.
     #[arg(long, default_value_t = DetectorConfig::default().saturated_fraction)]
     saturated_fraction: f32,
+    /// Loss spike when a batch loss is this many times the median of the records before it.
+    #[arg(long, default_value_t = DetectorConfig::default().spike_factor)]
+    spike_factor: f32,
+    /// Rising validation loss when the last epoch's is this many times the best earlier one.
+    #[arg(long, default_value_t = DetectorConfig::default().rising_factor)]
+    rising_factor: f32,
 }
 
 impl DetectArgs {
@@ -131,7 +137,8 @@ impl DetectArgs {
             exploding_factor: self.exploding_factor,
             dead_fraction: self.dead_fraction,
             saturated_fraction: self.saturated_fraction,
-            ..DetectorConfig::default()
+            spike_factor: self.spike_factor,
+            rising_factor: self.rising_factor,
         };
         c.validate()?;
         Ok(c)
@@ -322,7 +329,7 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
     run.finish(&mut m, "diagnose")?;
     let (reports, stopped) = result?;
     let history = m.stats_history();
-    let warnings = steadygrad::health::detect(m.spec(), m.stats_history(), &cfg);
+    let warnings = steadygrad::health::detect_run(m.spec(), m.stats_history(), &reports, &cfg);
     let healthy = warnings.is_empty() && stopped.is_none();
     if !args.json {
         print_findings(history, &warnings, stopped.as_ref(), &cfg, args.no_trials)?;
@@ -475,7 +482,8 @@ fn print_findings(
     println!();
     if warnings.is_empty() && stopped.is_none() {
         println!(
-            "verdict: healthy — no vanishing or exploding gradients, dead or saturated units over \
+            "verdict: healthy — the loss fell, no loss spikes, no vanishing or exploding \
+             gradients, dead or saturated units over \
              the last {} statistics records",
             cfg.window.min(history.len())
         );

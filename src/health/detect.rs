@@ -132,13 +132,18 @@ pub struct Warning {
 
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} in {}: {}",
-            self.kind.name(),
-            layer_list(&self.layers),
-            self.evidence
-        )?;
+        if self.layers.is_empty() {
+            // Run-level verdicts (loss spikes, divergence) belong to no layer.
+            write!(f, "{}: {}", self.kind.name(), self.evidence)?;
+        } else {
+            write!(
+                f,
+                "{} in {}: {}",
+                self.kind.name(),
+                layer_list(&self.layers),
+                self.evidence
+            )?;
+        }
         for (i, r) in self.remedies.iter().enumerate() {
             write!(f, "\n  {}. {r}", i + 1)?;
         }
