@@ -1,7 +1,8 @@
 //! The `steadygrad` command line: a thin layer over the library.
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use steadygrad::check::{cross_check, Tolerance};
@@ -47,14 +48,36 @@ fn model_from_checkpoint(
     Ok((m, ckpt))
 }
 
+/// A data file for eval or predict must have the features the model was trained on.
+fn check_width(d: &data::Dataset, m: &Model, args: &cli::args::DataArgs) -> Result<()> {
+    let file = args
+        .data
+        .as_ref()
+        .map_or(String::new(), |p| p.display().to_string());
+    anyhow::ensure!(
+        d.input_dim == m.spec().input,
+        "{file}: rows have {} features, but the model takes {}",
+        d.input_dim,
+        m.spec().input
+    );
+    Ok(())
+}
+
 fn main() {
-    if let Err(e) = run(Cli::parse()) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The plots directory is private to the health flags; it is read here so that a
+    // directory that cannot be written fails before training rather than after it.
+    let plots = matches
+        .subcommand_matches("train")
+        .and_then(|m| m.try_get_one::<PathBuf>("plots").ok().flatten().cloned());
+    if let Err(e) = run(cli, plots) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, plots: Option<PathBuf>) -> Result<()> {
     let choice = BackendChoice::parse(&cli.backend, cli.adapter.as_deref())?;
     match cli.command {
         Command::Devices => {
@@ -86,6 +109,7 @@ fn run(cli: Cli) -> Result<()> {
             freeze,
             unfreeze_at_epoch,
             cache_frozen,
+            drop_last,
             run,
         } => {
             if print_config {
@@ -94,6 +118,27 @@ fn run(cli: Cli) -> Result<()> {
                     None => print!("{}", Config::commented_default()),
                 }
                 return Ok(());
+            }
+            // Flags are checked before any data is read or any epoch runs, so a mistake
+            // costs nothing.
+            anyhow::ensure!(epochs != Some(0), "--epochs must be at least 1");
+            anyhow::ensure!(batch != Some(0), "--batch must be at least 1");
+            anyhow::ensure!(
+                unfreeze_at_epoch != Some(0),
+                "--unfreeze-at-epoch counts epochs from 1; 0 would never freeze (omit --freeze \
+                 instead)"
+            );
+            // Held until the process ends, so a second run saving to the same file is
+            // refused before it trains.
+            let _lock = match &save {
+                Some(path) => {
+                    checkpoint::check_writable(path, "--save")?;
+                    Some(checkpoint::lock_for_writing(path)?)
+                }
+                None => None,
+            };
+            if let Some(dir) = &plots {
+                checkpoint::check_writable_dir(dir, "--plots")?;
             }
             let file_config = config.as_deref().map(Config::load).transpose()?;
             let seed = file_config.as_ref().map_or(model.seed, |c| c.training.seed);
@@ -142,6 +187,13 @@ fn run(cli: Cli) -> Result<()> {
                 spec.loss.name(),
                 if loss == Loss::SoftmaxCrossEntropy { "classes" } else { "targets" }
             );
+            if let Some(e) = unfreeze_at_epoch {
+                anyhow::ensure!(
+                    e <= epochs,
+                    "--unfreeze-at-epoch {e} is after the last epoch ({epochs}), so the layers \
+                     would never be unfrozen"
+                );
+            }
             if let Some(path) = &init_from {
                 let pre = checkpoint::load_checkpoint(path)?;
                 let keep = keep_layers.unwrap_or(pre.model.hidden.len());
@@ -166,6 +218,11 @@ fn run(cli: Cli) -> Result<()> {
                     String::new()
                 }
             );
+            anyhow::ensure!(
+                epochs >= 1,
+                "the number of epochs must be at least 1, got {epochs}"
+            );
+            anyhow::ensure!(batch >= 1, "the batch size must be at least 1, got {batch}");
             let remaining = epochs.saturating_sub(m.epoch());
             anyhow::ensure!(
                 remaining > 0,
@@ -176,6 +233,7 @@ fn run(cli: Cli) -> Result<()> {
                 epochs: remaining,
                 batch_size: batch,
                 shuffle_seed: seed,
+                drop_last,
             };
             let state = checkpoint::TrainingState {
                 config: run_config,
@@ -220,6 +278,7 @@ fn run(cli: Cli) -> Result<()> {
             let (mut m, ckpt) = model_from_checkpoint(&path, &choice)?;
             let classes = (m.spec().loss == Loss::SoftmaxCrossEntropy).then_some(m.spec().output);
             let d = data_args.load_one(classes, ckpt.state.standardizer.as_ref())?;
+            check_width(&d, &m, &data_args)?;
             let metrics = m.evaluate(&d, batch)?;
             match metrics.accuracy {
                 Some(a) => println!(
@@ -242,10 +301,12 @@ fn run(cli: Cli) -> Result<()> {
             data: data_args,
             out,
         } => {
+            checkpoint::check_writable(&out, "--out")?;
             let (mut m, ckpt) = model_from_checkpoint(&path, &choice)?;
             let classify = m.spec().loss == Loss::SoftmaxCrossEntropy;
             let classes = classify.then_some(m.spec().output);
             let d = data_args.load_one(classes, ckpt.state.standardizer.as_ref())?;
+            check_width(&d, &m, &data_args)?;
             let width = m.spec().output;
             let mut csv = String::new();
             let names: Vec<String> = (0..width).map(|j| format!("output_{j}")).collect();

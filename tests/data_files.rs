@@ -1008,6 +1008,7 @@ fn csv_to_trained_model() {
         epochs: 60,
         batch_size: 8,
         shuffle_seed: 1,
+        drop_last: false,
     };
     let last = m
         .fit(&train, Some(&valid), &opts, |_| {})

@@ -11,10 +11,13 @@ use steadygrad::{
     Optimizer,
 };
 
+// Negative numbers parse as values everywhere, so `--lr -1` reaches the range checks and
+// gets a message about the learning rate, not "unexpected argument '-1'".
 #[derive(Parser)]
 #[command(
     name = "steadygrad",
     version,
+    allow_negative_numbers = true,
     about = "Train deep MLPs on any GPU through wgpu, checked against a CPU reference"
 )]
 pub struct Cli {
@@ -224,15 +227,35 @@ impl DataArgs {
         spiral_classes: usize,
     ) -> Result<(Dataset, Dataset, Option<data::Standardizer>)> {
         let Some(path) = &self.data else {
-            anyhow::ensure!(points >= 5, "--points must be at least 5");
-            let all = data::synthetic::spirals(points, spiral_classes, 0.05, seed);
+            anyhow::ensure!(points >= 5, "--points must be at least 5, got {points}");
+            anyhow::ensure!(
+                spiral_classes >= 2,
+                "--spiral-classes must be at least 2, got {spiral_classes}"
+            );
+            let all = data::synthetic::try_spirals(points, spiral_classes, 0.05, seed)
+                .context("--points/--spiral-classes")?;
             let split = all.rows * 4 / 5;
             return Ok((all.slice(0, split), all.slice(split, all.rows), None));
         };
-        let all = data::load(path, &self.load_options(None)?)?;
+        let (all, columns) = data::load_with_columns(path, &self.load_options(None)?, None)?;
         let (mut train, mut valid) = match &self.valid_data {
             Some(v) => {
-                let valid = data::load(v, &self.load_options(all.classes)?)?;
+                let (valid, _) = data::load_with_columns(
+                    v,
+                    &self.load_options(all.classes)?,
+                    columns.as_deref(),
+                )?;
+                anyhow::ensure!(
+                    valid.input_dim == all.input_dim && valid.target_dim == all.target_dim,
+                    "{}: rows have {} feature and {} label column(s), but the training file {} \
+                     has {} and {}",
+                    v.display(),
+                    valid.input_dim,
+                    valid.target_dim,
+                    path.display(),
+                    all.input_dim,
+                    all.target_dim
+                );
                 (all, valid)
             }
             None => data::split(&all, self.valid_fraction, seed)?,
@@ -263,6 +286,15 @@ impl DataArgs {
         let path = self.data.as_ref().context("--data is required")?;
         let mut d = data::load(path, &self.load_options(classes)?)?;
         if let Some(s) = standardizer {
+            anyhow::ensure!(
+                s.mean.len() == d.input_dim,
+                "{}: rows have {} features, but the model was trained on {}",
+                path.display(),
+                d.input_dim,
+                s.mean.len()
+            );
+        }
+        if let Some(s) = standardizer {
             s.apply(&mut d)?;
         }
         Ok(d)
@@ -274,6 +306,7 @@ impl DataArgs {
 #[derive(Subcommand)]
 pub enum Command {
     /// Train a deep MLP (on --data, or the built-in spirals) and report loss, accuracy and speed.
+    #[command(allow_negative_numbers = true)]
     Train {
         #[command(flatten)]
         model: ModelArgs,
@@ -321,10 +354,15 @@ pub enum Command {
         /// Compute the frozen layers' outputs once and train the layers above from them.
         #[arg(long, requires = "freeze")]
         cache_frozen: bool,
+        /// Drop the last batch of each epoch when it is smaller than --batch (PyTorch's
+        /// DataLoader drop_last).
+        #[arg(long)]
+        drop_last: bool,
         #[command(flatten)]
         run: RunArgs,
     },
     /// Loss and accuracy (or RMSE) of a checkpoint on --data.
+    #[command(allow_negative_numbers = true)]
     Eval {
         /// A checkpoint saved by `train --save`.
         #[arg(long)]
@@ -335,6 +373,7 @@ pub enum Command {
         batch: usize,
     },
     /// Write a checkpoint's outputs for --data to a CSV file.
+    #[command(allow_negative_numbers = true)]
     Predict {
         #[arg(long)]
         checkpoint: PathBuf,
@@ -347,6 +386,7 @@ pub enum Command {
     },
     /// A short training run that reports per-layer gradient health and a verdict with
     /// advice (vanishing or exploding gradients, dying ReLUs, saturation, NaN).
+    #[command(allow_negative_numbers = true)]
     Diagnose(DiagnoseArgs),
     /// Built-in experiments.
     Experiment {
@@ -356,6 +396,7 @@ pub enum Command {
     /// List the GPU adapters wgpu can see.
     Devices,
     /// Run one training step on the GPU and the CPU reference and compare every tensor.
+    #[command(allow_negative_numbers = true)]
     Check {
         #[command(flatten)]
         model: ModelArgs,
