@@ -42,8 +42,8 @@ pub(crate) fn parse(
         }) {
             bail!(
                 "label column '{n}' is given by name, but line {first_line} ({}) is all \
-                 numbers, so it was read as data, not as a header of column names; pass \
-                 --header yes if it is a header, or give the column by index",
+                 numbers, so it is read as data and the file has no header line of column \
+                 names; pass --header yes if it is a header, or give the column by index",
                 preview(&first)
             );
         }
