@@ -180,3 +180,96 @@ fn bad_input_is_a_clear_error() {
         assert!(!out.contains("panicked"), "{args:?} panicked: {out}");
     }
 }
+
+/// Parses the validation loss of every epoch line.
+fn val_losses(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| l.split("val loss ").nth(1))
+        .map(|r| r.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn validation_file_columns_are_matched_by_name() {
+    let tmp = TempDir::new("cli-valid");
+    let d = tmp.path();
+    write_csv(&d.join("s.csv"));
+    let text = std::fs::read_to_string(d.join("s.csv")).unwrap();
+    let rows: Vec<&str> = text.lines().skip(1).take(40).collect();
+    let mut same = String::from("a,b,label\n");
+    let mut moved = String::from("label,b,a\n");
+    for r in &rows {
+        let c: Vec<&str> = r.split(',').collect();
+        same += &format!("{},{},{}\n", c[0], c[1], c[2]);
+        moved += &format!("{},{},{}\n", c[2], c[1], c[0]);
+    }
+    std::fs::write(d.join("same.csv"), same).unwrap();
+    std::fs::write(d.join("moved.csv"), moved).unwrap();
+    let train = |valid: &str| {
+        let (ok, out) = run(
+            &[
+                "--backend",
+                "cpu",
+                "train",
+                "--data",
+                "s.csv",
+                "--valid-data",
+                valid,
+                "--depth",
+                "2",
+                "--width",
+                "8",
+                "--epochs",
+                "2",
+            ],
+            d,
+        );
+        assert!(ok, "{out}");
+        val_losses(&out)
+    };
+    let want = train("same.csv");
+    assert_eq!(want.len(), 2);
+    assert_eq!(train("moved.csv"), want);
+}
+
+#[test]
+fn drop_last_and_batch_norm_last_row() {
+    let tmp = TempDir::new("cli-droplast");
+    let d = tmp.path();
+    // 180 rows: with --batch 179 the last batch of each epoch has one row.
+    write_csv(&d.join("s.csv"));
+    let args = |batch: &'static str, extra: &[&'static str]| -> Vec<&'static str> {
+        let mut v = vec![
+            "--backend",
+            "cpu",
+            "train",
+            "--data",
+            "s.csv",
+            "--valid-data",
+            "s.csv",
+            "--depth",
+            "2",
+            "--width",
+            "8",
+            "--epochs",
+            "1",
+            "--batch",
+            batch,
+            "--batch-norm",
+            "before",
+        ];
+        v.extend_from_slice(extra);
+        v
+    };
+    let (ok, out) = run(&args("179", &[]), d);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: the last batch of each epoch has 1 row"),
+        "{out}"
+    );
+    let (ok, out) = run(&args("179", &["--drop-last"]), d);
+    assert!(ok, "{out}");
+    assert!(!out.contains("warning"), "{out}");
+    let (ok, out) = run(&args("500", &["--drop-last"]), d);
+    assert!(!ok && out.contains("--drop-last"), "{out}");
+}
