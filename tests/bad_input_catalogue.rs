@@ -182,6 +182,18 @@ fn write_files(d: &TempDir) {
             .replace("input = 2", "input = 5")
             .as_bytes(),
     );
+    d.write(
+        "huge.toml",
+        cfg("epochs = 1", "lr = 0.05")
+            .replace("hidden = [4]", "hidden = [200000, 200000, 200000]")
+            .as_bytes(),
+    );
+    d.write(
+        "batch0.toml",
+        cfg("epochs = 1", "lr = 0.05")
+            .replace("batch_size = 8", "batch_size = 0")
+            .as_bytes(),
+    );
     // Checkpoints
     d.write(
         "garbage.safetensors",
@@ -663,6 +675,49 @@ fn cases() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
                 "p.csv",
             ],
             vec!["stray_label.csv", "label 100000"],
+        ),
+        // Added checks: model size, flags that do not fit together, output paths
+        (
+            "config: hidden layers beyond memory",
+            vec!["--backend", "cpu", "train", "--config", "huge.toml"],
+            vec!["too large", "hidden"],
+        ),
+        (
+            "config: zero batch size",
+            vec!["--backend", "cpu", "train", "--config", "batch0.toml"],
+            vec!["batch0.toml", "batch size"],
+        ),
+        (
+            "--width beyond memory",
+            t(&["--width", "1000000", "--depth", "100"]),
+            vec!["too large", "--width"],
+        ),
+        (
+            "--width overflowing",
+            t(&["--width", "10000000000", "--depth", "10"]),
+            vec!["too large", "overflows"],
+        ),
+        (
+            "--classes with regression",
+            t(&[
+                "--data",
+                "good.csv",
+                "--task",
+                "regression",
+                "--classes",
+                "3",
+            ]),
+            vec!["--classes", "regression"],
+        ),
+        (
+            "--header with a bad value",
+            t(&["--data", "good.csv", "--header", "maybe"]),
+            vec!["--header", "maybe"],
+        ),
+        (
+            "--log into a missing directory",
+            t(&["--log", "no/dir/log.csv"]),
+            vec!["--log", "does not exist"],
         ),
     ]
 }

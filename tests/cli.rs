@@ -273,3 +273,63 @@ fn drop_last_and_batch_norm_last_row() {
     let (ok, out) = run(&args("500", &["--drop-last"]), d);
     assert!(!ok && out.contains("--drop-last"), "{out}");
 }
+
+/// The last epoch line, without its speed.
+fn last_epoch(out: &str) -> String {
+    let line = out.lines().rfind(|l| l.starts_with("epoch")).unwrap_or("");
+    line.rsplit_once("  ")
+        .map_or(line, |(a, _)| a)
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn resume_keeps_the_seed_and_names_ignored_flags() {
+    let tmp = TempDir::new("cli-resume-seed");
+    let d = tmp.path();
+    write_csv(&d.join("s.csv"));
+    let base = [
+        "--backend",
+        "cpu",
+        "train",
+        "--data",
+        "s.csv",
+        "--depth",
+        "2",
+        "--width",
+        "8",
+        "--seed",
+        "7",
+    ];
+    let (ok, whole) = run(&[&base[..], &["--epochs", "2"]].concat(), d);
+    assert!(ok, "{whole}");
+    let (ok, out) = run(
+        &[&base[..], &["--epochs", "1", "--save", "m.safetensors"]].concat(),
+        d,
+    );
+    assert!(ok, "{out}");
+    // Resumed without --seed: the split and the shuffle still use seed 7, so the second
+    // epoch matches the uninterrupted run's.
+    let (ok, resumed) = run(
+        &[
+            "--backend",
+            "cpu",
+            "train",
+            "--data",
+            "s.csv",
+            "--resume",
+            "m.safetensors",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.5",
+        ],
+        d,
+    );
+    assert!(ok, "{resumed}");
+    assert_eq!(last_epoch(&resumed), last_epoch(&whole));
+    assert!(
+        resumed.contains("warning: --lr ignored"),
+        "no warning for the ignored flag: {resumed}"
+    );
+}

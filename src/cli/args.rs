@@ -195,6 +195,11 @@ pub struct DataArgs {
 
 impl DataArgs {
     pub fn load_options(&self, classes: Option<usize>) -> Result<data::LoadOptions> {
+        anyhow::ensure!(
+            self.task != "regression" || self.classes.is_none(),
+            "--classes applies to classification; regression (--task regression) has targets, \
+             not classes"
+        );
         Ok(data::LoadOptions {
             labels: self.labels.clone(),
             task: if self.task == "regression" {
