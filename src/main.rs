@@ -1,7 +1,7 @@
 //! The `steadygrad` command line: a thin layer over the library.
 
 use anyhow::{Context, Result};
-use clap::{CommandFactory, FromArgMatches};
+use clap::FromArgMatches;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -144,7 +144,7 @@ fn available_memory() -> Option<u64> {
 }
 
 fn main() {
-    let matches = Cli::command().get_matches();
+    let matches = cli::args::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // The plots directory is private to the health flags; it is read here so that a
     // directory that cannot be written fails before training rather than after it.

@@ -719,6 +719,31 @@ fn cases() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
             t(&["--log", "no/dir/log.csv"]),
             vec!["--log", "does not exist"],
         ),
+        (
+            "experiment --lr -1",
+            vec!["--backend", "cpu", "experiment", "vanishing", "--lr", "-1"],
+            vec!["--lr", "-1"],
+        ),
+        (
+            "diagnose --lr -1",
+            vec!["--backend", "cpu", "diagnose", "--lr", "-1"],
+            vec!["learning rate", "-1"],
+        ),
+        (
+            "eval --batch -1",
+            vec![
+                "--backend",
+                "cpu",
+                "eval",
+                "--checkpoint",
+                "ok.safetensors",
+                "--data",
+                "good.csv",
+                "--batch",
+                "-1",
+            ],
+            vec!["--batch", "-1"],
+        ),
     ]
 }
 

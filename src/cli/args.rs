@@ -11,13 +11,10 @@ use steadygrad::{
     Optimizer,
 };
 
-// Negative numbers parse as values everywhere, so `--lr -1` reaches the range checks and
-// gets a message about the learning rate, not "unexpected argument '-1'".
 #[derive(Parser)]
 #[command(
     name = "steadygrad",
     version,
-    allow_negative_numbers = true,
     about = "Train deep MLPs on any GPU through wgpu, checked against a CPU reference"
 )]
 pub struct Cli {
@@ -311,7 +308,6 @@ impl DataArgs {
 #[derive(Subcommand)]
 pub enum Command {
     /// Train a deep MLP (on --data, or the built-in spirals) and report loss, accuracy and speed.
-    #[command(allow_negative_numbers = true)]
     Train {
         #[command(flatten)]
         model: ModelArgs,
@@ -367,7 +363,6 @@ pub enum Command {
         run: RunArgs,
     },
     /// Loss and accuracy (or RMSE) of a checkpoint on --data.
-    #[command(allow_negative_numbers = true)]
     Eval {
         /// A checkpoint saved by `train --save`.
         #[arg(long)]
@@ -378,7 +373,6 @@ pub enum Command {
         batch: usize,
     },
     /// Write a checkpoint's outputs for --data to a CSV file.
-    #[command(allow_negative_numbers = true)]
     Predict {
         #[arg(long)]
         checkpoint: PathBuf,
@@ -391,7 +385,6 @@ pub enum Command {
     },
     /// A short training run that reports per-layer gradient health and a verdict with
     /// advice (vanishing or exploding gradients, dying ReLUs, saturation, NaN).
-    #[command(allow_negative_numbers = true)]
     Diagnose(DiagnoseArgs),
     /// Built-in experiments.
     Experiment {
@@ -401,7 +394,6 @@ pub enum Command {
     /// List the GPU adapters wgpu can see.
     Devices,
     /// Run one training step on the GPU and the CPU reference and compare every tensor.
-    #[command(allow_negative_numbers = true)]
     Check {
         #[command(flatten)]
         model: ModelArgs,
@@ -415,6 +407,24 @@ pub enum Command {
         #[arg(long, default_value_t = Tolerance::default().atol)]
         atol: f32,
     },
+}
+
+/// The command line, with negative numbers read as values in every subcommand, so that
+/// `--lr -1` reaches the range checks and gets a message about the learning rate rather
+/// than clap's "unexpected argument '-1'".
+pub fn command() -> clap::Command {
+    fn negatives(cmd: clap::Command) -> clap::Command {
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        names
+            .iter()
+            .fold(cmd.allow_negative_numbers(true), |cmd, name| {
+                cmd.mut_subcommand(name, negatives)
+            })
+    }
+    negatives(<Cli as clap::CommandFactory>::command())
 }
 
 /// `t_max` is the cosine schedule's default half period.
