@@ -85,8 +85,11 @@ fn killed_writers_leave_temps_that_the_next_save_removes() {
         let pid = child.id();
         let mine = format!(".{name}.tmp-{pid}");
         // SIGKILL the moment its temporary file appears: mid-write, before the rename.
+        // Every other round waits for a checkpoint to exist first, so that a kill lands
+        // while a good checkpoint is being replaced.
         let seen = wait_for(Duration::from_secs(60), || {
-            temps(d, name).contains(&mine) || child.try_wait().unwrap().is_some()
+            (temps(d, name).contains(&mine) && (round % 2 == 0 || d.join(name).exists()))
+                || child.try_wait().unwrap().is_some()
         });
         kill(&mut child);
         assert!(seen, "round {round}: no save started within 60 s");
@@ -111,6 +114,10 @@ fn killed_writers_leave_temps_that_the_next_save_removes() {
         killed_mid_write > 0,
         "no writer was killed mid-write, so nothing was tested"
     );
+    // Whatever moment the kills hit, the checkpoint on disk is a whole one.
+    let survivor = checkpoint::load_checkpoint(&d.join(name)).unwrap();
+    assert!(survivor.state.epoch >= 1);
+    assert_eq!(survivor.model.hidden, [256; 8]);
     let stale = temps(d, name);
     assert!(
         !stale.is_empty(),
