@@ -744,6 +744,12 @@ fn cases() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
             ],
             vec!["--batch", "-1"],
         ),
+        #[cfg(unix)]
+        (
+            "a device as data",
+            t(&["--data", "/dev/zero"]),
+            vec!["/dev/zero", "device"],
+        ),
     ]
 }
 

@@ -311,6 +311,18 @@ fn idx_labels_beside(images: &Path) -> Option<PathBuf> {
 
 /// Reads a whole file, decompressing it when it starts with the gzip magic number.
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    // A device such as /dev/zero or a terminal would be read until memory runs out or
+    // forever; pipes (`<(zcat …)`, /dev/stdin) are fine, they end.
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        ensure!(
+            !(t.is_char_device() || t.is_block_device() || t.is_socket()),
+            "{} is a device, not a data file",
+            path.display()
+        );
+    }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !bytes.starts_with(&[0x1f, 0x8b]) {
         return Ok(bytes);
