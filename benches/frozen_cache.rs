@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         epochs,
         batch_size: 256,
         shuffle_seed: 1,
+        drop_last: false,
     };
     let mut seconds = Vec::new();
     let mut device = String::new();

@@ -9,24 +9,17 @@ use anyhow::{bail, ensure, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the new one,
 /// never a mix: write a temporary file in the same directory, flush it to disk, then
-/// rename it over the target.
+/// rename it over the target. Temporary files that killed writers left beside `path`
+/// are removed first (see [`remove_stale_temps`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .with_context(|| format!("'{}' is not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let (dir, name) = dir_and_name(path)?;
+    remove_stale_temps(path);
+    let tmp = dir.join(temp_name(&name, std::process::id()));
     let result = (|| -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -42,6 +35,182 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result.with_context(|| format!("writing '{}'", path.display()))
+}
+
+fn dir_and_name(path: &Path) -> Result<(PathBuf, String)> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .with_context(|| format!("'{}' is not a file path", path.display()))?;
+    Ok((dir, name.to_string_lossy().into_owned()))
+}
+
+/// The writer's process id is in the name, so a later writer can tell whether the file
+/// is still being written.
+fn temp_name(name: &str, pid: u32) -> String {
+    format!(".{name}.tmp-{pid}")
+}
+
+/// Where the process id cannot be checked, a temporary file untouched this long is taken
+/// to be a dead writer's: a live one writes a checkpoint in seconds.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
+
+/// Removes temporary files of earlier writes to `path` whose writer is gone (killed
+/// mid-write, so its rename never happened), returning how many were removed. A writer
+/// is gone when its process id no longer exists (Linux, through `/proc`) or, elsewhere,
+/// when its file is older than an hour. Files it cannot remove are left; they are only
+/// clutter.
+pub fn remove_stale_temps(path: &Path) -> usize {
+    let Ok((dir, name)) = dir_and_name(path) else {
+        return 0;
+    };
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    let me = std::process::id();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me || writer_alive(pid, &entry.path()) {
+            continue;
+        }
+        if std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+fn writer_alive(pid: u32, temp: &Path) -> bool {
+    let proc = Path::new("/proc");
+    if proc.join("self").exists() {
+        return proc.join(pid.to_string()).exists();
+    }
+    let age = std::fs::metadata(temp)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    age.is_none_or(|a| a < STALE_TEMP_AGE)
+}
+
+/// The right to write one file, held from [`lock_for_writing`] until dropped (or the
+/// process ends, however it ends: the operating system releases the lock).
+#[derive(Debug)]
+pub struct WriteLock {
+    _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl WriteLock {
+    /// The lock file, `.NAME.lock` beside the locked file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Claims `path` for this process, so that two runs saving to the same checkpoint do not
+/// overwrite each other's epochs: a second claim, by another process, is refused with an
+/// error naming the file. The lock file `.NAME.lock` stays beside `path` afterwards;
+/// removing it while a run holds it would let a second writer in, so it is never removed.
+pub fn lock_for_writing(path: &Path) -> Result<WriteLock> {
+    let (dir, name) = dir_and_name(path)?;
+    let lock = dir.join(format!(".{name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .with_context(|| {
+            format!(
+                "cannot create the lock file '{}' for '{}'",
+                lock.display(),
+                path.display()
+            )
+        })?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "'{}' is being written by another steadygrad process (it holds '{}'); wait for it \
+             to finish or save to another path",
+            path.display(),
+            lock.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking '{}'", lock.display()))
+        }
+    }
+    Ok(WriteLock {
+        _file: file,
+        path: lock,
+    })
+}
+
+/// Checks, before a long run, that `path` can be written at the end of it: its directory
+/// exists and accepts new files, and `path` is not a directory.
+pub fn check_writable(path: &Path, what: &str) -> Result<()> {
+    let (dir, name) = dir_and_name(path)?;
+    ensure!(
+        !path.is_dir(),
+        "{what} '{}' is a directory; give a file path",
+        path.display()
+    );
+    ensure!(
+        dir.is_dir(),
+        "{what} '{}': the directory '{}' does not exist",
+        path.display(),
+        dir.display()
+    );
+    let probe = dir.join(format!(".{name}.probe-{}", std::process::id()));
+    std::fs::File::create(&probe).with_context(|| {
+        format!(
+            "{what} '{}': cannot create files in '{}'",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Checks that `dir` can hold output files: it is a writable directory, or it does not
+/// exist yet and its nearest existing ancestor is one.
+pub fn check_writable_dir(dir: &Path, what: &str) -> Result<()> {
+    let mut existing = dir;
+    while !existing.as_os_str().is_empty() && !existing.exists() {
+        existing = existing.parent().unwrap_or(Path::new(""));
+    }
+    let existing = if existing.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        existing
+    };
+    ensure!(
+        existing.is_dir(),
+        "{what} '{}': '{}' is not a directory",
+        dir.display(),
+        existing.display()
+    );
+    let probe = existing.join(format!(".steadygrad-probe-{}", std::process::id()));
+    std::fs::File::create(&probe).with_context(|| {
+        format!(
+            "{what} '{}': cannot create files in '{}'",
+            dir.display(),
+            existing.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// Saves `tensors` as f32 safetensors with `metadata` in the header, atomically.

@@ -21,7 +21,7 @@
 //!     .optimizer(Optimizer::sgd(0.05)).seed(42);
 //! let mut model = Model::with_backend(spec, &BackendChoice::Auto)?;
 //! println!("running on {}", model.device());
-//! let opts = FitOptions { epochs: 30, batch_size: 32, shuffle_seed: 3 };
+//! let opts = FitOptions { epochs: 30, batch_size: 32, shuffle_seed: 3, drop_last: false };
 //! model.fit(&train, Some(&valid), &opts, |r| println!("{r:?}"))?;
 //! # Ok(()) }
 //! ```

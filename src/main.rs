@@ -1,7 +1,8 @@
 //! The `steadygrad` command line: a thin layer over the library.
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::FromArgMatches;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use steadygrad::check::{cross_check, Tolerance};
@@ -47,14 +48,121 @@ fn model_from_checkpoint(
     Ok((m, ckpt))
 }
 
+/// A data file for eval or predict must have the features the model was trained on.
+fn check_width(d: &data::Dataset, m: &Model, args: &cli::args::DataArgs) -> Result<()> {
+    let file = args
+        .data
+        .as_ref()
+        .map_or(String::new(), |p| p.display().to_string());
+    anyhow::ensure!(
+        d.input_dim == m.spec().input,
+        "{file}: rows have {} features, but the model takes {}",
+        d.input_dim,
+        m.spec().input
+    );
+    Ok(())
+}
+
+/// What `run` needs from the parsed command line beyond [`Cli`].
+struct Extra {
+    /// `train --plots` and `--log`, private to the health flags, checked before training.
+    plots: Option<PathBuf>,
+    log: Option<PathBuf>,
+    /// Model flags given on the command line that `--resume` or `--config` overrides.
+    ignored: Vec<String>,
+}
+
+/// With `--resume` or `--config` the model, optimizer and training flags come from the
+/// checkpoint or the file; any such flag typed anyway is named, since silently training
+/// with another learning rate than the one asked for is worse than a warning.
+fn ignored_model_flags(m: &clap::ArgMatches) -> Vec<String> {
+    let source = |id: &str| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    let from_file = source("resume") || source("config");
+    if !from_file {
+        return Vec::new();
+    }
+    let model = <cli::args::ModelArgs as clap::Args>::augment_args(clap::Command::new("model"));
+    let mut ids: Vec<String> = model
+        .get_arguments()
+        .map(|a| a.get_id().as_str().to_string())
+        .collect();
+    if source("resume") {
+        ids.push("freeze".to_string());
+    }
+    ids.into_iter()
+        .filter(|id| source(id))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect()
+}
+
+/// The memory a model's parameters, gradients and optimizer state take, in bytes, is
+/// checked against the memory available, so an oversized `--width` is an error rather than
+/// an allocation failure that aborts the process.
+fn check_model_size(spec: &MlpSpec) -> Result<()> {
+    let sizes: Vec<usize> = std::iter::once(spec.input)
+        .chain(spec.hidden.iter().copied())
+        .chain(std::iter::once(spec.output))
+        .collect();
+    let params = sizes.windows(2).try_fold(0usize, |acc, w| {
+        w[0].checked_mul(w[1])?.checked_add(w[1])?.checked_add(acc)
+    });
+    // Parameters, gradients and up to two optimizer states, f32 each.
+    let bytes = params.and_then(|p| p.checked_mul(16));
+    let available = available_memory();
+    let fits = match (bytes, available) {
+        (Some(b), Some(a)) => b as u64 <= a,
+        (Some(b), None) => (b as u64) < 1 << 40,
+        (None, _) => false,
+    };
+    let (Some(params), Some(bytes)) = (params, bytes) else {
+        anyhow::bail!(
+            "the model is too large: its parameter count overflows a {}-bit number; reduce \
+             --width or --depth",
+            usize::BITS
+        );
+    };
+    anyhow::ensure!(
+        fits,
+        "the model is too large: {params} parameters need about {:.1} GB of memory for \
+         weights, gradients and optimizer state{}; make the hidden layers fewer or narrower \
+         (--depth, --width, or `hidden` in --config)",
+        bytes as f64 / 1e9,
+        available.map_or(String::new(), |a| format!(
+            ", but {:.1} GB is available",
+            a as f64 / 1e9
+        ))
+    );
+    Ok(())
+}
+
+/// `MemAvailable` of `/proc/meminfo`, where there is one.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 fn main() {
-    if let Err(e) = run(Cli::parse()) {
+    let matches = cli::args::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The plots directory is private to the health flags; it is read here so that a
+    // directory that cannot be written fails before training rather than after it.
+    let train = matches.subcommand_matches("train");
+    let path_of =
+        |id: &str| train.and_then(|m| m.try_get_one::<PathBuf>(id).ok().flatten().cloned());
+    let extra = Extra {
+        plots: path_of("plots"),
+        log: path_of("log"),
+        ignored: train.map(ignored_model_flags).unwrap_or_default(),
+    };
+    if let Err(e) = run(cli, extra) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, extra: Extra) -> Result<()> {
     let choice = BackendChoice::parse(&cli.backend, cli.adapter.as_deref())?;
     match cli.command {
         Command::Devices => {
@@ -86,6 +194,7 @@ fn run(cli: Cli) -> Result<()> {
             freeze,
             unfreeze_at_epoch,
             cache_frozen,
+            drop_last,
             run,
         } => {
             if print_config {
@@ -95,8 +204,57 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 return Ok(());
             }
+            // Flags are checked before any data is read or any epoch runs, so a mistake
+            // costs nothing.
+            anyhow::ensure!(epochs != Some(0), "--epochs must be at least 1");
+            anyhow::ensure!(batch != Some(0), "--batch must be at least 1");
+            anyhow::ensure!(
+                unfreeze_at_epoch != Some(0),
+                "--unfreeze-at-epoch counts epochs from 1; 0 would never freeze (omit --freeze \
+                 instead)"
+            );
+            // Held until the process ends, so a second run saving to the same file is
+            // refused before it trains.
+            let _lock = match &save {
+                Some(path) => {
+                    checkpoint::check_writable(path, "--save")?;
+                    Some(checkpoint::lock_for_writing(path)?)
+                }
+                None => None,
+            };
+            if let Some(dir) = &extra.plots {
+                checkpoint::check_writable_dir(dir, "--plots")?;
+            }
+            if let Some(path) = &extra.log {
+                checkpoint::check_writable(path, "--log")?;
+            }
+            if !extra.ignored.is_empty() {
+                eprintln!(
+                    "warning: {} ignored: the model and its training settings come from {}",
+                    extra.ignored.join(", "),
+                    if resume.is_some() {
+                        "the checkpoint (--resume)"
+                    } else {
+                        "--config"
+                    }
+                );
+            }
             let file_config = config.as_deref().map(Config::load).transpose()?;
-            let seed = file_config.as_ref().map_or(model.seed, |c| c.training.seed);
+            let resumed = resume
+                .as_deref()
+                .map(|p| model_from_checkpoint(p, &choice))
+                .transpose()?;
+            // A resumed run splits and shuffles the data with the seed it started with, so
+            // its validation rows stay out of training.
+            let seed = match (&resumed, &file_config) {
+                (Some((_, ckpt)), _) => ckpt
+                    .state
+                    .config
+                    .as_ref()
+                    .map_or(model.seed, |c| c.training.seed),
+                (None, Some(c)) => c.training.seed,
+                (None, None) => model.seed,
+            };
             let (train, valid, standardizer) =
                 data_args.train_valid(seed, points, spiral_classes)?;
             let (input, output) = (train.input_dim, train.classes.unwrap_or(train.target_dim));
@@ -105,34 +263,35 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 Loss::MeanSquaredError
             };
-            let (mut m, epochs, batch, run_config) = if let Some(path) = &resume {
-                let (m, ckpt) = model_from_checkpoint(path, &choice)?;
-                let (e, b) = ckpt
-                    .state
-                    .config
-                    .as_ref()
-                    .map_or((20, 32), |c| (c.training.epochs, c.training.batch_size));
-                let (e, b) = (epochs.unwrap_or(e), batch.unwrap_or(b));
-                println!("resuming '{}' after epoch {}", path.display(), m.epoch());
-                let cfg = ckpt.state.config.clone();
-                (m, e, b, cfg)
-            } else {
-                let (mut spec, e, b) = match &file_config {
-                    Some(c) => (
-                        c.to_spec()?,
-                        epochs.unwrap_or(c.training.epochs),
-                        batch.unwrap_or(c.training.batch_size),
-                    ),
-                    None => {
-                        let e = epochs.unwrap_or(20);
-                        let spec = spec_from(&model, input, output, e)?.loss(loss);
-                        (spec, e, batch.unwrap_or(32))
-                    }
+            let (mut m, epochs, batch, run_config) =
+                if let (Some(path), Some((m, ckpt))) = (&resume, resumed) {
+                    let (e, b) = ckpt
+                        .state
+                        .config
+                        .as_ref()
+                        .map_or((20, 32), |c| (c.training.epochs, c.training.batch_size));
+                    let (e, b) = (epochs.unwrap_or(e), batch.unwrap_or(b));
+                    println!("resuming '{}' after epoch {}", path.display(), m.epoch());
+                    let cfg = ckpt.state.config.clone();
+                    (m, e, b, cfg)
+                } else {
+                    let (mut spec, e, b) = match &file_config {
+                        Some(c) => (
+                            c.to_spec()?,
+                            epochs.unwrap_or(c.training.epochs),
+                            batch.unwrap_or(c.training.batch_size),
+                        ),
+                        None => {
+                            let e = epochs.unwrap_or(20);
+                            let spec = spec_from(&model, input, output, e)?.loss(loss);
+                            (spec, e, batch.unwrap_or(32))
+                        }
+                    };
+                    spec.frozen_layers = freeze.unwrap_or(0);
+                    check_model_size(&spec)?;
+                    let cfg = Config::from_spec(&spec, e, b);
+                    (Model::with_backend(spec, &choice)?, e, b, Some(cfg))
                 };
-                spec.frozen_layers = freeze.unwrap_or(0);
-                let cfg = Config::from_spec(&spec, e, b);
-                (Model::with_backend(spec, &choice)?, e, b, Some(cfg))
-            };
             let spec = m.spec().clone();
             anyhow::ensure!(
                 spec.input == input && spec.output == output && spec.loss == loss,
@@ -142,6 +301,13 @@ fn run(cli: Cli) -> Result<()> {
                 spec.loss.name(),
                 if loss == Loss::SoftmaxCrossEntropy { "classes" } else { "targets" }
             );
+            if let Some(e) = unfreeze_at_epoch {
+                anyhow::ensure!(
+                    e <= epochs,
+                    "--unfreeze-at-epoch {e} is after the last epoch ({epochs}), so the layers \
+                     would never be unfrozen"
+                );
+            }
             if let Some(path) = &init_from {
                 let pre = checkpoint::load_checkpoint(path)?;
                 let keep = keep_layers.unwrap_or(pre.model.hidden.len());
@@ -166,6 +332,19 @@ fn run(cli: Cli) -> Result<()> {
                     String::new()
                 }
             );
+            let from = match (&resume, &config) {
+                (Some(p), _) => format!(" (from the checkpoint '{}')", p.display()),
+                (None, Some(p)) => format!(" (from '{}')", p.display()),
+                (None, None) => String::new(),
+            };
+            anyhow::ensure!(
+                epochs >= 1,
+                "the number of epochs must be at least 1, got {epochs}{from}"
+            );
+            anyhow::ensure!(
+                batch >= 1,
+                "the batch size must be at least 1, got {batch}{from}"
+            );
             let remaining = epochs.saturating_sub(m.epoch());
             anyhow::ensure!(
                 remaining > 0,
@@ -176,6 +355,7 @@ fn run(cli: Cli) -> Result<()> {
                 epochs: remaining,
                 batch_size: batch,
                 shuffle_seed: seed,
+                drop_last,
             };
             let state = checkpoint::TrainingState {
                 config: run_config,
@@ -220,6 +400,7 @@ fn run(cli: Cli) -> Result<()> {
             let (mut m, ckpt) = model_from_checkpoint(&path, &choice)?;
             let classes = (m.spec().loss == Loss::SoftmaxCrossEntropy).then_some(m.spec().output);
             let d = data_args.load_one(classes, ckpt.state.standardizer.as_ref())?;
+            check_width(&d, &m, &data_args)?;
             let metrics = m.evaluate(&d, batch)?;
             match metrics.accuracy {
                 Some(a) => println!(
@@ -242,10 +423,12 @@ fn run(cli: Cli) -> Result<()> {
             data: data_args,
             out,
         } => {
+            checkpoint::check_writable(&out, "--out")?;
             let (mut m, ckpt) = model_from_checkpoint(&path, &choice)?;
             let classify = m.spec().loss == Loss::SoftmaxCrossEntropy;
             let classes = classify.then_some(m.spec().output);
             let d = data_args.load_one(classes, ckpt.state.standardizer.as_ref())?;
+            check_width(&d, &m, &data_args)?;
             let width = m.spec().output;
             let mut csv = String::new();
             let names: Vec<String> = (0..width).map(|j| format!("output_{j}")).collect();

@@ -148,6 +148,7 @@ fn divergence_is_reported() {
             epochs: 5,
             batch_size: 8,
             shuffle_seed: 0,
+            drop_last: false,
         };
         let e = err_of(m.fit(&all, None, &opts, |_| {}));
         assert!(e.contains("training diverged"), "{e}");

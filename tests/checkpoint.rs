@@ -175,6 +175,7 @@ fn resume_continues_exactly() {
         epochs,
         batch_size: 16,
         shuffle_seed: 7,
+        drop_last: false,
     };
     let new_model = || Model::new(spec.clone(), Box::new(GpuEngine::new(common::gpu()))).unwrap();
     let mut straight = new_model();

@@ -180,3 +180,156 @@ fn bad_input_is_a_clear_error() {
         assert!(!out.contains("panicked"), "{args:?} panicked: {out}");
     }
 }
+
+/// Parses the validation loss of every epoch line.
+fn val_losses(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| l.split("val loss ").nth(1))
+        .map(|r| r.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn validation_file_columns_are_matched_by_name() {
+    let tmp = TempDir::new("cli-valid");
+    let d = tmp.path();
+    write_csv(&d.join("s.csv"));
+    let text = std::fs::read_to_string(d.join("s.csv")).unwrap();
+    let rows: Vec<&str> = text.lines().skip(1).take(40).collect();
+    let mut same = String::from("a,b,label\n");
+    let mut moved = String::from("label,b,a\n");
+    for r in &rows {
+        let c: Vec<&str> = r.split(',').collect();
+        same += &format!("{},{},{}\n", c[0], c[1], c[2]);
+        moved += &format!("{},{},{}\n", c[2], c[1], c[0]);
+    }
+    std::fs::write(d.join("same.csv"), same).unwrap();
+    std::fs::write(d.join("moved.csv"), moved).unwrap();
+    let train = |valid: &str| {
+        let (ok, out) = run(
+            &[
+                "--backend",
+                "cpu",
+                "train",
+                "--data",
+                "s.csv",
+                "--valid-data",
+                valid,
+                "--depth",
+                "2",
+                "--width",
+                "8",
+                "--epochs",
+                "2",
+            ],
+            d,
+        );
+        assert!(ok, "{out}");
+        val_losses(&out)
+    };
+    let want = train("same.csv");
+    assert_eq!(want.len(), 2);
+    assert_eq!(train("moved.csv"), want);
+}
+
+#[test]
+fn drop_last_and_batch_norm_last_row() {
+    let tmp = TempDir::new("cli-droplast");
+    let d = tmp.path();
+    // 180 rows: with --batch 179 the last batch of each epoch has one row.
+    write_csv(&d.join("s.csv"));
+    let args = |batch: &'static str, extra: &[&'static str]| -> Vec<&'static str> {
+        let mut v = vec![
+            "--backend",
+            "cpu",
+            "train",
+            "--data",
+            "s.csv",
+            "--valid-data",
+            "s.csv",
+            "--depth",
+            "2",
+            "--width",
+            "8",
+            "--epochs",
+            "1",
+            "--batch",
+            batch,
+            "--batch-norm",
+            "before",
+        ];
+        v.extend_from_slice(extra);
+        v
+    };
+    let (ok, out) = run(&args("179", &[]), d);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: the last batch of each epoch has 1 row"),
+        "{out}"
+    );
+    let (ok, out) = run(&args("179", &["--drop-last"]), d);
+    assert!(ok, "{out}");
+    assert!(!out.contains("warning"), "{out}");
+    let (ok, out) = run(&args("500", &["--drop-last"]), d);
+    assert!(!ok && out.contains("--drop-last"), "{out}");
+}
+
+/// The last epoch line, without its speed.
+fn last_epoch(out: &str) -> String {
+    let line = out.lines().rfind(|l| l.starts_with("epoch")).unwrap_or("");
+    line.rsplit_once("  ")
+        .map_or(line, |(a, _)| a)
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn resume_keeps_the_seed_and_names_ignored_flags() {
+    let tmp = TempDir::new("cli-resume-seed");
+    let d = tmp.path();
+    write_csv(&d.join("s.csv"));
+    let base = [
+        "--backend",
+        "cpu",
+        "train",
+        "--data",
+        "s.csv",
+        "--depth",
+        "2",
+        "--width",
+        "8",
+        "--seed",
+        "7",
+    ];
+    let (ok, whole) = run(&[&base[..], &["--epochs", "2"]].concat(), d);
+    assert!(ok, "{whole}");
+    let (ok, out) = run(
+        &[&base[..], &["--epochs", "1", "--save", "m.safetensors"]].concat(),
+        d,
+    );
+    assert!(ok, "{out}");
+    // Resumed without --seed: the split and the shuffle still use seed 7, so the second
+    // epoch matches the uninterrupted run's.
+    let (ok, resumed) = run(
+        &[
+            "--backend",
+            "cpu",
+            "train",
+            "--data",
+            "s.csv",
+            "--resume",
+            "m.safetensors",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.5",
+        ],
+        d,
+    );
+    assert!(ok, "{resumed}");
+    assert_eq!(last_epoch(&resumed), last_epoch(&whole));
+    assert!(
+        resumed.contains("warning: --lr ignored"),
+        "no warning for the ignored flag: {resumed}"
+    );
+}

@@ -11,7 +11,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use steadygrad::cpu::CpuEngine;
 use steadygrad::data::{
-    load, split, Column, Dataset, Format, Header, LoadOptions, Standardizer, Task,
+    load, load_with_columns, split, Column, Dataset, Format, Header, LoadOptions, Standardizer,
+    Task,
 };
 use steadygrad::{FitOptions, MlpSpec, Model, Optimizer};
 
@@ -146,7 +147,124 @@ fn csv_without_header_label_last_or_first() {
     };
     let p = dir.write("numeric_header.csv", b"10,20,30\n1,2,1\n3,4,0\n");
     assert_eq!(load(&p, &opts).unwrap().rows, 2);
-    assert_eq!(load(&p, &LoadOptions::default()).unwrap().rows, 3);
+    // Read as data, its 30 would silently make a 31-class model of a 2-class file.
+    assert_err(
+        load(&p, &LoadOptions::default()),
+        &p,
+        &["line 1", "label 30", "31 classes", "--classes 31"],
+    );
+    let opts = LoadOptions {
+        task: Task::Classification { classes: Some(31) },
+        ..LoadOptions::default()
+    };
+    assert_eq!(load(&p, &opts).unwrap().rows, 3);
+}
+
+#[test]
+fn csv_stray_label_far_beyond_the_others() {
+    let dir = TempDir::new("csvgap");
+    let p = dir.write("stray.csv", b"x,label\n0.1,0\n0.2,1\n0.3,100000\n0.4,1\n");
+    assert_err(
+        load(&p, &LoadOptions::default()),
+        &p,
+        &[
+            "line 4",
+            "label 100000",
+            "100001 classes",
+            "3 distinct",
+            "--classes",
+        ],
+    );
+    // Saying the class count is how a sparse label set is accepted.
+    let d = load(&p, &classification(Some(100_001))).unwrap();
+    assert_eq!(d.classes, Some(100_001));
+    // Dense labels are taken at face value however many there are, and so is any label
+    // set below the floor.
+    let dense: String = (0..30).map(|l| format!("{l}.5,{l}\n")).collect();
+    let p = dir.write("dense.csv", format!("x,label\n{dense}").as_bytes());
+    assert_eq!(load(&p, &LoadOptions::default()).unwrap().classes, Some(30));
+    let p = dir.write("small.csv", b"x,label\n0.1,0\n0.2,19\n");
+    assert_eq!(load(&p, &LoadOptions::default()).unwrap().classes, Some(20));
+}
+
+#[test]
+fn csv_numeric_header_is_detected() {
+    let dir = TempDir::new("csvnum");
+    // pandas' header for numbered columns, read as data, would be a row of labels 5.
+    for header in ["1,2,3,4,5", "0,1,2,3,4"] {
+        let p = dir.write(
+            "numbered.csv",
+            format!("{header}\n0.1,0.2,0.3,0.4,1\n0.5,0.1,0.3,0.2,0\n").as_bytes(),
+        );
+        assert_err(
+            load(&p, &LoadOptions::default()),
+            &p,
+            &[
+                "line 1",
+                "header of column numbers",
+                "--header yes",
+                "--header no",
+            ],
+        );
+        let opts = LoadOptions {
+            header: Header::Present,
+            ..LoadOptions::default()
+        };
+        let d = load(&p, &opts).unwrap();
+        assert_eq!((d.rows, d.input_dim, d.classes), (2, 4, Some(2)));
+        let opts = LoadOptions {
+            header: Header::Absent,
+            ..classification(Some(6))
+        };
+        assert_eq!(load(&p, &opts).unwrap().rows, 3);
+    }
+    // All numbers and a label column by name: the name cannot be found, and we say why.
+    let p = dir.write("nohead.csv", b"0.5,0.25,1\n0.1,0.2,0\n");
+    let opts = LoadOptions {
+        label_columns: vec![Column::Name("label".into())],
+        ..LoadOptions::default()
+    };
+    assert_err(
+        load(&p, &opts),
+        &p,
+        &["'label'", "line 1", "all numbers", "--header yes"],
+    );
+}
+
+#[test]
+fn csv_validation_columns_matched_by_name() {
+    let dir = TempDir::new("csvorder");
+    let train = dir.write("train.csv", b"a,b,label\n1,2,0\n3,4,1\n5,6,2\n");
+    let (t, cols) = load_with_columns(&train, &LoadOptions::default(), None).unwrap();
+    let cols = cols.expect("the file has a header");
+    assert_eq!(cols, ["a", "b", "label"]);
+    let same = dir.write("same.csv", b"a,b,label\n7,8,1\n9,10,2\n");
+    let moved = dir.write("moved.csv", b"label,b,a\n1,8,7\n2,10,9\n");
+    let opts = classification(t.classes);
+    let (want, _) = load_with_columns(&same, &opts, Some(&cols)).unwrap();
+    let (got, got_cols) = load_with_columns(&moved, &opts, Some(&cols)).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(got.features, [7., 8., 9., 10.]);
+    assert_eq!(got_cols.unwrap(), cols);
+    // Other columns, more columns, or a repeated name are refused naming the file.
+    for (name, body, fragments) in [
+        (
+            "other.csv",
+            "a,c,label\n1,2,0\n",
+            &["lacks b", "c besides"][..],
+        ),
+        ("wider.csv", "a,b,c,label\n1,2,3,0\n", &["c besides"][..]),
+        ("twice.csv", "a,a,label\n1,2,0\n", &["lacks b"][..]),
+        ("twice2.csv", "b,a,a,label\n1,2,3,0\n", &["a, a"][..]),
+    ] {
+        let p = dir.write(name, body.as_bytes());
+        let e = err_of(load_with_columns(&p, &opts, Some(&cols)));
+        assert!(e.contains(name), "{e}");
+        assert!(e.contains("a, b, label"), "training columns not named: {e}");
+        for f in fragments {
+            assert!(e.contains(f), "lacks '{f}': {e}");
+        }
+    }
 }
 
 #[test]
@@ -1008,6 +1126,7 @@ fn csv_to_trained_model() {
         epochs: 60,
         batch_size: 8,
         shuffle_seed: 1,
+        drop_last: false,
     };
     let last = m
         .fit(&train, Some(&valid), &opts, |_| {})

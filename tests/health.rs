@@ -45,6 +45,7 @@ fn fit(m: &mut Model, d: &data::Dataset, epochs: usize, batch_size: usize) -> an
         epochs,
         batch_size,
         shuffle_seed: 5,
+        drop_last: false,
     };
     m.fit(d, None, &opts, |_| {}).map(|_| ())
 }
@@ -601,6 +602,7 @@ fn nonfinite_stop_leaves_the_last_checkpoint_intact() {
             epochs: 3,
             batch_size: 8,
             shuffle_seed: 1,
+            drop_last: false,
         };
         let mut hooks = 0;
         let e = m

@@ -529,6 +529,7 @@ fn fit_advances_the_schedule_epoch() {
         epochs: 3,
         batch_size: 8,
         shuffle_seed: 0,
+        drop_last: false,
     };
     model.fit(&data, None, &opts, |_| {}).unwrap();
     assert_eq!(model.epoch(), 3);

@@ -21,6 +21,7 @@ fn train_spirals(engine: Box<dyn Engine>) -> f32 {
         epochs: 25,
         batch_size: 32,
         shuffle_seed: 1,
+        drop_last: false,
     };
     let reports = model.fit(&train, Some(&valid), &opts, |_| {}).unwrap();
     let first = reports.first().unwrap().train.loss;
@@ -56,6 +57,7 @@ fn linear_model_cannot_solve_spirals() {
         epochs: 20,
         batch_size: 32,
         shuffle_seed: 1,
+        drop_last: false,
     };
     let acc = model
         .fit(&all, None, &opts, |_| {})
@@ -84,6 +86,7 @@ fn partial_batches_and_multi_epoch_agreement() {
         epochs: 3,
         batch_size: 16,
         shuffle_seed: 4,
+        drop_last: false,
     };
     let mut g = Model::new(spec.clone(), Box::new(GpuEngine::new(common::gpu()))).unwrap();
     let mut c = Model::new(spec, Box::new(CpuEngine::new())).unwrap();
@@ -137,6 +140,7 @@ fn dataset_larger_than_a_storage_binding_trains() {
         epochs: 1,
         batch_size: 4096,
         shuffle_seed: 1,
+        drop_last: false,
     };
     let r = m.fit(&data, None, &opts, |_| {}).unwrap();
     assert_eq!(r[0].train.rows, rows);

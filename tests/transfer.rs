@@ -25,6 +25,7 @@ fn opts() -> FitOptions {
         epochs: 2,
         batch_size: 16,
         shuffle_seed: 3,
+        drop_last: false,
     }
 }
 

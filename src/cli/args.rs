@@ -192,6 +192,11 @@ pub struct DataArgs {
 
 impl DataArgs {
     pub fn load_options(&self, classes: Option<usize>) -> Result<data::LoadOptions> {
+        anyhow::ensure!(
+            self.task != "regression" || self.classes.is_none(),
+            "--classes applies to classification; regression (--task regression) has targets, \
+             not classes"
+        );
         Ok(data::LoadOptions {
             labels: self.labels.clone(),
             task: if self.task == "regression" {
@@ -224,15 +229,35 @@ impl DataArgs {
         spiral_classes: usize,
     ) -> Result<(Dataset, Dataset, Option<data::Standardizer>)> {
         let Some(path) = &self.data else {
-            anyhow::ensure!(points >= 5, "--points must be at least 5");
-            let all = data::synthetic::spirals(points, spiral_classes, 0.05, seed);
+            anyhow::ensure!(points >= 5, "--points must be at least 5, got {points}");
+            anyhow::ensure!(
+                spiral_classes >= 2,
+                "--spiral-classes must be at least 2, got {spiral_classes}"
+            );
+            let all = data::synthetic::try_spirals(points, spiral_classes, 0.05, seed)
+                .context("--points/--spiral-classes")?;
             let split = all.rows * 4 / 5;
             return Ok((all.slice(0, split), all.slice(split, all.rows), None));
         };
-        let all = data::load(path, &self.load_options(None)?)?;
+        let (all, columns) = data::load_with_columns(path, &self.load_options(None)?, None)?;
         let (mut train, mut valid) = match &self.valid_data {
             Some(v) => {
-                let valid = data::load(v, &self.load_options(all.classes)?)?;
+                let (valid, _) = data::load_with_columns(
+                    v,
+                    &self.load_options(all.classes)?,
+                    columns.as_deref(),
+                )?;
+                anyhow::ensure!(
+                    valid.input_dim == all.input_dim && valid.target_dim == all.target_dim,
+                    "{}: rows have {} feature and {} label column(s), but the training file {} \
+                     has {} and {}",
+                    v.display(),
+                    valid.input_dim,
+                    valid.target_dim,
+                    path.display(),
+                    all.input_dim,
+                    all.target_dim
+                );
                 (all, valid)
             }
             None => data::split(&all, self.valid_fraction, seed)?,
@@ -262,6 +287,15 @@ impl DataArgs {
     ) -> Result<Dataset> {
         let path = self.data.as_ref().context("--data is required")?;
         let mut d = data::load(path, &self.load_options(classes)?)?;
+        if let Some(s) = standardizer {
+            anyhow::ensure!(
+                s.mean.len() == d.input_dim,
+                "{}: rows have {} features, but the model was trained on {}",
+                path.display(),
+                d.input_dim,
+                s.mean.len()
+            );
+        }
         if let Some(s) = standardizer {
             s.apply(&mut d)?;
         }
@@ -321,6 +355,10 @@ pub enum Command {
         /// Compute the frozen layers' outputs once and train the layers above from them.
         #[arg(long, requires = "freeze")]
         cache_frozen: bool,
+        /// Drop the last batch of each epoch when it is smaller than --batch (PyTorch's
+        /// DataLoader drop_last).
+        #[arg(long)]
+        drop_last: bool,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -369,6 +407,24 @@ pub enum Command {
         #[arg(long, default_value_t = Tolerance::default().atol)]
         atol: f32,
     },
+}
+
+/// The command line, with negative numbers read as values in every subcommand, so that
+/// `--lr -1` reaches the range checks and gets a message about the learning rate rather
+/// than clap's "unexpected argument '-1'".
+pub fn command() -> clap::Command {
+    fn negatives(cmd: clap::Command) -> clap::Command {
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        names
+            .iter()
+            .fold(cmd.allow_negative_numbers(true), |cmd, name| {
+                cmd.mut_subcommand(name, negatives)
+            })
+    }
+    negatives(<Cli as clap::CommandFactory>::command())
 }
 
 /// `t_max` is the cosine schedule's default half period.

@@ -296,6 +296,7 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
         epochs: args.epochs,
         batch_size: args.batch,
         shuffle_seed: args.model.seed,
+        drop_last: false,
     };
     let quiet = args.json;
     if !quiet {

@@ -6,7 +6,15 @@ use super::Dataset;
 use anyhow::{bail, ensure, Context, Result};
 use std::path::Path;
 
-pub(crate) fn parse(bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<Dataset> {
+/// Parses a CSV file; with `order` (the training file's column names) a file whose header
+/// names the same columns in another order is reordered to it. Returns the header's column
+/// names (after reordering) when there is a header line.
+pub(crate) fn parse(
+    bytes: &[u8],
+    path: &Path,
+    opts: &LoadOptions,
+    order: Option<&[String]>,
+) -> Result<(Dataset, Option<Vec<String>>)> {
     let tsv = path
         .to_str()
         .is_some_and(|p| p.ends_with(".tsv") || p.ends_with(".tsv.gz"));
@@ -24,18 +32,52 @@ pub(crate) fn parse(bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<Dat
         Some(r) => r.context("malformed CSV")?,
     };
     let first_line = line_of(&first);
+    let all_numeric = first.iter().all(|c| number(c).is_some());
+    if all_numeric && opts.header == Header::Auto {
+        // Under auto such a line is data, so a column asked for by name cannot be found:
+        // the user took the line for a header.
+        if let Some(n) = opts.label_columns.iter().find_map(|c| match c {
+            super::load::Column::Name(n) => Some(n),
+            _ => None,
+        }) {
+            bail!(
+                "label column '{n}' is given by name, but line {first_line} ({}) is all \
+                 numbers, so it is read as data and the file has no header line of column \
+                 names; pass --header yes if it is a header, or give the column by index",
+                preview(&first)
+            );
+        }
+    }
     let has_header = match opts.header {
-        Header::Auto => first.iter().any(|c| number(c).is_none()),
+        Header::Auto => {
+            if all_numeric && looks_like_column_numbers(&first) {
+                bail!(
+                    "line {first_line} ({}) looks like a header of column numbers, but every \
+                     cell is a number, so it may be data too; say which with --header yes or \
+                     --header no",
+                    preview(&first)
+                );
+            }
+            !all_numeric
+        }
         Header::Present => true,
         Header::Absent => false,
     };
     let count = first.len();
-    let names: Option<Vec<String>> = has_header.then(|| {
+    let mut names: Option<Vec<String>> = has_header.then(|| {
         first
             .iter()
             .map(|c| String::from_utf8_lossy(c).into_owned())
             .collect()
     });
+    // Cell `c` of a reordered row is cell `perm[c]` of the file's row.
+    let mut perm: Option<Vec<usize>> = None;
+    if let (Some(n), Some(want)) = (&names, order) {
+        if n.as_slice() != want {
+            perm = Some(reorder(n, want)?);
+            names = Some(want.to_vec());
+        }
+    }
     let label = resolve_columns(&opts.label_columns, names.as_deref(), count)?;
     let mut is_label = vec![false; count];
     for &c in &label {
@@ -57,6 +99,14 @@ pub(crate) fn parse(bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<Dat
             "line {line} has {} columns, expected {count} as on line {first_line}",
             rec.len()
         );
+        let permuted;
+        let rec = match &perm {
+            Some(p) => {
+                permuted = p.iter().map(|&i| &rec[i]).collect::<::csv::ByteRecord>();
+                &permuted
+            }
+            None => rec,
+        };
         for (c, cell) in rec.iter().enumerate() {
             let at = || format!("line {line}, {}", column(c));
             let Some(v) = number(cell) else {
@@ -88,9 +138,75 @@ pub(crate) fn parse(bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<Dat
         "the file has a header line but no data rows"
     );
     let tdim = label.len();
-    build(features, count - tdim, targets, tdim, &opts.task, &|i| {
+    let data = build(features, count - tdim, targets, tdim, &opts.task, &|i| {
         format!("line {}, {}", lines[i / tdim], column(label[i % tdim]))
-    })
+    })?;
+    Ok((data, names))
+}
+
+/// For each wanted column, its index among `have`; an error naming the differences when
+/// the two are not the same set of columns.
+fn reorder(have: &[String], want: &[String]) -> Result<Vec<usize>> {
+    let missing: Vec<&str> = want
+        .iter()
+        .filter(|w| !have.contains(w))
+        .map(String::as_str)
+        .collect();
+    let extra: Vec<&str> = have
+        .iter()
+        .filter(|h| !want.contains(h))
+        .map(String::as_str)
+        .collect();
+    let mut differences = Vec::new();
+    if !missing.is_empty() {
+        differences.push(format!("it lacks {}", missing.join(", ")));
+    }
+    if !extra.is_empty() {
+        differences.push(format!("it has {} besides", extra.join(", ")));
+    }
+    ensure!(
+        differences.is_empty() && have.len() == want.len(),
+        "its columns ({}) do not match the training file's ({}){}",
+        have.join(", "),
+        want.join(", "),
+        if differences.is_empty() {
+            " (a column name repeats)".to_string()
+        } else {
+            format!(": {}", differences.join("; "))
+        }
+    );
+    let mut seen = std::collections::HashSet::new();
+    ensure!(
+        have.iter().all(|h| seen.insert(h)),
+        "its header names a column twice ({}), so its columns cannot be matched to the \
+         training file's by name",
+        have.join(", ")
+    );
+    Ok(want
+        .iter()
+        .map(|w| have.iter().position(|h| h == w).expect("checked above"))
+        .collect())
+}
+
+/// `0,1,2,…` or `1,2,3,…` (three or more cells): what pandas writes as the header of a
+/// frame whose columns are numbered.
+fn looks_like_column_numbers(first: &::csv::ByteRecord) -> bool {
+    let values: Vec<f64> = first.iter().filter_map(number).collect();
+    values.len() >= 3
+        && values.len() == first.len()
+        && (values.iter().enumerate().all(|(i, &v)| v == i as f64)
+            || values.iter().enumerate().all(|(i, &v)| v == i as f64 + 1.0))
+}
+
+/// The first cells of a row, for messages.
+fn preview(rec: &::csv::ByteRecord) -> String {
+    let cells: Vec<String> = rec
+        .iter()
+        .take(6)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    let more = if rec.len() > 6 { ",…" } else { "" };
+    format!("{}{more}", cells.join(","))
 }
 
 fn line_of(rec: &::csv::ByteRecord) -> u64 {

@@ -173,7 +173,18 @@ pub struct LoadOptions {
 /// training uploads one batch at a time, so a dataset larger than the adapter's largest
 /// storage binding trains fine.
 pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Dataset> {
-    let path = path.as_ref();
+    load_with_columns(path.as_ref(), opts, None).map(|(d, _)| d)
+}
+
+/// [`load`], also returning a CSV file's column names (from its header line). With
+/// `order`, the column names of the training file, a CSV file with a header naming the
+/// same columns in another order is reordered to match, and one naming other columns is
+/// refused with an error naming the file and the columns.
+pub fn load_with_columns(
+    path: &Path,
+    opts: &LoadOptions,
+    order: Option<&[String]>,
+) -> Result<(Dataset, Option<Vec<String>>)> {
     let bytes = read_file(path)?;
     let format = match opts.format.or_else(|| Format::from_path(path)) {
         Some(f) => f,
@@ -211,12 +222,15 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Dataset> {
                 );
             }
             if format == Format::Csv {
-                csv::parse(&bytes, path, opts).with_context(in_file)
+                csv::parse(&bytes, path, opts, order).with_context(in_file)
             } else {
-                safetensors::parse(&bytes, opts).with_context(in_file)
+                Ok((
+                    safetensors::parse(&bytes, opts).with_context(in_file)?,
+                    None,
+                ))
             }
         }
-        Format::Npy | Format::Idx => load_arrays(path, &bytes, format, opts),
+        Format::Npy | Format::Idx => Ok((load_arrays(path, &bytes, format, opts)?, None)),
     }
 }
 
@@ -297,6 +311,18 @@ fn idx_labels_beside(images: &Path) -> Option<PathBuf> {
 
 /// Reads a whole file, decompressing it when it starts with the gzip magic number.
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    // A device such as /dev/zero or a terminal would be read until memory runs out or
+    // forever; pipes (`<(zcat …)`, /dev/stdin) are fine, they end.
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        ensure!(
+            !(t.is_char_device() || t.is_block_device() || t.is_socket()),
+            "{} is a device, not a data file",
+            path.display()
+        );
+    }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !bytes.starts_with(&[0x1f, 0x8b]) {
         return Ok(bytes);
@@ -354,6 +380,39 @@ pub(crate) fn resolve_columns(
     Ok(out)
 }
 
+/// Below this largest label, any label set is taken at face value.
+const GAP_FLOOR: usize = 20;
+
+/// Refuses to infer the class count from a largest label far beyond the labels present
+/// (at least [`GAP_FLOOR`] and twice the number of distinct labels): one stray label of
+/// 100000 would otherwise build a 100001-class output layer that trains silently.
+fn check_label_gap(targets: &[f64], max: usize, locate: &dyn Fn(usize) -> String) -> Result<()> {
+    if max < GAP_FLOOR {
+        return Ok(());
+    }
+    let distinct: std::collections::BTreeSet<u64> = targets.iter().map(|&v| v as u64).collect();
+    if max < 2 * distinct.len() {
+        return Ok(());
+    }
+    let at = targets
+        .iter()
+        .position(|&v| v as usize == max)
+        .expect("max is one of the labels");
+    let shown: Vec<String> = distinct.iter().take(8).map(u64::to_string).collect();
+    bail!(
+        "{}: label {max} would make {} classes, but the file holds only {} distinct labels \
+         ({}{}); if there really are {} classes, give the class count (--classes {}), \
+         otherwise fix that label",
+        locate(at),
+        max + 1,
+        distinct.len(),
+        shown.join(", "),
+        if distinct.len() > 8 { ", …" } else { "" },
+        max + 1,
+        max + 1
+    )
+}
+
 /// Labels beyond 2²⁴ are not exact in `f32`, where datasets keep them.
 const MAX_CLASSES: usize = 1 << 24;
 
@@ -402,6 +461,9 @@ pub(crate) fn build(
                     );
                 }
                 max = max.max(v as usize);
+            }
+            if classes.is_none() {
+                check_label_gap(&targets, max, locate)?;
             }
             let classes = classes.unwrap_or(max + 1);
             ensure!(

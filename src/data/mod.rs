@@ -10,7 +10,7 @@ mod prep;
 mod safetensors;
 pub mod synthetic;
 
-pub use load::{load, Column, Format, Header, LoadOptions, Task};
+pub use load::{load, load_with_columns, Column, Format, Header, LoadOptions, Task};
 pub use prep::{split, Standardizer};
 
 use anyhow::{ensure, Result};

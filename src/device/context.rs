@@ -75,15 +75,41 @@ pub fn describe_adapter(info: &wgpu::AdapterInfo) -> String {
     )
 }
 
-fn no_adapter_hint() -> &'static str {
-    if cfg!(target_os = "linux") {
-        "install a Vulkan driver, e.g. Mesa's software one: `apt-get install mesa-vulkan-drivers libvulkan1`"
+/// What to do when `backends` found no adapter: advice for the backend asked for, since
+/// advising a Vulkan driver to someone who asked for Metal on Linux sends them astray.
+fn no_adapter_hint(backends: wgpu::Backends) -> String {
+    let only = |b: wgpu::Backends| backends == b;
+    let here = if cfg!(target_os = "macos") {
+        "vulkan is unavailable here; use --backend metal or auto"
     } else if cfg!(target_os = "windows") {
-        "install or update your GPU's DX12/Vulkan driver"
-    } else if cfg!(target_os = "macos") {
-        "Metal should always be present on macOS 10.13+; check the system"
+        "use --backend dx12, vulkan or auto"
     } else {
-        "install a Vulkan driver for this platform"
+        "use --backend vulkan or auto"
+    };
+    if only(wgpu::Backends::METAL) && !cfg!(any(target_os = "macos", target_os = "ios")) {
+        return format!("Metal exists only on macOS and iOS; {here}, or --backend cpu");
+    }
+    if only(wgpu::Backends::DX12) && !cfg!(target_os = "windows") {
+        return format!("DX12 exists only on Windows; {here}, or --backend cpu");
+    }
+    if only(wgpu::Backends::GL) {
+        return if cfg!(target_os = "linux") {
+            "install an OpenGL ES/EGL driver, e.g. `apt-get install libegl1 libgles2 \
+             libgl1-mesa-dri`, or use --backend vulkan, auto or cpu"
+                .to_string()
+        } else {
+            "install or update your GPU's OpenGL driver, or use --backend auto or cpu".to_string()
+        };
+    }
+    if cfg!(target_os = "linux") {
+        "install a Vulkan driver, e.g. Mesa's software one: `apt-get install mesa-vulkan-drivers libvulkan1`, or use --backend cpu".to_string()
+    } else if cfg!(target_os = "windows") {
+        "install or update your GPU's DX12/Vulkan driver, or use --backend cpu".to_string()
+    } else if cfg!(target_os = "macos") {
+        "Metal should always be present on macOS 10.13+; check the system, or use --backend cpu"
+            .to_string()
+    } else {
+        "install a Vulkan driver for this platform, or use --backend cpu".to_string()
     }
 }
 
@@ -131,7 +157,7 @@ impl GpuContext {
             bail!(
                 "no GPU adapter found for backends {:?}: {}",
                 sel.backends,
-                no_adapter_hint()
+                no_adapter_hint(sel.backends)
             );
         }
         let adapter = match &sel.filter {

@@ -192,6 +192,7 @@ pub fn run(
         epochs: opts.epochs,
         batch_size: opts.batch,
         shuffle_seed: opts.seed,
+        drop_last: false,
     };
     let mut out = Vec::with_capacity(configs.len());
     for c in configs {

@@ -44,6 +44,11 @@ pub struct FitOptions {
     pub batch_size: usize,
     /// Seed of the per-epoch shuffle.
     pub shuffle_seed: u64,
+    /// Skip the last batch of each epoch when it is smaller than `batch_size`, as
+    /// PyTorch's `DataLoader(drop_last=True)`. Without it, a last batch of a single row
+    /// is still skipped (with a warning on stderr) when the model has batch norm, which
+    /// cannot estimate a variance from one row; PyTorch raises an error there instead.
+    pub drop_last: bool,
 }
 
 impl Default for FitOptions {
@@ -52,6 +57,7 @@ impl Default for FitOptions {
             epochs: 10,
             batch_size: 64,
             shuffle_seed: 0,
+            drop_last: false,
         }
     }
 }
@@ -84,7 +90,7 @@ pub struct NamedTensor {
 ///     .optimizer(Optimizer::sgd(0.05))
 ///     .seed(42);
 /// let mut model = Model::with_backend(spec, &BackendChoice::Auto)?;
-/// let opts = FitOptions { epochs: 20, batch_size: 64, shuffle_seed: 7 };
+/// let opts = FitOptions { epochs: 20, batch_size: 64, shuffle_seed: 7, drop_last: false };
 /// for report in model.fit(&train, None, &opts, |_| {})? {
 ///     println!("epoch {} loss {:.4}", report.epoch, report.train.loss);
 /// }
@@ -409,13 +415,42 @@ impl Model {
         if let Some(v) = raw_valid {
             self.check_dataset(v).context("validation data")?;
         }
+        let full = raw_train.rows / opts.batch_size;
+        let partial = raw_train.rows % opts.batch_size;
+        ensure!(
+            !opts.drop_last || full > 0,
+            "drop_last (--drop-last) leaves no batch: the {} training rows are fewer than one batch of {}",
+            raw_train.rows,
+            opts.batch_size
+        );
+        if self.spec.batch_norm.is_some() {
+            ensure!(
+                opts.batch_size >= 2 && full + usize::from(partial > 1) > 0,
+                "batch norm needs at least 2 rows per training batch to estimate a variance, \
+                 but the batch size is {} and there are {} training rows",
+                opts.batch_size,
+                raw_train.rows
+            );
+        }
+        // Batch norm cannot train on one row; dropping that row each epoch (a different
+        // one, as the order is shuffled) costs nothing measurable, while failing would end
+        // a run for an accident of the data size.
+        let skip_last =
+            partial > 0 && (opts.drop_last || (partial == 1 && self.spec.batch_norm.is_some()));
+        if skip_last && !opts.drop_last {
+            eprintln!(
+                "warning: the last batch of each epoch has 1 row, which batch norm cannot train \
+                 on; it is skipped (use drop_last / --drop-last to say so, or change the batch \
+                 size)"
+            );
+        }
         let (mut x, mut y) = (Vec::new(), Vec::new());
         let mut reports = Vec::with_capacity(opts.epochs);
         // `(first layer, train, valid)`: with a cache, the frozen layers run once per
         // freeze setting instead of once per epoch.
         let mut cache: Option<(usize, Dataset, Option<Dataset>)> = None;
         self.take_metrics()?;
-        self.health_begin_fit(opts.epochs, raw_train.rows.div_ceil(opts.batch_size))?;
+        self.health_begin_fit(opts.epochs, full + usize::from(partial > 0 && !skip_last))?;
         for _ in 0..opts.epochs {
             let start = if self.cache_frozen {
                 self.spec.frozen_layers
@@ -442,7 +477,12 @@ impl Model {
             }
             let clock = Instant::now();
             self.health_begin_epoch(self.epoch + 1);
-            for chunk in order.chunks(opts.batch_size) {
+            let used = if skip_last {
+                full * opts.batch_size
+            } else {
+                order.len()
+            };
+            for chunk in order[..used].chunks(opts.batch_size) {
                 train.gather(chunk, &mut x, &mut y);
                 self.step_unchecked(&x, &y, chunk.len(), start)?;
                 self.health_step_done(chunk.len())?;
