@@ -560,6 +560,7 @@ fn nonfinite_stop_comes_within_the_guard_lag() {
         epochs: 1,
         batch_size: 8,
         shuffle_seed: 1,
+        drop_last: false,
     };
     let steps_per_epoch = data.rows.div_ceil(opts.batch_size) as u64;
     for engine in [cpu(), gpu()] {
@@ -916,6 +917,7 @@ fn diverging_digits_run_gets_a_divergence_verdict() {
         epochs: 4,
         batch_size: 32,
         shuffle_seed: 42,
+        drop_last: false,
     };
     let mut m = Model::new(spec, gpu()).unwrap();
     m.gather_stats_every(5);

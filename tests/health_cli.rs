@@ -171,3 +171,48 @@ fn train_writes_a_log_and_plots() {
     let (ok, _, err) = run(&["train", "--epochs", "1", "--log", "run.txt"], d);
     assert!(!ok && err.contains(".csv"), "{err}");
 }
+
+/// The run that goes nowhere on real data (10 ReLU layers, Adam at lr 0.1 on the digits:
+/// the loss spikes past 1000 and accuracy ends at chance) is not healthy, and says why. The
+/// statistics detectors alone found only dying units and, before the run verdicts, such a
+/// run could be reported healthy. The CPU backend keeps the trajectory the same on any
+/// machine.
+#[test]
+fn diagnose_calls_a_diverging_digits_run_unhealthy() {
+    let tmp = TempDir::new("health-cli");
+    let data = |f: &str| format!("{}/data/{f}", env!("CARGO_MANIFEST_DIR"));
+    let (train, valid) = (data("digits_train.csv"), data("digits_valid.csv"));
+    let args = [
+        "--backend",
+        "cpu",
+        "diagnose",
+        "--data",
+        &train,
+        "--valid-data",
+        &valid,
+        "--depth",
+        "10",
+        "--width",
+        "64",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.1",
+        "--epochs",
+        "5",
+        "--no-trials",
+        "--json",
+    ];
+    let (ok, out, err) = run(&args, tmp.path());
+    assert!(ok, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["healthy"], false, "{out}");
+    let kinds: Vec<&str> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"loss-spike"), "{kinds:?}");
+    assert!(kinds.contains(&"accuracy-collapse"), "{kinds:?}");
+}

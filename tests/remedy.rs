@@ -159,6 +159,7 @@ fn deep_sigmoid_gets_a_measured_remedy_that_beats_the_unchanged_model() {
         epochs: 2,
         batch_size: 32,
         shuffle_seed: 42,
+        drop_last: false,
     };
     let fixed = trained_accuracy(remedy.apply(&spec), &train, &valid, &fit);
     let unchanged = trained_accuracy(spec.clone(), &train, &valid, &fit);
@@ -316,9 +317,12 @@ fn a_remedy_worse_than_doing_nothing_is_never_recommended() {
         t.diverged = Some(NonFiniteError {
             step: 7,
             epoch: Some(1),
-            tensor: "loss".to_string(),
+            tensor: "loss.rows".to_string(),
+            op: "the loss (per-row losses of the batch)".to_string(),
             layer: None,
+            input_peak: None,
             also: Vec::new(),
+            stopped_after: 9,
         });
         t.val_accuracy = None;
         t.val_loss = None;

@@ -383,8 +383,10 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// A short training run that reports per-layer gradient health and a verdict with
-    /// advice (vanishing or exploding gradients, dying ReLUs, saturation, NaN).
+    /// A short training run that reports per-layer gradient health and a verdict
+    /// (vanishing or exploding gradients, dying ReLUs, saturation, NaN, loss spikes,
+    /// divergence, accuracy at chance), then tries each candidate remedy on the same model
+    /// and data and recommends the best measured one.
     Diagnose(DiagnoseArgs),
     /// Built-in experiments.
     Experiment {

@@ -737,6 +737,7 @@ fn measure_into(
         epochs: steps.div_ceil(per_epoch),
         batch_size: bs,
         shuffle_seed: o.shuffle_seed,
+        drop_last: false,
     };
     // Validation runs once, after the trial, not after every epoch of it.
     let result = m.fit(train, None, &fit, |_| {});
