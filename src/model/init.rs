@@ -35,7 +35,26 @@ pub enum Init {
     Uniform { low: f32, high: f32 },
 }
 
+/// Which variance rule an init follows: He's uniform and normal forms scale alike, so
+/// swapping one for the other changes nothing a diagnosis cares about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitFamily {
+    He,
+    Glorot,
+    Lecun,
+    Other,
+}
+
 impl Init {
+    pub fn family(self) -> InitFamily {
+        match self {
+            Init::HeNormal | Init::HeUniform => InitFamily::He,
+            Init::GlorotNormal | Init::GlorotUniform => InitFamily::Glorot,
+            Init::LecunNormal | Init::LecunUniform => InitFamily::Lecun,
+            _ => InitFamily::Other,
+        }
+    }
+
     /// The initialisation `act` recommends ([`Activation::recommended_init`]).
     pub fn default_for(act: Activation) -> Init {
         match act.recommended_init() {
