@@ -427,18 +427,28 @@ struct ExperimentSummary<'a> {
     markdown: Option<&'a PathBuf>,
 }
 
-/// The short hash of the checkout the binary runs in, for the Markdown table's provenance.
-fn git_commit() -> String {
+fn git(args: &[&str]) -> Option<String> {
     std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+        .args(args)
         .stderr(std::process::Stdio::null())
         .output()
         .ok()
         .filter(|o| o.status.success())
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The short hash of the checkout the command runs in, for the Markdown table's
+/// provenance, marked when tracked files differ from it (the table may then come from code
+/// no commit holds); "unknown" outside a git checkout.
+fn git_commit() -> String {
+    match git(&["rev-parse", "--short", "HEAD"]).filter(|s| !s.is_empty()) {
+        Some(hash) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if !changes.is_empty() => format!("{hash} + uncommitted changes"),
+            _ => hash,
+        },
+        None => "unknown".to_string(),
+    }
 }
 
 /// The command line as typed, quoted where a shell would need it.

@@ -151,14 +151,20 @@ pub struct ExperimentOptions {
     pub seed: u64,
 }
 
+/// Measured on the digits data set (`data/digits_*.csv`, see the README's table): at depth
+/// 20 and width 32 the sigmoid/N(0,1) baseline passes its first layer about 1e-3 of the
+/// output layer's gradient or less for every seed tried (at width 64 it is near 1e-2, so
+/// the verdict would hinge on the seed). At lr 0.1 plain ReLU with He init diverges there
+/// and clipped ReLU at ×20 dies; at 0.03 they train, and ×20 of it diverges within a few
+/// steps unless clipped. All nine configurations take about two minutes on lavapipe.
 impl Default for ExperimentOptions {
     fn default() -> Self {
         ExperimentOptions {
             depth: 20,
             width: 32,
             batch: 32,
-            epochs: 25,
-            lr: 0.1,
+            epochs: 15,
+            lr: 0.03,
             high_lr_scale: 20.0,
             stats_every: 5,
             seed: 7,
