@@ -419,7 +419,13 @@ pub fn verdicts(configs: &[Config], outcomes: &[Outcome]) -> Vec<Verdict> {
                     if vanishing {
                         e.push_str(", but gradients still vanish");
                     } else if !holds && o.diverged.is_none() {
-                        e.push_str(&format!(", not {:.0} points better", 100.0 * TRAINS_MARGIN));
+                        match o.accuracy {
+                            Some(_) => e.push_str(&format!(
+                                ", not {:.0} points better",
+                                100.0 * TRAINS_MARGIN
+                            )),
+                            None => e.push_str(", not half the baseline's loss"),
+                        }
                     }
                     (holds, e)
                 }
