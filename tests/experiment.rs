@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use steadygrad::health::experiment::{vanishing_configs, verdicts, Claim, Outcome};
 use steadygrad::health::{NonFiniteError, WarningKind};
+use steadygrad::{BackendChoice, FitOptions, MlpSpec, Model, Optimizer};
 
 fn run(args: &[&str], cwd: &Path) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_steadygrad"))
@@ -138,6 +139,23 @@ fn bad_data_and_markdown_paths_are_clear_errors() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// A real non-finite stop (tiny model, absurd learning rate, CPU backend), so the test
+/// does not depend on how the error's fields are laid out.
+fn a_divergence() -> NonFiniteError {
+    let data = steadygrad::data::synthetic::spirals(20, 3, 0.05, 1);
+    let spec = MlpSpec::new(2, &[8, 8], 3).optimizer(Optimizer::sgd(1e30));
+    let mut m = Model::with_backend(spec, &BackendChoice::Cpu).unwrap();
+    let opts = FitOptions {
+        epochs: 5,
+        batch_size: 8,
+        shuffle_seed: 1,
+    };
+    let e = m.fit(&data, None, &opts, |_| {}).unwrap_err();
+    e.downcast_ref::<NonFiniteError>()
+        .unwrap_or_else(|| panic!("not a non-finite stop: {e:#}"))
+        .clone()
+}
+
 fn outcome(label: &str, claim: Claim, accuracy: Option<f32>, diverged: bool) -> Outcome {
     Outcome {
         label: label.to_string(),
@@ -148,13 +166,7 @@ fn outcome(label: &str, claim: Claim, accuracy: Option<f32>, diverged: bool) -> 
         final_loss: accuracy.map(|_| 1.0),
         accuracy,
         val_loss: accuracy.map(|_| 1.0),
-        diverged: diverged.then(|| NonFiniteError {
-            step: 4,
-            epoch: Some(1),
-            tensor: "loss".to_string(),
-            layer: None,
-            also: Vec::new(),
-        }),
+        diverged: diverged.then(a_divergence),
         warnings: Vec::new(),
         seconds: 0.0,
         stats: Vec::new(),
