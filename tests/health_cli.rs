@@ -110,6 +110,7 @@ fn experiment_compares_every_configuration() {
         "relu + he-normal",
         "selu + lecun-normal",
         "batch norm",
+        "residual 2",
         "clip 1",
     ] {
         assert!(out.contains(label), "{label} missing from\n{out}");
@@ -127,7 +128,7 @@ fn experiment_compares_every_configuration() {
     let (ok, out, err) = run(&[&args[..], &["--json", "--no-plots"]].concat(), d);
     assert!(ok, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["outcomes"].as_array().unwrap().len(), 8);
+    assert_eq!(v["outcomes"].as_array().unwrap().len(), 9);
     assert_eq!(v["plots"].as_array().unwrap().len(), 0);
 
     let (ok, _, err) = run(&["experiment", "vanishing", "--batch", "1"], d);

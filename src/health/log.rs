@@ -1,7 +1,11 @@
 //! Metric logs: one row per statistics record, as CSV or JSON Lines (chosen by the file
 //! extension), written as records arrive so a run can be followed with `tail -f`.
+//! Non-finite values are `NaN`, `inf` and `-inf` in CSV and the strings `"nan"`, `"inf"`
+//! and `"-inf"` in JSON Lines (see `json_float`), never empty or `null`, which mean "does
+//! not apply".
 
 use super::{StepStats, TrainObserver};
+use crate::model::health::json_float;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::fs::File;
@@ -45,6 +49,7 @@ pub struct MetricsLog {
 struct JsonRow<'a> {
     #[serde(flatten)]
     stats: &'a StepStats,
+    #[serde(serialize_with = "json_float::f32")]
     total_grad_norm: f32,
     nonfinite: u64,
 }

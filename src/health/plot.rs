@@ -256,9 +256,26 @@ fn log_norm(v: Option<f32>) -> Option<f64> {
         .map(|g| (g as f64).log10())
 }
 
-/// One panel per run: training step across, layer up, colour log₁₀ ‖∇W‖, on one colour
-/// scale for all runs so they compare.
-pub fn gradient_heatmap(stem: &Path, runs: &[Run]) -> Result<Vec<PathBuf>> {
+/// What a heatmap cell shows besides a colour of the scale.
+const ZERO: RGBColor = RGBColor(0, 0, 0);
+const NON_FINITE: RGBColor = RGBColor(150, 150, 150);
+const NOT_TRAINED: RGBColor = RGBColor(228, 228, 228);
+
+/// The colour of one heatmap cell: ‖∇W‖ on the viridis scale over log₁₀ `lo..hi`, an exact
+/// zero (dead units) black, below the scale's darkest; NaN or ±inf (a diverged step) grey;
+/// no gradient at all (a frozen layer) light grey. Non-finite cells must not pass for zero
+/// or for a small norm: they are the ones a user looks for after a divergence.
+pub fn heatmap_cell_color(norm: Option<f32>, (lo, hi): (f64, f64)) -> RGBColor {
+    match norm {
+        None => NOT_TRAINED,
+        Some(g) if !g.is_finite() => NON_FINITE,
+        Some(g) if g <= 0.0 => ZERO,
+        Some(g) => ViridisRGB.get_color_normalized((g as f64).log10().clamp(lo, hi), lo, hi),
+    }
+}
+
+/// Log₁₀ colour range of the heatmap, panel grid and figure size.
+fn heatmap_layout(runs: &[Run]) -> ((f64, f64), (usize, usize), (u32, u32)) {
     let values = runs
         .iter()
         .flat_map(|r| r.stats.iter())
@@ -273,13 +290,38 @@ pub fn gradient_heatmap(stem: &Path, runs: &[Run]) -> Result<Vec<PathBuf>> {
     };
     let cols = if runs.len() > 1 { 2 } else { 1 };
     let rows = runs.len().div_ceil(cols);
-    let size = (560 * cols as u32 + 110, 300 * rows as u32 + 40);
+    let size = (560 * cols as u32 + BAR_WIDTH, 300 * rows as u32 + 80);
+    ((lo, hi), (rows, cols), size)
+}
+
+/// Width of the colour bar and legend at the right of the heatmap.
+const BAR_WIDTH: u32 = 130;
+
+/// One panel per run: training step across, layer up, colour log₁₀ ‖∇W‖, on one colour
+/// scale for all runs so they compare.
+pub fn gradient_heatmap(stem: &Path, runs: &[Run]) -> Result<Vec<PathBuf>> {
+    let (range, grid, size) = heatmap_layout(runs);
     save_both(
         stem,
         size,
-        |root| draw_heatmap(root, runs, (lo, hi), (rows, cols)),
-        |root| draw_heatmap(root, runs, (lo, hi), (rows, cols)),
+        |root| draw_heatmap(root, runs, range, grid),
+        |root| draw_heatmap(root, runs, range, grid),
     )
+}
+
+/// The heatmap as [`gradient_heatmap`] draws it, rendered to RGB pixels in memory:
+/// `(pixels, width, height)`, 3 bytes a pixel, rows top down.
+pub fn gradient_heatmap_rgb(runs: &[Run]) -> Result<(Vec<u8>, u32, u32)> {
+    ensure_font()?;
+    let (range, grid, (w, h)) = heatmap_layout(runs);
+    let mut pixels = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        draw_heatmap(root.clone(), runs, range, grid)?;
+        root.present().map_err(draw_err)?;
+    }
+    Ok((pixels, w, h))
 }
 
 fn draw_heatmap<DB: DrawingBackend>(
@@ -288,15 +330,17 @@ fn draw_heatmap<DB: DrawingBackend>(
     (lo, hi): (f64, f64),
     (rows, cols): (usize, usize),
 ) -> Result<()> {
-    let (w, _) = root.dim_in_pixel();
-    let (main, bar) = root.split_horizontally(w - 110);
-    let title = main
+    // The title spans the whole figure, colour bar included, so that it fits over a
+    // single run's panel; what the colours mean is in the legend under the colour bar.
+    let titled = root
         .titled(
-            "gradient norm ‖∇W‖ per layer over training (log₁₀; zero is darkest; grey: frozen or non-finite)",
+            "gradient norm ‖∇W‖ per layer over training (log₁₀)",
             ("sans-serif", 22),
         )
         .map_err(draw_err)?;
-    let panels = title.split_evenly((rows, cols));
+    let (w, _) = titled.dim_in_pixel();
+    let (main, bar) = titled.split_horizontally(w - BAR_WIDTH);
+    let panels = main.split_evenly((rows, cols));
     for (run, panel) in runs.iter().zip(&panels) {
         let layers = run.stats.first().map_or(1, |s| s.layers.len());
         let steps: Vec<f64> = run.stats.iter().map(|s| s.step as f64).collect();
@@ -325,25 +369,22 @@ fn draw_heatmap<DB: DrawingBackend>(
             let x0 = steps[i] - 1.0;
             let x1 = steps.get(i + 1).map_or(steps[i], |n| n - 1.0).max(x0 + 1.0);
             for l in &s.layers {
-                let fill = match (l.weight_grad_norm, log_norm(l.weight_grad_norm)) {
-                    (_, Some(v)) => ViridisRGB
-                        .get_color_normalized(v.clamp(lo, hi), lo, hi)
-                        .filled(),
-                    // A zero gradient (dead units) is the far end of the scale, not missing.
-                    (Some(0.0), None) => ViridisRGB.get_color(0.0).filled(),
-                    // Frozen layers and non-finite values: grey.
-                    _ => RGBColor(200, 200, 200).filled(),
-                };
+                let fill = heatmap_cell_color(l.weight_grad_norm, (lo, hi)).filled();
                 let y = l.layer as f64;
                 cells.push(Rectangle::new([(x0, y), (x1, y + 1.0)], fill));
             }
         }
         chart.draw_series(cells).map_err(draw_err)?;
     }
-    // Colour bar.
+    let legend = [
+        (ZERO, "zero"),
+        (NON_FINITE, "NaN or inf"),
+        (NOT_TRAINED, "frozen"),
+    ];
+    let legend_height = 24 * legend.len() as u32 + 16;
     let mut chart = ChartBuilder::on(&bar)
-        .margin_top(50)
-        .margin_bottom(40)
+        .margin_top(20)
+        .margin_bottom(40 + legend_height)
         .margin_right(10)
         .y_label_area_size(50)
         .build_cartesian_2d(0.0..1.0, lo..hi)
@@ -368,6 +409,16 @@ fn draw_heatmap<DB: DrawingBackend>(
             )
         }))
         .map_err(draw_err)?;
+    let (_, bar_h) = bar.dim_in_pixel();
+    for (i, (c, label)) in legend.into_iter().enumerate() {
+        let y = (bar_h - legend_height + 24 * i as u32) as i32;
+        bar.draw(&Rectangle::new([(12, y), (28, y + 16)], c.filled()))
+            .map_err(draw_err)?;
+        bar.draw(&Rectangle::new([(12, y), (28, y + 16)], BLACK.mix(0.4)))
+            .map_err(draw_err)?;
+        bar.draw(&Text::new(label, (34, y + 1), ("sans-serif", 13)))
+            .map_err(draw_err)?;
+    }
     Ok(())
 }
 

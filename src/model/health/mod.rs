@@ -6,8 +6,45 @@ pub mod layout;
 
 use crate::model::{EpochReport, MlpSpec};
 use layout as st;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use std::fmt;
+
+/// Serializers for floats that may be NaN or ±inf. JSON has neither, and serde_json writes
+/// them as `null`, which reads as "does not apply" (a frozen layer, a regression's
+/// accuracy): an overflowed activation would vanish from the output. They are written as
+/// the strings `"nan"`, `"inf"` and `"-inf"` instead, which Python's `float()` and NumPy
+/// parse back. Use with `#[serde(serialize_with = "...")]`.
+pub mod json_float {
+    use super::Serializer;
+
+    /// The string a non-finite value is written as; `None` for a finite one.
+    pub fn non_finite_text(v: f32) -> Option<&'static str> {
+        if v.is_nan() {
+            Some("nan")
+        } else if v == f32::INFINITY {
+            Some("inf")
+        } else if v == f32::NEG_INFINITY {
+            Some("-inf")
+        } else {
+            None
+        }
+    }
+
+    pub fn f32<S: Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+        match non_finite_text(*v) {
+            Some(t) => s.serialize_str(t),
+            None => s.serialize_f32(*v),
+        }
+    }
+
+    /// `None` stays `null`.
+    pub fn opt<S: Serializer>(v: &Option<f32>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => f32(v, s),
+            None => s.serialize_none(),
+        }
+    }
+}
 
 /// One layer's statistics at one step. `None` where a value does not apply: activation
 /// values of layers below a plan's first layer (cached frozen outputs), gradients and
@@ -19,21 +56,30 @@ pub struct LayerStats {
     /// Output units of the layer.
     pub units: usize,
     /// Mean and (population) standard deviation of the layer's output over the batch and
-    /// its units, non-finite elements left out.
+    /// its units, non-finite elements left out; NaN when there is no finite element.
+    #[serde(serialize_with = "json_float::opt")]
     pub act_mean: Option<f32>,
+    #[serde(serialize_with = "json_float::opt")]
     pub act_std: Option<f32>,
     /// Fraction of units whose pre-activation is `<= 0` for every row of the batch (a
     /// ReLU outputting zero for the whole batch).
+    #[serde(serialize_with = "json_float::opt")]
     pub dead: Option<f32>,
     /// Fraction of activation outputs within [`st::SATURATION_EPS`] of the output range
     /// from a bound (per element, over the batch and units).
+    #[serde(serialize_with = "json_float::opt")]
     pub saturated: Option<f32>,
-    /// L2 norms of the weight and bias gradients (non-finite elements left out).
+    /// L2 norms of the weight and bias gradients (non-finite elements left out); NaN, not
+    /// 0, when the tensor holds non-finite elements and no nonzero finite one.
+    #[serde(serialize_with = "json_float::opt")]
     pub weight_grad_norm: Option<f32>,
+    #[serde(serialize_with = "json_float::opt")]
     pub bias_grad_norm: Option<f32>,
     /// ‖W‖ before this step's update.
+    #[serde(serialize_with = "json_float::opt")]
     pub weight_norm: Option<f32>,
     /// ‖W_after − W_before‖ / ‖W_before‖.
+    #[serde(serialize_with = "json_float::opt")]
     pub update_ratio: Option<f32>,
     /// NaN or ±inf elements in the layer's output and in its gradients.
     pub act_nonfinite: u32,
@@ -48,7 +94,9 @@ pub struct StepStats {
     /// The epoch of [`crate::Model::fit`] it belongs to (from 1), 0 outside `fit`.
     pub epoch: usize,
     /// Mean loss and accuracy of this step's batch (accuracy `None` for regression).
+    #[serde(serialize_with = "json_float::f32")]
     pub loss: f32,
+    #[serde(serialize_with = "json_float::opt")]
     pub accuracy: Option<f32>,
     pub layers: Vec<LayerStats>,
 }
@@ -79,22 +127,44 @@ impl StepStats {
                 let hidden = l + 1 < spec.num_layers();
                 let trained = l >= spec.frozen_layers;
                 let some = |ok: bool, v: f32| ok.then_some(v);
-                let weight_norm = some(trained, r[st::WEIGHT_NORM]);
+                // The statistics cover the finite elements only, and over none of them
+                // they read 0 (the empty sum). Beside non-finite elements, a 0 would pass
+                // for a vanished gradient or a collapsed activation where the tensor is
+                // really NaN or ±inf, so it is reported as NaN: unknown.
+                let norm = |at: usize, nonfinite_at: usize| {
+                    let v = r[at];
+                    if r[nonfinite_at] > 0.0 && v == 0.0 {
+                        f32::NAN
+                    } else {
+                        v
+                    }
+                };
+                let act_unknown =
+                    r[st::ACT_NONFINITE] > 0.0 && r[st::ACT_MEAN] == 0.0 && r[st::ACT_STD] == 0.0;
+                let act_value = |at: usize| if act_unknown { f32::NAN } else { r[at] };
+                let weight_norm = some(trained, norm(st::WEIGHT_NORM, st::WEIGHT_NONFINITE));
                 LayerStats {
                     layer: l,
                     units: sizes[l + 1],
-                    act_mean: some(present, r[st::ACT_MEAN]),
-                    act_std: some(present, r[st::ACT_STD]),
+                    act_mean: some(present, act_value(st::ACT_MEAN)),
+                    act_std: some(present, act_value(st::ACT_STD)),
                     dead: some(present && hidden && st::has_dead_units(act), r[st::DEAD]),
                     saturated: some(
                         present && hidden && act.output_bounds().is_some(),
                         r[st::SATURATED],
                     ),
-                    weight_grad_norm: some(trained, r[st::WEIGHT_GRAD_NORM]),
-                    bias_grad_norm: some(trained, r[st::BIAS_GRAD_NORM]),
+                    weight_grad_norm: some(
+                        trained,
+                        norm(st::WEIGHT_GRAD_NORM, st::WEIGHT_GRAD_NONFINITE),
+                    ),
+                    bias_grad_norm: some(
+                        trained,
+                        norm(st::BIAS_GRAD_NORM, st::BIAS_GRAD_NONFINITE),
+                    ),
                     weight_norm,
-                    update_ratio: weight_norm
-                        .map(|w| r[st::UPDATE_NORM] / w.max(f32::MIN_POSITIVE)),
+                    update_ratio: weight_norm.map(|w| {
+                        norm(st::UPDATE_NORM, st::UPDATE_NONFINITE) / w.max(f32::MIN_POSITIVE)
+                    }),
                     act_nonfinite: if present {
                         r[st::ACT_NONFINITE] as u32
                     } else {
