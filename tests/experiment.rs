@@ -149,6 +149,7 @@ fn a_divergence() -> NonFiniteError {
         epochs: 5,
         batch_size: 8,
         shuffle_seed: 1,
+        drop_last: false,
     };
     let e = m.fit(&data, None, &opts, |_| {}).unwrap_err();
     e.downcast_ref::<NonFiniteError>()
