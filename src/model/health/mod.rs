@@ -291,8 +291,9 @@ pub struct NonFiniteError {
     pub op: String,
     /// Its layer; `None` for the loss.
     pub layer: Option<usize>,
-    /// The largest finite magnitude the op's input held up to the stop, when the op is
-    /// part of the forward pass: an overflow shows as this growing towards `f32::MAX`
+    /// The largest finite magnitude held up to the stop by the guarded tensor just before
+    /// the op in the forward pass (its input, or the pre-activation feeding it where the
+    /// activation cannot overflow): an overflow shows as this growing towards `f32::MAX`
     /// (3.4e38), or as a modest value when the layer's own weights overflowed it.
     pub input_peak: Option<InputPeak>,
     /// Other tensors non-finite at the same step, in execution order.
@@ -323,8 +324,8 @@ impl fmt::Display for NonFiniteError {
         if let Some(p) = &self.input_peak {
             write!(
                 f,
-                "; its input '{}' held finite values up to {:.3e} in magnitude (f32 \
-                 overflows past 3.4e38)",
+                "; the tensor before it, '{}', held finite values up to {:.3e} in magnitude \
+                 (f32 overflows past 3.4e38)",
                 p.tensor, p.magnitude,
             )?;
         }

@@ -57,7 +57,11 @@ impl Builder<'_> {
                 // layer) is checked once, under the first. Dropout's output is finite
                 // where its input is, so it is not checked again.
                 let dropout_only = point == st::ForwardPoint::Output && x == layer.act_out;
-                if seen.contains(&x) || dropout_only {
+                // An activation that maps finite inputs to finite outputs cannot be where
+                // values first go bad; reading its output again would only cost time.
+                let follows_input =
+                    point == st::ForwardPoint::Activation && self.spec.activation.keeps_finite();
+                if seen.contains(&x) || dropout_only || follows_input {
                     continue;
                 }
                 seen.push(x);

@@ -185,6 +185,21 @@ impl Activation {
         }
     }
 
+    /// Whether a finite input always gives a finite output: `|f(x)|` is bounded or at most
+    /// `max(|x|, c)` with slopes ≤ 1 (the ReLU family with slopes that validation keeps ≤ 1
+    /// is checked by `validate`'s ranges; ELU is `x` above 0 and above `-alpha` below).
+    /// Not SELU (its scale 1.0507 can push `|x|` near `f32::MAX` over it) nor PReLU (its
+    /// slope is learned). The non-finite guard watches an activation's output only where
+    /// this is false; elsewhere the output goes bad exactly when its input did.
+    pub fn keeps_finite(self) -> bool {
+        match self {
+            Activation::Selu | Activation::Prelu { .. } => false,
+            Activation::LeakyRelu { slope } => slope.abs() <= 1.0,
+            Activation::Rrelu { lower, upper } => lower.abs() <= 1.0 && upper.abs() <= 1.0,
+            _ => true,
+        }
+    }
+
     /// The syntax `FromStr` accepts, for error messages and `--help`, from [`Self::ALL`].
     pub fn syntax() -> String {
         Activation::ALL
