@@ -17,17 +17,24 @@ struct Dims {
 }
 
 struct Consts {
-    // sgd_momentum: the momentum; adam: beta1.
+    // sgd_momentum: the momentum; adam, adamax, nadam: beta1; rmsprop: alpha.
     rate: f32,
     beta2: f32,
     eps: f32,
     weight_decay: f32,
-    // adam: ln(beta1) and ln(beta2), computed on the host in f64.
+    // adam, adamax, nadam: ln(beta1) and ln(beta2), computed on the host in f64.
     ln_beta1: f32,
     ln_beta2: f32,
-    _pad0: f32,
+    // rmsprop: the momentum; adagrad: lr_decay; nadam: momentum_decay·ln(0.96).
+    aux: f32,
     _pad1: f32,
 }
+
+// adam: AMSGrad (state_c is max_exp_avg_sq); otherwise state_c is a 1-element dummy.
+override AMSGRAD: bool = false;
+// rmsprop: state_b is the momentum buffer / state_c is grad_avg; a dummy when off.
+override MOMENTUM: bool = false;
+override CENTERED: bool = false;
 
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read_write> param: array<V>;
@@ -37,8 +44,12 @@ struct Consts {
 @group(0) @binding(5) var<uniform> consts: Consts;
 // sgd_momentum: momentum_buffer; adam: exp_avg.
 @group(0) @binding(6) var<storage, read_write> state_a: array<V>;
-// adam: exp_avg_sq.
+// adam, nadam: exp_avg_sq; adamax: exp_inf; rmsprop: momentum_buffer.
 @group(0) @binding(7) var<storage, read_write> state_b: array<V>;
+// adam: max_exp_avg_sq; rmsprop: grad_avg.
+@group(0) @binding(8) var<storage, read_write> state_c: array<V>;
+// nadam: the product of the momentum coefficients so far (torch's mu_product).
+@group(0) @binding(9) var<storage, read_write> mu_product: array<f32>;
 
 
 // torch's d_p: the gradient plus coupled (L2) weight decay.
@@ -106,13 +117,113 @@ fn adam(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         g += consts.weight_decay * p;
     }
     let m = b1 * state_a[i] + (1.0 - b1) * g;
+    var v = b2 * state_b[i] + (1.0 - b2) * g * g;
+    state_a[i] = m;
+    state_b[i] = v;
+    if AMSGRAD {
+        v = max(state_c[i], v);
+        state_c[i] = v;
+    }
+    let t = step_t();
+    let denom = sqrt(v) / sqrt(bias_correction(b2, consts.ln_beta2, t)) + consts.eps;
+    param[i] = p - lr / bias_correction(b1, consts.ln_beta1, t) * m / denom;
+}
+
+// The counter was advanced at the start of this step, so t is 1 on the first step.
+fn step_t() -> f32 {
+    return f32(bitcast<u32>(step_counter[0]));
+}
+
+@compute @workgroup_size(256)
+fn rmsprop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if i >= dims.len {
+        return;
+    }
+    let alpha = consts.rate;
+    let g = decayed_grad(i);
+    let sq = alpha * state_a[i] + (1.0 - alpha) * g * g;
+    state_a[i] = sq;
+    var variance = sq;
+    if CENTERED {
+        let a = state_c[i] + (1.0 - alpha) * (g - state_c[i]);
+        state_c[i] = a;
+        variance = sq - a * a;
+    }
+    let denom = sqrt(variance) + consts.eps;
+    if MOMENTUM {
+        let buf = consts.aux * state_b[i] + g / denom;
+        state_b[i] = buf;
+        param[i] -= hyper[0] * buf;
+    } else {
+        param[i] -= hyper[0] * g / denom;
+    }
+}
+
+@compute @workgroup_size(256)
+fn adagrad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if i >= dims.len {
+        return;
+    }
+    let clr = hyper[0] / (1.0 + (step_t() - 1.0) * consts.aux);
+    let g = decayed_grad(i);
+    let s = state_a[i] + g * g;
+    state_a[i] = s;
+    param[i] -= clr * g / (sqrt(s) + consts.eps);
+}
+
+@compute @workgroup_size(256)
+fn adamax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if i >= dims.len {
+        return;
+    }
+    let b1 = consts.rate;
+    let g = decayed_grad(i);
+    let m = b1 * state_a[i] + (1.0 - b1) * g;
+    let u = max(consts.beta2 * state_b[i], abs(g) + consts.eps);
+    state_a[i] = m;
+    state_b[i] = u;
+    param[i] -= hyper[0] / bias_correction(b1, consts.ln_beta1, step_t()) * m / u;
+}
+
+// NAdam's μ_t = β₁·(1 - ½·0.96^(t·ψ)); consts.aux holds ψ·ln 0.96.
+fn nadam_mu(t: f32) -> f32 {
+    return consts.rate * (1.0 - 0.5 * exp(t * consts.aux));
+}
+
+// Reads mu_product, already multiplied by μ_t (nadam_mu_product ran first in this step).
+@compute @workgroup_size(256)
+fn nadam(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, nwg, lid);
+    if i >= dims.len {
+        return;
+    }
+    let lr = hyper[0];
+    let b1 = consts.rate;
+    let b2 = consts.beta2;
+    let t = step_t();
+    let g = decayed_grad(i);
+    let m = b1 * state_a[i] + (1.0 - b1) * g;
     let v = b2 * state_b[i] + (1.0 - b2) * g * g;
     state_a[i] = m;
     state_b[i] = v;
-    // The counter was advanced at the start of this step, so t is 1 on the first step.
-    let t = f32(bitcast<u32>(step_counter[0]));
-    let denom = sqrt(v) / sqrt(bias_correction(b2, consts.ln_beta2, t)) + consts.eps;
-    param[i] = p - lr / bias_correction(b1, consts.ln_beta1, t) * m / denom;
+    let mu = nadam_mu(t);
+    let mu_next = nadam_mu(t + 1.0);
+    let prod = mu_product[0];
+    let denom = sqrt(v / bias_correction(b2, consts.ln_beta2, t)) + consts.eps;
+    param[i] -= lr * (1.0 - mu) / (1.0 - prod) * g / denom
+        + lr * mu_next / (1.0 - prod * mu_next) * m / denom;
+}
+
+@compute @workgroup_size(1)
+fn nadam_mu_product() {
+    mu_product[0] *= nadam_mu(step_t());
 }
 
 // The training-step counter lives in the bits of an f32 so it stays exact past 2^24.

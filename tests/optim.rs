@@ -126,6 +126,7 @@ fn optimizer_plan(cfg: Cfg, len: usize) -> Plan {
             eps,
             weight_decay: wd,
             decoupled,
+            max_exp_avg_sq: None,
         }),
     });
     plan
@@ -554,6 +555,7 @@ fn bad_settings_are_named() {
         betas,
         eps,
         weight_decay: 0.0,
+        amsgrad: false,
     };
     let cases: Vec<(MlpSpec, &str)> = vec![
         (
@@ -828,7 +830,7 @@ fn cli_flags() {
         (&["--dropout", "1"][..], "dropout probability"),
         (
             &["--optimizer", "adam", "--momentum", "0.9"],
-            "apply to --optimizer sgd only",
+            "--momentum applies to --optimizer sgd and rmsprop only",
         ),
         (&["--nesterov"], "Nesterov momentum needs a momentum > 0"),
         (
@@ -836,7 +838,27 @@ fn cli_flags() {
             "cannot be used with",
         ),
         (&["--clip-value", "0"], "clip value must be"),
-        (&["--optimizer", "rmsprop"], "invalid value 'rmsprop'"),
+        (&["--optimizer", "lbfgs"], "invalid value 'lbfgs'"),
+        (
+            &["--optimizer", "adam", "--centered"],
+            "--centered applies to --optimizer rmsprop only",
+        ),
+        (
+            &["--optimizer", "rmsprop", "--amsgrad"],
+            "--amsgrad applies to --optimizer adam and adamw only",
+        ),
+        (
+            &["--optimizer", "sgd", "--eps", "1e-3"],
+            "--eps does not apply",
+        ),
+        (
+            &["--optimizer", "rmsprop", "--alpha", "1"],
+            "RMSprop alpha must be in [0, 1), got 1",
+        ),
+        (
+            &["--optimizer", "adagrad", "--lr-decay", "-1"],
+            "Adagrad lr_decay must be a finite number >= 0",
+        ),
     ] {
         let (ok, text) = run(args);
         assert!(!ok && text.contains(want), "{args:?}: {text}");

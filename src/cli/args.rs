@@ -47,7 +47,7 @@ pub struct ModelArgs {
     /// Weight init: auto, glorot-uniform, glorot-normal, he-uniform, he-normal, lecun-uniform, lecun-normal, normal.
     #[arg(long, default_value = "auto")]
     pub init: Init,
-    /// Learning rate [default: 0.05 for sgd; 0.001, torch's default, for adam and adamw].
+    /// Learning rate [default: 0.05 for sgd; torch's for the others: 0.001 adam and adamw, 0.01 rmsprop and adagrad, 0.002 adamax and nadam].
     #[arg(long)]
     pub lr: Option<f32>,
     /// Seed for weights, data and shuffling.
@@ -62,18 +62,39 @@ pub struct ModelArgs {
     /// A skip connection into every K-th hidden layer (projection when sizes differ).
     #[arg(long, value_name = "K")]
     pub residual: Option<usize>,
-    /// Optimizer: sgd, adam or adamw (torch.optim.SGD, Adam, AdamW; betas (0.9, 0.999), eps 1e-8).
+    /// Optimizer: sgd, adam, adamw, rmsprop, adagrad, adamax or nadam (torch.optim's, with its defaults).
     #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
     pub optimizer: OptimizerKind,
-    /// SGD momentum in [0, 1), dampening 0 [default: 0].
+    /// Momentum in [0, 1) of sgd (dampening 0) or rmsprop [default: 0].
     #[arg(long)]
     pub momentum: Option<f32>,
     /// Nesterov momentum (SGD, needs --momentum > 0).
     #[arg(long)]
     pub nesterov: bool,
-    /// Weight decay on all parameters, biases included: L2 for sgd and adam, decoupled for adamw [default: 0; 0.01 for adamw, as torch].
+    /// Weight decay on all parameters, biases included: decoupled for adamw, L2 for the others [default: 0; 0.01 for adamw, as torch].
     #[arg(long)]
     pub weight_decay: Option<f32>,
+    /// AMSGrad: divide by the running maximum of the second moment (adam, adamw).
+    #[arg(long)]
+    pub amsgrad: bool,
+    /// Centered RMSprop: divide by the estimated variance of the gradient.
+    #[arg(long)]
+    pub centered: bool,
+    /// RMSprop's smoothing constant in [0, 1) [default: 0.99].
+    #[arg(long)]
+    pub alpha: Option<f32>,
+    /// Adagrad's learning-rate decay: step t uses lr / (1 + (t-1)·lr_decay) [default: 0].
+    #[arg(long)]
+    pub lr_decay: Option<f32>,
+    /// Adagrad's starting value of the squared-gradient sums [default: 0].
+    #[arg(long)]
+    pub initial_accumulator_value: Option<f32>,
+    /// NAdam's momentum decay ψ in μ_t = β₁(1 - ½·0.96^(tψ)) [default: 0.004].
+    #[arg(long)]
+    pub momentum_decay: Option<f32>,
+    /// Term added to the denominator (all but sgd) [default: torch's, 1e-8; 1e-10 for adagrad].
+    #[arg(long)]
+    pub eps: Option<f32>,
     /// Scale gradients so their global L2 norm is at most this (torch.nn.utils.clip_grad_norm_).
     #[arg(long, conflicts_with = "clip_value")]
     pub clip_norm: Option<f32>,
@@ -108,6 +129,10 @@ pub enum OptimizerKind {
     Sgd,
     Adam,
     Adamw,
+    Rmsprop,
+    Adagrad,
+    Adamax,
+    Nadam,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -119,22 +144,111 @@ pub enum ScheduleKind {
 
 impl ModelArgs {
     pub fn optimizer(&self) -> Result<Optimizer> {
-        if self.optimizer != OptimizerKind::Sgd {
-            anyhow::ensure!(
-                self.momentum.is_none() && !self.nesterov,
-                "--momentum and --nesterov apply to --optimizer sgd only"
-            );
-        }
-        let opt = match self.optimizer {
-            OptimizerKind::Sgd => Optimizer::Sgd {
+        use OptimizerKind as K;
+        let k = self.optimizer;
+        let only = |set: bool, flag: &str, kinds: &[K], which: &str| {
+            anyhow::ensure!(!set || kinds.contains(&k), "{flag} applies to {which} only");
+            Ok(())
+        };
+        only(
+            self.momentum.is_some(),
+            "--momentum",
+            &[K::Sgd, K::Rmsprop],
+            "--optimizer sgd and rmsprop",
+        )?;
+        only(self.nesterov, "--nesterov", &[K::Sgd], "--optimizer sgd")?;
+        only(
+            self.amsgrad,
+            "--amsgrad",
+            &[K::Adam, K::Adamw],
+            "--optimizer adam and adamw",
+        )?;
+        let rms = "--optimizer rmsprop";
+        only(self.centered, "--centered", &[K::Rmsprop], rms)?;
+        only(self.alpha.is_some(), "--alpha", &[K::Rmsprop], rms)?;
+        let ada = "--optimizer adagrad";
+        only(self.lr_decay.is_some(), "--lr-decay", &[K::Adagrad], ada)?;
+        only(
+            self.initial_accumulator_value.is_some(),
+            "--initial-accumulator-value",
+            &[K::Adagrad],
+            ada,
+        )?;
+        only(
+            self.momentum_decay.is_some(),
+            "--momentum-decay",
+            &[K::Nadam],
+            "--optimizer nadam",
+        )?;
+        anyhow::ensure!(
+            self.eps.is_none() || k != K::Sgd,
+            "--eps does not apply to --optimizer sgd"
+        );
+        let mut opt = match k {
+            K::Sgd => Optimizer::Sgd {
                 lr: self.lr.unwrap_or(0.05),
                 momentum: self.momentum.unwrap_or(0.0),
                 nesterov: self.nesterov,
                 weight_decay: 0.0,
             },
-            OptimizerKind::Adam => Optimizer::adam(self.lr.unwrap_or(1e-3)),
-            OptimizerKind::Adamw => Optimizer::adamw(self.lr.unwrap_or(1e-3)),
+            K::Adam => Optimizer::adam(self.lr.unwrap_or(1e-3)).with_amsgrad(self.amsgrad),
+            K::Adamw => Optimizer::adamw(self.lr.unwrap_or(1e-3)).with_amsgrad(self.amsgrad),
+            K::Rmsprop => match Optimizer::rmsprop(self.lr.unwrap_or(1e-2)) {
+                Optimizer::RmsProp {
+                    lr,
+                    alpha,
+                    eps,
+                    weight_decay,
+                    ..
+                } => Optimizer::RmsProp {
+                    lr,
+                    alpha: self.alpha.unwrap_or(alpha),
+                    eps,
+                    weight_decay,
+                    momentum: self.momentum.unwrap_or(0.0),
+                    centered: self.centered,
+                },
+                other => other,
+            },
+            K::Adagrad => match Optimizer::adagrad(self.lr.unwrap_or(1e-2)) {
+                Optimizer::Adagrad {
+                    lr,
+                    lr_decay,
+                    weight_decay,
+                    initial_accumulator_value,
+                    eps,
+                } => Optimizer::Adagrad {
+                    lr,
+                    lr_decay: self.lr_decay.unwrap_or(lr_decay),
+                    weight_decay,
+                    initial_accumulator_value: self
+                        .initial_accumulator_value
+                        .unwrap_or(initial_accumulator_value),
+                    eps,
+                },
+                other => other,
+            },
+            K::Adamax => Optimizer::adamax(self.lr.unwrap_or(2e-3)),
+            K::Nadam => match Optimizer::nadam(self.lr.unwrap_or(2e-3)) {
+                Optimizer::NAdam {
+                    lr,
+                    betas,
+                    eps,
+                    weight_decay,
+                    momentum_decay,
+                } => Optimizer::NAdam {
+                    lr,
+                    betas,
+                    eps,
+                    weight_decay,
+                    momentum_decay: self.momentum_decay.unwrap_or(momentum_decay),
+                },
+                other => other,
+            },
         };
+        if let Some(e) = self.eps {
+            opt = opt.with_eps(e);
+        }
         Ok(match self.weight_decay {
             Some(wd) => opt.with_weight_decay(wd),
             None => opt,

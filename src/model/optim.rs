@@ -19,13 +19,16 @@ pub enum Optimizer {
         /// L2 penalty added to the gradient.
         weight_decay: f32,
     },
-    /// `torch.optim.Adam(lr, betas, eps, weight_decay)` with `amsgrad=False`; weight decay
-    /// is the L2 term added to the gradient.
+    /// `torch.optim.Adam(lr, betas, eps, weight_decay, amsgrad)`; weight decay is the L2
+    /// term added to the gradient.
     Adam {
         lr: f32,
         betas: (f32, f32),
         eps: f32,
         weight_decay: f32,
+        /// Divide by the running maximum of the second moment (`max_exp_avg_sq`).
+        #[serde(default)]
+        amsgrad: bool,
     },
     /// `torch.optim.AdamW`: Adam with decoupled weight decay `param *= 1 - lr·weight_decay`.
     AdamW {
@@ -33,6 +36,43 @@ pub enum Optimizer {
         betas: (f32, f32),
         eps: f32,
         weight_decay: f32,
+        #[serde(default)]
+        amsgrad: bool,
+    },
+    /// `torch.optim.RMSprop(lr, alpha, eps, weight_decay, momentum, centered)`.
+    RmsProp {
+        lr: f32,
+        /// Smoothing constant of the squared-gradient average.
+        alpha: f32,
+        eps: f32,
+        weight_decay: f32,
+        momentum: f32,
+        /// Divide by the estimated variance (`square_avg - grad_avg²`) instead.
+        centered: bool,
+    },
+    /// `torch.optim.Adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps)`.
+    Adagrad {
+        lr: f32,
+        lr_decay: f32,
+        weight_decay: f32,
+        initial_accumulator_value: f32,
+        eps: f32,
+    },
+    /// `torch.optim.Adamax(lr, betas, eps, weight_decay)`.
+    Adamax {
+        lr: f32,
+        betas: (f32, f32),
+        eps: f32,
+        weight_decay: f32,
+    },
+    /// `torch.optim.NAdam(lr, betas, eps, weight_decay, momentum_decay)` with L2 weight
+    /// decay (`decoupled_weight_decay=False`).
+    NAdam {
+        lr: f32,
+        betas: (f32, f32),
+        eps: f32,
+        weight_decay: f32,
+        momentum_decay: f32,
     },
 }
 
@@ -40,6 +80,26 @@ pub enum Optimizer {
 const BETAS: (f32, f32) = (0.9, 0.999);
 const EPS: f32 = 1e-8;
 const ADAMW_WEIGHT_DECAY: f32 = 1e-2;
+
+/// One per-parameter state tensor of an optimizer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StateTensor {
+    /// torch's key in `optimizer.state[param]`.
+    pub key: &'static str,
+    /// A 1-element tensor (torch keeps a 0-d scalar) rather than one of the parameter's
+    /// shape.
+    pub scalar: bool,
+    /// Every element's value before the first step.
+    pub init: f32,
+}
+
+const fn zeros(key: &'static str) -> StateTensor {
+    StateTensor {
+        key,
+        scalar: false,
+        init: 0.0,
+    }
+}
 
 impl Optimizer {
     /// Plain SGD: no momentum, no weight decay.
@@ -79,6 +139,7 @@ impl Optimizer {
             betas: BETAS,
             eps: EPS,
             weight_decay: 0.0,
+            amsgrad: false,
         }
     }
 
@@ -89,16 +150,101 @@ impl Optimizer {
             betas: BETAS,
             eps: EPS,
             weight_decay: ADAMW_WEIGHT_DECAY,
+            amsgrad: false,
         }
     }
 
-    /// The same optimizer with another weight decay (L2 for SGD and Adam, decoupled for
+    /// RMSprop with torch's defaults: alpha 0.99, eps 1e-8, no momentum, not centered.
+    pub fn rmsprop(lr: f32) -> Self {
+        Optimizer::RmsProp {
+            lr,
+            alpha: 0.99,
+            eps: EPS,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            centered: false,
+        }
+    }
+
+    /// Adagrad with torch's defaults: lr_decay 0, initial_accumulator_value 0, eps 1e-10.
+    pub fn adagrad(lr: f32) -> Self {
+        Optimizer::Adagrad {
+            lr,
+            lr_decay: 0.0,
+            weight_decay: 0.0,
+            initial_accumulator_value: 0.0,
+            eps: 1e-10,
+        }
+    }
+
+    /// Adamax with torch's defaults: betas (0.9, 0.999), eps 1e-8.
+    pub fn adamax(lr: f32) -> Self {
+        Optimizer::Adamax {
+            lr,
+            betas: BETAS,
+            eps: EPS,
+            weight_decay: 0.0,
+        }
+    }
+
+    /// NAdam with torch's defaults: betas (0.9, 0.999), eps 1e-8, momentum_decay 4e-3.
+    pub fn nadam(lr: f32) -> Self {
+        Optimizer::NAdam {
+            lr,
+            betas: BETAS,
+            eps: EPS,
+            weight_decay: 0.0,
+            momentum_decay: 4e-3,
+        }
+    }
+
+    /// Adam or AdamW with AMSGrad switched on or off; other optimizers are unchanged.
+    pub fn with_amsgrad(mut self, on: bool) -> Self {
+        if let Optimizer::Adam { amsgrad, .. } | Optimizer::AdamW { amsgrad, .. } = &mut self {
+            *amsgrad = on;
+        }
+        self
+    }
+
+    /// The same optimizer with another weight decay (L2 for all but AdamW, decoupled for
     /// AdamW).
     pub fn with_weight_decay(mut self, wd: f32) -> Self {
         match &mut self {
             Optimizer::Sgd { weight_decay, .. }
             | Optimizer::Adam { weight_decay, .. }
-            | Optimizer::AdamW { weight_decay, .. } => *weight_decay = wd,
+            | Optimizer::AdamW { weight_decay, .. }
+            | Optimizer::RmsProp { weight_decay, .. }
+            | Optimizer::Adagrad { weight_decay, .. }
+            | Optimizer::Adamax { weight_decay, .. }
+            | Optimizer::NAdam { weight_decay, .. } => *weight_decay = wd,
+        }
+        self
+    }
+
+    /// The same optimizer with another `eps` (SGD has none and is unchanged).
+    pub fn with_eps(mut self, new: f32) -> Self {
+        match &mut self {
+            Optimizer::Sgd { .. } => {}
+            Optimizer::Adam { eps, .. }
+            | Optimizer::AdamW { eps, .. }
+            | Optimizer::RmsProp { eps, .. }
+            | Optimizer::Adagrad { eps, .. }
+            | Optimizer::Adamax { eps, .. }
+            | Optimizer::NAdam { eps, .. } => *eps = new,
+        }
+        self
+    }
+
+    /// The same optimizer with another base learning rate.
+    pub fn with_lr(mut self, new: f32) -> Self {
+        match &mut self {
+            Optimizer::Sgd { lr, .. }
+            | Optimizer::Adam { lr, .. }
+            | Optimizer::AdamW { lr, .. }
+            | Optimizer::RmsProp { lr, .. }
+            | Optimizer::Adagrad { lr, .. }
+            | Optimizer::Adamax { lr, .. }
+            | Optimizer::NAdam { lr, .. } => *lr = new,
         }
         self
     }
@@ -108,7 +254,11 @@ impl Optimizer {
         match self {
             Optimizer::Sgd { lr, .. }
             | Optimizer::Adam { lr, .. }
-            | Optimizer::AdamW { lr, .. } => lr,
+            | Optimizer::AdamW { lr, .. }
+            | Optimizer::RmsProp { lr, .. }
+            | Optimizer::Adagrad { lr, .. }
+            | Optimizer::Adamax { lr, .. }
+            | Optimizer::NAdam { lr, .. } => lr,
         }
     }
 
@@ -116,7 +266,11 @@ impl Optimizer {
         match self {
             Optimizer::Sgd { weight_decay, .. }
             | Optimizer::Adam { weight_decay, .. }
-            | Optimizer::AdamW { weight_decay, .. } => weight_decay,
+            | Optimizer::AdamW { weight_decay, .. }
+            | Optimizer::RmsProp { weight_decay, .. }
+            | Optimizer::Adagrad { weight_decay, .. }
+            | Optimizer::Adamax { weight_decay, .. }
+            | Optimizer::NAdam { weight_decay, .. } => weight_decay,
         }
     }
 
@@ -125,16 +279,62 @@ impl Optimizer {
             Optimizer::Sgd { .. } => "SGD",
             Optimizer::Adam { .. } => "Adam",
             Optimizer::AdamW { .. } => "AdamW",
+            Optimizer::RmsProp { .. } => "RMSprop",
+            Optimizer::Adagrad { .. } => "Adagrad",
+            Optimizer::Adamax { .. } => "Adamax",
+            Optimizer::NAdam { .. } => "NAdam",
+        }
+    }
+
+    /// The per-parameter state tensors, with torch's state keys and initial values.
+    pub fn state(self) -> Vec<StateTensor> {
+        match self {
+            Optimizer::Sgd { momentum, .. } if momentum > 0.0 => vec![zeros("momentum_buffer")],
+            Optimizer::Sgd { .. } => vec![],
+            Optimizer::Adam { amsgrad, .. } | Optimizer::AdamW { amsgrad, .. } => {
+                let mut v = vec![zeros("exp_avg"), zeros("exp_avg_sq")];
+                if amsgrad {
+                    v.push(zeros("max_exp_avg_sq"));
+                }
+                v
+            }
+            Optimizer::RmsProp {
+                momentum, centered, ..
+            } => {
+                let mut v = vec![zeros("square_avg")];
+                if momentum > 0.0 {
+                    v.push(zeros("momentum_buffer"));
+                }
+                if centered {
+                    v.push(zeros("grad_avg"));
+                }
+                v
+            }
+            Optimizer::Adagrad {
+                initial_accumulator_value,
+                ..
+            } => vec![StateTensor {
+                key: "sum",
+                scalar: false,
+                init: initial_accumulator_value,
+            }],
+            Optimizer::Adamax { .. } => vec![zeros("exp_avg"), zeros("exp_inf")],
+            // torch starts the product of the momentum coefficients at 1.
+            Optimizer::NAdam { .. } => vec![
+                zeros("exp_avg"),
+                zeros("exp_avg_sq"),
+                StateTensor {
+                    key: "mu_product",
+                    scalar: true,
+                    init: 1.0,
+                },
+            ],
         }
     }
 
     /// Suffixes of the per-parameter state tensors, as keys of torch's optimizer state.
-    pub fn state_names(self) -> &'static [&'static str] {
-        match self {
-            Optimizer::Sgd { momentum, .. } if momentum > 0.0 => &["momentum_buffer"],
-            Optimizer::Sgd { .. } => &[],
-            Optimizer::Adam { .. } | Optimizer::AdamW { .. } => &["exp_avg", "exp_avg_sq"],
-        }
+    pub fn state_names(self) -> Vec<&'static str> {
+        self.state().into_iter().map(|s| s.key).collect()
     }
 
     pub fn validate(self) -> anyhow::Result<()> {
@@ -143,20 +343,38 @@ impl Optimizer {
             lr.is_finite() && lr > 0.0,
             "learning rate must be a finite number > 0, got {lr}"
         );
+        let name = self.name();
         let wd = self.weight_decay();
         anyhow::ensure!(
             wd.is_finite() && wd >= 0.0,
-            "{} weight decay must be a finite number >= 0, got {wd}",
-            self.name()
+            "{name} weight decay must be a finite number >= 0, got {wd}"
         );
+        let unit = |what: &str, v: f32| {
+            anyhow::ensure!(
+                (0.0..1.0).contains(&v),
+                "{name} {what} must be in [0, 1), got {v}"
+            );
+            Ok(())
+        };
+        let positive = |what: &str, v: f32| {
+            anyhow::ensure!(
+                v.is_finite() && v > 0.0,
+                "{name} {what} must be a finite number > 0, got {v}"
+            );
+            Ok(())
+        };
+        let non_negative = |what: &str, v: f32| {
+            anyhow::ensure!(
+                v.is_finite() && v >= 0.0,
+                "{name} {what} must be a finite number >= 0, got {v}"
+            );
+            Ok(())
+        };
         match self {
             Optimizer::Sgd {
                 momentum, nesterov, ..
             } => {
-                anyhow::ensure!(
-                    (0.0..1.0).contains(&momentum),
-                    "SGD momentum must be in [0, 1), got {momentum}"
-                );
+                unit("momentum", momentum)?;
                 anyhow::ensure!(
                     !nesterov || momentum > 0.0,
                     "Nesterov momentum needs a momentum > 0 (got {momentum})"
@@ -171,20 +389,46 @@ impl Optimizer {
                 betas: (b1, b2),
                 eps,
                 ..
+            }
+            | Optimizer::Adamax {
+                betas: (b1, b2),
+                eps,
+                ..
             } => {
-                let name = self.name();
-                anyhow::ensure!(
-                    (0.0..1.0).contains(&b1),
-                    "{name} beta1 must be in [0, 1), got {b1}"
-                );
-                anyhow::ensure!(
-                    (0.0..1.0).contains(&b2),
-                    "{name} beta2 must be in [0, 1), got {b2}"
-                );
-                anyhow::ensure!(
-                    eps.is_finite() && eps > 0.0,
-                    "{name} eps must be a finite number > 0, got {eps}"
-                );
+                unit("beta1", b1)?;
+                unit("beta2", b2)?;
+                positive("eps", eps)?;
+            }
+            Optimizer::NAdam {
+                betas: (b1, b2),
+                eps,
+                momentum_decay,
+                ..
+            } => {
+                unit("beta1", b1)?;
+                unit("beta2", b2)?;
+                positive("eps", eps)?;
+                non_negative("momentum_decay", momentum_decay)?;
+            }
+            Optimizer::RmsProp {
+                alpha,
+                eps,
+                momentum,
+                ..
+            } => {
+                unit("alpha", alpha)?;
+                positive("eps", eps)?;
+                unit("momentum", momentum)?;
+            }
+            Optimizer::Adagrad {
+                lr_decay,
+                initial_accumulator_value,
+                eps,
+                ..
+            } => {
+                non_negative("lr_decay", lr_decay)?;
+                non_negative("initial_accumulator_value", initial_accumulator_value)?;
+                positive("eps", eps)?;
             }
         }
         Ok(())
@@ -217,18 +461,77 @@ impl fmt::Display for Optimizer {
                 betas,
                 eps,
                 weight_decay,
+                amsgrad,
             }
             | Optimizer::AdamW {
                 lr,
                 betas,
                 eps,
                 weight_decay,
+                amsgrad,
+            } => {
+                write!(
+                    f,
+                    "{}(lr={lr}, betas=({}, {}), eps={eps:e}, weight_decay={weight_decay}",
+                    self.name(),
+                    betas.0,
+                    betas.1
+                )?;
+                if amsgrad {
+                    write!(f, ", amsgrad")?;
+                }
+                write!(f, ")")
+            }
+            Optimizer::RmsProp {
+                lr,
+                alpha,
+                eps,
+                weight_decay,
+                momentum,
+                centered,
+            } => {
+                write!(
+                    f,
+                    "RMSprop(lr={lr}, alpha={alpha}, eps={eps:e}, weight_decay={weight_decay}, \
+                     momentum={momentum}"
+                )?;
+                if centered {
+                    write!(f, ", centered")?;
+                }
+                write!(f, ")")
+            }
+            Optimizer::Adagrad {
+                lr,
+                lr_decay,
+                weight_decay,
+                initial_accumulator_value,
+                eps,
             } => write!(
                 f,
-                "{}(lr={lr}, betas=({}, {}), eps={eps:e}, weight_decay={weight_decay})",
-                self.name(),
-                betas.0,
-                betas.1
+                "Adagrad(lr={lr}, lr_decay={lr_decay}, weight_decay={weight_decay}, \
+                 initial_accumulator_value={initial_accumulator_value}, eps={eps:e})"
+            ),
+            Optimizer::Adamax {
+                lr,
+                betas,
+                eps,
+                weight_decay,
+            } => write!(
+                f,
+                "Adamax(lr={lr}, betas=({}, {}), eps={eps:e}, weight_decay={weight_decay})",
+                betas.0, betas.1
+            ),
+            Optimizer::NAdam {
+                lr,
+                betas,
+                eps,
+                weight_decay,
+                momentum_decay,
+            } => write!(
+                f,
+                "NAdam(lr={lr}, betas=({}, {}), eps={eps:e}, weight_decay={weight_decay}, \
+                 momentum_decay={momentum_decay})",
+                betas.0, betas.1
             ),
         }
     }

@@ -409,12 +409,14 @@ impl MlpSpec {
         };
         let mut out = Vec::new();
         for p in params.iter().filter(|p| p.kind == PersistentKind::Param) {
-            for suffix in self.optimizer.state_names() {
-                out.push(zeros(
-                    format!("{}.{suffix}", p.name),
-                    &p.shape,
-                    PersistentKind::OptimizerState,
-                ));
+            for st in self.optimizer.state() {
+                let shape: &[usize] = if st.scalar { &[1] } else { &p.shape };
+                out.push(PersistentDesc {
+                    name: format!("{}.{}", p.name, st.key),
+                    shape: shape.to_vec(),
+                    init: vec![st.init; shape.iter().product()],
+                    kind: PersistentKind::OptimizerState,
+                });
             }
         }
         if let Some(Clip::Norm(_)) = self.clip {

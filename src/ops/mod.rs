@@ -10,7 +10,7 @@
 //! | [`loss`] | [`LossGrad`], [`LossEval`], [`AccumulateMetrics`] | `shaders/loss.wgsl` |
 //! | [`batch_norm`] | [`BatchNormTrain`], [`BatchNormEval`], [`BatchNormBackward`] | `shaders/batch_norm.wgsl` |
 //! | [`elementwise`] | [`Add`], [`Accumulate`] | `shaders/elementwise.wgsl` |
-//! | [`optim`] | [`AdvanceStep`], [`Sgd`], [`Adam`] | `shaders/optim.wgsl` |
+//! | [`optim`] | [`AdvanceStep`], [`Sgd`], [`Adam`], [`Rmsprop`], [`Adagrad`], [`Adamax`], [`NadamMuProduct`], [`Nadam`] | `shaders/optim.wgsl` |
 //! | [`clip`] | [`NormPartials`], [`ClipCoef`], [`ScaleBy`], [`ClampValue`] | `shaders/clip.wgsl` |
 //! | [`dropout`] | [`Dropout`] | `shaders/dropout.wgsl` |
 //! | [`health`] | [`ActivationStats`], [`Norm`], [`CopyInto`], [`GuardFinite`] | `shaders/health/` |
@@ -42,7 +42,9 @@ pub use health::{ActivationStats, CopyInto, GuardFinite, Norm};
 pub use host::Host;
 pub use loss::{target_len, AccumulateMetrics, Loss, LossEval, LossGrad, METRICS_LEN};
 pub use matmul::MatMul;
-pub use optim::{Adam, AdvanceStep, Momentum, Sgd};
+pub use optim::{
+    Adagrad, Adam, Adamax, AdvanceStep, Momentum, Nadam, NadamMuProduct, Rmsprop, Sgd,
+};
 
 use crate::device::{Dispatch, Lowerer, ShaderTable, Step};
 use crate::tensor::TensorId;
@@ -141,6 +143,11 @@ ops! {
     AdvanceStep,
     Sgd,
     Adam,
+    Rmsprop,
+    Adagrad,
+    Adamax,
+    NadamMuProduct,
+    Nadam,
     NormPartials,
     ClipCoef,
     ScaleBy,

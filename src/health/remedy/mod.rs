@@ -99,13 +99,7 @@ impl Remedy {
 }
 
 fn with_lr(opt: Optimizer, new: f32) -> Optimizer {
-    let mut opt = opt;
-    match &mut opt {
-        Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } | Optimizer::AdamW { lr, .. } => {
-            *lr = new
-        }
-    }
-    opt
+    opt.with_lr(new)
 }
 
 /// The non-saturating activations worth a trial, each with the init it needs.

@@ -194,15 +194,20 @@ impl Builder<'_> {
     /// weight.
     pub(super) fn updates(&mut self) -> anyhow::Result<()> {
         for (param, grad) in self.params.clone() {
-            let op = self.update_op(param, grad)?;
-            self.p.train.push(op);
+            let ops = self.update_ops(param, grad)?;
+            self.p.train.extend(ops);
         }
         self.p.grads = self.params.clone();
         Ok(())
     }
 
-    /// The update of one parameter, with its optimizer state found by name.
-    pub(super) fn update_op(&mut self, param: TensorId, grad: TensorId) -> anyhow::Result<Op> {
+    /// The update of one parameter, with its optimizer state found by name (NAdam's is
+    /// two ops: its momentum product, then the update reading it).
+    pub(super) fn update_ops(
+        &mut self,
+        param: TensorId,
+        grad: TensorId,
+    ) -> anyhow::Result<Vec<Op>> {
         let t = &self.p.tensors[param];
         let (name, shape, len) = (t.name.clone(), t.shape.clone(), t.len());
         let state = |b: &mut Self, suffix: &str| b.persistent(&format!("{name}.{suffix}"), &shape);
@@ -222,26 +227,28 @@ impl Builder<'_> {
                 } else {
                     None
                 };
-                Op::Sgd(Sgd {
+                vec![Op::Sgd(Sgd {
                     param,
                     grad,
                     len,
                     momentum,
                     weight_decay,
-                })
+                })]
             }
             Optimizer::Adam {
                 betas,
                 eps,
                 weight_decay,
+                amsgrad,
                 ..
             }
             | Optimizer::AdamW {
                 betas,
                 eps,
                 weight_decay,
+                amsgrad,
                 ..
-            } => Op::Adam(Adam {
+            } => vec![Op::Adam(Adam {
                 param,
                 grad,
                 exp_avg: state(self, "exp_avg")?,
@@ -253,7 +260,103 @@ impl Builder<'_> {
                 eps,
                 weight_decay,
                 decoupled: matches!(self.spec.optimizer, Optimizer::AdamW { .. }),
-            }),
+                max_exp_avg_sq: if amsgrad {
+                    Some(state(self, "max_exp_avg_sq")?)
+                } else {
+                    None
+                },
+            })],
+            Optimizer::RmsProp {
+                alpha,
+                eps,
+                weight_decay,
+                momentum,
+                centered,
+                ..
+            } => vec![Op::Rmsprop(Rmsprop {
+                param,
+                grad,
+                square_avg: state(self, "square_avg")?,
+                momentum_buffer: if momentum > 0.0 {
+                    Some(state(self, "momentum_buffer")?)
+                } else {
+                    None
+                },
+                grad_avg: if centered {
+                    Some(state(self, "grad_avg")?)
+                } else {
+                    None
+                },
+                len,
+                alpha,
+                eps,
+                weight_decay,
+                momentum,
+            })],
+            Optimizer::Adagrad {
+                lr_decay,
+                weight_decay,
+                eps,
+                ..
+            } => vec![Op::Adagrad(Adagrad {
+                param,
+                grad,
+                sum: state(self, "sum")?,
+                step: self.step_counter()?,
+                len,
+                lr_decay,
+                eps,
+                weight_decay,
+            })],
+            Optimizer::Adamax {
+                betas,
+                eps,
+                weight_decay,
+                ..
+            } => vec![Op::Adamax(Adamax {
+                param,
+                grad,
+                exp_avg: state(self, "exp_avg")?,
+                exp_inf: state(self, "exp_inf")?,
+                step: self.step_counter()?,
+                len,
+                beta1: betas.0,
+                beta2: betas.1,
+                eps,
+                weight_decay,
+            })],
+            Optimizer::NAdam {
+                betas,
+                eps,
+                weight_decay,
+                momentum_decay,
+                ..
+            } => {
+                let mu_product = self.persistent(&format!("{name}.mu_product"), &[1])?;
+                let step = self.step_counter()?;
+                vec![
+                    Op::NadamMuProduct(NadamMuProduct {
+                        mu_product,
+                        step,
+                        beta1: betas.0,
+                        momentum_decay,
+                    }),
+                    Op::Nadam(Nadam {
+                        param,
+                        grad,
+                        exp_avg: state(self, "exp_avg")?,
+                        exp_avg_sq: state(self, "exp_avg_sq")?,
+                        mu_product,
+                        step,
+                        len,
+                        beta1: betas.0,
+                        beta2: betas.1,
+                        eps,
+                        weight_decay,
+                        momentum_decay,
+                    }),
+                ]
+            }
         })
     }
 }
