@@ -253,7 +253,7 @@ loss = "cross-entropy"     # cross-entropy | mse
 # eps = 1e-5
 
 [optimizer]
-kind = "sgd"               # sgd | adam | adamw
+kind = "sgd"               # sgd | adam | adamw | rmsprop | adagrad | adamax | nadam
 lr = 0.05
 momentum = 0.0             # sgd only
 nesterov = false           # sgd only
@@ -264,6 +264,11 @@ weight_decay = 0.0
 # betas = [0.9, 0.999]
 # eps = 1e-8
 # weight_decay = 0.0       # adamw default 0.01
+# amsgrad = false
+# rmsprop: alpha = 0.99, eps = 1e-8, weight_decay = 0.0, momentum = 0.0, centered = false
+# adagrad: lr_decay = 0.0, weight_decay = 0.0, initial_accumulator_value = 0.0, eps = 1e-10
+# adamax:  betas = [0.9, 0.999], eps = 1e-8, weight_decay = 0.0
+# nadam:   betas = [0.9, 0.999], eps = 1e-8, weight_decay = 0.0, momentum_decay = 0.004
 
 [training]
 epochs = 20
