@@ -9,10 +9,24 @@ use steadygrad::check::{cross_check, Tolerance};
 use steadygrad::checkpoint;
 use steadygrad::config::Config;
 use steadygrad::gpu::{describe_adapter, list_adapters, AdapterSelection, GpuContext};
+use steadygrad::model::optim::{EarlyStopping, Monitor};
 use steadygrad::{data, BackendChoice, EpochReport, FitOptions, Loss, MlpSpec, Model};
 
 mod cli;
 use cli::args::{spec_from, Cli, Command};
+
+/// Returned by the training hook to end the run when early stopping says so; not a
+/// failure.
+#[derive(Debug)]
+struct EarlyStopped;
+
+impl std::fmt::Display for EarlyStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped early")
+    }
+}
+
+impl std::error::Error for EarlyStopped {}
 
 pub(crate) fn print_epoch(r: &EpochReport) {
     let v = r.valid.expect("validation data was given");
@@ -195,6 +209,11 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             unfreeze_at_epoch,
             cache_frozen,
             drop_last,
+            early_stop,
+            monitor,
+            min_delta,
+            save_best,
+            restore_best,
             run,
         } => {
             if print_config {
@@ -222,6 +241,23 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 }
                 None => None,
             };
+            let _best_lock = match &save_best {
+                Some(path) => {
+                    anyhow::ensure!(
+                        save.as_deref() != Some(path.as_path()),
+                        "--save-best and --save name the same file '{}'; the best epoch's \
+                         checkpoint needs its own",
+                        path.display()
+                    );
+                    checkpoint::check_writable(path, "--save-best")?;
+                    Some(checkpoint::lock_for_writing(path)?)
+                }
+                None => None,
+            };
+            let monitor = monitor.monitor();
+            let mut stopping = (early_stop.is_some() || save_best.is_some() || restore_best)
+                .then(|| EarlyStopping::new(monitor, early_stop, min_delta))
+                .transpose()?;
             if let Some(dir) = &extra.plots {
                 checkpoint::check_writable_dir(dir, "--plots")?;
             }
@@ -362,9 +398,19 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 epoch: 0,
                 standardizer,
             };
+            anyhow::ensure!(
+                stopping.is_none()
+                    || monitor != Monitor::ValAccuracy
+                    || m.spec().loss == Loss::SoftmaxCrossEntropy,
+                "--monitor val-accuracy needs a classification task; regression has no accuracy \
+                 (use --monitor val-loss)"
+            );
+            let mut best_weights = None;
+            let mut trained = 0;
             let start = Instant::now();
             let bar = run.attach(&mut m)?;
             let result = m.fit_with_hook(&train, Some(&valid), &opts, |m, r| {
+                trained += 1;
                 if !run.quiet() {
                     bar.suspend(|| print_epoch(r));
                 }
@@ -378,15 +424,69 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                     bar.suspend(|| println!("unfreezing all layers from epoch {}", r.epoch + 1));
                     m.set_frozen_layers(0)?;
                 }
+                if let Some(stop) = &mut stopping {
+                    let v = r.valid.expect("validation data was given");
+                    let value = match monitor {
+                        Monitor::ValLoss => v.loss,
+                        Monitor::ValAccuracy => v.accuracy.unwrap_or(f32::NAN),
+                    } as f64;
+                    let d = stop.update(r.epoch, value);
+                    if d.improved {
+                        if let Some(path) = &save_best {
+                            checkpoint::save_checkpoint(m, path, &state)?;
+                        }
+                        if restore_best {
+                            best_weights = Some(m.state_dict()?);
+                        }
+                    }
+                    if d.stop {
+                        return Err(EarlyStopped.into());
+                    }
+                }
                 Ok(())
             });
             bar.finish_and_clear();
             run.finish(&mut m, "train")?;
-            result?;
+            let stopped = match result {
+                Err(e) if e.downcast_ref::<EarlyStopped>().is_some() => true,
+                other => {
+                    other?;
+                    false
+                }
+            };
             println!(
-                "trained {remaining} epochs in {:.1} s",
+                "trained {trained} epochs in {:.1} s",
                 start.elapsed().as_secs_f64()
             );
+            if let Some(stop) = &stopping {
+                if let Some((epoch, value)) = stop.best() {
+                    if stopped {
+                        println!(
+                            "early stopping after epoch {}: {} did not improve by more than {} \
+                             for {} epochs",
+                            m.epoch(),
+                            monitor.name(),
+                            min_delta,
+                            early_stop.unwrap_or_default()
+                        );
+                    }
+                    println!("best epoch {epoch}: {} {value:.6}", monitor.name());
+                }
+            }
+            if let Some(weights) = &best_weights {
+                m.load_state_dict(weights)?;
+                let v = m.evaluate(&valid, batch)?;
+                let (epoch, _) = stopping.as_ref().and_then(|s| s.best()).unwrap_or_default();
+                println!(
+                    "restored the weights of epoch {epoch}: val loss {:.6}{}",
+                    v.loss,
+                    v.accuracy
+                        .map_or(String::new(), |a| format!(", val accuracy {:.4}", a))
+                );
+            }
+            if let Some(path) = &save_best {
+                println!("saved the best epoch to '{}'", path.display());
+            }
             if let Some(path) = &save {
                 println!("saved '{}'", path.display());
             }

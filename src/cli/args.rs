@@ -136,6 +136,21 @@ pub enum OptimizerKind {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum MonitorKind {
+    ValLoss,
+    ValAccuracy,
+}
+
+impl MonitorKind {
+    pub fn monitor(self) -> steadygrad::model::optim::Monitor {
+        match self {
+            MonitorKind::ValLoss => steadygrad::model::optim::Monitor::ValLoss,
+            MonitorKind::ValAccuracy => steadygrad::model::optim::Monitor::ValAccuracy,
+        }
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
 pub enum ScheduleKind {
     Constant,
     Step,
@@ -473,6 +488,22 @@ pub enum Command {
         /// DataLoader drop_last).
         #[arg(long)]
         drop_last: bool,
+        /// Stop after this many epochs in a row without improvement of --monitor (Keras's
+        /// EarlyStopping patience).
+        #[arg(long, value_name = "PATIENCE")]
+        early_stop: Option<usize>,
+        /// What --early-stop, --save-best and --restore-best follow.
+        #[arg(long, value_enum, default_value_t = MonitorKind::ValLoss)]
+        monitor: MonitorKind,
+        /// An epoch improves only when it beats the best by more than this.
+        #[arg(long, default_value_t = 0.0)]
+        min_delta: f64,
+        /// Keep the checkpoint of the best epoch here (atomic; saved when an epoch improves).
+        #[arg(long)]
+        save_best: Option<PathBuf>,
+        /// Load the best epoch's weights at the end (Keras's restore_best_weights).
+        #[arg(long)]
+        restore_best: bool,
         #[command(flatten)]
         run: RunArgs,
     },
