@@ -831,3 +831,29 @@ fn cli_trains_with_each_optimizer() {
         assert!(!text.contains("NaN"), "{args:?}: {text}");
     }
 }
+
+/// Tensors over the device's binding limit (forced down to 4 KiB here): every update is
+/// split into windows of elements, with the step counter, NAdam's product and the
+/// switched-off state bindings bound whole, and matches the CPU as the unsplit kernels
+/// do (same tolerance as `gpu_matches_cpu`).
+#[test]
+fn updates_split_over_small_bindings() {
+    for cfg in CFGS {
+        for len in [3001, 3000] {
+            let p0: Vec<f32> = random(len, 5).iter().map(|v| v * 0.01).collect();
+            let grads: Vec<Vec<f32>> = (0..3).map(|s| random(len, 40 + s)).collect();
+            let mut engine = GpuEngine::new(gpu());
+            engine.limit_memory(4096, u64::MAX);
+            let g = run_steps(&mut engine, cfg, &p0, &grads, 0.01);
+            let c = run_steps(&mut CpuEngine::new(), cfg, &p0, &grads, 0.01);
+            for (i, (g, c)) in g.iter().zip(&c).enumerate() {
+                let t = steadygrad::check::compare("split", g, c, Tolerance::default());
+                assert!(
+                    t.pass,
+                    "{cfg:?} len {len} output {i}: max abs {:e}",
+                    t.max_abs
+                );
+            }
+        }
+    }
+}
