@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use steadygrad::check::Tolerance;
+use steadygrad::model::optim::{ADAGRAD_EPS, NADAM_MOMENTUM_DECAY, RMSPROP_ALPHA};
 use steadygrad::{
     data, Activation, BatchNorm, BnPlacement, Clip, Dataset, Init, Loss, LrSchedule, MlpSpec,
     Optimizer,
@@ -208,57 +209,28 @@ impl ModelArgs {
             },
             K::Adam => Optimizer::adam(self.lr.unwrap_or(1e-3)).with_amsgrad(self.amsgrad),
             K::Adamw => Optimizer::adamw(self.lr.unwrap_or(1e-3)).with_amsgrad(self.amsgrad),
-            K::Rmsprop => match Optimizer::rmsprop(self.lr.unwrap_or(1e-2)) {
-                Optimizer::RmsProp {
-                    lr,
-                    alpha,
-                    eps,
-                    weight_decay,
-                    ..
-                } => Optimizer::RmsProp {
-                    lr,
-                    alpha: self.alpha.unwrap_or(alpha),
-                    eps,
-                    weight_decay,
-                    momentum: self.momentum.unwrap_or(0.0),
-                    centered: self.centered,
-                },
-                other => other,
+            K::Rmsprop => Optimizer::RmsProp {
+                lr: self.lr.unwrap_or(1e-2),
+                alpha: self.alpha.unwrap_or(RMSPROP_ALPHA),
+                eps: 1e-8,
+                weight_decay: 0.0,
+                momentum: self.momentum.unwrap_or(0.0),
+                centered: self.centered,
             },
-            K::Adagrad => match Optimizer::adagrad(self.lr.unwrap_or(1e-2)) {
-                Optimizer::Adagrad {
-                    lr,
-                    lr_decay,
-                    weight_decay,
-                    initial_accumulator_value,
-                    eps,
-                } => Optimizer::Adagrad {
-                    lr,
-                    lr_decay: self.lr_decay.unwrap_or(lr_decay),
-                    weight_decay,
-                    initial_accumulator_value: self
-                        .initial_accumulator_value
-                        .unwrap_or(initial_accumulator_value),
-                    eps,
-                },
-                other => other,
+            K::Adagrad => Optimizer::Adagrad {
+                lr: self.lr.unwrap_or(1e-2),
+                lr_decay: self.lr_decay.unwrap_or(0.0),
+                weight_decay: 0.0,
+                initial_accumulator_value: self.initial_accumulator_value.unwrap_or(0.0),
+                eps: ADAGRAD_EPS,
             },
             K::Adamax => Optimizer::adamax(self.lr.unwrap_or(2e-3)),
-            K::Nadam => match Optimizer::nadam(self.lr.unwrap_or(2e-3)) {
-                Optimizer::NAdam {
-                    lr,
-                    betas,
-                    eps,
-                    weight_decay,
-                    momentum_decay,
-                } => Optimizer::NAdam {
-                    lr,
-                    betas,
-                    eps,
-                    weight_decay,
-                    momentum_decay: self.momentum_decay.unwrap_or(momentum_decay),
-                },
-                other => other,
+            K::Nadam => Optimizer::NAdam {
+                lr: self.lr.unwrap_or(2e-3),
+                betas: (0.9, 0.999),
+                eps: 1e-8,
+                weight_decay: 0.0,
+                momentum_decay: self.momentum_decay.unwrap_or(NADAM_MOMENTUM_DECAY),
             },
         };
         if let Some(e) = self.eps {

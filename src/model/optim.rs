@@ -80,6 +80,12 @@ pub enum Optimizer {
 const BETAS: (f32, f32) = (0.9, 0.999);
 const EPS: f32 = 1e-8;
 const ADAMW_WEIGHT_DECAY: f32 = 1e-2;
+/// torch's RMSprop smoothing constant.
+pub const RMSPROP_ALPHA: f32 = 0.99;
+/// torch's Adagrad eps.
+pub const ADAGRAD_EPS: f32 = 1e-10;
+/// torch's NAdam momentum decay ψ.
+pub const NADAM_MOMENTUM_DECAY: f32 = 4e-3;
 
 /// One per-parameter state tensor of an optimizer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -158,7 +164,7 @@ impl Optimizer {
     pub fn rmsprop(lr: f32) -> Self {
         Optimizer::RmsProp {
             lr,
-            alpha: 0.99,
+            alpha: RMSPROP_ALPHA,
             eps: EPS,
             weight_decay: 0.0,
             momentum: 0.0,
@@ -173,7 +179,7 @@ impl Optimizer {
             lr_decay: 0.0,
             weight_decay: 0.0,
             initial_accumulator_value: 0.0,
-            eps: 1e-10,
+            eps: ADAGRAD_EPS,
         }
     }
 
@@ -194,7 +200,7 @@ impl Optimizer {
             betas: BETAS,
             eps: EPS,
             weight_decay: 0.0,
-            momentum_decay: 4e-3,
+            momentum_decay: NADAM_MOMENTUM_DECAY,
         }
     }
 
