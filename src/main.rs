@@ -405,7 +405,39 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 "--monitor val-accuracy needs a classification task; regression has no accuracy \
                  (use --monitor val-loss)"
             );
+            let monitored = |v: &steadygrad::Metrics| match monitor {
+                Monitor::ValLoss => v.loss,
+                Monitor::ValAccuracy => v.accuracy.unwrap_or(f32::NAN),
+            } as f64;
             let mut best_weights = None;
+            // A resumed run must not replace a better epoch kept before it stopped: the
+            // best checkpoint so far sets the value to beat.
+            if let (Some(stop), Some(_), Some(path)) = (&mut stopping, &resume, &save_best) {
+                if path.exists() {
+                    let (mut b, ckpt) = model_from_checkpoint(path, &choice)
+                        .with_context(|| format!("--save-best '{}'", path.display()))?;
+                    anyhow::ensure!(
+                        b.spec().layer_sizes() == m.spec().layer_sizes()
+                            && ckpt.state.epoch <= m.epoch(),
+                        "--save-best '{}' is not a checkpoint of this run (a different \
+                         architecture, or epoch {} after the resumed epoch {}); name a new file",
+                        path.display(),
+                        ckpt.state.epoch,
+                        m.epoch()
+                    );
+                    let value = monitored(&b.evaluate(&valid, batch)?);
+                    stop.seed(ckpt.state.epoch, value);
+                    if restore_best {
+                        best_weights = Some(b.state_dict()?);
+                    }
+                    println!(
+                        "best so far: epoch {} in '{}', {} {value:.6}",
+                        ckpt.state.epoch,
+                        path.display(),
+                        monitor.name()
+                    );
+                }
+            }
             let mut trained = 0;
             let start = Instant::now();
             let bar = run.attach(&mut m)?;
@@ -426,11 +458,7 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 }
                 if let Some(stop) = &mut stopping {
                     let v = r.valid.expect("validation data was given");
-                    let value = match monitor {
-                        Monitor::ValLoss => v.loss,
-                        Monitor::ValAccuracy => v.accuracy.unwrap_or(f32::NAN),
-                    } as f64;
-                    let d = stop.update(r.epoch, value);
+                    let d = stop.update(r.epoch, monitored(&v));
                     if d.improved {
                         if let Some(path) = &save_best {
                             checkpoint::save_checkpoint(m, path, &state)?;

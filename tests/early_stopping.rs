@@ -265,3 +265,86 @@ fn bad_flags_are_named() {
     }
     assert!(!same.exists());
 }
+
+/// A resumed run keeps the best checkpoint of the epochs before it unless it beats it:
+/// stopping at epoch 16 (best 14) and resuming to the end, the later epochs of this data
+/// never go below epoch 14's loss, so `--save-best` must still hold epoch 14. A tracker
+/// that started afresh would overwrite it with the first resumed epoch.
+#[test]
+fn resumed_run_keeps_an_earlier_best() {
+    let tmp = TempDir::new("early-stop-resume");
+    let data = small_digits(tmp.path());
+    let (best, last) = (tmp.path().join("best.st"), tmp.path().join("last.st"));
+    let valid = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits_valid.csv");
+    let data_args = [
+        "--data",
+        data.to_str().unwrap(),
+        "--valid-data",
+        valid.to_str().unwrap(),
+        "--label-column",
+        "label",
+    ];
+    let mut first = vec!["train"];
+    first.extend(data_args);
+    first.extend(["--depth", "2", "--width", "256", "--optimizer", "adam"]);
+    first.extend(["--batch", "16", "--epochs", "16"]);
+    first.extend(["--save", last.to_str().unwrap()]);
+    first.extend(["--save-best", best.to_str().unwrap()]);
+    let (ok, text) = steadygrad(&first);
+    assert!(ok, "{text}");
+    let rows = epochs(&text);
+    let best_epoch = number_after(&text, "best epoch ") as usize;
+    let best_loss = rows[best_epoch - 1].1;
+    assert!(
+        best_epoch < 16,
+        "the first part must end past its best: {text}"
+    );
+
+    let mut second = vec![
+        "train",
+        "--resume",
+        last.to_str().unwrap(),
+        "--epochs",
+        "40",
+    ];
+    second.extend(data_args);
+    second.extend(["--early-stop", "5", "--save-best", best.to_str().unwrap()]);
+    second.push("--restore-best");
+    let (ok, text) = steadygrad(&second);
+    assert!(ok, "{text}");
+    let later = epochs(&text);
+    assert_eq!(later[0].0, 17, "{text}");
+    let min_later = later.iter().map(|r| r.1).fold(f64::MAX, f64::min);
+    assert!(
+        min_later > best_loss,
+        "this data must not beat epoch {best_epoch} after it: {text}"
+    );
+    assert!(
+        text.contains(&format!("best epoch {best_epoch}:")),
+        "{text}"
+    );
+    assert_eq!(later.last().unwrap().0, 16 + 5, "{text}");
+    let restored = text
+        .lines()
+        .find(|l| l.starts_with("restored the weights"))
+        .unwrap();
+    assert!(
+        (number_after(restored, "val loss ") - best_loss).abs() <= 5e-5,
+        "{restored} vs {best_loss}"
+    );
+    let (ok, out) = steadygrad(&[
+        "eval",
+        "--checkpoint",
+        best.to_str().unwrap(),
+        "--data",
+        valid.to_str().unwrap(),
+        "--label-column",
+        "label",
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(number_after(&out, "loss "), best_loss, "{out}");
+    assert!(
+        text.contains(&format!("best so far: epoch {best_epoch} in")),
+        "{text}"
+    );
+}

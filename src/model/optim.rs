@@ -720,6 +720,14 @@ impl EarlyStopping {
         }
     }
 
+    /// Starts from a best epoch found before (a resumed run's best checkpoint), so later
+    /// epochs must beat it; the patience count starts afresh.
+    pub fn seed(&mut self, epoch: usize, value: f64) {
+        if !value.is_nan() {
+            self.best = Some((epoch, value));
+        }
+    }
+
     /// The best epoch so far and its value.
     pub fn best(&self) -> Option<(usize, f64)> {
         self.best
