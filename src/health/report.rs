@@ -233,7 +233,11 @@ impl Report {
         h.push_str(&heatmap(
             "‖∇W‖ per layer (log₁₀)",
             &self.stats,
-            |l| l.weight_grad_norm,
+            // The norm leaves non-finite elements out; the cell must not.
+            |l| {
+                l.weight_grad_norm
+                    .map(|g| if l.grad_nonfinite > 0 { f32::NAN } else { g })
+            },
             "gradient-heatmap",
         ));
         h.push_str(&heatmap(
@@ -246,7 +250,10 @@ impl Report {
         h.push_str(&heatmap(
             "Activation standard deviation per layer (log₁₀)",
             &self.stats,
-            |l| l.act_std,
+            |l| {
+                l.act_std
+                    .map(|v| if l.act_nonfinite > 0 { f32::NAN } else { v })
+            },
             "activation-heatmap",
         ));
         if let Some(last) = self.stats.last() {
