@@ -577,6 +577,59 @@ fn a_hundred_layer_ten_thousand_step_report_stays_small() {
 }
 
 #[test]
+fn experiment_report_shows_every_configuration() {
+    let tmp = TempDir::new("report-experiment");
+    let d = tmp.path();
+    let (ok, out, err) = run(
+        &[
+            "experiment",
+            "--backend",
+            "cpu",
+            "vanishing",
+            "--depth",
+            "6",
+            "--width",
+            "8",
+            "--epochs",
+            "1",
+            "--points",
+            "40",
+            "--no-plots",
+            "--json",
+            "--report",
+            "exp.html",
+        ],
+        d,
+    );
+    assert!(ok, "{out}{err}");
+    let summary = json(&out);
+    let html = std::fs::read_to_string(d.join("exp.html")).unwrap();
+    assert_self_contained(&html);
+    let outcomes = summary["outcomes"].as_array().unwrap();
+    let verdicts = summary["verdicts"].as_array().unwrap();
+    let held = verdicts.iter().filter(|v| v["holds"] == true).count();
+    assert!(
+        html.contains(&format!("{held} of {} claims hold", verdicts.len()))
+            || html.contains(&format!("all {held} claims hold")),
+        "status"
+    );
+    for (i, o) in outcomes.iter().enumerate() {
+        let label = o["label"].as_str().unwrap();
+        assert!(html.contains(&format!("<h2>{label}</h2>")), "{label}");
+        assert!(
+            html.contains(&format!("id=gradient-heatmap-{i}>")),
+            "{label}"
+        );
+    }
+    let sizes = svg_sizes(&html);
+    // A line chart and a heatmap (with its grid) per configuration.
+    assert_eq!(sizes.len(), 3 * outcomes.len(), "{sizes:?}");
+    assert!(sizes.iter().all(|&(w, h)| w > 0.0 && h > 0.0), "{sizes:?}");
+    // Learning rates as typed, not as f32 products.
+    assert!(!html.contains("0.59999"), "an unrounded learning rate");
+}
+
+#[test]
 fn chromium_renders_the_report() {
     let tmp = TempDir::new("report-chromium");
     let d = tmp.path();

@@ -17,7 +17,7 @@ use steadygrad::health::log::MetricsLog;
 use steadygrad::health::plot::{self, Run};
 use steadygrad::health::progress::TrainProgress;
 use steadygrad::health::remedy::{self, Change, Trial, TrialOptions, TrialReport};
-use steadygrad::health::report::{self, Report, ReportObserver, SharedReport};
+use steadygrad::health::report::{self, ExperimentReport, Report, ReportObserver, SharedReport};
 use steadygrad::health::table::layer_table;
 use steadygrad::health::tensorboard::TensorBoardLog;
 use steadygrad::health::{
@@ -666,6 +666,11 @@ pub struct VanishingArgs {
     /// and device (atomic).
     #[arg(long, value_name = "FILE")]
     markdown: Option<PathBuf>,
+    /// Write the experiment as one self-contained HTML page to FILE: the table, the claims,
+    /// and each configuration's batch loss and gradient heatmap on one colour scale.
+    /// Rewritten after every configuration.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
     /// Print a machine-readable summary (JSON) instead of the table.
     #[arg(long)]
     json: bool,
@@ -813,9 +818,48 @@ pub fn experiment(which: &ExperimentKind, choice: &BackendChoice) -> Result<()> 
         );
     }
     let n = configs.len();
+    let setup = format!(
+        "{} → {} hidden × {} → {}, batch {}, {} epochs, SGD lr {} (×{} for the high-rate runs), \
+         statistics every {} steps, seed {}",
+        train.input_dim,
+        a.depth,
+        a.width,
+        train.classes.unwrap_or(train.target_dim),
+        a.batch,
+        a.epochs,
+        a.lr,
+        a.high_lr_scale,
+        a.stats_every,
+        a.seed
+    );
+    let write_page = |outcomes: &[experiment::Outcome]| -> Result<()> {
+        let Some(path) = &a.report else {
+            return Ok(());
+        };
+        let verdicts = experiment::verdicts(&configs, outcomes);
+        ExperimentReport {
+            command: command_line(),
+            device: device.clone(),
+            data: data.clone(),
+            setup: setup.clone(),
+            planned: n,
+            outcomes,
+            verdicts: &verdicts,
+        }
+        .write(path)
+        .context("writing the --report page")
+    };
+    // Before the first configuration, so a path that cannot be written fails at once.
+    write_page(&[])?;
+    let mut done = Vec::new();
+    let mut page_error = None;
     let mut i = 0;
     let clock = std::time::Instant::now();
     let outcomes = experiment::run(&opts, &configs, &train, &valid, &mut make, |o| {
+        if a.report.is_some() && page_error.is_none() {
+            done.push(o.clone());
+            page_error = write_page(&done).err();
+        }
         i += 1;
         if talk {
             let end = match &o.diverged {
@@ -830,6 +874,10 @@ pub fn experiment(which: &ExperimentKind, choice: &BackendChoice) -> Result<()> 
         }
     })?;
     let seconds = clock.elapsed().as_secs_f64();
+    if let Some(e) = page_error {
+        return Err(e);
+    }
+    write_page(&outcomes)?;
     let verdicts = experiment::verdicts(&configs, &outcomes);
     let files = if a.no_plots {
         Vec::new()
@@ -878,6 +926,9 @@ pub fn experiment(which: &ExperimentKind, choice: &BackendChoice) -> Result<()> 
     }
     if let Some(path) = &a.markdown {
         println!("markdown: {}", path.display());
+    }
+    if let Some(path) = &a.report {
+        println!("report: {}", path.display());
     }
     Ok(())
 }

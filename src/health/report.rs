@@ -9,6 +9,7 @@
 //! in red, never as zero or left out silently.
 
 use super::detect::{detect_run, layer_list, DetectorConfig, Warning};
+use super::experiment::{Outcome, Verdict as ExperimentVerdict};
 use super::remedy::TrialReport;
 use super::{LayerStats, NonFiniteError, StepProgress, StepStats, TrainObserver};
 use crate::model::{EpochReport, MlpSpec};
@@ -182,16 +183,7 @@ ul.verdicts li{margin:.4em 0}
 impl Report {
     /// The whole page.
     pub fn html(&self) -> String {
-        let mut h = String::with_capacity(64 * 1024);
-        let title = format!("steadygrad {}", self.title);
-        let _ = write!(
-            h,
-            "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>\
-             <meta name=viewport content=\"width=device-width,initial-scale=1\">\
-             <title>{}</title><style>{CSS}</style></head><body>\n<h1>{}</h1>\n",
-            esc(&title),
-            esc(&title)
-        );
+        let mut h = page_start(&self.title);
         let _ = writeln!(h, "<p>{}</p>", self.status_html());
         h.push_str("<dl>");
         let mut row = |k: &str, v: String| {
@@ -233,28 +225,24 @@ impl Report {
         h.push_str(&heatmap(
             "‖∇W‖ per layer (log₁₀)",
             &self.stats,
-            // The norm leaves non-finite elements out; the cell must not.
-            |l| {
-                l.weight_grad_norm
-                    .map(|g| if l.grad_nonfinite > 0 { f32::NAN } else { g })
-            },
+            grad_value,
             "gradient-heatmap",
+            None,
         ));
         h.push_str(&heatmap(
             "Update/weight ratio ‖ΔW‖/‖W‖ per layer (log₁₀)",
             &self.stats,
             |l| l.update_ratio,
             "update-heatmap",
+            None,
         ));
         h.push_str("<h2>Activations</h2>\n");
         h.push_str(&heatmap(
             "Activation standard deviation per layer (log₁₀)",
             &self.stats,
-            |l| {
-                l.act_std
-                    .map(|v| if l.act_nonfinite > 0 { f32::NAN } else { v })
-            },
+            act_value,
             "activation-heatmap",
+            None,
         ));
         if let Some(last) = self.stats.last() {
             h.push_str(&layer_table(last));
@@ -813,11 +801,14 @@ fn hex(c: RGBColor) -> String {
 /// A layers × steps heatmap of `value` as inline SVG: training step across, layer up,
 /// colour log₁₀ of the value on the viridis scale, exact zeros black, non-finite red,
 /// no value (a frozen layer, the output layer's activation statistics) light grey.
+/// `range` fixes the log₁₀ colour range (to compare several heatmaps); by default it spans
+/// the values shown.
 fn heatmap(
     title: &str,
     stats: &[StepStats],
     value: impl Fn(&LayerStats) -> Option<f32>,
     id: &str,
+    range: Option<(f64, f64)>,
 ) -> String {
     let layers = stats.iter().map(|s| s.layers.len()).max().unwrap_or(0);
     let hh = (H + 20.0).max(TOP + BOTTOM + 2.0 * layers.min(200) as f64);
@@ -852,14 +843,7 @@ fn heatmap(
         Cell::Log(v) => Some(*v),
         _ => None,
     });
-    let (lo, hi) = logs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-        (a.min(v), b.max(v))
-    });
-    let (lo, hi) = if lo.is_finite() {
-        (lo.floor(), hi.ceil().max(lo.floor() + 1.0))
-    } else {
-        (-1.0, 0.0)
-    };
+    let (lo, hi) = range.unwrap_or_else(|| log_range(logs));
     // Cells of one colour become one path of unit squares in a grid-sized viewBox, and
     // runs of equal cells along a layer one rectangle: the file grows with the colour
     // changes, not with the cells.
@@ -988,6 +972,184 @@ fn heatmap(
     }
     svg.push_str("</svg></figure>\n");
     svg
+}
+
+/// Whole decades around the values, one at least; `(-1, 0)` without any.
+fn log_range(logs: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = logs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    if lo.is_finite() {
+        (lo.floor(), hi.ceil().max(lo.floor() + 1.0))
+    } else {
+        (-1.0, 0.0)
+    }
+}
+
+/// ‖∇W‖ for the heatmap. The norm leaves non-finite elements out; the cell must not.
+fn grad_value(l: &LayerStats) -> Option<f32> {
+    l.weight_grad_norm
+        .map(|g| if l.grad_nonfinite > 0 { f32::NAN } else { g })
+}
+
+/// The activation std for the heatmap, non-finite when the layer's output held NaN or
+/// ±inf (which the std leaves out).
+fn act_value(l: &LayerStats) -> Option<f32> {
+    l.act_std
+        .map(|v| if l.act_nonfinite > 0 { f32::NAN } else { v })
+}
+
+fn page_start(title: &str) -> String {
+    let title = format!("steadygrad {title}");
+    format!(
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>\
+         <meta name=viewport content=\"width=device-width,initial-scale=1\">\
+         <title>{t}</title><style>{CSS}</style></head><body>\n<h1>{t}</h1>\n",
+        t = esc(&title)
+    )
+}
+
+/// The `experiment` command's page: the configurations side by side with their claims
+/// and whether each held, then each configuration's batch loss and gradient heatmap, the
+/// heatmaps on one colour scale so they compare.
+pub struct ExperimentReport<'a> {
+    pub command: String,
+    pub device: String,
+    pub data: String,
+    /// The shared settings in words (depth, width, batch, epochs, learning rate).
+    pub setup: String,
+    /// Configurations the experiment runs; `outcomes` may hold fewer while it runs.
+    pub planned: usize,
+    pub outcomes: &'a [Outcome],
+    pub verdicts: &'a [ExperimentVerdict],
+}
+
+impl ExperimentReport<'_> {
+    pub fn html(&self) -> String {
+        let mut h = page_start("experiment vanishing");
+        let done = self.outcomes.len();
+        let held = self.verdicts.iter().filter(|v| v.holds).count();
+        let (class, status) = if done < self.planned {
+            (
+                "",
+                format!("in progress: {done} of {} configurations", self.planned),
+            )
+        } else if held == self.verdicts.len() {
+            ("ok", format!("all {held} claims hold"))
+        } else {
+            (
+                "bad",
+                format!("{held} of {} claims hold", self.verdicts.len()),
+            )
+        };
+        let _ = writeln!(
+            h,
+            "<p><span class=\"status {class}\">{}</span></p>",
+            esc(&status)
+        );
+        let _ = writeln!(
+            h,
+            "<dl><dt>written</dt><dd>{}</dd><dt>command</dt><dd><code>{}</code></dd>\
+             <dt>device</dt><dd>{}</dd><dt>data</dt><dd>{}</dd><dt>setup</dt><dd>{}</dd></dl>",
+            utc_now(),
+            esc(&self.command),
+            esc(&self.device),
+            esc(&self.data),
+            esc(&self.setup)
+        );
+        h.push_str(
+            "<h2>Configurations</h2>\n<div class=scroll><table><tr><th>configuration</th>\
+             <th>lr</th><th>‖∇W₀‖/‖∇Wₗ‖ first</th><th>at end</th><th>final loss</th>\
+             <th>val acc</th><th>claim</th><th>detectors</th><th>s</th></tr>\n",
+        );
+        for o in self.outcomes {
+            let verdict = self.verdicts.iter().find(|v| v.label == o.label);
+            let claim = match verdict {
+                Some(v) if v.holds => "holds".to_string(),
+                Some(_) => "<span class=bad>does NOT hold</span>".to_string(),
+                None => "–".to_string(),
+            };
+            let detectors = match &o.diverged {
+                Some(d) => format!("<span class=bad>NaN at step {}</span>", d.step),
+                None if o.warnings.is_empty() => "healthy".to_string(),
+                None => esc(&o
+                    .warnings
+                    .iter()
+                    .map(|w| w.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")),
+            };
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td class=text>{claim}</td><td class=text>{detectors}</td><td>{:.1}</td></tr>",
+                esc(&o.label),
+                // As written on the command line: 0.6, not the f32 product 0.59999996.
+                format!("{:.6}", o.lr)
+                    .trim_end_matches('0')
+                    .trim_end_matches('.'),
+                num(o.ratio_start),
+                num(o.ratio_end),
+                num(o.final_loss),
+                pct(o.accuracy),
+                o.seconds
+            );
+        }
+        h.push_str("</table></div>\n");
+        if !self.verdicts.is_empty() {
+            h.push_str("<h2>Claims</h2>\n<ul class=verdicts>\n");
+            for v in self.verdicts {
+                let _ = writeln!(
+                    h,
+                    "<li><b>{}</b> — {}: {}</li>",
+                    esc(&v.label),
+                    esc(&v.claim),
+                    esc(&v.line())
+                );
+            }
+            h.push_str("</ul>\n");
+        }
+        let range = log_range(
+            self.outcomes
+                .iter()
+                .flat_map(|o| o.stats.iter())
+                .flat_map(|s| s.layers.iter())
+                .filter_map(|l| l.weight_grad_norm)
+                .filter(|g| g.is_finite() && *g > 0.0)
+                .map(|g| (g as f64).log10()),
+        );
+        for (i, o) in self.outcomes.iter().enumerate() {
+            let _ = writeln!(h, "<h2>{}</h2>", esc(&o.label));
+            if let Some(nf) = &o.diverged {
+                let _ = writeln!(h, "<div class=stop>{}</div>", esc(&nf.to_string()));
+            }
+            let batch = [Series {
+                name: "batch loss",
+                color: "#1f77b4",
+                points: o.stats.iter().map(|s| (s.step as f64, s.loss)).collect(),
+            }];
+            h.push_str(&line_chart(
+                "Batch loss at statistics steps",
+                "training step",
+                &batch,
+                &format!("batch-chart-{i}"),
+            ));
+            h.push_str(&heatmap(
+                "‖∇W‖ per layer (log₁₀, one scale for all configurations)",
+                &o.stats,
+                grad_value,
+                &format!("gradient-heatmap-{i}"),
+                Some(range),
+            ));
+        }
+        h.push_str("</body></html>\n");
+        h
+    }
+
+    /// Writes the page to `path` atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        crate::checkpoint::write_atomic(path, self.html().as_bytes())
+    }
 }
 
 /// Shared between [`ReportObserver`] (which fills it during `fit`) and whoever writes the
