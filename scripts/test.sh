@@ -47,6 +47,22 @@ if [ "$(uname -s)" = "Linux" ] && ! { have_vulkan && have_gl; }; then
     fi
 fi
 
+# tests/report_cli.rs renders the HTML report in headless Chromium; it fails, not skips,
+# without one.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null &&
+    ! command -v google-chrome >/dev/null; then
+    if command -v apt-get >/dev/null; then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "installing Chromium for the HTML report test..."
+        $sudo apt-get update -q
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium
+    else
+        echo "no Chromium found and no apt-get: install chromium for tests/report_cli.rs" >&2
+        exit 1
+    fi
+fi
+
 cargo test --release "$@"
 
 # The GPU-vs-CPU suites again with the device opened at WebGPU's default limits and no
