@@ -381,7 +381,8 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 Ok(())
             });
             bar.finish_and_clear();
-            run.finish(&mut m, "train")?;
+            // The report shows the op a NaN stop names, so it gets fit's result.
+            run.finish_after(&mut m, "train", result.as_ref().err())?;
             result?;
             println!(
                 "trained {remaining} epochs in {:.1} s",

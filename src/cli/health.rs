@@ -129,14 +129,9 @@ impl RunArgs {
         Ok(bar)
     }
 
-    /// After `fit`: writes the plots and the report when asked, and closes the log and
-    /// the event file.
-    pub fn finish(&self, m: &mut Model, label: &str) -> Result<()> {
-        self.finish_after(m, label, None)
-    }
-
-    /// As [`RunArgs::finish`], after a `fit` that returned `error`: a non-finite stop
-    /// goes into the report with the op that produced it.
+    /// After a `fit` that returned `error` (if any): writes the plots and the report when
+    /// asked, and closes the log and the event file; a non-finite stop goes into the
+    /// report with the op that produced it.
     pub fn finish_after(
         &self,
         m: &mut Model,
