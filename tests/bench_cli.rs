@@ -175,6 +175,7 @@ fn bad_flags_are_named_before_anything_runs() {
             "--input and --output",
         ),
         (&["--variant", "fast"][..], "unknown matmul variant 'fast'"),
+        (&["--json-file", "/"][..], "--json-file: cannot write '/'"),
     ] {
         let (ok, out, err) = bench(args);
         assert!(!ok, "{args:?} succeeded:\n{out}");
@@ -183,4 +184,41 @@ fn bad_flags_are_named_before_anything_runs() {
     }
     let (ok, _, err) = bench(&["--backend", "cpu", "--quick"]);
     assert!(!ok && err.contains("bench measures a GPU adapter"), "{err}");
+}
+
+#[test]
+fn gpu_bench_script_prints_the_table_and_writes_the_json_lines() {
+    let dir = std::env::temp_dir().join(format!("steadygrad-gpu-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bench.jsonl");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gpu-bench.sh");
+    let out = Command::new("bash")
+        .args([
+            script,
+            "--quick",
+            "--workloads",
+            "w1",
+            "--matmul-sizes",
+            "32",
+        ])
+        .env("STEADYGRAD", env!("CARGO_BIN_EXE_steadygrad"))
+        .env("BENCH_OUT", &file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.lines().any(|l| l.starts_with("w1 ")), "{stdout}");
+    assert!(stdout.contains("GFLOP/s"), "{stdout}");
+    let lines = json_lines(&std::fs::read_to_string(&file).unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["adapter", "train", "matmul", "matmul", "matmul"]);
+    positive(&lines[1], "samples_per_sec");
+    assert!(lines[1]["dispatches_per_step"]
+        .as_u64()
+        .is_some_and(|d| d > 0));
 }

@@ -5,6 +5,8 @@
 use super::args::{spec_from, ModelArgs};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use steadygrad::bench::{self, MatmulForm, StepCounts, STANDARD_BATCH, STANDARD_WORKLOADS};
 use steadygrad::engine::PlanId;
@@ -58,10 +60,13 @@ pub struct BenchArgs {
     /// Matmul kernel: auto, reg4x4, tiled, texture or texture-nosubgroup.
     #[arg(long, default_value = "auto")]
     pub variant: MatmulVariant,
-    /// One JSON object per line: the adapter, then one per workload, profiled step and
-    /// matmul measurement.
+    /// One JSON object per line instead of the table: the adapter, then one per
+    /// workload, profiled step and matmul measurement.
     #[arg(long)]
     pub json: bool,
+    /// Also write the JSON lines to this file (the table still goes to stdout).
+    #[arg(long, value_name = "PATH")]
+    pub json_file: Option<PathBuf>,
     /// Tiny sizes and few steps (hidden widths / 8, batch 32, matmuls 64 and 128), so a
     /// smoke run takes seconds even on a software adapter. Figures are not comparable
     /// with full runs.
@@ -199,12 +204,43 @@ fn describe_model(spec: &MlpSpec) -> String {
     s
 }
 
-fn print_json(v: Value) {
-    println!("{v}");
+/// Where the JSON lines go: stdout with `--json` (instead of the table), and the
+/// `--json-file` as well, so one run gives both the table and the record.
+struct Sink {
+    stdout: bool,
+    file: Option<(std::fs::File, PathBuf)>,
+}
+
+impl Sink {
+    fn new(args: &BenchArgs) -> Result<Sink> {
+        let file = match &args.json_file {
+            Some(path) => {
+                let f = std::fs::File::create(path)
+                    .with_context(|| format!("--json-file: cannot write '{}'", path.display()))?;
+                Some((f, path.clone()))
+            }
+            None => None,
+        };
+        Ok(Sink {
+            stdout: args.json,
+            file,
+        })
+    }
+
+    fn emit(&mut self, v: Value) -> Result<()> {
+        if self.stdout {
+            println!("{v}");
+        }
+        if let Some((f, path)) = &mut self.file {
+            writeln!(f, "{v}").with_context(|| format!("writing '{}'", path.display()))?;
+        }
+        Ok(())
+    }
 }
 
 pub fn run(args: &BenchArgs, choice: &BackendChoice, model_typed: bool) -> Result<()> {
     let s = settings(args, model_typed)?;
+    let mut sink = Sink::new(args)?;
     let sel = match choice {
         BackendChoice::Gpu(sel) => sel.clone(),
         BackendChoice::Auto => AdapterSelection::default(),
@@ -222,22 +258,22 @@ pub fn run(args: &BenchArgs, choice: &BackendChoice, model_typed: bool) -> Resul
     let driver = format!("{} {}", info.driver, info.driver_info)
         .trim()
         .to_string();
-    if args.json {
-        let mut line = json!({
-            "kind": "adapter",
-            "name": info.name,
-            "backend": info.backend.to_string(),
-            "device_type": format!("{:?}", info.device_type),
-            "driver": driver,
-            "matmul_variant": variant.name(),
-            "quick": args.quick,
-        });
-        if let Some((g, source)) = &peak {
-            line["peak_gflops"] = json!(g);
-            line["peak_source"] = json!(source);
-        }
-        print_json(line);
-    } else {
+    let mut line = json!({
+        "kind": "adapter",
+        "name": info.name,
+        "backend": info.backend.to_string(),
+        "device_type": format!("{:?}", info.device_type),
+        "driver": driver,
+        "matmul_variant": variant.name(),
+        "quick": args.quick,
+        "steadygrad": env!("CARGO_PKG_VERSION"),
+    });
+    if let Some((g, source)) = &peak {
+        line["peak_gflops"] = json!(g);
+        line["peak_source"] = json!(source);
+    }
+    sink.emit(line)?;
+    if !args.json {
         println!(
             "adapter: {} ({:?}), backend {}, driver {}",
             info.name,
@@ -282,28 +318,27 @@ pub fn run(args: &BenchArgs, choice: &BackendChoice, model_typed: bool) -> Resul
         let (f, id) = bench::time_training(&mut engine, &spec, s.batch, s.counts)
             .with_context(|| format!("workload {name}"))?;
         let model = describe_model(&spec);
-        if args.json {
-            print_json(json!({
-                "kind": "train",
-                "workload": name,
-                "model": model,
-                "batch": s.batch,
-                "steps": s.counts.steps,
-                "tries": s.counts.tries,
-                "samples_per_sec": f.samples_per_sec,
-                "ms_per_step": f.ms_per_step,
-                "dispatches_per_step": f.dispatches_per_step,
-                "first_step_ms": f.first_step_ms,
-                "loss": f.loss,
-            }));
-        } else {
+        sink.emit(json!({
+            "kind": "train",
+            "workload": name,
+            "model": model,
+            "batch": s.batch,
+            "steps": s.counts.steps,
+            "tries": s.counts.tries,
+            "samples_per_sec": f.samples_per_sec,
+            "ms_per_step": f.ms_per_step,
+            "dispatches_per_step": f.dispatches_per_step,
+            "first_step_ms": f.first_step_ms,
+            "loss": f.loss,
+        }))?;
+        if !args.json {
             println!(
                 "{name:<8} {:>11.1} {:>9.2} {:>15} {:>9.0} ms  {model}",
                 f.samples_per_sec, f.ms_per_step, f.dispatches_per_step, f.first_step_ms
             );
         }
         if args.profile {
-            print_profile(&mut engine, id, name, args.json)?;
+            print_profile(&mut engine, id, name, args.json, &mut sink)?;
         }
     }
 
@@ -330,20 +365,19 @@ pub fn run(args: &BenchArgs, choice: &BackendChoice, model_typed: bool) -> Resul
                     format!("matmul {} {}×{}×{}", form.name(), mkn[0], mkn[1], mkn[2])
                 })?;
             let share = peak.as_ref().map(|(p, _)| gflops / p);
-            if args.json {
-                let mut line = json!({
-                    "kind": "matmul",
-                    "form": form.name(),
-                    "m": mkn[0],
-                    "k": mkn[1],
-                    "n": mkn[2],
-                    "gflops": gflops,
-                });
-                if let Some(share) = share {
-                    line["share_of_peak"] = json!(share);
-                }
-                print_json(line);
-            } else {
+            let mut line = json!({
+                "kind": "matmul",
+                "form": form.name(),
+                "m": mkn[0],
+                "k": mkn[1],
+                "n": mkn[2],
+                "gflops": gflops,
+            });
+            if let Some(share) = share {
+                line["share_of_peak"] = json!(share);
+            }
+            sink.emit(line)?;
+            if !args.json {
                 println!(
                     "{:<4} {:<16} {:>16} {:>10.1} {:>8}",
                     form.name(),
@@ -363,7 +397,13 @@ pub fn run(args: &BenchArgs, choice: &BackendChoice, model_typed: bool) -> Resul
 
 /// Each dispatch or mirror copy of one training step timed alone (the engine's profile),
 /// slowest first, then the totals per kind of op.
-fn print_profile(engine: &mut GpuEngine, id: PlanId, workload: &str, json: bool) -> Result<()> {
+fn print_profile(
+    engine: &mut GpuEngine,
+    id: PlanId,
+    workload: &str,
+    json: bool,
+    sink: &mut Sink,
+) -> Result<()> {
     let mut times = engine.profile(id, Stage::Train, 3)?;
     let mut kinds: Vec<(String, f64, usize)> = Vec::new();
     for (label, t) in &times {
@@ -379,15 +419,15 @@ fn print_profile(engine: &mut GpuEngine, id: PlanId, workload: &str, json: bool)
     }
     times.sort_by_key(|t| std::cmp::Reverse(t.1));
     kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (label, t) in &times {
+        sink.emit(json!({
+            "kind": "profile",
+            "workload": workload,
+            "op": label,
+            "ms": t.as_secs_f64() * 1e3,
+        }))?;
+    }
     if json {
-        for (label, t) in &times {
-            print_json(json!({
-                "kind": "profile",
-                "workload": workload,
-                "op": label,
-                "ms": t.as_secs_f64() * 1e3,
-            }));
-        }
         return Ok(());
     }
     let total: f64 = times.iter().map(|(_, t)| t.as_secs_f64()).sum();
