@@ -334,6 +334,7 @@ const fn peak(pattern: &'static str, gflops: f64, source: &'static str) -> Known
 /// `--peak` for it.
 pub const KNOWN_PEAKS: &[KnownPeak] = &[
     // NVIDIA datasheets: "FP32" rows (not the TF32 tensor-core figures).
+    peak("GH200", 67_000.0, "NVIDIA GH200 datasheet, FP32 67 TFLOPS"),
     peak(
         "H200 NVL",
         60_000.0,
@@ -478,9 +479,13 @@ pub const KNOWN_PEAKS: &[KnownPeak] = &[
 
 /// The fp32 peak of the adapter named `adapter_name`, if it is in [`KNOWN_PEAKS`]. A
 /// pattern matches as whole words, so "L4" does not claim an "L40S" nor "RX 7900 XT" an
-/// "RX 7900 XTX".
+/// "RX 7900 XTX". Laptop GPUs share their desktop namesakes' names but run far lower
+/// clocks and power limits, so they match nothing.
 pub fn known_peak(adapter_name: &str) -> Option<KnownPeak> {
     let name = adapter_name.to_ascii_lowercase();
+    if name.contains("laptop") || name.contains("mobile") || name.contains("max-q") {
+        return None;
+    }
     let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
     KNOWN_PEAKS
         .iter()
@@ -510,6 +515,9 @@ mod tests {
         assert_eq!(name("AMD Instinct MI250X"), Some("MI250X"));
         assert_eq!(name("NVIDIA L40S"), Some("L40S"));
         assert_eq!(name("NVIDIA L40"), None);
+        assert_eq!(name("NVIDIA GH200 480GB"), Some("GH200"));
+        assert_eq!(name("NVIDIA GeForce RTX 4090 Laptop GPU"), None);
+        assert_eq!(name("NVIDIA GeForce RTX 4090"), Some("RTX 4090"));
         assert_eq!(name("NVIDIA A100-SXM4-80GB"), Some("A100"));
         assert_eq!(name("llvmpipe (LLVM 19.1.7, 256 bits)"), None);
         // Every pattern is reachable: none is shadowed by an earlier, shorter one.
