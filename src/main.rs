@@ -323,9 +323,9 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             m.cache_frozen_outputs(cache_frozen);
             println!("device: {}", m.device());
             println!(
-                "model: {} → {:?} ({}) → {}, {}, batch {batch}; {} train / {} validation rows{}",
+                "model: {} → {} ({}) → {}, {}, batch {batch}; {} train / {} validation rows{}",
                 spec.input,
-                spec.hidden,
+                spec.hidden_summary(),
                 spec.activation,
                 spec.output,
                 spec.optimizer,
