@@ -65,6 +65,12 @@ fi
 
 cargo test --release "$@"
 
+# The bench command in its quick mode (seconds), so `steadygrad bench` and
+# scripts/gpu-bench.sh, which nothing else runs, cannot rot; tests/bench_cli.rs checks
+# its figures.
+echo "steadygrad bench --quick --json"
+cargo run --release --quiet -- bench --quick --json >/dev/null
+
 # The GPU-vs-CPU suites again with the device opened at WebGPU's default limits and no
 # optional feature (see `LimitsProfile`), so a green run proves the engine stays within
 # what any WebGPU implementation guarantees. Skipped when arguments pick tests. Not

@@ -70,6 +70,8 @@ struct Extra {
     log: Option<PathBuf>,
     /// Model flags given on the command line that `--resume` or `--config` overrides.
     ignored: Vec<String>,
+    /// `bench` with a model flag typed: the model they describe is the default workload.
+    bench_model: bool,
 }
 
 /// With `--resume` or `--config` the model, optimizer and training flags come from the
@@ -155,6 +157,8 @@ fn main() {
         plots: path_of("plots"),
         log: path_of("log"),
         ignored: train.map(ignored_model_flags).unwrap_or_default(),
+        bench_model: (matches.subcommand_matches("bench"))
+            .is_some_and(cli::bench::model_flags_typed),
     };
     if let Err(e) = run(cli, extra) {
         eprintln!("error: {e:#}");
@@ -177,6 +181,7 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             Ok(())
         }
         Command::Diagnose(args) => cli::health::diagnose(&args, &choice),
+        Command::Bench(args) => cli::bench::run(&args, &choice, extra.bench_model),
         Command::Experiment { which } => cli::health::experiment(&which, &choice),
         Command::Train {
             model,
