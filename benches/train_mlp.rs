@@ -30,29 +30,13 @@ use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant};
 use steadygrad::graph::Stage;
 use steadygrad::model::lower as mlp;
 use steadygrad::tensor::Hyper;
-use steadygrad::{Activation, BatchNorm, Clip, Loss, MlpSpec, Optimizer};
+use steadygrad::MlpSpec;
 
 const BATCH: usize = 256;
 
+/// The workloads `steadygrad bench` also runs, defined once in the library.
 fn spec(name: &str) -> MlpSpec {
-    let hidden: &[usize] = match name {
-        "w1" | "w1-bn" => &[512; 8],
-        "w2" => &[2048; 4],
-        other => panic!("unknown workload '{other}': expected w1, w2 or w1-bn"),
-    };
-    let spec = MlpSpec::new(784, hidden, 10)
-        .activation(Activation::Relu)
-        .loss(Loss::SoftmaxCrossEntropy)
-        .optimizer(Optimizer::sgd(0.01))
-        .seed(1);
-    if name == "w1-bn" {
-        spec.batch_norm(BatchNorm::default())
-            .optimizer(Optimizer::adam(1e-3))
-            .clip(Clip::Norm(1.0))
-            .dropout(0.1)
-    } else {
-        spec
-    }
+    steadygrad::bench::standard_spec(name, false).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs `warmup` steps, then `tries` windows of `steps` training steps. Returns the best

@@ -47,7 +47,29 @@ if [ "$(uname -s)" = "Linux" ] && ! { have_vulkan && have_gl; }; then
     fi
 fi
 
+# tests/report_cli.rs renders the HTML report in headless Chromium; it fails, not skips,
+# without one.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null &&
+    ! command -v google-chrome >/dev/null; then
+    if command -v apt-get >/dev/null; then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "installing Chromium for the HTML report test..."
+        $sudo apt-get update -q
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium
+    else
+        echo "no Chromium found and no apt-get: install chromium for tests/report_cli.rs" >&2
+        exit 1
+    fi
+fi
+
 cargo test --release "$@"
+
+# The bench command in its quick mode (seconds), so `steadygrad bench` and
+# scripts/gpu-bench.sh, which nothing else runs, cannot rot; tests/bench_cli.rs checks
+# its figures.
+echo "steadygrad bench --quick --json"
+cargo run --release --quiet -- bench --quick --json >/dev/null
 
 # The GPU-vs-CPU suites again with the device opened at WebGPU's default limits and no
 # optional feature (see `LimitsProfile`), so a green run proves the engine stays within

@@ -27,6 +27,7 @@
 //! ```
 
 pub mod backend;
+pub mod bench;
 pub mod check;
 pub mod checkpoint;
 pub mod config;

@@ -84,6 +84,8 @@ struct Extra {
     log: Option<PathBuf>,
     /// Model flags given on the command line that `--resume` or `--config` overrides.
     ignored: Vec<String>,
+    /// `bench` with a model flag typed: the model they describe is the default workload.
+    bench_model: bool,
 }
 
 /// With `--resume` or `--config` the model, optimizer and training flags come from the
@@ -169,6 +171,8 @@ fn main() {
         plots: path_of("plots"),
         log: path_of("log"),
         ignored: train.map(ignored_model_flags).unwrap_or_default(),
+        bench_model: (matches.subcommand_matches("bench"))
+            .is_some_and(cli::bench::model_flags_typed),
     };
     if let Err(e) = run(cli, extra) {
         eprintln!("error: {e:#}");
@@ -191,6 +195,7 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             Ok(())
         }
         Command::Diagnose(args) => cli::health::diagnose(&args, &choice),
+        Command::Bench(args) => cli::bench::run(&args, &choice, extra.bench_model),
         Command::Experiment { which } => cli::health::experiment(&which, &choice),
         Command::Train {
             model,
@@ -354,9 +359,9 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             m.cache_frozen_outputs(cache_frozen);
             println!("device: {}", m.device());
             println!(
-                "model: {} → {:?} ({}) → {}, {}, batch {batch}; {} train / {} validation rows{}",
+                "model: {} → {} ({}) → {}, {}, batch {batch}; {} train / {} validation rows{}",
                 spec.input,
-                spec.hidden,
+                spec.hidden_summary(),
                 spec.activation,
                 spec.output,
                 spec.optimizer,
@@ -474,14 +479,14 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 Ok(())
             });
             bar.finish_and_clear();
-            run.finish(&mut m, "train")?;
-            let stopped = match result {
-                Err(e) if e.downcast_ref::<EarlyStopped>().is_some() => true,
-                other => {
-                    other?;
-                    false
-                }
-            };
+            let stopped = matches!(&result, Err(e) if e.downcast_ref::<EarlyStopped>().is_some());
+            // The report shows the op a NaN stop names, so it gets fit's result; stopping
+            // early is not a failure.
+            let failure = if stopped { None } else { result.as_ref().err() };
+            run.finish_after(&mut m, "train", failure)?;
+            if !stopped {
+                result?;
+            }
             println!(
                 "trained {trained} epochs in {:.1} s",
                 start.elapsed().as_secs_f64()

@@ -512,6 +512,9 @@ pub enum Command {
     },
     /// List the GPU adapters wgpu can see.
     Devices,
+    /// Measure this adapter: training samples/s of the standard workloads (or the model
+    /// the model flags describe) and matmul GFLOP/s against the adapter's fp32 peak.
+    Bench(super::bench::BenchArgs),
     /// Run one training step on the GPU and the CPU reference and compare every tensor.
     Check {
         #[command(flatten)]

@@ -17,7 +17,9 @@ use steadygrad::health::log::MetricsLog;
 use steadygrad::health::plot::{self, Run};
 use steadygrad::health::progress::TrainProgress;
 use steadygrad::health::remedy::{self, Change, Trial, TrialOptions, TrialReport};
+use steadygrad::health::report::{self, ExperimentReport, Report, ReportObserver, SharedReport};
 use steadygrad::health::table::layer_table;
+use steadygrad::health::tensorboard::TensorBoardLog;
 use steadygrad::health::{
     DetectorConfig, NonFiniteError, Observers, StepStats, TrainObserver, Warning,
 };
@@ -40,6 +42,19 @@ pub struct RunArgs {
     /// Write plots of the run (SVG and PNG) into DIR.
     #[arg(long, value_name = "DIR")]
     plots: Option<PathBuf>,
+    /// Write the run as one self-contained HTML page to FILE: model and device, loss and
+    /// accuracy curves, per-layer gradient and activation heatmaps, the verdicts, a
+    /// non-finite stop and (diagnose) the remedy trials. Rewritten after every epoch.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Write TensorBoard event files into DIR: batch loss and accuracy, learning rate,
+    /// per-layer ‖∇W‖ and update ratios at each statistics step, and each epoch's
+    /// training and validation loss and accuracy. View with `tensorboard --logdir DIR`.
+    #[arg(long, value_name = "DIR")]
+    tensorboard: Option<PathBuf>,
+    /// What `--report` shows, filled in during `fit` and completed by `finish`.
+    #[arg(skip)]
+    shown: SharedReport,
 }
 
 impl RunArgs {
@@ -50,20 +65,30 @@ impl RunArgs {
     /// Sets up statistics, the metric log and the progress bar on `m`; returns the bar,
     /// which `fit`'s epoch lines print above.
     pub fn attach(&self, m: &mut Model) -> Result<ProgressBar> {
-        self.attach_with(m, 0)
+        self.attach_with(m, 0, "train", DetectorConfig::default())
     }
 
     /// As [`RunArgs::attach`], gathering statistics every `default_every` steps unless
     /// told otherwise (with 0, every 10 steps when a log or plots need them).
-    fn attach_with(&self, m: &mut Model, default_every: usize) -> Result<ProgressBar> {
-        let needed = self.log.is_some() || self.plots.is_some();
+    fn attach_with(
+        &self,
+        m: &mut Model,
+        default_every: usize,
+        title: &str,
+        cfg: DetectorConfig,
+    ) -> Result<ProgressBar> {
+        let needed = self.log.is_some()
+            || self.plots.is_some()
+            || self.report.is_some()
+            || self.tensorboard.is_some();
         let every = self.stats_every.unwrap_or(match default_every {
             0 if needed => 10,
             d => d,
         });
         anyhow::ensure!(
-            every > 0 || (self.log.is_none() && self.plots.is_none()),
-            "--log and --plots need statistics: --stats-every must be at least 1"
+            every > 0 || !needed,
+            "--log, --plots, --report and --tensorboard need statistics: --stats-every must \
+             be at least 1"
         );
         m.gather_stats_every(every);
         let progress = TrainProgress::new(!self.quiet);
@@ -72,13 +97,70 @@ impl RunArgs {
         if let Some(path) = &self.log {
             observers.push(Box::new(MetricsLog::create(path)?));
         }
+        if let Some(dir) = &self.tensorboard {
+            let tb = TensorBoardLog::create(dir, m.spec())?;
+            if !self.quiet {
+                eprintln!("tensorboard: writing '{}'", tb.path().display());
+            }
+            observers.push(Box::new(tb));
+        }
+        if let Some(path) = &self.report {
+            *self.shown.borrow_mut() = Report {
+                title: title.to_string(),
+                command: command_line(),
+                device: m.device(),
+                model: report::model_summary(m.spec()),
+                ..Report::default()
+            };
+            // Written now, before any training, so a path that cannot be written fails
+            // the command at once rather than after the first epoch.
+            self.shown
+                .borrow()
+                .write(path)
+                .context("writing the --report page")?;
+            observers.push(Box::new(ReportObserver::new(
+                path,
+                self.shown.clone(),
+                m.spec(),
+                cfg,
+            )));
+        }
         m.set_observer(Some(Box::new(Observers(observers))));
         Ok(bar)
     }
 
-    /// After `fit`: writes the plots when asked, and closes the log.
-    pub fn finish(&self, m: &mut Model, label: &str) -> Result<()> {
+    /// After a `fit` that returned `error` (if any): writes the plots and the report when
+    /// asked, and closes the log and the event file; a non-finite stop goes into the
+    /// report with the op that produced it.
+    pub fn finish_after(
+        &self,
+        m: &mut Model,
+        label: &str,
+        error: Option<&anyhow::Error>,
+    ) -> Result<()> {
+        let stopped = error.and_then(|e| e.downcast_ref::<NonFiniteError>());
+        self.finish_with(m, label, stopped, &DetectorConfig::default())
+    }
+
+    fn finish_with(
+        &self,
+        m: &mut Model,
+        label: &str,
+        stopped: Option<&NonFiniteError>,
+        cfg: &DetectorConfig,
+    ) -> Result<()> {
         m.set_observer(None);
+        if self.report.is_some() {
+            let mut r = self.shown.borrow_mut();
+            // The model's history is complete: records that arrived after the last epoch
+            // (the one a non-finite stop ended) are in it too.
+            r.stats = m.stats_history().to_vec();
+            r.stopped = stopped.cloned();
+            r.warnings = steadygrad::health::detect_run(m.spec(), &r.stats, &r.epochs, cfg);
+            r.window = cfg.window;
+            r.finished = true;
+        }
+        self.update_report(|_| {})?;
         if let Some(dir) = &self.plots {
             let files = plot::write_all(
                 dir,
@@ -91,7 +173,22 @@ impl RunArgs {
                 eprintln!("plots: {}", list(&files));
             }
         }
+        if let (Some(path), false) = (&self.report, self.quiet) {
+            eprintln!("report: {}", path.display());
+        }
         Ok(())
+    }
+
+    /// Changes the report with `change` and rewrites it; nothing without `--report`.
+    fn update_report(&self, change: impl FnOnce(&mut Report)) -> Result<()> {
+        let Some(path) = &self.report else {
+            return Ok(());
+        };
+        change(&mut self.shown.borrow_mut());
+        self.shown
+            .borrow()
+            .write(path)
+            .context("writing the --report page")
     }
 }
 
@@ -320,14 +417,15 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
         quiet: args.run.quiet || args.json,
         ..args.run.clone()
     };
-    let bar = run.attach_with(&mut m, 5)?;
+    let bar = run.attach_with(&mut m, 5, "diagnose", cfg.clone())?;
     let result = fit_catching(&mut m, &train, &valid, &opts, |r| {
         if !quiet {
             bar.suspend(|| print_epoch(r));
         }
     });
     bar.finish_and_clear();
-    run.finish(&mut m, "diagnose")?;
+    let stopped_early = result.as_ref().ok().and_then(|(_, s)| s.as_ref());
+    run.finish_with(&mut m, "diagnose", stopped_early, &cfg)?;
     let (reports, stopped) = result?;
     let history = m.stats_history();
     let warnings = steadygrad::health::detect_run(m.spec(), m.stats_history(), &reports, &cfg);
@@ -365,6 +463,9 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
             },
         )?)
     };
+    if trials.is_some() {
+        run.update_report(|r| r.trials = trials.clone())?;
+    }
     let advice = match &trials {
         Some(r) => r.recommendation(),
         None if args.no_trials => "no remedies tried (--no-trials)".to_string(),
@@ -560,6 +661,11 @@ pub struct VanishingArgs {
     /// and device (atomic).
     #[arg(long, value_name = "FILE")]
     markdown: Option<PathBuf>,
+    /// Write the experiment as one self-contained HTML page to FILE: the table, the claims,
+    /// and each configuration's batch loss and gradient heatmap on one colour scale.
+    /// Rewritten after every configuration.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
     /// Print a machine-readable summary (JSON) instead of the table.
     #[arg(long)]
     json: bool,
@@ -707,9 +813,48 @@ pub fn experiment(which: &ExperimentKind, choice: &BackendChoice) -> Result<()> 
         );
     }
     let n = configs.len();
+    let setup = format!(
+        "{} → {} hidden × {} → {}, batch {}, {} epochs, SGD lr {} (×{} for the high-rate runs), \
+         statistics every {} steps, seed {}",
+        train.input_dim,
+        a.depth,
+        a.width,
+        train.classes.unwrap_or(train.target_dim),
+        a.batch,
+        a.epochs,
+        a.lr,
+        a.high_lr_scale,
+        a.stats_every,
+        a.seed
+    );
+    let write_page = |outcomes: &[experiment::Outcome]| -> Result<()> {
+        let Some(path) = &a.report else {
+            return Ok(());
+        };
+        let verdicts = experiment::verdicts(&configs, outcomes);
+        ExperimentReport {
+            command: command_line(),
+            device: device.clone(),
+            data: data.clone(),
+            setup: setup.clone(),
+            planned: n,
+            outcomes,
+            verdicts: &verdicts,
+        }
+        .write(path)
+        .context("writing the --report page")
+    };
+    // Before the first configuration, so a path that cannot be written fails at once.
+    write_page(&[])?;
+    let mut done = Vec::new();
+    let mut page_error = None;
     let mut i = 0;
     let clock = std::time::Instant::now();
     let outcomes = experiment::run(&opts, &configs, &train, &valid, &mut make, |o| {
+        if a.report.is_some() && page_error.is_none() {
+            done.push(o.clone());
+            page_error = write_page(&done).err();
+        }
         i += 1;
         if talk {
             let end = match &o.diverged {
@@ -724,6 +869,10 @@ pub fn experiment(which: &ExperimentKind, choice: &BackendChoice) -> Result<()> 
         }
     })?;
     let seconds = clock.elapsed().as_secs_f64();
+    if let Some(e) = page_error {
+        return Err(e);
+    }
+    write_page(&outcomes)?;
     let verdicts = experiment::verdicts(&configs, &outcomes);
     let files = if a.no_plots {
         Vec::new()
@@ -772,6 +921,9 @@ pub fn experiment(which: &ExperimentKind, choice: &BackendChoice) -> Result<()> 
     }
     if let Some(path) = &a.markdown {
         println!("markdown: {}", path.display());
+    }
+    if let Some(path) = &a.report {
+        println!("report: {}", path.display());
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! The binary's modules: argument definitions and the gradient-health commands.
+//! The binary's modules: argument definitions, the gradient-health commands and `bench`.
 
 pub mod args;
+pub mod bench;
 pub mod health;

@@ -81,6 +81,10 @@ pub struct Counters {
     pub bind_groups: usize,
     /// Command buffers submitted to run a stage.
     pub stage_submissions: usize,
+    /// Compute dispatches those submissions recorded (mirror copies are not dispatches),
+    /// so a bench can report dispatches per step: on some adapters their fixed cost, not
+    /// the arithmetic, bounds a small model's speed.
+    pub dispatches: usize,
     /// Submissions that copy tensors back to the host.
     pub readbacks: usize,
 }

@@ -519,8 +519,13 @@ impl Engine for GpuEngine {
             self.lower_stats(plan)?;
         }
         let steps = self.stage_steps(plan, stage)?;
+        let dispatches = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Dispatch(_)))
+            .count();
         let encoder = self.record(steps);
         self.counters.stage_submissions += 1;
+        self.counters.dispatches += dispatches;
         let what = || format!("running the {stage:?} stage");
         self.ctx
             .scoped(what, || self.ctx.queue.submit([encoder.finish()]))?;

@@ -13,7 +13,9 @@ pub mod log;
 pub mod plot;
 pub mod progress;
 pub mod remedy;
+pub mod report;
 pub mod table;
+pub mod tensorboard;
 
 pub use detect::{detect, detect_run, DetectorConfig, Warning, WarningKind};
 

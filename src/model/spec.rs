@@ -232,6 +232,32 @@ impl MlpSpec {
         v
     }
 
+    /// The hidden widths for a one-line summary: `8 × 64` when they are all alike, else
+    /// the list, with the middle elided past 8 entries so a deep net stays one line.
+    pub fn hidden_summary(&self) -> String {
+        match self.hidden.as_slice() {
+            [] => "no hidden layers".to_string(),
+            [w, rest @ ..] if rest.iter().all(|v| v == w) => {
+                format!("{} × {w}", self.hidden.len())
+            }
+            h if h.len() > 8 => format!(
+                "[{}, … {} more …, {}]",
+                h[..4]
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                h.len() - 6,
+                h[h.len() - 2..]
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            h => format!("{h:?}"),
+        }
+    }
+
     /// Number of linear layers (hidden layers plus the output layer).
     pub fn num_layers(&self) -> usize {
         self.hidden.len() + 1
