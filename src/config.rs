@@ -278,5 +278,7 @@ dropout = 0.0              # after every hidden activation, training only
 # clip = { norm = 1.0 }    # or { value = 0.5 }
 schedule = { kind = "constant" }   # or { kind = "step", step_size = 10, gamma = 0.1 }
                                    # or { kind = "cosine", t_max = 20, eta_min = 0.0 }
+                                   # or { kind = "exponential", gamma = 0.9 }
+                                   # or { kind = "polynomial", total_iters = 5, power = 1.0 }
 warmup_steps = 0           # linear warm-up over the first N steps
 "#;

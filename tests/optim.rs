@@ -865,3 +865,100 @@ fn cli_flags() {
         assert!(!text.contains("panicked"), "{text}");
     }
 }
+
+/// ExponentialLR and PolynomialLR: the closed forms the engine uses against torch's own
+/// chainable updates (each epoch's rate from the previous one, as `get_lr` computes
+/// them), in f64, through and past `total_iters`; then a model trained under each
+/// lands on the formula's rate after `fit`, and bad settings are named.
+#[test]
+fn exponential_and_polynomial_schedules_match_torch() {
+    let base = 0.1f32;
+    let b = base as f64;
+    let exp = LrSchedule::Exponential { gamma: 0.8 };
+    let mut torch = b;
+    for e in 0..12 {
+        if e > 0 {
+            torch *= 0.8f32 as f64;
+        }
+        let ours = exp.lr(base, e);
+        assert!(
+            (ours - torch).abs() <= 1e-12 * b,
+            "exponential epoch {e}: {ours} vs {torch}"
+        );
+    }
+    for (total, power) in [(5usize, 1.0f32), (7, 2.0), (4, 0.5)] {
+        let poly = LrSchedule::Polynomial {
+            total_iters: total,
+            power,
+        };
+        let (t, p) = (total as f64, power as f64);
+        let mut torch = b;
+        for e in 0..12usize {
+            if e > 0 && e <= total {
+                let k = e as f64;
+                torch *= ((1.0 - k / t) / (1.0 - (k - 1.0) / t)).powf(p);
+            }
+            let ours = poly.lr(base, e);
+            assert!(
+                (ours - torch).abs() <= 1e-12 * b,
+                "polynomial({total}, {power}) epoch {e}: {ours} vs {torch}"
+            );
+        }
+        assert_eq!(poly.lr(base, total), 0.0, "zero at total_iters");
+    }
+
+    let data = steadygrad::data::synthetic::spirals(10, 2, 0.05, 1); // 20 rows
+    for schedule in [
+        exp,
+        LrSchedule::Polynomial {
+            total_iters: 5,
+            power: 2.0,
+        },
+    ] {
+        let spec = MlpSpec::new(2, &[8], 2)
+            .optimizer(Optimizer::sgd(base))
+            .schedule(schedule);
+        let mut model = Model::new(spec.clone(), Box::new(CpuEngine::new())).unwrap();
+        let opts = steadygrad::FitOptions {
+            epochs: 3,
+            batch_size: 8,
+            shuffle_seed: 0,
+            drop_last: false,
+        };
+        model.fit(&data, None, &opts, |_| {}).unwrap();
+        let want = schedule.lr(base, 2) as f32;
+        assert!(
+            (model.lr() - want).abs() <= 1e-7,
+            "{schedule:?}: {} vs {want}",
+            model.lr()
+        );
+    }
+
+    for (bad, what) in [
+        (
+            LrSchedule::Exponential { gamma: 1.5 },
+            "gamma must be in (0, 1]",
+        ),
+        (
+            LrSchedule::Exponential { gamma: 0.0 },
+            "gamma must be in (0, 1]",
+        ),
+        (
+            LrSchedule::Polynomial {
+                total_iters: 0,
+                power: 1.0,
+            },
+            "total_iters must be at least 1",
+        ),
+        (
+            LrSchedule::Polynomial {
+                total_iters: 3,
+                power: f32::NAN,
+            },
+            "power must be a finite number",
+        ),
+    ] {
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains(what), "{bad:?}: {e}");
+    }
+}

@@ -105,15 +105,24 @@ pub struct ModelArgs {
     /// Dropout probability in [0, 1) after every hidden activation, in training only.
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f32,
-    /// Learning-rate schedule per epoch: constant, step (StepLR) or cosine (CosineAnnealingLR).
+    /// Learning-rate schedule per epoch: constant, step (StepLR), cosine
+    /// (CosineAnnealingLR), exponential (ExponentialLR, with --gamma) or polynomial
+    /// (PolynomialLR, with --total-iters and --power).
     #[arg(long, value_enum, default_value_t = ScheduleKind::Constant)]
     pub schedule: ScheduleKind,
     /// Step schedule: epochs between decays.
     #[arg(long, default_value_t = 10)]
     pub step_size: usize,
-    /// Step schedule: decay factor per step_size epochs.
+    /// Step and exponential schedules: decay factor per step_size epochs (step) or per
+    /// epoch (exponential).
     #[arg(long, default_value_t = 0.1)]
     pub gamma: f32,
+    /// Polynomial schedule: epochs until the rate reaches 0 (PolynomialLR's total_iters).
+    #[arg(long, default_value_t = 5)]
+    pub total_iters: usize,
+    /// Polynomial schedule: the polynomial's power.
+    #[arg(long, default_value_t = 1.0)]
+    pub power: f32,
     /// Cosine schedule: epochs from the full rate down to --eta-min [default: the number of epochs; 1 for check].
     #[arg(long)]
     pub t_max: Option<usize>,
@@ -156,6 +165,8 @@ pub enum ScheduleKind {
     Constant,
     Step,
     Cosine,
+    Exponential,
+    Polynomial,
 }
 
 impl ModelArgs {
@@ -248,6 +259,11 @@ impl ModelArgs {
             ScheduleKind::Step => LrSchedule::Step {
                 step_size: self.step_size,
                 gamma: self.gamma,
+            },
+            ScheduleKind::Exponential => LrSchedule::Exponential { gamma: self.gamma },
+            ScheduleKind::Polynomial => LrSchedule::Polynomial {
+                total_iters: self.total_iters,
+                power: self.power,
             },
             ScheduleKind::Cosine => LrSchedule::Cosine {
                 t_max: self.t_max.unwrap_or(default_t_max),

@@ -585,6 +585,12 @@ pub enum LrSchedule {
     /// `eta_min + (lr - eta_min)·(1 + cos(π·epoch / T_max)) / 2`. Past `T_max` it keeps
     /// following the cosine back up, as torch's does.
     Cosine { t_max: usize, eta_min: f32 },
+    /// `torch.optim.lr_scheduler.ExponentialLR(gamma)`: `lr · gamma^epoch`.
+    Exponential { gamma: f32 },
+    /// `torch.optim.lr_scheduler.PolynomialLR(total_iters, power)`:
+    /// `lr · (1 − min(epoch, total_iters) / total_iters)^power`, reaching 0 at
+    /// `total_iters` and staying there (torch's defaults: 5 and 1.0).
+    Polynomial { total_iters: usize, power: f32 },
 }
 
 impl LrSchedule {
@@ -601,6 +607,11 @@ impl LrSchedule {
                 let eta = eta_min as f64;
                 let phase = std::f64::consts::PI * e / t_max.max(1) as f64;
                 eta + (base - eta) * (1.0 + phase.cos()) / 2.0
+            }
+            LrSchedule::Exponential { gamma } => base * (gamma as f64).powi(epoch as i32),
+            LrSchedule::Polynomial { total_iters, power } => {
+                let t = total_iters.max(1) as f64;
+                base * (1.0 - e.min(t) / t).powf(power as f64)
             }
         }
     }
@@ -620,6 +631,22 @@ impl LrSchedule {
                 anyhow::ensure!(
                     eta_min.is_finite() && eta_min >= 0.0,
                     "cosine schedule: eta_min must be a finite number >= 0, got {eta_min}"
+                );
+            }
+            LrSchedule::Exponential { gamma } => {
+                anyhow::ensure!(
+                    gamma.is_finite() && gamma > 0.0 && gamma <= 1.0,
+                    "exponential schedule: gamma must be in (0, 1], got {gamma}"
+                );
+            }
+            LrSchedule::Polynomial { total_iters, power } => {
+                anyhow::ensure!(
+                    total_iters > 0,
+                    "polynomial schedule: total_iters must be at least 1"
+                );
+                anyhow::ensure!(
+                    power.is_finite() && power > 0.0,
+                    "polynomial schedule: power must be a finite number > 0, got {power}"
                 );
             }
         }
