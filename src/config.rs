@@ -175,7 +175,7 @@ impl Config {
                 seed: spec.seed,
                 dropout: uniform,
                 clip: spec.clip,
-                schedule: spec.schedule,
+                schedule: spec.schedule.clone(),
                 warmup_steps: spec.warmup_steps,
             },
         }
@@ -186,7 +186,7 @@ impl Config {
         let mut base = MlpSpec::new(self.model.input, &self.model.hidden, self.model.output)
             .optimizer(self.optimizer)
             .seed(t.seed)
-            .schedule(t.schedule)
+            .schedule(t.schedule.clone())
             .warmup_steps(t.warmup_steps);
         if t.dropout > 0.0 {
             base = base.dropout(t.dropout);
@@ -280,5 +280,6 @@ schedule = { kind = "constant" }   # or { kind = "step", step_size = 10, gamma =
                                    # or { kind = "cosine", t_max = 20, eta_min = 0.0 }
                                    # or { kind = "exponential", gamma = 0.9 }
                                    # or { kind = "polynomial", total_iters = 5, power = 1.0 }
+                                   # or { kind = "multistep", milestones = [30, 80], gamma = 0.1 }
 warmup_steps = 0           # linear warm-up over the first N steps
 "#;

@@ -69,6 +69,25 @@ fn round_trip_through_toml() {
     let back = Config::load(&p).unwrap();
     assert_eq!(back, c);
     assert_eq!(back.to_spec().unwrap(), spec);
+
+    // Every schedule kind survives the file.
+    for schedule in [
+        LrSchedule::Exponential { gamma: 0.9 },
+        LrSchedule::Polynomial {
+            total_iters: 7,
+            power: 2.0,
+        },
+        LrSchedule::MultiStep {
+            milestones: vec![3, 8],
+            gamma: 0.2,
+        },
+    ] {
+        let spec = spec.clone().schedule(schedule.clone());
+        let c = Config::from_spec(&spec, 12, 64);
+        let (_dir, p) = write("schedule.toml", &c.to_toml());
+        let back = Config::load(&p).unwrap().to_spec().unwrap();
+        assert_eq!(back.schedule, schedule);
+    }
 }
 
 #[test]

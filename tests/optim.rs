@@ -866,7 +866,7 @@ fn cli_flags() {
     }
 }
 
-/// ExponentialLR and PolynomialLR: the closed forms the engine uses against torch's own
+/// ExponentialLR, PolynomialLR and MultiStepLR: the closed forms the engine uses against torch's own
 /// chainable updates (each epoch's rate from the previous one, as `get_lr` computes
 /// them), in f64, through and past `total_iters`; then a model trained under each
 /// lands on the formula's rate after `fit`, and bad settings are named.
@@ -906,18 +906,38 @@ fn exponential_and_polynomial_schedules_match_torch() {
         }
         assert_eq!(poly.lr(base, total), 0.0, "zero at total_iters");
     }
+    // MultiStepLR([3, 7], 0.1): torch multiplies by gamma at each milestone epoch.
+    let multi = LrSchedule::MultiStep {
+        milestones: vec![3, 7],
+        gamma: 0.1,
+    };
+    let mut torch = b;
+    for e in 0..10usize {
+        if e == 3 || e == 7 {
+            torch *= 0.1f32 as f64;
+        }
+        let ours = multi.lr(base, e);
+        assert!(
+            (ours - torch).abs() <= 1e-12 * b,
+            "multistep epoch {e}: {ours} vs {torch}"
+        );
+    }
 
     let data = steadygrad::data::synthetic::spirals(10, 2, 0.05, 1); // 20 rows
     for schedule in [
-        exp,
+        exp.clone(),
         LrSchedule::Polynomial {
             total_iters: 5,
             power: 2.0,
         },
+        LrSchedule::MultiStep {
+            milestones: vec![1, 2],
+            gamma: 0.5,
+        },
     ] {
         let spec = MlpSpec::new(2, &[8], 2)
             .optimizer(Optimizer::sgd(base))
-            .schedule(schedule);
+            .schedule(schedule.clone());
         let mut model = Model::new(spec.clone(), Box::new(CpuEngine::new())).unwrap();
         let opts = steadygrad::FitOptions {
             epochs: 3,
@@ -956,6 +976,20 @@ fn exponential_and_polynomial_schedules_match_torch() {
                 power: f32::NAN,
             },
             "power must be a finite number",
+        ),
+        (
+            LrSchedule::MultiStep {
+                milestones: vec![5, 3],
+                gamma: 0.1,
+            },
+            "increasing list",
+        ),
+        (
+            LrSchedule::MultiStep {
+                milestones: Vec::new(),
+                gamma: 0.1,
+            },
+            "non-empty",
         ),
     ] {
         let e = bad.validate().unwrap_err().to_string();

@@ -106,8 +106,9 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f32,
     /// Learning-rate schedule per epoch: constant, step (StepLR), cosine
-    /// (CosineAnnealingLR), exponential (ExponentialLR, with --gamma) or polynomial
-    /// (PolynomialLR, with --total-iters and --power).
+    /// (CosineAnnealingLR), exponential (ExponentialLR, with --gamma), polynomial
+    /// (PolynomialLR, with --total-iters and --power) or multistep (MultiStepLR, with
+    /// --milestones and --gamma).
     #[arg(long, value_enum, default_value_t = ScheduleKind::Constant)]
     pub schedule: ScheduleKind,
     /// Step schedule: epochs between decays.
@@ -117,6 +118,10 @@ pub struct ModelArgs {
     /// epoch (exponential).
     #[arg(long, default_value_t = 0.1)]
     pub gamma: f32,
+    /// Multistep schedule: the epochs at which the rate is multiplied by --gamma,
+    /// comma-separated (MultiStepLR's milestones).
+    #[arg(long, value_delimiter = ',')]
+    pub milestones: Vec<usize>,
     /// Polynomial schedule: epochs until the rate reaches 0 (PolynomialLR's total_iters).
     #[arg(long, default_value_t = 5)]
     pub total_iters: usize,
@@ -167,6 +172,7 @@ pub enum ScheduleKind {
     Cosine,
     Exponential,
     Polynomial,
+    Multistep,
 }
 
 impl ModelArgs {
@@ -261,6 +267,10 @@ impl ModelArgs {
                 gamma: self.gamma,
             },
             ScheduleKind::Exponential => LrSchedule::Exponential { gamma: self.gamma },
+            ScheduleKind::Multistep => LrSchedule::MultiStep {
+                milestones: self.milestones.clone(),
+                gamma: self.gamma,
+            },
             ScheduleKind::Polynomial => LrSchedule::Polynomial {
                 total_iters: self.total_iters,
                 power: self.power,

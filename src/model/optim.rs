@@ -572,7 +572,7 @@ impl Clip {
 
 /// A learning-rate schedule over epochs, as torch's schedulers stepped once per epoch.
 /// Combined with a per-step linear warm-up by [`crate::MlpSpec::warmup_steps`].
-#[derive(Clone, Copy, Debug, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum LrSchedule {
     /// The optimizer's learning rate throughout.
@@ -591,14 +591,24 @@ pub enum LrSchedule {
     /// `lr · (1 − min(epoch, total_iters) / total_iters)^power`, reaching 0 at
     /// `total_iters` and staying there (torch's defaults: 5 and 1.0).
     Polynomial { total_iters: usize, power: f32 },
+    /// `torch.optim.lr_scheduler.MultiStepLR(milestones, gamma)`: `lr · gamma^k` where `k`
+    /// is the number of milestones (epochs, increasing) at or before `epoch`.
+    MultiStep { milestones: Vec<usize>, gamma: f32 },
 }
 
 impl LrSchedule {
     /// The learning rate during epoch `epoch` (counted from 0) for base rate `base`.
-    pub fn lr(self, base: f32, epoch: usize) -> f64 {
+    pub fn lr(&self, base: f32, epoch: usize) -> f64 {
         let (base, e) = (base as f64, epoch as f64);
-        match self {
+        match *self {
             LrSchedule::Constant => base,
+            LrSchedule::MultiStep {
+                ref milestones,
+                gamma,
+            } => {
+                let k = milestones.iter().filter(|&&m| m <= epoch).count() as i32;
+                base * (gamma as f64).powi(k)
+            }
             LrSchedule::Step { step_size, gamma } => {
                 let k = (epoch / step_size.max(1)) as i32;
                 base * (gamma as f64).powi(k)
@@ -616,9 +626,23 @@ impl LrSchedule {
         }
     }
 
-    pub fn validate(self) -> anyhow::Result<()> {
-        match self {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match *self {
             LrSchedule::Constant => {}
+            LrSchedule::MultiStep {
+                ref milestones,
+                gamma,
+            } => {
+                anyhow::ensure!(
+                    !milestones.is_empty() && milestones.windows(2).all(|w| w[0] < w[1]),
+                    "multistep schedule: milestones must be a non-empty, increasing list of \
+                     epochs, got {milestones:?}"
+                );
+                anyhow::ensure!(
+                    gamma.is_finite() && gamma > 0.0,
+                    "multistep schedule: gamma must be a finite number > 0, got {gamma}"
+                );
+            }
             LrSchedule::Step { step_size, gamma } => {
                 anyhow::ensure!(step_size > 0, "step schedule: step_size must be at least 1");
                 anyhow::ensure!(
