@@ -6,22 +6,12 @@ mod common;
 
 use common::TempDir;
 use std::path::Path;
-use std::process::Command;
 use steadygrad::health::experiment::{vanishing_configs, verdicts, Claim, Outcome};
 use steadygrad::health::{NonFiniteError, WarningKind};
 use steadygrad::{BackendChoice, FitOptions, MlpSpec, Model, Optimizer};
 
 fn run(args: &[&str], cwd: &Path) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_steadygrad"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    common::run_cli(args, cwd)
 }
 
 /// The header and first `rows` rows of the digits training set.

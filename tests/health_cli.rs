@@ -6,20 +6,9 @@ mod common;
 use common::TempDir;
 
 use std::path::Path;
-use std::process::Command;
 
-/// Runs the binary; returns (success, stdout, stderr).
 fn run(args: &[&str], cwd: &Path) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_steadygrad"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    common::run_cli(args, cwd)
 }
 
 #[test]

@@ -6,7 +6,6 @@ mod common;
 
 use common::TempDir;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use steadygrad::cpu::CpuEngine;
 use steadygrad::data::{self, Dataset, LoadOptions, Standardizer};
@@ -481,17 +480,7 @@ fn the_budget_bounds_the_trials() {
 
 /// Runs the binary on the CPU backend; returns (success, stdout, stderr).
 fn run(args: &[&str], cwd: &Path) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_steadygrad"))
-        .args(args)
-        .env("STEADYGRAD_BACKEND", "cpu")
-        .current_dir(cwd)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    common::run_cli_env(args, cwd, &[("STEADYGRAD_BACKEND", "cpu")])
 }
 
 #[test]

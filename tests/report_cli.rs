@@ -14,16 +14,7 @@ use steadygrad::health::{DetectorConfig, Observers, TrainObserver};
 use steadygrad::{BackendChoice, FitOptions, MlpSpec, Model};
 
 fn run(args: &[&str], cwd: &Path) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_steadygrad"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    common::run_cli(args, cwd)
 }
 
 fn digits() -> String {

@@ -143,18 +143,9 @@ pub fn git_commit() -> String {
     }
 }
 
-/// Deterministic values in [-1, 1): benches need data, not statistics.
-pub fn noise(len: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+// Not every bench uses it; each compiles this module for itself.
+#[allow(unused_imports)]
+pub use steadygrad::bench::noise;
 
 /// CPU seconds (user + system) this process has used, from `/proc` (Linux), else `None`.
 /// On a software adapter the device work runs on the host's threads, so GFLOP per

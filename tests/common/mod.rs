@@ -221,3 +221,24 @@ pub fn assert_rich_model_agrees(engine: GpuEngine) {
     let report = check::cross_check_engine(&spec, &x, &y, engine, Tolerance::default()).unwrap();
     assert!(report.passed(), "{}", report.table());
 }
+
+/// Runs the `steadygrad` binary in `cwd` with extra environment variables; returns
+/// (success, stdout, stderr).
+pub fn run_cli_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_steadygrad"))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// [`run_cli_env`] with the environment as it is.
+pub fn run_cli(args: &[&str], cwd: &Path) -> (bool, String, String) {
+    run_cli_env(args, cwd, &[])
+}
