@@ -206,3 +206,62 @@ fn diagnose_calls_a_diverging_digits_run_unhealthy() {
     assert!(kinds.contains(&"loss-spike"), "{kinds:?}");
     assert!(kinds.contains(&"accuracy-collapse"), "{kinds:?}");
 }
+
+/// `--on-spike stop` on the digits: the run that diverges (10 ReLU layers, Adam at lr 0.1)
+/// stops on the gradient spike, before the epochs run out and before any NaN; healthy
+/// runs with statistics at every step (where late batches routinely sit 10–20× above the
+/// median gradient) train to the end. CPU backend: the same trajectory on any machine.
+#[test]
+fn on_spike_stop_ends_a_diverging_run_and_spares_healthy_ones() {
+    let tmp = TempDir::new("health-cli");
+    let data = |f: &str| format!("{}/data/{f}", env!("CARGO_MANIFEST_DIR"));
+    let (train, valid) = (data("digits_train.csv"), data("digits_valid.csv"));
+    let base = [
+        "--backend",
+        "cpu",
+        "train",
+        "--data",
+        &train,
+        "--valid-data",
+        &valid,
+        "--quiet",
+        "--on-spike",
+        "stop",
+        "--stats-every",
+        "1",
+    ];
+    let diverging = [
+        "--depth",
+        "10",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.1",
+        "--epochs",
+        "5",
+    ];
+    let (ok, out, err) = run(&[&base[..], &diverging[..]].concat(), tmp.path());
+    assert!(!ok, "{out}{err}");
+    assert!(err.contains("stopped on a gradient spike at step"), "{err}");
+    assert!(
+        !err.contains("non-finite"),
+        "the spike comes before any NaN: {err}"
+    );
+    for healthy in [
+        &["--epochs", "20"][..],
+        &["--epochs", "20", "--optimizer", "adam"][..],
+    ] {
+        let (ok, out, err) = run(&[&base[..], healthy].concat(), tmp.path());
+        assert!(ok, "{healthy:?}: {out}{err}");
+        assert!(out.contains("trained 20 epochs"), "{out}");
+    }
+    // Without statistics there is nothing to watch.
+    let (ok, _, err) = run(
+        &[&base[..10], &["--stats-every", "0"][..]].concat(),
+        tmp.path(),
+    );
+    assert!(
+        !ok && err.contains("--on-spike watches statistics"),
+        "{err}"
+    );
+}

@@ -25,6 +25,12 @@ use steadygrad::health::{
 };
 use steadygrad::{data, BackendChoice, EpochReport, FitOptions, Loss, Model};
 
+/// What `--on-spike` does.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnSpike {
+    Stop,
+}
+
 /// Statistics, logging, plots and progress of a training run.
 #[derive(clap::Args, Clone)]
 pub struct RunArgs {
@@ -52,6 +58,15 @@ pub struct RunArgs {
     /// training and validation loss and accuracy. View with `tensorboard --logdir DIR`.
     #[arg(long, value_name = "DIR")]
     tensorboard: Option<PathBuf>,
+    /// `stop`: end training when a statistics step's total gradient norm is
+    /// --spike-threshold times the median of the records before it (checked at statistics
+    /// steps: every 5 steps unless --stats-every says otherwise). Skipping the update
+    /// instead is not offered.
+    #[arg(long, value_enum, value_name = "ACTION")]
+    on_spike: Option<OnSpike>,
+    /// With --on-spike: how many times the running median a gradient norm must reach.
+    #[arg(long, default_value_t = 10.0, value_name = "FACTOR")]
+    spike_threshold: f32,
     /// What `--report` shows, filled in during `fit` and completed by `finish`.
     #[arg(skip)]
     shown: SharedReport,
@@ -83,6 +98,7 @@ impl RunArgs {
             || self.tensorboard.is_some();
         let every = self.stats_every.unwrap_or(match default_every {
             0 if needed => 10,
+            0 if self.on_spike.is_some() => 5,
             d => d,
         });
         anyhow::ensure!(
@@ -90,12 +106,21 @@ impl RunArgs {
             "--log, --plots, --report and --tensorboard need statistics: --stats-every must \
              be at least 1"
         );
+        anyhow::ensure!(
+            every > 0 || self.on_spike.is_none(),
+            "--on-spike watches statistics records: --stats-every must be at least 1"
+        );
         m.gather_stats_every(every);
         let progress = TrainProgress::new(!self.quiet);
         let bar = progress.bar();
         let mut observers: Vec<Box<dyn TrainObserver>> = vec![Box::new(progress)];
         if let Some(path) = &self.log {
             observers.push(Box::new(MetricsLog::create(path)?));
+        }
+        if self.on_spike == Some(OnSpike::Stop) {
+            observers.push(Box::new(steadygrad::health::spike::SpikeStop::new(
+                self.spike_threshold,
+            )?));
         }
         if let Some(dir) = &self.tensorboard {
             let tb = TensorBoardLog::create(dir, m.spec())?;

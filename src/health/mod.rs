@@ -14,6 +14,7 @@ pub mod plot;
 pub mod progress;
 pub mod remedy;
 pub mod report;
+pub mod spike;
 pub mod table;
 pub mod tensorboard;
 
