@@ -379,3 +379,124 @@ fn unknown_layout_lists_the_tensors() {
         "{e}"
     );
 }
+
+/// Runs the binary on the CPU backend in `cwd`; returns (success, stdout + stderr).
+fn steadygrad(args: &[&str], cwd: &Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_steadygrad"))
+        .args(["--backend", "cpu"])
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// 40 rows of 4 features and a class label (0 to 2), as the fixtures' input and output.
+fn write_csv(path: &Path) {
+    let x = inputs(40);
+    let mut s = String::from("a,b,c,d,label\n");
+    for (r, row) in x.chunks(4).enumerate() {
+        s += &format!("{},{},{},{},{}\n", row[0], row[1], row[2], row[3], r % 3);
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+/// `train --init-from` takes an nn.Sequential file without metadata: the widths must
+/// agree with --depth/--width, and a mismatch names the tensor and both shapes.
+#[test]
+fn cli_init_from_sequential() {
+    let tmp = TempDir::new("import-cli");
+    let d = tmp.path();
+    write_csv(&d.join("x.csv"));
+    let file = fixture("sequential_mlp.safetensors");
+    let file = file.to_str().unwrap();
+    let common = [
+        "train",
+        "--data",
+        "x.csv",
+        "--epochs",
+        "1",
+        "--init-from",
+        file,
+        "--depth",
+        "2",
+        "--width",
+        "6",
+        "--batch-norm",
+        "before",
+    ];
+    // By default all but the output layer are kept, and layer 1 is 6 → 5 in the file.
+    let (ok, out) = steadygrad(&common, d);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("'3.weight'") && out.contains("[5, 6]") && out.contains("[6, 6]"),
+        "{out}"
+    );
+    let (ok, out) = steadygrad(&[&common[..], &["--keep-layers", "1"]].concat(), d);
+    assert!(
+        ok && out.contains("kept layers 0..1") && out.contains("nn.Sequential layout"),
+        "{out}"
+    );
+    // No batch norm in the flags: the file's BatchNorm1d is named.
+    let (ok, out) = steadygrad(&[&common[..11], &["--keep-layers", "1"]].concat(), d);
+    assert!(
+        !ok && out.contains("'1.weight'") && out.contains("--batch-norm before"),
+        "{out}"
+    );
+}
+
+/// `--name-map FILE` renames the tensors; a file that is not a TOML table of strings
+/// is a clear error naming it.
+#[test]
+fn cli_name_map() {
+    let tmp = TempDir::new("import-cli-map");
+    let d = tmp.path();
+    write_csv(&d.join("x.csv"));
+    let mut source = Model::new(MlpSpec::new(4, &[8, 8], 3).seed(3), cpu()).unwrap();
+    let theirs = renamed(&source.state_dict().unwrap(), |n| {
+        n.replace("layers.", "body.").replace(".linear.", ".fc.")
+    });
+    save(d, "theirs.safetensors", theirs);
+    std::fs::write(
+        d.join("map.toml"),
+        "\"body.{i}.fc.weight\" = \"layers.{i}.linear.weight\"\n\
+         \"body.{i}.fc.bias\" = \"layers.{i}.linear.bias\"\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("bad.toml"), "\"body.{i}.fc.weight\" = 3\n").unwrap();
+    let args = |map: &'static str| {
+        [
+            "train",
+            "--data",
+            "x.csv",
+            "--epochs",
+            "1",
+            "--init-from",
+            "theirs.safetensors",
+            "--depth",
+            "2",
+            "--width",
+            "8",
+            "--name-map",
+            map,
+        ]
+    };
+    let (ok, out) = steadygrad(&args("map.toml"), d);
+    assert!(
+        ok && out.contains("kept layers 0..2") && out.contains("name map layout"),
+        "{out}"
+    );
+    let (ok, out) = steadygrad(&args("bad.toml"), d);
+    assert!(
+        !ok && out.contains("bad.toml") && out.contains("must be a string"),
+        "{out}"
+    );
+    // Without the map the names are in no known layout.
+    let (ok, out) = steadygrad(&args("map.toml")[..11], d);
+    assert!(
+        !ok && out.contains("'body.0.fc.weight'") && out.contains("--name-map"),
+        "{out}"
+    );
+}
