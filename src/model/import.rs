@@ -370,7 +370,10 @@ impl Pretrained {
                 } else if l + 1 == spec.num_layers() {
                     format!("the data has {} outputs", ours[l + 1])
                 } else {
-                    format!("--width gives {} units", ours[l + 1])
+                    format!(
+                        "its {} units come from --width, or --config's hidden",
+                        ours[l + 1]
+                    )
                 };
                 bail!(
                     "pretrained '{}' has shape {theirs:?}, but the model needs {mine:?} for \
