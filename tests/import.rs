@@ -500,3 +500,40 @@ fn cli_name_map() {
         "{out}"
     );
 }
+
+/// A PReLU module's slope (a lone 1-D `weight` in nn.Sequential) is that layer's
+/// activation parameter; a Sequential without batch norm loads into a model without it.
+#[test]
+fn sequential_prelu_slopes() {
+    let tmp = TempDir::new("import-prelu");
+    let spec = MlpSpec::new(3, &[4, 4], 2)
+        .activation(Activation::Prelu {
+            per_unit: true,
+            init: 0.25,
+        })
+        .seed(6);
+    let mut source = Model::new(spec.clone(), cpu()).unwrap();
+    // Slopes away from their initial 0.25, so that dropping them would show.
+    for l in 0..2 {
+        source
+            .set_parameter(&format!("layers.{l}.act.weight"), &[0.1, -0.3, 0.7, 0.05])
+            .unwrap();
+    }
+    // nn.Sequential(Linear, PReLU, Linear, PReLU, Linear).
+    let seq = renamed(&source.state_dict().unwrap(), |n| {
+        let rest = n.strip_prefix("layers.").unwrap();
+        let (l, attr) = rest.split_once('.').unwrap();
+        let l: usize = l.parse().unwrap();
+        match attr {
+            "act.weight" => format!("{}.weight", 2 * l + 1),
+            _ => format!("{}.{}", 2 * l, attr.strip_prefix("linear.").unwrap()),
+        }
+    });
+    let path = save(tmp.path(), "prelu.safetensors", seq);
+    let p = Pretrained::read(&path, None).unwrap();
+    assert_eq!(p.source("layers.1.act.weight"), "3.weight");
+    let mut m = Model::new(spec.seed(7), cpu()).unwrap();
+    p.load_into(&mut m, 3).unwrap();
+    let x = common::random(15, 4);
+    assert_eq!(m.predict(&x).unwrap(), source.predict(&x).unwrap());
+}

@@ -417,7 +417,12 @@ impl Pretrained {
         let unmatched: Vec<String> = self
             .tensors
             .iter()
-            .filter(|t| kept(&t.name) && !params.iter().any(|p| p.name == t.name))
+            // A name outside `layers.{i}` (a name map's typo) belongs to no layer, so
+            // keeping fewer layers cannot excuse it.
+            .filter(|t| {
+                (kept(&t.name) || layer_of(&t.name).is_none())
+                    && !params.iter().any(|p| p.name == t.name)
+            })
             .map(|t| self.describe_tensor(t))
             .collect();
         let missing: Vec<String> = params
@@ -673,6 +678,32 @@ mod tests {
             let e = format!("{:#}", NameMap::parse(text).unwrap_err());
             assert!(e.contains(says), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn name_map_collisions_and_ambiguity_are_errors() {
+        let map = NameMap::parse(
+            r#"
+            "a.{i}.w" = "layers.{i}.linear.weight"
+            "b.w" = "layers.0.linear.weight"
+            "1.{j}.y" = "layers.{j}.linear.bias"
+            "{i}.{j}.y" = "layers.{j}.linear.bias"
+            "#,
+        )
+        .unwrap();
+        let e = Pretrained::from_tensors(
+            vec![t("a.0.w", &[2, 2]), t("b.w", &[2, 2])],
+            &BTreeMap::new(),
+            Some(&map),
+        )
+        .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("'a.0.w'") && e.contains("'b.w'") && e.contains("'layers.0.linear.weight'"),
+            "{e}"
+        );
+        let e = format!("{:#}", map.rename("1.2.y").unwrap_err());
+        assert!(e.contains("two name map rules"), "{e}");
     }
 
     #[test]
