@@ -336,6 +336,18 @@ fn unmatched_tensor_is_listed_under_its_own_name() {
         "{e}"
     );
     assert!(!e.contains("found no tensor"), "{e}");
+    // A name outside `layers.{i}` is reported even when only layer 0 is kept.
+    let map = NameMap::parse(
+        r#"
+        "net.layers.{i}.linear.weight" = "layers.{i}.linear.weight"
+        "net.layers.{i}.linear.bias" = "layers.{i}.linear.bias"
+        "net.layers.0.scale" = "scale"
+        "#,
+    )
+    .unwrap();
+    let p = Pretrained::read(&path, Some(&map)).unwrap();
+    let e = error_of(p.load_into(&mut m, 1));
+    assert!(e.contains("'net.layers.0.scale' [4] (as 'scale')"), "{e}");
 }
 
 /// steadygrad's own names load without the `steadygrad.config` metadata.
