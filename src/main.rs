@@ -9,6 +9,7 @@ use steadygrad::check::{cross_check, Tolerance};
 use steadygrad::checkpoint;
 use steadygrad::config::Config;
 use steadygrad::gpu::{describe_adapter, list_adapters, AdapterSelection, GpuContext};
+use steadygrad::model::import::{NameMap, Pretrained};
 use steadygrad::model::optim::{EarlyStopping, Monitor};
 use steadygrad::{data, BackendChoice, EpochReport, FitOptions, Loss, MlpSpec, Model};
 
@@ -210,6 +211,7 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             resume,
             init_from,
             keep_layers,
+            name_map,
             freeze,
             unfreeze_at_epoch,
             cache_frozen,
@@ -350,11 +352,24 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 );
             }
             if let Some(path) = &init_from {
-                let pre = checkpoint::load_checkpoint(path)?;
-                let keep = keep_layers.unwrap_or(pre.model.hidden.len());
-                m.load_layers(&pre.tensors, keep)
+                let map = name_map.as_deref().map(NameMap::load).transpose()?;
+                let pre = Pretrained::read(path, map.as_ref())?;
+                let keep = match (keep_layers, &pre.config) {
+                    (Some(k), _) => k,
+                    (None, Some(c)) => c.hidden.len(),
+                    // Without metadata the layer count comes from the linear weights.
+                    (None, None) => pre
+                        .num_layers()
+                        .with_context(|| format!("--init-from '{}'", path.display()))?
+                        .saturating_sub(1),
+                };
+                pre.load_into(&mut m, keep)
                     .with_context(|| format!("--init-from '{}'", path.display()))?;
-                println!("kept layers 0..{keep} of '{}'", path.display());
+                println!(
+                    "kept layers 0..{keep} of '{}' ({} layout)",
+                    path.display(),
+                    pre.layout
+                );
             }
             m.cache_frozen_outputs(cache_frozen);
             println!("device: {}", m.device());

@@ -466,12 +466,21 @@ pub enum Command {
         /// epoch and random streams.
         #[arg(long, conflicts_with_all = ["config", "init_from"])]
         resume: Option<PathBuf>,
-        /// Start from a pretrained checkpoint's lower layers (transfer learning).
+        /// Start from a pretrained model's lower layers (transfer learning): a steadygrad
+        /// checkpoint, or a safetensors state dict in PyTorch's nn.Sequential layout
+        /// (0.weight, 1.running_mean, …) or renamed with --name-map. Without steadygrad's
+        /// metadata the widths come from the tensors; activation and batch norm from the
+        /// flags.
         #[arg(long)]
         init_from: Option<PathBuf>,
         /// How many layers of --init-from to keep [default: all but the output layer].
         #[arg(long, requires = "init_from")]
         keep_layers: Option<usize>,
+        /// TOML table renaming --init-from's tensors to steadygrad's names:
+        /// "their.name" = "layers.0.linear.weight", or rules such as
+        /// "encoder.{i}.fc.weight" = "layers.{i}.linear.weight".
+        #[arg(long, requires = "init_from", value_name = "FILE")]
+        name_map: Option<PathBuf>,
         /// Freeze layers 0..K: not trained, run in inference mode, no backward kernels.
         /// Written `--freeze 0..K` or `--freeze K`.
         #[arg(long, value_parser = parse_freeze)]

@@ -2,6 +2,7 @@
 //! that trains it on either backend.
 
 pub mod health;
+pub mod import;
 pub mod init;
 pub mod lower;
 pub mod optim;
