@@ -83,16 +83,17 @@ struct Extra {
     /// `train --plots` and `--log`, private to the health flags, checked before training.
     plots: Option<PathBuf>,
     log: Option<PathBuf>,
-    /// Model flags given on the command line that `--resume` or `--config` overrides.
-    ignored: Vec<String>,
+    /// Model flags given on the command line beside `--resume` or `--config`:
+    /// `(argument id, "--flag value")`.
+    ignored: Vec<(String, String)>,
     /// `bench` with a model flag typed: the model they describe is the default workload.
     bench_model: bool,
 }
 
 /// With `--resume` or `--config` the model, optimizer and training flags come from the
-/// checkpoint or the file; any such flag typed anyway is named, since silently training
-/// with another learning rate than the one asked for is worse than a warning.
-fn ignored_model_flags(m: &clap::ArgMatches) -> Vec<String> {
+/// checkpoint or the file; the ones typed anyway, to be checked against it (see
+/// [`conflicting_flags`]).
+fn ignored_model_flags(m: &clap::ArgMatches) -> Vec<(String, String)> {
     let source = |id: &str| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
     let from_file = source("resume") || source("config");
     if !from_file {
@@ -108,7 +109,69 @@ fn ignored_model_flags(m: &clap::ArgMatches) -> Vec<String> {
     }
     ids.into_iter()
         .filter(|id| source(id))
-        .map(|id| format!("--{}", id.replace('_', "-")))
+        .map(|id| {
+            let value: Vec<String> = m
+                .get_raw(&id)
+                .map(|v| v.map(|s| s.to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            let flag = format!("--{}", id.replace('_', "-"));
+            let typed = if value.is_empty() || value == ["true"] {
+                flag
+            } else {
+                format!("{flag} {}", value.join(","))
+            };
+            (id, typed)
+        })
+        .collect()
+}
+
+/// One precedence rule for a model that comes from a checkpoint or a config file: a model
+/// flag typed beside it must describe the same setting, or the run is refused with both
+/// values named. Silently training with another learning rate than the one typed, or
+/// applying half of the flags over the file, would both surprise; typing the same command
+/// line again with `--resume` added stays fine.
+fn conflicting_flags(typed: &[(String, String)], flags: &MlpSpec, file: &MlpSpec) -> Vec<String> {
+    typed
+        .iter()
+        .filter_map(|(id, shown)| {
+            let field = |s: &MlpSpec| -> String {
+                // Each flag against its own part of the setting: `--depth 2` typed alone
+                // agrees with a 2 × 8 checkpoint, whatever `--width` defaults to.
+                match id.as_str() {
+                    "depth" => format!("{} hidden layers", s.hidden.len()),
+                    "width" => {
+                        let mut w = s.hidden.clone();
+                        w.dedup();
+                        format!(
+                            "width {}",
+                            w.iter()
+                                .map(|v| v.to_string())
+                                .collect::<Vec<_>>()
+                                .join("/")
+                        )
+                    }
+                    "lr" => format!("lr {}", s.optimizer.lr()),
+                    "optimizer" => {
+                        let shown = s.optimizer.to_string();
+                        shown.split('(').next().unwrap_or(&shown).to_string()
+                    }
+                    "activation" => s.activation.to_string(),
+                    "init" => s.init.to_string(),
+                    "seed" => s.seed.to_string(),
+                    "dropout" => format!("dropout {:?}", s.dropout),
+                    "warmup_steps" => format!("{} warm-up steps", s.warmup_steps),
+                    "clip_norm" | "clip_value" => format!("clip {:?}", s.clip),
+                    "batch_norm" | "bn_momentum" => format!("batch norm {:?}", s.batch_norm),
+                    "residual" => format!("residual {:?}", s.residual_every),
+                    "freeze" => format!("{} frozen layers", s.frozen_layers),
+                    "schedule" | "step_size" | "gamma" | "t_max" | "eta_min" | "total_iters"
+                    | "power" | "milestones" => format!("{:?}", s.schedule),
+                    _ => s.optimizer.to_string(),
+                }
+            };
+            let (mine, theirs) = (field(flags), field(file));
+            (mine != theirs).then(|| format!("{shown} ({mine}; it has {theirs})"))
+        })
         .collect()
 }
 
@@ -271,17 +334,6 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             if let Some(path) = &extra.log {
                 checkpoint::check_writable(path, "--log")?;
             }
-            if !extra.ignored.is_empty() {
-                eprintln!(
-                    "warning: {} ignored: the model and its training settings come from {}",
-                    extra.ignored.join(", "),
-                    if resume.is_some() {
-                        "the checkpoint (--resume)"
-                    } else {
-                        "--config"
-                    }
-                );
-            }
             let file_config = config.as_deref().map(Config::load).transpose()?;
             let resumed = resume
                 .as_deref()
@@ -336,6 +388,33 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                     (Model::with_backend(spec, &choice)?, e, b, Some(cfg))
                 };
             let spec = m.spec().clone();
+            if !extra.ignored.is_empty() {
+                let mut flags = spec_from(&model, spec.input, spec.output, epochs)?;
+                flags.frozen_layers = freeze.unwrap_or(0);
+                let conflicts = conflicting_flags(&extra.ignored, &flags, &spec);
+                anyhow::ensure!(
+                    conflicts.is_empty(),
+                    "{} conflict{} with {}, which holds the model and its training settings: \
+                     drop {}, or {}",
+                    conflicts.join("; "),
+                    if conflicts.len() == 1 { "s" } else { "" },
+                    if resume.is_some() {
+                        "the checkpoint given to --resume"
+                    } else {
+                        "the --config file"
+                    },
+                    if conflicts.len() == 1 {
+                        "the flag"
+                    } else {
+                        "the flags"
+                    },
+                    if resume.is_some() {
+                        "start a new run (--init-from reuses the weights)"
+                    } else {
+                        "change the file"
+                    }
+                );
+            }
             anyhow::ensure!(
                 spec.input == input && spec.output == output && spec.loss == loss,
                 "the model takes {} inputs and gives {} outputs ({}), but the data has {input} features and {output} {}",
