@@ -1,7 +1,8 @@
 //! The command line's arguments: global options, the model and data flag groups shared
 //! by the subcommands, and the subcommands themselves.
 
-use super::health::{DiagnoseArgs, ExperimentKind, RunArgs};
+use super::experiment::ExperimentKind;
+use super::health::{DiagnoseArgs, RunArgs};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

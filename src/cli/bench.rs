@@ -169,7 +169,7 @@ fn workload_spec(name: &str, args: &BenchArgs) -> Result<MlpSpec> {
     if name == MODEL_WORKLOAD {
         let spec =
             spec_from(&args.model, args.input, args.output, 1)?.loss(Loss::SoftmaxCrossEntropy);
-        crate::check_model_size(&spec)?;
+        crate::cli::checks::check_model_size(&spec)?;
         Ok(spec)
     } else {
         bench::standard_spec(name, args.quick)

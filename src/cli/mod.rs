@@ -2,4 +2,6 @@
 
 pub mod args;
 pub mod bench;
+pub mod checks;
+pub mod experiment;
 pub mod health;
