@@ -44,7 +44,16 @@ pub struct GpuEngine {
     counters: Counters,
     /// Limits planned against when lower than the device's (see `limit_memory`).
     memory_limits: Option<(u64, u64)>,
+    /// Staging buffers of collected asynchronous readbacks, for the next ones to reuse:
+    /// training reads the guard flags back after every step, and a buffer made and
+    /// freed per step would cost an allocation on that path.
+    staging_pool: StagingPool,
 }
+
+type StagingPool = Arc<Mutex<Vec<wgpu::Buffer>>>;
+
+/// Staging buffers kept for reuse: a few readbacks are in flight at once.
+const STAGING_POOL_MAX: usize = 8;
 
 impl GpuEngine {
     pub fn new(ctx: Arc<GpuContext>) -> Self {
@@ -73,6 +82,7 @@ impl GpuEngine {
             plans: Vec::new(),
             counters: Counters::default(),
             memory_limits: None,
+            staging_pool: StagingPool::default(),
         }
     }
 
@@ -553,11 +563,19 @@ impl Engine for GpuEngine {
             .map(|&t| self.tensor_buffer(plan, t).map(|(_, len, _)| len * 4))
             .sum::<Result<usize>>()?;
         ensure!(total > 0, "nothing to read");
-        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("async readback"),
-            size: total as u64,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        let reused = {
+            let mut pool = self.staging_pool.lock().unwrap_or_else(|p| p.into_inner());
+            pool.iter()
+                .position(|b| b.size() == total as u64)
+                .map(|i| pool.swap_remove(i))
+        };
+        let staging = reused.unwrap_or_else(|| {
+            self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("async readback"),
+                size: total as u64,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
         let mut offset = 0u64;
         for &t in tensors {
@@ -583,6 +601,7 @@ impl Engine for GpuEngine {
             lens,
             state,
             collected: false,
+            pool: self.staging_pool.clone(),
         }))
     }
 }
@@ -596,6 +615,8 @@ struct GpuPendingRead {
     lens: Vec<usize>,
     state: Arc<Mutex<Option<MapResult>>>,
     collected: bool,
+    /// Where the buffer goes back once collected and unmapped.
+    pool: StagingPool,
 }
 
 impl GpuPendingRead {
@@ -644,6 +665,10 @@ impl PendingRead for GpuPendingRead {
         };
         self.staging.unmap();
         self.collected = true;
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < STAGING_POOL_MAX {
+            pool.push(self.staging.clone());
+        }
         Ok(Some(values))
     }
 }
