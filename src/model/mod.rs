@@ -1,6 +1,7 @@
 //! What a model is (its specification and initial weights) and the user-facing handle
 //! that trains it on either backend.
 
+pub mod early_stopping;
 pub mod health;
 pub mod import;
 pub mod init;
