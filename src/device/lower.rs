@@ -92,6 +92,7 @@ pub struct Mirrors {
 }
 
 /// What a binding is bound to.
+#[derive(Clone, Copy)]
 pub enum Res<'r> {
     Tensor(TensorId),
     Buffer(&'r wgpu::Buffer),

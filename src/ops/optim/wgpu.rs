@@ -45,6 +45,32 @@ fn dims(flag: bool) -> impl FnOnce(u32) -> Dims {
     }
 }
 
+/// One optimizer update: the parameter, its gradient, the hyper-parameter block and the
+/// optimizer's constants, then its own bindings (step counter, state); every update kernel
+/// takes them in that layout.
+#[allow(clippy::too_many_arguments)]
+fn update(
+    lw: &mut Lowerer,
+    key: KernelKey,
+    len: usize,
+    param: usize,
+    grad: usize,
+    consts: Consts,
+    flag: bool,
+    own: &[(Slot, Res)],
+) -> Result<Dispatch> {
+    let consts = lw.constants(&[consts], true);
+    let hyper = lw.hyper.clone();
+    let mut bindings = vec![
+        (PARAM, Res::Tensor(param)),
+        (GRAD, Res::Tensor(grad)),
+        (HYPER, Res::Buffer(&hyper)),
+        (CONSTS, Res::Buffer(&consts)),
+    ];
+    bindings.extend_from_slice(own);
+    lw.dispatch_elementwise(key, len, dims(flag), &bindings)
+}
+
 pub fn advance_step(op: &AdvanceStep, lw: &mut Lowerer) -> Result<Dispatch> {
     lw.dispatch::<Dims>(
         KernelKey::new(&SHADER, "advance_step"),
@@ -60,27 +86,16 @@ pub fn sgd(op: &Sgd, lw: &mut Lowerer) -> Result<Dispatch> {
         weight_decay: op.weight_decay,
         ..Consts::default()
     };
-    let consts = lw.constants(&[consts], true);
-    let hyper = lw.hyper.clone();
-    let mut bindings = vec![
-        (PARAM, Res::Tensor(op.param)),
-        (GRAD, Res::Tensor(op.grad)),
-        (HYPER, Res::Buffer(&hyper)),
-        (CONSTS, Res::Buffer(&consts)),
-    ];
-    let (entry, nesterov) = match op.momentum {
-        None => ("sgd", false),
-        Some(m) => {
-            bindings.push((STATE_A, Res::Tensor(m.buffer)));
-            ("sgd_momentum", m.nesterov)
-        }
+    let (entry, nesterov, own) = match op.momentum {
+        None => ("sgd", false, Vec::new()),
+        Some(m) => (
+            "sgd_momentum",
+            m.nesterov,
+            vec![(STATE_A, Res::Tensor(m.buffer))],
+        ),
     };
-    lw.dispatch_elementwise(
-        KernelKey::new(&SHADER, entry),
-        op.len,
-        dims(nesterov),
-        &bindings,
-    )
+    let key = KernelKey::new(&SHADER, entry);
+    update(lw, key, op.len, op.param, op.grad, consts, nesterov, &own)
 }
 
 /// The Adam family's constants; ln β in f64 on the host: the kernel's bias correction
@@ -106,27 +121,27 @@ fn dummy(lw: &Lowerer) -> wgpu::Buffer {
 
 pub fn adam(op: &Adam, lw: &mut Lowerer) -> Result<Dispatch> {
     let consts = adam_consts(op.beta1, op.beta2, op.eps, op.weight_decay);
-    let consts = lw.constants(&[consts], true);
-    let hyper = lw.hyper.clone();
     let spare = dummy(lw);
     let max = match op.max_exp_avg_sq {
         Some(t) => Res::Tensor(t),
         None => Res::Buffer(&spare),
     };
-    lw.dispatch_elementwise(
-        KernelKey::new(&SHADER, "adam").with("AMSGRAD", op.max_exp_avg_sq.is_some() as u32),
+    let key = KernelKey::new(&SHADER, "adam").with("AMSGRAD", op.max_exp_avg_sq.is_some() as u32);
+    let own = [
+        (STEP, Res::Tensor(op.step)),
+        (STATE_A, Res::Tensor(op.exp_avg)),
+        (STATE_B, Res::Tensor(op.exp_avg_sq)),
+        (STATE_C, max),
+    ];
+    update(
+        lw,
+        key,
         op.len,
-        dims(op.decoupled),
-        &[
-            (PARAM, Res::Tensor(op.param)),
-            (GRAD, Res::Tensor(op.grad)),
-            (HYPER, Res::Buffer(&hyper)),
-            (STEP, Res::Tensor(op.step)),
-            (CONSTS, Res::Buffer(&consts)),
-            (STATE_A, Res::Tensor(op.exp_avg)),
-            (STATE_B, Res::Tensor(op.exp_avg_sq)),
-            (STATE_C, max),
-        ],
+        op.param,
+        op.grad,
+        consts,
+        op.decoupled,
+        &own,
     )
 }
 
@@ -138,27 +153,17 @@ pub fn rmsprop(op: &Rmsprop, lw: &mut Lowerer) -> Result<Dispatch> {
         aux: op.momentum,
         ..Consts::default()
     };
-    let consts = lw.constants(&[consts], true);
-    let hyper = lw.hyper.clone();
     let (spare_b, spare_c) = (dummy(lw), dummy(lw));
     let or_spare = |t: Option<usize>, spare| t.map_or(Res::Buffer(spare), Res::Tensor);
     let key = KernelKey::new(&SHADER, "rmsprop")
         .with("MOMENTUM", op.momentum_buffer.is_some() as u32)
         .with("CENTERED", op.grad_avg.is_some() as u32);
-    lw.dispatch_elementwise(
-        key,
-        op.len,
-        dims(false),
-        &[
-            (PARAM, Res::Tensor(op.param)),
-            (GRAD, Res::Tensor(op.grad)),
-            (HYPER, Res::Buffer(&hyper)),
-            (CONSTS, Res::Buffer(&consts)),
-            (STATE_A, Res::Tensor(op.square_avg)),
-            (STATE_B, or_spare(op.momentum_buffer, &spare_b)),
-            (STATE_C, or_spare(op.grad_avg, &spare_c)),
-        ],
-    )
+    let own = [
+        (STATE_A, Res::Tensor(op.square_avg)),
+        (STATE_B, or_spare(op.momentum_buffer, &spare_b)),
+        (STATE_C, or_spare(op.grad_avg, &spare_c)),
+    ];
+    update(lw, key, op.len, op.param, op.grad, consts, false, &own)
 }
 
 pub fn adagrad(op: &Adagrad, lw: &mut Lowerer) -> Result<Dispatch> {
@@ -168,41 +173,20 @@ pub fn adagrad(op: &Adagrad, lw: &mut Lowerer) -> Result<Dispatch> {
         aux: op.lr_decay,
         ..Consts::default()
     };
-    let consts = lw.constants(&[consts], true);
-    let hyper = lw.hyper.clone();
-    lw.dispatch_elementwise(
-        KernelKey::new(&SHADER, "adagrad"),
-        op.len,
-        dims(false),
-        &[
-            (PARAM, Res::Tensor(op.param)),
-            (GRAD, Res::Tensor(op.grad)),
-            (HYPER, Res::Buffer(&hyper)),
-            (STEP, Res::Tensor(op.step)),
-            (CONSTS, Res::Buffer(&consts)),
-            (STATE_A, Res::Tensor(op.sum)),
-        ],
-    )
+    let own = [(STEP, Res::Tensor(op.step)), (STATE_A, Res::Tensor(op.sum))];
+    let key = KernelKey::new(&SHADER, "adagrad");
+    update(lw, key, op.len, op.param, op.grad, consts, false, &own)
 }
 
 pub fn adamax(op: &Adamax, lw: &mut Lowerer) -> Result<Dispatch> {
     let consts = adam_consts(op.beta1, op.beta2, op.eps, op.weight_decay);
-    let consts = lw.constants(&[consts], true);
-    let hyper = lw.hyper.clone();
-    lw.dispatch_elementwise(
-        KernelKey::new(&SHADER, "adamax"),
-        op.len,
-        dims(false),
-        &[
-            (PARAM, Res::Tensor(op.param)),
-            (GRAD, Res::Tensor(op.grad)),
-            (HYPER, Res::Buffer(&hyper)),
-            (STEP, Res::Tensor(op.step)),
-            (CONSTS, Res::Buffer(&consts)),
-            (STATE_A, Res::Tensor(op.exp_avg)),
-            (STATE_B, Res::Tensor(op.exp_inf)),
-        ],
-    )
+    let own = [
+        (STEP, Res::Tensor(op.step)),
+        (STATE_A, Res::Tensor(op.exp_avg)),
+        (STATE_B, Res::Tensor(op.exp_inf)),
+    ];
+    let key = KernelKey::new(&SHADER, "adamax");
+    update(lw, key, op.len, op.param, op.grad, consts, false, &own)
 }
 
 /// NAdam's `ψ·ln 0.96`, in f64 on the host.
@@ -215,23 +199,14 @@ pub fn nadam(op: &Nadam, lw: &mut Lowerer) -> Result<Dispatch> {
         aux: nadam_aux(op.momentum_decay),
         ..adam_consts(op.beta1, op.beta2, op.eps, op.weight_decay)
     };
-    let consts = lw.constants(&[consts], true);
-    let hyper = lw.hyper.clone();
-    lw.dispatch_elementwise(
-        KernelKey::new(&SHADER, "nadam"),
-        op.len,
-        dims(false),
-        &[
-            (PARAM, Res::Tensor(op.param)),
-            (GRAD, Res::Tensor(op.grad)),
-            (HYPER, Res::Buffer(&hyper)),
-            (STEP, Res::Tensor(op.step)),
-            (CONSTS, Res::Buffer(&consts)),
-            (STATE_A, Res::Tensor(op.exp_avg)),
-            (STATE_B, Res::Tensor(op.exp_avg_sq)),
-            (MU_PRODUCT, Res::Tensor(op.mu_product)),
-        ],
-    )
+    let own = [
+        (STEP, Res::Tensor(op.step)),
+        (STATE_A, Res::Tensor(op.exp_avg)),
+        (STATE_B, Res::Tensor(op.exp_avg_sq)),
+        (MU_PRODUCT, Res::Tensor(op.mu_product)),
+    ];
+    let key = KernelKey::new(&SHADER, "nadam");
+    update(lw, key, op.len, op.param, op.grad, consts, false, &own)
 }
 
 pub fn nadam_mu_product(op: &NadamMuProduct, lw: &mut Lowerer) -> Result<Dispatch> {
