@@ -478,6 +478,41 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
 impl Checkpoint {
     /// Loads this checkpoint into `model`: parameters and buffers, and, when present,
     /// optimizer state, step counter and epoch, so training continues where it stopped.
+    /// What a resumed run needs that this checkpoint lacks (a weights-only file, or one
+    /// written by another tool): without it the run goes on, but not as the uninterrupted
+    /// one would have.
+    pub fn missing_for_resume(&self, model: &mut crate::Model) -> Result<Vec<String>> {
+        let mut missing = Vec::new();
+        if self.optimizer.is_empty() {
+            let state = model.optimizer_state()?;
+            if !state.is_empty() {
+                let mut kinds: Vec<&str> = state
+                    .iter()
+                    .map(|t| t.name.rsplit('.').next().unwrap_or(&t.name))
+                    .collect();
+                kinds.sort_unstable();
+                kinds.dedup();
+                missing.push(format!(
+                    "optimizer state ({}), which starts again from zero",
+                    kinds.join(", ")
+                ));
+            }
+        }
+        if self.steps.is_none() {
+            missing.push(
+                "step counter, so warm-up and bias correction start again from step 1".to_string(),
+            );
+        }
+        if self.state.config.is_none() {
+            missing.push(
+                "training settings (optimizer, schedule, epochs, batch size, seed), so \
+                 the flags typed now and their defaults apply"
+                    .to_string(),
+            );
+        }
+        Ok(missing)
+    }
+
     pub fn restore(&self, model: &mut crate::Model) -> Result<()> {
         model.load_state_dict(&self.tensors)?;
         if !self.optimizer.is_empty() {

@@ -29,6 +29,18 @@ pub trait Engine {
     /// returns without waiting.
     fn run(&mut self, plan: PlanId, stage: Stage) -> Result<()>;
     fn set_hyper(&mut self, hyper: Hyper) -> Result<()>;
+    /// How many more bind groups the device can take, where its driver caps them below
+    /// what memory would allow (see `GpuEngine`); `None` where nothing short of memory
+    /// does.
+    fn bind_group_budget(&self) -> Option<BindGroupBudget> {
+        None
+    }
+    /// Bytes of memory new tensors may take, where the engine can tell: host memory for
+    /// the CPU backend and CPU-backed adapters. wgpu reports no GPU's memory size; there a
+    /// failed allocation is an error when the plan compiles.
+    fn memory_budget(&self) -> Option<u64> {
+        None
+    }
     /// Starts copying tensors to the host behind the work already queued, without waiting
     /// for it; the values arrive through [`PendingRead::poll`]. The default reads at once
     /// (the CPU backend has nothing to wait for).
@@ -38,6 +50,36 @@ pub trait Engine {
             .map(|&t| self.read(plan, t))
             .collect::<Result<Vec<_>>>()?;
         Ok(Box::new(ReadyRead(Some(values))))
+    }
+}
+
+/// Bind groups a device can still take, and why it caps them.
+#[derive(Clone, Debug)]
+pub struct BindGroupBudget {
+    pub available: usize,
+    /// The cap and what it is, for error messages.
+    pub limit: usize,
+    pub limit_name: &'static str,
+    pub in_use: usize,
+    /// What a user can do about it.
+    pub remedy: &'static str,
+}
+
+impl BindGroupBudget {
+    /// An error naming `need` (for `what`) against the cap, or nothing when it fits.
+    pub fn check(&self, need: usize, what: &str) -> Result<()> {
+        anyhow::ensure!(
+            need <= self.available,
+            "{what} needs about {need} GPU bind groups (one per dispatch), but this device \
+             takes at most {} more: {} is {}, of which {} are in use. Use fewer or wider \
+             layers, or {}",
+            self.available,
+            self.limit_name,
+            self.limit,
+            self.in_use,
+            self.remedy
+        );
+        Ok(())
     }
 }
 
@@ -59,4 +101,12 @@ impl PendingRead for ReadyRead {
             .map(Some)
             .ok_or_else(|| anyhow::anyhow!("this read was already collected"))
     }
+}
+
+/// `MemAvailable` of `/proc/meminfo`, where there is one.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

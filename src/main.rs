@@ -207,6 +207,46 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 .as_deref()
                 .map(|p| model_from_checkpoint(p, &choice))
                 .transpose()?;
+            // The one precedence rule, checked before any data is read: model flags typed
+            // beside a checkpoint or config file must agree with what it holds.
+            if !extra.ignored.is_empty() {
+                let source = match (&resumed, &file_config) {
+                    (Some((m, ckpt)), _) => Some((
+                        m.spec().clone(),
+                        ckpt.state.config.as_ref().map_or(20, |c| c.training.epochs),
+                    )),
+                    (None, Some(c)) => Some((c.to_spec()?, c.training.epochs)),
+                    (None, None) => None,
+                };
+                if let Some((spec, file_epochs)) = source {
+                    let e = epochs.unwrap_or(file_epochs);
+                    let mut flags = spec_from(&model, spec.input, spec.output, e)?;
+                    flags.frozen_layers = freeze.unwrap_or(0);
+                    let conflicts = conflicting_flags(&extra.ignored, &flags, &spec);
+                    anyhow::ensure!(
+                        conflicts.is_empty(),
+                        "{} conflict{} with {}, which holds the model and its training settings: \
+                         drop {}, or {}",
+                        conflicts.join("; "),
+                        if conflicts.len() == 1 { "s" } else { "" },
+                        if resume.is_some() {
+                            "the checkpoint given to --resume"
+                        } else {
+                            "the --config file"
+                        },
+                        if conflicts.len() == 1 {
+                            "the flag"
+                        } else {
+                            "the flags"
+                        },
+                        if resume.is_some() {
+                            "start a new run (--init-from reuses the weights)"
+                        } else {
+                            "change the file"
+                        }
+                    );
+                }
+            }
             // A resumed run splits and shuffles the data with the seed it started with, so
             // its validation rows stay out of training.
             let seed = match (&resumed, &file_config) {
@@ -235,6 +275,14 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                         .map_or((20, 32), |c| (c.training.epochs, c.training.batch_size));
                     let (e, b) = (epochs.unwrap_or(e), batch.unwrap_or(b));
                     println!("resuming '{}' after epoch {}", path.display(), m.epoch());
+                    let mut m = m;
+                    for part in ckpt.missing_for_resume(&mut m)? {
+                        eprintln!(
+                            "warning: '{}' has no {part}; the run continues, but not exactly \
+                             as the uninterrupted one would have",
+                            path.display()
+                        );
+                    }
                     let cfg = ckpt.state.config.clone();
                     (m, e, b, cfg)
                 } else {
@@ -256,33 +304,6 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                     (Model::with_backend(spec, &choice)?, e, b, Some(cfg))
                 };
             let spec = m.spec().clone();
-            if !extra.ignored.is_empty() {
-                let mut flags = spec_from(&model, spec.input, spec.output, epochs)?;
-                flags.frozen_layers = freeze.unwrap_or(0);
-                let conflicts = conflicting_flags(&extra.ignored, &flags, &spec);
-                anyhow::ensure!(
-                    conflicts.is_empty(),
-                    "{} conflict{} with {}, which holds the model and its training settings: \
-                     drop {}, or {}",
-                    conflicts.join("; "),
-                    if conflicts.len() == 1 { "s" } else { "" },
-                    if resume.is_some() {
-                        "the checkpoint given to --resume"
-                    } else {
-                        "the --config file"
-                    },
-                    if conflicts.len() == 1 {
-                        "the flag"
-                    } else {
-                        "the flags"
-                    },
-                    if resume.is_some() {
-                        "start a new run (--init-from reuses the weights)"
-                    } else {
-                        "change the file"
-                    }
-                );
-            }
             anyhow::ensure!(
                 spec.input == input && spec.output == output && spec.loss == loss,
                 "the model takes {} inputs and gives {} outputs ({}), but the data has {input} features and {output} {}",

@@ -175,6 +175,7 @@ fn write_files(d: &TempDir) {
         )
     };
     d.write("epochs0.toml", cfg("epochs = 0", "lr = 0.05").as_bytes());
+    d.write("good.toml", cfg("epochs = 1", "lr = 0.05").as_bytes());
     d.write("neg_lr.toml", cfg("epochs = 1", "lr = -0.5").as_bytes());
     d.write(
         "wrong_input.toml",
@@ -606,6 +607,37 @@ fn cases() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
             vec!["3 features"],
         ),
         (
+            // Refused before the (missing) data file is read.
+            "--resume with a conflicting flag",
+            t(&[
+                "--resume",
+                "ok.safetensors",
+                "--lr",
+                "0.5",
+                "--data",
+                "nope.csv",
+            ]),
+            vec![
+                "--lr 0.5",
+                "conflicts with the checkpoint given to --resume",
+            ],
+        ),
+        (
+            "--config with a conflicting flag",
+            vec![
+                "--backend",
+                "cpu",
+                "train",
+                "--config",
+                "good.toml",
+                "--lr",
+                "0.5",
+                "--data",
+                "nope.csv",
+            ],
+            vec!["--lr 0.5", "conflicts with the --config file"],
+        ),
+        (
             "--resume an already finished run",
             t(&["--resume", "ok.safetensors", "--epochs", "1"]),
             vec!["already completed 1 of 1"],
@@ -691,6 +723,13 @@ fn cases() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
             "--width beyond memory",
             t(&["--width", "1000000", "--depth", "100"]),
             vec!["too large", "--width"],
+        ),
+        (
+            "activations beyond memory (huge batch)",
+            t(&[
+                "--points", "200000", "--depth", "50", "--width", "1000", "--batch", "200000",
+            ]),
+            vec!["activations and gradients", "GB", "--batch"],
         ),
         (
             "--width overflowing",
@@ -828,5 +867,39 @@ fn every_bad_input_is_a_clear_error() {
         failures.len(),
         cases.len(),
         failures.join("\n")
+    );
+}
+
+/// A net too deep for the device: on lavapipe every bind group takes a memory mapping, so
+/// a plan with more than the kernel's `vm.max_map_count` crashed inside the driver (a
+/// segfault at depth 2000). The resource plan refuses it before compiling anything,
+/// naming the figure and the limit. The depth is worked out from this machine's limit
+/// (about 12 bind groups per layer and plan, three plans), so the case stays too deep
+/// wherever the limit was raised.
+#[test]
+fn a_net_deeper_than_the_device_takes_is_refused_before_compiling() {
+    let limit: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .expect("Linux's /proc/sys/vm/max_map_count")
+        .trim()
+        .parse()
+        .unwrap();
+    let depth = (limit / 36 * 3 / 2).to_string();
+    let dir = TempDir::new("too-deep");
+    let args: Vec<String> = [
+        "train", "--depth", &depth, "--width", "2", "--epochs", "1", "--points", "64",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let o = run(&args, dir.path());
+    assert!(!o.hung, "depth {depth} hung");
+    assert_eq!(o.code, Some(1), "depth {depth}: {}{}", o.stdout, o.stderr);
+    for f in ["bind groups", "vm.max_map_count", "sysctl"] {
+        assert!(o.stderr.contains(f), "stderr lacks '{f}': {}", o.stderr);
+    }
+    assert!(
+        !o.stdout.contains("epoch   1"),
+        "an epoch ran before the refusal: {}",
+        o.stdout
     );
 }

@@ -337,3 +337,63 @@ fn resume_keeps_the_seed_and_refuses_conflicting_flags() {
     assert!(ok, "{resumed}");
     assert_eq!(last_epoch(&resumed), last_epoch(&whole));
 }
+
+/// A checkpoint without part of what a resume needs (here Adam's moments, as in a file
+/// written by another tool or stripped to weights) resumes with a loud warning naming the
+/// missing part, since the run cannot continue exactly; a complete one resumes silently.
+#[test]
+fn resume_warns_when_the_checkpoint_lacks_optimizer_state() {
+    let tmp = TempDir::new("cli-resume-partial");
+    let d = tmp.path();
+    let base = [
+        "--backend",
+        "cpu",
+        "train",
+        "--depth",
+        "2",
+        "--width",
+        "8",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--points",
+        "60",
+    ];
+    let (ok, out) = run(
+        &[&base[..], &["--epochs", "1", "--save", "full.safetensors"]].concat(),
+        d,
+    );
+    assert!(ok, "{out}");
+    let bytes = std::fs::read(d.join("full.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = file
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| !name.ends_with("exp_avg") && !name.ends_with("exp_avg_sq"))
+        .collect();
+    assert!(
+        kept.len() < file.len(),
+        "the checkpoint had no Adam moments to strip"
+    );
+    let stripped = safetensors::serialize(kept, meta.metadata().clone()).unwrap();
+    std::fs::write(d.join("weights.safetensors"), stripped).unwrap();
+
+    let resume = |file: &str| {
+        run(
+            &[&base[..], &["--epochs", "2", "--resume", file]].concat(),
+            d,
+        )
+    };
+    let (ok, out) = resume("full.safetensors");
+    assert!(ok, "{out}");
+    assert!(!out.contains("warning"), "{out}");
+    let (ok, out) = resume("weights.safetensors");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: 'weights.safetensors' has no optimizer state (exp_avg, exp_avg_sq)"),
+        "{out}"
+    );
+    assert!(out.contains("not exactly"), "{out}");
+}

@@ -107,7 +107,7 @@ pub fn check_model_size(spec: &MlpSpec) -> Result<()> {
     });
     // Parameters, gradients and up to two optimizer states, f32 each.
     let bytes = params.and_then(|p| p.checked_mul(16));
-    let available = available_memory();
+    let available = steadygrad::engine::available_memory();
     let fits = match (bytes, available) {
         (Some(b), Some(a)) => b as u64 <= a,
         (Some(b), None) => (b as u64) < 1 << 40,
@@ -132,12 +132,4 @@ pub fn check_model_size(spec: &MlpSpec) -> Result<()> {
         ))
     );
     Ok(())
-}
-
-/// `MemAvailable` of `/proc/meminfo`, where there is one.
-fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

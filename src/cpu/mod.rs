@@ -66,6 +66,10 @@ impl Engine for CpuEngine {
         "CPU reference backend (plain loops, single thread)".to_string()
     }
 
+    fn memory_budget(&self) -> Option<u64> {
+        crate::engine::available_memory()
+    }
+
     fn is_gpu(&self) -> bool {
         false
     }

@@ -11,7 +11,7 @@ use crate::device::lower::storage_buffer;
 use crate::device::{
     Counters, GpuContext, Kernels, LowerParts, Lowerer, MatmulVariant, Mirrors, Step,
 };
-use crate::engine::{Engine, PendingRead, PlanId};
+use crate::engine::{BindGroupBudget, Engine, PendingRead, PlanId};
 use crate::graph::{Plan, Stage};
 use crate::ops::Op;
 use crate::tensor::{Hyper, PersistentDesc, Storage, TensorId};
@@ -316,6 +316,9 @@ impl GpuEngine {
             return Ok(());
         }
         let (plan, local) = (p.plan.clone(), p.local.clone());
+        if let Some(budget) = self.bind_group_budget() {
+            budget.check(plan.train_stats.len(), "the statistics step")?;
+        }
         let dispatches = self
             .lower_ops(&plan, &local, &[(&plan.train_stats, true)])?
             .remove(0);
@@ -379,8 +382,9 @@ fn lower_list(lw: &mut Lowerer, ops: &[Op]) -> Result<Vec<Step>> {
         }
         steps.extend(lowered);
         for op in &ops[i..i + used] {
-            let (_, writes) = op.reads_writes();
-            lw.mirrors.fresh.retain(|key| !writes.contains(&key.tensor));
+            for t in op.reads_writes().1 {
+                lw.mirrors.written(t);
+            }
         }
         i += used;
     }
@@ -420,15 +424,54 @@ impl Engine for GpuEngine {
                 "persistent tensor '{}' is empty",
                 p.name
             );
-            let buf = self.storage_buffer(&p.name, (p.init.len() * 4) as u64)?;
+            bufs.push(self.storage_buffer(&p.name, (p.init.len() * 4) as u64)?);
+        }
+        // Written after all are made: each write's staging buffer, freed later, would
+        // otherwise leave a hole between two tensors that every later allocation searches.
+        for (buf, p) in bufs.iter().zip(persistent) {
             self.ctx
                 .queue
-                .write_buffer(&buf, 0, bytemuck::cast_slice(&p.init));
-            bufs.push(buf);
+                .write_buffer(buf, 0, bytemuck::cast_slice(&p.init));
         }
         self.persistent = bufs;
         self.persistent_desc = persistent.to_vec();
         self.ctx.take_error()
+    }
+
+    /// Lavapipe maps memory for every descriptor set, so a process that makes more bind
+    /// groups than the kernel's `vm.max_map_count` (65530 by default) allows mappings
+    /// crashes inside the driver. A 2000-layer net's three plans (batch, last batch,
+    /// validation) need about 70,000. Hardware drivers keep descriptor sets in pools and
+    /// are bound by memory only.
+    fn bind_group_budget(&self) -> Option<BindGroupBudget> {
+        let info = &self.ctx.info;
+        if info.device_type != wgpu::DeviceType::Cpu || info.backend != wgpu::Backend::Vulkan {
+            return None;
+        }
+        let limit: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let in_use = std::fs::read_to_string("/proc/self/maps")
+            .ok()?
+            .lines()
+            .count();
+        // Headroom for what the driver, allocator and staging buffers map besides.
+        const MARGIN: usize = 4096;
+        Some(BindGroupBudget {
+            available: limit.saturating_sub(in_use + MARGIN),
+            limit,
+            limit_name: "the kernel's vm.max_map_count (lavapipe maps memory for each)",
+            in_use,
+            remedy: "raise the limit: sysctl -w vm.max_map_count=262144",
+        })
+    }
+
+    fn memory_budget(&self) -> Option<u64> {
+        (self.ctx.info.device_type == wgpu::DeviceType::Cpu)
+            .then(crate::engine::available_memory)
+            .flatten()
     }
 
     fn compile(&mut self, plan: &Plan) -> Result<PlanId> {
@@ -440,6 +483,10 @@ impl Engine for GpuEngine {
                 t.name,
                 t.len()
             );
+        }
+        if let Some(budget) = self.bind_group_budget() {
+            let need = plan.forward.len() + plan.eval.len() + plan.train.len();
+            budget.check(need, "compiling this plan")?;
         }
         let local = plan
             .tensors

@@ -1,6 +1,7 @@
 //! [`Model`]: a compiled MLP on one backend, with training, evaluation and prediction.
 
 mod health;
+mod resources;
 mod state;
 
 use crate::backend::{create_engine, BackendChoice};
@@ -444,6 +445,20 @@ impl Model {
                  size)"
             );
         }
+        let valid_rows = raw_valid.map_or(0, |v| v.rows);
+        self.check_fit_resources(
+            &[
+                if full > 0 { opts.batch_size } else { 0 },
+                if skip_last { 0 } else { partial },
+                valid_rows.min(opts.batch_size),
+                valid_rows % opts.batch_size,
+            ],
+            if self.cache_frozen {
+                self.spec.frozen_layers
+            } else {
+                0
+            },
+        )?;
         let (mut x, mut y) = (Vec::new(), Vec::new());
         let mut reports = Vec::with_capacity(opts.epochs);
         // `(first layer, train, valid)`: with a cache, the frozen layers run once per

@@ -56,6 +56,13 @@ pub(super) struct Health {
 }
 
 impl Health {
+    /// Whether statistics steps will run.
+    pub(super) fn gathers_stats(&self) -> bool {
+        self.every > 0
+    }
+}
+
+impl Health {
     /// Whether the coming step gathers statistics: the first after they were turned on,
     /// then every `every`-th.
     pub(super) fn due(&self) -> bool {

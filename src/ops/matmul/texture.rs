@@ -101,7 +101,7 @@ pub fn lower(
     let (view_a, view_b, pitch_a) = (ma.view.clone(), mb.view.clone(), ma.pitch);
     let mut steps = Vec::new();
     for key in [a_key, b_key] {
-        if lw.mirrors.fresh.insert(key) {
+        if lw.mirrors.refreshed(key) {
             let refresh = lw.mirrors.mirrors[&key]
                 .as_ref()
                 .expect("checked above")

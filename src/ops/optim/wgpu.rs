@@ -115,7 +115,7 @@ fn adam_consts(beta1: f32, beta2: f32, eps: f32, weight_decay: f32) -> Consts {
 
 /// A 1-element storage buffer for a state binding that the kernel's override constants
 /// switch off: the entry point still declares it, so something must be bound.
-fn dummy(lw: &Lowerer) -> wgpu::Buffer {
+fn dummy(lw: &mut Lowerer) -> wgpu::Buffer {
     lw.constants(&[0.0f32; 4], false)
 }
 

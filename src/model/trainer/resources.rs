@@ -1,0 +1,62 @@
+//! The resource plan of a fit: every plan a fit will compile is counted before the first
+//! is, so a model the device cannot hold is refused at once, naming the figure and the
+//! limit, instead of crashing inside a driver during the first epoch.
+
+use super::Model;
+use crate::model::lower as mlp;
+use crate::tensor::Storage;
+use anyhow::Result;
+
+impl Model {
+    /// Checks the bind groups of the plans for batches of `rows` (the batch, the last
+    /// partial batch, the validation batches; plus the statistics step where statistics
+    /// are gathered) starting at layer `start`, against what the device takes. Plans
+    /// already compiled cost nothing more.
+    pub(super) fn check_fit_resources(&self, rows: &[usize], start: usize) -> Result<()> {
+        let groups = self.engine.bind_group_budget();
+        let memory = self.engine.memory_budget();
+        if groups.is_none() && memory.is_none() {
+            return Ok(());
+        }
+        let mut rows: Vec<usize> = rows
+            .iter()
+            .copied()
+            .filter(|&r| r > 0 && !self.plans.contains_key(&(r, start)))
+            .collect();
+        rows.sort_unstable();
+        rows.dedup();
+        let (mut need, mut bytes) = (0, 0u64);
+        for &r in &rows {
+            let plan = mlp::build_from(&self.spec, &self.persistent, r, start)?;
+            need += plan.forward.len() + plan.eval.len() + plan.train.len();
+            if self.health.gathers_stats() {
+                need += plan.train_stats.len();
+            }
+            bytes += plan
+                .tensors
+                .iter()
+                .filter(|t| t.storage == Storage::Local)
+                .map(|t| t.len() as u64 * 4)
+                .sum::<u64>();
+        }
+        let shown: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+        let what = format!(
+            "training this {}-layer model (plans for batches of {} rows)",
+            self.spec.hidden.len() + 1,
+            shown.join(", ")
+        );
+        if let Some(available) = memory {
+            anyhow::ensure!(
+                bytes <= available,
+                "{what} needs {:.1} GB for activations and gradients, but {:.1} GB of memory \
+                 is available; use a smaller --batch or fewer or narrower layers",
+                bytes as f64 / 1e9,
+                available as f64 / 1e9
+            );
+        }
+        match groups {
+            Some(budget) => budget.check(need, &what),
+            None => Ok(()),
+        }
+    }
+}
