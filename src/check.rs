@@ -8,9 +8,10 @@
 //! false-alarms where the maths amplifies rounding (deep batch-norm nets, batches of two
 //! rows): there a float32 computation of the *same* maths drifts just as far. So the CPU
 //! reference also takes the step from inputs and parameters each moved by one `f32`
-//! rounding (relative 2⁻²⁴, random sign): how far that run lands from the unperturbed
-//! one is the tensor's *noise floor*, the spread any correct `f32` evaluation order can
-//! produce. A tensor passes within the fixed tolerance or within
+//! rounding (relative 2⁻²⁴, random sign), on an engine that moves every reduction's
+//! output by `√k` roundings ([`CpuEngine::with_rounding_noise`]): how far that run lands
+//! from the unperturbed one is the tensor's *noise floor*, the spread a correct `f32`
+//! evaluation can produce. A tensor passes within the fixed tolerance or within
 //! [`FLOOR_MULTIPLE`] × its floor, and the table shows the floor. A wrong index or a
 //! missing term moves results by far more than rounding of the inputs does, so it is
 //! still caught (`tests/gpu_vs_cpu.rs` injects one).
@@ -205,15 +206,15 @@ pub fn cross_check_engine(
     Ok(report)
 }
 
-/// Moves every value by one `f32` rounding (relative 2⁻²⁴) of a random sign, drawn from
-/// a fixed stream so a check is reproducible.
-fn perturb(values: &mut [f32], stream: &mut u64) {
+/// Moves every value by `roundings` `f32` roundings (relative 2⁻²⁴ each) of a random
+/// sign, drawn from a fixed stream so a check is reproducible.
+pub(crate) fn perturb(values: &mut [f32], roundings: f32, stream: &mut u64) {
     for v in values.iter_mut() {
         *stream ^= *stream << 13;
         *stream ^= *stream >> 7;
         *stream ^= *stream << 17;
         let sign = if *stream & 1 == 0 { 1.0 } else { -1.0 };
-        *v *= 1.0 + sign * f32::EPSILON / 2.0;
+        *v *= 1.0 + sign * roundings * f32::EPSILON / 2.0;
     }
 }
 
@@ -234,12 +235,15 @@ pub fn cross_check_models(
     let mut stream = 0x9E37_79B9_7F4A_7C15u64;
     let mut moved = cpu.state_dict()?;
     for t in &mut moved {
-        perturb(&mut t.values, &mut stream);
+        perturb(&mut t.values, 1.0, &mut stream);
     }
-    let mut floor_model = Model::new(spec.clone(), Box::new(CpuEngine::new()))?;
+    let mut floor_model = Model::new(
+        spec.clone(),
+        Box::new(CpuEngine::with_rounding_noise(stream)),
+    )?;
     floor_model.load_state_dict(&moved)?;
     let mut x_moved = x.to_vec();
-    perturb(&mut x_moved, &mut stream);
+    perturb(&mut x_moved, 1.0, &mut stream);
     let mut tensors = Vec::new();
     let mut snapshots = Vec::new();
     for (model, x) in [

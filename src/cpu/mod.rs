@@ -13,6 +13,8 @@ pub struct CpuEngine {
     persistent_desc: Vec<PersistentDesc>,
     plans: Vec<CpuPlan>,
     hyper: Option<Hyper>,
+    /// The random stream of [`CpuEngine::with_rounding_noise`], when on.
+    noise: Option<u64>,
 }
 
 struct CpuPlan {
@@ -24,6 +26,18 @@ struct CpuPlan {
 impl CpuEngine {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The reference with every reduction's output (matmuls, sums, batch-norm statistics:
+    /// the ops whose summation order a GPU changes) moved by `√k` `f32` roundings of
+    /// random sign after it runs (`k` terms summed): Monte Carlo arithmetic's model of a float32
+    /// evaluation, whose distance from the exact reference is the noise floor
+    /// `crate::check` judges the GPU against. Counters, flags and masks are never moved.
+    pub fn with_rounding_noise(seed: u64) -> Self {
+        CpuEngine {
+            noise: Some(seed | 1),
+            ..Self::default()
+        }
     }
 
     fn slot(&self, plan: PlanId, t: TensorId) -> Result<(Option<usize>, usize)> {
@@ -155,6 +169,26 @@ impl Engine for CpuEngine {
         let ops: Vec<&Op> = p.plan.ops(stage).collect();
         for op in ops {
             op.run_cpu(&mut host)?;
+            if let Some(stream) = &mut self.noise {
+                // A float32 sum of `k` terms is typically `√k` roundings off, so each
+                // reduction's output moves by that many.
+                let terms = match op {
+                    Op::MatMul(m) => m.k,
+                    Op::SumRows(o) => o.rows,
+                    Op::BatchNormTrain(o) => o.rows,
+                    Op::BatchNormEval(o) => o.rows,
+                    Op::BatchNormBackward(o) => o.rows,
+                    _ => 0,
+                };
+                if terms > 0 {
+                    let roundings = (terms as f32).sqrt().max(1.0);
+                    for t in op.reads_writes().1 {
+                        let mut v = host.take(t);
+                        crate::check::perturb(&mut v, roundings, stream);
+                        host.put(t, v);
+                    }
+                }
+            }
         }
         Ok(())
     }
