@@ -142,9 +142,12 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             resume,
             init_from,
             keep_layers,
+            refit_standardizer,
+            allow_activation_change,
             name_map,
             freeze,
             unfreeze_at_epoch,
+            unfreeze_lr,
             cache_frozen,
             drop_last,
             early_stop,
@@ -258,8 +261,22 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 (None, Some(c)) => c.training.seed,
                 (None, None) => model.seed,
             };
+            // The reused layers were trained on inputs scaled by their model's standardizer,
+            // so new data is scaled the same way unless the user asks for a refit.
+            let reuse = match (&init_from, refit_standardizer) {
+                (Some(path), false) => checkpoint::read_standardizer(path)
+                    .with_context(|| format!("--init-from '{}'", path.display()))?,
+                _ => None,
+            };
+            if let Some(lr) = unfreeze_lr {
+                anyhow::ensure!(
+                    lr.is_finite() && lr > 0.0,
+                    "--unfreeze-lr must be a finite number > 0, got {lr}"
+                );
+            }
+            let reused = reuse.is_some();
             let (train, valid, standardizer) =
-                data_args.train_valid(seed, points, spiral_classes)?;
+                data_args.train_valid(seed, points, spiral_classes, reuse)?;
             let (input, output) = (train.input_dim, train.classes.unwrap_or(train.target_dim));
             let loss = if train.classes.is_some() {
                 Loss::SoftmaxCrossEntropy
@@ -322,6 +339,20 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             if let Some(path) = &init_from {
                 let map = name_map.as_deref().map(NameMap::load).transpose()?;
                 let pre = Pretrained::read(path, map.as_ref())?;
+                if let Some(c) = &pre.config {
+                    let theirs: steadygrad::Activation = c
+                        .activation
+                        .parse()
+                        .with_context(|| format!("--init-from '{}'", path.display()))?;
+                    anyhow::ensure!(
+                        theirs == spec.activation || allow_activation_change,
+                        "--init-from '{}' was trained with the {theirs} activation, but this \
+                         model uses {}: its layers would compute something else. Pass \
+                         --activation {theirs}, or --allow-activation-change to reuse them anyway",
+                        path.display(),
+                        spec.activation
+                    );
+                }
                 let keep = match (keep_layers, &pre.config) {
                     (Some(k), _) => k,
                     (None, Some(c)) => c.hidden.len(),
@@ -334,9 +365,14 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 pre.load_into(&mut m, keep)
                     .with_context(|| format!("--init-from '{}'", path.display()))?;
                 println!(
-                    "kept layers 0..{keep} of '{}' ({} layout)",
+                    "kept layers 0..{keep} of '{}' ({} layout){}",
                     path.display(),
-                    pre.layout
+                    pre.layout,
+                    if reused {
+                        "; inputs standardized as its training data was"
+                    } else {
+                        ""
+                    }
                 );
             }
             m.cache_frozen_outputs(cache_frozen);
@@ -441,8 +477,17 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 }
                 if unfreeze_at_epoch.is_some_and(|e| r.epoch + 1 >= e) && m.spec().frozen_layers > 0
                 {
-                    bar.suspend(|| println!("unfreezing all layers from epoch {}", r.epoch + 1));
+                    bar.suspend(|| {
+                        println!(
+                            "unfreezing all layers from epoch {}{}",
+                            r.epoch + 1,
+                            unfreeze_lr.map_or(String::new(), |lr| format!(", learning rate {lr}"))
+                        )
+                    });
                     m.set_frozen_layers(0)?;
+                    if let Some(lr) = unfreeze_lr {
+                        m.set_learning_rate(Some(lr))?;
+                    }
                 }
                 if let Some(stop) = &mut stopping {
                     let v = r.valid.expect("validation data was given");

@@ -355,6 +355,7 @@ impl DataArgs {
         seed: u64,
         points: usize,
         spiral_classes: usize,
+        reuse: Option<data::Standardizer>,
     ) -> Result<(Dataset, Dataset, Option<data::Standardizer>)> {
         let Some(path) = &self.data else {
             anyhow::ensure!(points >= 5, "--points must be at least 5, got {points}");
@@ -399,7 +400,20 @@ impl DataArgs {
         let standardizer = if self.no_standardize {
             None
         } else {
-            let s = data::Standardizer::fit(&train)?;
+            let s = match reuse {
+                Some(s) => {
+                    anyhow::ensure!(
+                        s.input_dim() == train.input_dim,
+                        "the standardization saved with --init-from's model has {} features, \
+                         but {} has {}; pass --refit-standardizer to fit one on this data",
+                        s.input_dim(),
+                        path.display(),
+                        train.input_dim
+                    );
+                    s
+                }
+                None => data::Standardizer::fit(&train)?,
+            };
             s.apply(&mut train)?;
             s.apply(&mut valid)?;
             Some(s)
@@ -477,6 +491,15 @@ pub enum Command {
         /// How many layers of --init-from to keep [default: all but the output layer].
         #[arg(long, requires = "init_from")]
         keep_layers: Option<usize>,
+        /// Fit the input standardization on this data instead of reusing the one saved
+        /// with --init-from's model (the default, so the reused layers see inputs scaled
+        /// as they were trained on).
+        #[arg(long, requires = "init_from")]
+        refit_standardizer: bool,
+        /// Reuse --init-from's layers even though they were trained with another
+        /// activation than --activation.
+        #[arg(long, requires = "init_from")]
+        allow_activation_change: bool,
         /// TOML table renaming --init-from's tensors to steadygrad's names:
         /// "their.name" = "layers.0.linear.weight", or rules such as
         /// "encoder.{i}.fc.weight" = "layers.{i}.linear.weight".
@@ -489,6 +512,10 @@ pub enum Command {
         /// Unfreeze every layer from this epoch on (1-based).
         #[arg(long, requires = "freeze")]
         unfreeze_at_epoch: Option<usize>,
+        /// The learning rate from the unfreezing on, fixed (as a Keras user recompiles
+        /// with a lower rate before fine-tuning the reused layers).
+        #[arg(long, requires = "unfreeze_at_epoch", allow_negative_numbers = true)]
+        unfreeze_lr: Option<f32>,
         /// Compute the frozen layers' outputs once and train the layers above from them.
         #[arg(long, requires = "freeze")]
         cache_frozen: bool,

@@ -174,7 +174,7 @@ pub fn experiment(which: &ExperimentKind, choice: &BackendChoice) -> Result<()> 
         seed: a.seed,
     };
     opts.validate()?;
-    let (train, valid, _) = a.data.train_valid(a.seed, a.points, 3)?;
+    let (train, valid, _) = a.data.train_valid(a.seed, a.points, 3, None)?;
     let data = match &a.data.data {
         Some(path) => format!(
             "{} ({} training rows{}, {} validation rows, {} features, {})",

@@ -389,7 +389,7 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
     );
     let (train, valid, _) =
         args.data
-            .train_valid(args.model.seed, args.points, args.spiral_classes)?;
+            .train_valid(args.model.seed, args.points, args.spiral_classes, None)?;
     let (input, output) = (train.input_dim, train.classes.unwrap_or(train.target_dim));
     let loss = if train.classes.is_some() {
         Loss::SoftmaxCrossEntropy
