@@ -48,7 +48,7 @@ pub use data::Dataset;
 pub use engine::Engine;
 pub use model::{
     BatchNorm, BnPlacement, Clip, EpochReport, FitOptions, Init, LrSchedule, Metrics, MlpSpec,
-    Model, NamedTensor, Optimizer,
+    Model, NamedTensor, Optimizer, Regularizer,
 };
 pub use ops::{Activation, Loss};
 

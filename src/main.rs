@@ -36,8 +36,13 @@ pub(crate) fn print_epoch(r: &EpochReport) {
         Some(a) => format!("acc {:5.1}%", 100.0 * a),
         None => format!("rmse {:.4}", m.loss.sqrt()),
     };
+    // The data loss stays comparable with runs without regularization; the penalty,
+    // which Keras folds into its loss, is shown beside it.
+    let penalty = r
+        .penalty
+        .map_or(String::new(), |p| format!("  penalty {p:.4}"));
     println!(
-        "epoch {:>3}  loss {:.4}  {}  val loss {:.4}  val {}  {:>8.0} samples/s",
+        "epoch {:>3}  loss {:.4}{penalty}  {}  val loss {:.4}  val {}  {:>8.0} samples/s",
         r.epoch,
         r.train.loss,
         metric(&r.train),

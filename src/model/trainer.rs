@@ -1,6 +1,7 @@
 //! [`Model`]: a compiled MLP on one backend, with training, evaluation and prediction.
 
 mod health;
+mod regularize;
 mod state;
 
 use crate::backend::{create_engine, BackendChoice};
@@ -69,6 +70,9 @@ pub struct EpochReport {
     pub valid: Option<Metrics>,
     /// Training rows per second over this epoch, device time included.
     pub samples_per_sec: f64,
+    /// The regularization penalty at the end of the epoch (see [`Model::penalty`]), apart
+    /// from `train.loss`, which is the data loss alone; `None` without L1/L2 groups.
+    pub penalty: Option<f32>,
 }
 
 /// A named tensor copied to the host.
@@ -506,6 +510,7 @@ impl Model {
                 train: metrics,
                 valid,
                 samples_per_sec: train.rows as f64 / seconds.max(1e-9),
+                penalty: self.penalty()?,
             };
             self.health_epoch_report(&report)?;
             hook(self, &report)?;

@@ -8,6 +8,7 @@
 
 mod backward;
 mod health;
+mod regularize;
 
 use crate::graph::Plan;
 use crate::model::health::layout::{self as st, GUARD_SLOT_NAME};
@@ -93,10 +94,12 @@ pub fn build_from(
             b.flush_skip_grads(l, grad);
         }
     }
+    b.penalty_grads(&net);
     // The guard and statistics read the raw gradients here, before clipping changes them.
     let backward_end = b.p.train.len();
     b.clip_gradients()?;
     b.updates()?;
+    b.max_norms(&net);
     if spec.batch_norm.is_some() && rows < 2 {
         b.p.train.clear();
         b.p.train_error = Some(format!(
