@@ -522,6 +522,8 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             checkpoint: path,
             data: data_args,
             out,
+            mc_samples,
+            seed,
         } => {
             checkpoint::check_writable(&out, "--out")?;
             let (mut m, ckpt) = model_from_checkpoint(&path, &choice)?;
@@ -529,6 +531,16 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             let classes = classify.then_some(m.spec().output);
             let d = data_args.load_one(classes, ckpt.state.standardizer.as_ref())?;
             check_width(&d, &m, &data_args)?;
+            if let Some(n) = mc_samples {
+                let p = m.predict_mc(&d.features, n, seed).context("--mc-samples")?;
+                checkpoint::write_atomic(&out, cli::mc::csv(&p, classify).as_bytes())?;
+                println!(
+                    "wrote {} Monte Carlo predictions ({n} samples, seed {seed}) to '{}'",
+                    d.rows,
+                    out.display()
+                );
+                return Ok(());
+            }
             let width = m.spec().output;
             let mut csv = String::new();
             let names: Vec<String> = (0..width).map(|j| format!("output_{j}")).collect();

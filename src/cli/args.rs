@@ -544,6 +544,14 @@ pub enum Command {
         /// the predicted class.
         #[arg(long)]
         out: PathBuf,
+        /// Monte Carlo dropout: N forward passes with dropout active (batch norm in eval
+        /// mode); writes mean_j and std_j per output (class probabilities for
+        /// classification) and the argmax of the means.
+        #[arg(long, value_name = "N")]
+        mc_samples: Option<usize>,
+        /// Seed of the Monte Carlo dropout masks.
+        #[arg(long, default_value_t = 42, requires = "mc_samples")]
+        seed: u64,
     },
     /// A short training run that reports per-layer gradient health and a verdict
     /// (vanishing or exploding gradients, dying ReLUs, saturation, NaN, loss spikes,

@@ -15,4 +15,5 @@ pub use init::Init;
 pub use optim::{Clip, LrSchedule};
 pub use regularize::Regularizer;
 pub use spec::{BatchNorm, BnPlacement, MlpSpec, Optimizer};
+pub use trainer::mc::McPrediction;
 pub use trainer::{EpochReport, FitOptions, Metrics, Model, NamedTensor};

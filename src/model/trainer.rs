@@ -1,6 +1,7 @@
 //! [`Model`]: a compiled MLP on one backend, with training, evaluation and prediction.
 
 mod health;
+pub mod mc;
 mod regularize;
 mod state;
 
@@ -108,6 +109,8 @@ pub struct Model {
     /// Compiled plans by batch size and first layer: the last partial batch of an epoch
     /// gets its own, and so does training from cached frozen outputs.
     plans: HashMap<(usize, usize), (PlanId, Plan)>,
+    /// Monte Carlo dropout plans by batch size and seed (see `mc.rs`).
+    mc_plans: HashMap<(usize, u64), (PlanId, Plan)>,
     cache_frozen: bool,
     /// The learning rate last written to the device's hyper-parameter block.
     lr: f32,
@@ -134,6 +137,7 @@ impl Model {
             engine,
             persistent,
             plans: HashMap::new(),
+            mc_plans: HashMap::new(),
             cache_frozen: false,
             lr,
             lr_override: None,
@@ -195,6 +199,7 @@ impl Model {
         spec.validate()?;
         self.spec = spec;
         self.plans.clear();
+        self.mc_plans.clear();
         Ok(())
     }
 

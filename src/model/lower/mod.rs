@@ -35,6 +35,39 @@ pub fn build_from(
     rows: usize,
     start: usize,
 ) -> anyhow::Result<Plan> {
+    build_with(spec, persistent, rows, start, None)
+}
+
+/// The local tensor a Monte Carlo plan reads its sample's mask counter from (a `u32` in
+/// an `f32`'s bits, as the step counter).
+pub const MC_SAMPLE_NAME: &str = "mc.sample";
+
+/// As [`build`], but the forward pass (the `Predict` stage) keeps dropout active, as
+/// Monte Carlo dropout asks (Gal & Ghahramani 2016; Keras's `training=True` on the
+/// dropout layers only): batch norm stays in evaluation mode. The masks derive from
+/// `seed` (see [`mc_dropout_stream`]) and the value the host writes to [`MC_SAMPLE_NAME`].
+pub fn build_mc(
+    spec: &MlpSpec,
+    persistent: &[PersistentDesc],
+    rows: usize,
+    seed: u64,
+) -> anyhow::Result<Plan> {
+    build_with(spec, persistent, rows, 0, Some(seed))
+}
+
+/// The random stream of hidden layer `l`'s Monte Carlo dropout masks for `seed`: apart
+/// from the training streams, so prediction never replays a training step's masks.
+pub fn mc_dropout_stream(seed: u64, l: usize) -> u32 {
+    dropout_stream(seed ^ 0x4D43_0000_0000_0000, l)
+}
+
+fn build_with(
+    spec: &MlpSpec,
+    persistent: &[PersistentDesc],
+    rows: usize,
+    start: usize,
+    mc_seed: Option<u64>,
+) -> anyhow::Result<Plan> {
     spec.validate()?;
     anyhow::ensure!(rows > 0, "batch size must be at least 1");
     anyhow::ensure!(
@@ -50,8 +83,12 @@ pub fn build_from(
         p: Plan::default(),
         params: Vec::new(),
         pending_skips: Vec::new(),
+        mc: None,
     };
     let input = b.local("input", &[rows, sizes[start]]);
+    if let Some(seed) = mc_seed {
+        b.mc = Some((b.local(MC_SAMPLE_NAME, &[1]), seed));
+    }
     let target = b.local("target", &[target_len(spec.loss, rows, spec.output)]);
     let step = b.persistent(STEP_SLOT_NAME, &[1])?;
     // The counter advances first, so step-dependent kernels see 1 on the first step.
@@ -197,6 +234,8 @@ struct Builder<'a> {
     /// Skip-connection gradients waiting for their source's gradient tensor to be
     /// written: `(source index, gradient at the sum, projection)`.
     pending_skips: Vec<(usize, TensorId, Option<TensorId>)>,
+    /// For a Monte Carlo plan: the sample counter and the seed of its dropout masks.
+    mc: Option<(TensorId, u64)>,
 }
 
 impl Builder<'_> {
@@ -278,11 +317,12 @@ impl Builder<'_> {
             layer.act_in = y;
         }
         let h = self.local(format!("layers.{l}.h"), &[rows, fan_out]);
-        // Frozen layers run in inference mode: no dropout.
+        // Frozen layers train in inference mode: no dropout. Monte Carlo prediction
+        // samples every dropout layer the model has.
         let dropout_p = self
             .spec
             .dropout_p(l)
-            .filter(|_| l >= self.spec.frozen_layers);
+            .filter(|_| l >= self.spec.frozen_layers || self.mc.is_some());
         match dropout_p {
             None => layer.act_extra = self.activation_forward(l, layer.act_in, h, h, fan_out)?,
             Some(p) => {
@@ -292,7 +332,20 @@ impl Builder<'_> {
                 let pre = self.local(format!("layers.{l}.act"), &[rows, fan_out]);
                 let step = self.step_counter()?;
                 let stream = dropout_stream(self.spec.seed, l);
-                layer.act_extra = self.activation_forward(l, layer.act_in, h, pre, fan_out)?;
+                // A Monte Carlo plan's evaluation-mode activation feeds a dropout of its own.
+                let eval_out = if self.mc.is_some() { pre } else { h };
+                layer.act_extra =
+                    self.activation_forward(l, layer.act_in, eval_out, pre, fan_out)?;
+                if let Some((sample, seed)) = self.mc {
+                    self.p.forward.push(Op::Dropout(Dropout {
+                        x: pre,
+                        y: h,
+                        step: sample,
+                        len: rows * fan_out,
+                        p,
+                        stream: mc_dropout_stream(seed, l),
+                    }));
+                }
                 self.p.train.push(Op::Dropout(Dropout {
                     x: pre,
                     y: h,
