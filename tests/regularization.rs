@@ -312,3 +312,24 @@ fn resume_with_regularization_is_exact() {
         straight.state_dict().unwrap()
     );
 }
+
+/// Weights over a 4 KiB binding (the engine's limit lowered): the penalty gradient is
+/// bound in element windows and max-norm in windows of whole rows, and one training step
+/// still matches the CPU reference (`cross_check`'s default tolerance: windows change no
+/// arithmetic, only which dispatch does it).
+#[test]
+fn split_weights_match_the_cpu() {
+    use steadygrad::check::{cross_check_engine, Tolerance};
+    // W0 45×37 = 1665 and W1 40×45 = 1800 floats, over the 1024 floats of one binding.
+    let spec = MlpSpec::new(37, &[45, 40], 5)
+        .optimizer(Optimizer::sgd(0.5))
+        .regularize(group(&[0, 1, 2], 1e-3, 1e-2, Some(0.3)))
+        .seed(11);
+    let mut engine = GpuEngine::new(gpu());
+    engine.limit_memory(4096, u64::MAX);
+    let rows = 33;
+    let x = random(rows * 37, 5);
+    let y: Vec<f32> = (0..rows).map(|i| (i % 5) as f32).collect();
+    let report = cross_check_engine(&spec, &x, &y, engine, Tolerance::default()).unwrap();
+    assert!(report.passed(), "{}", report.table());
+}

@@ -73,6 +73,11 @@ impl Operation for PenaltyGrad {
     fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
         wgpu::penalty_grad(self, lw)
     }
+    fn lower_split(&self, lw: &mut Lowerer) -> Result<Vec<Dispatch>> {
+        lw.element_windows(&[self.w, self.grad], self.len, 1, |lw, len| {
+            wgpu::penalty_grad(&PenaltyGrad { len, ..*self }, lw)
+        })
+    }
 }
 
 impl Operation for MaxNorm {
@@ -102,5 +107,11 @@ impl Operation for MaxNorm {
     }
     fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
         wgpu::max_norm(self, lw)
+    }
+    fn lower_split(&self, lw: &mut Lowerer) -> Result<Vec<Dispatch>> {
+        // Windows of whole rows: each unit's norm is computed within one dispatch.
+        lw.row_windows(self.rows, &[(self.w, self.cols)], |lw, _, rows| {
+            wgpu::max_norm(&MaxNorm { rows, ..*self }, lw)
+        })
     }
 }
