@@ -340,6 +340,9 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                     String::new()
                 }
             );
+            for line in steadygrad::model::regularize::describe(&spec.regularization) {
+                println!("regularization: {line}");
+            }
             let from = match (&resume, &config) {
                 (Some(p), _) => format!(" (from the checkpoint '{}')", p.display()),
                 (None, Some(p)) => format!(" (from '{}')", p.display()),

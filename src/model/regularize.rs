@@ -113,6 +113,28 @@ pub fn validate(groups: &[Regularizer], layers: usize) -> Result<()> {
     Ok(())
 }
 
+/// One line per group for the run's header, e.g. `layers [0, 1, 2]: l2 0.001, max-norm 3`.
+pub fn describe(groups: &[Regularizer]) -> Vec<String> {
+    groups
+        .iter()
+        .map(|r| {
+            let mut parts = Vec::new();
+            for (name, v) in [("l1", r.l1), ("l2", r.l2)] {
+                if v > 0.0 {
+                    parts.push(format!("{name} {v}"));
+                }
+            }
+            if r.bias && r.has_penalty() {
+                parts.push("biases too".to_string());
+            }
+            if let Some(c) = r.max_norm {
+                parts.push(format!("max-norm {c}"));
+            }
+            format!("layers {:?}: {}", r.layers, parts.join(", "))
+        })
+        .collect()
+}
+
 /// The group regularizing linear layer `l`, if any.
 pub fn group_of(groups: &[Regularizer], l: usize) -> Option<&Regularizer> {
     groups.iter().find(|r| r.layers.contains(&l))
