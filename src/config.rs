@@ -2,7 +2,7 @@
 //! checkpoint metadata (`steadygrad.config`). Names and values are strings where the
 //! library has a parser (activation, init, loss), so the file reads like the CLI flags.
 
-use crate::model::{BatchNorm, BnPlacement, Clip, LrSchedule, MlpSpec, Optimizer};
+use crate::model::{BatchNorm, BnPlacement, Clip, LrSchedule, MlpSpec, Optimizer, Regularizer};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
@@ -160,6 +160,9 @@ pub struct Config {
     pub model: ModelConfig,
     pub optimizer: Optimizer,
     pub training: TrainingConfig,
+    /// `[[regularization]]` groups of layers with their penalty and max-norm.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regularization: Vec<Regularizer>,
 }
 
 impl Config {
@@ -178,6 +181,7 @@ impl Config {
                 schedule: spec.schedule.clone(),
                 warmup_steps: spec.warmup_steps,
             },
+            regularization: spec.regularization.clone(),
         }
     }
 
@@ -192,6 +196,7 @@ impl Config {
             base = base.dropout(t.dropout);
         }
         base.clip = t.clip;
+        base.regularization = self.regularization.clone();
         self.model.to_spec(base)
     }
 
@@ -282,4 +287,13 @@ schedule = { kind = "constant" }   # or { kind = "step", step_size = 10, gamma =
                                    # or { kind = "polynomial", total_iters = 5, power = 1.0 }
                                    # or { kind = "multistep", milestones = [30, 80], gamma = 0.1 }
 warmup_steps = 0           # linear warm-up over the first N steps
+
+# Keras-style regularization, one table per group of linear layers (0 is the first
+# hidden layer, the last is the output layer); a layer may be in one group only.
+# [[regularization]]
+# layers = [0, 1, 2]       # or a range: "0..3"
+# l1 = 0.0                 # adds l1·Σ|w| to the loss
+# l2 = 1e-4                # adds l2·Σw² to the loss (Keras's l2: gradient 2·l2·w)
+# bias = false             # penalise the biases too
+# max_norm = 3.0           # each unit's incoming weights rescaled to norm <= 3 after updates
 "#;

@@ -47,8 +47,8 @@ pub use check::{cross_check, CheckReport, Tolerance};
 pub use data::Dataset;
 pub use engine::Engine;
 pub use model::{
-    BatchNorm, BnPlacement, Clip, EpochReport, FitOptions, Init, LrSchedule, Metrics, MlpSpec,
-    Model, NamedTensor, Optimizer,
+    BatchNorm, BnPlacement, Clip, EpochReport, FitOptions, Init, LrSchedule, McPrediction, Metrics,
+    MlpSpec, Model, NamedTensor, Optimizer, Regularizer,
 };
 pub use ops::{Activation, Loss};
 

@@ -36,8 +36,13 @@ pub(crate) fn print_epoch(r: &EpochReport) {
         Some(a) => format!("acc {:5.1}%", 100.0 * a),
         None => format!("rmse {:.4}", m.loss.sqrt()),
     };
+    // The data loss stays comparable with runs without regularization; the penalty,
+    // which Keras folds into its loss, is shown beside it.
+    let penalty = r
+        .penalty
+        .map_or(String::new(), |p| format!("  penalty {p:.4}"));
     println!(
-        "epoch {:>3}  loss {:.4}  {}  val loss {:.4}  val {}  {:>8.0} samples/s",
+        "epoch {:>3}  loss {:.4}{penalty}  {}  val loss {:.4}  val {}  {:>8.0} samples/s",
         r.epoch,
         r.train.loss,
         metric(&r.train),
@@ -392,6 +397,9 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                     String::new()
                 }
             );
+            for line in steadygrad::model::regularize::describe(&spec.regularization) {
+                println!("regularization: {line}");
+            }
             let from = match (&resume, &config) {
                 (Some(p), _) => format!(" (from the checkpoint '{}')", p.display()),
                 (None, Some(p)) => format!(" (from '{}')", p.display()),
@@ -583,6 +591,8 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             checkpoint: path,
             data: data_args,
             out,
+            mc_samples,
+            seed,
         } => {
             checkpoint::check_writable(&out, "--out")?;
             let (mut m, ckpt) = model_from_checkpoint(&path, &choice)?;
@@ -590,6 +600,16 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             let classes = classify.then_some(m.spec().output);
             let d = data_args.load_one(classes, ckpt.state.standardizer.as_ref())?;
             check_width(&d, &m, &data_args)?;
+            if let Some(n) = mc_samples {
+                let p = m.predict_mc(&d.features, n, seed).context("--mc-samples")?;
+                checkpoint::write_atomic(&out, cli::mc::csv(&p, classify).as_bytes())?;
+                println!(
+                    "wrote {} Monte Carlo predictions ({n} samples, seed {seed}) to '{}'",
+                    d.rows,
+                    out.display()
+                );
+                return Ok(());
+            }
             let width = m.spec().output;
             let mut csv = String::new();
             let names: Vec<String> = (0..width).map(|j| format!("output_{j}")).collect();

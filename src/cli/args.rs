@@ -10,7 +10,7 @@ use steadygrad::check::Tolerance;
 use steadygrad::model::optim::{ADAGRAD_EPS, NADAM_MOMENTUM_DECAY, RMSPROP_ALPHA};
 use steadygrad::{
     data, Activation, BatchNorm, BnPlacement, Clip, Dataset, Init, Loss, LrSchedule, MlpSpec,
-    Optimizer,
+    Optimizer, Regularizer,
 };
 
 #[derive(Parser)]
@@ -103,6 +103,15 @@ pub struct ModelArgs {
     /// Clamp every gradient element to [-V, V] (torch.nn.utils.clip_grad_value_).
     #[arg(long)]
     pub clip_value: Option<f32>,
+    /// L1 penalty l1·Σ|w| on every layer's weights, added to the loss (Keras's kernel_regularizer; biases excluded).
+    #[arg(long, default_value_t = 0.0)]
+    pub l1: f32,
+    /// L2 penalty l2·Σw² on every layer's weights, added to the loss: Keras's l2, gradient 2·l2·w (not --weight-decay).
+    #[arg(long, default_value_t = 0.0)]
+    pub l2: f32,
+    /// Rescale each unit's incoming weights to norm ≤ C after every update (Keras's MaxNorm, axis=0).
+    #[arg(long, value_name = "C")]
+    pub max_norm: Option<f32>,
     /// Dropout probability in [0, 1) after every hidden activation, in training only.
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f32,
@@ -562,6 +571,14 @@ pub enum Command {
         /// the predicted class.
         #[arg(long)]
         out: PathBuf,
+        /// Monte Carlo dropout: N forward passes with dropout active (batch norm in eval
+        /// mode); writes mean_j and std_j per output (class probabilities for
+        /// classification) and the argmax of the means.
+        #[arg(long, value_name = "N")]
+        mc_samples: Option<usize>,
+        /// Seed of the Monte Carlo dropout masks.
+        #[arg(long, default_value_t = 42, requires = "mc_samples")]
+        seed: u64,
     },
     /// A short training run that reports per-layer gradient health and a verdict
     /// (vanishing or exploding gradients, dying ReLUs, saturation, NaN, loss spikes,
@@ -627,6 +644,10 @@ pub fn spec_from(args: &ModelArgs, input: usize, output: usize, t_max: usize) ->
     }
     if let Some(v) = args.clip_value {
         spec = spec.clip(Clip::Value(v));
+    }
+    let layers = spec.num_layers();
+    if let Some(g) = Regularizer::all_layers(layers, args.l1, args.l2, args.max_norm) {
+        spec = spec.regularize(g);
     }
     if let Some(place) = &args.batch_norm {
         spec = spec.batch_norm(BatchNorm {

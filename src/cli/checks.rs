@@ -80,6 +80,7 @@ pub fn conflicting_flags(
                     "dropout" => format!("dropout {:?}", s.dropout),
                     "warmup_steps" => format!("{} warm-up steps", s.warmup_steps),
                     "clip_norm" | "clip_value" => format!("clip {:?}", s.clip),
+                    "l1" | "l2" | "max_norm" => format!("regularization {:?}", s.regularization),
                     "batch_norm" | "bn_momentum" => format!("batch norm {:?}", s.batch_norm),
                     "residual" => format!("residual {:?}", s.residual_every),
                     "freeze" => format!("{} frozen layers", s.frozen_layers),

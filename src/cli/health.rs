@@ -306,6 +306,9 @@ struct EpochRow {
     accuracy: Option<f32>,
     val_loss: Option<f32>,
     val_accuracy: Option<f32>,
+    /// The regularization penalty apart from the data loss `loss`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    penalty: Option<f32>,
 }
 
 impl From<&EpochReport> for EpochRow {
@@ -316,6 +319,7 @@ impl From<&EpochReport> for EpochRow {
             accuracy: r.train.accuracy,
             val_loss: r.valid.map(|v| v.loss),
             val_accuracy: r.valid.and_then(|v| v.accuracy),
+            penalty: r.penalty,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use super::{StepStats, TrainObserver};
 use crate::model::health::json_float;
+use crate::EpochReport;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::fs::File;
@@ -129,6 +130,12 @@ impl MetricsLog {
                 row.join(",")
             }
         };
+        self.emit(&line)
+    }
+}
+
+impl MetricsLog {
+    fn emit(&mut self, line: &str) -> Result<()> {
         writeln!(self.out, "{line}")
             .and_then(|_| self.out.flush())
             .with_context(|| format!("writing log file '{}'", self.path.display()))
@@ -138,5 +145,23 @@ impl MetricsLog {
 impl TrainObserver for MetricsLog {
     fn on_stats(&mut self, stats: &StepStats) -> Result<()> {
         self.write(stats)
+    }
+
+    /// JSON lines get one epoch record when there is a regularization penalty, the only
+    /// per-epoch value the step records lack; CSV keeps one row shape (the penalty is in
+    /// the epoch report and TensorBoard's `epoch/penalty`).
+    fn on_epoch(&mut self, r: &EpochReport) -> Result<()> {
+        let (LogFormat::JsonLines, Some(penalty)) = (&self.format, r.penalty) else {
+            return Ok(());
+        };
+        let line = serde_json::json!({
+            "record": "epoch",
+            "epoch": r.epoch,
+            "loss": r.train.loss,
+            "penalty": penalty,
+            "loss_with_penalty": r.train.loss + penalty,
+            "val_loss": r.valid.map(|v| v.loss),
+        });
+        self.emit(&line.to_string())
     }
 }

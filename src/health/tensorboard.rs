@@ -186,6 +186,9 @@ pub fn stats_scalars(s: &StepStats, spec: &MlpSpec) -> Vec<(String, f32)> {
 /// `epoch/accuracy`, `epoch/val_loss`, `epoch/val_accuracy`.
 pub fn epoch_scalars(r: &EpochReport) -> Vec<(String, f32)> {
     let mut v = vec![("epoch/loss".to_string(), r.train.loss)];
+    if let Some(p) = r.penalty {
+        v.push(("epoch/penalty".to_string(), p));
+    }
     if let Some(a) = r.train.accuracy {
         v.push(("epoch/accuracy".to_string(), a));
     }

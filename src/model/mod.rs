@@ -7,10 +7,13 @@ pub mod import;
 pub mod init;
 pub mod lower;
 pub mod optim;
+pub mod regularize;
 pub mod spec;
 pub mod trainer;
 
 pub use init::Init;
 pub use optim::{Clip, LrSchedule};
+pub use regularize::Regularizer;
 pub use spec::{BatchNorm, BnPlacement, MlpSpec, Optimizer};
+pub use trainer::mc::McPrediction;
 pub use trainer::{EpochReport, FitOptions, Metrics, Model, NamedTensor};

@@ -2,6 +2,7 @@
 
 pub use crate::model::optim::Optimizer;
 use crate::model::optim::{warmup_factor, Clip, LrSchedule};
+use crate::model::regularize::{self, Regularizer};
 use crate::model::Init;
 use crate::ops::{Activation, Loss, METRICS_LEN};
 use crate::tensor::{PersistentDesc, PersistentKind};
@@ -82,6 +83,8 @@ pub struct MlpSpec {
     pub schedule: LrSchedule,
     /// Linear learning-rate warm-up over the first this many training steps (0: none).
     pub warmup_steps: usize,
+    /// Weight penalties and max-norm constraints per group of linear layers.
+    pub regularization: Vec<Regularizer>,
 }
 
 impl MlpSpec {
@@ -104,6 +107,7 @@ impl MlpSpec {
             dropout: Vec::new(),
             schedule: LrSchedule::Constant,
             warmup_steps: 0,
+            regularization: Vec::new(),
         }
     }
     /// Freezes layers `0..k` (see [`MlpSpec::frozen_layers`]).
@@ -171,6 +175,11 @@ impl MlpSpec {
         self.clip = Some(clip);
         self
     }
+    /// Adds a regularization group (see [`Regularizer`]).
+    pub fn regularize(mut self, group: Regularizer) -> Self {
+        self.regularization.push(group);
+        self
+    }
     /// The same dropout probability after every hidden layer (`torch.nn.Dropout(p)`).
     pub fn dropout(mut self, p: f32) -> Self {
         self.dropout = vec![p; self.hidden.len()];
@@ -208,6 +217,7 @@ impl MlpSpec {
             c.validate()?;
         }
         self.schedule.validate()?;
+        regularize::validate(&self.regularization, self.num_layers())?;
         anyhow::ensure!(
             self.dropout.is_empty() || self.dropout.len() == self.hidden.len(),
             "dropout lists {} probabilities but the model has {} hidden layers",

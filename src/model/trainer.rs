@@ -1,6 +1,8 @@
 //! [`Model`]: a compiled MLP on one backend, with training, evaluation and prediction.
 
 mod health;
+pub mod mc;
+mod regularize;
 mod resources;
 mod state;
 
@@ -70,6 +72,9 @@ pub struct EpochReport {
     pub valid: Option<Metrics>,
     /// Training rows per second over this epoch, device time included.
     pub samples_per_sec: f64,
+    /// The regularization penalty at the end of the epoch (see [`Model::penalty`]), apart
+    /// from `train.loss`, which is the data loss alone; `None` without L1/L2 groups.
+    pub penalty: Option<f32>,
 }
 
 /// A named tensor copied to the host.
@@ -105,6 +110,8 @@ pub struct Model {
     /// Compiled plans by batch size and first layer: the last partial batch of an epoch
     /// gets its own, and so does training from cached frozen outputs.
     plans: HashMap<(usize, usize), (PlanId, Plan)>,
+    /// Monte Carlo dropout plans by batch size and seed (see `mc.rs`).
+    mc_plans: HashMap<(usize, u64), (PlanId, Plan)>,
     cache_frozen: bool,
     /// The learning rate last written to the device's hyper-parameter block.
     lr: f32,
@@ -131,6 +138,7 @@ impl Model {
             engine,
             persistent,
             plans: HashMap::new(),
+            mc_plans: HashMap::new(),
             cache_frozen: false,
             lr,
             lr_override: None,
@@ -192,6 +200,7 @@ impl Model {
         spec.validate()?;
         self.spec = spec;
         self.plans.clear();
+        self.mc_plans.clear();
         Ok(())
     }
 
@@ -521,6 +530,7 @@ impl Model {
                 train: metrics,
                 valid,
                 samples_per_sec: train.rows as f64 / seconds.max(1e-9),
+                penalty: self.penalty()?,
             };
             self.health_epoch_report(&report)?;
             hook(self, &report)?;

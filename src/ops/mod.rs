@@ -13,6 +13,7 @@
 //! | [`optim`] | [`AdvanceStep`], [`Sgd`], [`Adam`], [`Rmsprop`], [`Adagrad`], [`Adamax`], [`NadamMuProduct`], [`Nadam`] | `shaders/optim.wgsl` |
 //! | [`clip`] | [`NormPartials`], [`ClipCoef`], [`ScaleBy`], [`ClampValue`] | `shaders/clip.wgsl` |
 //! | [`dropout`] | [`Dropout`] | `shaders/dropout.wgsl` |
+//! | [`regularize`] | [`PenaltyGrad`], [`MaxNorm`] | `shaders/regularize.wgsl` |
 //! | [`health`] | [`ActivationStats`], [`Norm`], [`CopyInto`], [`GuardFinite`] | `shaders/health/` |
 //!
 //! Each op struct implements [`Operation`]; [`Op`] only forwards to it.
@@ -28,6 +29,7 @@ mod host;
 pub mod loss;
 pub mod matmul;
 pub mod optim;
+pub mod regularize;
 pub mod rng;
 
 pub use activation::{
@@ -45,6 +47,7 @@ pub use matmul::MatMul;
 pub use optim::{
     Adagrad, Adam, Adamax, AdvanceStep, Momentum, Nadam, NadamMuProduct, Rmsprop, Sgd,
 };
+pub use regularize::{MaxNorm, PenaltyGrad};
 
 use crate::device::{Dispatch, Lowerer, ShaderTable, Step};
 use crate::tensor::TensorId;
@@ -153,6 +156,8 @@ ops! {
     ScaleBy,
     ClampValue,
     Dropout,
+    PenaltyGrad,
+    MaxNorm,
     CopyInto,
     ActivationStats,
     Norm,
@@ -207,6 +212,7 @@ pub fn shader_tables() -> Vec<ShaderTable> {
         optim::wgpu::tables(),
         clip::wgpu::tables(),
         dropout::wgpu::tables(),
+        regularize::wgpu::tables(),
         health::wgpu::tables(),
     ]
     .concat()

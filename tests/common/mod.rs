@@ -242,3 +242,14 @@ pub fn run_cli_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> (bool, St
 pub fn run_cli(args: &[&str], cwd: &Path) -> (bool, String, String) {
     run_cli_env(args, cwd, &[])
 }
+
+/// `points` per arm of 3 noisy spirals as a CSV file with columns `a,b,label`.
+pub fn write_spirals_csv(path: &Path, points: usize) {
+    let data = steadygrad::data::synthetic::spirals(points, 3, 0.05, 3);
+    let mut s = String::from("a,b,label\n");
+    for r in 0..data.rows {
+        let f = &data.features[2 * r..2 * r + 2];
+        s += &format!("{},{},{}\n", f[0], f[1], data.targets[r]);
+    }
+    std::fs::write(path, s).unwrap();
+}

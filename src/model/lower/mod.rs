@@ -8,6 +8,10 @@
 
 mod backward;
 mod health;
+mod mc;
+mod regularize;
+
+pub use mc::{build_mc, mc_dropout_stream, MC_SAMPLE_NAME};
 
 use crate::graph::Plan;
 use crate::model::health::layout::{self as st, GUARD_SLOT_NAME};
@@ -34,6 +38,16 @@ pub fn build_from(
     rows: usize,
     start: usize,
 ) -> anyhow::Result<Plan> {
+    build_with(spec, persistent, rows, start, None)
+}
+
+fn build_with(
+    spec: &MlpSpec,
+    persistent: &[PersistentDesc],
+    rows: usize,
+    start: usize,
+    mc_seed: Option<u64>,
+) -> anyhow::Result<Plan> {
     spec.validate()?;
     anyhow::ensure!(rows > 0, "batch size must be at least 1");
     anyhow::ensure!(
@@ -49,8 +63,12 @@ pub fn build_from(
         p: Plan::default(),
         params: Vec::new(),
         pending_skips: Vec::new(),
+        mc: None,
     };
     let input = b.local("input", &[rows, sizes[start]]);
+    if let Some(seed) = mc_seed {
+        b.mc = Some((b.local(MC_SAMPLE_NAME, &[1]), seed));
+    }
     let target = b.local("target", &[target_len(spec.loss, rows, spec.output)]);
     let step = b.persistent(STEP_SLOT_NAME, &[1])?;
     // The counter advances first, so step-dependent kernels see 1 on the first step.
@@ -93,10 +111,12 @@ pub fn build_from(
             b.flush_skip_grads(l, grad);
         }
     }
+    b.penalty_grads(&net);
     // The guard and statistics read the raw gradients here, before clipping changes them.
     let backward_end = b.p.train.len();
     b.clip_gradients()?;
     b.updates()?;
+    b.max_norms(&net);
     if spec.batch_norm.is_some() && rows < 2 {
         b.p.train.clear();
         b.p.train_error = Some(format!(
@@ -194,6 +214,8 @@ struct Builder<'a> {
     /// Skip-connection gradients waiting for their source's gradient tensor to be
     /// written: `(source index, gradient at the sum, projection)`.
     pending_skips: Vec<(usize, TensorId, Option<TensorId>)>,
+    /// For a Monte Carlo plan: the sample counter and the seed of its dropout masks.
+    mc: Option<(TensorId, u64)>,
 }
 
 impl Builder<'_> {
@@ -275,11 +297,12 @@ impl Builder<'_> {
             layer.act_in = y;
         }
         let h = self.local(format!("layers.{l}.h"), &[rows, fan_out]);
-        // Frozen layers run in inference mode: no dropout.
+        // Frozen layers train in inference mode: no dropout. Monte Carlo prediction
+        // samples every dropout layer the model has.
         let dropout_p = self
             .spec
             .dropout_p(l)
-            .filter(|_| l >= self.spec.frozen_layers);
+            .filter(|_| l >= self.spec.frozen_layers || self.mc.is_some());
         match dropout_p {
             None => layer.act_extra = self.activation_forward(l, layer.act_in, h, h, fan_out)?,
             Some(p) => {
@@ -289,7 +312,20 @@ impl Builder<'_> {
                 let pre = self.local(format!("layers.{l}.act"), &[rows, fan_out]);
                 let step = self.step_counter()?;
                 let stream = dropout_stream(self.spec.seed, l);
-                layer.act_extra = self.activation_forward(l, layer.act_in, h, pre, fan_out)?;
+                // A Monte Carlo plan's evaluation-mode activation feeds a dropout of its own.
+                let eval_out = if self.mc.is_some() { pre } else { h };
+                layer.act_extra =
+                    self.activation_forward(l, layer.act_in, eval_out, pre, fan_out)?;
+                if let Some((sample, seed)) = self.mc {
+                    self.p.forward.push(Op::Dropout(Dropout {
+                        x: pre,
+                        y: h,
+                        step: sample,
+                        len: rows * fan_out,
+                        p,
+                        stream: mc_dropout_stream(seed, l),
+                    }));
+                }
                 self.p.train.push(Op::Dropout(Dropout {
                     x: pre,
                     y: h,
