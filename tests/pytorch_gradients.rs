@@ -79,10 +79,18 @@ fn training_steps_match_pytorch_on_both_backends() {
             m.take_metrics().unwrap();
             m.train_batch(&x, &y).unwrap();
             let loss = m.take_metrics().unwrap().loss;
-            let at = |what: &str| format!("{} step {step}: {what}", if gpu { "GPU" } else { "CPU" });
+            let at =
+                |what: &str| format!("{} step {step}: {what}", if gpu { "GPU" } else { "CPU" });
             assert_close(&at("loss"), &[loss], &get(&format!("loss.{step}")));
-            let norm = m.last_grad_norm().unwrap().expect("clipping by norm reports it");
-            assert_close(&at("norm before clipping"), &[norm], &get(&format!("norm.{step}")));
+            let norm = m
+                .last_grad_norm()
+                .unwrap()
+                .expect("clipping by norm reports it");
+            assert_close(
+                &at("norm before clipping"),
+                &[norm],
+                &get(&format!("norm.{step}")),
+            );
             if step == 0 {
                 for (param, grad) in m.gradient_names(rows).unwrap() {
                     let torch = grads0
@@ -90,7 +98,11 @@ fn training_steps_match_pytorch_on_both_backends() {
                         .find(|t| t.name == param)
                         .unwrap_or_else(|| panic!("the fixture has no gradient for {param}"));
                     let ours = m.read_tensor(rows, &grad).unwrap();
-                    assert_close(&at(&format!("{param} gradient, clipped")), &ours, &torch.values);
+                    assert_close(
+                        &at(&format!("{param} gradient, clipped")),
+                        &ours,
+                        &torch.values,
+                    );
                 }
             }
         }
@@ -100,11 +112,21 @@ fn training_steps_match_pytorch_on_both_backends() {
                 .iter()
                 .find(|o| o.name == t.name)
                 .unwrap_or_else(|| panic!("the model has no {}", t.name));
-            let what = format!("{} after {STEPS} steps: {}", if gpu { "GPU" } else { "CPU" }, t.name);
+            let what = format!(
+                "{} after {STEPS} steps: {}",
+                if gpu { "GPU" } else { "CPU" },
+                t.name
+            );
             assert_close(&what, &o.values, &t.values);
         }
         // The comparison can fail: the weights moved, by more than the tolerance.
-        let w = |v: &[NamedTensor]| v.iter().find(|t| t.name == "layers.0.linear.weight").unwrap().values.clone();
+        let w = |v: &[NamedTensor]| {
+            v.iter()
+                .find(|t| t.name == "layers.0.linear.weight")
+                .unwrap()
+                .values
+                .clone()
+        };
         let moved = w(&init)
             .iter()
             .zip(&w(&after))
