@@ -40,6 +40,7 @@ pub mod graph;
 pub mod health;
 pub mod model;
 pub mod ops;
+pub mod proto;
 pub mod tensor;
 
 pub use backend::{create_engine, BackendChoice};
