@@ -39,6 +39,7 @@ pub mod gpu;
 pub mod graph;
 pub mod health;
 pub mod model;
+pub mod onnx;
 pub mod ops;
 pub mod proto;
 pub mod tensor;
