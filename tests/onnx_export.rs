@@ -260,7 +260,7 @@ fn gelu_and_mish_are_their_onnx_operators() {
         export(&ckpt, &onnx, &[]).unwrap();
         let p = proto(&onnx);
         assert_eq!(opset(&p), opset_needed, "{act}");
-        // IR 9 came with opset 20 (ONNX 1.15), IR 8 with opset 18.
+        // IR 9 came with opset 19 (ONNX 1.14); opset 18 is IR 8.
         assert_eq!(
             p.ir_version,
             if opset_needed >= 20 { 9 } else { 8 },

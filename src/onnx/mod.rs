@@ -121,7 +121,8 @@ pub fn export(
          external data files, which steadygrad does not write",
         b.g.weight_bytes()
     );
-    // ONNX 1.13 (IR 8) introduced opset 18; ONNX 1.15 (IR 9) opset 20.
+    // onnx.checker refuses an opset newer than its IR version: opsets 17 and 18 came with
+    // IR 8 (ONNX 1.12, 1.13), opset 19 with IR 9 (ONNX 1.14).
     let ir_version = if b.opset >= 19 { 9 } else { 8 };
     let doc = format!(
         "steadygrad MLP {} -> {} -> {} ({}); input '{INPUT}': raw features{}",
