@@ -39,7 +39,9 @@ pub mod gpu;
 pub mod graph;
 pub mod health;
 pub mod model;
+pub mod onnx;
 pub mod ops;
+pub mod proto;
 pub mod tensor;
 
 pub use backend::{create_engine, BackendChoice};

@@ -52,17 +52,22 @@ pub(crate) fn print_epoch(r: &EpochReport) {
     );
 }
 
+/// The model a checkpoint describes.
+fn spec_of(ckpt: &checkpoint::Checkpoint) -> Result<MlpSpec> {
+    let base = match &ckpt.state.config {
+        Some(c) => c.to_spec()?,
+        None => MlpSpec::new(ckpt.model.input, &ckpt.model.hidden, ckpt.model.output),
+    };
+    ckpt.model.to_spec(base)
+}
+
 /// Builds the model a checkpoint describes on `choice` and restores it.
 fn model_from_checkpoint(
     path: &std::path::Path,
     choice: &BackendChoice,
 ) -> Result<(Model, checkpoint::Checkpoint)> {
     let ckpt = checkpoint::load_checkpoint(path)?;
-    let base = match &ckpt.state.config {
-        Some(c) => c.to_spec()?,
-        None => MlpSpec::new(ckpt.model.input, &ckpt.model.hidden, ckpt.model.output),
-    };
-    let spec = ckpt.model.to_spec(base)?;
+    let spec = spec_of(&ckpt)?;
     let mut m = Model::with_backend(spec, choice)?;
     ckpt.restore(&mut m)
         .with_context(|| format!("loading '{}'", path.display()))?;
@@ -629,6 +634,44 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             }
             checkpoint::write_atomic(&out, csv.as_bytes())?;
             println!("wrote {} predictions to '{}'", d.rows, out.display());
+            Ok(())
+        }
+        Command::Export {
+            checkpoint: path,
+            onnx,
+            decompose,
+        } => {
+            checkpoint::check_writable(&onnx, "--onnx")?;
+            // The tensors are read straight from the file: exporting needs no device.
+            let ckpt = checkpoint::load_checkpoint(&path)?;
+            let spec = spec_of(&ckpt).with_context(|| format!("'{}'", path.display()))?;
+            let opts = steadygrad::onnx::ExportOptions { decompose };
+            let standardizer = ckpt.state.standardizer.as_ref();
+            let exported = steadygrad::onnx::export(&spec, &ckpt.tensors, standardizer, opts)
+                .with_context(|| format!("exporting '{}'", path.display()))?;
+            steadygrad::onnx::write(&onnx, &exported)?;
+            println!(
+                "wrote '{}': ONNX opset {}, {} nodes, {} bytes; input '{}' [batch, {}] ({}), \
+                 output '{}' [batch, {}]{}",
+                onnx.display(),
+                exported.opset,
+                exported.nodes,
+                exported.bytes.len(),
+                steadygrad::onnx::INPUT,
+                spec.input,
+                if exported.standardized {
+                    "raw features: the checkpoint's standardizer is in the graph"
+                } else {
+                    "the checkpoint has no standardizer: features as the model was trained on"
+                },
+                steadygrad::onnx::OUTPUT,
+                spec.output,
+                if spec.loss == Loss::SoftmaxCrossEntropy {
+                    format!(" (logits) and '{}' [batch]", steadygrad::onnx::CLASS_OUTPUT)
+                } else {
+                    String::new()
+                }
+            );
             Ok(())
         }
         Command::Check {

@@ -708,6 +708,39 @@ fn cases() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
             ],
             vec!["stray_label.csv", "label 100000"],
         ),
+        (
+            "export: a missing checkpoint",
+            vec![
+                "export",
+                "--checkpoint",
+                "nope.safetensors",
+                "--onnx",
+                "m.onnx",
+            ],
+            vec!["nope.safetensors"],
+        ),
+        (
+            "export: not a checkpoint",
+            vec![
+                "export",
+                "--checkpoint",
+                "garbage.safetensors",
+                "--onnx",
+                "m.onnx",
+            ],
+            vec!["garbage.safetensors", "safetensors"],
+        ),
+        (
+            "export: into a missing directory",
+            vec![
+                "export",
+                "--checkpoint",
+                "ok.safetensors",
+                "--onnx",
+                "no/dir/m.onnx",
+            ],
+            vec!["--onnx", "does not exist"],
+        ),
         // Added checks: model size, flags that do not fit together, output paths
         (
             "config: hidden layers beyond memory",

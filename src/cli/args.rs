@@ -580,6 +580,21 @@ pub enum Command {
         #[arg(long, default_value_t = 42, requires = "mc_samples")]
         seed: u64,
     },
+    /// Write a checkpoint's model as ONNX for inference elsewhere: standardizer, layers,
+    /// batch norm with its running statistics, activations and residual connections.
+    Export {
+        /// A checkpoint saved by `train --save`.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The ONNX file to write (atomic).
+        #[arg(long, value_name = "FILE")]
+        onnx: PathBuf,
+        /// Write GELU and Mish from elementary operators (Erf, Tanh, Softplus, …) instead
+        /// of the Gelu (opset 20) and Mish (opset 18) operators, for runtimes without them
+        /// such as tract.
+        #[arg(long)]
+        decompose: bool,
+    },
     /// A short training run that reports per-layer gradient health and a verdict
     /// (vanishing or exploding gradients, dying ReLUs, saturation, NaN, loss spikes,
     /// divergence, accuracy at chance), then tries each candidate remedy on the same model

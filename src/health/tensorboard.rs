@@ -13,6 +13,7 @@
 
 use super::{StepStats, TrainObserver};
 use crate::model::{EpochReport, MlpSpec};
+use crate::proto::{bytes_field, varint};
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::io::Write;
@@ -35,21 +36,6 @@ pub fn record(data: &[u8]) -> Vec<u8> {
     r.extend_from_slice(data);
     r.extend_from_slice(&masked_crc32c(data).to_le_bytes());
     r
-}
-
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// A length-delimited field (wire type 2): strings and nested messages.
-fn bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    varint(out, u64::from(field << 3 | 2));
-    varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
 }
 
 /// What an event carries besides its time and step.
