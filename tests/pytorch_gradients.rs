@@ -9,9 +9,10 @@
 
 mod common;
 
-use steadygrad::checkpoint::{self, NamedTensor};
+use steadygrad::checkpoint;
 use steadygrad::cpu::CpuEngine;
 use steadygrad::gpu::GpuEngine;
+use steadygrad::NamedTensor;
 use steadygrad::{Clip, Engine, MlpSpec, Model, Optimizer};
 
 const STEPS: usize = 3;
@@ -58,7 +59,7 @@ fn training_steps_match_pytorch_on_both_backends() {
             lr: 0.1,
             momentum: 0.9,
             nesterov: false,
-            weight_decay: 1e-4,
+            weight_decay: 1e-2,
         })
         .clip(Clip::Norm(0.5));
     let init = with("init.");
