@@ -16,6 +16,7 @@ use steadygrad::{data, BackendChoice, EpochReport, FitOptions, Loss, MlpSpec, Mo
 mod cli;
 use cli::args::{spec_from, Cli, Command};
 use cli::checks::{check_model_size, conflicting_flags, ignored_model_flags};
+use cli::schedule::Span;
 
 /// Returned by the training hook to end the run when early stopping says so; not a
 /// failure.
@@ -245,9 +246,10 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                             batch.unwrap_or(c.training.batch_size),
                         ),
                         None => {
-                            let e = epochs.unwrap_or(20);
-                            let spec = spec_from(&model, input, output, e)?.loss(loss);
-                            (spec, e, batch.unwrap_or(32))
+                            let (e, b) = (epochs.unwrap_or(20), batch.unwrap_or(32));
+                            let span = Span::new(e, train.rows, b, drop_last);
+                            let spec = spec_from(&model, input, output, span)?.loss(loss);
+                            (spec, e, b)
                         }
                     };
                     spec.frozen_layers = freeze.unwrap_or(0);
@@ -257,7 +259,8 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 };
             let spec = m.spec().clone();
             if !extra.ignored.is_empty() {
-                let mut flags = spec_from(&model, spec.input, spec.output, epochs)?;
+                let span = Span::new(epochs, train.rows, batch, drop_last);
+                let mut flags = spec_from(&model, spec.input, spec.output, span)?;
                 flags.frozen_layers = freeze.unwrap_or(0);
                 let conflicts = conflicting_flags(&extra.ignored, &flags, &spec);
                 anyhow::ensure!(
@@ -364,6 +367,7 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 config: run_config,
                 epoch: 0,
                 standardizer,
+                plateau: None,
             };
             anyhow::ensure!(
                 stopping.is_none()
@@ -561,7 +565,7 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             };
             let ctx = Arc::new(GpuContext::new(&sel)?);
             let (input, output) = (model.width.max(1), 7);
-            let spec = spec_from(&model, input, output, 1)?.loss(loss);
+            let spec = spec_from(&model, input, output, Span::single())?.loss(loss);
             let data =
                 data::synthetic::spirals(batch.div_ceil(output).max(1), output, 0.1, model.seed);
             // Widen the 2-D spiral points to `input` features deterministically.

@@ -598,6 +598,7 @@ fn nonfinite_stop_leaves_the_last_checkpoint_intact() {
             config: None,
             epoch: 0,
             standardizer: None,
+            plateau: None,
         };
         checkpoint::save_checkpoint(&mut m, &path, &state).unwrap();
         let before = std::fs::read(&path).unwrap();

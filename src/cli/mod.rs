@@ -5,3 +5,4 @@ pub mod bench;
 pub mod checks;
 pub mod experiment;
 pub mod health;
+pub mod schedule;

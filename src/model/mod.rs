@@ -7,6 +7,8 @@ pub mod import;
 pub mod init;
 pub mod lower;
 pub mod optim;
+pub mod plateau;
+pub mod schedule;
 pub mod spec;
 pub mod trainer;
 
