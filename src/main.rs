@@ -38,12 +38,13 @@ pub(crate) fn print_epoch(r: &EpochReport) {
         None => format!("rmse {:.4}", m.loss.sqrt()),
     };
     println!(
-        "epoch {:>3}  loss {:.4}  {}  val loss {:.4}  val {}  {:>8.0} samples/s",
+        "epoch {:>3}  loss {:.4}  {}  val loss {:.4}  val {}  lr {:.4e}  {:>8.0} samples/s",
         r.epoch,
         r.train.loss,
         metric(&r.train),
         v.loss,
         metric(&v),
+        r.lr,
         r.samples_per_sec
     );
 }

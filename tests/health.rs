@@ -846,6 +846,7 @@ fn report(epoch: usize, loss: f32, val: Option<(f32, f32)>) -> steadygrad::Epoch
         train: m(loss, 0.5),
         valid: val.map(|(l, a)| m(l, a)),
         samples_per_sec: 1.0,
+        lr: 0.1,
     }
 }
 

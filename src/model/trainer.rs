@@ -71,6 +71,9 @@ pub struct EpochReport {
     pub valid: Option<Metrics>,
     /// Training rows per second over this epoch, device time included.
     pub samples_per_sec: f64,
+    /// The learning rate of the epoch's last training step (schedule and warm-up
+    /// applied; for reduce-on-plateau, before this epoch's validation lowered it).
+    pub lr: f32,
 }
 
 /// A named tensor copied to the host.
@@ -563,6 +566,7 @@ impl Model {
                 train: metrics,
                 valid,
                 samples_per_sec: train.rows as f64 / seconds.max(1e-9),
+                lr: self.lr,
             };
             self.health_epoch_report(&report)?;
             hook(self, &report)?;
