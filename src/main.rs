@@ -339,6 +339,10 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                     String::new()
                 }
             );
+            if spec.schedule != steadygrad::LrSchedule::Constant {
+                // One-cycle replaces the optimizer's rate shown above.
+                println!("schedule: {:?}", spec.schedule);
+            }
             let from = match (&resume, &config) {
                 (Some(p), _) => format!(" (from the checkpoint '{}')", p.display()),
                 (None, Some(p)) => format!(" (from '{}')", p.display()),

@@ -72,6 +72,11 @@ fn trainer_uses_the_one_cycle_rates() {
         assert_eq!(m.lr(), (lr * warm) as f32, "step {step}");
         assert_eq!(m.momentum(), Some(mom as f32), "step {step}");
     }
+    let e = format!("{:#}", m.train_batch(x, y).unwrap_err());
+    assert!(
+        e.contains("step 19 is past") && e.contains("total_steps 18"),
+        "{e}"
+    );
 }
 
 /// Plateau reduces the rate after the epoch torch would, from the validation losses the

@@ -323,6 +323,14 @@ impl Model {
     /// rebuilt.
     fn apply_schedule(&mut self) -> Result<()> {
         let step = self.steps_taken + 1;
+        if let LrSchedule::OneCycle(c) = &self.spec.schedule {
+            ensure!(
+                step <= c.total_steps as u64,
+                "training step {step} is past the one-cycle schedule's total_steps {} \
+                 (torch's OneCycleLR raises there too)",
+                c.total_steps
+            );
+        }
         let lr = self.lr_override.unwrap_or_else(|| self.scheduled_lr(step));
         let momentum = self.spec.schedule.momentum(step).map(|m| m as f32);
         if lr != self.lr || momentum != self.momentum {
