@@ -52,7 +52,7 @@ override CENTERED: bool = false;
 @group(0) @binding(9) var<storage, read_write> mu_product: array<f32>;
 
 
-// One-cycle's momentum (SGD, RMSprop) or beta1 (Adam, Adamax) of this step replaces the
+// One-cycle's momentum (SGD, RMSprop) or beta1 (Adam family) of this step replaces the
 // compiled-in one when hyper[3] is set; it is a per-step value, so it cannot be a constant.
 fn cycled(fixed: f32) -> f32 {
     return select(fixed, hyper[1], hyper[3] != 0.0);
@@ -205,7 +205,7 @@ fn adamax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 
 // NAdam's μ_t = β₁·(1 - ½·0.96^(t·ψ)); consts.aux holds ψ·ln 0.96.
 fn nadam_mu(t: f32) -> f32 {
-    return consts.rate * (1.0 - 0.5 * exp(t * consts.aux));
+    return cycled(consts.rate) * (1.0 - 0.5 * exp(t * consts.aux));
 }
 
 // Reads mu_product, already multiplied by μ_t (nadam_mu_product ran first in this step).
@@ -217,7 +217,7 @@ fn nadam(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     let lr = hyper[0];
-    let b1 = consts.rate;
+    let b1 = cycled(consts.rate);
     let b2 = consts.beta2;
     let t = step_t();
     let g = decayed_grad(i);

@@ -61,7 +61,7 @@ pub struct PersistentDesc {
 pub struct Hyper {
     pub lr: f32,
     /// One-cycle's momentum of this step, replacing the compiled-in momentum of SGD and
-    /// RMSprop and beta1 of Adam, AdamW and Adamax; `None` keeps those.
+    /// RMSprop and beta1 of Adam, AdamW, Adamax and NAdam; `None` keeps those.
     pub momentum: Option<f32>,
 }
 

@@ -148,6 +148,7 @@ fn cycled_momentum_reaches_the_update_on_both_backends() {
         (Optimizer::adam(0.1), beta1(Optimizer::adam(0.1), 0.5)),
         (Optimizer::adamw(0.1), beta1(Optimizer::adamw(0.1), 0.5)),
         (Optimizer::adamax(0.1), beta1(Optimizer::adamax(0.1), 0.5)),
+        (Optimizer::nadam(0.1), beta1(Optimizer::nadam(0.1), 0.5)),
         (
             rms_momentum(Optimizer::rmsprop(0.1), 0.9),
             rms_momentum(Optimizer::rmsprop(0.1), 0.5),
@@ -177,7 +178,8 @@ fn cycled_momentum_reaches_the_update_on_both_backends() {
 fn beta1(mut o: Optimizer, b: f32) -> Optimizer {
     if let Optimizer::Adam { betas, .. }
     | Optimizer::AdamW { betas, .. }
-    | Optimizer::Adamax { betas, .. } = &mut o
+    | Optimizer::Adamax { betas, .. }
+    | Optimizer::NAdam { betas, .. } = &mut o
     {
         betas.0 = b;
     }
@@ -437,7 +439,11 @@ fn one_cycle_gpu_matches_cpu() {
             .map(|(a, b)| steadygrad::check::compare(&a.name, &a.values, &b.values, tol))
             .find(|t| !t.pass)
     };
-    for opt in [Optimizer::sgd_momentum(0.05, 0.9), Optimizer::adam(0.05)] {
+    for opt in [
+        Optimizer::sgd_momentum(0.05, 0.9),
+        Optimizer::adam(0.05),
+        Optimizer::nadam(0.05),
+    ] {
         let g = run(opt, c, Box::new(GpuEngine::new(common::gpu())));
         let cpu = run(opt, c, Box::new(CpuEngine::new()));
         if let Some(t) = worst(&g, &cpu) {

@@ -231,7 +231,7 @@ impl MlpSpec {
     }
 
     /// One-cycle's momentum cycling replaces the momentum (SGD, RMSprop) or beta1 (Adam,
-    /// AdamW, Adamax) of the optimizer, as torch's does.
+    /// AdamW, Adamax, NAdam) of the optimizer, as torch's does.
     fn check_cycled_momentum(&self) -> anyhow::Result<()> {
         let name = self.optimizer.name();
         let off = "pass --no-cycle-momentum (cycle_momentum = false)";
@@ -245,14 +245,13 @@ impl MlpSpec {
                      (--momentum), or {off}"
                 );
             }
-            Optimizer::Adam { .. } | Optimizer::AdamW { .. } | Optimizer::Adamax { .. } => {}
+            Optimizer::Adam { .. }
+            | Optimizer::AdamW { .. }
+            | Optimizer::Adamax { .. }
+            | Optimizer::NAdam { .. } => {}
             Optimizer::Adagrad { .. } => anyhow::bail!(
                 "one-cycle's momentum cycling needs an optimizer with a momentum or beta1; \
                  Adagrad has neither (torch raises too): {off}"
-            ),
-            Optimizer::NAdam { .. } => anyhow::bail!(
-                "one-cycle's momentum cycling is not implemented for NAdam (its momentum \
-                 product would need the cycled beta1 each step): {off}"
             ),
         }
         Ok(())

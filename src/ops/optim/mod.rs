@@ -511,7 +511,8 @@ impl Operation for NadamMuProduct {
     }
     fn run_cpu(&self, h: &mut Host) -> Result<()> {
         let t = h.step(self.step) as f64;
-        let mu = nadam_mu(self.beta1 as f64, self.momentum_decay as f64, t);
+        let beta1 = h.momentum(self.beta1);
+        let mu = nadam_mu(beta1 as f64, self.momentum_decay as f64, t);
         h.update(self.mu_product, |p, _| p[0] = (p[0] as f64 * mu) as f32);
         Ok(())
     }
@@ -555,7 +556,7 @@ impl Operation for Nadam {
     fn run_cpu(&self, h: &mut Host) -> Result<()> {
         let c = cpu::NadamParams {
             lr: h.lr()?,
-            beta1: self.beta1,
+            beta1: h.momentum(self.beta1),
             beta2: self.beta2,
             eps: self.eps,
             weight_decay: self.weight_decay,
