@@ -462,3 +462,58 @@ fn one_cycle_gpu_matches_cpu() {
         "the comparison must see the momentum"
     );
 }
+
+/// `train --save` for 3 epochs then `--resume` to 6 prints the epoch lines (losses,
+/// accuracies and rates, speed aside) of 6 epochs in one run, for both schedules.
+#[test]
+fn train_resumes_both_schedules_exactly() {
+    let tmp = TempDir::new("schedule-cli-resume");
+    let run = |args: &[&str]| {
+        let base = ["train", "--points", "30", "--depth", "2", "--width", "16"];
+        let (ok, out, err) = common::run_cli_env(
+            &[&base[..], args].concat(),
+            tmp.path(),
+            &[("STEADYGRAD_BACKEND", "cpu")],
+        );
+        assert!(ok, "{args:?}: {out}{err}");
+        // Each epoch line without its speed, the last field pair.
+        out.lines()
+            .filter(|l| l.starts_with("epoch "))
+            .map(|l| l.rsplit_once("  ").map_or(l, |(a, _)| a).trim().to_string())
+            .collect::<Vec<_>>()
+    };
+    for schedule in [
+        &[
+            "--schedule",
+            "plateau",
+            "--plateau-patience",
+            "0",
+            "--plateau-factor",
+            "0.5",
+            "--plateau-threshold",
+            "0.05",
+        ][..],
+        &[
+            "--optimizer",
+            "adam",
+            "--schedule",
+            "one-cycle",
+            "--max-lr",
+            "0.01",
+            "--three-phase",
+            // The whole run's: a first run of 3 epochs alone has a 9-step cycle.
+            "--total-steps",
+            "18",
+        ][..],
+    ] {
+        let straight = run(&[schedule, &["--epochs", "6"]].concat());
+        let mut split = run(&[schedule, &["--epochs", "3", "--save", "c.safetensors"]].concat());
+        split.extend(run(&["--resume", "c.safetensors", "--epochs", "6"]));
+        assert_eq!(split, straight, "{schedule:?}");
+        let rates: Vec<&str> = straight
+            .iter()
+            .map(|l| &l[l.find("lr ").unwrap()..])
+            .collect();
+        assert!(rates.windows(2).any(|w| w[0] != w[1]), "{rates:?}");
+    }
+}
