@@ -29,6 +29,12 @@ fn opts(epochs: usize) -> FitOptions {
     }
 }
 
+/// Asserts `r` is an error whose message holds every one of `needles`.
+fn refused<T: std::fmt::Debug>(r: anyhow::Result<T>, needles: &[&str]) {
+    let e = format!("{:#}", r.unwrap_err());
+    assert!(needles.iter().all(|n| e.contains(n)), "{needles:?} in: {e}");
+}
+
 #[test]
 fn fit_refuses_what_the_schedule_cannot_follow() {
     let train = data();
@@ -38,18 +44,16 @@ fn fit_refuses_what_the_schedule_cannot_follow() {
         .optimizer(Optimizer::sgd_momentum(0.1, 0.9))
         .schedule(LrSchedule::OneCycle(c));
     let mut m = Model::new(spec, Box::new(CpuEngine::new())).unwrap();
-    let e = format!("{:#}", m.fit(&train, None, &opts(3), |_| {}).unwrap_err());
-    assert!(
-        e.contains("total_steps 17") && e.contains("18 training steps"),
-        "{e}"
+    refused(
+        m.fit(&train, None, &opts(3), |_| {}),
+        &["total_steps 17", "18 training steps"],
     );
     assert_eq!(m.steps().unwrap(), 0, "refused before any step");
     let spec = MlpSpec::new(2, &[8], 3).schedule(LrSchedule::Plateau(Plateau::default()));
     let mut m = Model::new(spec, Box::new(CpuEngine::new())).unwrap();
-    let e = format!("{:#}", m.fit(&train, None, &opts(1), |_| {}).unwrap_err());
-    assert!(
-        e.contains("plateau") && e.contains("no validation data"),
-        "{e}"
+    refused(
+        m.fit(&train, None, &opts(1), |_| {}),
+        &["plateau", "no validation data"],
     );
 }
 
@@ -72,11 +76,7 @@ fn trainer_uses_the_one_cycle_rates() {
         assert_eq!(m.lr(), (lr * warm) as f32, "step {step}");
         assert_eq!(m.momentum(), Some(mom as f32), "step {step}");
     }
-    let e = format!("{:#}", m.train_batch(x, y).unwrap_err());
-    assert!(
-        e.contains("step 19 is past") && e.contains("total_steps 18"),
-        "{e}"
-    );
+    refused(m.train_batch(x, y), &["step 19 is past", "total_steps 18"]);
 }
 
 /// Plateau reduces the rate after the epoch torch would, from the validation losses the
@@ -251,6 +251,18 @@ fn new_schedules_resume_exactly() {
     }
 }
 
+/// A plateau schedule that must reduce: an epoch only improves by halving the best loss.
+const PLATEAU_FLAGS: [&str; 8] = [
+    "--schedule",
+    "plateau",
+    "--plateau-patience",
+    "0",
+    "--plateau-factor",
+    "0.5",
+    "--plateau-threshold",
+    "0.5",
+];
+
 fn cli(args: &[&str]) -> (bool, String, String) {
     let tmp = TempDir::new("schedule-cli");
     let base = [
@@ -310,16 +322,7 @@ fn train_prints_the_scheduled_rates_and_refuses_bad_flags() {
         );
     }
 
-    let (ok, out, err) = cli(&[
-        "--schedule",
-        "plateau",
-        "--plateau-patience",
-        "0",
-        "--plateau-factor",
-        "0.5",
-        "--plateau-threshold",
-        "0.5",
-    ]);
+    let (ok, out, err) = cli(&PLATEAU_FLAGS);
     assert!(ok, "{out}{err}");
     let lines = printed(&out);
     let p = Plateau {
@@ -483,16 +486,7 @@ fn train_resumes_both_schedules_exactly() {
             .collect::<Vec<_>>()
     };
     for schedule in [
-        &[
-            "--schedule",
-            "plateau",
-            "--plateau-patience",
-            "0",
-            "--plateau-factor",
-            "0.5",
-            "--plateau-threshold",
-            "0.05",
-        ][..],
+        &PLATEAU_FLAGS[..],
         &[
             "--optimizer",
             "adam",
