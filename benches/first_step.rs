@@ -51,7 +51,7 @@ fn child(t_main: Instant, proc_at_main: Option<f64>) {
     let mut engine = GpuEngine::new(ctx);
     let persistent = spec.persistent();
     engine.init_persistent(&persistent).unwrap();
-    engine.set_hyper(Hyper { lr: 0.01 }).unwrap();
+    engine.set_hyper(Hyper::lr(0.01)).unwrap();
     let plan = mlp::build(&spec, &persistent, 256).unwrap();
     let id = engine.compile(&plan).unwrap();
     let t_compile = t_main.elapsed().as_secs_f64();

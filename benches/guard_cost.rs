@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
     let flags = with.guard.expect("the plan has a guard");
     let mut engine = GpuEngine::new(ctx.clone());
     engine.init_persistent(&persistent)?;
-    engine.set_hyper(Hyper { lr: 0.01 })?;
+    engine.set_hyper(Hyper::lr(0.01))?;
     let ids = [engine.compile(&without)?, engine.compile(&with)?];
     let x: Vec<f32> = (0..batch * input)
         .map(|i| (i as f32 * 0.37).sin())

@@ -51,11 +51,7 @@ fn time_steps(
 ) -> (f64, Option<f64>, f32, PlanId) {
     let persistent = spec.persistent();
     engine.init_persistent(&persistent).expect("init");
-    engine
-        .set_hyper(Hyper {
-            lr: spec.optimizer.lr(),
-        })
-        .unwrap();
+    engine.set_hyper(Hyper::lr(spec.optimizer.lr())).unwrap();
     let plan = mlp::build(spec, &persistent, BATCH).expect("plan");
     let id = engine.compile(&plan).expect("compile");
     let x: Vec<f32> = noise(BATCH * spec.input, 7)

@@ -52,6 +52,17 @@ override CENTERED: bool = false;
 @group(0) @binding(9) var<storage, read_write> mu_product: array<f32>;
 
 
+// One-cycle's momentum (SGD, RMSprop) or beta1 (Adam family) of this step replaces the
+// compiled-in one when hyper[3] is set; it is a per-step value, so it cannot be a constant.
+fn cycled(fixed: f32) -> f32 {
+    return select(fixed, hyper[1], hyper[3] != 0.0);
+}
+
+// ln of the cycled beta1, from the host in f64 as consts.ln_beta1 is.
+fn cycled_ln_beta1() -> f32 {
+    return select(consts.ln_beta1, hyper[2], hyper[3] != 0.0);
+}
+
 // torch's d_p: the gradient plus coupled (L2) weight decay.
 fn decayed_grad(i: u32) -> V {
     return grad[i] + consts.weight_decay * param[i];
@@ -76,9 +87,10 @@ fn sgd_momentum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         return;
     }
     let d = decayed_grad(i);
-    let buf = consts.rate * state_a[i] + d;
+    let mu = cycled(consts.rate);
+    let buf = mu * state_a[i] + d;
     state_a[i] = buf;
-    param[i] -= hyper[0] * select(buf, d + consts.rate * buf, dims.flag != 0u);
+    param[i] -= hyper[0] * select(buf, d + mu * buf, dims.flag != 0u);
 }
 
 // 1 - beta^t as -expm1(t·ln beta). 1 - pow(beta, t) would cancel catastrophically for
@@ -107,7 +119,7 @@ fn adam(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         return;
     }
     let lr = hyper[0];
-    let b1 = consts.rate;
+    let b1 = cycled(consts.rate);
     let b2 = consts.beta2;
     var p = param[i];
     var g = grad[i];
@@ -126,7 +138,7 @@ fn adam(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     let t = step_t();
     let denom = sqrt(v) / sqrt(bias_correction(b2, consts.ln_beta2, t)) + consts.eps;
-    param[i] = p - lr / bias_correction(b1, consts.ln_beta1, t) * m / denom;
+    param[i] = p - lr / bias_correction(b1, cycled_ln_beta1(), t) * m / denom;
 }
 
 // The counter was advanced at the start of this step, so t is 1 on the first step.
@@ -153,7 +165,7 @@ fn rmsprop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     let denom = sqrt(variance) + consts.eps;
     if MOMENTUM {
-        let buf = consts.aux * state_b[i] + g / denom;
+        let buf = cycled(consts.aux) * state_b[i] + g / denom;
         state_b[i] = buf;
         param[i] -= hyper[0] * buf;
     } else {
@@ -182,18 +194,18 @@ fn adamax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if i >= dims.len {
         return;
     }
-    let b1 = consts.rate;
+    let b1 = cycled(consts.rate);
     let g = decayed_grad(i);
     let m = b1 * state_a[i] + (1.0 - b1) * g;
     let u = max(consts.beta2 * state_b[i], abs(g) + consts.eps);
     state_a[i] = m;
     state_b[i] = u;
-    param[i] -= hyper[0] / bias_correction(b1, consts.ln_beta1, step_t()) * m / u;
+    param[i] -= hyper[0] / bias_correction(b1, cycled_ln_beta1(), step_t()) * m / u;
 }
 
 // NAdam's μ_t = β₁·(1 - ½·0.96^(t·ψ)); consts.aux holds ψ·ln 0.96.
 fn nadam_mu(t: f32) -> f32 {
-    return consts.rate * (1.0 - 0.5 * exp(t * consts.aux));
+    return cycled(consts.rate) * (1.0 - 0.5 * exp(t * consts.aux));
 }
 
 // Reads mu_product, already multiplied by μ_t (nadam_mu_product ran first in this step).
@@ -205,7 +217,7 @@ fn nadam(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     let lr = hyper[0];
-    let b1 = consts.rate;
+    let b1 = cycled(consts.rate);
     let b2 = consts.beta2;
     let t = step_t();
     let g = decayed_grad(i);

@@ -112,9 +112,7 @@ pub fn time_training(
     let persistent = spec.persistent();
     let t_first = Instant::now();
     engine.init_persistent(&persistent)?;
-    engine.set_hyper(Hyper {
-        lr: spec.optimizer.lr(),
-    })?;
+    engine.set_hyper(Hyper::lr(spec.optimizer.lr()))?;
     let plan = mlp::build(spec, &persistent, batch)?;
     let id = engine.compile(&plan)?;
     let x: Vec<f32> = noise(batch * spec.input, 7)

@@ -406,6 +406,8 @@ pub const OPTIMIZER_PREFIX: &str = "optimizer.";
 const STEP_TENSOR: &str = "optimizer.step";
 const EPOCH_KEY: &str = "steadygrad.epoch";
 const STANDARDIZER_KEY: &str = "steadygrad.standardizer";
+/// ReduceLROnPlateau's counters and rate (JSON), with a plateau schedule.
+const PLATEAU_KEY: &str = "steadygrad.plateau";
 
 /// Everything a checkpoint holds besides the model's own tensors.
 #[derive(Clone, Debug, Default)]
@@ -416,6 +418,9 @@ pub struct TrainingState {
     pub epoch: usize,
     /// Input standardization fitted on the training data.
     pub standardizer: Option<crate::data::Standardizer>,
+    /// ReduceLROnPlateau's counters; read back by [`load_checkpoint`] (saving takes them
+    /// from the model).
+    pub plateau: Option<crate::model::plateau::PlateauState>,
 }
 
 /// Saves the model, its optimizer state, step counter and epoch, and `state`, atomically:
@@ -440,6 +445,12 @@ pub fn save_checkpoint(model: &mut crate::Model, path: &Path, state: &TrainingSt
     );
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert(EPOCH_KEY.to_string(), model.epoch().to_string());
+    if let Some(p) = model.plateau_state() {
+        meta.insert(
+            PLATEAU_KEY.to_string(),
+            serde_json::to_string(&p).expect("plateau state serializes"),
+        );
+    }
     if let Some(c) = &state.config {
         meta.insert(
             crate::config::TRAINING_KEY.to_string(),
@@ -496,6 +507,13 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
         })
         .transpose()?;
     let standardizer = standardizer_of(&meta, path)?;
+    let plateau = meta
+        .get(PLATEAU_KEY)
+        .map(|j| {
+            serde_json::from_str(j)
+                .with_context(|| format!("'{file}': bad reduce-on-plateau state '{j}'"))
+        })
+        .transpose()?;
     Ok(Checkpoint {
         model,
         tensors,
@@ -505,6 +523,7 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
             config,
             epoch,
             standardizer,
+            plateau,
         },
     })
 }
@@ -556,6 +575,9 @@ impl Checkpoint {
             model.set_steps(s)?;
         }
         model.set_epoch(self.state.epoch);
+        if let Some(p) = self.state.plateau {
+            model.set_plateau_state(p)?;
+        }
         Ok(())
     }
 }

@@ -286,6 +286,14 @@ schedule = { kind = "constant" }   # or { kind = "step", step_size = 10, gamma =
                                    # or { kind = "exponential", gamma = 0.9 }
                                    # or { kind = "polynomial", total_iters = 5, power = 1.0 }
                                    # or { kind = "multistep", milestones = [30, 80], gamma = 0.1 }
+                                   # or { kind = "one-cycle", max_lr = 0.1, total_steps = 1000,
+                                   #      pct_start = 0.3, anneal = "cos", div_factor = 25.0,
+                                   #      final_div_factor = 1e4, three_phase = false,
+                                   #      cycle_momentum = true, base_momentum = 0.85,
+                                   #      max_momentum = 0.95 }   (per batch; total_steps required)
+                                   # or { kind = "plateau", factor = 0.1, patience = 10,
+                                   #      threshold = 1e-4, threshold_mode = "rel", cooldown = 0,
+                                   #      min_lr = 0.0, eps = 1e-8 }   (on the validation loss)
 warmup_steps = 0           # linear warm-up over the first N steps
 
 # Keras-style regularization, one table per group of linear layers (0 is the first

@@ -16,6 +16,7 @@ use steadygrad::{data, BackendChoice, EpochReport, FitOptions, Loss, MlpSpec, Mo
 mod cli;
 use cli::args::{spec_from, Cli, Command};
 use cli::checks::{check_model_size, conflicting_flags, ignored_model_flags};
+use cli::schedule::Span;
 
 /// Returned by the training hook to end the run when early stopping says so; not a
 /// failure.
@@ -42,12 +43,13 @@ pub(crate) fn print_epoch(r: &EpochReport) {
         .penalty
         .map_or(String::new(), |p| format!("  penalty {p:.4}"));
     println!(
-        "epoch {:>3}  loss {:.4}{penalty}  {}  val loss {:.4}  val {}  {:>8.0} samples/s",
+        "epoch {:>3}  loss {:.4}{penalty}  {}  val loss {:.4}  val {}  lr {:.4e}  {:>8.0} samples/s",
         r.epoch,
         r.train.loss,
         metric(&r.train),
         v.loss,
         metric(&v),
+        r.lr,
         r.samples_per_sec
     );
 }
@@ -232,8 +234,19 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                     (None, None) => None,
                 };
                 if let Some((spec, file_epochs)) = source {
-                    let e = epochs.unwrap_or(file_epochs);
-                    let mut flags = spec_from(&model, spec.input, spec.output, e)?;
+                    // The data is not read yet; one-cycle's default total steps, the one
+                    // setting that depends on it, is compared per step of the file's run.
+                    let steps_per_epoch = match &spec.schedule {
+                        steadygrad::LrSchedule::OneCycle(c) => {
+                            (c.total_steps / file_epochs.max(1)).max(1)
+                        }
+                        _ => 1,
+                    };
+                    let span = Span {
+                        epochs: epochs.unwrap_or(file_epochs),
+                        steps_per_epoch,
+                    };
+                    let mut flags = spec_from(&model, spec.input, spec.output, span)?;
                     flags.frozen_layers = freeze.unwrap_or(0);
                     let conflicts = conflicting_flags(&extra.ignored, &flags, &spec);
                     anyhow::ensure!(
@@ -320,9 +333,10 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                             batch.unwrap_or(c.training.batch_size),
                         ),
                         None => {
-                            let e = epochs.unwrap_or(20);
-                            let spec = spec_from(&model, input, output, e)?.loss(loss);
-                            (spec, e, batch.unwrap_or(32))
+                            let (e, b) = (epochs.unwrap_or(20), batch.unwrap_or(32));
+                            let span = Span::new(e, train.rows, b, drop_last);
+                            let spec = spec_from(&model, input, output, span)?.loss(loss);
+                            (spec, e, b)
                         }
                     };
                     spec.frozen_layers = freeze.unwrap_or(0);
@@ -405,6 +419,10 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             for line in steadygrad::model::regularize::describe(&spec.regularization) {
                 println!("regularization: {line}");
             }
+            if spec.schedule != steadygrad::LrSchedule::Constant {
+                // One-cycle replaces the optimizer's rate shown above.
+                println!("schedule: {:?}", spec.schedule);
+            }
             let from = match (&resume, &config) {
                 (Some(p), _) => format!(" (from the checkpoint '{}')", p.display()),
                 (None, Some(p)) => format!(" (from '{}')", p.display()),
@@ -434,6 +452,7 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 config: run_config,
                 epoch: 0,
                 standardizer,
+                plateau: None,
             };
             anyhow::ensure!(
                 stopping.is_none()
@@ -690,7 +709,7 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             };
             let ctx = Arc::new(GpuContext::new(&sel)?);
             let (input, output) = (model.width.max(1), 7);
-            let spec = spec_from(&model, input, output, 1)?.loss(loss);
+            let spec = spec_from(&model, input, output, Span::single())?.loss(loss);
             let data =
                 data::synthetic::spirals(batch.div_ceil(output).max(1), output, 0.1, model.seed);
             // Widen the 2-D spiral points to `input` features deterministically.

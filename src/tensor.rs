@@ -60,11 +60,28 @@ pub struct PersistentDesc {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Hyper {
     pub lr: f32,
+    /// One-cycle's momentum of this step, replacing the compiled-in momentum of SGD and
+    /// RMSprop and beta1 of Adam, AdamW, Adamax and NAdam; `None` keeps those.
+    pub momentum: Option<f32>,
 }
 
 impl Hyper {
     pub const LEN: usize = 4;
+
+    /// Only a learning rate; every other constant as compiled.
+    pub fn lr(lr: f32) -> Self {
+        Hyper { lr, momentum: None }
+    }
+
+    /// `[lr, momentum, ln momentum, 1 when the momentum replaces the compiled one]`; the
+    /// logarithm, for Adam's bias correction, is taken in f64 as the compiled one is.
     pub fn to_array(self) -> [f32; Self::LEN] {
-        [self.lr, 0.0, 0.0, 0.0]
+        match self.momentum {
+            None => [self.lr, 0.0, 0.0, 0.0],
+            Some(m) => {
+                let ln = if m > 0.0 { (m as f64).ln() as f32 } else { 0.0 };
+                [self.lr, m, ln, 1.0]
+            }
+        }
     }
 }

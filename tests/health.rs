@@ -598,6 +598,7 @@ fn nonfinite_stop_leaves_the_last_checkpoint_intact() {
             config: None,
             epoch: 0,
             standardizer: None,
+            plateau: None,
         };
         checkpoint::save_checkpoint(&mut m, &path, &state).unwrap();
         let before = std::fs::read(&path).unwrap();
@@ -846,6 +847,7 @@ fn report(epoch: usize, loss: f32, val: Option<(f32, f32)>) -> steadygrad::Epoch
         valid: val.map(|(l, a)| m(l, a)),
         samples_per_sec: 1.0,
         penalty: None,
+        lr: 0.1,
     }
 }
 

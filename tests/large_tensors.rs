@@ -208,7 +208,7 @@ fn every_matmul_form_splits_or_refuses() {
             let inputs = [random(m * k, 1), random(k * n, 2), random(m * n, 3)];
             let run = |engine: &mut dyn Engine| -> anyhow::Result<Vec<f32>> {
                 engine.init_persistent(&[])?;
-                engine.set_hyper(Hyper { lr: 0.0 })?;
+                engine.set_hyper(Hyper::lr(0.0))?;
                 let id = engine.compile(&plan)?;
                 for (t, data) in inputs.iter().enumerate() {
                     engine.write(id, t, data)?;
@@ -269,7 +269,7 @@ fn norm_partials_merge_windows() {
         .collect();
     let run = |engine: &mut dyn Engine| -> Vec<f32> {
         engine.init_persistent(&[]).unwrap();
-        engine.set_hyper(Hyper { lr: 0.0 }).unwrap();
+        engine.set_hyper(Hyper::lr(0.0)).unwrap();
         let id = engine.compile(&plan).unwrap();
         engine.write(id, 0, &x).unwrap();
         engine.write(id, 1, &[0.5; 10]).unwrap();

@@ -69,6 +69,7 @@ fn trained(spec: MlpSpec, dir: &Path, standardize: bool) -> (Model, PathBuf, Vec
         config: None,
         epoch: m.epoch(),
         standardizer,
+        plateau: None,
     };
     checkpoint::save_checkpoint(&mut m, &path, &state).unwrap();
     (m, path, features(ROWS, raw.input_dim, 2))

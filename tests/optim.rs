@@ -142,7 +142,7 @@ fn run_steps(
 ) -> [Vec<f32>; 3] {
     let plan = optimizer_plan(cfg, p0.len());
     engine.init_persistent(&[]).unwrap();
-    engine.set_hyper(Hyper { lr }).unwrap();
+    engine.set_hyper(Hyper::lr(lr)).unwrap();
     let id: PlanId = engine.compile(&plan).unwrap();
     engine.write(id, PARAM, p0).unwrap();
     for g in grads {
@@ -354,7 +354,7 @@ fn adam_bias_correction_is_accurate_at_any_step() {
         let deltas = engines().into_iter().map(|mut e| {
             let plan = optimizer_plan(cfg, len);
             e.init_persistent(&[]).unwrap();
-            e.set_hyper(Hyper { lr: 1e-3 }).unwrap();
+            e.set_hyper(Hyper::lr(1e-3)).unwrap();
             let id = e.compile(&plan).unwrap();
             e.write(id, PARAM, &p0).unwrap();
             e.write(id, GRAD, &g).unwrap();

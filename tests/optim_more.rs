@@ -248,7 +248,7 @@ fn run_steps(
 ) -> [Vec<f32>; 5] {
     let plan = plan(cfg, p0.len());
     engine.init_persistent(&[]).unwrap();
-    engine.set_hyper(Hyper { lr }).unwrap();
+    engine.set_hyper(Hyper::lr(lr)).unwrap();
     let id = engine.compile(&plan).unwrap();
     engine.write(id, PARAM, p0).unwrap();
     // torch's starting values: Adagrad's accumulator, NAdam's product of 1.

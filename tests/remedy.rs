@@ -581,3 +581,115 @@ fn diagnose_prints_and_carries_the_measured_table() {
         assert!(!ok && err.contains(msg), "{flag} {value}: {err}");
     }
 }
+
+/// Reduce-on-plateau is offered for a rising validation loss, only where it applies, and
+/// what `diagnose` prints for it is a command line that runs: `train` with the trial's
+/// flags reaches the validation loss and accuracy the trial measured (printed to 4
+/// decimals and 0.1%), and a rate the schedule reduced.
+#[test]
+fn plateau_remedy_runs_as_printed_and_measures_that_run() {
+    use steadygrad::health::remedy::schedule_candidates;
+    use steadygrad::health::WarningKind;
+    use steadygrad::LrSchedule;
+    let spec = deep_sigmoid(64, 10);
+    let rising = [WarningKind::RisingValidationLoss];
+    let c = schedule_candidates(&spec, &rising, true, 20);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].flags, "--schedule plateau --plateau-patience 2");
+    assert!(matches!(c[0].apply(&spec).schedule, LrSchedule::Plateau(p) if p.patience == 2));
+    assert!(schedule_candidates(&spec, &rising, false, 20).is_empty());
+    assert!(schedule_candidates(&spec, &[WarningKind::Vanishing], true, 20).is_empty());
+    let cosine = spec.clone().schedule(LrSchedule::Cosine {
+        t_max: 5,
+        eta_min: 0.0,
+    });
+    assert!(schedule_candidates(&cosine, &rising, true, 20).is_empty());
+
+    // 120 rows and a wide network: the validation loss rises within a few epochs.
+    let tmp = TempDir::new("remedy-plateau");
+    let dir = data_dir();
+    let full = std::fs::read_to_string(dir.join("digits_train.csv")).unwrap();
+    let small: String = full.lines().take(121).map(|l| format!("{l}\n")).collect();
+    let small = tmp.write("small.csv", small.as_bytes());
+    let v = dir.join("digits_valid.csv");
+    let model = [
+        "--data",
+        small.to_str().unwrap(),
+        "--valid-data",
+        v.to_str().unwrap(),
+        "--depth",
+        "2",
+        "--width",
+        "128",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--batch",
+        "16",
+        "--epochs",
+        "20",
+    ];
+    let (ok, out, err) = run(
+        &[
+            &["diagnose"],
+            &model[..],
+            &["--json", "--rising-factor", "1.05"],
+        ]
+        .concat(),
+        tmp.path(),
+    );
+    assert!(ok, "{out}{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout");
+    let kinds: Vec<&str> = j["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"rising-validation-loss"),
+        "{kinds:?}: {out}"
+    );
+    let trials = j["trials"]["trials"].as_array().expect("the table");
+    let row = trials
+        .iter()
+        .find(|t| t["change"]["kind"] == "plateau")
+        .unwrap_or_else(|| panic!("a plateau trial in {out}"));
+    assert_eq!(row["flags"], "--schedule plateau --plateau-patience 2");
+    assert_eq!(row["steps"], 20 * 8, "{row}");
+
+    let flags: Vec<&str> = row["flags"].as_str().unwrap().split(' ').collect();
+    let (ok, out, err) = run(&[&["train"], &model[..], &flags[..]].concat(), tmp.path());
+    assert!(ok, "the printed flags run: {out}{err}");
+    let last = out
+        .lines()
+        .rfind(|l| l.starts_with("epoch "))
+        .expect("epoch lines");
+    let field = |name: &str| -> String {
+        let rest = &last[last
+            .find(name)
+            .unwrap_or_else(|| panic!("{name} in {last}"))
+            + name.len()..];
+        rest.split_whitespace()
+            .next()
+            .unwrap()
+            .trim_end_matches('%')
+            .to_string()
+    };
+    let val_loss: f64 = field("val loss ").parse().unwrap();
+    let val_acc: f64 = field("val acc ").parse().unwrap();
+    let trial_loss = row["val_loss"].as_f64().unwrap();
+    let trial_acc = 100.0 * row["val_accuracy"].as_f64().unwrap();
+    assert!(
+        (val_loss - trial_loss).abs() <= 5e-5,
+        "{last} vs trial {row}"
+    );
+    assert!(
+        (val_acc - trial_acc).abs() <= 0.05 + 1e-9,
+        "{last} vs trial {row}"
+    );
+    // The baseline's figures differ: the schedule changed the run.
+    let base = trials.iter().find(|t| t["verdict"] == "baseline").unwrap();
+    assert_ne!(base["val_loss"], row["val_loss"], "{out}");
+}

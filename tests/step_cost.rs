@@ -28,7 +28,7 @@ fn steps_create_nothing_and_submit_once() {
     let persistent = spec.persistent();
     let mut engine = GpuEngine::new(gpu());
     engine.init_persistent(&persistent).unwrap();
-    engine.set_hyper(Hyper { lr: 1e-3 }).unwrap();
+    engine.set_hyper(Hyper::lr(1e-3)).unwrap();
     let plan = mlp::build(&spec, &persistent, rows).unwrap();
     let id = engine.compile(&plan).unwrap();
     let x = random(rows * spec.input, 1);

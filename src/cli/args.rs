@@ -3,6 +3,7 @@
 
 use super::experiment::ExperimentKind;
 use super::health::{DiagnoseArgs, RunArgs};
+use super::schedule::{OneCycleArgs, PlateauArgs, Span};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -115,10 +116,11 @@ pub struct ModelArgs {
     /// Dropout probability in [0, 1) after every hidden activation, in training only.
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f32,
-    /// Learning-rate schedule per epoch: constant, step (StepLR), cosine
-    /// (CosineAnnealingLR), exponential (ExponentialLR, with --gamma), polynomial
-    /// (PolynomialLR, with --total-iters and --power) or multistep (MultiStepLR, with
-    /// --milestones and --gamma).
+    /// Learning-rate schedule: constant, step (StepLR), cosine (CosineAnnealingLR),
+    /// exponential (ExponentialLR, with --gamma), polynomial (PolynomialLR, with
+    /// --total-iters and --power), multistep (MultiStepLR, with --milestones and --gamma),
+    /// one-cycle (OneCycleLR per batch, with --max-lr) or plateau (ReduceLROnPlateau on
+    /// the validation loss).
     #[arg(long, value_enum, default_value_t = ScheduleKind::Constant)]
     pub schedule: ScheduleKind,
     /// Step schedule: epochs between decays.
@@ -147,6 +149,10 @@ pub struct ModelArgs {
     /// Linear learning-rate warm-up over the first N steps (batches): step s uses lr·min(1, s/N).
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: usize,
+    #[command(flatten)]
+    pub one_cycle: OneCycleArgs,
+    #[command(flatten)]
+    pub plateau: PlateauArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +189,8 @@ pub enum ScheduleKind {
     Exponential,
     Polynomial,
     Multistep,
+    OneCycle,
+    Plateau,
 }
 
 impl ModelArgs {
@@ -269,8 +277,9 @@ impl ModelArgs {
         })
     }
 
-    pub fn schedule(&self, default_t_max: usize) -> LrSchedule {
-        match self.schedule {
+    pub fn schedule(&self, span: Span) -> Result<LrSchedule> {
+        let default_t_max = span.epochs;
+        Ok(match self.schedule {
             ScheduleKind::Constant => LrSchedule::Constant,
             ScheduleKind::Step => LrSchedule::Step {
                 step_size: self.step_size,
@@ -289,7 +298,9 @@ impl ModelArgs {
                 t_max: self.t_max.unwrap_or(default_t_max),
                 eta_min: self.eta_min,
             },
-        }
+            ScheduleKind::OneCycle => LrSchedule::OneCycle(self.one_cycle.schedule(span)?),
+            ScheduleKind::Plateau => LrSchedule::Plateau(self.plateau.schedule()),
+        })
     }
 }
 
@@ -644,15 +655,15 @@ pub fn command() -> clap::Command {
     negatives(<Cli as clap::CommandFactory>::command())
 }
 
-/// `t_max` is the cosine schedule's default half period.
-pub fn spec_from(args: &ModelArgs, input: usize, output: usize, t_max: usize) -> Result<MlpSpec> {
+/// `span` gives the schedules' defaults (cosine's half period, one-cycle's steps).
+pub fn spec_from(args: &ModelArgs, input: usize, output: usize, span: Span) -> Result<MlpSpec> {
     let mut spec = MlpSpec::new(input, &vec![args.width; args.depth], output)
         .activation(args.activation)
         .init(args.init)
         .optimizer(args.optimizer()?)
         .seed(args.seed)
         .dropout(args.dropout)
-        .schedule(args.schedule(t_max))
+        .schedule(args.schedule(span)?)
         .warmup_steps(args.warmup_steps);
     if let Some(v) = args.clip_norm {
         spec = spec.clip(Clip::Norm(v));

@@ -3,6 +3,7 @@
 //! binary, as a table or as JSON lines.
 
 use super::args::{spec_from, ModelArgs};
+use super::schedule::Span;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::io::Write as _;
@@ -167,8 +168,8 @@ fn settings(args: &BenchArgs, model_typed: bool) -> Result<Settings> {
 
 fn workload_spec(name: &str, args: &BenchArgs) -> Result<MlpSpec> {
     if name == MODEL_WORKLOAD {
-        let spec =
-            spec_from(&args.model, args.input, args.output, 1)?.loss(Loss::SoftmaxCrossEntropy);
+        let spec = spec_from(&args.model, args.input, args.output, Span::single())?
+            .loss(Loss::SoftmaxCrossEntropy);
         crate::cli::checks::check_model_size(&spec)?;
         Ok(spec)
     } else {

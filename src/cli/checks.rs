@@ -85,7 +85,13 @@ pub fn conflicting_flags(
                     "residual" => format!("residual {:?}", s.residual_every),
                     "freeze" => format!("{} frozen layers", s.frozen_layers),
                     "schedule" | "step_size" | "gamma" | "t_max" | "eta_min" | "total_iters"
-                    | "power" | "milestones" => format!("{:?}", s.schedule),
+                    | "power" | "milestones" | "max_lr" | "total_steps" | "pct_start"
+                    | "anneal" | "div_factor" | "final_div_factor" | "three_phase"
+                    | "no_cycle_momentum" | "base_momentum" | "max_momentum" | "plateau_factor"
+                    | "plateau_patience" | "plateau_threshold" | "threshold_mode" | "cooldown"
+                    | "min_lr" | "plateau_eps" => {
+                        format!("{:?}", s.schedule)
+                    }
                     _ => s.optimizer.to_string(),
                 }
             };

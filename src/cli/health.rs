@@ -3,6 +3,7 @@
 
 use super::args::{spec_from, DataArgs, ModelArgs};
 use super::experiment::{command_line, engine_factory};
+use super::schedule::Span;
 use crate::print_epoch;
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
@@ -400,7 +401,8 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
     } else {
         Loss::MeanSquaredError
     };
-    let spec = spec_from(&args.model, input, output, args.epochs)?.loss(loss);
+    let span = Span::new(args.epochs, train.rows, args.batch, false);
+    let spec = spec_from(&args.model, input, output, span)?.loss(loss);
     let trial_options = TrialOptions {
         steps: args
             .trial_steps
@@ -461,7 +463,14 @@ pub fn diagnose(args: &DiagnoseArgs, choice: &BackendChoice) -> Result<()> {
     let trials = if healthy || args.no_trials {
         None
     } else {
-        let remedies = remedy::candidates(&spec);
+        let mut remedies = remedy::candidates(&spec);
+        let kinds: Vec<_> = warnings.iter().map(|w| w.kind).collect();
+        remedies.extend(remedy::schedule_candidates(
+            &spec,
+            &kinds,
+            valid.rows > 0,
+            args.epochs,
+        ));
         let n = remedies.len() + 1;
         let mut i = 0;
         let talk = !quiet && !args.run.quiet;

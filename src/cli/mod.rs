@@ -6,3 +6,4 @@ pub mod checks;
 pub mod experiment;
 pub mod health;
 pub mod mc;
+pub mod schedule;

@@ -150,11 +150,15 @@ pub fn stats_scalars(s: &StepStats, spec: &MlpSpec) -> Vec<(String, f32)> {
     if let Some(a) = s.accuracy {
         v.push(("train/batch_accuracy".to_string(), a));
     }
-    // The record's epoch counts from 1 within fit; the schedule's from 0.
-    v.push((
-        "train/learning_rate".to_string(),
-        spec.lr_at(s.epoch.saturating_sub(1), s.step),
-    ));
+    // The record's epoch counts from 1 within fit; the schedule's from 0. A plateau
+    // schedule's rate depends on validation losses the record does not carry: its rate is
+    // `epoch/learning_rate`.
+    if !matches!(spec.schedule, crate::model::LrSchedule::Plateau(_)) {
+        v.push((
+            "train/learning_rate".to_string(),
+            spec.lr_at(s.epoch.saturating_sub(1), s.step),
+        ));
+    }
     v.push(("grad_norm/total".to_string(), s.total_grad_norm()));
     let width = s.layers.len().saturating_sub(1).to_string().len();
     for l in &s.layers {
@@ -169,9 +173,13 @@ pub fn stats_scalars(s: &StepStats, spec: &MlpSpec) -> Vec<(String, f32)> {
 }
 
 /// The scalars of one epoch, at the epoch number (as Keras writes them): `epoch/loss`,
-/// `epoch/accuracy`, `epoch/val_loss`, `epoch/val_accuracy`.
+/// `epoch/accuracy`, `epoch/val_loss`, `epoch/val_accuracy`, `epoch/learning_rate` (the
+/// rate of the epoch's last step).
 pub fn epoch_scalars(r: &EpochReport) -> Vec<(String, f32)> {
-    let mut v = vec![("epoch/loss".to_string(), r.train.loss)];
+    let mut v = vec![
+        ("epoch/loss".to_string(), r.train.loss),
+        ("epoch/learning_rate".to_string(), r.lr),
+    ];
     if let Some(p) = r.penalty {
         v.push(("epoch/penalty".to_string(), p));
     }

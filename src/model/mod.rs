@@ -7,7 +7,9 @@ pub mod import;
 pub mod init;
 pub mod lower;
 pub mod optim;
+pub mod plateau;
 pub mod regularize;
+pub mod schedule;
 pub mod spec;
 pub mod trainer;
 

@@ -1,7 +1,8 @@
-//! Optimizers, gradient clipping and learning-rate schedules, with PyTorch's definitions
+//! Optimizers and gradient clipping, with PyTorch's definitions
 //! and defaults.
 
 pub use super::early_stopping::{EarlyStopping, Monitor, StopDecision};
+pub use super::schedule::{warmup_factor, LrSchedule};
 use std::fmt;
 
 /// The optimizer that updates parameters each step. Its state (momentum buffers, Adam's
@@ -569,123 +570,4 @@ impl Clip {
         );
         Ok(())
     }
-}
-
-/// A learning-rate schedule over epochs, as torch's schedulers stepped once per epoch.
-/// Combined with a per-step linear warm-up by [`crate::MlpSpec::warmup_steps`].
-#[derive(Clone, Debug, PartialEq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum LrSchedule {
-    /// The optimizer's learning rate throughout.
-    #[default]
-    Constant,
-    /// `torch.optim.lr_scheduler.StepLR(step_size, gamma)`:
-    /// `lr · gamma^⌊epoch / step_size⌋`.
-    Step { step_size: usize, gamma: f32 },
-    /// `torch.optim.lr_scheduler.CosineAnnealingLR(T_max, eta_min)` in closed form:
-    /// `eta_min + (lr - eta_min)·(1 + cos(π·epoch / T_max)) / 2`. Past `T_max` it keeps
-    /// following the cosine back up, as torch's does.
-    Cosine { t_max: usize, eta_min: f32 },
-    /// `torch.optim.lr_scheduler.ExponentialLR(gamma)`: `lr · gamma^epoch`.
-    Exponential { gamma: f32 },
-    /// `torch.optim.lr_scheduler.PolynomialLR(total_iters, power)`:
-    /// `lr · (1 − min(epoch, total_iters) / total_iters)^power`, reaching 0 at
-    /// `total_iters` and staying there (torch's defaults: 5 and 1.0).
-    Polynomial { total_iters: usize, power: f32 },
-    /// `torch.optim.lr_scheduler.MultiStepLR(milestones, gamma)`: `lr · gamma^k` where `k`
-    /// is the number of milestones (epochs, increasing) at or before `epoch`.
-    MultiStep { milestones: Vec<usize>, gamma: f32 },
-}
-
-impl LrSchedule {
-    /// The learning rate during epoch `epoch` (counted from 0) for base rate `base`.
-    pub fn lr(&self, base: f32, epoch: usize) -> f64 {
-        let (base, e) = (base as f64, epoch as f64);
-        match *self {
-            LrSchedule::Constant => base,
-            LrSchedule::MultiStep {
-                ref milestones,
-                gamma,
-            } => {
-                let k = milestones.iter().filter(|&&m| m <= epoch).count() as i32;
-                base * (gamma as f64).powi(k)
-            }
-            LrSchedule::Step { step_size, gamma } => {
-                let k = (epoch / step_size.max(1)) as i32;
-                base * (gamma as f64).powi(k)
-            }
-            LrSchedule::Cosine { t_max, eta_min } => {
-                let eta = eta_min as f64;
-                let phase = std::f64::consts::PI * e / t_max.max(1) as f64;
-                eta + (base - eta) * (1.0 + phase.cos()) / 2.0
-            }
-            LrSchedule::Exponential { gamma } => base * (gamma as f64).powi(epoch as i32),
-            LrSchedule::Polynomial { total_iters, power } => {
-                let t = total_iters.max(1) as f64;
-                base * (1.0 - e.min(t) / t).powf(power as f64)
-            }
-        }
-    }
-
-    pub fn validate(&self) -> anyhow::Result<()> {
-        match *self {
-            LrSchedule::Constant => {}
-            LrSchedule::MultiStep {
-                ref milestones,
-                gamma,
-            } => {
-                anyhow::ensure!(
-                    !milestones.is_empty() && milestones.windows(2).all(|w| w[0] < w[1]),
-                    "multistep schedule: milestones must be a non-empty, increasing list of \
-                     epochs, got {milestones:?}"
-                );
-                anyhow::ensure!(
-                    gamma.is_finite() && gamma > 0.0,
-                    "multistep schedule: gamma must be a finite number > 0, got {gamma}"
-                );
-            }
-            LrSchedule::Step { step_size, gamma } => {
-                anyhow::ensure!(step_size > 0, "step schedule: step_size must be at least 1");
-                anyhow::ensure!(
-                    gamma.is_finite() && gamma > 0.0,
-                    "step schedule: gamma must be a finite number > 0, got {gamma}"
-                );
-            }
-            LrSchedule::Cosine { t_max, eta_min } => {
-                anyhow::ensure!(t_max > 0, "cosine schedule: t_max must be at least 1");
-                anyhow::ensure!(
-                    eta_min.is_finite() && eta_min >= 0.0,
-                    "cosine schedule: eta_min must be a finite number >= 0, got {eta_min}"
-                );
-            }
-            LrSchedule::Exponential { gamma } => {
-                anyhow::ensure!(
-                    gamma.is_finite() && gamma > 0.0 && gamma <= 1.0,
-                    "exponential schedule: gamma must be in (0, 1], got {gamma}"
-                );
-            }
-            LrSchedule::Polynomial { total_iters, power } => {
-                anyhow::ensure!(
-                    total_iters > 0,
-                    "polynomial schedule: total_iters must be at least 1"
-                );
-                anyhow::ensure!(
-                    power.is_finite() && power > 0.0,
-                    "polynomial schedule: power must be a finite number > 0, got {power}"
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Linear warm-up factor for training step `step` (1 on the first): `min(1, step /
-/// warmup_steps)`, so the first step uses `lr / warmup_steps` and step `warmup_steps` the
-/// full rate. This is torch's `LinearLR(start_factor=1/W, total_iters=W-1)` stepped per
-/// batch. No warm-up when `warmup_steps` is 0.
-pub fn warmup_factor(step: u64, warmup_steps: usize) -> f64 {
-    if warmup_steps == 0 {
-        return 1.0;
-    }
-    (step as f64 / warmup_steps as f64).min(1.0)
 }

@@ -79,7 +79,7 @@ pub struct MlpSpec {
     /// Dropout probability after each hidden layer's activation (training only); empty
     /// for none, otherwise one per hidden layer.
     pub dropout: Vec<f32>,
-    /// Learning-rate schedule over epochs.
+    /// Learning-rate schedule (per epoch, per step for one-cycle).
     pub schedule: LrSchedule,
     /// Linear learning-rate warm-up over the first this many training steps (0: none).
     pub warmup_steps: usize,
@@ -200,9 +200,11 @@ impl MlpSpec {
     }
 
     /// The learning rate of training step `step` (1 on the first) during epoch `epoch`
-    /// (from 0): the epoch schedule times the per-step warm-up factor.
+    /// (from 0): the schedule times the per-step warm-up factor. A plateau schedule's
+    /// reductions depend on the validation losses, which the model tracks; here it is the
+    /// optimizer's rate.
     pub fn lr_at(&self, epoch: usize, step: u64) -> f32 {
-        let base = self.schedule.lr(self.optimizer.lr(), epoch);
+        let base = self.schedule.rate(self.optimizer.lr(), epoch, step);
         (base * warmup_factor(step, self.warmup_steps)) as f32
     }
 
@@ -218,6 +220,11 @@ impl MlpSpec {
         }
         self.schedule.validate()?;
         regularize::validate(&self.regularization, self.num_layers())?;
+        if let LrSchedule::OneCycle(c) = &self.schedule {
+            if c.cycle_momentum {
+                self.check_cycled_momentum()?;
+            }
+        }
         anyhow::ensure!(
             self.dropout.is_empty() || self.dropout.len() == self.hidden.len(),
             "dropout lists {} probabilities but the model has {} hidden layers",
@@ -229,6 +236,33 @@ impl MlpSpec {
                 (0.0..1.0).contains(&p),
                 "dropout probability of hidden layer {l} must be in [0, 1), got {p}"
             );
+        }
+        Ok(())
+    }
+
+    /// One-cycle's momentum cycling replaces the momentum (SGD, RMSprop) or beta1 (Adam,
+    /// AdamW, Adamax, NAdam) of the optimizer, as torch's does.
+    fn check_cycled_momentum(&self) -> anyhow::Result<()> {
+        let name = self.optimizer.name();
+        let off = "pass --no-cycle-momentum (cycle_momentum = false)";
+        match self.optimizer {
+            Optimizer::Sgd { momentum, .. } | Optimizer::RmsProp { momentum, .. } => {
+                // torch would silently switch momentum on for an optimizer built without
+                // it; here the buffer exists only when asked for, so the choice is explicit.
+                anyhow::ensure!(
+                    momentum > 0.0,
+                    "one-cycle's momentum cycling needs {name} with a momentum > 0 \
+                     (--momentum), or {off}"
+                );
+            }
+            Optimizer::Adam { .. }
+            | Optimizer::AdamW { .. }
+            | Optimizer::Adamax { .. }
+            | Optimizer::NAdam { .. } => {}
+            Optimizer::Adagrad { .. } => anyhow::bail!(
+                "one-cycle's momentum cycling needs an optimizer with a momentum or beta1; \
+                 Adagrad has neither (torch raises too): {off}"
+            ),
         }
         Ok(())
     }

@@ -11,6 +11,8 @@ use crate::data::{check_finite, check_labels, Dataset};
 use crate::engine::{Engine, PlanId};
 use crate::graph::{Plan, Stage};
 use crate::model::lower as mlp;
+use crate::model::optim::{warmup_factor, LrSchedule};
+use crate::model::plateau::PlateauState;
 use crate::model::spec::{GRAD_NORM_SLOT_NAME, METRICS_SLOT_NAME};
 use crate::model::{Clip, MlpSpec};
 use crate::ops::{target_len, Loss, METRICS_LEN};
@@ -75,6 +77,9 @@ pub struct EpochReport {
     /// The regularization penalty at the end of the epoch (see [`Model::penalty`]), apart
     /// from `train.loss`, which is the data loss alone; `None` without L1/L2 groups.
     pub penalty: Option<f32>,
+    /// The learning rate of the epoch's last training step (schedule and warm-up
+    /// applied; for reduce-on-plateau, before this epoch's validation lowered it).
+    pub lr: f32,
 }
 
 /// A named tensor copied to the host.
@@ -115,12 +120,17 @@ pub struct Model {
     cache_frozen: bool,
     /// The learning rate last written to the device's hyper-parameter block.
     lr: f32,
+    /// The cycled momentum last written there.
+    momentum: Option<f32>,
     /// A fixed learning rate that overrides the schedule (see `set_learning_rate`).
     lr_override: Option<f32>,
     /// Epochs completed, which the learning-rate schedule follows.
     epoch: usize,
-    /// Training steps enqueued, which the warm-up follows (the device counts them too).
+    /// Training steps enqueued, which the warm-up and one-cycle follow (the device counts
+    /// them too).
     steps_taken: u64,
+    /// ReduceLROnPlateau's counters and rate, with a plateau schedule.
+    plateau: Option<PlateauState>,
     /// Statistics schedule, records and observer (see `health.rs`).
     health: health::Health,
 }
@@ -132,7 +142,11 @@ impl Model {
         let persistent = spec.persistent();
         engine.init_persistent(&persistent)?;
         let lr = spec.optimizer.lr();
-        engine.set_hyper(Hyper { lr })?;
+        engine.set_hyper(Hyper::lr(lr))?;
+        let plateau = match &spec.schedule {
+            LrSchedule::Plateau(p) => Some(p.start(lr)),
+            _ => None,
+        };
         Ok(Model {
             spec,
             engine,
@@ -141,9 +155,11 @@ impl Model {
             mc_plans: HashMap::new(),
             cache_frozen: false,
             lr,
+            momentum: None,
             lr_override: None,
             epoch: 0,
             steps_taken: 0,
+            plateau,
             health: health::Health::default(),
         })
     }
@@ -312,16 +328,61 @@ impl Model {
         self.health_after_step((rows, start), gathered)
     }
 
-    /// Writes the coming step's learning rate into the hyper-parameter block when the
-    /// schedule changed it: a 16-byte write, with nothing rebuilt.
+    /// Writes the coming step's learning rate (and one-cycle's momentum) into the
+    /// hyper-parameter block when the schedule changed them: a 16-byte write, with nothing
+    /// rebuilt.
     fn apply_schedule(&mut self) -> Result<()> {
-        let lr = self
-            .lr_override
-            .unwrap_or_else(|| self.spec.lr_at(self.epoch, self.steps_taken + 1));
-        if lr != self.lr {
-            self.engine.set_hyper(Hyper { lr })?;
-            self.lr = lr;
+        let step = self.steps_taken + 1;
+        if let LrSchedule::OneCycle(c) = &self.spec.schedule {
+            ensure!(
+                step <= c.total_steps as u64,
+                "training step {step} is past the one-cycle schedule's total_steps {} \
+                 (torch's OneCycleLR raises there too)",
+                c.total_steps
+            );
         }
+        let lr = self.lr_override.unwrap_or_else(|| self.scheduled_lr(step));
+        let momentum = self.spec.schedule.momentum(step).map(|m| m as f32);
+        if lr != self.lr || momentum != self.momentum {
+            self.engine.set_hyper(Hyper { lr, momentum })?;
+            self.lr = lr;
+            self.momentum = momentum;
+        }
+        Ok(())
+    }
+
+    /// The schedule's rate for training step `step` (1 on the first), warm-up included.
+    fn scheduled_lr(&self, step: u64) -> f32 {
+        match &self.plateau {
+            Some(p) => (p.lr * warmup_factor(step, self.spec.warmup_steps)) as f32,
+            None => self.spec.lr_at(self.epoch, step),
+        }
+    }
+
+    /// The momentum (SGD, RMSprop) or beta1 (Adam family) of the most recent step when
+    /// one-cycle cycles it.
+    pub fn momentum(&self) -> Option<f32> {
+        self.momentum
+    }
+
+    /// ReduceLROnPlateau's counters and rate, with a plateau schedule.
+    pub fn plateau_state(&self) -> Option<PlateauState> {
+        self.plateau
+    }
+
+    /// Restores ReduceLROnPlateau's counters (resuming from a checkpoint).
+    pub fn set_plateau_state(&mut self, state: PlateauState) -> Result<()> {
+        ensure!(
+            self.plateau.is_some(),
+            "the checkpoint holds reduce-on-plateau counters but the model's schedule is {:?}",
+            self.spec.schedule
+        );
+        ensure!(
+            state.lr.is_finite() && state.lr >= 0.0,
+            "reduce-on-plateau learning rate must be a finite number >= 0, got {}",
+            state.lr
+        );
+        self.plateau = Some(state);
         Ok(())
     }
 
@@ -468,13 +529,15 @@ impl Model {
                 0
             },
         )?;
+        let per_epoch = full + usize::from(partial > 0 && !skip_last);
+        self.check_schedule(raw_valid.is_some(), opts.epochs, per_epoch)?;
         let (mut x, mut y) = (Vec::new(), Vec::new());
         let mut reports = Vec::with_capacity(opts.epochs);
         // `(first layer, train, valid)`: with a cache, the frozen layers run once per
         // freeze setting instead of once per epoch.
         let mut cache: Option<(usize, Dataset, Option<Dataset>)> = None;
         self.take_metrics()?;
-        self.health_begin_fit(opts.epochs, full + usize::from(partial > 0 && !skip_last))?;
+        self.health_begin_fit(opts.epochs, per_epoch)?;
         for _ in 0..opts.epochs {
             let start = if self.cache_frozen {
                 self.spec.frozen_layers
@@ -525,12 +588,18 @@ impl Model {
             let valid = valid
                 .map(|v| self.evaluate_at(v, opts.batch_size, start))
                 .transpose()?;
+            if let (Some(p), Some(v), LrSchedule::Plateau(settings)) =
+                (&mut self.plateau, &valid, &self.spec.schedule)
+            {
+                p.step(settings, v.loss as f64);
+            }
             let report = EpochReport {
                 epoch,
                 train: metrics,
                 valid,
                 samples_per_sec: train.rows as f64 / seconds.max(1e-9),
                 penalty: self.penalty()?,
+                lr: self.lr,
             };
             self.health_epoch_report(&report)?;
             hook(self, &report)?;
@@ -538,6 +607,32 @@ impl Model {
         }
         self.health_end_fit();
         Ok(reports)
+    }
+
+    /// Refuses, before any step, a fit that its schedule cannot follow: plateau without
+    /// validation data, or more steps than one-cycle's `total_steps` (torch raises when
+    /// stepped past them, mid-run).
+    fn check_schedule(&self, has_valid: bool, epochs: usize, per_epoch: usize) -> Result<()> {
+        match &self.spec.schedule {
+            LrSchedule::Plateau(_) => ensure!(
+                has_valid,
+                "the plateau schedule (--schedule plateau) follows the validation loss, but \
+                 there is no validation data (use --valid-fraction or --valid-data)"
+            ),
+            LrSchedule::OneCycle(c) => {
+                let need = self.steps_taken + (epochs * per_epoch) as u64;
+                ensure!(
+                    need <= c.total_steps as u64,
+                    "the one-cycle schedule has total_steps {} but this run would take {need} \
+                     training steps ({} done + {epochs} epochs × {per_epoch} batches); raise \
+                     --total-steps or train fewer epochs",
+                    c.total_steps,
+                    self.steps_taken
+                );
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Mean loss and accuracy on `data` without updating the model.

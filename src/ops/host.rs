@@ -69,4 +69,10 @@ impl<'a> Host<'a> {
             .context("hyper-parameters were not set before a training step")?
             .lr)
     }
+
+    /// The momentum (or beta1) of this step: one-cycle's when it cycles it, else the
+    /// compiled-in `fixed`.
+    pub fn momentum(&self, fixed: f32) -> f32 {
+        self.hyper.and_then(|h| h.momentum).unwrap_or(fixed)
+    }
 }

@@ -69,7 +69,7 @@ impl OpCase {
         lr: f32,
     ) -> Vec<(String, Vec<f32>)> {
         engine.init_persistent(&[]).unwrap();
-        engine.set_hyper(Hyper { lr }).unwrap();
+        engine.set_hyper(Hyper::lr(lr)).unwrap();
         let id = engine.compile(&self.plan).unwrap();
         for (name, data) in inputs {
             engine.write(id, self.id(name), data).unwrap();

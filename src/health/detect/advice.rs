@@ -3,7 +3,7 @@
 //! measures them (see `health::remedy`) before recommending any.
 
 use crate::model::init::InitFamily;
-use crate::model::{Init, MlpSpec};
+use crate::model::{Init, LrSchedule, MlpSpec};
 use crate::ops::Activation;
 
 /// Remedies for a given model, each only when the model does not already do it.
@@ -98,6 +98,20 @@ impl<'a> Advice<'a> {
             lr / 10.0,
             lr / 10.0
         ))
+    }
+
+    fn plateau(&self) -> Option<String> {
+        (self.spec.schedule == LrSchedule::Constant).then(|| {
+            "lower the learning rate when the validation loss stops improving (--schedule \
+             plateau, torch's ReduceLROnPlateau): late epochs then take smaller steps"
+                .to_string()
+        })
+    }
+
+    /// A validation loss that rose: a schedule that lowers the rate once it stops
+    /// improving, then what helps a run that diverges.
+    pub(super) fn rising_validation(&self) -> Vec<String> {
+        self.plateau().into_iter().chain(self.exploding()).collect()
     }
 
     pub(super) fn vanishing(&self) -> Vec<String> {

@@ -33,7 +33,7 @@ pub fn detect_run(
     }
     if let Some(w) = rising_validation(epochs, cfg) {
         out.push(Warning {
-            remedies: diverging.clone(),
+            remedies: advice.rising_validation(),
             ..w
         });
     }

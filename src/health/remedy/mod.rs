@@ -29,7 +29,9 @@ mod trial;
 pub use judge::{Measure, Trial, TrialOptions, TrialReport, Verdict};
 pub use trial::run_trials;
 
-use crate::model::{BatchNorm, BnPlacement, Clip, Init, MlpSpec, Optimizer};
+use crate::health::WarningKind;
+use crate::model::plateau::Plateau;
+use crate::model::{BatchNorm, BnPlacement, Clip, Init, LrSchedule, MlpSpec, Optimizer};
 use crate::ops::Activation;
 use anyhow::Result;
 use serde::Serialize;
@@ -59,6 +61,9 @@ pub enum Change {
     LearningRate { lr: f32 },
     /// A skip connection into every `every`-th hidden layer.
     Residual { every: usize },
+    /// ReduceLROnPlateau on the validation loss with this patience (torch's other
+    /// defaults), in place of a constant rate.
+    Plateau { patience: usize },
 }
 
 /// Inits and activations in JSON as the flags spell them.
@@ -93,6 +98,12 @@ impl Remedy {
             Change::ClipNorm { max_norm } => s.clip = Some(Clip::Norm(max_norm)),
             Change::LearningRate { lr } => s.optimizer = with_lr(s.optimizer, lr),
             Change::Residual { every } => s.residual_every = Some(every),
+            Change::Plateau { patience } => {
+                s.schedule = LrSchedule::Plateau(Plateau {
+                    patience,
+                    ..Plateau::default()
+                })
+            }
         }
         s
     }
@@ -173,4 +184,26 @@ pub fn candidates(spec: &MlpSpec) -> Vec<Remedy> {
         change: Change::LearningRate { lr },
     });
     out
+}
+
+/// Remedies that change the learning-rate schedule, for findings a schedule addresses:
+/// reduce-on-plateau when the validation loss rose (it needs validation data, and only
+/// replaces a constant rate). The patience is a tenth of the `epochs` the trial and the
+/// user's run train, at most torch's 10, so a trial is long enough to see a reduction.
+pub fn schedule_candidates(
+    spec: &MlpSpec,
+    findings: &[WarningKind],
+    has_valid: bool,
+    epochs: usize,
+) -> Vec<Remedy> {
+    let rising = findings.contains(&WarningKind::RisingValidationLoss);
+    if !(rising && has_valid && spec.schedule == LrSchedule::Constant) {
+        return Vec::new();
+    }
+    let patience = (epochs / 10).min(Plateau::default().patience);
+    vec![Remedy {
+        label: format!("lr ÷10 on plateau (patience {patience})"),
+        flags: format!("--schedule plateau --plateau-patience {patience}"),
+        change: Change::Plateau { patience },
+    }]
 }

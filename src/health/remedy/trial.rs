@@ -6,7 +6,7 @@ use super::Remedy;
 use crate::data::Dataset;
 use crate::engine::Engine;
 use crate::health::{NonFiniteError, StepProgress, StepStats, TrainObserver};
-use crate::model::{FitOptions, MlpSpec, Model};
+use crate::model::{FitOptions, LrSchedule, MlpSpec, Model};
 use anyhow::Result;
 use std::cell::Cell;
 use std::fmt;
@@ -71,6 +71,9 @@ fn measure_into(
     o: &TrialOptions,
     (steps, deadline): (usize, Instant),
 ) -> Result<()> {
+    // A plateau schedule follows the validation loss after every epoch; other trials
+    // validate once, after training.
+    let fit_valid = valid.filter(|_| matches!(spec.schedule, LrSchedule::Plateau(_)));
     let mut m = Model::new(spec, engine)?;
     let bs = o.batch_size;
     t.loss_start = Some(m.evaluate(train, bs)?.loss);
@@ -88,8 +91,7 @@ fn measure_into(
         shuffle_seed: o.shuffle_seed,
         drop_last: false,
     };
-    // Validation runs once, after the trial, not after every epoch of it.
-    let result = m.fit(train, None, &fit, |_| {});
+    let result = m.fit(train, fit_valid, &fit, |_| {});
     m.set_observer(None);
     let mut outcome = match result {
         Ok(_) => Ok(()),

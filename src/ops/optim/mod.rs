@@ -234,7 +234,7 @@ impl Operation for Sgd {
             let momentum = buf
                 .as_deref_mut()
                 .zip(self.momentum)
-                .map(|(b, m)| (b, m.momentum, m.nesterov));
+                .map(|(b, m)| (b, h.momentum(m.momentum), m.nesterov));
             cpu::sgd(p, h.get(self.grad), momentum, lr, self.weight_decay)
         });
         if let (Some(b), Some(m)) = (buf, self.momentum) {
@@ -287,7 +287,7 @@ impl Operation for Adam {
     fn run_cpu(&self, h: &mut Host) -> Result<()> {
         let params = cpu::AdamParams {
             lr: h.lr()?,
-            beta1: self.beta1,
+            beta1: h.momentum(self.beta1),
             beta2: self.beta2,
             eps: self.eps,
             weight_decay: self.weight_decay,
@@ -360,7 +360,7 @@ impl Operation for Rmsprop {
             alpha: self.alpha,
             eps: self.eps,
             weight_decay: self.weight_decay,
-            momentum: self.momentum,
+            momentum: h.momentum(self.momentum),
         };
         let mut sq = h.take(self.square_avg);
         let mut buf = self.momentum_buffer.map(|t| h.take(t));
@@ -467,7 +467,7 @@ impl Operation for Adamax {
         non_negative("weight_decay", self.weight_decay)
     }
     fn run_cpu(&self, h: &mut Host) -> Result<()> {
-        let (lr, t) = (h.lr()?, h.step(self.step));
+        let (lr, t, beta1) = (h.lr()?, h.step(self.step), h.momentum(self.beta1));
         with_states(h, [self.exp_avg, self.exp_inf], |[m, u], h| {
             h.update(self.param, |p, h| {
                 cpu::adamax(
@@ -476,7 +476,7 @@ impl Operation for Adamax {
                     m,
                     u,
                     t,
-                    [lr, self.beta1, self.beta2, self.eps, self.weight_decay],
+                    [lr, beta1, self.beta2, self.eps, self.weight_decay],
                 )
             })
         });
@@ -511,7 +511,8 @@ impl Operation for NadamMuProduct {
     }
     fn run_cpu(&self, h: &mut Host) -> Result<()> {
         let t = h.step(self.step) as f64;
-        let mu = nadam_mu(self.beta1 as f64, self.momentum_decay as f64, t);
+        let beta1 = h.momentum(self.beta1);
+        let mu = nadam_mu(beta1 as f64, self.momentum_decay as f64, t);
         h.update(self.mu_product, |p, _| p[0] = (p[0] as f64 * mu) as f32);
         Ok(())
     }
@@ -555,7 +556,7 @@ impl Operation for Nadam {
     fn run_cpu(&self, h: &mut Host) -> Result<()> {
         let c = cpu::NadamParams {
             lr: h.lr()?,
-            beta1: self.beta1,
+            beta1: h.momentum(self.beta1),
             beta2: self.beta2,
             eps: self.eps,
             weight_decay: self.weight_decay,

@@ -216,11 +216,14 @@ pub fn nadam_mu_product(op: &NadamMuProduct, lw: &mut Lowerer) -> Result<Dispatc
         ..Consts::default()
     };
     let consts = lw.constants(&[consts], true);
+    // One-cycle's beta1 reaches the product through the hyper-parameter block.
+    let hyper = lw.hyper.clone();
     lw.dispatch::<Dims>(
         KernelKey::new(&SHADER, "nadam_mu_product"),
         None,
         &[
             (STEP, Res::Tensor(op.step)),
+            (HYPER, Res::Buffer(&hyper)),
             (CONSTS, Res::Buffer(&consts)),
             (MU_PRODUCT, Res::Tensor(op.mu_product)),
         ],
