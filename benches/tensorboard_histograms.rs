@@ -17,11 +17,7 @@ use steadygrad::health::tensorboard::TensorBoardLog;
 use steadygrad::{BackendChoice, MlpSpec, Model};
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let arg = |i: usize, d: usize| args.get(i).copied().unwrap_or(d);
+    let arg = common::numeric_args();
     let (depth, width, batch, every, steps) =
         (arg(0, 100), arg(1, 64), arg(2, 64), arg(3, 10), arg(4, 100));
     let (input, output) = (32, 10);

@@ -10,7 +10,7 @@ use std::path::Path;
 /// names the same columns in another order is reordered to it. Returns the header's column
 /// names (after reordering) when there is a header line.
 pub(crate) fn parse(
-    bytes: &[u8],
+    bytes: impl std::io::Read,
     path: &Path,
     opts: &LoadOptions,
     order: Option<&[String]>,
