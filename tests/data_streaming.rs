@@ -145,6 +145,21 @@ fn csv_streamed_equals_read_whole() {
     assert_eq!((a.rows, a.input_dim), (ROWS, 5));
     assert_eq!(a, load(&zipped, &opts).unwrap());
 
+    // A blank line moves the rows after it down one line; a label error is found after
+    // reading, and must still name its line.
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.insert(1000, "");
+    let row = ROWS - 10;
+    let relabelled = lines[row + 2].rsplit_once(',').unwrap().0.to_string() + ",2.5";
+    lines[row + 2] = &relabelled;
+    let (plain, zipped) = both(&dir, "label.csv", (lines.join("\n") + "\n").as_bytes());
+    let (e, z) = (err(load(&plain, &opts)), err(load(&zipped, &opts)));
+    assert!(
+        e.contains(&format!("line {}, column 5 ('label'): label 2.5", row + 3)),
+        "{e}"
+    );
+    assert_eq!(e.replace("plain", "gz"), z);
+
     let bad = text.replacen("\n7.375,", "\nseven,", 1);
     assert_ne!(bad, text);
     let (plain, zipped) = both(&dir, "bad.csv", bad.as_bytes());

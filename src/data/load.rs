@@ -478,6 +478,22 @@ fn check_label_gap(targets: &[f64], max: usize, locate: &dyn Fn(usize) -> String
 /// Labels beyond 2²⁴ are not exact in `f32`, where datasets keep them.
 const MAX_CLASSES: usize = 1 << 24;
 
+/// `v` as `f32`, converted from the back a slice at a time while `v` gives its memory
+/// back, so the two are never both whole: for a file of few columns the `f64` labels
+/// are a sizable part of the data.
+fn narrow(mut v: Vec<f64>) -> Vec<f32> {
+    const STEP: usize = 1 << 18;
+    let mut out = Vec::with_capacity(v.len());
+    while !v.is_empty() {
+        let cut = v.len().saturating_sub(STEP);
+        out.extend(v[cut..].iter().rev().map(|&x| x as f32));
+        v.truncate(cut);
+        v.shrink_to_fit();
+    }
+    out.reverse();
+    out
+}
+
 /// Turns raw label values into a validated dataset. `locate(i)` names target value `i` in
 /// the file for error messages.
 pub(crate) fn build(
@@ -533,14 +549,13 @@ pub(crate) fn build(
                 "every label is 0, so there is only one class; classification needs at least 2 \
                  (give the class count if this file holds only part of the classes)"
             );
-            (targets.iter().map(|&v| v as f32).collect(), Some(classes))
+            (narrow(targets), Some(classes))
         }
         Task::Regression => {
-            let mut out = Vec::with_capacity(targets.len());
             for (i, &v) in targets.iter().enumerate() {
-                out.push(to_f32(v, || locate(i))?);
+                to_f32(v, || locate(i))?;
             }
-            (out, None)
+            (narrow(targets), None)
         }
     };
     let data = Dataset {
