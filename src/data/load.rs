@@ -255,13 +255,14 @@ pub fn load_with_columns(
 /// An open regular file and its length, when it is not gzip-compressed (`None` then: it
 /// is read whole and decompressed).
 fn open_plain(path: &Path) -> Result<Option<(File, usize)>> {
-    check_not_device(path)?;
+    // Pipes and devices are left to `read_file`, unopened: a pipe opened twice may lose
+    // what the first opening would have read.
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Ok(None);
+    }
     let cannot = || format!("cannot read {}", path.display());
     let mut file = File::open(path).with_context(cannot)?;
     let meta = file.metadata().with_context(cannot)?;
-    if !meta.is_file() {
-        return Ok(None);
-    }
     let mut magic = Vec::new();
     (&mut file)
         .take(2)

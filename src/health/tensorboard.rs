@@ -309,6 +309,33 @@ mod tests {
         assert_eq!(masked_crc32c(b"123456789"), 0xc78a_b0e5);
     }
 
+    #[test]
+    fn non_finite_elements_become_a_scalar() {
+        use crate::model::health::histogram::{HistogramKind, LayerHistogram};
+        let h = StepHistograms {
+            step: 9,
+            layers: [
+                (3, &[1.0, f32::NAN, f32::INFINITY][..]),
+                (12, &[2.0, 3.0][..]),
+            ]
+            .iter()
+            .map(|&(layer, v)| LayerHistogram {
+                layer,
+                kind: HistogramKind::Gradients,
+                histogram: Histogram::of(v, 4),
+            })
+            .collect(),
+        };
+        let (histos, nonfinite) = step_histograms(&h, 13);
+        let tags: Vec<&str> = histos.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(tags, ["layer_03/gradients", "layer_12/gradients"]);
+        assert_eq!(histos[0].1.num, 1);
+        assert_eq!(
+            nonfinite,
+            [("layer_03/gradients_nonfinite".to_string(), 2.0)]
+        );
+    }
+
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
