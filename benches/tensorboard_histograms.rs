@@ -14,6 +14,7 @@ mod common;
 
 use std::time::Instant;
 use steadygrad::health::tensorboard::TensorBoardLog;
+use steadygrad::model::health::histogram::{of_each, Histogram, BUCKETS};
 use steadygrad::{BackendChoice, MlpSpec, Model};
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +80,31 @@ fn main() -> anyhow::Result<()> {
             100.0 * (cpu[v] - cpu[0]) / cpu[0],
         );
     }
+    // The host's part of a statistics step: binning every tensor read, alone.
+    let sizes = [input * width + width * width * (depth - 1) + width * output; 2];
+    let acts = batch * (width * depth + output);
+    let values: Vec<f32> = (0..sizes[0].max(acts)).map(|i| (i as f32).sin()).collect();
+    let t = Instant::now();
+    for n in [sizes[0], sizes[1], acts] {
+        std::hint::black_box(Histogram::of(&values[..n], BUCKETS));
+    }
+    let one = t.elapsed().as_secs_f64();
+    // As the trainer bins them: each layer's tensors apart, spread over the cores.
+    let tensors: Vec<Vec<f32>> = (0..depth + 1)
+        .flat_map(|_| [width * width, width * width, batch * width])
+        .map(|n| values[..n].to_vec())
+        .collect();
+    let t = Instant::now();
+    std::hint::black_box(of_each(&tensors, BUCKETS));
+    println!(
+        "host binning of the {} values read per statistics step: {:.1} ms on one thread, \
+         {:.1} ms for {} tensors of about that size on {} threads",
+        sizes[0] + sizes[1] + acts,
+        one * 1e3,
+        t.elapsed().as_secs_f64() * 1e3,
+        tensors.len(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -6,7 +6,7 @@
 use super::Model;
 use crate::engine::PendingRead;
 use crate::model::health::histogram::{
-    Histogram, HistogramKind, LayerHistogram, StepHistograms, BUCKETS,
+    of_each, HistogramKind, LayerHistogram, StepHistograms, BUCKETS,
 };
 use crate::model::health::layout::{
     self as st, guard_step, ForwardPoint, GUARD_SLOT_NAME, POINTS_PER_LAYER,
@@ -188,14 +188,15 @@ impl Model {
             if let Some(o) = self.health.observer.as_mut() {
                 o.on_stats(&stats)?;
                 if !done.histograms.is_empty() {
+                    let tensors: Vec<Vec<f32>> = values.collect();
                     let layers = done
                         .histograms
                         .iter()
-                        .zip(values)
-                        .map(|(&(layer, kind), v)| LayerHistogram {
+                        .zip(of_each(&tensors, BUCKETS))
+                        .map(|(&(layer, kind), histogram)| LayerHistogram {
                             layer,
                             kind,
-                            histogram: Histogram::of(&v, BUCKETS),
+                            histogram,
                         })
                         .collect();
                     o.on_histograms(&StepHistograms {
