@@ -29,7 +29,7 @@ fn child(depth: usize) {
     let mut engine = GpuEngine::new(ctx);
     let persistent = spec.persistent();
     engine.init_persistent(&persistent).unwrap();
-    engine.set_hyper(Hyper { lr: 0.01 }).unwrap();
+    engine.set_hyper(Hyper::lr(0.01)).unwrap();
     let t = Instant::now();
     let plan = mlp::build(&spec, &persistent, 32).unwrap();
     let build = t.elapsed().as_secs_f64() * 1e3;

@@ -27,11 +27,7 @@ use steadygrad::tensor::Hyper;
 use steadygrad::MlpSpec;
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let arg = |i: usize, d: usize| args.get(i).copied().unwrap_or(d);
+    let arg = common::numeric_args();
     let (depth, width, batch, steps) = (arg(0, 8), arg(1, 512), arg(2, 256), arg(3, 60));
     let (input, output) = if width == 512 && depth == 8 {
         (784, 10)

@@ -34,6 +34,18 @@ pub fn float_field(out: &mut Vec<u8>, field: u32, v: f32) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
+/// A fixed 64-bit field (wire type 1).
+pub fn double_field(out: &mut Vec<u8>, field: u32, v: f64) {
+    varint(out, u64::from(field << 3 | 1));
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// A packed repeated double field: one length-delimited run of little-endian values.
+pub fn packed_doubles(out: &mut Vec<u8>, field: u32, values: &[f64]) {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    bytes_field(out, field, &bytes);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -159,3 +159,13 @@ pub fn process_cpu_secs() -> Option<f64> {
     // USER_HZ is 100 on every Linux ABI Rust supports.
     Some((utime + stime) / 100.0)
 }
+
+/// The bench's numeric command-line arguments (others, like cargo's `--bench`, are
+/// skipped), as `arg(i, default)`.
+pub fn numeric_args() -> impl Fn(usize, usize) -> usize {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    move |i, default| args.get(i).copied().unwrap_or(default)
+}

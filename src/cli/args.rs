@@ -409,7 +409,7 @@ impl DataArgs {
                 );
                 (all, valid)
             }
-            None => data::split(&all, self.valid_fraction, seed)?,
+            None => data::split_owned(all, self.valid_fraction, seed)?,
         };
         if let (Some(a), Some(b)) = (train.classes, valid.classes) {
             // A validation file without the top classes must not shrink the output layer.

@@ -51,8 +51,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
     /// Write TensorBoard event files into DIR: batch loss and accuracy, learning rate,
-    /// per-layer ‖∇W‖ and update ratios at each statistics step, and each epoch's
-    /// training and validation loss and accuracy. View with `tensorboard --logdir DIR`.
+    /// per-layer ‖∇W‖ and update ratios and histograms of each layer's weights, gradients
+    /// and activations at each statistics step, and each epoch's training and validation
+    /// loss and accuracy. View with `tensorboard --logdir DIR`.
     #[arg(long, value_name = "DIR")]
     tensorboard: Option<PathBuf>,
     /// `stop`: end training when a statistics step's total gradient norm is
@@ -125,6 +126,7 @@ impl RunArgs {
                 eprintln!("tensorboard: writing '{}'", tb.path().display());
             }
             observers.push(Box::new(tb));
+            m.gather_histograms(true);
         }
         if let Some(path) = &self.report {
             *self.shown.borrow_mut() = Report {

@@ -1,7 +1,8 @@
 //! Typed numeric arrays inside binary files (`.npy`, IDX, safetensors), decoded lazily
 //! so a 60 000 × 784 `u8` image file is never widened to `f64` all at once.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
+use std::io::Read;
 
 /// Element types the binary loaders can widen to `f32`/`f64`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,9 +68,18 @@ pub(crate) struct Array<'a> {
     pub big_endian: bool,
     pub shape: Vec<usize>,
     data: &'a [u8],
-    /// Where `data` starts in the file, so errors can give byte offsets.
+    /// Where the array's first element is in the file, so errors can give byte offsets.
     offset: usize,
+    /// Elements in the whole array.
+    len: usize,
+    /// Index in the whole array of `data`'s first element: a chunk read from a file holds
+    /// rows from the middle, and messages must still name rows of the file.
+    base: usize,
 }
+
+/// Bytes of whole rows converted at a time when an array is read from a file: big enough
+/// for few reads, small beside any data worth streaming.
+const CHUNK_BYTES: usize = 4 << 20;
 
 impl<'a> Array<'a> {
     /// Checks the declared shape against the bytes that follow the header before anything
@@ -84,6 +94,24 @@ impl<'a> Array<'a> {
         offset: usize,
         exact: bool,
     ) -> Result<Array<'a>> {
+        let a = Array::declared(what, elem, big_endian, shape, rest.len(), offset, exact)?;
+        Ok(Array {
+            data: &rest[..a.len * elem.size()],
+            ..a
+        })
+    }
+
+    /// An array whose elements are still in the file: `available` bytes follow its header
+    /// there. The same checks as [`Array::new`]; read it with the `*_from` methods.
+    pub fn declared(
+        what: impl Into<String>,
+        elem: Elem,
+        big_endian: bool,
+        shape: Vec<usize>,
+        available: usize,
+        offset: usize,
+        exact: bool,
+    ) -> Result<Array<'static>> {
         let what = what.into();
         // An empty array needs no bytes whatever its other dimensions.
         let need = if shape.contains(&0) {
@@ -101,18 +129,17 @@ impl<'a> Array<'a> {
             );
         };
         ensure!(
-            rest.len() >= need,
+            available >= need,
             "truncated file: the header declares {what} of shape {} and type {} = {need} bytes \
-             of data from byte offset {offset}, but only {} bytes follow",
+             of data from byte offset {offset}, but only {available} bytes follow",
             shape_str(&shape),
             elem.name(),
-            rest.len()
         );
         ensure!(
-            !exact || rest.len() == need,
+            !exact || available == need,
             "{} unexpected bytes after the data of {what} (shape {}, type {}) which ends at byte \
              offset {}: the header and the data disagree",
-            rest.len() - need,
+            available - need,
             shape_str(&shape),
             elem.name(),
             offset + need
@@ -122,17 +149,56 @@ impl<'a> Array<'a> {
             elem,
             big_endian,
             shape,
-            data: &rest[..need],
+            data: &[],
             offset,
+            len: need / elem.size(),
+            base: 0,
         })
     }
 
-    pub fn len(&self) -> usize {
+    /// The element bytes held in memory (none for a [`Array::declared`] one).
+    pub fn payload(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// Elements of the array in `data`, or of the chunk of it this is.
+    fn here(&self) -> usize {
         self.data.len() / self.elem.size()
     }
 
     pub fn byte_offset(&self, index: usize) -> usize {
         self.offset + index * self.elem.size()
+    }
+
+    /// Reads the elements from `src` (positioned at the first) a few MiB of whole rows at a
+    /// time, handing each chunk to `f` as an array whose indices are the chunk's own.
+    fn chunks(&self, src: &mut dyn Read, f: &mut dyn FnMut(&Array) -> Result<()>) -> Result<()> {
+        let rows = self.shape.first().copied().unwrap_or(1).max(1);
+        let row = (self.len / rows).max(1) * self.elem.size();
+        let per_chunk = (CHUNK_BYTES / row).max(1);
+        let mut buf = vec![0u8; per_chunk.min(rows) * row];
+        let mut done = 0;
+        while done * row < self.len * self.elem.size() {
+            let n = per_chunk.min(rows - done);
+            let bytes = &mut buf[..n * row];
+            src.read_exact(bytes).with_context(|| {
+                format!(
+                    "reading {} from byte offset {}",
+                    self.what,
+                    self.byte_offset(done * row / self.elem.size())
+                )
+            })?;
+            let chunk = Array {
+                what: self.what.clone(),
+                shape: Vec::new(),
+                data: &*bytes,
+                base: done * row / self.elem.size(),
+                ..*self
+            };
+            f(&chunk)?;
+            done += n;
+        }
+        Ok(())
     }
 
     /// Element `i` widened to `f64` (exact for everything but integers beyond 2⁵³).
@@ -163,8 +229,10 @@ impl<'a> Array<'a> {
         }
     }
 
-    /// Names element `i` as row and column of a `rows × width` view, with its byte offset.
+    /// Names element `i` (of this chunk) as row and column of a `rows × width` view of the
+    /// whole array, with its byte offset.
     pub fn locate(&self, i: usize, width: usize) -> String {
+        let i = self.base + i;
         let width = width.max(1);
         format!(
             "{} row {}, column {} (byte offset {})",
@@ -188,6 +256,11 @@ impl<'a> Array<'a> {
     /// Rows of features: dimensions after the first are flattened (28 × 28 images become
     /// 784 features).
     pub fn features(&self) -> Result<(Vec<f32>, usize, usize)> {
+        self.features_from(&mut { self.data })
+    }
+
+    /// [`Array::features`] of an array whose elements `src` holds.
+    pub fn features_from(&self, src: &mut dyn Read) -> Result<(Vec<f32>, usize, usize)> {
         let rows = self.check_rows()?;
         ensure!(
             self.shape.len() >= 2,
@@ -197,22 +270,30 @@ impl<'a> Array<'a> {
             shape_str(&self.shape)
         );
         // Not the product of shape[1..], which can overflow when another dimension is 0.
-        let width = self.len() / rows;
+        let width = self.len / rows;
         ensure!(
             width > 0,
             "{} has shape {}: rows with zero features",
             self.what,
             shape_str(&self.shape)
         );
-        let mut out = Vec::with_capacity(self.len());
-        for i in 0..self.len() {
-            out.push(to_f32(self.get(i), || self.locate(i, width))?);
-        }
+        let mut out = Vec::with_capacity(self.len);
+        self.chunks(src, &mut |c| {
+            for i in 0..c.here() {
+                out.push(to_f32(c.get(i), || c.locate(i, width))?);
+            }
+            Ok(())
+        })?;
         Ok((out, rows, width))
     }
 
     /// Labels or targets: 1-D gives one value per row, 2-D one row of targets per row.
     pub fn targets(&self) -> Result<(Vec<f64>, usize, usize)> {
+        self.targets_from(&mut { self.data })
+    }
+
+    /// [`Array::targets`] of an array whose elements `src` holds.
+    pub fn targets_from(&self, src: &mut dyn Read) -> Result<(Vec<f64>, usize, usize)> {
         let rows = self.check_rows()?;
         let width = match self.shape.len() {
             1 => 1,
@@ -230,12 +311,15 @@ impl<'a> Array<'a> {
             self.what,
             shape_str(&self.shape)
         );
-        let mut out = Vec::with_capacity(self.len());
-        for i in 0..self.len() {
-            let v = self.get(i);
-            check_finite_value(v, || self.locate(i, width))?;
-            out.push(v);
-        }
+        let mut out = Vec::with_capacity(self.len);
+        self.chunks(src, &mut |c| {
+            for i in 0..c.here() {
+                let v = c.get(i);
+                check_finite_value(v, || c.locate(i, width))?;
+                out.push(v);
+            }
+            Ok(())
+        })?;
         Ok((out, rows, width))
     }
 
@@ -253,27 +337,34 @@ impl<'a> Array<'a> {
     }
 
     /// Splits a 2-D array into feature columns and the `label` columns (targets in the
-    /// order given).
-    pub fn split_columns(&self, label: &[usize]) -> Result<(Vec<f32>, usize, Vec<f64>, usize)> {
+    /// order given), whose elements `src` holds.
+    pub fn split_columns_from(
+        &self,
+        label: &[usize],
+        src: &mut dyn Read,
+    ) -> Result<(Vec<f32>, usize, Vec<f64>, usize)> {
         let (rows, cols) = (self.shape[0], self.columns()?);
         let is_label: Vec<bool> = (0..cols).map(|c| label.contains(&c)).collect();
         let width = cols - label.len();
         let mut features = Vec::with_capacity(rows * width);
         let mut targets = Vec::with_capacity(rows * label.len());
-        for r in 0..rows {
-            for (c, &l) in is_label.iter().enumerate() {
-                let i = r * cols + c;
-                if !l {
-                    features.push(to_f32(self.get(i), || self.locate(i, cols))?);
+        self.chunks(src, &mut |chunk| {
+            for r in 0..chunk.here() / cols {
+                for (c, &l) in is_label.iter().enumerate() {
+                    let i = r * cols + c;
+                    if !l {
+                        features.push(to_f32(chunk.get(i), || chunk.locate(i, cols))?);
+                    }
+                }
+                for &c in label {
+                    let i = r * cols + c;
+                    let v = chunk.get(i);
+                    check_finite_value(v, || chunk.locate(i, cols))?;
+                    targets.push(v);
                 }
             }
-            for &c in label {
-                let i = r * cols + c;
-                let v = self.get(i);
-                check_finite_value(v, || self.locate(i, cols))?;
-                targets.push(v);
-            }
-        }
+            Ok(())
+        })?;
         Ok((features, width, targets, label.len()))
     }
 }

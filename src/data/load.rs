@@ -5,7 +5,8 @@ use super::array::{to_f32, Array};
 use super::{csv, idx, npy, safetensors, Dataset};
 use anyhow::{bail, ensure, Context, Result};
 use std::fmt;
-use std::io::Read;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -169,7 +170,9 @@ pub struct LoadOptions {
 /// Loads a dataset, choosing the parser from `opts.format`, the file name or the file's
 /// first bytes. Errors name the file and where in it the problem is.
 ///
-/// Everything is read into memory. That bounds the data by host RAM, not by the GPU:
+/// Everything is held in memory as `f32`; plain (uncompressed) CSV and `.npy` files are
+/// converted as they are read, so loading one peaks near the size of its data as `f32`
+/// rather than the file plus the data. That bounds the data by host RAM, not by the GPU:
 /// training uploads one batch at a time, so a dataset larger than the adapter's largest
 /// storage binding trains fine.
 pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Dataset> {
@@ -185,8 +188,19 @@ pub fn load_with_columns(
     opts: &LoadOptions,
     order: Option<&[String]>,
 ) -> Result<(Dataset, Option<Vec<String>>)> {
-    let bytes = read_file(path)?;
-    let format = match opts.format.or_else(|| Format::from_path(path)) {
+    let named = opts.format.or_else(|| Format::from_path(path));
+    // Plain CSV and .npy files are converted as they are read, so loading needs little
+    // more memory than the data; other files are read whole first.
+    let mut plain = match named {
+        Some(Format::Csv | Format::Npy) => open_plain(path)?,
+        _ => None,
+    };
+    let bytes = if plain.is_some() {
+        Vec::new()
+    } else {
+        read_file(path)?
+    };
+    let format = match named {
         Some(f) => f,
         None => Format::sniff(&bytes).with_context(|| {
             format!(
@@ -222,7 +236,11 @@ pub fn load_with_columns(
                 );
             }
             if format == Format::Csv {
-                csv::parse(&bytes, path, opts, order).with_context(in_file)
+                match plain.take() {
+                    Some((file, _)) => csv::parse(file, path, opts, order),
+                    None => csv::parse(&bytes[..], path, opts, order),
+                }
+                .with_context(in_file)
             } else {
                 Ok((
                     safetensors::parse(&bytes, opts).with_context(in_file)?,
@@ -230,15 +248,54 @@ pub fn load_with_columns(
                 ))
             }
         }
-        Format::Npy | Format::Idx => Ok((load_arrays(path, &bytes, format, opts)?, None)),
+        Format::Npy | Format::Idx => Ok((load_arrays(path, plain, &bytes, format, opts)?, None)),
     }
+}
+
+/// An open regular file and its length, when it is not gzip-compressed (`None` then: it
+/// is read whole and decompressed).
+fn open_plain(path: &Path) -> Result<Option<(File, usize)>> {
+    // Pipes and devices are left to `read_file`, unopened: a pipe opened twice may lose
+    // what the first opening would have read.
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Ok(None);
+    }
+    let cannot = || format!("cannot read {}", path.display());
+    let mut file = File::open(path).with_context(cannot)?;
+    let meta = file.metadata().with_context(cannot)?;
+    let mut magic = Vec::new();
+    (&mut file)
+        .take(2)
+        .read_to_end(&mut magic)
+        .with_context(cannot)?;
+    if magic == [0x1f, 0x8b] {
+        return Ok(None);
+    }
+    file.seek(SeekFrom::Start(0)).with_context(cannot)?;
+    Ok(Some((file, meta.len() as usize)))
 }
 
 /// `.npy` and IDX data: one array of features with a labels array from a second file, or
 /// (`.npy` only) one 2-D array whose label columns are picked out.
-fn load_arrays(path: &Path, bytes: &[u8], format: Format, opts: &LoadOptions) -> Result<Dataset> {
+fn load_arrays(
+    path: &Path,
+    plain: Option<(File, usize)>,
+    bytes: &[u8],
+    format: Format,
+    opts: &LoadOptions,
+) -> Result<Dataset> {
     let in_file = || path.display().to_string();
-    let array = parse_array(bytes, format, "features").with_context(in_file)?;
+    let (array, mut src): (Array, Box<dyn Read>) = match plain {
+        Some((mut file, len)) if format == Format::Npy => {
+            let array = npy::declared(&mut file, len, "features").with_context(in_file)?;
+            (array, Box::new(file))
+        }
+        _ => {
+            let array = parse_array(bytes, format, "features").with_context(in_file)?;
+            let payload = array.payload();
+            (array, Box::new(payload))
+        }
+    };
     let labels_path = match (&opts.labels, format) {
         (Some(l), _) => l.clone(),
         (None, Format::Npy) => {
@@ -246,8 +303,9 @@ fn load_arrays(path: &Path, bytes: &[u8], format: Format, opts: &LoadOptions) ->
                 .columns()
                 .and_then(|n| resolve_columns(&opts.label_columns, None, n))
                 .with_context(in_file)?;
-            let (features, width, targets, tdim) =
-                array.split_columns(&cols).with_context(in_file)?;
+            let (features, width, targets, tdim) = array
+                .split_columns_from(&cols, &mut src)
+                .with_context(in_file)?;
             return build(features, width, targets, tdim, &opts.task, &|i| {
                 array.locate((i / tdim) * (width + tdim) + cols[i % tdim], width + tdim)
             })
@@ -261,7 +319,7 @@ fn load_arrays(path: &Path, bytes: &[u8], format: Format, opts: &LoadOptions) ->
             )
         })?,
     };
-    let (features, rows, width) = array.features().with_context(in_file)?;
+    let (features, rows, width) = array.features_from(&mut src).with_context(in_file)?;
     let in_labels = || labels_path.display().to_string();
     let label_bytes = read_file(&labels_path)?;
     let label_format = Format::from_path(&labels_path)
@@ -311,6 +369,19 @@ fn idx_labels_beside(images: &Path) -> Option<PathBuf> {
 
 /// Reads a whole file, decompressing it when it starts with the gzip magic number.
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    check_not_device(path)?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(bytes);
+    }
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(&bytes[..])
+        .read_to_end(&mut out)
+        .with_context(|| format!("{}: gzip data is corrupt or truncated", path.display()))?;
+    Ok(out)
+}
+
+fn check_not_device(path: &Path) -> Result<()> {
     // A device such as /dev/zero or a terminal would be read until memory runs out or
     // forever; pipes (`<(zcat …)`, /dev/stdin) are fine, they end.
     #[cfg(unix)]
@@ -323,15 +394,7 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
             path.display()
         );
     }
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
-        return Ok(bytes);
-    }
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(&bytes[..])
-        .read_to_end(&mut out)
-        .with_context(|| format!("{}: gzip data is corrupt or truncated", path.display()))?;
-    Ok(out)
+    Ok(())
 }
 
 /// Indices of the label columns among `count` columns; empty `wanted` means the last one.
@@ -416,6 +479,22 @@ fn check_label_gap(targets: &[f64], max: usize, locate: &dyn Fn(usize) -> String
 /// Labels beyond 2²⁴ are not exact in `f32`, where datasets keep them.
 const MAX_CLASSES: usize = 1 << 24;
 
+/// `v` as `f32`, converted from the back a slice at a time while `v` gives its memory
+/// back, so the two are never both whole: for a file of few columns the `f64` labels
+/// are a sizable part of the data.
+fn narrow(mut v: Vec<f64>) -> Vec<f32> {
+    const STEP: usize = 1 << 18;
+    let mut out = Vec::with_capacity(v.len());
+    while !v.is_empty() {
+        let cut = v.len().saturating_sub(STEP);
+        out.extend(v[cut..].iter().rev().map(|&x| x as f32));
+        v.truncate(cut);
+        v.shrink_to_fit();
+    }
+    out.reverse();
+    out
+}
+
 /// Turns raw label values into a validated dataset. `locate(i)` names target value `i` in
 /// the file for error messages.
 pub(crate) fn build(
@@ -471,14 +550,13 @@ pub(crate) fn build(
                 "every label is 0, so there is only one class; classification needs at least 2 \
                  (give the class count if this file holds only part of the classes)"
             );
-            (targets.iter().map(|&v| v as f32).collect(), Some(classes))
+            (narrow(targets), Some(classes))
         }
         Task::Regression => {
-            let mut out = Vec::with_capacity(targets.len());
             for (i, &v) in targets.iter().enumerate() {
-                out.push(to_f32(v, || locate(i))?);
+                to_f32(v, || locate(i))?;
             }
-            (out, None)
+            (narrow(targets), None)
         }
     };
     let data = Dataset {

@@ -11,7 +11,7 @@ mod safetensors;
 pub mod synthetic;
 
 pub use load::{load, load_with_columns, Column, Format, Header, LoadOptions, Task};
-pub use prep::{split, Standardizer};
+pub use prep::{split, split_owned, Standardizer};
 
 use anyhow::{ensure, Result};
 

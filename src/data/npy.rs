@@ -4,10 +4,58 @@
 
 use super::array::{Array, Elem};
 use anyhow::{bail, ensure, Context, Result};
+use std::io::{Read, Seek, SeekFrom};
 
 pub(crate) const MAGIC: &[u8] = b"\x93NUMPY";
 
 pub(crate) fn parse<'a>(bytes: &'a [u8], what: &str) -> Result<Array<'a>> {
+    let (elem, big_endian, shape, end) = header(bytes, bytes.len())?;
+    Array::new(what, elem, big_endian, shape, &bytes[end..], end, true)
+}
+
+/// The array of an uncompressed `.npy` file of `file_len` bytes, leaving `file` at its
+/// first element: only the header is read, so the caller can convert the elements into
+/// their final buffer chunk by chunk instead of holding the file's bytes as well.
+pub(crate) fn declared(
+    file: &mut (impl Read + Seek),
+    file_len: usize,
+    what: &str,
+) -> Result<Array<'static>> {
+    let mut prefix = Vec::new();
+    // The preamble, then the header it declares (never more than the file holds).
+    file.take(12.min(file_len) as u64)
+        .read_to_end(&mut prefix)
+        .context("reading the .npy header")?;
+    if let Some(end) = header_end(&prefix) {
+        let more = end.min(file_len).saturating_sub(prefix.len());
+        file.take(more as u64)
+            .read_to_end(&mut prefix)
+            .context("reading the .npy header")?;
+    }
+    let (elem, big_endian, shape, end) = header(&prefix, file_len)?;
+    // A header shorter than the 12 bytes read first has its data start among them.
+    file.seek(SeekFrom::Start(end as u64))
+        .context("reading the .npy header")?;
+    Array::declared(what, elem, big_endian, shape, file_len - end, end, true)
+}
+
+/// Where the header ends, from the preamble's declared length.
+fn header_end(prefix: &[u8]) -> Option<usize> {
+    if !prefix.starts_with(MAGIC) || prefix.len() < 10 {
+        return None;
+    }
+    match prefix[6] {
+        1 => Some(10 + u16::from_le_bytes([prefix[8], prefix[9]]) as usize),
+        2 | 3 if prefix.len() >= 12 => {
+            Some(12 + u32::from_le_bytes(prefix[8..12].try_into().expect("4 bytes")) as usize)
+        }
+        _ => None,
+    }
+}
+
+/// Element type, byte order, shape and the data's byte offset, from the file's first
+/// bytes (`bytes`, at least through the header when the file holds it) and its length.
+fn header(bytes: &[u8], file_len: usize) -> Result<(Elem, bool, Vec<usize>, usize)> {
     let head = &bytes[..bytes.len().min(MAGIC.len())];
     ensure!(
         head == MAGIC,
@@ -15,18 +63,17 @@ pub(crate) fn parse<'a>(bytes: &'a [u8], what: &str) -> Result<Array<'a>> {
         hex(head)
     );
     ensure!(
-        bytes.len() >= 10,
-        "truncated file: {} bytes, shorter than the 10-byte .npy preamble",
-        bytes.len()
+        file_len >= 10 && bytes.len() >= 10,
+        "truncated file: {file_len} bytes, shorter than the 10-byte .npy preamble"
     );
     let (major, minor) = (bytes[6], bytes[7]);
     let (len, start): (usize, usize) = match major {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
         2 | 3 => {
             ensure!(
-                bytes.len() >= 12,
-                "truncated file: {} bytes, shorter than the 12-byte .npy {major}.{minor} preamble",
-                bytes.len()
+                file_len >= 12 && bytes.len() >= 12,
+                "truncated file: {file_len} bytes, shorter than the 12-byte .npy {major}.{minor} \
+                 preamble"
             );
             let n = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
             (n as usize, 12)
@@ -34,11 +81,10 @@ pub(crate) fn parse<'a>(bytes: &'a [u8], what: &str) -> Result<Array<'a>> {
         _ => bail!("unsupported .npy format version {major}.{minor} (1.0 to 3.0 are known)"),
     };
     let end = start.saturating_add(len);
-    let Some(header) = bytes.get(start..end) else {
+    let Some(header) = bytes.get(start..end).filter(|_| end <= file_len) else {
         bail!(
             "truncated file: the header is declared as {len} bytes from byte offset {start}, \
-             but the file has only {} bytes",
-            bytes.len()
+             but the file has only {file_len} bytes"
         );
     };
     let header = String::from_utf8_lossy(header);
@@ -50,7 +96,7 @@ pub(crate) fn parse<'a>(bytes: &'a [u8], what: &str) -> Result<Array<'a>> {
         "the array is in Fortran (column-major) order, which is not supported; save it with \
          np.save(path, np.ascontiguousarray(a))"
     );
-    Array::new(what, elem, big_endian, dict.shape, &bytes[end..], end, true)
+    Ok((elem, big_endian, dict.shape, end))
 }
 
 /// Maps a NumPy type string to an element type and endianness.

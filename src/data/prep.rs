@@ -12,6 +12,40 @@ use rand_chacha::ChaCha8Rng;
 /// `seed`. Each part keeps the file's row order and the full class count, so a validation
 /// set that happens to lack a class still matches the model.
 pub fn split(data: &Dataset, valid_fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
+    let valid = valid_rows(data, valid_fraction, seed)?;
+    Ok((subset(data, &valid, false), subset(data, &valid, true)))
+}
+
+/// [`split`] that consumes `data` and reuses its buffers for the training rows, moving
+/// them forward in place: the rows are never held twice, so splitting a file as large as
+/// memory allows needs only the validation rows' worth more. Same rows as [`split`].
+pub fn split_owned(
+    mut data: Dataset,
+    valid_fraction: f64,
+    seed: u64,
+) -> Result<(Dataset, Dataset)> {
+    let valid = valid_rows(&data, valid_fraction, seed)?;
+    let valid_set = subset(&data, &valid, true);
+    let (d, t) = (data.input_dim, data.target_dim);
+    // Each row moves to a place at or before its own: nothing unread is overwritten.
+    let mut to = 0;
+    for from in (0..data.rows).filter(|&r| !valid[r]) {
+        if to != from {
+            data.features.copy_within(from * d..(from + 1) * d, to * d);
+            data.targets.copy_within(from * t..(from + 1) * t, to * t);
+        }
+        to += 1;
+    }
+    data.rows = to;
+    data.features.truncate(to * d);
+    data.targets.truncate(to * t);
+    data.features.shrink_to_fit();
+    data.targets.shrink_to_fit();
+    Ok((data, valid_set))
+}
+
+/// Which rows are validation rows.
+fn valid_rows(data: &Dataset, valid_fraction: f64, seed: u64) -> Result<Vec<bool>> {
     ensure!(
         valid_fraction > 0.0 && valid_fraction < 1.0,
         "the validation fraction must be between 0 and 1 (exclusive), got {valid_fraction}"
@@ -21,27 +55,40 @@ pub fn split(data: &Dataset, valid_fraction: f64, seed: u64) -> Result<(Dataset,
         "{} row cannot be split into training and validation rows",
         data.rows
     );
+    ensure!(
+        data.rows <= 1 << 32,
+        "{} rows are more than a split can shuffle (2^32)",
+        data.rows
+    );
     let n_valid = ((data.rows as f64 * valid_fraction).round() as usize).clamp(1, data.rows - 1);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut order: Vec<usize> = (0..data.rows).collect();
+    // u32, not usize: the permutation of a large file is a fifth of its size in usize.
+    let mut order: Vec<u32> = (0..data.rows).map(|r| r as u32).collect();
     for i in (1..order.len()).rev() {
         order.swap(i, rng.random_range(0..=i));
     }
-    let (valid, train) = order.split_at_mut(n_valid);
-    train.sort_unstable();
-    valid.sort_unstable();
-    Ok((subset(data, train), subset(data, valid)))
+    let mut valid = vec![false; data.rows];
+    for &r in &order[..n_valid] {
+        valid[r as usize] = true;
+    }
+    Ok(valid)
 }
 
-fn subset(data: &Dataset, index: &[usize]) -> Dataset {
-    let (mut features, mut targets) = (Vec::new(), Vec::new());
-    data.gather(index, &mut features, &mut targets);
+/// The rows whose `valid` entry is `which`, in file order.
+fn subset(data: &Dataset, valid: &[bool], which: bool) -> Dataset {
+    let rows = valid.iter().filter(|&&v| v == which).count();
+    let (d, t) = (data.input_dim, data.target_dim);
+    let (mut features, mut targets) = (Vec::with_capacity(rows * d), Vec::with_capacity(rows * t));
+    for r in (0..data.rows).filter(|&r| valid[r] == which) {
+        features.extend_from_slice(&data.features[r * d..(r + 1) * d]);
+        targets.extend_from_slice(&data.targets[r * t..(r + 1) * t]);
+    }
     Dataset {
         features,
         targets,
-        rows: index.len(),
-        input_dim: data.input_dim,
-        target_dim: data.target_dim,
+        rows,
+        input_dim: d,
+        target_dim: t,
         classes: data.classes,
     }
 }

@@ -20,6 +20,7 @@ pub mod tensorboard;
 
 pub use detect::{detect, detect_run, DetectorConfig, Warning, WarningKind};
 
+pub use crate::model::health::histogram::{Histogram, HistogramKind, StepHistograms};
 pub use crate::model::health::{
     LayerStats, NonFiniteError, Observers, StepProgress, StepStats, TrainObserver,
 };

@@ -11,9 +11,9 @@
 //! Records are written whole and unbuffered, so a crash or a non-finite stop leaves a file
 //! readable up to the last record written.
 
-use super::{StepStats, TrainObserver};
+use super::{Histogram, StepHistograms, StepStats, TrainObserver};
 use crate::model::{EpochReport, MlpSpec};
-use crate::proto::{bytes_field, varint};
+use crate::proto::{bytes_field, double_field, packed_doubles, varint};
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::io::Write;
@@ -38,16 +38,32 @@ pub fn record(data: &[u8]) -> Vec<u8> {
     r
 }
 
+/// `HistogramProto { min = 1, max = 2, num = 3, sum = 4, sum_squares = 5, bucket_limit =
+/// 6, bucket = 7 }`, all doubles, the last two packed.
+fn encode_histogram(h: &Histogram) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + 16 * h.bucket.len());
+    double_field(&mut out, 1, h.min);
+    double_field(&mut out, 2, h.max);
+    double_field(&mut out, 3, h.num as f64);
+    double_field(&mut out, 4, h.sum);
+    double_field(&mut out, 5, h.sum_squares);
+    packed_doubles(&mut out, 6, &h.bucket_limit);
+    packed_doubles(&mut out, 7, &h.bucket);
+    out
+}
+
 /// What an event carries besides its time and step.
 pub enum EventBody<'a> {
     FileVersion(&'a str),
     /// `(tag, value)` pairs of one `Summary`.
     Scalars(&'a [(String, f32)]),
+    /// `(tag, histogram)` pairs of one `Summary`.
+    Histograms(&'a [(String, Histogram)]),
 }
 
 /// The protobuf encoding of `Event { wall_time = 1, step = 2, file_version = 3 | summary
 /// = 5 }`, with `Summary { repeated Value value = 1 }` and `Value { tag = 1,
-/// simple_value = 2 }`.
+/// simple_value = 2 | histo = 5 }`.
 pub fn encode_event(wall_time: f64, step: i64, body: &EventBody) -> Vec<u8> {
     let mut e = Vec::new();
     e.push(1 << 3 | 1); // wall_time: double, 64-bit wire type
@@ -66,6 +82,16 @@ pub fn encode_event(wall_time: f64, step: i64, body: &EventBody) -> Vec<u8> {
                 bytes_field(&mut value, 1, tag.as_bytes());
                 value.push(2 << 3 | 5); // simple_value: float, 32-bit wire type
                 value.extend_from_slice(&v.to_le_bytes());
+                bytes_field(&mut summary, 1, &value);
+            }
+            bytes_field(&mut e, 5, &summary);
+        }
+        EventBody::Histograms(values) => {
+            let mut summary = Vec::new();
+            for (tag, h) in values.iter() {
+                let mut value = Vec::new();
+                bytes_field(&mut value, 1, tag.as_bytes());
+                bytes_field(&mut value, 5, &encode_histogram(h));
                 bytes_field(&mut summary, 1, &value);
             }
             bytes_field(&mut e, 5, &summary);
@@ -172,6 +198,27 @@ pub fn stats_scalars(s: &StepStats, spec: &MlpSpec) -> Vec<(String, f32)> {
     v
 }
 
+/// `(tag, value)` pairs of one summary.
+pub type Tagged<T> = Vec<(String, T)>;
+
+/// The histograms of one statistics step, tagged `layer_NN/weights`, `layer_NN/gradients`
+/// and `layer_NN/activations` (numbered as [`stats_scalars`] numbers them, so each layer's
+/// three sort together), and a scalar `layer_NN/<kind>_nonfinite` for each tensor holding
+/// NaN or ±inf elements, which the histogram leaves out.
+pub fn step_histograms(h: &StepHistograms, layers: usize) -> (Tagged<Histogram>, Tagged<f32>) {
+    let width = layers.saturating_sub(1).to_string().len();
+    let mut histos = Vec::with_capacity(h.layers.len());
+    let mut nonfinite = Vec::new();
+    for l in &h.layers {
+        let tag = format!("layer_{:0width$}/{}", l.layer, l.kind.name());
+        if l.histogram.nonfinite > 0 {
+            nonfinite.push((format!("{tag}_nonfinite"), l.histogram.nonfinite as f32));
+        }
+        histos.push((tag, l.histogram.clone()));
+    }
+    (histos, nonfinite)
+}
+
 /// The scalars of one epoch, at the epoch number (as Keras writes them): `epoch/loss`,
 /// `epoch/accuracy`, `epoch/val_loss`, `epoch/val_accuracy`, `epoch/learning_rate` (the
 /// rate of the epoch's last step).
@@ -224,6 +271,15 @@ impl TrainObserver for TensorBoardLog {
     fn on_epoch(&mut self, r: &EpochReport) -> Result<()> {
         self.writer.scalars(r.epoch as i64, &epoch_scalars(r))
     }
+
+    fn on_histograms(&mut self, h: &StepHistograms) -> Result<()> {
+        let (histos, nonfinite) = step_histograms(h, self.spec.num_layers());
+        if !histos.is_empty() {
+            self.writer
+                .write_event(h.step as i64, &EventBody::Histograms(&histos))?;
+        }
+        self.writer.scalars(h.step as i64, &nonfinite)
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +292,33 @@ mod tests {
         assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);
         // Masked by TensorBoard's own `masked_crc32c` (Python) to this.
         assert_eq!(masked_crc32c(b"123456789"), 0xc78a_b0e5);
+    }
+
+    #[test]
+    fn non_finite_elements_become_a_scalar() {
+        use crate::model::health::histogram::{HistogramKind, LayerHistogram};
+        let h = StepHistograms {
+            step: 9,
+            layers: [
+                (3, &[1.0, f32::NAN, f32::INFINITY][..]),
+                (12, &[2.0, 3.0][..]),
+            ]
+            .iter()
+            .map(|&(layer, v)| LayerHistogram {
+                layer,
+                kind: HistogramKind::Gradients,
+                histogram: Histogram::of(v, 4),
+            })
+            .collect(),
+        };
+        let (histos, nonfinite) = step_histograms(&h, 13);
+        let tags: Vec<&str> = histos.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(tags, ["layer_03/gradients", "layer_12/gradients"]);
+        assert_eq!(histos[0].1.num, 1);
+        assert_eq!(
+            nonfinite,
+            [("layer_03/gradients_nonfinite".to_string(), 2.0)]
+        );
     }
 
     fn hex(bytes: &[u8]) -> String {
@@ -251,6 +334,23 @@ mod tests {
         assert_eq!(
             hex(&record(&data)),
             "1a00000000000000129bd82d09000000000000f83f10072a0d0a0b0a046c6f7373150000803ec9d07b8d"
+        );
+        let h = Histogram {
+            min: -1.0,
+            max: 2.0,
+            num: 3,
+            sum: 1.5,
+            sum_squares: 5.25,
+            bucket_limit: vec![0.5, 2.0],
+            bucket: vec![1.0, 2.0],
+            nonfinite: 0,
+        };
+        let histo = encode_event(1.5, 7, &EventBody::Histograms(&[("h".to_string(), h)]));
+        assert_eq!(
+            hex(&histo),
+            "09000000000000f83f10072a580a560a01682a5109000000000000f0bf110000000000000040190000\
+             00000000084021000000000000f83f2900000000000015403210000000000000e03f000000000000\
+             00403a10000000000000f03f0000000000000040"
         );
         let version = encode_event(1.5, 0, &EventBody::FileVersion("brain.Event:2"));
         assert_eq!(

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod digits;
+pub mod events;
 pub mod fd;
 
 use rand::{RngExt, SeedableRng};

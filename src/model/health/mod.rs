@@ -2,9 +2,11 @@
 //! device record, progress events for observers, and the non-finite stop. They live beside
 //! the model that produces them; `crate::health` interprets them (detectors, logs, plots).
 
+pub mod histogram;
 pub mod layout;
 
 use crate::model::{EpochReport, MlpSpec};
+use histogram::StepHistograms;
 use layout as st;
 use serde::{Serialize, Serializer};
 use std::fmt;
@@ -257,6 +259,11 @@ pub trait TrainObserver {
     fn on_epoch(&mut self, _report: &EpochReport) -> anyhow::Result<()> {
         Ok(())
     }
+    /// After `on_stats` of a step whose histograms were gathered (see
+    /// [`crate::Model::gather_histograms`]).
+    fn on_histograms(&mut self, _histograms: &StepHistograms) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// Several observers as one, called in order.
@@ -271,6 +278,9 @@ impl TrainObserver for Observers {
     }
     fn on_epoch(&mut self, r: &EpochReport) -> anyhow::Result<()> {
         self.0.iter_mut().try_for_each(|o| o.on_epoch(r))
+    }
+    fn on_histograms(&mut self, h: &StepHistograms) -> anyhow::Result<()> {
+        self.0.iter_mut().try_for_each(|o| o.on_histograms(h))
     }
 }
 

@@ -5,6 +5,9 @@
 
 use super::Model;
 use crate::engine::PendingRead;
+use crate::model::health::histogram::{
+    of_each, HistogramKind, LayerHistogram, StepHistograms, BUCKETS,
+};
 use crate::model::health::layout::{
     self as st, guard_step, ForwardPoint, GUARD_SLOT_NAME, POINTS_PER_LAYER,
 };
@@ -29,12 +32,16 @@ struct InFlight {
     /// First layer of the plan that wrote it.
     start: usize,
     epoch: usize,
+    /// The tensors read after the record and the flags, for histograms.
+    histograms: Vec<(usize, HistogramKind)>,
 }
 
 #[derive(Default)]
 pub(super) struct Health {
     /// Gather statistics every this many steps; 0 never.
     every: usize,
+    /// Read back weights, gradients and activations with each statistics record.
+    histograms: bool,
     /// Steps this model has enqueued, and that count when statistics were turned on.
     steps: u64,
     phase: u64,
@@ -86,6 +93,14 @@ impl Model {
         self.health.phase = self.health.steps;
     }
 
+    /// With `on`, each statistics step also reads back every layer's weights, weight
+    /// gradients and outputs and passes their histograms to the observer's
+    /// [`TrainObserver::on_histograms`] (they are not kept). That readback is whole
+    /// tensors, so it is off by default.
+    pub fn gather_histograms(&mut self, on: bool) {
+        self.health.histograms = on;
+    }
+
     /// The statistics records collected so far, oldest first.
     pub fn stats_history(&self) -> &[StepStats] {
         &self.health.history
@@ -111,11 +126,20 @@ impl Model {
         let (id, plan) = &self.plans[&key];
         match (gathered, plan.stats, plan.guard) {
             (true, Some(stats), Some(guard)) => {
-                let read = self.engine.read_async(*id, &[stats, guard])?;
+                let mut tensors = vec![stats, guard];
+                let mut histograms = Vec::new();
+                if self.health.histograms && self.health.observer.is_some() {
+                    for (layer, kind, t) in histogram_tensors(plan) {
+                        tensors.push(t);
+                        histograms.push((layer, kind));
+                    }
+                }
+                let read = self.engine.read_async(*id, &tensors)?;
                 self.health.in_flight.push_back(InFlight {
                     read,
                     start: key.1,
                     epoch: self.health.epoch,
+                    histograms,
                 });
             }
             (_, _, Some(guard)) => {
@@ -157,13 +181,36 @@ impl Model {
                 return Ok(());
             };
             let done = self.health.in_flight.pop_front().expect("front exists");
-            let [record, flags] = <[Vec<f32>; 2]>::try_from(values)
-                .map_err(|_| anyhow::anyhow!("a statistics readback returned the wrong parts"))?;
+            anyhow::ensure!(
+                values.len() == 2 + done.histograms.len(),
+                "a statistics readback returned {} parts, not {}",
+                values.len(),
+                2 + done.histograms.len()
+            );
+            let mut values = values.into_iter();
+            let (record, flags) = (values.next().unwrap(), values.next().unwrap());
             let stats = StepStats::decode(&record, &self.spec, done.start, done.epoch)?;
             self.health.last_loss = Some(stats.loss);
             self.health.last_accuracy = stats.accuracy;
             if let Some(o) = self.health.observer.as_mut() {
                 o.on_stats(&stats)?;
+                if !done.histograms.is_empty() {
+                    let tensors: Vec<Vec<f32>> = values.collect();
+                    let layers = done
+                        .histograms
+                        .iter()
+                        .zip(of_each(&tensors, BUCKETS))
+                        .map(|(&(layer, kind), histogram)| LayerHistogram {
+                            layer,
+                            kind,
+                            histogram,
+                        })
+                        .collect();
+                    o.on_histograms(&StepHistograms {
+                        step: stats.step,
+                        layers,
+                    })?;
+                }
             }
             // Kept even when the guard fired: it shows where the values went bad.
             self.health.history.push(stats);
@@ -357,4 +404,24 @@ impl Model {
         self.health.epoch = 0;
         self.health.fit_origin = None;
     }
+}
+
+/// `(layer, kind, tensor)` of every tensor a statistics step reads for histograms, layer
+/// by layer: the weights of each layer the plan holds, their gradients where the layer
+/// trains, and the outputs of the layers it computes.
+fn histogram_tensors(plan: &crate::graph::Plan) -> Vec<(usize, HistogramKind, usize)> {
+    let mut out = Vec::new();
+    for (layer, act) in plan.layer_outputs.iter().enumerate() {
+        let weight = plan.find(&format!("layers.{layer}.linear.weight"));
+        if let Some(w) = weight {
+            out.push((layer, HistogramKind::Weights, w));
+            if let Some(&(_, g)) = plan.grads.iter().find(|(p, _)| *p == w) {
+                out.push((layer, HistogramKind::Gradients, g));
+            }
+        }
+        if let Some(a) = act {
+            out.push((layer, HistogramKind::Activations, *a));
+        }
+    }
+    out
 }
