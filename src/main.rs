@@ -3,19 +3,19 @@
 use anyhow::{Context, Result};
 use clap::FromArgMatches;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
-use steadygrad::check::{cross_check, Tolerance};
+use steadygrad::check::Tolerance;
 use steadygrad::checkpoint;
 use steadygrad::config::Config;
-use steadygrad::gpu::{describe_adapter, list_adapters, AdapterSelection, GpuContext};
+use steadygrad::gpu::{describe_adapter, list_adapters};
 use steadygrad::model::import::{NameMap, Pretrained};
 use steadygrad::model::optim::{EarlyStopping, Monitor};
-use steadygrad::{data, BackendChoice, EpochReport, FitOptions, Loss, MlpSpec, Model};
+use steadygrad::{BackendChoice, EpochReport, FitOptions, Loss, Model};
 
 mod cli;
 use cli::args::{spec_from, Cli, Command};
 use cli::checks::{check_model_size, conflicting_flags, ignored_model_flags};
+use cli::inference::model_from_checkpoint;
 use cli::schedule::Span;
 
 /// Returned by the training hook to end the run when early stopping says so; not a
@@ -52,43 +52,6 @@ pub(crate) fn print_epoch(r: &EpochReport) {
         r.lr,
         r.samples_per_sec
     );
-}
-
-/// The model a checkpoint describes.
-fn spec_of(ckpt: &checkpoint::Checkpoint) -> Result<MlpSpec> {
-    let base = match &ckpt.state.config {
-        Some(c) => c.to_spec()?,
-        None => MlpSpec::new(ckpt.model.input, &ckpt.model.hidden, ckpt.model.output),
-    };
-    ckpt.model.to_spec(base)
-}
-
-/// Builds the model a checkpoint describes on `choice` and restores it.
-fn model_from_checkpoint(
-    path: &std::path::Path,
-    choice: &BackendChoice,
-) -> Result<(Model, checkpoint::Checkpoint)> {
-    let ckpt = checkpoint::load_checkpoint(path)?;
-    let spec = spec_of(&ckpt)?;
-    let mut m = Model::with_backend(spec, choice)?;
-    ckpt.restore(&mut m)
-        .with_context(|| format!("loading '{}'", path.display()))?;
-    Ok((m, ckpt))
-}
-
-/// A data file for eval or predict must have the features the model was trained on.
-fn check_width(d: &data::Dataset, m: &Model, args: &cli::args::DataArgs) -> Result<()> {
-    let file = args
-        .data
-        .as_ref()
-        .map_or(String::new(), |p| p.display().to_string());
-    anyhow::ensure!(
-        d.input_dim == m.spec().input,
-        "{file}: rows have {} features, but the model takes {}",
-        d.input_dim,
-        m.spec().input
-    );
-    Ok(())
 }
 
 /// What `run` needs from the parsed command line beyond [`Cli`].
@@ -589,153 +552,25 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             checkpoint: path,
             data: data_args,
             batch,
-        } => {
-            let (mut m, ckpt) = model_from_checkpoint(&path, &choice)?;
-            let classes = (m.spec().loss == Loss::SoftmaxCrossEntropy).then_some(m.spec().output);
-            let d = data_args.load_one(classes, ckpt.state.standardizer.as_ref())?;
-            check_width(&d, &m, &data_args)?;
-            let metrics = m.evaluate(&d, batch)?;
-            match metrics.accuracy {
-                Some(a) => println!(
-                    "{} rows: loss {:.4}, accuracy {:.2}%",
-                    metrics.rows,
-                    metrics.loss,
-                    100.0 * a
-                ),
-                None => println!(
-                    "{} rows: mse {:.6}, rmse {:.6}",
-                    metrics.rows,
-                    metrics.loss,
-                    metrics.loss.sqrt()
-                ),
-            }
-            Ok(())
-        }
+        } => cli::inference::eval(&path, &data_args, batch, &choice),
         Command::Predict {
             checkpoint: path,
             data: data_args,
             out,
             mc_samples,
             seed,
-        } => {
-            checkpoint::check_writable(&out, "--out")?;
-            let (mut m, ckpt) = model_from_checkpoint(&path, &choice)?;
-            let classify = m.spec().loss == Loss::SoftmaxCrossEntropy;
-            let classes = classify.then_some(m.spec().output);
-            let d = data_args.load_one(classes, ckpt.state.standardizer.as_ref())?;
-            check_width(&d, &m, &data_args)?;
-            if let Some(n) = mc_samples {
-                let p = m.predict_mc(&d.features, n, seed).context("--mc-samples")?;
-                checkpoint::write_atomic(&out, cli::mc::csv(&p, classify).as_bytes())?;
-                println!(
-                    "wrote {} Monte Carlo predictions ({n} samples, seed {seed}) to '{}'",
-                    d.rows,
-                    out.display()
-                );
-                return Ok(());
-            }
-            let width = m.spec().output;
-            let mut csv = String::new();
-            let names: Vec<String> = (0..width).map(|j| format!("output_{j}")).collect();
-            csv.push_str(&names.join(","));
-            csv.push_str(if classify { ",class\n" } else { "\n" });
-            for chunk in d.features.chunks(256 * d.input_dim) {
-                let outputs = m.predict(chunk)?;
-                for row in outputs.chunks(width) {
-                    let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
-                    csv.push_str(&cells.join(","));
-                    if classify {
-                        let best = (0..width).fold(0, |b, j| if row[j] > row[b] { j } else { b });
-                        csv.push_str(&format!(",{best}"));
-                    }
-                    csv.push('\n');
-                }
-            }
-            checkpoint::write_atomic(&out, csv.as_bytes())?;
-            println!("wrote {} predictions to '{}'", d.rows, out.display());
-            Ok(())
-        }
+        } => cli::inference::predict(&path, &data_args, &out, mc_samples, seed, &choice),
         Command::Export {
             checkpoint: path,
             onnx,
             decompose,
-        } => {
-            checkpoint::check_writable(&onnx, "--onnx")?;
-            // The tensors are read straight from the file: exporting needs no device.
-            let ckpt = checkpoint::load_checkpoint(&path)?;
-            let spec = spec_of(&ckpt).with_context(|| format!("'{}'", path.display()))?;
-            let opts = steadygrad::onnx::ExportOptions { decompose };
-            let standardizer = ckpt.state.standardizer.as_ref();
-            let exported = steadygrad::onnx::export(&spec, &ckpt.tensors, standardizer, opts)
-                .with_context(|| format!("exporting '{}'", path.display()))?;
-            steadygrad::onnx::write(&onnx, &exported)?;
-            println!(
-                "wrote '{}': ONNX opset {}, {} nodes, {} bytes; input '{}' [batch, {}] ({}), \
-                 output '{}' [batch, {}]{}",
-                onnx.display(),
-                exported.opset,
-                exported.nodes,
-                exported.bytes.len(),
-                steadygrad::onnx::INPUT,
-                spec.input,
-                if exported.standardized {
-                    "raw features: the checkpoint's standardizer is in the graph"
-                } else {
-                    "the checkpoint has no standardizer: features as the model was trained on"
-                },
-                steadygrad::onnx::OUTPUT,
-                spec.output,
-                if spec.loss == Loss::SoftmaxCrossEntropy {
-                    format!(" (logits) and '{}' [batch]", steadygrad::onnx::CLASS_OUTPUT)
-                } else {
-                    String::new()
-                }
-            );
-            Ok(())
-        }
+        } => cli::inference::export(&path, &onnx, decompose),
         Command::Check {
             model,
             batch,
             loss,
             rtol,
             atol,
-        } => {
-            let sel = match choice {
-                BackendChoice::Gpu(sel) => sel,
-                BackendChoice::Auto => AdapterSelection::default(),
-                BackendChoice::Cpu => {
-                    anyhow::bail!("check compares a GPU against the CPU; pick a GPU backend")
-                }
-            };
-            let ctx = Arc::new(GpuContext::new(&sel)?);
-            let (input, output) = (model.width.max(1), 7);
-            let spec = spec_from(&model, input, output, Span::single())?.loss(loss);
-            let data =
-                data::synthetic::spirals(batch.div_ceil(output).max(1), output, 0.1, model.seed);
-            // Widen the 2-D spiral points to `input` features deterministically.
-            let x: Vec<f32> = (0..batch)
-                .flat_map(|r| {
-                    let (a, b) = (data.features[2 * r], data.features[2 * r + 1]);
-                    (0..input).map(
-                        move |j| if j % 2 == 0 { a } else { b } * (1.0 + j as f32 / input as f32),
-                    )
-                })
-                .collect();
-            let y: Vec<f32> = match loss {
-                Loss::SoftmaxCrossEntropy => data.targets[..batch].to_vec(),
-                Loss::MeanSquaredError => (0..batch * output)
-                    .map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.5)
-                    .collect(),
-            };
-            let report =
-                cross_check(&spec, &x, &y, ctx, Tolerance { atol, rtol }).context("cross-check")?;
-            print!("{}", report.table());
-            anyhow::ensure!(
-                report.passed(),
-                "{} tensor(s) differ beyond tolerance",
-                report.failures().len()
-            );
-            Ok(())
-        }
+        } => cli::check::check(&model, batch, loss, Tolerance { atol, rtol }, &choice),
     }
 }

@@ -2,8 +2,11 @@
 
 pub mod args;
 pub mod bench;
+pub mod check;
 pub mod checks;
+pub mod data_args;
 pub mod experiment;
 pub mod health;
+pub mod inference;
 pub mod mc;
 pub mod schedule;
