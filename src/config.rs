@@ -6,6 +6,9 @@ use crate::model::{BatchNorm, BnPlacement, Clip, LrSchedule, MlpSpec, Optimizer,
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+mod layers;
+pub use layers::LayerConfig;
+
 /// Metadata key under which checkpoints carry the model configuration.
 pub const CONFIG_KEY: &str = "steadygrad.config";
 
@@ -14,6 +17,9 @@ pub const CONFIG_KEY: &str = "steadygrad.config";
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub input: usize,
+    /// Units per hidden layer; may be left out when every `[[model.layers]]` table has a
+    /// `width`.
+    #[serde(default)]
     pub hidden: Vec<usize>,
     pub output: usize,
     #[serde(default = "default_activation")]
@@ -26,6 +32,9 @@ pub struct ModelConfig {
     pub batch_norm: Option<BatchNormConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub residual_every: Option<usize>,
+    /// Per hidden layer, what differs from the settings above (`[[model.layers]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -78,6 +87,7 @@ impl ModelConfig {
                 eps: bn.eps,
             }),
             residual_every: spec.residual_every,
+            layers: Self::layers_of(spec),
         }
     }
 
@@ -85,7 +95,7 @@ impl ModelConfig {
     pub fn to_spec(&self, base: MlpSpec) -> Result<MlpSpec> {
         let mut spec = MlpSpec {
             input: self.input,
-            hidden: self.hidden.clone(),
+            hidden: self.widths()?,
             output: self.output,
             activation: self.activation.parse().context("config 'activation'")?,
             init: self.init.parse().context("config 'init'")?,
@@ -108,6 +118,7 @@ impl ModelConfig {
                 eps: bn.eps,
             });
         }
+        self.apply_layers(&mut spec)?;
         spec.validate().context("model configuration")?;
         Ok(spec)
     }
@@ -187,7 +198,7 @@ impl Config {
 
     pub fn to_spec(&self) -> Result<MlpSpec> {
         let t = &self.training;
-        let mut base = MlpSpec::new(self.model.input, &self.model.hidden, self.model.output)
+        let mut base = MlpSpec::new(self.model.input, &self.model.widths()?, self.model.output)
             .optimizer(self.optimizer)
             .seed(t.seed)
             .schedule(t.schedule.clone())
@@ -256,6 +267,12 @@ loss = "cross-entropy"     # cross-entropy | mse
 # placement = "before"     # before | after the activation
 # momentum = 0.1
 # eps = 1e-5
+# [[model.layers]]         # one table per hidden layer, in order, for a mixed net: a key
+# width = 64               # left out takes the setting above (width may replace 'hidden')
+# activation = "tanh"
+# init = "glorot-uniform"
+# batch_norm = "none"      # none | before | after
+# dropout = 0.1
 
 [optimizer]
 kind = "sgd"               # sgd | adam | adamw | rmsprop | adagrad | adamax | nadam

@@ -10,7 +10,7 @@ use steadygrad::config::Config;
 use steadygrad::gpu::{describe_adapter, list_adapters};
 use steadygrad::model::import::{NameMap, Pretrained};
 use steadygrad::model::optim::{EarlyStopping, Monitor};
-use steadygrad::{BackendChoice, EpochReport, FitOptions, Loss, Model};
+use steadygrad::{BackendChoice, EpochReport, FitOptions, Loss, MlpSpec, Model};
 
 mod cli;
 use cli::args::{spec_from, Cli, Command};
@@ -326,20 +326,6 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             if let Some(path) = &init_from {
                 let map = name_map.as_deref().map(NameMap::load).transpose()?;
                 let pre = Pretrained::read(path, map.as_ref())?;
-                if let Some(c) = &pre.config {
-                    let theirs: steadygrad::Activation = c
-                        .activation
-                        .parse()
-                        .with_context(|| format!("--init-from '{}'", path.display()))?;
-                    anyhow::ensure!(
-                        theirs == spec.activation || allow_activation_change,
-                        "--init-from '{}' was trained with the {theirs} activation, but this \
-                         model uses {}: its layers would compute something else. Pass \
-                         --activation {theirs}, or --allow-activation-change to reuse them anyway",
-                        path.display(),
-                        spec.activation
-                    );
-                }
                 let keep = match (keep_layers, &pre.config) {
                     (Some(k), _) => k,
                     (None, Some(c)) => c.hidden.len(),
@@ -349,6 +335,23 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                         .with_context(|| format!("--init-from '{}'", path.display()))?
                         .saturating_sub(1),
                 };
+                if let Some(c) = &pre.config {
+                    let theirs = c
+                        .to_spec(MlpSpec::new(c.input, &c.hidden, c.output))
+                        .with_context(|| format!("--init-from '{}'", path.display()))?;
+                    for l in 0..keep.min(theirs.hidden.len()).min(spec.hidden.len()) {
+                        let (was, now) = (theirs.activation_of(l), spec.activation_of(l));
+                        anyhow::ensure!(
+                            was == now || allow_activation_change,
+                            "--init-from '{}' trained hidden layer {l} with the {was} \
+                             activation, but this model uses {now} there: its layers would \
+                             compute something else. Pass --activation {was} (or the file's \
+                             per-layer settings in --config), or --allow-activation-change \
+                             to reuse them anyway",
+                            path.display()
+                        );
+                    }
+                }
                 pre.load_into(&mut m, keep)
                     .with_context(|| format!("--init-from '{}'", path.display()))?;
                 println!(
@@ -368,7 +371,7 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 "model: {} → {} ({}) → {}, {}, batch {batch}; {} train / {} validation rows{}",
                 spec.input,
                 spec.hidden_summary(),
-                spec.activation,
+                spec.activation_summary(),
                 spec.output,
                 spec.optimizer,
                 train.rows,

@@ -478,3 +478,42 @@ fn bad_input_gets_a_clear_error() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A mixed per-layer net (tanh, PReLU, then ReLU; batch norm before, after and none; a
+/// skip connection) exports layer by layer and matches `predict`.
+#[test]
+fn mixed_per_layer_net_matches_predict() {
+    let after = BatchNorm {
+        placement: BnPlacement::AfterActivation,
+        ..BatchNorm::default()
+    };
+    let spec = MlpSpec::new(5, &[7, 6, 6], 3)
+        .activation(Activation::Relu)
+        .layer_activation(0, Activation::Tanh)
+        .layer_activation(
+            1,
+            Activation::Prelu {
+                per_unit: true,
+                init: 0.1,
+            },
+        )
+        .batch_norm(BatchNorm::default())
+        .layer_batch_norm(1, Some(after))
+        .layer_batch_norm(2, None)
+        .residual(2)
+        .optimizer(Optimizer::adam(0.01))
+        .seed(11);
+    let p = check("mixed", spec, &[]);
+    let ops = op_types(&p);
+    let count = |op: &str| ops.iter().filter(|o| *o == op).count();
+    assert_eq!(
+        (
+            count("Tanh"),
+            count("PRelu"),
+            count("Relu"),
+            count("BatchNormalization")
+        ),
+        (1, 1, 1, 2),
+        "{ops:?}"
+    );
+}

@@ -190,7 +190,7 @@ fn describe_model(spec: &MlpSpec) -> String {
         "{} → {hidden}{}, {}",
         spec.input, spec.output, spec.optimizer
     );
-    if spec.batch_norm.is_some() {
+    if spec.has_batch_norm() {
         s.push_str(", batch norm");
     }
     if let Some(c) = &spec.clip {

@@ -245,7 +245,7 @@ impl Pretrained {
             if *l >= keep {
                 continue;
             }
-            let Some(bn) = spec.batch_norm.filter(|_| *l < spec.hidden.len()) else {
+            let Some(bn) = spec.batch_norm_of(*l) else {
                 bail!(
                     "'{source}' is a BatchNorm1d after linear layer {l}, but the model has no \
                      batch norm there (add --batch-norm {})",

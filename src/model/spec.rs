@@ -67,6 +67,12 @@ pub struct MlpSpec {
     pub seed: u64,
     /// Batch normalization in every hidden layer, when set.
     pub batch_norm: Option<BatchNorm>,
+    /// Per-layer overrides of `activation` as `(hidden layer, activation)`; a later entry
+    /// wins. Set with [`MlpSpec::layer_activation`].
+    pub layer_activations: Vec<(usize, Activation)>,
+    /// Per-layer overrides of `batch_norm` as `(hidden layer, setting)`, `None` for no
+    /// batch norm there; a later entry wins. Set with [`MlpSpec::layer_batch_norm`].
+    pub layer_batch_norms: Vec<(usize, Option<BatchNorm>)>,
     /// A skip connection into every k-th hidden layer: hidden layer `l` with
     /// `(l + 1) % k == 0` adds the output of the layer `k` below it (or the network input)
     /// to its own output, through a learned projection when the sizes differ.
@@ -101,6 +107,8 @@ impl MlpSpec {
             bias_init: None,
             seed: 0,
             batch_norm: None,
+            layer_activations: Vec::new(),
+            layer_batch_norms: Vec::new(),
             residual_every: None,
             frozen_layers: 0,
             clip: None,
@@ -134,6 +142,59 @@ impl MlpSpec {
     pub fn activation(mut self, act: Activation) -> Self {
         self.activation = act;
         self
+    }
+    /// Gives hidden layer `l` its own activation instead of the model-wide one (tanh
+    /// below, ReLU above, as PyTorch and Keras users mix them).
+    pub fn layer_activation(mut self, l: usize, act: Activation) -> Self {
+        self.layer_activations.push((l, act));
+        self
+    }
+    /// Gives hidden layer `l` its own batch-norm setting (`None`: none there).
+    pub fn layer_batch_norm(mut self, l: usize, bn: Option<BatchNorm>) -> Self {
+        self.layer_batch_norms.push((l, bn));
+        self
+    }
+    /// The activation after linear layer `l`; the output layer (which has none) reports
+    /// the model-wide one, which its init follows.
+    pub fn activation_of(&self, l: usize) -> Activation {
+        self.layer_activations
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == l)
+            .map_or(self.activation, |&(_, a)| a)
+    }
+    /// Batch norm of linear layer `l`; never on the output layer.
+    pub fn batch_norm_of(&self, l: usize) -> Option<BatchNorm> {
+        if l >= self.hidden.len() {
+            return None;
+        }
+        self.layer_batch_norms
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == l)
+            .map_or(self.batch_norm, |&(_, bn)| bn)
+    }
+    /// Whether any hidden layer has batch norm.
+    pub fn has_batch_norm(&self) -> bool {
+        (0..self.hidden.len()).any(|l| self.batch_norm_of(l).is_some())
+    }
+    /// Whether the hidden layers differ in activation or batch norm.
+    pub fn is_mixed(&self) -> bool {
+        (0..self.hidden.len()).any(|l| {
+            self.activation_of(l) != self.activation || self.batch_norm_of(l) != self.batch_norm
+        })
+    }
+    /// The activations for a one-line summary: `relu`, or one per hidden layer when
+    /// they differ.
+    pub fn activation_summary(&self) -> String {
+        let acts: Vec<String> = (0..self.hidden.len())
+            .map(|l| self.activation_of(l).to_string())
+            .collect();
+        if acts.iter().all(|a| *a == self.activation.to_string()) {
+            self.activation.to_string()
+        } else {
+            acts.join(", ")
+        }
     }
     pub fn loss(mut self, loss: Loss) -> Self {
         self.loss = loss;
@@ -325,7 +386,10 @@ impl MlpSpec {
                 self.output
             );
         }
-        if let Some(bn) = self.batch_norm {
+        for bn in std::iter::once(self.batch_norm)
+            .chain(self.layer_batch_norms.iter().map(|&(_, bn)| bn))
+            .flatten()
+        {
             anyhow::ensure!(
                 (0.0..=1.0).contains(&bn.momentum),
                 "batch-norm momentum must be in [0, 1], got {}",
@@ -350,6 +414,24 @@ impl MlpSpec {
             );
         }
         self.activation.validate()?;
+        for &(l, act) in &self.layer_activations {
+            anyhow::ensure!(
+                l < self.hidden.len(),
+                "layer_activation({l}, ..): the model has {} hidden layers (0 to {})",
+                self.hidden.len(),
+                self.hidden.len().saturating_sub(1)
+            );
+            act.validate()
+                .map_err(|e| anyhow::anyhow!("hidden layer {l}: {e}"))?;
+        }
+        for &(l, _) in &self.layer_batch_norms {
+            anyhow::ensure!(
+                l < self.hidden.len(),
+                "layer_batch_norm({l}, ..): the model has {} hidden layers (0 to {})",
+                self.hidden.len(),
+                self.hidden.len().saturating_sub(1)
+            );
+        }
         for &(layer, init) in &self.layer_inits {
             anyhow::ensure!(
                 layer < self.num_layers(),
@@ -384,9 +466,12 @@ impl MlpSpec {
             out.push(PersistentDesc {
                 name: format!("layers.{l}.linear.weight"),
                 shape: vec![fan_out, fan_in],
-                init: self
-                    .init_of_layer(l)
-                    .sample(self.activation, fan_in, fan_out, layer_seed),
+                init: self.init_of_layer(l).sample(
+                    self.activation_of(l),
+                    fan_in,
+                    fan_out,
+                    layer_seed,
+                ),
                 kind: PersistentKind::Param,
             });
             out.push(PersistentDesc {
@@ -396,7 +481,7 @@ impl MlpSpec {
                     // A stream apart from the weight's, so adding a bias init leaves
                     // the weights as they were.
                     Some(init) => init.sample_bias(
-                        self.activation,
+                        self.activation_of(l),
                         fan_in,
                         fan_out,
                         layer_seed ^ 0xB1A5_B1A5_B1A5_B1A5,
@@ -406,7 +491,7 @@ impl MlpSpec {
                 kind: PersistentKind::Param,
             });
             let hidden = l < self.hidden.len();
-            if hidden && self.batch_norm.is_some() {
+            if hidden && self.batch_norm_of(l).is_some() {
                 // PyTorch's BatchNorm1d starts at γ = 1, β = 0, running mean 0, variance 1.
                 for (what, value, kind) in [
                     ("weight", 1.0, PersistentKind::Param),
@@ -429,12 +514,17 @@ impl MlpSpec {
                     out.push(PersistentDesc {
                         name: format!("layers.{l}.proj.weight"),
                         shape: vec![fan_out, sizes[src]],
-                        init: Init::LecunNormal.sample(self.activation, sizes[src], fan_out, seed),
+                        init: Init::LecunNormal.sample(
+                            self.activation_of(l),
+                            sizes[src],
+                            fan_out,
+                            seed,
+                        ),
                         kind: PersistentKind::Param,
                     });
                 }
             }
-            if let Activation::Prelu { per_unit, init } = self.activation {
+            if let Activation::Prelu { per_unit, init } = self.activation_of(l) {
                 if l + 1 < self.num_layers() {
                     let units = if per_unit { fan_out } else { 1 };
                     out.push(PersistentDesc {

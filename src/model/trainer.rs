@@ -494,7 +494,7 @@ impl Model {
             raw_train.rows,
             opts.batch_size
         );
-        if self.spec.batch_norm.is_some() {
+        if self.spec.has_batch_norm() {
             ensure!(
                 opts.batch_size >= 2 && full + usize::from(partial > 1) > 0,
                 "batch norm needs at least 2 rows per training batch to estimate a variance, \
@@ -507,7 +507,7 @@ impl Model {
         // one, as the order is shuffled) costs nothing measurable, while failing would end
         // a run for an accident of the data size.
         let skip_last =
-            partial > 0 && (opts.drop_last || (partial == 1 && self.spec.batch_norm.is_some()));
+            partial > 0 && (opts.drop_last || (partial == 1 && self.spec.has_batch_norm()));
         if skip_last && !opts.drop_last {
             eprintln!(
                 "warning: the last batch of each epoch has 1 row, which batch norm cannot train \

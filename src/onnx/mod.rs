@@ -158,12 +158,6 @@ pub fn write(path: &Path, exported: &Exported) -> Result<()> {
     crate::checkpoint::write_atomic(path, &exported.bytes)
 }
 
-/// The activation of hidden layer `l`. One per model today; the exporter asks per layer
-/// so that per-layer activations need only this function changed.
-fn layer_activation(spec: &MlpSpec, _l: usize) -> Activation {
-    spec.activation
-}
-
 struct Builder<'a> {
     tensors: HashMap<&'a str, &'a NamedTensor>,
     g: Graph,
@@ -278,11 +272,11 @@ impl Builder<'_> {
             if l + 1 == spec.num_layers() {
                 return Ok(h);
             }
-            let placement = spec.batch_norm.map(|bn| (bn.placement, bn.eps));
+            let placement = spec.batch_norm_of(l).map(|bn| (bn.placement, bn.eps));
             if let Some((BnPlacement::BeforeActivation, eps)) = placement {
                 h = self.batch_norm(l, &h, fan_out, eps)?;
             }
-            h = self.activation(layer_activation(spec, l), l, &h, fan_out)?;
+            h = self.activation(spec.activation_of(l), l, &h, fan_out)?;
             if let Some((BnPlacement::AfterActivation, eps)) = placement {
                 h = self.batch_norm(l, &h, fan_out, eps)?;
             }

@@ -60,7 +60,7 @@ impl<'a> Advice<'a> {
     }
 
     fn batch_norm(&self) -> Option<String> {
-        self.spec.batch_norm.is_none().then(|| {
+        (!self.spec.has_batch_norm()).then(|| {
             "add batch normalization before each activation (--batch-norm before): it keeps \
              every layer's inputs at zero mean and unit variance"
                 .to_string()

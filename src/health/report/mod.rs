@@ -76,12 +76,12 @@ pub fn model_summary(spec: &MlpSpec) -> String {
         ),
     };
     let mut extras = vec![
-        spec.activation.to_string(),
+        spec.activation_summary(),
         format!("init {}", spec.init),
         format!("{:?}", spec.loss),
         spec.optimizer.to_string(),
     ];
-    if spec.batch_norm.is_some() {
+    if spec.has_batch_norm() {
         extras.push("batch norm".into());
     }
     if let Some(k) = spec.residual_every {

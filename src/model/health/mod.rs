@@ -121,9 +121,9 @@ impl StepStats {
         );
         let sizes = spec.layer_sizes();
         let g = st::global_at(layers);
-        let act = spec.activation;
         let layers = (0..layers)
             .map(|l| {
+                let act = spec.activation_of(l);
                 let r = &record[l * st::LAYER_STRIDE..(l + 1) * st::LAYER_STRIDE];
                 let present = l >= start;
                 let hidden = l + 1 < spec.num_layers();

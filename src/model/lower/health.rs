@@ -59,8 +59,8 @@ impl Builder<'_> {
                 let dropout_only = point == st::ForwardPoint::Output && x == layer.act_out;
                 // An activation that maps finite inputs to finite outputs cannot be where
                 // values first go bad; reading its output again would only cost time.
-                let follows_input =
-                    point == st::ForwardPoint::Activation && self.spec.activation.keeps_finite();
+                let follows_input = point == st::ForwardPoint::Activation
+                    && self.spec.activation_of(layer.index).keeps_finite();
                 if seen.contains(&x) || dropout_only || follows_input {
                     continue;
                 }
@@ -86,7 +86,6 @@ impl Builder<'_> {
 
         let stats_len = st::record_len(layers);
         let stats = self.local("stats.record", &[stats_len]);
-        let act = self.spec.activation;
         let (mut pre, mut post) = (Vec::new(), Vec::new());
         let norm = |x: TensorId, minus: Option<TensorId>, len: usize, at: usize| {
             Op::Norm(Norm {
@@ -100,6 +99,7 @@ impl Builder<'_> {
         };
         for layer in net {
             let (l, hidden) = (layer.index, !self.is_output(layer.index));
+            let act = self.spec.activation_of(l);
             let base = l * st::LAYER_STRIDE;
             pre.push(Op::ActivationStats(ActivationStats {
                 out: layer.out,

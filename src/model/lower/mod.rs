@@ -117,7 +117,7 @@ fn build_with(
     b.clip_gradients()?;
     b.updates()?;
     b.max_norms(&net);
-    if spec.batch_norm.is_some() && rows < 2 {
+    if spec.has_batch_norm() && rows < 2 {
         b.p.train.clear();
         b.p.train_error = Some(format!(
             "batch norm needs at least 2 rows per training batch to estimate a variance, got {rows} \
@@ -290,7 +290,7 @@ impl Builder<'_> {
         if self.is_output(l) {
             return Ok(layer);
         }
-        let placement = self.spec.batch_norm.map(|bn| bn.placement);
+        let placement = self.spec.batch_norm_of(l).map(|bn| bn.placement);
         if placement == Some(BnPlacement::BeforeActivation) {
             let (bn, y) = self.batch_norm(l, z, "bn")?;
             layer.bn_before = Some(bn);
@@ -399,7 +399,7 @@ impl Builder<'_> {
         y_train: TensorId,
         width: usize,
     ) -> anyhow::Result<Option<TensorId>> {
-        let act = self.spec.activation;
+        let act = self.spec.activation_of(l);
         let len = self.rows * width;
         let frozen = l < self.spec.frozen_layers;
         let activate = |y| Op::Activate(Activate { act, x: z, y, len });
@@ -455,7 +455,7 @@ impl Builder<'_> {
     /// (before any dropout); PReLU also gets its slope's gradient.
     fn activation_backward(&mut self, layer: &Layer, y: TensorId, dh: TensorId, dz: TensorId) {
         let (l, rows, width) = (layer.index, self.rows, layer.fan_out);
-        let (x, len, act) = (layer.act_in, rows * width, self.spec.activation);
+        let (x, len, act) = (layer.act_in, rows * width, self.spec.activation_of(l));
         match (act, layer.act_extra) {
             (Activation::Prelu { .. }, Some(weight)) => {
                 let units = self.p.tensors[weight].len();
@@ -536,8 +536,8 @@ impl Builder<'_> {
     ) -> anyhow::Result<(BnTensors, TensorId)> {
         let cfg = self
             .spec
-            .batch_norm
-            .expect("only called with batch norm configured");
+            .batch_norm_of(l)
+            .expect("only called where the layer has batch norm");
         let (rows, cols) = (self.rows, self.p.tensors[x].shape[1]);
         let gamma = self.persistent(&format!("layers.{l}.{name}.weight"), &[cols])?;
         let beta = self.persistent(&format!("layers.{l}.{name}.bias"), &[cols])?;
