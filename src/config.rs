@@ -273,6 +273,7 @@ loss = "cross-entropy"     # cross-entropy | mse
 # init = "glorot-uniform"
 # batch_norm = "none"      # none | before | after
 # dropout = 0.1
+# skip_from = "input"     # none | input | N: hidden layer N's output (replaces residual_every's)
 
 [optimizer]
 kind = "sgd"               # sgd | adam | adamw | rmsprop | adagrad | adamax | nadam

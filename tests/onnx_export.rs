@@ -479,8 +479,9 @@ fn bad_input_gets_a_clear_error() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-/// A mixed per-layer net (tanh, PReLU, then ReLU; batch norm before, after and none; a
-/// skip connection) exports layer by layer and matches `predict`.
+/// A mixed per-layer net (tanh, PReLU, then ReLU; batch norm before, after and none; skip
+/// connections from `residual_every` and one from the input through a projection)
+/// exports layer by layer and matches `predict`.
 #[test]
 fn mixed_per_layer_net_matches_predict() {
     let after = BatchNorm {
@@ -501,6 +502,7 @@ fn mixed_per_layer_net_matches_predict() {
         .layer_batch_norm(1, Some(after))
         .layer_batch_norm(2, None)
         .residual(2)
+        .layer_skip(2, Some(0))
         .optimizer(Optimizer::adam(0.01))
         .seed(11);
     let p = check("mixed", spec, &[]);

@@ -24,6 +24,10 @@ pub struct LayerConfig {
     pub batch_norm: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropout: Option<f32>,
+    /// The skip connection into this layer: `none`, `input` (the network's) or `N`
+    /// (hidden layer N's output, below this one), in place of `residual_every`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_from: Option<String>,
 }
 
 fn placement_name(p: BnPlacement) -> &'static str {
@@ -73,6 +77,10 @@ impl ModelConfig {
     pub(super) fn layers_of(spec: &MlpSpec) -> Vec<LayerConfig> {
         let n = spec.hidden.len();
         let uniform_dropout = spec.dropout.windows(2).all(|w| w[0] == w[1]);
+        let uniform = MlpSpec {
+            layer_skips: Vec::new(),
+            ..spec.clone()
+        };
         let layers: Vec<LayerConfig> = (0..n)
             .map(|l| {
                 let act = spec.activation_of(l);
@@ -88,6 +96,13 @@ impl ModelConfig {
                     }),
                     dropout: (!uniform_dropout)
                         .then(|| spec.dropout.get(l).copied().unwrap_or(0.0)),
+                    skip_from: (spec.skip_source(l) != uniform.skip_source(l)).then(|| match spec
+                        .skip_source(l)
+                    {
+                        None => "none".to_string(),
+                        Some(0) => "input".to_string(),
+                        Some(j) => (j - 1).to_string(),
+                    }),
                 }
             })
             .collect();
@@ -135,6 +150,20 @@ impl ModelConfig {
                         eps: model_bn.eps,
                     }),
                 ));
+            }
+            if let Some(from) = &c.skip_from {
+                let src = match from.as_str() {
+                    "none" => None,
+                    "input" => Some(0),
+                    n => Some(n.parse::<usize>().map(|k| k + 1).map_err(|_| {
+                        anyhow::anyhow!(
+                            "{}: skip_from is '{n}'; expected 'none', 'input' or a hidden \
+                             layer's number",
+                            at()
+                        )
+                    })?),
+                };
+                spec.layer_skips.push((l, src));
             }
             if let Some(p) = c.dropout {
                 if spec.dropout.len() != spec.hidden.len() {

@@ -73,6 +73,11 @@ pub struct MlpSpec {
     /// Per-layer overrides of `batch_norm` as `(hidden layer, setting)`, `None` for no
     /// batch norm there; a later entry wins. Set with [`MlpSpec::layer_batch_norm`].
     pub layer_batch_norms: Vec<(usize, Option<BatchNorm>)>,
+    /// Per-layer overrides of the skip connections of `residual_every` as `(hidden layer,
+    /// source)`, the source indexing [`MlpSpec::layer_sizes`] (0 the network input, `j`
+    /// the output of layer `j - 1`), `None` for no skip there. Set with
+    /// [`MlpSpec::layer_skip`].
+    pub layer_skips: Vec<(usize, Option<usize>)>,
     /// A skip connection into every k-th hidden layer: hidden layer `l` with
     /// `(l + 1) % k == 0` adds the output of the layer `k` below it (or the network input)
     /// to its own output, through a learned projection when the sizes differ.
@@ -109,6 +114,7 @@ impl MlpSpec {
             batch_norm: None,
             layer_activations: Vec::new(),
             layer_batch_norms: Vec::new(),
+            layer_skips: Vec::new(),
             residual_every: None,
             frozen_layers: 0,
             clip: None,
@@ -136,6 +142,9 @@ impl MlpSpec {
     /// For hidden layer `l`, the index into [`MlpSpec::layer_sizes`] of the tensor its skip
     /// connection reads: 0 is the network input, `j > 0` the output of layer `j - 1`.
     pub fn skip_source(&self, l: usize) -> Option<usize> {
+        if let Some(&(_, src)) = self.layer_skips.iter().rev().find(|(i, _)| *i == l) {
+            return src.filter(|_| l < self.hidden.len());
+        }
         let k = self.residual_every?;
         (k > 0 && l < self.hidden.len() && (l + 1).is_multiple_of(k)).then(|| l + 1 - k)
     }
@@ -147,6 +156,14 @@ impl MlpSpec {
     /// below, ReLU above, as PyTorch and Keras users mix them).
     pub fn layer_activation(mut self, l: usize, act: Activation) -> Self {
         self.layer_activations.push((l, act));
+        self
+    }
+    /// Gives hidden layer `l` its own skip connection: `Some(src)` adds the tensor
+    /// `src` of [`MlpSpec::layer_sizes`] (0 the network input, `j` layer `j - 1`'s
+    /// output, `j <= l`) to its output, through a projection when the widths differ;
+    /// `None` removes the one `residual_every` would give it.
+    pub fn layer_skip(mut self, l: usize, src: Option<usize>) -> Self {
+        self.layer_skips.push((l, src));
         self
     }
     /// Gives hidden layer `l` its own batch-norm setting (`None`: none there).
@@ -423,6 +440,25 @@ impl MlpSpec {
             );
             act.validate()
                 .map_err(|e| anyhow::anyhow!("hidden layer {l}: {e}"))?;
+        }
+        for &(l, src) in &self.layer_skips {
+            anyhow::ensure!(
+                l < self.hidden.len(),
+                "layer_skip({l}, ..): the model has {} hidden layers (0 to {})",
+                self.hidden.len(),
+                self.hidden.len().saturating_sub(1)
+            );
+            if let Some(src) = src {
+                anyhow::ensure!(
+                    src <= l,
+                    "hidden layer {l}'s skip connection reads {}, which is not below it",
+                    if src == 0 {
+                        "the network input".to_string()
+                    } else {
+                        format!("layer {}'s output", src - 1)
+                    }
+                );
+            }
         }
         for &(l, _) in &self.layer_batch_norms {
             anyhow::ensure!(
