@@ -2,10 +2,11 @@
 //! fixture (tests/fixtures/make_pytorch_gradients.py, made with torch) holds a net's
 //! initial weights, three batches, the gradients of the first step after clipping, the
 //! total norms before clipping, the losses and the weights after three steps of SGD with
-//! momentum and weight decay, clip_grad_norm_ between backward and step. The net has ELU,
-//! batch norm before the activation in training mode, a residual connection with a
-//! projection, and no dropout. Both backends start from the same weights and must land
-//! where PyTorch did.
+//! momentum and weight decay, clip_grad_norm_ between backward and step. The net is
+//! mixed per layer (tanh, ELU, ReLU; batch norm before the activation, in training mode,
+//! on the first two layers only), with a residual connection through a projection and
+//! no dropout; its per-layer settings come from the file's `steadygrad.config`. Both
+//! backends start from the same weights and must land where PyTorch did.
 
 mod common;
 
@@ -62,6 +63,11 @@ fn training_steps_match_pytorch_on_both_backends() {
             weight_decay: 1e-2,
         })
         .clip(Clip::Norm(0.5));
+    assert_eq!(
+        (spec.activation_of(0), spec.activation_of(2)),
+        (steadygrad::Activation::Tanh, steadygrad::Activation::Relu)
+    );
+    assert!(spec.batch_norm_of(0).is_some() && spec.batch_norm_of(2).is_none());
     let init = with("init.");
     let grads0 = with("grad0.");
     let after = with("after.");
