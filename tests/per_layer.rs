@@ -76,7 +76,11 @@ fn the_spec_resolves_per_layer_settings() {
         "{names:?}"
     );
     assert_eq!((s.skip_source(1), s.skip_source(3)), (None, Some(1)));
-    assert!(s.is_mixed());
+    assert_eq!(
+        Config::from_spec(&s, 1, 8).model.layers.len(),
+        4,
+        "a mixed net's config lists its layers"
+    );
     assert_eq!(s.activation_summary(), "tanh, prelu-unit:0.25, relu, relu");
 
     // Out-of-range layers are named.

@@ -195,12 +195,6 @@ impl MlpSpec {
     pub fn has_batch_norm(&self) -> bool {
         (0..self.hidden.len()).any(|l| self.batch_norm_of(l).is_some())
     }
-    /// Whether the hidden layers differ in activation or batch norm.
-    pub fn is_mixed(&self) -> bool {
-        (0..self.hidden.len()).any(|l| {
-            self.activation_of(l) != self.activation || self.batch_norm_of(l) != self.batch_norm
-        })
-    }
     /// The activations for a one-line summary: `relu`, or one per hidden layer when
     /// they differ.
     pub fn activation_summary(&self) -> String {

@@ -115,6 +115,9 @@ pub struct Model {
     /// Compiled plans by batch size and first layer: the last partial batch of an epoch
     /// gets its own, and so does training from cached frozen outputs.
     plans: HashMap<(usize, usize), (PlanId, Plan)>,
+    /// Plans built (not compiled) by the resource check of a fit, taken by `plan_at`
+    /// so none is built twice.
+    built: HashMap<(usize, usize), Plan>,
     /// Monte Carlo dropout plans by batch size and seed (see `mc.rs`).
     mc_plans: HashMap<(usize, u64), (PlanId, Plan)>,
     cache_frozen: bool,
@@ -152,6 +155,7 @@ impl Model {
             engine,
             persistent,
             plans: HashMap::new(),
+            built: HashMap::new(),
             mc_plans: HashMap::new(),
             cache_frozen: false,
             lr,
@@ -191,7 +195,10 @@ impl Model {
     fn plan_at(&mut self, rows: usize, start: usize) -> Result<(PlanId, &Plan)> {
         let key = (rows, start);
         if !self.plans.contains_key(&key) {
-            let plan = mlp::build_from(&self.spec, &self.persistent, rows, start)?;
+            let plan = match self.built.remove(&key) {
+                Some(plan) => plan,
+                None => mlp::build_from(&self.spec, &self.persistent, rows, start)?,
+            };
             let id = self.engine.compile(&plan)?;
             self.plans.insert(key, (id, plan));
         }
@@ -216,6 +223,7 @@ impl Model {
         spec.validate()?;
         self.spec = spec;
         self.plans.clear();
+        self.built.clear();
         self.mc_plans.clear();
         Ok(())
     }

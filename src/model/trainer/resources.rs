@@ -11,8 +11,8 @@ impl Model {
     /// Checks the bind groups of the plans for batches of `rows` (the batch, the last
     /// partial batch, the validation batches; plus the statistics step where statistics
     /// are gathered) starting at layer `start`, against what the device takes. Plans
-    /// already compiled cost nothing more.
-    pub(super) fn check_fit_resources(&self, rows: &[usize], start: usize) -> Result<()> {
+    /// already compiled cost nothing more; those built here are kept for `plan_at`.
+    pub(super) fn check_fit_resources(&mut self, rows: &[usize], start: usize) -> Result<()> {
         let groups = self.engine.bind_group_budget();
         let memory = self.engine.memory_budget();
         if groups.is_none() && memory.is_none() {
@@ -27,7 +27,10 @@ impl Model {
         rows.dedup();
         let (mut need, mut bytes) = (0, 0u64);
         for &r in &rows {
-            let plan = mlp::build_from(&self.spec, &self.persistent, r, start)?;
+            let plan = match self.built.remove(&(r, start)) {
+                Some(plan) => plan,
+                None => mlp::build_from(&self.spec, &self.persistent, r, start)?,
+            };
             need += plan.forward.len() + plan.eval.len() + plan.train.len();
             if self.health.gathers_stats() {
                 need += plan.train_stats.len();
@@ -38,6 +41,7 @@ impl Model {
                 .filter(|t| t.storage == Storage::Local)
                 .map(|t| t.len() as u64 * 4)
                 .sum::<u64>();
+            self.built.insert((r, start), plan);
         }
         let shown: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
         let what = format!(
