@@ -359,44 +359,16 @@ pub fn load_with_config(
 }
 
 /// The input standardization a checkpoint's metadata holds, if any.
-fn standardizer_of(
+pub fn standardizer_of(
     meta: &BTreeMap<String, String>,
-    path: &Path,
 ) -> Result<Option<crate::data::Standardizer>> {
     meta.get(STANDARDIZER_KEY)
         .map(|j| -> Result<crate::data::Standardizer> {
-            let (mean, std): (Vec<f32>, Vec<f32>) = serde_json::from_str(j)
-                .with_context(|| format!("'{}': bad standardizer", path.display()))?;
+            let (mean, std): (Vec<f32>, Vec<f32>) =
+                serde_json::from_str(j).context("bad standardizer metadata")?;
             crate::data::Standardizer::from_parts(mean, std)
         })
         .transpose()
-}
-
-/// The input standardization saved in the safetensors file at `path` (a steadygrad
-/// checkpoint), read from its header alone; `None` for files without one.
-pub fn read_standardizer(path: &Path) -> Result<Option<crate::data::Standardizer>> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("reading '{}'", path.display()))?;
-    let mut len = [0u8; 8];
-    std::io::Read::read_exact(&mut f, &mut len)
-        .with_context(|| format!("'{}' is not a valid safetensors file", path.display()))?;
-    let len = u64::from_le_bytes(len);
-    anyhow::ensure!(
-        len <= 100_000_000,
-        "'{}' is not a valid safetensors file (header of {len} bytes)",
-        path.display()
-    );
-    let mut header = vec![0u8; len as usize];
-    std::io::Read::read_exact(&mut f, &mut header)
-        .with_context(|| format!("'{}' is not a valid safetensors file", path.display()))?;
-    #[derive(serde::Deserialize)]
-    struct Header {
-        #[serde(rename = "__metadata__", default)]
-        metadata: BTreeMap<String, String>,
-    }
-    let h: Header = serde_json::from_slice(&header)
-        .with_context(|| format!("'{}' is not a valid safetensors file", path.display()))?;
-    standardizer_of(&h.metadata, path)
 }
 
 /// Prefix of optimizer-state tensors in a training checkpoint. PyTorch users load a
@@ -506,7 +478,7 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
             serde_json::from_str(j).with_context(|| format!("'{file}': bad training configuration"))
         })
         .transpose()?;
-    let standardizer = standardizer_of(&meta, path)?;
+    let standardizer = standardizer_of(&meta).with_context(|| format!("'{file}'"))?;
     let plateau = meta
         .get(PLATEAU_KEY)
         .map(|j| {

@@ -247,11 +247,17 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 (None, Some(c)) => c.training.seed,
                 (None, None) => model.seed,
             };
+            let pretrained = match &init_from {
+                Some(path) => {
+                    let map = name_map.as_deref().map(NameMap::load).transpose()?;
+                    Some((path, Pretrained::read(path, map.as_ref())?))
+                }
+                None => None,
+            };
             // The reused layers were trained on inputs scaled by their model's standardizer,
             // so new data is scaled the same way unless the user asks for a refit.
-            let reuse = match (&init_from, refit_standardizer) {
-                (Some(path), false) => checkpoint::read_standardizer(path)
-                    .with_context(|| format!("--init-from '{}'", path.display()))?,
+            let reuse = match (&pretrained, refit_standardizer) {
+                (Some((_, pre)), false) => pre.standardizer.clone(),
                 _ => None,
             };
             if let Some(lr) = unfreeze_lr {
@@ -323,9 +329,7 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                      would never be unfrozen"
                 );
             }
-            if let Some(path) = &init_from {
-                let map = name_map.as_deref().map(NameMap::load).transpose()?;
-                let pre = Pretrained::read(path, map.as_ref())?;
+            if let Some((path, pre)) = &pretrained {
                 let keep = match (keep_layers, &pre.config) {
                     (Some(k), _) => k,
                     (None, Some(c)) => c.hidden.len(),

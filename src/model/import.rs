@@ -56,6 +56,8 @@ pub struct Pretrained {
     pub layout: Layout,
     /// The architecture from the `steadygrad.config` metadata, when the file has it.
     pub config: Option<ModelConfig>,
+    /// The input standardization saved with the model, when the file has it.
+    pub standardizer: Option<crate::data::Standardizer>,
     /// steadygrad name → name in the file, to name the file's tensors in errors.
     sources: BTreeMap<String, String>,
     /// For each layer with a batch norm in an `nn.Sequential` file: where it sat, and
@@ -103,6 +105,7 @@ impl Pretrained {
                     tensors,
                     layout: Layout::Steadygrad,
                     config: None,
+                    standardizer: None,
                     sources,
                     bn_placements: Vec::new(),
                 }
@@ -127,6 +130,7 @@ impl Pretrained {
             }
         };
         p.config = config;
+        p.standardizer = crate::checkpoint::standardizer_of(metadata)?;
         Ok(p)
     }
 
@@ -400,6 +404,7 @@ fn rename_with(tensors: Vec<NamedTensor>, map: &NameMap) -> Result<Pretrained> {
         tensors: renamed,
         layout: Layout::NameMap,
         config: None,
+        standardizer: None,
         sources,
         bn_placements: Vec::new(),
     })
@@ -479,6 +484,7 @@ fn from_sequential(tensors: Vec<NamedTensor>) -> Result<Pretrained> {
         tensors: out,
         layout: Layout::Sequential,
         config: None,
+        standardizer: None,
         sources,
         bn_placements,
     })
