@@ -77,10 +77,6 @@ impl ModelConfig {
     pub(super) fn layers_of(spec: &MlpSpec) -> Vec<LayerConfig> {
         let n = spec.hidden.len();
         let uniform_dropout = spec.dropout.windows(2).all(|w| w[0] == w[1]);
-        let uniform = MlpSpec {
-            layer_skips: Vec::new(),
-            ..spec.clone()
-        };
         let layers: Vec<LayerConfig> = (0..n)
             .map(|l| {
                 let act = spec.activation_of(l);
@@ -96,7 +92,7 @@ impl ModelConfig {
                     }),
                     dropout: (!uniform_dropout)
                         .then(|| spec.dropout.get(l).copied().unwrap_or(0.0)),
-                    skip_from: (spec.skip_source(l) != uniform.skip_source(l)).then(|| match spec
+                    skip_from: (spec.skip_source(l) != spec.residual_source(l)).then(|| match spec
                         .skip_source(l)
                     {
                         None => "none".to_string(),

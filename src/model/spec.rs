@@ -142,9 +142,15 @@ impl MlpSpec {
     /// For hidden layer `l`, the index into [`MlpSpec::layer_sizes`] of the tensor its skip
     /// connection reads: 0 is the network input, `j > 0` the output of layer `j - 1`.
     pub fn skip_source(&self, l: usize) -> Option<usize> {
-        if let Some(&(_, src)) = self.layer_skips.iter().rev().find(|(i, _)| *i == l) {
-            return src.filter(|_| l < self.hidden.len());
+        match self.layer_skips.iter().rev().find(|(i, _)| *i == l) {
+            Some(&(_, src)) => src.filter(|_| l < self.hidden.len()),
+            None => self.residual_source(l),
         }
+    }
+
+    /// The skip source `residual_every` gives hidden layer `l`, before any
+    /// [`MlpSpec::layer_skip`].
+    pub fn residual_source(&self, l: usize) -> Option<usize> {
         let k = self.residual_every?;
         (k > 0 && l < self.hidden.len() && (l + 1).is_multiple_of(k)).then(|| l + 1 - k)
     }
