@@ -11,7 +11,7 @@ use crate::device::lower::storage_buffer;
 use crate::device::{
     Counters, GpuContext, Kernels, LowerParts, Lowerer, MatmulVariant, Mirrors, Step,
 };
-use crate::engine::{BindGroupBudget, Engine, PendingRead, PlanId};
+use crate::engine::{BindGroupBudget, Engine, MemoryBudget, PendingRead, PlanId};
 use crate::graph::{Plan, Stage};
 use crate::ops::Op;
 use crate::tensor::{Hyper, PersistentDesc, Storage, TensorId};
@@ -442,10 +442,32 @@ impl Engine for GpuEngine {
         super::budget::bind_groups(&self.ctx.info)
     }
 
-    fn memory_budget(&self) -> Option<u64> {
-        (self.ctx.info.device_type == wgpu::DeviceType::Cpu)
-            .then(crate::engine::available_memory)
-            .flatten()
+    fn memory_budget(&self) -> Option<MemoryBudget> {
+        if let Some(heap) = self.ctx.device_memory {
+            // Only this process's own allocations are known; other processes' use of the
+            // GPU is not, so this is a ceiling, and an allocation can still fail.
+            let held = self
+                .ctx
+                .device
+                .generate_allocator_report()
+                .map_or(0, |r| r.total_reserved_bytes);
+            let env = super::budget::DEVICE_MEMORY_ENV;
+            let source = match std::env::var(env) {
+                Ok(cap) => format!("{env}={cap}"),
+                Err(_) => format!("a {} device-local heap", crate::engine::format_bytes(heap)),
+            };
+            return Some(MemoryBudget {
+                available: heap.saturating_sub(held),
+                memory: format!(
+                    "GPU memory ({source}, less {} this process holds)",
+                    crate::engine::format_bytes(held)
+                ),
+            });
+        }
+        if self.ctx.info.device_type == wgpu::DeviceType::Cpu {
+            return MemoryBudget::host();
+        }
+        None
     }
 
     fn compile(&mut self, plan: &Plan) -> Result<PlanId> {

@@ -1,7 +1,7 @@
 //! The wgpu backend: the plan executor ([`GpuEngine`]). The device, kernel cache and
 //! lowering tools are in `crate::device`; each op's lowering is in its family's `wgpu.rs`.
 
-mod budget;
+pub mod budget;
 pub mod engine;
 
 pub use crate::device::{
