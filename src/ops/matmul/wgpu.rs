@@ -1,9 +1,11 @@
 //! Lowering of the matrix product to the storage-buffer kernels `shaders/matmul/reg4x4.wgsl`
-//! and `shaders/matmul/tiled.wgsl`, and its windows for operands larger than one binding.
+//! and `shaders/matmul/tiled.wgsl` (with the block configuration tuned for its shape
+//! class), and its windows for operands larger than one binding.
 
 use super::MatMul;
 use crate::device::{
-    u32_of, Dispatch, KernelKey, Lowerer, MatmulVariant, Res, Shader, ShaderTable, Slot, Uniform,
+    u32_of, Dispatch, KernelKey, Lowerer, MatmulTile, MatmulVariant, Res, Shader, ShaderTable,
+    Slot, Uniform,
 };
 use anyhow::{ensure, Result};
 
@@ -16,30 +18,46 @@ pub const TILED: Shader = Shader::scalar(
     include_str!("../../../shaders/matmul/tiled.wgsl"),
 );
 
-const A: Slot = Slot::read(1, "a");
-const B: Slot = Slot::read(2, "b");
-const C: Slot = Slot::read_write(3, "c");
+pub const A: Slot = Slot::read(1, "a");
+pub const B: Slot = Slot::read(2, "b");
+pub const C: Slot = Slot::read_write(3, "c");
 
 crate::uniform! {
     pub struct Dims { m: u32, k: u32, n: u32, _pad: u32 }
 }
 
-/// Outputs per workgroup along each dimension: `reg4x4` (8 invocations × 4) and `tiled`
-/// (16 × 4).
+/// Outputs per workgroup along each dimension of `reg4x4` (8 invocations × 4).
 const REG4X4_TILE: usize = 32;
-const TILED_TILE: usize = 64;
+
+fn key(shader: &Shader, trans_a: bool, trans_b: bool, accumulate: bool) -> KernelKey {
+    KernelKey::new(shader, "main")
+        .with("TRANS_A", trans_a as u32)
+        .with("TRANS_B", trans_b as u32)
+        .with("ACCUMULATE", accumulate as u32)
+}
+
+/// The tiled kernel with configuration `tile`.
+pub fn tiled_key(tile: &MatmulTile, trans_a: bool, trans_b: bool, accumulate: bool) -> KernelKey {
+    tile.constants().into_iter().fold(
+        key(&TILED, trans_a, trans_b, accumulate),
+        |key, (name, v)| key.with(name, v),
+    )
+}
 
 pub fn matmul(op: &MatMul, lw: &mut Lowerer) -> Result<Dispatch> {
-    let (shader, tile) = match lw.variant {
-        MatmulVariant::Tiled => (&TILED, TILED_TILE),
-        _ => (&REG4X4, REG4X4_TILE),
-    };
-    let key = KernelKey::new(shader, "main")
-        .with("TRANS_A", op.trans_a as u32)
-        .with("TRANS_B", op.trans_b as u32)
-        .with("ACCUMULATE", op.accumulate as u32);
     let (m, k, n) = (op.m, op.k, op.n);
-    let groups = [n.div_ceil(tile), m.div_ceil(tile)];
+    let (key, tile_m, tile_n) = match lw.variant {
+        MatmulVariant::Tiled => {
+            let tile = lw.matmul_tile(m, k, n, op.trans_a, op.trans_b);
+            let key = tiled_key(&tile, op.trans_a, op.trans_b, op.accumulate);
+            (key, tile.bm as usize, tile.bn as usize)
+        }
+        _ => {
+            let key = key(&REG4X4, op.trans_a, op.trans_b, op.accumulate);
+            (key, REG4X4_TILE, REG4X4_TILE)
+        }
+    };
+    let groups = [n.div_ceil(tile_n), m.div_ceil(tile_m)];
     ensure!(
         groups.iter().all(|&g| g <= lw.max_groups()),
         "matmul {m}×{k}×{n} needs more workgroups than the device allows per dimension"
