@@ -242,9 +242,9 @@ fn tuning_stays_within_its_budget_and_is_off_on_request() {
         .iter()
         .enumerate()
     {
-        let a = plan.add_tensor(&format!("a{i}"), &[m * k], Storage::Local);
-        let b = plan.add_tensor(&format!("b{i}"), &[k * n], Storage::Local);
-        let c = plan.add_tensor(&format!("c{i}"), &[m * n], Storage::Local);
+        let a = plan.add_tensor(format!("a{i}"), &[m * k], Storage::Local);
+        let b = plan.add_tensor(format!("b{i}"), &[k * n], Storage::Local);
+        let c = plan.add_tensor(format!("c{i}"), &[m * n], Storage::Local);
         plan.forward.push(Op::MatMul(MatMul {
             a,
             b,

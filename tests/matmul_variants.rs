@@ -1,11 +1,14 @@
 //! Every matmul kernel variant against the CPU reference, forced explicitly, for sizes
 //! that are and are not multiples of the tiles, all three transpose forms, and
-//! accumulation. Speed is never asserted here; see `benches/matmul.rs`.
+//! accumulation, and the ops some kernels fuse into their store (every block
+//! configuration of the tiled kernel among them; `tests/matmul_tiles.rs` checks each
+//! configuration's plain products). Speed is never asserted here; see
+//! `benches/matmul.rs`.
 
 use steadygrad::check::{compare, Tolerance};
 use steadygrad::cpu::CpuEngine;
 use steadygrad::engine::Engine;
-use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant};
+use steadygrad::gpu::{GpuContext, GpuEngine, MatmulTile, MatmulVariant, TuneMode, TuneOptions};
 use steadygrad::graph::{Plan, Stage};
 use steadygrad::ops::*;
 use steadygrad::ops::{Activation, Op};
@@ -168,10 +171,19 @@ fn auto() {
 /// A layer's forward (`MatMul`, `AddBias`, `Activate`) and the backward pair (`MatMul`,
 /// `ActivateBackward`), which some variants fuse into one kernel: every tensor, fused or
 /// not, must match the CPU running the same plan.
-fn check_fused_ops(variant: MatmulVariant) {
+///
+/// With `tile`, the tiled kernel pinned to that configuration, a rotating third of the
+/// activations (`tile_index` picks which), and a check that every fusable chain became
+/// one dispatch.
+fn check_fused_ops(variant: MatmulVariant, tile: Option<(usize, MatmulTile)>) {
     let ctx = GpuContext::shared().expect("a GPU adapter is required for these tests");
     let mut failures = Vec::new();
-    for act in Activation::ALL {
+    let acts = Activation::ALL
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| tile.is_none_or(|(t, _)| (i + t) % 3 == 0))
+        .map(|(_, a)| a);
+    for act in acts {
         for &(m, k, n) in &[(33, 7, 257), (257, 33, 7), (8, 32, 32), (1, 1, 1)] {
             let mut plan = Plan::default();
             let local = Storage::Local;
@@ -262,6 +274,14 @@ fn check_fused_ops(variant: MatmulVariant) {
                 .collect();
             let mut gpu = GpuEngine::new(ctx.clone());
             gpu.set_matmul_variant(variant);
+            if let Some((_, tile)) = tile {
+                gpu.set_tune_options(TuneOptions {
+                    pin: Some(tile),
+                    mode: TuneMode::Off,
+                    cache: None,
+                    ..TuneOptions::default()
+                });
+            }
             let mut cpu = CpuEngine::new();
             let mut outputs = Vec::new();
             for engine in [&mut gpu as &mut dyn Engine, &mut cpu] {
@@ -278,11 +298,20 @@ fn check_fused_ops(variant: MatmulVariant) {
                     .collect();
                 outputs.push(read);
             }
+            // Fused: the three chains of the plan; unfusable activations (those with
+            // parameters) stay separate dispatches, two of them.
+            let dispatches = gpu.counters().dispatches;
+            let fused = if act.fusable() { 3 } else { 5 };
+            if tile.is_some() && dispatches != fused {
+                failures.push(format!(
+                    "{variant} {act} m={m} k={k} n={n}: {dispatches} dispatches, want {fused}"
+                ));
+            }
             for (i, name) in ["z", "h", "dx", "dz", "dh"].iter().enumerate() {
                 let r = compare(name, &outputs[0][i], &outputs[1][i], Tolerance::default());
                 if !r.pass {
                     failures.push(format!(
-                        "{variant} {act} m={m} k={k} n={n}: {name} max abs err {:e}",
+                        "{variant} {tile:?} {act} m={m} k={k} n={n}: {name} max abs err {:e}",
                         r.max_abs
                     ));
                 }
@@ -294,15 +323,31 @@ fn check_fused_ops(variant: MatmulVariant) {
 
 #[test]
 fn fused_epilogues_texture() {
-    check_fused_ops(MatmulVariant::Texture);
+    check_fused_ops(MatmulVariant::Texture, None);
 }
 
 #[test]
 fn fused_epilogues_texture_without_subgroups() {
-    check_fused_ops(MatmulVariant::TextureNoSubgroup);
+    check_fused_ops(MatmulVariant::TextureNoSubgroup, None);
 }
 
 #[test]
-fn unfused_ops_tiled() {
-    check_fused_ops(MatmulVariant::Tiled);
+fn fused_epilogues_tiled() {
+    check_fused_ops(MatmulVariant::Tiled, None);
+}
+
+#[test]
+fn unfused_ops_reg4x4() {
+    check_fused_ops(MatmulVariant::Reg4x4, None);
+}
+
+/// Every block configuration of the tiled kernel with each epilogue.
+#[test]
+fn fused_epilogues_every_tile() {
+    let ctx = GpuContext::shared().expect("a GPU adapter is required for these tests");
+    let tiles: Vec<MatmulTile> = MatmulTile::fitting(&ctx.limits).collect();
+    assert!(tiles.len() >= 6, "{tiles:?}");
+    for (i, tile) in tiles.into_iter().enumerate() {
+        check_fused_ops(MatmulVariant::Tiled, Some((i, tile)));
+    }
 }

@@ -4,11 +4,21 @@
 // BM·BN/(BM+BN) multiply-adds. The block sizes are override constants, one set per named
 // configuration (`MatmulTile` in src/ops/matmul/tile.rs, which checks them against the
 // device's limits and the divisibility this kernel assumes); the engine tunes among them.
-// Transposes are chosen by the TRANS_A / TRANS_B overrides as in reg4x4.wgsl.
+// Transposes are chosen by the TRANS_A / TRANS_B overrides as in reg4x4.wgsl. The store
+// can fold in the ops that follow a layer's matmul (EPILOGUE, as `Epilogue::codes` in
+// src/ops/matmul/texture_kernel.rs), saving each a pass over C: 1 adds the bias e0[col],
+// 2 also writes e1 = act(C), 3 writes e2 = C ⊙ act'(e0, e1). The activation functions
+// (shaders/activation/functions.wgsl) are appended to this file.
 
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 override ACCUMULATE: bool = false;
+override EPILOGUE: u32 = 0u;
+// Read by the activation functions. Fused activations have no parameters, so SLOPE and
+// ALPHA are placeholders.
+override ACT: u32 = 0u;
+const SLOPE: f32 = 0.0;
+const ALPHA: f32 = 1.0;
 
 // Rows and columns of C per workgroup, values of k per staged slice, and rows and columns
 // of C per invocation (at most 8 each: the size of the register arrays below).
@@ -29,6 +39,9 @@ struct Dims {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read> e0: array<f32>;
+@group(0) @binding(5) var<storage, read_write> e1: array<f32>;
+@group(0) @binding(6) var<storage, read_write> e2: array<f32>;
 
 // Indexed [p * BM + i] and [p * BN + j]: the inner loop's reads of one p are a row.
 var<workgroup> tile_a: array<f32, TILE_BK * TILE_BM>;
@@ -120,10 +133,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             if col < dims.n {
                 let idx = row * dims.n + col;
                 var out = acc[i * TILE_TN + j];
+                if EPILOGUE == 1u || EPILOGUE == 2u {
+                    out += e0[col];
+                }
                 if ACCUMULATE {
                     out += c[idx];
                 }
                 c[idx] = out;
+                if EPILOGUE == 2u {
+                    e1[idx] = act(out);
+                } else if EPILOGUE == 3u {
+                    e2[idx] = out * act_grad(e0[idx], e1[idx]);
+                }
             }
         }
     }

@@ -96,6 +96,9 @@ impl Operation for MatMul {
         lw: &mut Lowerer,
         following: &[Op],
     ) -> Result<Option<(Vec<Step>, usize)>> {
-        texture::lower(self, lw, following)
+        match texture::lower(self, lw, following)? {
+            Some(fused) => Ok(Some(fused)),
+            None => wgpu::lower_fused(self, lw, following),
+        }
     }
 }

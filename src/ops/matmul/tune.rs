@@ -13,7 +13,9 @@
 //! class in a JSON file, replaced atomically (a temporary file renamed over it); a file
 //! that cannot be read or parsed is ignored and rewritten.
 
+use super::texture_kernel::{Epilogue, EPILOGUE_SLOTS};
 use super::wgpu::{tiled_key, Dims, A, B, C};
+use super::MatMul;
 use crate::device::{GpuContext, Kernels, MatmulTile, ShapeClass};
 use crate::ops::Op;
 use anyhow::{bail, Context, Result};
@@ -141,7 +143,7 @@ pub struct TileChoice {
     pub tile: MatmulTile,
     pub source: TileSource,
     /// Seconds per run of each timed candidate.
-    pub timings: Vec<(MatmulTile, f64)>,
+    pub timings: Timings,
 }
 
 /// An engine's choices so far, kept across compiles so a class is tuned once.
@@ -290,7 +292,7 @@ impl Tuner {
         class: ShapeClass,
         tile: MatmulTile,
         source: TileSource,
-        timings: Vec<(MatmulTile, f64)>,
+        timings: Timings,
     ) {
         self.tiles.insert(class, tile);
         let choice = TileChoice {
@@ -365,6 +367,9 @@ fn write_cache(path: &Path, cache: &Cache) -> Result<()> {
     Ok(())
 }
 
+/// Seconds per run of each timed configuration.
+type Timings = Vec<(MatmulTile, f64)>;
+
 /// Times every configuration that fits the device on `shape`, within `slice`: the seconds
 /// per run of those timed and whether that was all of them, or `None` where the shape's
 /// operands do not fit one binding (the lowering splits those; the default is used).
@@ -373,7 +378,7 @@ fn time_class(
     kernels: &mut Kernels,
     (m, k, n, trans_a, trans_b): Shape,
     slice: Duration,
-) -> Result<Option<(Vec<(MatmulTile, f64)>, bool)>> {
+) -> Result<Option<(Timings, bool)>> {
     let start = Instant::now();
     let max = ctx.max_binding_bytes();
     let sizes = [m * k, k * n, m * n].map(|e| (e.max(1) * 4) as u64);
@@ -381,7 +386,8 @@ fn time_class(
         return Ok(None);
     }
     let device = &ctx.device;
-    let [a, b, c] = sizes.map(|size| {
+    // The epilogue's bindings get buffers of 16 bytes: EPILOGUE 0 never reads them.
+    let [a, b, c, e0, e1, e2] = [sizes[0], sizes[1], sizes[2], 16, 16, 16].map(|size| {
         device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("matmul tuning scratch"),
             size,
@@ -414,7 +420,18 @@ fn time_class(
             continue;
         }
         // A configuration the driver rejects is skipped rather than failing the compile.
-        let Ok(pipeline) = kernels.get(device, &tiled_key(&tile, trans_a, trans_b, false)) else {
+        let op = MatMul {
+            a: 0,
+            b: 1,
+            c: 2,
+            m,
+            k,
+            n,
+            trans_a,
+            trans_b,
+            accumulate: false,
+        };
+        let Ok(pipeline) = kernels.get(device, &tiled_key(&tile, &op, Epilogue::Plain)) else {
             continue;
         };
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -425,6 +442,9 @@ fn time_class(
                 entry(A.binding, &a),
                 entry(B.binding, &b),
                 entry(C.binding, &c),
+                entry(EPILOGUE_SLOTS[0].binding, &e0),
+                entry(EPILOGUE_SLOTS[1].binding, &e1),
+                entry(EPILOGUE_SLOTS[2].binding, &e2),
             ],
         });
         let run = || -> Result<f64> {

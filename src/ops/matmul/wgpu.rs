@@ -2,11 +2,14 @@
 //! and `shaders/matmul/tiled.wgsl` (with the block configuration tuned for its shape
 //! class), and its windows for operands larger than one binding.
 
+use super::texture;
+use super::texture_kernel::{Epilogue, EPILOGUE_SLOTS};
 use super::MatMul;
 use crate::device::{
     u32_of, Dispatch, KernelKey, Lowerer, MatmulTile, MatmulVariant, Res, Shader, ShaderTable,
-    Slot, Uniform,
+    Slot, Step, Uniform,
 };
+use crate::ops::Op;
 use anyhow::{ensure, Result};
 
 pub const REG4X4: Shader = Shader::scalar(
@@ -15,7 +18,10 @@ pub const REG4X4: Shader = Shader::scalar(
 );
 pub const TILED: Shader = Shader::scalar(
     "matmul/tiled",
-    include_str!("../../../shaders/matmul/tiled.wgsl"),
+    concat!(
+        include_str!("../../../shaders/matmul/tiled.wgsl"),
+        include_str!("../../../shaders/activation/functions.wgsl")
+    ),
 );
 
 pub const A: Slot = Slot::read(1, "a");
@@ -36,20 +42,64 @@ fn key(shader: &Shader, trans_a: bool, trans_b: bool, accumulate: bool) -> Kerne
         .with("ACCUMULATE", accumulate as u32)
 }
 
-/// The tiled kernel with configuration `tile`.
-pub fn tiled_key(tile: &MatmulTile, trans_a: bool, trans_b: bool, accumulate: bool) -> KernelKey {
-    tile.constants().into_iter().fold(
-        key(&TILED, trans_a, trans_b, accumulate),
-        |key, (name, v)| key.with(name, v),
-    )
+/// The tiled kernel with configuration `tile` and `epilogue`.
+pub fn tiled_key(tile: &MatmulTile, op: &MatMul, epilogue: Epilogue) -> KernelKey {
+    let [code, act] = epilogue.codes();
+    let key = key(&TILED, op.trans_a, op.trans_b, op.accumulate)
+        .with("EPILOGUE", code)
+        .with("ACT", act);
+    tile.constants()
+        .into_iter()
+        .fold(key, |key, (name, v)| key.with(name, v))
 }
 
 pub fn matmul(op: &MatMul, lw: &mut Lowerer) -> Result<Dispatch> {
+    let extra = lw.placeholders.clone();
+    dispatch(op, lw, Epilogue::Plain, &extra)
+}
+
+/// The matmul with the epilogue it absorbs from `following` (`following[0]` is `op`), as
+/// one tiled dispatch, and how many ops that covers; `None` on other kernels, where there
+/// is nothing to absorb, or where a tensor needs windows (the ops are then lowered one by
+/// one, split as they need).
+pub fn lower_fused(
+    op: &MatMul,
+    lw: &mut Lowerer,
+    following: &[Op],
+) -> Result<Option<(Vec<Step>, usize)>> {
+    if lw.variant != MatmulVariant::Tiled {
+        return Ok(None);
+    }
+    let (epilogue, used) = texture::fusable_epilogue(op, following);
+    if epilogue == Epilogue::Plain {
+        return Ok(None);
+    }
+    let (extra, c_shaped) = texture::epilogue_buffers(lw, epilogue, op.c, &following[1..used]);
+    let max = lw.max_binding();
+    if [op.a, op.b]
+        .into_iter()
+        .chain(c_shaped)
+        .any(|t| lw.bytes(t) > max)
+    {
+        return Ok(None);
+    }
+    let d = dispatch(op, lw, epilogue, &extra)?;
+    Ok(Some((vec![Step::Dispatch(d)], used)))
+}
+
+/// One dispatch of `op` with `epilogue`, whose buffers (bindings 4..=6 of the tiled
+/// kernel, placeholders where it has none) are `extra`.
+fn dispatch(
+    op: &MatMul,
+    lw: &mut Lowerer,
+    epilogue: Epilogue,
+    extra: &[wgpu::Buffer; 3],
+) -> Result<Dispatch> {
     let (m, k, n) = (op.m, op.k, op.n);
     let (key, tile_m, tile_n) = match lw.variant {
         MatmulVariant::Tiled => {
             let tile = lw.matmul_tile(m, k, n, op.trans_a, op.trans_b);
-            let key = tiled_key(&tile, op.trans_a, op.trans_b, op.accumulate);
+            let key = tiled_key(&tile, op, epilogue);
             (key, tile.bm as usize, tile.bn as usize)
         }
         _ => {
@@ -68,14 +118,23 @@ pub fn matmul(op: &MatMul, lw: &mut Lowerer) -> Result<Dispatch> {
         n: u32_of(n)?,
         _pad: 0,
     };
+    let mut bindings = vec![
+        (A, Res::Tensor(op.a)),
+        (B, Res::Tensor(op.b)),
+        (C, Res::Tensor(op.c)),
+    ];
+    // The tiled kernel declares the epilogue's bindings whatever its EPILOGUE.
+    if lw.variant == MatmulVariant::Tiled {
+        bindings.extend(
+            EPILOGUE_SLOTS
+                .into_iter()
+                .zip(extra.iter().map(Res::Buffer)),
+        );
+    }
     lw.dispatch(
         key,
         Some(dims),
-        &[
-            (A, Res::Tensor(op.a)),
-            (B, Res::Tensor(op.b)),
-            (C, Res::Tensor(op.c)),
-        ],
+        &bindings,
         [groups[0] as u32, groups[1] as u32, 1],
     )
 }
@@ -124,13 +183,21 @@ pub fn matmul_windows(op: &MatMul, lw: &mut Lowerer) -> Result<Vec<Dispatch>> {
 }
 
 pub fn tables() -> Vec<ShaderTable> {
-    let table = |shader| ShaderTable {
+    let table = |shader, slots| ShaderTable {
         shader,
-        slots: &[A, B, C],
+        slots,
         dims: Some(Dims::FIELDS),
         uniforms: &[],
     };
-    let mut tables = vec![table(REG4X4), table(TILED)];
+    const TILED_SLOTS: [Slot; 6] = [
+        A,
+        B,
+        C,
+        EPILOGUE_SLOTS[0],
+        EPILOGUE_SLOTS[1],
+        EPILOGUE_SLOTS[2],
+    ];
+    let mut tables = vec![table(REG4X4, &[A, B, C]), table(TILED, &TILED_SLOTS)];
     tables.extend(super::texture::tables());
     tables
 }
