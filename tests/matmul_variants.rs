@@ -169,8 +169,9 @@ fn auto() {
 }
 
 /// A layer's forward (`MatMul`, `AddBias`, `Activate`) and the backward pair (`MatMul`,
-/// `ActivateBackward`), which some variants fuse into one kernel: every tensor, fused or
-/// not, must match the CPU running the same plan.
+/// `ActivateBackward`), and a weight gradient with its bias gradient (`MatMul` Aᵀ·B,
+/// `SumRows`), which some variants fuse into one kernel: every tensor, fused or not, must
+/// match the CPU running the same plan.
 ///
 /// With `tile`, the tiled kernel pinned to that configuration, a rotating third of the
 /// activations (`tile_index` picks which), and a check that every fusable chain became
@@ -197,6 +198,8 @@ fn check_fused_ops(variant: MatmulVariant, tile: Option<(usize, MatmulTile)>) {
             let dx = plan.add_tensor("dx", &[m * k], local);
             let xz = plan.add_tensor("xz", &[m * k], local);
             let xh = plan.add_tensor("xh", &[m * k], local);
+            let gw = plan.add_tensor("gw", &[k * n], local);
+            let gb = plan.add_tensor("gb", &[k], local);
             plan.forward = vec![
                 Op::MatMul(MatMul {
                     a: x,
@@ -260,6 +263,25 @@ fn check_fused_ops(variant: MatmulVariant, tile: Option<(usize, MatmulTile)>) {
                     rows: m,
                     cols: n,
                 }),
+                // A weight gradient `xᵀ·h` and the bias gradient, the column sums of x.
+                Op::MatMul(MatMul {
+                    a: x,
+                    b: h,
+                    c: gw,
+                    m: k,
+                    k: m,
+                    n,
+                    trans_a: true,
+                    trans_b: false,
+                    accumulate: false,
+                }),
+                Op::SumRows(SumRows {
+                    x,
+                    out: gb,
+                    rows: m,
+                    cols: k,
+                    accumulate: false,
+                }),
             ];
             let inputs = [
                 (x, values(m * k, 1)),
@@ -292,22 +314,22 @@ fn check_fused_ops(variant: MatmulVariant, tile: Option<(usize, MatmulTile)>) {
                 }
                 engine.write(id, xh, &xh_values).unwrap();
                 engine.run(id, Stage::Predict).unwrap();
-                let read: Vec<Vec<f32>> = [z, h, dx, dz, dh]
+                let read: Vec<Vec<f32>> = [z, h, dx, dz, dh, gw, gb]
                     .iter()
                     .map(|&t| engine.read(id, t).unwrap())
                     .collect();
                 outputs.push(read);
             }
-            // Fused: the three chains of the plan; unfusable activations (those with
+            // Fused: the four chains of the plan; unfusable activations (those with
             // parameters) stay separate dispatches, two of them.
             let dispatches = gpu.counters().dispatches;
-            let fused = if act.fusable() { 3 } else { 5 };
+            let fused = if act.fusable() { 4 } else { 6 };
             if tile.is_some() && dispatches != fused {
                 failures.push(format!(
                     "{variant} {act} m={m} k={k} n={n}: {dispatches} dispatches, want {fused}"
                 ));
             }
-            for (i, name) in ["z", "h", "dx", "dz", "dh"].iter().enumerate() {
+            for (i, name) in ["z", "h", "dx", "dz", "dh", "gw", "gb"].iter().enumerate() {
                 let r = compare(name, &outputs[0][i], &outputs[1][i], Tolerance::default());
                 if !r.pass {
                     failures.push(format!(

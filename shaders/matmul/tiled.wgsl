@@ -7,7 +7,9 @@
 // Transposes are chosen by the TRANS_A / TRANS_B overrides as in reg4x4.wgsl. The store
 // can fold in the ops that follow a layer's matmul (EPILOGUE, as `Epilogue::codes` in
 // src/ops/matmul/texture_kernel.rs), saving each a pass over C: 1 adds the bias e0[col],
-// 2 also writes e1 = act(C), 3 writes e2 = C ⊙ act'(e0, e1). The activation functions
+// 2 also writes e1 = act(C), 3 writes e2 = C ⊙ act'(e0, e1), 4 writes e1[i] = Σ_p A[p, i]
+// (TRANS_A only: a layer's bias gradient next to its weight gradient, summed by the first
+// column of workgroups from the slices of A they stage anyway). The activation functions
 // (shaders/activation/functions.wgsl) are appended to this file.
 
 override TRANS_A: bool = false;
@@ -82,6 +84,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     var acc: array<f32, 64>;
     var ra: array<f32, 8>;
     var rb: array<f32, 8>;
+    var sums: array<f32, 8>;
+    // Uniform per workgroup, so the barriers stay in uniform control flow.
+    let row_sums = EPILOGUE == 4u && wg.x == 0u;
     // `dims.k` is uniform, so every invocation reaches the same barriers.
     for (var p0 = 0u; p0 < dims.k; p0 += TILE_BK) {
         // Adjacent invocations load adjacent addresses of the stored layout.
@@ -115,6 +120,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             for (var j = 0u; j < TILE_TN; j++) {
                 rb[j] = tile_b[p * TILE_BN + lid.x + j * wx];
             }
+            // Values past k or m were staged as zeros.
+            if row_sums {
+                for (var i = 0u; i < TILE_TM; i++) {
+                    sums[i] += ra[i];
+                }
+            }
             for (var i = 0u; i < TILE_TM; i++) {
                 for (var j = 0u; j < TILE_TN; j++) {
                     acc[i * TILE_TN + j] = fma(ra[i], rb[j], acc[i * TILE_TN + j]);
@@ -127,6 +138,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         let row = row0 + lid.y + i * wy;
         if row >= dims.m {
             break;
+        }
+        if row_sums && lid.x == 0u {
+            e1[row] = sums[i];
         }
         for (var j = 0u; j < TILE_TN; j++) {
             let col = col0 + lid.x + j * wx;

@@ -9,7 +9,7 @@ use crate::device::{
     KernelKey, Lowerer, Mirror, MirrorCopy, MirrorKey, Res, Shader, ShaderTable, Slot, Step,
     Uniform,
 };
-use crate::ops::{Activate, ActivateBackward, AddBias, Op};
+use crate::ops::{Activate, ActivateBackward, AddBias, Op, SumRows};
 use crate::tensor::TensorId;
 use anyhow::Result;
 
@@ -319,6 +319,7 @@ pub(super) fn epilogue_buffers(
         (Epilogue::ActGrad { .. }, [Op::ActivateBackward(ActivateBackward { x, y, dx, .. })]) => {
             ([buf(*x), buf(*y), buf(*dx)], vec![c, *x, *y, *dx])
         }
+        (Epilogue::RowSums, [Op::SumRows(SumRows { out, .. })]) => ([p0, buf(*out), p2], vec![c]),
         _ => unreachable!("fusable_epilogue matched these ops"),
     }
 }

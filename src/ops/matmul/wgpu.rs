@@ -9,7 +9,7 @@ use crate::device::{
     u32_of, Dispatch, KernelKey, Lowerer, MatmulTile, MatmulVariant, Res, Shader, ShaderTable,
     Slot, Step, Uniform,
 };
-use crate::ops::Op;
+use crate::ops::{Op, SumRows};
 use anyhow::{ensure, Result};
 
 pub const REG4X4: Shader = Shader::scalar(
@@ -70,21 +70,47 @@ pub fn lower_fused(
     if lw.variant != MatmulVariant::Tiled {
         return Ok(None);
     }
-    let (epilogue, used) = texture::fusable_epilogue(op, following);
+    let (epilogue, used) = match texture::fusable_epilogue(op, following) {
+        (Epilogue::Plain, _) => row_sums(op, following),
+        fused => fused,
+    };
     if epilogue == Epilogue::Plain {
         return Ok(None);
     }
-    let (extra, c_shaped) = texture::epilogue_buffers(lw, epilogue, op.c, &following[1..used]);
+    let absorbed = &following[1..used];
+    let (extra, c_shaped) = texture::epilogue_buffers(lw, epilogue, op.c, absorbed);
+    // Outputs of the absorbed ops not shaped like C (the row sums) must fit too.
+    let outputs = absorbed.iter().flat_map(|o| o.reads_writes().1);
     let max = lw.max_binding();
-    if [op.a, op.b]
-        .into_iter()
-        .chain(c_shaped)
-        .any(|t| lw.bytes(t) > max)
-    {
+    let mut bound = [op.a, op.b].into_iter().chain(c_shaped).chain(outputs);
+    if bound.any(|t| lw.bytes(t) > max) {
         return Ok(None);
     }
     let d = dispatch(op, lw, epilogue, &extra)?;
     Ok(Some((vec![Step::Dispatch(d)], used)))
+}
+
+/// `RowSums` where `op` is a weight gradient `dW = dZᵀ·X` followed by the bias gradient
+/// `SumRows` of the same `dZ` (which saves that op a pass over `dZ`), else `Plain`.
+fn row_sums(op: &MatMul, following: &[Op]) -> (Epilogue, usize) {
+    match following.get(1) {
+        Some(Op::SumRows(SumRows {
+            x,
+            out,
+            rows,
+            cols,
+            accumulate: false,
+        })) if op.trans_a
+            && !op.trans_b
+            && *x == op.a
+            && *rows == op.k
+            && *cols == op.m
+            && ![op.a, op.b, op.c].contains(out) =>
+        {
+            (Epilogue::RowSums, 2)
+        }
+        _ => (Epilogue::Plain, 1),
+    }
 }
 
 /// One dispatch of `op` with `epilogue`, whose buffers (bindings 4..=6 of the tiled
