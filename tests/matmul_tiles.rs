@@ -13,14 +13,14 @@
 
 mod common;
 
+use common::matmul::{check_product, matmul_plan};
 use common::{gpu, TempDir};
 use std::time::Duration;
-use steadygrad::check::{compare, Tolerance};
 use steadygrad::engine::Engine;
 use steadygrad::gpu::{GpuEngine, MatmulTile, MatmulVariant, TileSource, TuneMode, TuneOptions};
-use steadygrad::graph::{Plan, Stage};
+use steadygrad::graph::Plan;
 use steadygrad::ops::{MatMul, Op};
-use steadygrad::tensor::{Storage, TensorId};
+use steadygrad::tensor::Storage;
 
 /// Odd sides (1, 7, 33, 257 each appear as m, k and n) and rectangular shapes, one a
 /// multiple of every block.
@@ -38,70 +38,6 @@ const SHAPES: [(usize, usize, usize); 10] = [
 ];
 
 const FORMS: [(bool, bool); 4] = [(false, true), (false, false), (true, false), (true, true)];
-
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn matmul_plan(
-    m: usize,
-    k: usize,
-    n: usize,
-    form: (bool, bool),
-    accumulate: bool,
-) -> (Plan, [TensorId; 3]) {
-    let mut plan = Plan::default();
-    let a = plan.add_tensor("a", &[m * k], Storage::Local);
-    let b = plan.add_tensor("b", &[k * n], Storage::Local);
-    let c = plan.add_tensor("c", &[m * n], Storage::Local);
-    plan.forward.push(Op::MatMul(MatMul {
-        a,
-        b,
-        c,
-        m,
-        k,
-        n,
-        trans_a: form.0,
-        trans_b: form.1,
-        accumulate,
-    }));
-    (plan, [a, b, c])
-}
-
-/// Runs one product on `engine` and returns the error against the CPU reference, if any.
-fn check_product(
-    engine: &mut GpuEngine,
-    (m, k, n): (usize, usize, usize),
-    form: (bool, bool),
-    accumulate: bool,
-    seed: u64,
-) -> Option<String> {
-    let (plan, [a, b, c]) = matmul_plan(m, k, n, form, accumulate);
-    let (av, bv, c0) = (
-        values(m * k, seed + 1),
-        values(k * n, seed + 2),
-        values(m * n, seed + 3),
-    );
-    let id = engine.compile(&plan).unwrap();
-    engine.write(id, a, &av).unwrap();
-    engine.write(id, b, &bv).unwrap();
-    engine.write(id, c, &c0).unwrap();
-    engine.run(id, Stage::Predict).unwrap();
-    let got = engine.read(id, c).unwrap();
-    let mut want = c0;
-    steadygrad::ops::matmul::cpu::matmul(&av, &bv, &mut want, m, k, n, form.0, form.1, accumulate);
-    let name = format!("m={m} k={k} n={n} trans={form:?} accumulate={accumulate}");
-    let r = compare(&name, &got, &want, Tolerance::default());
-    (!r.pass).then(|| format!("{name}: max abs err {:e}", r.max_abs))
-}
 
 fn options(pin: Option<MatmulTile>, mode: TuneMode, cache: Option<&TempDir>) -> TuneOptions {
     TuneOptions {

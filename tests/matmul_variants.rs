@@ -5,6 +5,9 @@
 //! configuration's plain products). Speed is never asserted here; see
 //! `benches/matmul.rs`.
 
+mod common;
+
+use common::matmul::check_product;
 use steadygrad::check::{compare, Tolerance};
 use steadygrad::cpu::CpuEngine;
 use steadygrad::engine::Engine;
@@ -93,44 +96,9 @@ fn check_variant(variant: MatmulVariant) {
             trans_b,
             accumulate,
         } = case;
-        let mut plan = Plan::default();
-        let a = plan.add_tensor("a", &[m * k], Storage::Local);
-        let b = plan.add_tensor("b", &[k * n], Storage::Local);
-        let c = plan.add_tensor("c", &[m * n], Storage::Local);
-        plan.forward.push(Op::MatMul(MatMul {
-            a,
-            b,
-            c,
-            m,
-            k,
-            n,
-            trans_a,
-            trans_b,
-            accumulate,
-        }));
-        let seed = i as u64 * 3;
-        let (av, bv, c0) = (
-            values(m * k, seed + 1),
-            values(k * n, seed + 2),
-            values(m * n, seed + 3),
-        );
-        let id = engine.compile(&plan).unwrap();
-        engine.write(id, a, &av).unwrap();
-        engine.write(id, b, &bv).unwrap();
-        engine.write(id, c, &c0).unwrap();
-        engine.run(id, Stage::Predict).unwrap();
-        let gpu = engine.read(id, c).unwrap();
-        let mut cpu = c0.clone();
-        steadygrad::ops::matmul::cpu::matmul(
-            &av, &bv, &mut cpu, m, k, n, trans_a, trans_b, accumulate,
-        );
-        let name = format!(
-            "{variant} m={m} k={k} n={n} trans_a={trans_a} trans_b={trans_b} \
-             accumulate={accumulate}"
-        );
-        let r = compare(&name, &gpu, &cpu, Tolerance::default());
-        if !r.pass {
-            failures.push(format!("{name}: max abs err {:e}", r.max_abs));
+        let form = (trans_a, trans_b);
+        if let Some(e) = check_product(&mut engine, (m, k, n), form, accumulate, i as u64 * 3) {
+            failures.push(format!("{variant} {e}"));
         }
     }
     assert!(
