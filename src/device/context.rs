@@ -208,7 +208,8 @@ impl GpuContext {
             // `ops/matmul/texture.rs`).
             (
                 adapter.limits(),
-                adapter.features() & wgpu::Features::SUBGROUP,
+                // Timestamps time the matmul tuner's candidates (`ops/matmul/tune.rs`).
+                adapter.features() & (wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY),
             )
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {

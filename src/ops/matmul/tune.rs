@@ -6,8 +6,9 @@
 //! plan, on scratch buffers, and keeps the fastest. It is bounded (one second per compile
 //! across all classes) because it runs before the first step; a class whose candidates were
 //! not all timed in time uses the best so far and is not cached, so a later compile
-//! finishes it. Times are the wall time of a submission and the wait for it, the fastest
-//! of a few: at the sizes where the choice matters the kernel dwarfs the submission.
+//! finishes it. Times are the fastest of a few runs after a warm-up, measured by GPU
+//! timestamps around the pass where the device has them, else as the wall time of a
+//! submission and the wait for it.
 //!
 //! Results are cached per adapter (name, PCI ids, driver, driver info, backend) and shape
 //! class in a JSON file, replaced atomically (a temporary file renamed over it); a file
@@ -116,9 +117,11 @@ pub fn default_cache_path() -> Option<PathBuf> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TileSource {
     Pinned,
-    /// Timed in this compile (`complete`: every candidate was timed, so it was cached).
+    /// Timed in this compile (`complete`: every candidate was timed, so it was cached;
+    /// `gpu_clock`: by GPU timestamps rather than wall time).
     Tuned {
         complete: bool,
+        gpu_clock: bool,
     },
     Cache,
     /// Not tuned (tuning off, or the shape too large for scratch buffers).
@@ -127,13 +130,24 @@ pub enum TileSource {
 
 impl std::fmt::Display for TileSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TileSource::Pinned => "pinned",
-            TileSource::Tuned { complete: true } => "tuned",
-            TileSource::Tuned { complete: false } => "tuned (budget ran out)",
-            TileSource::Cache => "cache",
-            TileSource::Default => "default",
-        })
+        match self {
+            TileSource::Pinned => f.write_str("pinned"),
+            TileSource::Tuned {
+                complete,
+                gpu_clock,
+            } => write!(
+                f,
+                "tuned by {}{}",
+                if *gpu_clock {
+                    "GPU timestamps"
+                } else {
+                    "wall time"
+                },
+                if *complete { "" } else { ", budget ran out" }
+            ),
+            TileSource::Cache => f.write_str("cache"),
+            TileSource::Default => f.write_str("default"),
+        }
     }
 }
 
@@ -260,7 +274,7 @@ impl Tuner {
             let left = options.budget.saturating_sub(start.elapsed());
             let slice = left / (classes - i) as u32;
             let (tile, source, timings) = match time_class(ctx, kernels, shape, slice)? {
-                Some((timings, complete)) => {
+                Some((timings, complete, gpu_clock)) => {
                     let best = timings
                         .iter()
                         .min_by(|a, b| a.1.total_cmp(&b.1))
@@ -270,7 +284,11 @@ impl Tuner {
                     if complete {
                         learned.push((class.to_string(), best.name));
                     }
-                    (best, TileSource::Tuned { complete }, timings)
+                    let source = TileSource::Tuned {
+                        complete,
+                        gpu_clock,
+                    };
+                    (best, source, timings)
                 }
                 None => (MatmulTile::DEFAULT, TileSource::Default, Vec::new()),
             };
@@ -371,14 +389,15 @@ fn write_cache(path: &Path, cache: &Cache) -> Result<()> {
 type Timings = Vec<(MatmulTile, f64)>;
 
 /// Times every configuration that fits the device on `shape`, within `slice`: the seconds
-/// per run of those timed and whether that was all of them, or `None` where the shape's
+/// per run of those timed, whether that was all of them and whether every run was timed
+/// by GPU timestamps, or `None` where the shape's
 /// operands do not fit one binding (the lowering splits those; the default is used).
 fn time_class(
     ctx: &GpuContext,
     kernels: &mut Kernels,
     (m, k, n, trans_a, trans_b): Shape,
     slice: Duration,
-) -> Result<Option<(Timings, bool)>> {
+) -> Result<Option<(Timings, bool, bool)>> {
     let start = Instant::now();
     let max = ctx.max_binding_bytes();
     let sizes = [m * k, k * n, m * n].map(|e| (e.max(1) * 4) as u64);
@@ -408,6 +427,9 @@ fn time_class(
     });
     let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
     let candidates: Vec<MatmulTile> = MatmulTile::fitting(&ctx.limits).collect();
+    let clock = Clock::new(ctx);
+    // Cleared by any run that had to fall back to wall time.
+    let gpu_clock = std::cell::Cell::new(clock.is_some());
     let mut timings = Vec::new();
     let mut cut = false;
     for &tile in &candidates {
@@ -450,15 +472,28 @@ fn time_class(
         let run = || -> Result<f64> {
             let mut encoder = device.create_command_encoder(&Default::default());
             {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("matmul tuning"),
+                    timestamp_writes: clock.as_ref().map(Clock::writes),
+                });
                 pass.set_pipeline(&pipeline);
                 pass.set_bind_group(0, &bind_group, &[]);
                 pass.dispatch_workgroups(groups[0] as u32, groups[1] as u32, 1);
             }
+            if let Some(clock) = &clock {
+                clock.resolve(&mut encoder);
+            }
             let t0 = Instant::now();
             ctx.queue.submit([encoder.finish()]);
             ctx.wait()?;
-            Ok(t0.elapsed().as_secs_f64())
+            let wall = t0.elapsed().as_secs_f64();
+            Ok(match clock.as_ref().map(|c| c.seconds(ctx)) {
+                Some(Ok(gpu)) if gpu > 0.0 => gpu,
+                _ => {
+                    gpu_clock.set(false);
+                    wall
+                }
+            })
         };
         // The first run pays for the driver's lazy work; the fastest of the next few is
         // kept, as other load only ever slows a run down.
@@ -477,7 +512,80 @@ fn time_class(
     if timings.is_empty() {
         return Ok(None);
     }
-    Ok(Some((timings, !cut)))
+    Ok(Some((timings, !cut, gpu_clock.get())))
+}
+
+/// GPU timestamps around the timed pass, where the device has them: they leave out the
+/// submission and the wait, which on a fast GPU take as long as a small product.
+struct Clock {
+    queries: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    read: wgpu::Buffer,
+    period_ns: f64,
+}
+
+impl Clock {
+    fn new(ctx: &GpuContext) -> Option<Clock> {
+        let device = &ctx.device;
+        if !device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return None;
+        }
+        let queries = device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("matmul tuning"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let buffer = |usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("matmul tuning timestamps"),
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Some(Clock {
+            queries,
+            resolved: buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+            read: buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+            period_ns: f64::from(ctx.queue.get_timestamp_period()),
+        })
+    }
+
+    fn writes(&self) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites {
+            query_set: &self.queries,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: Some(1),
+        }
+    }
+
+    /// Copies the pass's timestamps where [`Clock::seconds`] reads them.
+    fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.resolve_query_set(&self.queries, 0..2, &self.resolved, 0);
+        encoder.copy_buffer_to_buffer(&self.resolved, 0, &self.read, 0, 16);
+    }
+
+    /// Seconds between the timestamps of the last submitted pass, once it has finished.
+    fn seconds(&self, ctx: &GpuContext) -> Result<f64> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.read.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        ctx.wait()?;
+        rx.recv()?
+            .map_err(|e| anyhow::anyhow!("reading timestamps: {e}"))?;
+        let ticks = {
+            let view = self
+                .read
+                .get_mapped_range(..)
+                .map_err(|e| anyhow::anyhow!("reading timestamps: {e}"))?;
+            let at =
+                |i: usize| u64::from_le_bytes(view[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+            at(1).saturating_sub(at(0))
+        };
+        self.read.unmap();
+        Ok(ticks as f64 * self.period_ns * 1e-9)
+    }
 }
 
 fn entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
