@@ -17,7 +17,9 @@ use common::matmul::{check_product, matmul_plan};
 use common::{gpu, TempDir};
 use std::time::Duration;
 use steadygrad::engine::Engine;
-use steadygrad::gpu::{GpuEngine, MatmulTile, MatmulVariant, TileSource, TuneMode, TuneOptions};
+use steadygrad::gpu::{
+    GpuEngine, MatmulTile, MatmulVariant, ShapeClass, TileSource, TuneMode, TuneOptions,
+};
 use steadygrad::graph::Plan;
 use steadygrad::ops::{MatMul, Op};
 use steadygrad::tensor::Storage;
@@ -254,4 +256,20 @@ fn a_tile_over_the_limits_is_refused_by_name() {
     }
     assert!(MatmulTile::by_name("96x96").is_err());
     assert!("9x9".parse::<TuneMode>().is_err());
+}
+
+#[test]
+fn shape_classes_bucket_each_side_to_a_power_of_two() {
+    let class = |m, k, n, ta, tb| ShapeClass::of(m, k, n, ta, tb).to_string();
+    assert_eq!(class(1, 4097, 257, false, true), "nt 16×8192×512");
+    assert_eq!(class(256, 256, 256, false, false), "nn 256×256×256");
+    assert_eq!(class(257, 1 << 20, 3, true, false), "tn 512×8192×16");
+    assert_eq!(
+        ShapeClass::of(100, 200, 300, true, false),
+        ShapeClass::of(128, 256, 512, true, false)
+    );
+    assert_ne!(
+        class(64, 64, 64, false, true),
+        class(64, 64, 64, true, false)
+    );
 }
