@@ -426,7 +426,11 @@ fn time_class(
         usage: wgpu::BufferUsages::UNIFORM,
     });
     let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
-    let candidates: Vec<MatmulTile> = MatmulTile::fitting(&ctx.limits).collect();
+    // A block more than twice the side of C would leave most of its invocations idle:
+    // not worth a share of the budget.
+    let candidates: Vec<MatmulTile> = MatmulTile::fitting(&ctx.limits)
+        .filter(|t| t.bm as usize <= 2 * m.max(16) && t.bn as usize <= 2 * n.max(16))
+        .collect();
     let clock = Clock::new(ctx);
     // Cleared by any run that had to fall back to wall time.
     let gpu_clock = std::cell::Cell::new(clock.is_some());
