@@ -211,7 +211,8 @@ impl GpuContext {
             // `ops/matmul/texture.rs`).
             (
                 adapter.limits(),
-                adapter.features() & wgpu::Features::SUBGROUP,
+                // Timestamps time the matmul tuner's candidates (`ops/matmul/tune.rs`).
+                adapter.features() & (wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY),
             )
         };
         let device_memory = crate::gpu::budget::device_memory(&adapter)?;

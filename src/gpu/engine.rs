@@ -7,12 +7,14 @@
 //! operands from texture mirrors; a stage then interleaves the copies that refresh those
 //! mirrors with its compute passes, still in a single submission.
 
+use super::readback::GpuPendingRead;
 use crate::device::lower::storage_buffer;
 use crate::device::{
     Counters, GpuContext, Kernels, LowerParts, Lowerer, MatmulVariant, Mirrors, Step,
 };
 use crate::engine::{BindGroupBudget, Engine, MemoryBudget, PendingRead, PlanId};
 use crate::graph::{Plan, Stage};
+use crate::ops::matmul::tune::{self, TileChoice, TuneOptions, Tuner};
 use crate::ops::Op;
 use crate::tensor::{Hyper, PersistentDesc, Storage, TensorId};
 use anyhow::{bail, ensure, Context, Result};
@@ -35,6 +37,7 @@ pub struct GpuEngine {
     ctx: Arc<GpuContext>,
     kernels: Kernels,
     matmul_variant: MatmulVariant,
+    tuner: Tuner,
     persistent: Vec<wgpu::Buffer>,
     persistent_desc: Vec<PersistentDesc>,
     hyper: wgpu::Buffer,
@@ -50,10 +53,10 @@ pub struct GpuEngine {
     staging_pool: StagingPool,
 }
 
-type StagingPool = Arc<Mutex<Vec<wgpu::Buffer>>>;
+pub(super) type StagingPool = Arc<Mutex<Vec<wgpu::Buffer>>>;
 
 /// Staging buffers kept for reuse: a few readbacks are in flight at once.
-const STAGING_POOL_MAX: usize = 8;
+pub(super) const STAGING_POOL_MAX: usize = 8;
 
 impl GpuEngine {
     pub fn new(ctx: Arc<GpuContext>) -> Self {
@@ -76,6 +79,7 @@ impl GpuEngine {
             placeholders,
             kernels: Kernels::default(),
             matmul_variant: MatmulVariant::Auto,
+            tuner: Tuner::default(),
             persistent: Vec::new(),
             persistent_desc: Vec::new(),
             hyper,
@@ -121,9 +125,22 @@ impl GpuEngine {
         self.matmul_variant = variant;
     }
 
-    /// The concrete variant `variant` stands for on this engine's adapter.
+    /// How plans compiled from now on choose the tiled matmul's configuration (else
+    /// from the environment, see [`TuneOptions::from_env`]).
+    pub fn set_tune_options(&mut self, options: TuneOptions) {
+        self.tuner.set_options(options);
+    }
+
+    /// The tiled matmul's configuration per shape class so far, and shape classes timed.
+    pub fn matmul_tiles(&self) -> (Vec<TileChoice>, usize) {
+        (self.tuner.choices(), self.tuner.timed)
+    }
+
+    /// The concrete variant `variant` stands for on this engine's adapter: a pinned tile
+    /// makes `auto` the tiled kernel even on CPU-backed adapters.
     pub fn resolve_matmul_variant(&self, variant: MatmulVariant) -> MatmulVariant {
         match variant {
+            MatmulVariant::Auto if self.tuner.pinned() => MatmulVariant::Tiled,
             MatmulVariant::Auto => match self.ctx.info.device_type {
                 wgpu::DeviceType::Cpu => MatmulVariant::Texture,
                 _ => MatmulVariant::Tiled,
@@ -246,6 +263,10 @@ impl GpuEngine {
         lists: &[(&[Op], bool)],
     ) -> Result<Vec<Vec<Step>>> {
         let variant = self.resolve_matmul_variant(self.matmul_variant);
+        if variant == MatmulVariant::Tiled {
+            let shapes = tune::shapes(lists.iter().map(|l| l.0));
+            self.tuner.prepare(&self.ctx, &mut self.kernels, &shapes)?;
+        }
         let (max_binding, max_buffer) = (self.max_binding(), self.max_buffer());
         let mut mirrors = Mirrors::default();
         let mut lw = Lowerer::new(LowerParts {
@@ -258,6 +279,7 @@ impl GpuEngine {
             hyper: &self.hyper,
             placeholders: &self.placeholders,
             variant,
+            tiles: self.tuner.tiles(),
             mirrors: &mut mirrors,
             max_binding,
             max_buffer,
@@ -646,72 +668,5 @@ impl Engine for GpuEngine {
             collected: false,
             pool: self.staging_pool.clone(),
         }))
-    }
-}
-
-type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
-
-/// A staging buffer being mapped; the map callback fills `state` during a device poll.
-struct GpuPendingRead {
-    ctx: Arc<GpuContext>,
-    staging: wgpu::Buffer,
-    lens: Vec<usize>,
-    state: Arc<Mutex<Option<MapResult>>>,
-    collected: bool,
-    /// Where the buffer goes back once collected and unmapped.
-    pool: StagingPool,
-}
-
-impl GpuPendingRead {
-    fn take_state(&self) -> Option<MapResult> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-}
-
-impl PendingRead for GpuPendingRead {
-    fn poll(&mut self, wait: bool) -> Result<Option<Vec<Vec<f32>>>> {
-        ensure!(!self.collected, "this read was already collected");
-        let status = match self.take_state() {
-            Some(s) => s,
-            None => {
-                if wait {
-                    self.ctx.wait()?;
-                } else {
-                    // One non-blocking look: runs the callbacks of finished work only.
-                    self.ctx
-                        .device
-                        .poll(wgpu::PollType::Poll)
-                        .map_err(|e| anyhow::anyhow!("polling the GPU failed: {e}"))?;
-                    self.ctx.take_error()?;
-                }
-                match self.take_state() {
-                    Some(s) => s,
-                    None if wait => bail!("the GPU finished but the readback was not mapped"),
-                    None => return Ok(None),
-                }
-            }
-        };
-        status.map_err(|e| anyhow::anyhow!("mapping a readback failed: {e}"))?;
-        let values = {
-            let view = self
-                .staging
-                .get_mapped_range(..)
-                .map_err(|e| anyhow::anyhow!("reading a readback: {e}"))?;
-            let all: &[f32] = bytemuck::cast_slice(&view);
-            let mut out = Vec::with_capacity(self.lens.len());
-            let mut at = 0;
-            for &len in &self.lens {
-                out.push(all[at..at + len].to_vec());
-                at += len;
-            }
-            out
-        };
-        self.staging.unmap();
-        self.collected = true;
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < STAGING_POOL_MAX {
-            pool.push(self.staging.clone());
-        }
-        Ok(Some(values))
     }
 }

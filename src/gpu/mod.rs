@@ -3,9 +3,11 @@
 
 pub mod budget;
 pub mod engine;
+mod readback;
 
 pub use crate::device::{
     describe_adapter, list_adapters, AdapterSelection, Counters, GpuContext, LimitsProfile,
-    MatmulVariant,
+    MatmulTile, MatmulVariant, ShapeClass,
 };
+pub use crate::ops::matmul::tune::{TileChoice, TileSource, TuneMode, TuneOptions};
 pub use engine::GpuEngine;
