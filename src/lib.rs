@@ -34,6 +34,7 @@ pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod engine;
 pub mod gpu;
 pub mod graph;

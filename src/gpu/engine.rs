@@ -29,6 +29,9 @@ struct GpuPlan {
     /// The training step with statistics, lowered on first use so models that never
     /// gather statistics pay nothing for them, not even pipeline creation.
     train_stats: Option<Vec<Step>>,
+    /// The training step as `Stage::Backward` and `Stage::Update`, lowered on first use:
+    /// only data-parallel training runs them.
+    split: Option<[Vec<Step>; 2]>,
 }
 
 pub struct GpuEngine {
@@ -156,6 +159,8 @@ impl GpuEngine {
             Stage::Eval => (&p.forward, &p.eval),
             Stage::Train => (&p.train, &[]),
             Stage::TrainWithStats => (p.train_stats.as_deref().unwrap_or_default(), &[]),
+            Stage::Backward => (p.split.as_ref().map_or(&[], |s| &s[0]), &[]),
+            Stage::Update => (p.split.as_ref().map_or(&[], |s| &s[1]), &[]),
         };
         Ok(head.iter().chain(tail).collect())
     }
@@ -208,9 +213,7 @@ impl GpuEngine {
         stage: Stage,
         reps: usize,
     ) -> Result<Vec<(String, std::time::Duration)>> {
-        if stage == Stage::TrainWithStats {
-            self.lower_stats(plan)?;
-        }
+        self.lower_on_demand(plan, stage)?;
         let steps = self.stage_steps(plan, stage)?;
         let mut times = vec![std::time::Duration::MAX; steps.len()];
         let wait = || self.ctx.wait();
@@ -307,6 +310,38 @@ impl GpuEngine {
         };
         staging.unmap();
         Ok(out)
+    }
+
+    /// Lowers the op lists a stage needs that `compile` leaves for first use.
+    fn lower_on_demand(&mut self, plan: PlanId, stage: Stage) -> Result<()> {
+        match stage {
+            Stage::TrainWithStats => self.lower_stats(plan),
+            Stage::Backward | Stage::Update => self.lower_split(plan),
+            _ => Ok(()),
+        }
+    }
+
+    /// Lowers the training step as two stages the first time either is run. The update
+    /// starts with every mirror stale: the host rewrites the gradients in between.
+    fn lower_split(&mut self, id: PlanId) -> Result<()> {
+        let p = self.plans.get(id).context("unknown plan id")?;
+        if p.split.is_some() {
+            return Ok(());
+        }
+        let (plan, local) = (p.plan.clone(), p.local.clone());
+        if let Some(budget) = self.bind_group_budget() {
+            budget.check(plan.train.len(), "the split training step")?;
+        }
+        let (backward, update) = plan.train.split_at(plan.update_start);
+        let lists = self.lower_ops(&plan, &local, &[(backward, true), (update, true)])?;
+        let [backward, update]: [Vec<Step>; 2] = lists
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("two op lists lower to two step lists"))?;
+        self.ctx
+            .take_error()
+            .context("compiling the split training step")?;
+        self.plans[id].split = Some([backward, update]);
+        Ok(())
     }
 
     /// Lowers the plan's statistics step the first time it is run.
@@ -490,6 +525,7 @@ impl Engine for GpuEngine {
             eval,
             train,
             train_stats: None,
+            split: None,
         });
         Ok(self.plans.len() - 1)
     }
@@ -546,9 +582,7 @@ impl Engine for GpuEngine {
     }
 
     fn run(&mut self, plan: PlanId, stage: Stage) -> Result<()> {
-        if stage == Stage::TrainWithStats {
-            self.lower_stats(plan)?;
-        }
+        self.lower_on_demand(plan, stage)?;
         let steps = self.stage_steps(plan, stage)?;
         let dispatches = steps
             .iter()
