@@ -29,7 +29,7 @@ fn main() {
         mpi::finish();
         return;
     }
-    let ranks = args.value("ranks", "STEADYGRAD_BENCH_RANKS").unwrap_or("1,2".into());
+    let ranks = args.value("ranks", "STEADYGRAD_BENCH_RANKS").unwrap_or_else(|| "1,2".into());
     let me = std::env::current_exe().expect("the bench's own path");
     for n in ranks.split(',') {
         let status = Command::new("mpirun")
@@ -50,7 +50,7 @@ fn measure(args: &Args) {
     let warmup = 2;
     let workloads = args
         .value("workloads", "STEADYGRAD_BENCH_WORKLOADS")
-        .unwrap_or("w1,w2".into());
+        .unwrap_or_else(|| "w1,w2".into());
     let collective = mpi::init().expect("MPI");
     for name in workloads.split(',') {
         let spec = steadygrad::bench::standard_spec(name.trim(), false).unwrap_or_else(|e| panic!("{e}"));
@@ -65,15 +65,15 @@ fn measure(args: &Args) {
             let x = noise(n * spec.input, seed).iter().map(|v| v * 0.5 + 0.5).collect();
             Dataset::classification(x, &labels, spec.input, spec.output).expect("data")
         };
-        let opts = |_: usize| FitOptions {
+        let opts = FitOptions {
             epochs: 1,
             batch_size: BATCH,
             shuffle_seed: 1,
             drop_last: true,
         };
-        model.fit(&data(warmup, 3), None, &opts(warmup), |_| {}).expect("warm-up");
+        model.fit(&data(warmup, 3), None, &opts, |_| {}).expect("warm-up");
         let before = model.exchange_stats().expect("distributed");
-        model.fit(&data(steps, 4), None, &opts(steps), |_| {}).expect("timed steps");
+        model.fit(&data(steps, 4), None, &opts, |_| {}).expect("timed steps");
         let after = model.exchange_stats().expect("distributed");
         let n = (after.steps - before.steps) as f64;
         let ms = |a: Duration, b: Duration| (a - b).as_secs_f64() * 1e3 / n;

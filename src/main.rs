@@ -379,6 +379,15 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             }
             m.cache_frozen_outputs(cache_frozen);
             println!("device: {}", m.device());
+            if let Some(d) = &dist {
+                println!(
+                    "data-parallel: rank {} of {}, {} rows per rank, global batch {}",
+                    d.rank(),
+                    d.size(),
+                    batch,
+                    batch * d.size()
+                );
+            }
             println!(
                 "model: {} → {} ({}) → {}, {}, batch {batch}; {} train / {} validation rows{}",
                 spec.input,
@@ -527,6 +536,9 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             run.finish_after(&mut m, "train", failure)?;
             if !stopped {
                 result?;
+            }
+            if !root {
+                return Ok(());
             }
             println!(
                 "trained {trained} epochs in {:.1} s",

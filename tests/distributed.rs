@@ -108,10 +108,11 @@ fn max_diff(a: &HashMap<String, Vec<f32>>, b: &HashMap<String, Vec<f32>>) -> (f3
 }
 
 /// Two ranks × 32 against one process × 64 for `flags`, 3 epochs (12 steps, the last
-/// of each epoch uneven). The tolerance: the two runs differ only in float32 summation
-/// order (each rank sums 32 rows, then the halves are added), about 1e-7 relative per
-/// gradient, which a dozen steps grow to ~1e-5; 1e-4 leaves room for that while a
-/// different global batch (the control, batch 32 alone) differs by far more.
+/// of each epoch uneven). The tolerance, 1e-5 relative to max(1, |value|): the two runs
+/// differ only in float32 summation order (each rank sums 32 rows, then the halves are
+/// added), which measured at most 1.2e-7 after these 12 steps on lavapipe; 1e-5 leaves
+/// room for other drivers' orders, while a different global batch (the control, batch 32
+/// in one process) differs by 1e-2 to 3e-1.
 fn equivalent(flags: &[&str]) {
     let tmp = TempDir::new("distributed");
     let d = tmp.path();
@@ -120,11 +121,13 @@ fn equivalent(flags: &[&str]) {
     let two = train(d, Some(2), &[&args[..], &["--batch", "32"]].concat(), "two.safetensors");
     let one = train(d, None, &[&args[..], &["--batch", "64"]].concat(), "one.safetensors");
     let (diff, name) = max_diff(&one, &two);
-    assert!(diff < 1e-4, "{flags:?}: 2×32 and 1×64 differ by {diff} in {name}");
+    eprintln!("{flags:?}: 2×32 against 1×64: {diff:e} ({name})");
+    assert!(diff < 1e-5, "{flags:?}: 2×32 and 1×64 differ by {diff} in {name}");
     // Compared are the layers' weights, not only bookkeeping.
     assert!(two.keys().any(|k| k.ends_with("linear.weight")));
     let control = train(d, None, &[&args[..], &["--batch", "32"]].concat(), "ctl.safetensors");
     let (diff, name) = max_diff(&one, &control);
+    eprintln!("{flags:?}: 1×32 against 1×64: {diff:e} ({name})");
     assert!(diff > 1e-3, "{flags:?}: batch 32 alone is as close ({diff} in {name}): the comparison cannot fail");
 }
 
@@ -164,7 +167,7 @@ fn resume_with_a_different_number_of_ranks() {
     let resumed = load(&d.join("r1.safetensors"));
     let one = train(d, None, &[&flags[..], &["--epochs", "3", "--batch", "64"]].concat(), "o.safetensors");
     let (diff, name) = max_diff(&one, &resumed);
-    assert!(diff < 1e-4, "resumed 2 → 1 ranks differs by {diff} in {name}");
+    assert!(diff < 1e-5, "resumed 2 → 1 ranks differs by {diff} in {name}");
 }
 
 /// The pid of the process of rank `rank` that `mpirun` (pid `parent`) started.

@@ -312,55 +312,41 @@ impl GpuEngine {
         Ok(out)
     }
 
-    /// Lowers the op lists a stage needs that `compile` leaves for first use.
-    fn lower_on_demand(&mut self, plan: PlanId, stage: Stage) -> Result<()> {
-        match stage {
-            Stage::TrainWithStats => self.lower_stats(plan),
-            Stage::Backward | Stage::Update => self.lower_split(plan),
-            _ => Ok(()),
-        }
-    }
-
-    /// Lowers the training step as two stages the first time either is run. The update
-    /// starts with every mirror stale: the host rewrites the gradients in between.
-    fn lower_split(&mut self, id: PlanId) -> Result<()> {
+    /// Lowers the op lists a stage needs that `compile` leaves for first use: the
+    /// statistics step, or the training step split in two (`Stage::Backward` and
+    /// `Stage::Update`, for data-parallel training). Each list starts with every mirror
+    /// stale; between the two halves the host rewrites the gradients.
+    fn lower_on_demand(&mut self, id: PlanId, stage: Stage) -> Result<()> {
         let p = self.plans.get(id).context("unknown plan id")?;
-        if p.split.is_some() {
+        let stats = stage == Stage::TrainWithStats;
+        let done = match stage {
+            Stage::TrainWithStats => p.train_stats.is_some(),
+            Stage::Backward | Stage::Update => p.split.is_some(),
+            _ => true,
+        };
+        if done {
             return Ok(());
         }
         let (plan, local) = (p.plan.clone(), p.local.clone());
+        let (what, lists): (&str, Vec<(&[Op], bool)>) = if stats {
+            ("the statistics step", vec![(&plan.train_stats, true)])
+        } else {
+            let (backward, update) = plan.train.split_at(plan.update_start);
+            ("the split training step", vec![(backward, true), (update, true)])
+        };
         if let Some(budget) = self.bind_group_budget() {
-            budget.check(plan.train.len(), "the split training step")?;
+            budget.check(lists.iter().map(|l| l.0.len()).sum(), what)?;
         }
-        let (backward, update) = plan.train.split_at(plan.update_start);
-        let lists = self.lower_ops(&plan, &local, &[(backward, true), (update, true)])?;
-        let [backward, update]: [Vec<Step>; 2] = lists
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("two op lists lower to two step lists"))?;
+        let mut lowered = self.lower_ops(&plan, &local, &lists)?;
         self.ctx
             .take_error()
-            .context("compiling the split training step")?;
-        self.plans[id].split = Some([backward, update]);
-        Ok(())
-    }
-
-    /// Lowers the plan's statistics step the first time it is run.
-    fn lower_stats(&mut self, id: PlanId) -> Result<()> {
-        let p = self.plans.get(id).context("unknown plan id")?;
-        if p.train_stats.is_some() {
-            return Ok(());
+            .with_context(|| format!("compiling {what}"))?;
+        let p = &mut self.plans[id];
+        if stats {
+            p.train_stats = lowered.pop();
+        } else if let (Some(update), Some(backward)) = (lowered.pop(), lowered.pop()) {
+            p.split = Some([backward, update]);
         }
-        let (plan, local) = (p.plan.clone(), p.local.clone());
-        if let Some(budget) = self.bind_group_budget() {
-            budget.check(plan.train_stats.len(), "the statistics step")?;
-        }
-        let dispatches = self
-            .lower_ops(&plan, &local, &[(&plan.train_stats, true)])?
-            .remove(0);
-        self.ctx
-            .take_error()
-            .context("compiling the statistics step")?;
-        self.plans[id].train_stats = Some(dispatches);
         Ok(())
     }
 

@@ -316,10 +316,17 @@ impl Model {
         Ok(())
     }
 
-    /// Enqueues one training step (forward, loss, backward, update) on a batch that was
-    /// already validated. On the GPU nothing is read back.
-    fn step_unchecked(&mut self, x: &[f32], y: &[f32], rows: usize, start: usize) -> Result<()> {
-        let (id, plan) = self.plan_at(rows, start)?;
+    /// The training plan for `rows` rows from layer `start`, with the batch `x`, `y`
+    /// written to its input and target.
+    fn load_batch(
+        &mut self,
+        x: &[f32],
+        y: &[f32],
+        rows: usize,
+        start: usize,
+    ) -> Result<(PlanId, &Plan)> {
+        self.plan_at(rows, start)?;
+        let (id, plan) = &self.plans[&(rows, start)];
         if let Some(e) = &plan.train_error {
             anyhow::bail!("{e}");
         }
@@ -327,10 +334,17 @@ impl Model {
             plan.input.expect("mlp plans have an input"),
             plan.target.expect("mlp plans have a target"),
         );
+        self.engine.write(*id, input, x)?;
+        self.engine.write(*id, target, y)?;
+        Ok((*id, plan))
+    }
+
+    /// Enqueues one training step (forward, loss, backward, update) on a batch that was
+    /// already validated. On the GPU nothing is read back.
+    fn step_unchecked(&mut self, x: &[f32], y: &[f32], rows: usize, start: usize) -> Result<()> {
+        let (id, plan) = self.load_batch(x, y, rows, start)?;
         let has_stats = plan.stats.is_some();
         let gathered = has_stats && self.health.due();
-        self.engine.write(id, input, x)?;
-        self.engine.write(id, target, y)?;
         self.apply_schedule()?;
         let stage = if gathered {
             Stage::TrainWithStats

@@ -44,21 +44,12 @@ impl Model {
         start: usize,
     ) -> Result<()> {
         let clock = Instant::now();
-        let (id, plan) = self.plan_at(rows, start)?;
-        if let Some(e) = &plan.train_error {
-            anyhow::bail!("{e}");
-        }
-        let (input, target) = (
-            plan.input.expect("mlp plans have an input"),
-            plan.target.expect("mlp plans have a target"),
-        );
+        let (id, plan) = self.load_batch(x, y, rows, start)?;
         let grads: Vec<(TensorId, usize)> = plan
             .grads
             .iter()
             .map(|&(_, g)| (g, plan.tensors[g].len()))
             .collect();
-        self.engine.write(id, input, x)?;
-        self.engine.write(id, target, y)?;
         self.apply_schedule()?;
         self.engine.run(id, Stage::Backward)?;
         let ids: Vec<TensorId> = grads.iter().map(|g| g.0).collect();
