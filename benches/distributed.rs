@@ -29,7 +29,9 @@ fn main() {
         mpi::finish();
         return;
     }
-    let ranks = args.value("ranks", "STEADYGRAD_BENCH_RANKS").unwrap_or_else(|| "1,2".into());
+    let ranks = args
+        .value("ranks", "STEADYGRAD_BENCH_RANKS")
+        .unwrap_or_else(|| "1,2".into());
     let me = std::env::current_exe().expect("the bench's own path");
     for n in ranks.split(',') {
         let status = Command::new("mpirun")
@@ -53,7 +55,8 @@ fn measure(args: &Args) {
         .unwrap_or_else(|| "w1,w2".into());
     let collective = mpi::init().expect("MPI");
     for name in workloads.split(',') {
-        let spec = steadygrad::bench::standard_spec(name.trim(), false).unwrap_or_else(|e| panic!("{e}"));
+        let spec =
+            steadygrad::bench::standard_spec(name.trim(), false).unwrap_or_else(|e| panic!("{e}"));
         let mut model = Model::with_backend(spec.clone(), &BackendChoice::Auto).expect("model");
         let dist = Distributed::new(Box::new(collective), Duration::from_secs(600), 0);
         let (rank, world) = (dist.rank(), dist.size());
@@ -62,7 +65,10 @@ fn measure(args: &Args) {
         let data = |steps: usize, seed| {
             let n = rows * steps;
             let labels: Vec<usize> = (0..n).map(|i| i % spec.output).collect();
-            let x = noise(n * spec.input, seed).iter().map(|v| v * 0.5 + 0.5).collect();
+            let x = noise(n * spec.input, seed)
+                .iter()
+                .map(|v| v * 0.5 + 0.5)
+                .collect();
             Dataset::classification(x, &labels, spec.input, spec.output).expect("data")
         };
         let opts = FitOptions {
@@ -71,9 +77,13 @@ fn measure(args: &Args) {
             shuffle_seed: 1,
             drop_last: true,
         };
-        model.fit(&data(warmup, 3), None, &opts, |_| {}).expect("warm-up");
+        model
+            .fit(&data(warmup, 3), None, &opts, |_| {})
+            .expect("warm-up");
         let before = model.exchange_stats().expect("distributed");
-        model.fit(&data(steps, 4), None, &opts, |_| {}).expect("timed steps");
+        model
+            .fit(&data(steps, 4), None, &opts, |_| {})
+            .expect("timed steps");
         let after = model.exchange_stats().expect("distributed");
         let n = (after.steps - before.steps) as f64;
         let ms = |a: Duration, b: Duration| (a - b).as_secs_f64() * 1e3 / n;

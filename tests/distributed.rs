@@ -71,7 +71,11 @@ fn train(dir: &Path, ranks: Option<usize>, args: &[&str], save: &str) -> HashMap
         .current_dir(dir)
         .output()
         .expect("mpirun (Open MPI) is installed");
-    assert!(out.status.success(), "{ranks:?} ranks, {args:?}:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "{ranks:?} ranks, {args:?}:\n{}",
+        text(&out)
+    );
     load(&dir.join(save))
 }
 
@@ -118,17 +122,38 @@ fn equivalent(flags: &[&str]) {
     let d = tmp.path();
     let epochs = ["--epochs", "3"];
     let args = [&epochs[..], flags].concat();
-    let two = train(d, Some(2), &[&args[..], &["--batch", "32"]].concat(), "two.safetensors");
-    let one = train(d, None, &[&args[..], &["--batch", "64"]].concat(), "one.safetensors");
+    let two = train(
+        d,
+        Some(2),
+        &[&args[..], &["--batch", "32"]].concat(),
+        "two.safetensors",
+    );
+    let one = train(
+        d,
+        None,
+        &[&args[..], &["--batch", "64"]].concat(),
+        "one.safetensors",
+    );
     let (diff, name) = max_diff(&one, &two);
     eprintln!("{flags:?}: 2×32 against 1×64: {diff:e} ({name})");
-    assert!(diff < 1e-5, "{flags:?}: 2×32 and 1×64 differ by {diff} in {name}");
+    assert!(
+        diff < 1e-5,
+        "{flags:?}: 2×32 and 1×64 differ by {diff} in {name}"
+    );
     // Compared are the layers' weights, not only bookkeeping.
     assert!(two.keys().any(|k| k.ends_with("linear.weight")));
-    let control = train(d, None, &[&args[..], &["--batch", "32"]].concat(), "ctl.safetensors");
+    let control = train(
+        d,
+        None,
+        &[&args[..], &["--batch", "32"]].concat(),
+        "ctl.safetensors",
+    );
     let (diff, name) = max_diff(&one, &control);
     eprintln!("{flags:?}: 1×32 against 1×64: {diff:e} ({name})");
-    assert!(diff > 1e-3, "{flags:?}: batch 32 alone is as close ({diff} in {name}): the comparison cannot fail");
+    assert!(
+        diff > 1e-3,
+        "{flags:?}: batch 32 alone is as close ({diff} in {name}): the comparison cannot fail"
+    );
 }
 
 #[test]
@@ -152,22 +177,42 @@ fn resume_with_a_different_number_of_ranks() {
     let tmp = TempDir::new("distributed_resume");
     let d = tmp.path();
     let flags = ["--optimizer", "adam", "--lr", "0.01"];
-    train(d, Some(2), &[&flags[..], &["--epochs", "2", "--batch", "32"]].concat(), "r.safetensors");
+    train(
+        d,
+        Some(2),
+        &[&flags[..], &["--epochs", "2", "--batch", "32"]].concat(),
+        "r.safetensors",
+    );
     std::fs::copy(d.join("r.safetensors"), d.join("r1.safetensors")).unwrap();
     // Rank counts 2 then 1 with the global batch kept at 64 equal one process throughout.
     let out = Command::new(env!("CARGO_BIN_EXE_steadygrad"))
         .args(MODEL)
         .args(flags)
-        .args(["--resume", "r1.safetensors", "--epochs", "3", "--batch", "64"])
+        .args([
+            "--resume",
+            "r1.safetensors",
+            "--epochs",
+            "3",
+            "--batch",
+            "64",
+        ])
         .args(["--save", "r1.safetensors"])
         .current_dir(d)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let resumed = load(&d.join("r1.safetensors"));
-    let one = train(d, None, &[&flags[..], &["--epochs", "3", "--batch", "64"]].concat(), "o.safetensors");
+    let one = train(
+        d,
+        None,
+        &[&flags[..], &["--epochs", "3", "--batch", "64"]].concat(),
+        "o.safetensors",
+    );
     let (diff, name) = max_diff(&one, &resumed);
-    assert!(diff < 1e-5, "resumed 2 → 1 ranks differs by {diff} in {name}");
+    assert!(
+        diff < 1e-5,
+        "resumed 2 → 1 ranks differs by {diff} in {name}"
+    );
 }
 
 /// The pid of the process of rank `rank` that `mpirun` (pid `parent`) started.
@@ -179,7 +224,10 @@ fn rank_pid(parent: u32, rank: usize) -> Option<u32> {
         };
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // The parent pid is the second field after the parenthesised command name.
-        let ppid = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1));
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().nth(1));
         if ppid != Some(&parent.to_string()) {
             continue;
         }
@@ -207,13 +255,22 @@ fn a_killed_rank_stops_the_job_naming_it() {
     let ckpt = d.join("k.safetensors");
     let started = Instant::now();
     while !ckpt.exists() {
-        assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint after 300 s");
-        assert!(child.try_wait().unwrap().is_none(), "the job ended before the kill");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint after 300 s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before the kill"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let victim = rank_pid(child.id(), 1).expect("rank 1's process");
     let killed = Instant::now();
-    let status = Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     // Bounded: mpirun notices the death at once; the collective timeout (20 s) is the
     // backstop. Anything near a minute means a rank hung.
@@ -221,16 +278,26 @@ fn a_killed_rank_stops_the_job_naming_it() {
         if child.try_wait().unwrap().is_some() {
             break;
         }
-        assert!(killed.elapsed() < Duration::from_secs(60), "the job still runs 60 s after the kill");
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "the job still runs 60 s after the kill"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = child.wait_with_output().unwrap();
     let log = text(&out);
     assert!(!out.status.success(), "{log}");
-    assert!(log.contains("rank 1"), "the error does not name rank 1:\n{log}");
+    assert!(
+        log.contains("rank 1"),
+        "the error does not name rank 1:\n{log}"
+    );
     // Rank 0 replaces the checkpoint atomically, so whatever it held last loads whole.
     let saved = load(&ckpt);
-    assert!(saved.keys().any(|k| k.ends_with("linear.weight")), "{:?}", saved.keys());
+    assert!(
+        saved.keys().any(|k| k.ends_with("linear.weight")),
+        "{:?}",
+        saved.keys()
+    );
 }
 
 #[test]

@@ -20,7 +20,12 @@ pub struct DistArgs {
     pub sync_bn: bool,
     /// Seconds any exchange with the other ranks may take before this rank gives up and
     /// stops the job, naming the exchange (a rank that died or hangs).
-    #[arg(long, default_value_t = 120.0, value_name = "SECONDS", requires = "distributed")]
+    #[arg(
+        long,
+        default_value_t = 120.0,
+        value_name = "SECONDS",
+        requires = "distributed"
+    )]
     pub collective_timeout: f64,
     /// Compare checksums of every rank's weights every N steps (0: after each epoch
     /// only); ranks that differ stop the run with an error naming them.
@@ -30,7 +35,10 @@ pub struct DistArgs {
 
 /// The data-parallel context of this process, when `--distributed` asked for one, with
 /// the backend choice narrowed to this rank's adapter.
-pub fn join(args: &DistArgs, choice: &BackendChoice) -> Result<Option<(Distributed, BackendChoice)>> {
+pub fn join(
+    args: &DistArgs,
+    choice: &BackendChoice,
+) -> Result<Option<(Distributed, BackendChoice)>> {
     if !args.distributed {
         return Ok(None);
     }

@@ -56,10 +56,9 @@ pub fn shard(len: usize, rank: usize, world: usize) -> (usize, usize) {
 /// tensors, which replicas of one model must hold.
 pub fn checksum(hash: u64, values: &[f32]) -> u64 {
     values.iter().fold(hash, |h, v| {
-        v.to_bits()
-            .to_le_bytes()
-            .iter()
-            .fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3))
+        v.to_bits().to_le_bytes().iter().fold(h, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
+        })
     })
 }
 
@@ -113,15 +112,16 @@ impl Distributed {
 
     /// [`Collective::sum_f32`] under the watchdog; `what` names the call in its error.
     pub fn sum_f32(&self, values: &mut [f32], what: &str) -> Result<()> {
-        self.watchdog.around(what, || self.collective.sum_f32(values))
+        self.watchdog
+            .around(what, || self.collective.sum_f32(values))
     }
 
     /// Compares `hash` (of this rank's replicated state) across ranks; an error naming
     /// the ranks that disagree with rank 0.
     pub fn check_replicas(&self, hash: u64, when: &str) -> Result<()> {
-        let all = self
-            .watchdog
-            .around("comparing weight checksums", || self.collective.gather_u64(hash))?;
+        let all = self.watchdog.around("comparing weight checksums", || {
+            self.collective.gather_u64(hash)
+        })?;
         let differing: Vec<String> = all
             .iter()
             .enumerate()
@@ -180,7 +180,10 @@ impl Watchdog {
 
     fn around<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let set = |v| *self.current.lock().unwrap_or_else(|p| p.into_inner()) = v;
-        set(Some((Instant::now(), format!("{what} (rank {})", self.rank))));
+        set(Some((
+            Instant::now(),
+            format!("{what} (rank {})", self.rank),
+        )));
         let out = f();
         set(None);
         out
@@ -209,7 +212,10 @@ mod tests {
     #[test]
     fn checksum_sees_one_bit() {
         let a = checksum(CHECKSUM_START, &[1.0, 2.0]);
-        assert_ne!(a, checksum(CHECKSUM_START, &[1.0, f32::from_bits(2.0f32.to_bits() ^ 1)]));
+        assert_ne!(
+            a,
+            checksum(CHECKSUM_START, &[1.0, f32::from_bits(2.0f32.to_bits() ^ 1)])
+        );
         assert_eq!(a, checksum(CHECKSUM_START, &[1.0, 2.0]));
     }
 

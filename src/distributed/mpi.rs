@@ -27,7 +27,9 @@ pub struct MpiCollective {
 /// Initializes MPI once per process.
 pub fn init() -> Result<MpiCollective> {
     let universe = mpi::initialize().ok_or_else(|| {
-        anyhow::anyhow!("MPI was already initialized in this process; start one training per process")
+        anyhow::anyhow!(
+            "MPI was already initialized in this process; start one training per process"
+        )
     })?;
     // Finalized explicitly by `finish`, see the module docs.
     std::mem::forget(universe);

@@ -312,10 +312,9 @@ impl GpuEngine {
         Ok(out)
     }
 
-    /// Lowers the op lists a stage needs that `compile` leaves for first use: the
-    /// statistics step, or the training step split in two (`Stage::Backward` and
-    /// `Stage::Update`, for data-parallel training). Each list starts with every mirror
-    /// stale; between the two halves the host rewrites the gradients.
+    /// Lowers what `compile` leaves for first use: the statistics step, or the training
+    /// step split into `Stage::Backward` and `Stage::Update` (data-parallel training).
+    /// Each list starts with all mirrors stale: the host rewrites gradients in between.
     fn lower_on_demand(&mut self, id: PlanId, stage: Stage) -> Result<()> {
         let p = self.plans.get(id).context("unknown plan id")?;
         let stats = stage == Stage::TrainWithStats;
@@ -331,8 +330,8 @@ impl GpuEngine {
         let (what, lists): (&str, Vec<(&[Op], bool)>) = if stats {
             ("the statistics step", vec![(&plan.train_stats, true)])
         } else {
-            let (backward, update) = plan.train.split_at(plan.update_start);
-            ("the split training step", vec![(backward, true), (update, true)])
+            let (back, update) = plan.train.split_at(plan.update_start);
+            ("the split step", vec![(back, true), (update, true)])
         };
         if let Some(budget) = self.bind_group_budget() {
             budget.check(lists.iter().map(|l| l.0.len()).sum(), what)?;

@@ -1,9 +1,9 @@
 //! [`Model`]: a compiled MLP on one backend, with training, evaluation and prediction.
 
+mod distributed;
 mod health;
 pub mod mc;
 mod regularize;
-mod distributed;
 mod resources;
 mod schedule;
 mod state;
@@ -527,7 +527,11 @@ impl Model {
         self.check_fit_resources(
             &[
                 if full > 0 { opts.batch_size } else { 0 },
-                if skip_last { 0 } else { partial.div_ceil(world) },
+                if skip_last {
+                    0
+                } else {
+                    partial.div_ceil(world)
+                },
                 valid_rows.min(opts.batch_size),
                 valid_rows % opts.batch_size,
             ],

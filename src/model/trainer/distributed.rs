@@ -104,7 +104,12 @@ impl Model {
             return Ok(());
         }
         let slots: Vec<usize> = (self.persistent.iter().enumerate())
-            .filter(|(_, p)| matches!(p.kind, PersistentKind::Param | PersistentKind::OptimizerState))
+            .filter(|(_, p)| {
+                matches!(
+                    p.kind,
+                    PersistentKind::Param | PersistentKind::OptimizerState
+                )
+            })
             .map(|(i, _)| i)
             .collect();
         let mut hash = CHECKSUM_START;

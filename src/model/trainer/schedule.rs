@@ -41,7 +41,12 @@ impl Model {
     /// Refuses, before any step, a fit that its schedule cannot follow: plateau without
     /// validation data, or more steps than one-cycle's `total_steps` (torch raises when
     /// stepped past them, mid-run).
-    pub(super) fn check_schedule(&self, has_valid: bool, epochs: usize, per_epoch: usize) -> Result<()> {
+    pub(super) fn check_schedule(
+        &self,
+        has_valid: bool,
+        epochs: usize,
+        per_epoch: usize,
+    ) -> Result<()> {
         match &self.spec.schedule {
             LrSchedule::Plateau(_) => ensure!(
                 has_valid,
