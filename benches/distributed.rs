@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{json_line, noise, Args, V};
+use common::{json_line, noise, Args};
 use std::process::Command;
 use std::time::Duration;
 use steadygrad::distributed::{mpi, Distributed};

@@ -11,6 +11,7 @@
 //!   training loop.
 //! * [`check`]: GPU-versus-CPU comparison of one training step.
 //! * [`data`]: datasets and the built-in synthetic data.
+//! * [`distributed`]: data-parallel training across processes (MPI with the `mpi` feature).
 //!
 //! ```no_run
 //! use steadygrad::{data, Activation, BackendChoice, FitOptions, MlpSpec, Model, Optimizer};

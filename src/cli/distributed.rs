@@ -2,7 +2,6 @@
 //! the job cleanly (finalize on success, abort on an error so no rank waits forever).
 
 use anyhow::Result;
-use std::time::Duration;
 use steadygrad::distributed::Distributed;
 use steadygrad::BackendChoice;
 
@@ -67,7 +66,7 @@ fn join_mpi(args: &DistArgs, choice: &BackendChoice) -> Result<(Distributed, Bac
         BackendChoice::Gpu(sel) if sel.filter.is_none() => pick(sel.clone(), c.local_rank),
         other => other.clone(),
     };
-    let timeout = Duration::from_secs_f64(args.collective_timeout);
+    let timeout = std::time::Duration::from_secs_f64(args.collective_timeout);
     let dist = Distributed::new(Box::new(c), timeout, args.replica_check_every);
     Ok((dist, choice))
 }
