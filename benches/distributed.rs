@@ -53,7 +53,9 @@ fn measure(args: &Args) {
     let workloads = args
         .value("workloads", "STEADYGRAD_BENCH_WORKLOADS")
         .unwrap_or_else(|| "w1,w2".into());
-    let collective = mpi::init().expect("MPI");
+    let collective = mpi::init()
+        .expect("MPI")
+        .with_timeout(Duration::from_secs(600));
     for name in workloads.split(',') {
         let spec =
             steadygrad::bench::standard_spec(name.trim(), false).unwrap_or_else(|e| panic!("{e}"));

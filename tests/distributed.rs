@@ -239,14 +239,16 @@ fn rank_pid(parent: u32, rank: usize) -> Option<u32> {
     None
 }
 
-#[test]
-fn a_killed_rank_stops_the_job_naming_it() {
-    let tmp = TempDir::new("distributed_kill");
+/// Starts a long 2-rank run saving every epoch, sends `signal` to rank 1 once a
+/// checkpoint exists, and checks that the job ends within 60 s, unsuccessfully, with
+/// `expect` in its output, and that the checkpoint still loads whole.
+fn fault_stops_the_job(signal: &str, expect: &str) {
+    let tmp = TempDir::new("distributed_fault");
     let d = tmp.path();
     let mut child = mpirun(2)
         .args(MODEL)
         .args(["--distributed", "--epochs", "100000", "--batch", "16"])
-        .args(["--save", "k.safetensors", "--collective-timeout", "20"])
+        .args(["--save", "k.safetensors", "--collective-timeout", "10"])
         .current_dir(d)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -261,26 +263,23 @@ fn a_killed_rank_stops_the_job_naming_it() {
         );
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the job ended before the kill"
+            "the job ended before the fault"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     let victim = rank_pid(child.id(), 1).expect("rank 1's process");
-    let killed = Instant::now();
+    let hit = Instant::now();
     let status = Command::new("kill")
-        .args(["-KILL", &victim.to_string()])
+        .args([signal, &victim.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    // Bounded: mpirun notices the death at once; the collective timeout (20 s) is the
-    // backstop. Anything near a minute means a rank hung.
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
+    // Bounded: mpirun notices a death at once, the others notice a silent rank after the
+    // 10 s timeout. Anything near a minute means a rank hung.
+    while child.try_wait().unwrap().is_none() {
         assert!(
-            killed.elapsed() < Duration::from_secs(60),
-            "the job still runs 60 s after the kill"
+            hit.elapsed() < Duration::from_secs(60),
+            "the job still runs 60 s after {signal}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -288,8 +287,8 @@ fn a_killed_rank_stops_the_job_naming_it() {
     let log = text(&out);
     assert!(!out.status.success(), "{log}");
     assert!(
-        log.contains("rank 1"),
-        "the error does not name rank 1:\n{log}"
+        log.contains(expect),
+        "after {signal}, no '{expect}' in:\n{log}"
     );
     // Rank 0 replaces the checkpoint atomically, so whatever it held last loads whole.
     let saved = load(&ckpt);
@@ -298,6 +297,19 @@ fn a_killed_rank_stops_the_job_naming_it() {
         "{:?}",
         saved.keys()
     );
+}
+
+#[test]
+fn a_killed_rank_stops_the_job_naming_it() {
+    // mpirun's own report of the death.
+    fault_stops_the_job("-KILL", "process rank 1");
+}
+
+/// A rank that stops answering (SIGSTOP: alive but silent) is named by the others after
+/// --collective-timeout: they heard no heartbeat from it while they waited.
+#[test]
+fn a_stopped_rank_is_named_after_the_timeout() {
+    fault_stops_the_job("-STOP", "for rank(s) 1, which died or stopped responding");
 }
 
 #[test]

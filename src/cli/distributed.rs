@@ -58,7 +58,8 @@ pub fn join(
 fn join_mpi(args: &DistArgs, choice: &BackendChoice) -> Result<(Distributed, BackendChoice)> {
     use steadygrad::device::AdapterSelection;
     use steadygrad::distributed::mpi;
-    let c = mpi::init()?;
+    let timeout = std::time::Duration::from_secs_f64(args.collective_timeout);
+    let c = mpi::init()?.with_timeout(timeout);
     // Ranks on one host take the adapters in turn; several share one when there are
     // fewer adapters than ranks. An adapter named with --adapter is everyone's.
     let choice = match choice {
@@ -66,7 +67,6 @@ fn join_mpi(args: &DistArgs, choice: &BackendChoice) -> Result<(Distributed, Bac
         BackendChoice::Gpu(sel) if sel.filter.is_none() => pick(sel.clone(), c.local_rank),
         other => other.clone(),
     };
-    let timeout = std::time::Duration::from_secs_f64(args.collective_timeout);
     let dist = Distributed::new(Box::new(c), timeout, args.replica_check_every);
     Ok((dist, choice))
 }

@@ -90,10 +90,13 @@ pub struct Distributed {
 }
 
 impl Distributed {
-    /// `timeout` bounds every collective call: past it, the process reports which call
-    /// stalled and exits, and the launcher (mpirun) stops the other ranks.
+    /// `timeout` is the collective's own bound on waiting for the other ranks (see
+    /// `MpiCollective::with_timeout`, which names the silent ranks past it); the watchdog
+    /// here ends the process at twice that plus 5 s, should a call block inside MPI
+    /// regardless.
     pub fn new(collective: Box<dyn Collective>, timeout: Duration, check_every: u64) -> Self {
-        let watchdog = Watchdog::start(collective.rank(), collective.size(), timeout);
+        let backstop = timeout * 2 + Duration::from_secs(5);
+        let watchdog = Watchdog::start(collective.rank(), collective.size(), backstop);
         Distributed {
             collective,
             check_every,
@@ -110,7 +113,7 @@ impl Distributed {
         self.collective.size()
     }
 
-    /// [`Collective::sum_f32`] under the watchdog; `what` names the call in its error.
+    /// [`Collective::sum_f32`] under the watchdog; `what` names the call in errors.
     pub fn sum_f32(&self, values: &mut [f32], what: &str) -> Result<()> {
         self.watchdog
             .around(what, || self.collective.sum_f32(values))
@@ -119,9 +122,8 @@ impl Distributed {
     /// Compares `hash` (of this rank's replicated state) across ranks; an error naming
     /// the ranks that disagree with rank 0.
     pub fn check_replicas(&self, hash: u64, when: &str) -> Result<()> {
-        let all = self.watchdog.around("comparing weight checksums", || {
-            self.collective.gather_u64(hash)
-        })?;
+        let what = "comparing weight checksums";
+        let all = (self.watchdog).around(what, || self.collective.gather_u64(hash))?;
         let differing: Vec<String> = all
             .iter()
             .enumerate()
@@ -164,8 +166,7 @@ impl Watchdog {
                 if let Some(what) = stalled {
                     eprintln!(
                         "error: rank {rank} of {world}: {what} got no answer from the other \
-                         ranks within {:.0} s: a rank died or stopped responding (see the \
-                         launcher's message for which); stopping",
+                         ranks within {:.0} s: a rank died or stopped responding; stopping",
                         timeout.as_secs_f64()
                     );
                     // Not MPI_Abort: this thread may not call MPI while the main thread is
