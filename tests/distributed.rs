@@ -122,18 +122,10 @@ fn equivalent(flags: &[&str]) {
     let d = tmp.path();
     let epochs = ["--epochs", "3"];
     let args = [&epochs[..], flags].concat();
-    let two = train(
-        d,
-        Some(2),
-        &[&args[..], &["--batch", "32"]].concat(),
-        "two.safetensors",
-    );
-    let one = train(
-        d,
-        None,
-        &[&args[..], &["--batch", "64"]].concat(),
-        "one.safetensors",
-    );
+    let run =
+        |ranks, batch, file| train(d, ranks, &[&args[..], &["--batch", batch]].concat(), file);
+    let two = run(Some(2), "32", "two.safetensors");
+    let one = run(None, "64", "one.safetensors");
     let (diff, name) = max_diff(&one, &two);
     eprintln!("{flags:?}: 2×32 against 1×64: {diff:e} ({name})");
     assert!(
@@ -142,12 +134,7 @@ fn equivalent(flags: &[&str]) {
     );
     // Compared are the layers' weights, not only bookkeeping.
     assert!(two.keys().any(|k| k.ends_with("linear.weight")));
-    let control = train(
-        d,
-        None,
-        &[&args[..], &["--batch", "32"]].concat(),
-        "ctl.safetensors",
-    );
+    let control = run(None, "32", "ctl.safetensors");
     let (diff, name) = max_diff(&one, &control);
     eprintln!("{flags:?}: 1×32 against 1×64: {diff:e} ({name})");
     assert!(
