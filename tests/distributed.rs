@@ -299,6 +299,33 @@ fn a_stopped_rank_is_named_after_the_timeout() {
     fault_stops_the_job("-STOP", "for rank(s) 1, which died or stopped responding");
 }
 
+/// Ranks that do not hold the same weights (here: rank 1 built with another seed, through
+/// mpirun's `:` syntax) are refused before the first step, by name.
+#[test]
+fn diverged_replicas_are_named() {
+    let tmp = TempDir::new("distributed_diverged");
+    let rank = |seed: &'static str| {
+        let mut args: Vec<&str> = MODEL.to_vec();
+        let at = args.iter().position(|a| *a == "--seed").unwrap();
+        args[at + 1] = seed;
+        args.extend(["--distributed", "--epochs", "1"]);
+        args
+    };
+    let out = mpirun(1)
+        .args(rank("3"))
+        .args([":", "-np", "1", env!("CARGO_BIN_EXE_steadygrad")])
+        .args(rank("4"))
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("the replicas diverged before training") && log.contains("rank(s) 1 differ"),
+        "{log}"
+    );
+}
+
 #[test]
 fn distributed_flags_are_checked() {
     let out = Command::new(env!("CARGO_BIN_EXE_steadygrad"))
