@@ -17,8 +17,9 @@ pub struct DistArgs {
     /// each rank normalizing by its own shard. Not implemented yet: refused.
     #[arg(long, requires = "distributed")]
     pub sync_bn: bool,
-    /// Seconds any exchange with the other ranks may take before this rank gives up and
-    /// stops the job, naming the exchange (a rank that died or hangs).
+    /// Seconds an exchange may wait for the other ranks; past it, the ranks that sent no
+    /// heartbeat meanwhile (died or hung) are named and the job is stopped. It must exceed
+    /// how far one rank can run ahead: a step, a checkpoint write.
     #[arg(
         long,
         default_value_t = 120.0,
