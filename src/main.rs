@@ -140,7 +140,8 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 }
                 return Ok(());
             }
-            let (mut dist, choice) = match cli::distributed::join(&dist, &choice)? {
+            let statistics = extra.log.is_some() || extra.plots.is_some();
+            let (mut dist, choice) = match cli::distributed::join(&dist, &choice, statistics)? {
                 Some((d, c)) => (Some(d), c),
                 None => (None, choice),
             };

@@ -34,14 +34,21 @@ pub struct DistArgs {
 }
 
 /// The data-parallel context of this process, when `--distributed` asked for one, with
-/// the backend choice narrowed to this rank's adapter.
+/// the backend choice narrowed to this rank's adapter. `statistics`: --log or --plots
+/// was given.
 pub fn join(
     args: &DistArgs,
     choice: &BackendChoice,
+    statistics: bool,
 ) -> Result<Option<(Distributed, BackendChoice)>> {
     if !args.distributed {
         return Ok(None);
     }
+    anyhow::ensure!(
+        !statistics,
+        "--log and --plots cannot be combined with --distributed yet: gradient-health \
+         statistics steps are not split for the gradient exchange"
+    );
     anyhow::ensure!(
         !args.sync_bn,
         "--sync-bn is not implemented yet; without it each rank normalizes by its own shard's \
