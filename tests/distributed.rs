@@ -328,10 +328,30 @@ fn diverged_replicas_are_named() {
 
 #[test]
 fn distributed_flags_are_checked() {
-    let out = Command::new(env!("CARGO_BIN_EXE_steadygrad"))
-        .args(["train", "--sync-bn"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(text(&out).contains("--distributed"), "{}", text(&out));
+    let tmp = TempDir::new("distributed_flags");
+    let fails = |args: &[&str], expect: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_steadygrad"))
+            .args(args)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        let log = text(&out);
+        assert!(
+            !out.status.success() && log.contains(expect),
+            "{args:?}: {log}"
+        );
+    };
+    fails(&["train", "--sync-bn"], "--distributed");
+    fails(
+        &["train", "--distributed", "--sync-bn"],
+        "--sync-bn is not implemented yet",
+    );
+    fails(
+        &["train", "--distributed", "--log", "l.csv"],
+        "--log and --plots cannot",
+    );
+    fails(
+        &["train", "--distributed", "--collective-timeout", "0"],
+        "--collective-timeout must be a positive",
+    );
 }
