@@ -63,7 +63,32 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null 
     fi
 fi
 
+# Data-parallel training (`--features mpi`, tests/distributed.rs) runs two processes
+# under Open MPI's mpirun; the mpi crate's build runs bindgen over mpi.h, which needs
+# libclang. mpirun refuses root without these variables, and CI runs as root.
+if ! command -v mpirun >/dev/null || ! command -v mpicc >/dev/null ||
+    ! ldconfig -p 2>/dev/null | grep -q 'libclang'; then
+    if command -v apt-get >/dev/null; then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "installing Open MPI and libclang for the data-parallel tests..."
+        $sudo apt-get update -q
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q libopenmpi-dev openmpi-bin libclang-dev
+    else
+        echo "no Open MPI found and no apt-get: install Open MPI and libclang for tests/distributed.rs" >&2
+        exit 1
+    fi
+fi
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+
 cargo test --release "$@"
+
+# The same build with MPI: the data-parallel suite, and the library's own tests with the
+# feature on (the distributed module's unit tests). Skipped when arguments pick tests.
+if [ "$#" -eq 0 ]; then
+    echo "data-parallel training (--features mpi)"
+    cargo test --release --features mpi --lib --test distributed
+fi
 
 # The bench command in its quick mode (seconds), so `steadygrad bench` and
 # scripts/gpu-bench.sh, which nothing else runs, cannot rot; tests/bench_cli.rs checks

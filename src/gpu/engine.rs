@@ -31,6 +31,9 @@ struct GpuPlan {
     /// The training step with statistics, lowered on first use so models that never
     /// gather statistics pay nothing for them, not even pipeline creation.
     train_stats: Option<Vec<Step>>,
+    /// The training step as `Stage::Backward` and `Stage::Update`, lowered on first use:
+    /// only data-parallel training runs them.
+    split: Option<[Vec<Step>; 2]>,
 }
 
 pub struct GpuEngine {
@@ -173,6 +176,8 @@ impl GpuEngine {
             Stage::Eval => (&p.forward, &p.eval),
             Stage::Train => (&p.train, &[]),
             Stage::TrainWithStats => (p.train_stats.as_deref().unwrap_or_default(), &[]),
+            Stage::Backward => (p.split.as_ref().map_or(&[], |s| &s[0]), &[]),
+            Stage::Update => (p.split.as_ref().map_or(&[], |s| &s[1]), &[]),
         };
         Ok(head.iter().chain(tail).collect())
     }
@@ -225,9 +230,7 @@ impl GpuEngine {
         stage: Stage,
         reps: usize,
     ) -> Result<Vec<(String, std::time::Duration)>> {
-        if stage == Stage::TrainWithStats {
-            self.lower_stats(plan)?;
-        }
+        self.lower_on_demand(plan, stage)?;
         let steps = self.stage_steps(plan, stage)?;
         let mut times = vec![std::time::Duration::MAX; steps.len()];
         let wait = || self.ctx.wait();
@@ -331,23 +334,40 @@ impl GpuEngine {
         Ok(out)
     }
 
-    /// Lowers the plan's statistics step the first time it is run.
-    fn lower_stats(&mut self, id: PlanId) -> Result<()> {
+    /// Lowers what `compile` leaves for first use: the statistics step, or the training
+    /// step split into `Stage::Backward` and `Stage::Update` (data-parallel training).
+    /// Each list starts with all mirrors stale: the host rewrites gradients in between.
+    fn lower_on_demand(&mut self, id: PlanId, stage: Stage) -> Result<()> {
         let p = self.plans.get(id).context("unknown plan id")?;
-        if p.train_stats.is_some() {
+        let stats = stage == Stage::TrainWithStats;
+        let done = match stage {
+            Stage::TrainWithStats => p.train_stats.is_some(),
+            Stage::Backward | Stage::Update => p.split.is_some(),
+            _ => true,
+        };
+        if done {
             return Ok(());
         }
         let (plan, local) = (p.plan.clone(), p.local.clone());
+        let (what, lists): (&str, Vec<(&[Op], bool)>) = if stats {
+            ("the statistics step", vec![(&plan.train_stats, true)])
+        } else {
+            let (back, update) = plan.train.split_at(plan.update_start);
+            ("the split step", vec![(back, true), (update, true)])
+        };
         if let Some(budget) = self.bind_group_budget() {
-            budget.check(plan.train_stats.len(), "the statistics step")?;
+            budget.check(lists.iter().map(|l| l.0.len()).sum(), what)?;
         }
-        let dispatches = self
-            .lower_ops(&plan, &local, &[(&plan.train_stats, true)])?
-            .remove(0);
+        let mut lowered = self.lower_ops(&plan, &local, &lists)?;
         self.ctx
             .take_error()
-            .context("compiling the statistics step")?;
-        self.plans[id].train_stats = Some(dispatches);
+            .with_context(|| format!("compiling {what}"))?;
+        let p = &mut self.plans[id];
+        if stats {
+            p.train_stats = lowered.pop();
+        } else if let (Some(update), Some(backward)) = (lowered.pop(), lowered.pop()) {
+            p.split = Some([backward, update]);
+        }
         Ok(())
     }
 
@@ -534,6 +554,7 @@ impl Engine for GpuEngine {
             eval,
             train,
             train_stats: None,
+            split: None,
         });
         Ok(self.plans.len() - 1)
     }
@@ -590,9 +611,7 @@ impl Engine for GpuEngine {
     }
 
     fn run(&mut self, plan: PlanId, stage: Stage) -> Result<()> {
-        if stage == Stage::TrainWithStats {
-            self.lower_stats(plan)?;
-        }
+        self.lower_on_demand(plan, stage)?;
         let steps = self.stage_steps(plan, stage)?;
         let dispatches = steps
             .iter()
