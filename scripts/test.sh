@@ -81,20 +81,18 @@ if ! command -v mpirun >/dev/null || ! command -v mpicc >/dev/null ||
 fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
-cargo test --release "$@"
-
-# The same build with MPI: the data-parallel suite, and the library's own tests with the
-# feature on (the distributed module's unit tests). Skipped when arguments pick tests.
-if [ "$#" -eq 0 ]; then
-    echo "data-parallel training (--features mpi)"
-    cargo test --release --features mpi --lib --test distributed
-fi
+# One build for everything, with the data-parallel feature on (tests/distributed.rs and
+# the distributed module's unit tests need it; the rest does not mind it). Building
+# without it too would compile wgpu and its dependencies a second time: the mpi crate's
+# bindgen turns on features of shared dependencies such as syn.
+features=(--features mpi)
+cargo test --release "${features[@]}" "$@"
 
 # The bench command in its quick mode (seconds), so `steadygrad bench` and
 # scripts/gpu-bench.sh, which nothing else runs, cannot rot; tests/bench_cli.rs checks
 # its figures.
 echo "steadygrad bench --quick --json"
-cargo run --release --quiet -- bench --quick --json >/dev/null
+cargo run --release --quiet "${features[@]}" -- bench --quick --json >/dev/null
 
 # The GPU-vs-CPU suites again with the device opened at WebGPU's default limits and no
 # optional feature (see `LimitsProfile`), so a green run proves the engine stays within
@@ -103,14 +101,14 @@ cargo run --release --quiet -- bench --quick --json >/dev/null
 # WebGPU's 256-byte offset alignment.
 if [ "$#" -eq 0 ]; then
     echo "GPU-vs-CPU suites under STEADYGRAD_LIMITS=webgpu"
-    STEADYGRAD_LIMITS=webgpu cargo test --release \
+    STEADYGRAD_LIMITS=webgpu cargo test --release "${features[@]}" \
         --test gpu_vs_cpu --test activations --test batchnorm_residual --test clip \
         --test dropout --test health_ops --test matmul_variants --test optim \
         --test health --test training --test transfer --test self_normalization
     # And on wgpu's GL backend (llvmpipe through EGL), which translates every kernel to
     # GLSL: a third driver stack behind the same tests.
     echo "GPU-vs-CPU suites on the GL backend (STEADYGRAD_BACKEND=gl)"
-    STEADYGRAD_BACKEND=gl cargo test --release \
+    STEADYGRAD_BACKEND=gl cargo test --release "${features[@]}" \
         --test gpu_vs_cpu --test activations --test batchnorm_residual --test clip \
         --test dropout --test health_ops --test matmul_variants --test optim --test health
 fi
