@@ -60,7 +60,10 @@ impl GpuEngine {
         let hyper = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("hyper"),
             size: (Hyper::LEN * 4) as u64,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            // A uniform too for the grouped SGD, whose storage bindings all go to tensors.
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::UNIFORM
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         let placeholders = [0, 1, 2].map(|i| {

@@ -10,7 +10,7 @@
 //! | [`loss`] | [`LossGrad`], [`LossEval`], [`AccumulateMetrics`] | `shaders/loss.wgsl` |
 //! | [`batch_norm`] | [`BatchNormTrain`], [`BatchNormEval`], [`BatchNormBackward`] | `shaders/batch_norm.wgsl` |
 //! | [`elementwise`] | [`Add`], [`Accumulate`] | `shaders/elementwise.wgsl` |
-//! | [`optim`] | [`AdvanceStep`], [`Sgd`], [`Adam`], [`Rmsprop`], [`Adagrad`], [`Adamax`], [`NadamMuProduct`], [`Nadam`] | `shaders/optim.wgsl` |
+//! | [`optim`] | [`AdvanceStep`], [`Sgd`], [`SgdGroup`], [`Adam`], [`Rmsprop`], [`Adagrad`], [`Adamax`], [`NadamMuProduct`], [`Nadam`] | `shaders/optim.wgsl`, `shaders/optim_group.wgsl` |
 //! | [`clip`] | [`NormPartials`], [`ClipCoef`], [`ScaleBy`], [`ClampValue`] | `shaders/clip.wgsl` |
 //! | [`dropout`] | [`Dropout`] | `shaders/dropout.wgsl` |
 //! | [`regularize`] | [`PenaltyGrad`], [`MaxNorm`] | `shaders/regularize.wgsl` |
@@ -46,6 +46,7 @@ pub use loss::{target_len, AccumulateMetrics, Loss, LossEval, LossGrad, METRICS_
 pub use matmul::MatMul;
 pub use optim::{
     Adagrad, Adam, Adamax, AdvanceStep, Momentum, Nadam, NadamMuProduct, Rmsprop, Sgd,
+    SgdGroup, SGD_GROUP,
 };
 pub use regularize::{MaxNorm, PenaltyGrad};
 
@@ -145,6 +146,7 @@ ops! {
     Accumulate,
     AdvanceStep,
     Sgd,
+    SgdGroup,
     Adam,
     Rmsprop,
     Adagrad,
@@ -210,6 +212,7 @@ pub fn shader_tables() -> Vec<ShaderTable> {
         batch_norm::wgpu::tables(),
         elementwise::wgpu::tables(),
         optim::wgpu::tables(),
+        optim::group::tables(),
         clip::wgpu::tables(),
         dropout::wgpu::tables(),
         regularize::wgpu::tables(),
