@@ -5,7 +5,7 @@
 //! | family | ops | kernels |
 //! |---|---|---|
 //! | [`matmul`] | [`MatMul`] | `shaders/matmul/` |
-//! | [`bias`] | [`AddBias`], [`SumRows`] | `shaders/bias.wgsl` |
+//! | [`bias`] | [`AddBias`], [`SumRows`], [`SumRowsGroup`] | `shaders/bias.wgsl`, `shaders/bias_group.wgsl` |
 //! | [`activation`] | [`Activate`], [`ActivateBackward`], [`RreluTrain`], [`RreluTrainBackward`], [`Prelu`], [`PreluBackward`] | `shaders/activation/` |
 //! | [`loss`] | [`LossGrad`], [`LossEval`], [`AccumulateMetrics`] | `shaders/loss.wgsl` |
 //! | [`batch_norm`] | [`BatchNormTrain`], [`BatchNormEval`], [`BatchNormBackward`] | `shaders/batch_norm.wgsl` |
@@ -36,7 +36,7 @@ pub use activation::{
     Activate, ActivateBackward, Activation, Prelu, PreluBackward, RreluTrain, RreluTrainBackward,
 };
 pub use batch_norm::{BatchNormBackward, BatchNormEval, BatchNormTrain};
-pub use bias::{AddBias, SumRows};
+pub use bias::{AddBias, ColumnSum, SumRows, SumRowsGroup, SUM_ROWS_GROUP};
 pub use clip::{ClampValue, ClipCoef, NormPartials, ScaleBy, NORM_BLOCK};
 pub use dropout::{dropout_scale, Dropout};
 pub use elementwise::{Accumulate, Add};
@@ -130,6 +130,7 @@ ops! {
     MatMul,
     AddBias,
     SumRows,
+    SumRowsGroup,
     Activate,
     ActivateBackward,
     RreluTrain,
@@ -207,6 +208,7 @@ pub fn shader_tables() -> Vec<ShaderTable> {
     [
         matmul::wgpu::tables(),
         bias::wgpu::tables(),
+        bias::group::tables(),
         activation::wgpu::tables(),
         loss::wgpu::tables(),
         batch_norm::wgpu::tables(),

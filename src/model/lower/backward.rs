@@ -81,13 +81,12 @@ impl Builder<'_> {
             trans_b: false,
             accumulate: false,
         }));
-        self.p.train.push(Op::SumRows(SumRows {
+        self.bias_sums.push(ColumnSum {
             x: dz,
             out: db,
             rows,
             cols: fan_out,
-            accumulate: false,
-        }));
+        });
         self.params.push((layer.weight, dw));
         self.params.push((layer.bias, db));
         if l == self.spec.frozen_layers {
