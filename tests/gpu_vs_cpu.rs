@@ -200,11 +200,20 @@ fn sgd_update() {
 /// group differing, against the CPU.
 #[test]
 fn column_sum_groups() {
-    let shapes = [(1, 1), (7, 33), (257, 7), (33, 257), (7, 36), (33, 4), (3, 1000)];
+    let shapes = [
+        (1, 1),
+        (7, 33),
+        (257, 7),
+        (33, 257),
+        (7, 36),
+        (33, 4),
+        (3, 1000),
+    ];
     for n in 1..=SUM_ROWS_GROUP {
         for first in 0..shapes.len() {
-            let picked: Vec<(usize, usize)> =
-                (0..n).map(|i| shapes[(first + 2 * i) % shapes.len()]).collect();
+            let picked: Vec<(usize, usize)> = (0..n)
+                .map(|i| shapes[(first + 2 * i) % shapes.len()])
+                .collect();
             let names: Vec<(String, usize)> = picked
                 .iter()
                 .enumerate()
@@ -239,7 +248,9 @@ fn sgd_group_update() {
     let sizes: Vec<usize> = ODD_SIZES.into_iter().chain(VEC4_SIZES).collect();
     for n in 1..=SGD_GROUP {
         for first in 0..sizes.len() {
-            let lens: Vec<usize> = (0..n).map(|i| sizes[(first + 3 * i) % sizes.len()]).collect();
+            let lens: Vec<usize> = (0..n)
+                .map(|i| sizes[(first + 3 * i) % sizes.len()])
+                .collect();
             let names: Vec<(String, usize)> = lens
                 .iter()
                 .enumerate()

@@ -194,7 +194,14 @@ fn copy_and_guard_gpu_match_cpu() {
         // set divides by 4 and takes the vector kernel.
         let length_sets = [
             [len, 2 * len + 3, 1, len + 300, 3 * len, len + 1],
-            [4 * len, 8 * len + 4, 4, 4 * len + 300, 12 * len, 4 * len + 8],
+            [
+                4 * len,
+                8 * len + 4,
+                4,
+                4 * len + 300,
+                12 * len,
+                4 * len + 8,
+            ],
         ];
         for (lens, group) in length_sets
             .into_iter()

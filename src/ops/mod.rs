@@ -45,8 +45,8 @@ pub use host::Host;
 pub use loss::{target_len, AccumulateMetrics, Loss, LossEval, LossGrad, METRICS_LEN};
 pub use matmul::MatMul;
 pub use optim::{
-    Adagrad, Adam, Adamax, AdvanceStep, Momentum, Nadam, NadamMuProduct, Rmsprop, Sgd,
-    SgdGroup, SGD_GROUP,
+    Adagrad, Adam, Adamax, AdvanceStep, Momentum, Nadam, NadamMuProduct, Rmsprop, Sgd, SgdGroup,
+    SGD_GROUP,
 };
 pub use regularize::{MaxNorm, PenaltyGrad};
 

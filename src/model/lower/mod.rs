@@ -114,8 +114,11 @@ fn build_with(
     }
     // Nothing reads a bias gradient before the updates: summed here, a few per dispatch.
     let sums = std::mem::take(&mut b.bias_sums);
-    b.p.train
-        .extend(SumRowsGroup::chunked(&sums).into_iter().map(Op::SumRowsGroup));
+    b.p.train.extend(
+        SumRowsGroup::chunked(&sums)
+            .into_iter()
+            .map(Op::SumRowsGroup),
+    );
     b.penalty_grads(&net);
     // The guard and statistics read the raw gradients here, before clipping changes them.
     let backward_end = b.p.train.len();

@@ -32,8 +32,7 @@ impl SumRowsGroup {
     /// `sums` in groups: the ones whose column counts divide by 4 share the `vec4`
     /// kernel, the others the scalar one.
     pub fn chunked(sums: &[ColumnSum]) -> Vec<SumRowsGroup> {
-        let (vec4, scalar): (Vec<_>, Vec<_>) =
-            sums.iter().partition(|s| s.cols.is_multiple_of(4));
+        let (vec4, scalar): (Vec<_>, Vec<_>) = sums.iter().partition(|s| s.cols.is_multiple_of(4));
         [vec4, scalar]
             .iter()
             .flat_map(|part| part.chunks(SUM_ROWS_GROUP))

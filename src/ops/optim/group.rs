@@ -28,8 +28,7 @@ impl SgdGroup {
     /// tensors whose lengths divide by 4 share the `vec4` kernel, the others the scalar
     /// one, so one odd-sized bias does not slow its group's large weights.
     pub fn chunked(params: &[(TensorId, TensorId, usize)], weight_decay: f32) -> Vec<SgdGroup> {
-        let (vec4, scalar): (Vec<_>, Vec<_>) =
-            params.iter().partition(|t| t.2.is_multiple_of(4));
+        let (vec4, scalar): (Vec<_>, Vec<_>) = params.iter().partition(|t| t.2.is_multiple_of(4));
         [vec4, scalar]
             .iter()
             .flat_map(|part| part.chunks(SGD_GROUP))
@@ -69,7 +68,13 @@ impl Operation for SgdGroup {
         let lr = h.lr()?;
         for &(param, grad, len) in &self.tensors {
             h.update(param, |p, h| {
-                cpu::sgd(&mut p[..len], &h.get(grad)[..len], None, lr, self.weight_decay)
+                cpu::sgd(
+                    &mut p[..len],
+                    &h.get(grad)[..len],
+                    None,
+                    lr,
+                    self.weight_decay,
+                )
             });
         }
         Ok(())
