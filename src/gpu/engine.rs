@@ -18,6 +18,8 @@ use crate::tensor::{Hyper, PersistentDesc, Storage, TensorId};
 use anyhow::{bail, ensure, Context, Result};
 use std::sync::{Arc, Mutex};
 
+mod readback;
+
 struct GpuPlan {
     plan: Plan,
     /// Buffers of local tensors, `None` for persistent ones.
@@ -198,6 +200,23 @@ impl GpuEngine {
             }
         }
         encoder
+    }
+
+    /// Records `stage` of `plan` (lowering the statistics step on first use) and counts
+    /// it as one stage submission.
+    fn record_stage(&mut self, plan: PlanId, stage: Stage) -> Result<wgpu::CommandEncoder> {
+        if stage == Stage::TrainWithStats {
+            self.lower_stats(plan)?;
+        }
+        let steps = self.stage_steps(plan, stage)?;
+        let dispatches = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Dispatch(_)))
+            .count();
+        let encoder = self.record(steps);
+        self.counters.stage_submissions += 1;
+        self.counters.dispatches += dispatches;
+        Ok(encoder)
     }
 
     /// Times every step of `stage` alone: each dispatch or mirror copy is submitted by
@@ -549,17 +568,7 @@ impl Engine for GpuEngine {
     }
 
     fn run(&mut self, plan: PlanId, stage: Stage) -> Result<()> {
-        if stage == Stage::TrainWithStats {
-            self.lower_stats(plan)?;
-        }
-        let steps = self.stage_steps(plan, stage)?;
-        let dispatches = steps
-            .iter()
-            .filter(|s| matches!(s, Step::Dispatch(_)))
-            .count();
-        let encoder = self.record(steps);
-        self.counters.stage_submissions += 1;
-        self.counters.dispatches += dispatches;
+        let encoder = self.record_stage(plan, stage)?;
         let what = || format!("running the {stage:?} stage");
         self.ctx
             .scoped(what, || self.ctx.queue.submit([encoder.finish()]))?;
@@ -574,125 +583,26 @@ impl Engine for GpuEngine {
     }
 
     fn read_async(&mut self, plan: PlanId, tensors: &[TensorId]) -> Result<Box<dyn PendingRead>> {
-        self.counters.readbacks += 1;
-        let mut lens = Vec::with_capacity(tensors.len());
-        let mut encoder = self
+        let encoder = self
             .ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("async readback"),
             });
-        let total: usize = tensors
-            .iter()
-            .map(|&t| self.tensor_buffer(plan, t).map(|(_, len, _)| len * 4))
-            .sum::<Result<usize>>()?;
-        ensure!(total > 0, "nothing to read");
-        let reused = {
-            let mut pool = self.staging_pool.lock().unwrap_or_else(|p| p.into_inner());
-            pool.iter()
-                .position(|b| b.size() == total as u64)
-                .map(|i| pool.swap_remove(i))
-        };
-        let staging = reused.unwrap_or_else(|| {
-            self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("async readback"),
-                size: total as u64,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        });
-        let mut offset = 0u64;
-        for &t in tensors {
-            let (buf, len, _) = self.tensor_buffer(plan, t)?;
-            let bytes = (len * 4) as u64;
-            encoder.copy_buffer_to_buffer(buf, 0, &staging, offset, bytes);
-            offset += bytes;
-            lens.push(len);
-        }
-        let ctx = &self.ctx;
-        ctx.scoped(
-            || "starting an asynchronous readback".to_string(),
-            || ctx.queue.submit([encoder.finish()]),
-        )?;
-        let state = Arc::new(Mutex::new(None));
-        let sink = state.clone();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            *sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-        });
-        Ok(Box::new(GpuPendingRead {
-            ctx: self.ctx.clone(),
-            staging,
-            lens,
-            state,
-            collected: false,
-            pool: self.staging_pool.clone(),
-        }))
+        self.submit_with_readback(encoder, plan, tensors, || {
+            "starting an asynchronous readback".to_string()
+        })
     }
-}
 
-type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
-
-/// A staging buffer being mapped; the map callback fills `state` during a device poll.
-struct GpuPendingRead {
-    ctx: Arc<GpuContext>,
-    staging: wgpu::Buffer,
-    lens: Vec<usize>,
-    state: Arc<Mutex<Option<MapResult>>>,
-    collected: bool,
-    /// Where the buffer goes back once collected and unmapped.
-    pool: StagingPool,
-}
-
-impl GpuPendingRead {
-    fn take_state(&self) -> Option<MapResult> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-}
-
-impl PendingRead for GpuPendingRead {
-    fn poll(&mut self, wait: bool) -> Result<Option<Vec<Vec<f32>>>> {
-        ensure!(!self.collected, "this read was already collected");
-        let status = match self.take_state() {
-            Some(s) => s,
-            None => {
-                if wait {
-                    self.ctx.wait()?;
-                } else {
-                    // One non-blocking look: runs the callbacks of finished work only.
-                    self.ctx
-                        .device
-                        .poll(wgpu::PollType::Poll)
-                        .map_err(|e| anyhow::anyhow!("polling the GPU failed: {e}"))?;
-                    self.ctx.take_error()?;
-                }
-                match self.take_state() {
-                    Some(s) => s,
-                    None if wait => bail!("the GPU finished but the readback was not mapped"),
-                    None => return Ok(None),
-                }
-            }
-        };
-        status.map_err(|e| anyhow::anyhow!("mapping a readback failed: {e}"))?;
-        let values = {
-            let view = self
-                .staging
-                .get_mapped_range(..)
-                .map_err(|e| anyhow::anyhow!("reading a readback: {e}"))?;
-            let all: &[f32] = bytemuck::cast_slice(&view);
-            let mut out = Vec::with_capacity(self.lens.len());
-            let mut at = 0;
-            for &len in &self.lens {
-                out.push(all[at..at + len].to_vec());
-                at += len;
-            }
-            out
-        };
-        self.staging.unmap();
-        self.collected = true;
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < STAGING_POOL_MAX {
-            pool.push(self.staging.clone());
-        }
-        Ok(Some(values))
+    fn run_and_read(
+        &mut self,
+        plan: PlanId,
+        stage: Stage,
+        tensors: &[TensorId],
+    ) -> Result<Box<dyn PendingRead>> {
+        let encoder = self.record_stage(plan, stage)?;
+        self.submit_with_readback(encoder, plan, tensors, || {
+            format!("running the {stage:?} stage")
+        })
     }
 }

@@ -311,7 +311,8 @@ impl Model {
     }
 
     /// Enqueues one training step (forward, loss, backward, update) on a batch that was
-    /// already validated. On the GPU nothing is read back.
+    /// already validated. On the GPU nothing is waited for: the guard flags (and a
+    /// statistics record) come back asynchronously.
     fn step_unchecked(&mut self, x: &[f32], y: &[f32], rows: usize, start: usize) -> Result<()> {
         let (id, plan) = self.plan_at(rows, start)?;
         if let Some(e) = &plan.train_error {
@@ -331,9 +332,9 @@ impl Model {
         } else {
             Stage::Train
         };
-        self.engine.run(id, stage)?;
+        self.run_with_readback((rows, start), stage, gathered)?;
         self.steps_taken += 1;
-        self.health_after_step((rows, start), gathered)
+        self.health_after_step()
     }
 
     /// Writes the coming step's learning rate (and one-cycle's momentum) into the
