@@ -10,8 +10,8 @@ pub mod lower;
 pub use context::{describe_adapter, list_adapters, AdapterSelection, GpuContext, LimitsProfile};
 pub use kernels::{Access, KernelKey, Kernels, Shader, ShaderTable, Slot, Uniform};
 pub use lower::{
-    lanes, u32_of, Dispatch, LowerParts, Lowerer, Mirror, MirrorCopy, MirrorKey, Mirrors, Res,
-    Step, ELEMENTWISE_WG,
+    lane_groups, lanes, u32_of, Dispatch, LowerParts, Lowerer, Mirror, MirrorCopy, MirrorKey,
+    Mirrors, Res, Step, ELEMENTWISE_WG,
 };
 
 /// Which matmul kernel an engine uses.

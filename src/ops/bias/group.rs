@@ -4,7 +4,7 @@
 
 use super::{cpu, Host, Operation, SumRows};
 use crate::device::{
-    u32_of, Dispatch, KernelKey, Lowerer, Res, Shader, ShaderTable, Slot, Uniform,
+    lane_groups, u32_of, Dispatch, KernelKey, Lowerer, Res, Shader, ShaderTable, Slot, Uniform,
 };
 use crate::tensor::TensorId;
 use anyhow::{ensure, Result};
@@ -29,14 +29,11 @@ pub struct SumRowsGroup {
 }
 
 impl SumRowsGroup {
-    /// `sums` in groups: the ones whose column counts divide by 4 share the `vec4`
-    /// kernel, the others the scalar one.
+    /// `sums` in groups (see [`lane_groups`]).
     pub fn chunked(sums: &[ColumnSum]) -> Vec<SumRowsGroup> {
-        let (vec4, scalar): (Vec<_>, Vec<_>) = sums.iter().partition(|s| s.cols.is_multiple_of(4));
-        [vec4, scalar]
-            .iter()
-            .flat_map(|part| part.chunks(SUM_ROWS_GROUP))
-            .map(|c| SumRowsGroup { sums: c.to_vec() })
+        lane_groups(sums, |s| s.cols, SUM_ROWS_GROUP)
+            .into_iter()
+            .map(|sums| SumRowsGroup { sums })
             .collect()
     }
 }
@@ -77,25 +74,21 @@ impl Operation for SumRowsGroup {
     /// is summed as [`SumRows`] sums it, over windows of rows.
     fn lower_split(&self, lw: &mut Lowerer) -> Result<Vec<Dispatch>> {
         let max = lw.max_binding();
-        let (large, small): (Vec<_>, Vec<_>) = self
-            .sums
-            .iter()
-            .partition(|s| lw.bytes(s.x) > max || lw.bytes(s.out) > max);
-        let mut out = Vec::new();
-        if !small.is_empty() {
-            out.push(sum_rows_group(&SumRowsGroup { sums: small }, lw)?);
-        }
-        for s in large {
-            let one = SumRows {
-                x: s.x,
-                out: s.out,
-                rows: s.rows,
-                cols: s.cols,
-                accumulate: false,
-            };
-            out.extend(one.lower_split(lw)?);
-        }
-        Ok(out)
+        lw.split_groups(
+            &self.sums,
+            |lw, s| lw.bytes(s.x) <= max && lw.bytes(s.out) <= max,
+            |lw, sums| sum_rows_group(&SumRowsGroup { sums }, lw),
+            |lw, s| {
+                let one = SumRows {
+                    x: s.x,
+                    out: s.out,
+                    rows: s.rows,
+                    cols: s.cols,
+                    accumulate: false,
+                };
+                one.lower_split(lw)
+            },
+        )
     }
 }
 

@@ -172,29 +172,29 @@ pub fn guard(op: &GuardFinite, lw: &mut Lowerer) -> Result<Dispatch> {
 /// its own, in windows.
 pub fn guard_split(op: &GuardFinite, lw: &mut Lowerer) -> Result<Vec<Dispatch>> {
     let max = lw.max_binding();
-    let (large, small): (Vec<_>, Vec<_>) =
-        op.tensors.iter().partition(|&&(t, _, _)| lw.bytes(t) > max);
-    let mut out = Vec::new();
-    if !small.is_empty() {
-        out.push(guard(
-            &GuardFinite {
-                tensors: small,
-                ..op.clone()
-            },
-            lw,
-        )?);
-    }
-    for (t, len, slot) in large {
-        let touched = [t, op.step, op.flags];
-        out.extend(lw.element_windows(&touched, len, 1, |lw, n| {
-            let part = GuardFinite {
-                tensors: vec![(t, n, slot)],
-                ..op.clone()
-            };
-            guard(&part, lw)
-        })?);
-    }
-    Ok(out)
+    lw.split_groups(
+        &op.tensors,
+        |lw, &(t, _, _)| lw.bytes(t) <= max,
+        |lw, tensors| {
+            guard(
+                &GuardFinite {
+                    tensors,
+                    ..op.clone()
+                },
+                lw,
+            )
+        },
+        |lw, (t, len, slot)| {
+            let touched = [t, op.step, op.flags];
+            lw.element_windows(&touched, len, 1, |lw, n| {
+                let part = GuardFinite {
+                    tensors: vec![(t, n, slot)],
+                    ..op.clone()
+                };
+                guard(&part, lw)
+            })
+        },
+    )
 }
 
 pub fn tables() -> Vec<ShaderTable> {

@@ -4,8 +4,8 @@
 
 use super::{cpu, non_negative, Host, Operation};
 use crate::device::{
-    lanes, u32_of, Dispatch, KernelKey, Lowerer, Res, Shader, ShaderTable, Slot, Uniform,
-    ELEMENTWISE_WG,
+    lane_groups, lanes, u32_of, Dispatch, KernelKey, Lowerer, Res, Shader, ShaderTable, Slot,
+    Uniform, ELEMENTWISE_WG,
 };
 use crate::tensor::TensorId;
 use anyhow::{ensure, Result};
@@ -24,16 +24,13 @@ pub struct SgdGroup {
 }
 
 impl SgdGroup {
-    /// The update of `params` (`(param, grad, len)` in update order) as groups: the
-    /// tensors whose lengths divide by 4 share the `vec4` kernel, the others the scalar
-    /// one, so one odd-sized bias does not slow its group's large weights.
+    /// The update of `params` (`(param, grad, len)` in update order) as groups (see
+    /// [`lane_groups`]).
     pub fn chunked(params: &[(TensorId, TensorId, usize)], weight_decay: f32) -> Vec<SgdGroup> {
-        let (vec4, scalar): (Vec<_>, Vec<_>) = params.iter().partition(|t| t.2.is_multiple_of(4));
-        [vec4, scalar]
-            .iter()
-            .flat_map(|part| part.chunks(SGD_GROUP))
-            .map(|c| SgdGroup {
-                tensors: c.to_vec(),
+        lane_groups(params, |t| t.2, SGD_GROUP)
+            .into_iter()
+            .map(|tensors| SgdGroup {
+                tensors,
                 weight_decay,
             })
             .collect()
@@ -86,28 +83,17 @@ impl Operation for SgdGroup {
     /// gets its own, in windows.
     fn lower_split(&self, lw: &mut Lowerer) -> Result<Vec<Dispatch>> {
         let max = lw.max_binding();
-        let (large, small): (Vec<_>, Vec<_>) = self
-            .tensors
-            .iter()
-            .partition(|&&(p, g, _)| lw.bytes(p) > max || lw.bytes(g) > max);
-        let mut out = Vec::new();
-        if !small.is_empty() {
-            let part = SgdGroup {
-                tensors: small,
-                ..*self
-            };
-            out.push(sgd_group(&part, lw)?);
-        }
-        for (p, g, len) in large {
-            out.extend(lw.element_windows(&[p, g], len, 1, |lw, n| {
-                let part = SgdGroup {
-                    tensors: vec![(p, g, n)],
-                    ..*self
-                };
-                sgd_group(&part, lw)
-            })?);
-        }
-        Ok(out)
+        lw.split_groups(
+            &self.tensors,
+            |lw, &(p, g, _)| lw.bytes(p) <= max && lw.bytes(g) <= max,
+            |lw, tensors| sgd_group(&SgdGroup { tensors, ..*self }, lw),
+            |lw, (p, g, len)| {
+                lw.element_windows(&[p, g], len, 1, |lw, n| {
+                    let tensors = vec![(p, g, n)];
+                    sgd_group(&SgdGroup { tensors, ..*self }, lw)
+                })
+            },
+        )
     }
 }
 
