@@ -10,7 +10,9 @@
 //! (the shapes of the W1/W2 training benches). `--forms`: nt, nn, tn. `--variant`: a
 //! matmul kernel variant name (see `steadygrad::gpu::MatmulVariant`), default `auto`.
 //! `--secs`: time per measurement window (default 0.5); `--tries`: windows, the best is
-//! reported (default 3). `--cpu-rows`: the CPU reference computes
+//! reported (default 3). `--tile`: pin the tiled kernel's block configuration (env
+//! `STEADYGRAD_MATMUL_TILE`; `STEADYGRAD_MATMUL_TUNE=on|off` forces or disables tuning;
+//! the tile column shows what each shape ran with and why). `--cpu-rows`: the CPU reference computes
 //! only this many rows of C (default 32; 0 skips it) because it is a plain triple loop.
 
 mod common;
@@ -18,7 +20,7 @@ mod common;
 use common::{json_line, noise, Args, V};
 use std::time::Instant;
 use steadygrad::engine::Engine;
-use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant};
+use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant, ShapeClass, TuneOptions};
 use steadygrad::graph::{Plan, Stage};
 use steadygrad::ops::Op;
 use steadygrad::ops::*;
@@ -156,6 +158,11 @@ fn main() {
     let ctx = GpuContext::shared().expect("no GPU adapter (set STEADYGRAD_BACKEND?)");
     let mut engine = GpuEngine::new(ctx.clone());
     engine.set_matmul_variant(variant);
+    let mut tune = TuneOptions::from_env().expect("STEADYGRAD_MATMUL_*");
+    if let Some(tile) = args.value("tile", "STEADYGRAD_MATMUL_TILE") {
+        tune.pin = Some(tile.parse().expect("--tile"));
+    }
+    engine.set_tune_options(tune);
     engine.init_persistent(&[]).expect("init");
     let device = engine.describe();
     if !args.json {
@@ -165,7 +172,7 @@ fn main() {
             engine.resolve_matmul_variant(variant)
         );
         println!(
-            "{:<22} {:>4} {:>16} {:>10} {:>6} {:>9} {:>12}",
+            "{:<22} {:>4} {:>16} {:>10} {:>6} {:>9} {:>12}  tile",
             "shape", "form", "m x k x n", "GFLOP/s", "reps", "/cpu-s", "CPU GFLOP/s"
         );
     }
@@ -175,6 +182,14 @@ fn main() {
             let flops = 2.0 * (m * k * n) as f64;
             let (plan, [a, b, _c, sync]) = single_matmul_plan(m, k, n, form);
             let id = engine.compile(&plan).expect("compile");
+            let (ta, tb) = form.trans();
+            let class = ShapeClass::of(m, k, n, ta, tb);
+            let tile = engine
+                .matmul_tiles()
+                .0
+                .into_iter()
+                .find(|c| c.class == class)
+                .map_or("-".to_string(), |c| format!("{} ({})", c.tile, c.source));
             engine.write(id, a, &noise(m * k, 1)).unwrap();
             engine.write(id, b, &noise(k * n, 2)).unwrap();
             // Warm-up: the first run pays for lazy allocation inside the driver.
@@ -224,6 +239,7 @@ fn main() {
                     ("k", V::from(k)),
                     ("n", V::from(n)),
                     ("variant", V::from(variant.to_string())),
+                    ("tile", V::from(tile.as_str())),
                     ("gflops", V::from(gpu_gflops)),
                     ("reps", V::from(reps)),
                     ("wall_s", V::from(wall)),
@@ -245,7 +261,7 @@ fn main() {
                     None => "skipped".into(),
                 };
                 println!(
-                    "{:<22} {:>4} {:>16} {:>10.2} {:>6} {:>9} {:>12}",
+                    "{:<22} {:>4} {:>16} {:>10.2} {:>6} {:>9} {:>12}  {tile}",
                     shape.label(),
                     form.name(),
                     format!("{m}x{k}x{n}"),

@@ -63,13 +63,36 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null 
     fi
 fi
 
-cargo test --release "$@"
+# Data-parallel training (`--features mpi`, tests/distributed.rs) runs two processes
+# under Open MPI's mpirun; the mpi crate's build runs bindgen over mpi.h, which needs
+# libclang. mpirun refuses root without these variables, and CI runs as root.
+if ! command -v mpirun >/dev/null || ! command -v mpicc >/dev/null ||
+    ! ldconfig -p 2>/dev/null | grep -q 'libclang'; then
+    if command -v apt-get >/dev/null; then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "installing Open MPI and libclang for the data-parallel tests..."
+        $sudo apt-get update -q
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q libopenmpi-dev openmpi-bin libclang-dev
+    else
+        echo "no Open MPI found and no apt-get: install Open MPI and libclang for tests/distributed.rs" >&2
+        exit 1
+    fi
+fi
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+
+# One build for everything, with the data-parallel feature on (tests/distributed.rs and
+# the distributed module's unit tests need it; the rest does not mind it). Building
+# without it too would compile wgpu and its dependencies a second time: the mpi crate's
+# bindgen turns on features of shared dependencies such as syn.
+features=(--features mpi)
+cargo test --release "${features[@]}" "$@"
 
 # The bench command in its quick mode (seconds), so `steadygrad bench` and
 # scripts/gpu-bench.sh, which nothing else runs, cannot rot; tests/bench_cli.rs checks
 # its figures.
 echo "steadygrad bench --quick --json"
-cargo run --release --quiet -- bench --quick --json >/dev/null
+cargo run --release --quiet "${features[@]}" -- bench --quick --json >/dev/null
 
 # The GPU-vs-CPU suites again with the device opened at WebGPU's default limits and no
 # optional feature (see `LimitsProfile`), so a green run proves the engine stays within
@@ -78,14 +101,14 @@ cargo run --release --quiet -- bench --quick --json >/dev/null
 # WebGPU's 256-byte offset alignment.
 if [ "$#" -eq 0 ]; then
     echo "GPU-vs-CPU suites under STEADYGRAD_LIMITS=webgpu"
-    STEADYGRAD_LIMITS=webgpu cargo test --release \
+    STEADYGRAD_LIMITS=webgpu cargo test --release "${features[@]}" \
         --test gpu_vs_cpu --test activations --test batchnorm_residual --test clip \
         --test dropout --test health_ops --test matmul_variants --test optim \
         --test health --test training --test transfer --test self_normalization
     # And on wgpu's GL backend (llvmpipe through EGL), which translates every kernel to
     # GLSL: a third driver stack behind the same tests.
     echo "GPU-vs-CPU suites on the GL backend (STEADYGRAD_BACKEND=gl)"
-    STEADYGRAD_BACKEND=gl cargo test --release \
+    STEADYGRAD_BACKEND=gl cargo test --release "${features[@]}" \
         --test gpu_vs_cpu --test activations --test batchnorm_residual --test clip \
         --test dropout --test health_ops --test matmul_variants --test optim --test health
 fi

@@ -50,11 +50,18 @@ impl Default for Tolerance {
     }
 }
 
-/// How many noise floors a difference may span and still pass: one perturbed run
+/// How many noise floors a difference may span and still pass: each perturbed run
 /// samples the spread of rounding once, and a GPU sums in other orders (and with fused
-/// multiply-adds) than the CPU does, so a margin covers the difference between that sample
-/// and the spread's tail.
+/// multiply-adds) than the CPU does, so a margin covers the difference between the
+/// samples and the spread's tail.
 pub const FLOOR_MULTIPLE: f32 = 16.0;
+
+/// Perturbed reference runs whose largest spread is the noise floor. The spread is heavy-
+/// tailed where batch norm amplifies rounding: in `check --depth 40 --batch-norm before
+/// --batch 2`, 3 of 13 single draws of signs landed 100× below the rest, so a one-run
+/// floor false-alarmed on 5 to 28 tensors while the other draws passed all 406. The
+/// largest of four draws misses the tail only when all four do (about 0.3% at that rate).
+pub const FLOOR_RUNS: usize = 4;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorCheck {
@@ -68,6 +75,10 @@ pub struct TensorCheck {
     /// rounding (0 where not measured).
     pub floor: f32,
     pub pass: bool,
+    /// False where the comparison cannot tell a bug from rounding: the tensor's gradient
+    /// is zero in exact arithmetic, or float32 rounding alone moves it by at least
+    /// 1/[`FLOOR_MULTIPLE`] of its scale. Such a tensor passes; the table says why.
+    pub judged: bool,
 }
 
 /// Compares two tensors under `tol`. Any NaN, or a length mismatch, fails.
@@ -77,6 +88,16 @@ pub fn compare(name: &str, gpu: &[f32], cpu: &[f32], tol: Tolerance) -> TensorCh
 
 fn max_abs(v: &[f32]) -> f32 {
     v.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+/// The larger spread, and NaN when either is: a perturbed run that broke down gives no
+/// floor, rather than the others' smaller one.
+fn widest(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
 }
 
 /// As [`compare`], with the error measured against at least `scale_floor`.
@@ -112,6 +133,7 @@ pub fn compare_scaled(
         max_rel,
         floor: 0.0,
         pass: max_abs <= tol.atol + tol.rtol * scale,
+        judged: true,
     }
 }
 
@@ -129,6 +151,11 @@ impl CheckReport {
 
     pub fn failures(&self) -> Vec<&TensorCheck> {
         self.tensors.iter().filter(|t| !t.pass).collect()
+    }
+
+    /// Tensors the comparison could not judge (see [`TensorCheck::judged`]).
+    pub fn unjudged(&self) -> Vec<&TensorCheck> {
+        self.tensors.iter().filter(|t| !t.judged).collect()
     }
 
     /// A plain-text table, one row per tensor.
@@ -162,16 +189,25 @@ impl CheckReport {
                 t.max_abs,
                 t.max_rel,
                 t.floor,
-                if t.pass { "ok" } else { "FAIL" }
+                match (t.pass, t.judged) {
+                    (false, _) => "FAIL",
+                    (true, true) => "ok",
+                    (true, false) => "not judged",
+                }
             );
         }
         let failed = self.failures().len();
-        let _ = writeln!(
+        let unjudged = self.unjudged().len();
+        let _ = write!(
             s,
             "{} passed, {} failed",
-            self.tensors.len() - failed,
+            self.tensors.len() - failed - unjudged,
             failed
         );
+        if unjudged > 0 {
+            let _ = write!(s, ", {unjudged} not judged");
+        }
+        let _ = writeln!(s);
         s
     }
 }
@@ -231,26 +267,32 @@ pub fn cross_check_models(
     let spec = cpu.spec().clone();
     let spec = &spec;
     let gpu_device = gpu.device();
-    // The noise-floor run: the reference from one rounding away.
+    // The noise-floor runs: the reference from one rounding away, each with its own
+    // draw of signs.
+    let mut floor_runs = Vec::with_capacity(FLOOR_RUNS);
+    let mut x_moved = Vec::with_capacity(FLOOR_RUNS);
     let mut stream = 0x9E37_79B9_7F4A_7C15u64;
-    let mut moved = cpu.state_dict()?;
-    for t in &mut moved {
-        perturb(&mut t.values, 1.0, &mut stream);
+    for _ in 0..FLOOR_RUNS {
+        let mut moved = cpu.state_dict()?;
+        for t in &mut moved {
+            perturb(&mut t.values, 1.0, &mut stream);
+        }
+        let mut floor_model = Model::new(
+            spec.clone(),
+            Box::new(CpuEngine::with_rounding_noise(stream)),
+        )?;
+        floor_model.load_state_dict(&moved)?;
+        let mut x = x.to_vec();
+        perturb(&mut x, 1.0, &mut stream);
+        floor_runs.push(floor_model);
+        x_moved.push(x);
     }
-    let mut floor_model = Model::new(
-        spec.clone(),
-        Box::new(CpuEngine::with_rounding_noise(stream)),
-    )?;
-    floor_model.load_state_dict(&moved)?;
-    let mut x_moved = x.to_vec();
-    perturb(&mut x_moved, 1.0, &mut stream);
     let mut tensors = Vec::new();
     let mut snapshots = Vec::new();
-    for (model, x) in [
-        (&mut gpu, x),
-        (&mut cpu, x),
-        (&mut floor_model, &x_moved[..]),
-    ] {
+    let runs = [(&mut gpu, x), (&mut cpu, x)]
+        .into_iter()
+        .chain(floor_runs.iter_mut().zip(x_moved.iter().map(|x| &x[..])));
+    for (model, x) in runs {
         model.take_metrics()?;
         model.train_batch(x, y)?;
         let rows = x.len() / spec.input;
@@ -322,27 +364,43 @@ pub fn cross_check_models(
     // derived tensor happens to agree while the GPU's own rounding does not (a 40-layer
     // batch-norm net at batch 8: output spread 0.6%, one bias gradient 0.01% in the
     // perturbed run but 2% on the GPU, both consequences of the same drift).
-    let output_rel_floor = {
-        let (c, p) = (&snapshots[1][0].1, &snapshots[2][0].1);
-        compare_scaled("output", p, c, tol, 0.0).max_rel
-    };
-    for (((name, g), (_, c)), (_, p)) in snapshots[0].iter().zip(&snapshots[1]).zip(&snapshots[2]) {
+    let c = &snapshots[1][0].1;
+    let output_rel_floor = snapshots[2..]
+        .iter()
+        .map(|p| compare_scaled("output", &p[0].1, c, tol, 0.0).max_rel)
+        .fold(0.0f32, widest);
+    for (i, ((name, g), (_, c))) in snapshots[0].iter().zip(&snapshots[1]).enumerate() {
         let scale = if name.ends_with(".grad") {
             grad_scale[&layer_of(name)]
         } else {
             0.0
         };
         let mut t = compare_scaled(name, g, c, tol, scale);
-        t.floor = compare_scaled(name, p, c, tol, scale).max_abs;
+        t.floor = snapshots[2..]
+            .iter()
+            .map(|p| compare_scaled(name, &p[i].1, c, tol, scale).max_abs)
+            .fold(0.0f32, widest);
         if name != "output" && output_rel_floor.is_finite() {
             t.floor = t.floor.max(output_rel_floor * max_abs(c).max(scale));
         }
         if t.floor.is_finite() && t.max_abs <= FLOOR_MULTIPLE * t.floor {
             t.pass = true;
         }
-        if is_noise(name) {
-            t.name = format!("{name} [zero gradient: not judged]");
+        // Where 16 floors reach the tensor's own size, any error at all would pass: say
+        // so, rather than report a comparison that could not have failed.
+        let reference = max_abs(c).max(scale);
+        if t.floor.is_finite() && reference > 0.0 && FLOOR_MULTIPLE * t.floor >= reference {
+            t.name = format!(
+                "{name} [rounding alone moves it {:.0}%]",
+                100.0 * t.floor / reference
+            );
             t.pass = true;
+            t.judged = false;
+        }
+        if is_noise(name) {
+            t.name = format!("{name} [zero gradient]");
+            t.pass = true;
+            t.judged = false;
         }
         tensors.push(t);
     }

@@ -35,10 +35,11 @@ pub trait Engine {
     fn bind_group_budget(&self) -> Option<BindGroupBudget> {
         None
     }
-    /// Bytes of memory new tensors may take, where the engine can tell: host memory for
-    /// the CPU backend and CPU-backed adapters. wgpu reports no GPU's memory size; there a
+    /// Memory new tensors may take, where the engine can tell: host memory for the CPU
+    /// backend and CPU-backed adapters, the device-local heap less what this engine holds
+    /// for a Vulkan GPU. Elsewhere (Metal, DX12, GL) wgpu reports no memory size, and a
     /// failed allocation is an error when the plan compiles.
-    fn memory_budget(&self) -> Option<u64> {
+    fn memory_budget(&self) -> Option<MemoryBudget> {
         None
     }
     /// Starts copying tensors to the host behind the work already queued, without waiting
@@ -62,6 +63,35 @@ pub trait Engine {
     ) -> Result<Box<dyn PendingRead>> {
         self.run(plan, stage)?;
         self.read_async(plan, tensors)
+    }
+}
+
+/// Bytes a device can still allocate, and which memory that is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryBudget {
+    pub available: u64,
+    /// Which memory, and where the figure comes from, for the error that names it.
+    pub memory: String,
+}
+
+impl MemoryBudget {
+    /// The host's available memory, where `/proc/meminfo` tells.
+    pub fn host() -> Option<Self> {
+        available_memory().map(|available| MemoryBudget {
+            available,
+            memory: "host memory".to_string(),
+        })
+    }
+}
+
+/// `1.6 GB`, `312 MB`, `48 kB`: decimal units, three significant figures at most.
+pub fn format_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1_000 => format!("{bytes} B"),
+        1_000..1_000_000 => format!("{:.0} kB", b / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.0} MB", b / 1e6),
+        _ => format!("{:.1} GB", b / 1e9),
     }
 }
 

@@ -11,6 +11,7 @@
 //!   training loop.
 //! * [`check`]: GPU-versus-CPU comparison of one training step.
 //! * [`data`]: datasets and the built-in synthetic data.
+//! * [`distributed`]: data-parallel training across processes (MPI with the `mpi` feature).
 //!
 //! ```no_run
 //! use steadygrad::{data, Activation, BackendChoice, FitOptions, MlpSpec, Model, Optimizer};
@@ -34,6 +35,7 @@ pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod engine;
 pub mod gpu;
 pub mod graph;

@@ -81,7 +81,7 @@ fn main() {
         bench_model: (matches.subcommand_matches("bench"))
             .is_some_and(cli::bench::model_flags_typed),
     };
-    if let Err(e) = run(cli, extra) {
+    if let Err(e) = cli::distributed::leave(run(cli, extra)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -130,6 +130,7 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             min_delta,
             save_best,
             restore_best,
+            dist,
             run,
         } => {
             if print_config {
@@ -139,6 +140,14 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 }
                 return Ok(());
             }
+            let statistics = extra.log.is_some() || extra.plots.is_some();
+            let (mut dist, choice) = match cli::distributed::join(&dist, &choice, statistics)? {
+                Some((d, c)) => (Some(d), c),
+                None => (None, choice),
+            };
+            // Only rank 0 writes checkpoints and prints epochs; the replicas are identical.
+            let root = dist.as_ref().is_none_or(|d| d.rank() == 0);
+            let (save, save_best) = (save.filter(|_| root), save_best.filter(|_| root));
             // Flags are checked before any data is read or any epoch runs, so a mistake
             // costs nothing.
             anyhow::ensure!(epochs != Some(0), "--epochs must be at least 1");
@@ -371,6 +380,15 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             }
             m.cache_frozen_outputs(cache_frozen);
             println!("device: {}", m.device());
+            if let Some(d) = &dist {
+                println!(
+                    "data-parallel: rank {} of {}, {} rows per rank, global batch {}",
+                    d.rank(),
+                    d.size(),
+                    batch,
+                    batch * d.size()
+                );
+            }
             println!(
                 "model: {} → {} ({}) → {}, {}, batch {batch}; {} train / {} validation rows{}",
                 spec.input,
@@ -466,10 +484,13 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             }
             let mut trained = 0;
             let start = Instant::now();
+            if let Some(d) = dist.take() {
+                m.set_distributed(d)?;
+            }
             let bar = run.attach(&mut m)?;
             let result = m.fit_with_hook(&train, Some(&valid), &opts, |m, r| {
                 trained += 1;
-                if !run.quiet() {
+                if !run.quiet() && root {
                     bar.suspend(|| print_epoch(r));
                 }
                 if let Some(path) = &save {
@@ -516,6 +537,9 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             run.finish_after(&mut m, "train", failure)?;
             if !stopped {
                 result?;
+            }
+            if !root {
+                return Ok(());
             }
             println!(
                 "trained {trained} epochs in {:.1} s",

@@ -560,12 +560,14 @@ fn redundant_bias_noise_is_not_judged() {
     )
     .unwrap();
     assert!(report.passed(), "{}", report.table());
-    let unjudged: Vec<&str> = report
-        .tensors
-        .iter()
-        .filter(|t| t.name.contains("not judged"))
-        .map(|t| t.name.as_str())
-        .collect();
-    assert!(unjudged.iter().all(|n| n.starts_with("layers.0.linear.bias") || n.starts_with("layers.1.linear.bias")), "{unjudged:?}");
+    let unjudged: Vec<&str> = report.unjudged().iter().map(|t| t.name.as_str()).collect();
+    assert!(
+        unjudged
+            .iter()
+            .all(|n| (n.starts_with("layers.0.linear.bias")
+                || n.starts_with("layers.1.linear.bias"))
+                && n.contains("[zero gradient]")),
+        "{unjudged:?}"
+    );
     assert!(!unjudged.is_empty());
 }

@@ -222,3 +222,40 @@ fn gpu_bench_script_prints_the_table_and_writes_the_json_lines() {
         .as_u64()
         .is_some_and(|d| d > 0));
 }
+
+/// A pinned tile runs the tiled kernel (even on a CPU-backed adapter) and every matmul
+/// line names it, in the table and in JSON; an unknown tile or tuning mode is refused by
+/// name.
+#[test]
+fn matmul_lines_name_the_tile_they_ran_with() {
+    let common = [
+        "--quick",
+        "--workloads",
+        "none",
+        "--matmul-sizes",
+        "40x24x56",
+    ];
+    let pinned = [&common[..], &["--matmul-tile", "32x32-4x4"]].concat();
+    let (ok, out, err) = bench(&[&pinned[..], &["--json"]].concat());
+    assert!(ok, "bench failed: {err}\n{out}");
+    let lines = json_lines(&out);
+    assert_eq!(of_kind(&lines, "adapter")[0]["matmul_variant"], "tiled");
+    let matmuls = of_kind(&lines, "matmul");
+    assert_eq!(matmuls.len(), 3, "{out}");
+    for l in matmuls {
+        assert_eq!(l["tile"], "32x32-4x4", "{l}");
+        assert_eq!(l["tile_source"], "pinned", "{l}");
+        assert!(l["shape_class"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("64×32×64")));
+    }
+    let (ok, out, err) = bench(&pinned);
+    assert!(ok, "bench failed: {err}\n{out}");
+    assert!(out.contains("matmul tile: 32x32-4x4 (pinned)"), "{out}");
+    assert_eq!(out.matches("32x32-4x4 (pinned)").count(), 4, "{out}");
+
+    let (ok, _, err) = bench(&[&common[..], &["--matmul-tile", "96x96"]].concat());
+    assert!(!ok && err.contains("unknown matmul tile '96x96'"), "{err}");
+    let (ok, _, err) = bench(&[&common[..], &["--matmul-tune", "sometimes"]].concat());
+    assert!(!ok && err.contains("unknown matmul tuning mode"), "{err}");
+}

@@ -36,19 +36,35 @@ fn check(depth: usize, rows: usize, bug: impl FnOnce(&mut Model)) -> CheckReport
 /// them, as `steadygrad check --depth 24 --batch-norm before --batch 8` did at 6cdbd5c
 /// with 58 tensors), all within the spread of the CPU reference under float32-sized
 /// rounding of its inputs and of every reduction (`CpuEngine::with_rounding_noise`).
-/// Forty layers at batch 2, where every batch-norm gradient cancels to rounding noise,
-/// still flag: the floor perturbs a cancelled sum relative to its tiny result, not to its
-/// terms (README, "check").
 #[test]
 fn deep_batch_norm_nets_pass() {
     for (depth, rows) in [(24, 8), (18, 2), (40, 33)] {
         let r = check(depth, rows, |_| {});
         assert!(r.passed(), "depth {depth} batch {rows}:\n{}", r.table());
+        // Passed by comparison, not by being too noisy to compare: the forward pass is
+        // judged, and a good part of the rest. (At batch 2 batch norm passes back zero in
+        // exact arithmetic, so the gradients below it are amplified rounding and rightly
+        // not judged; at depth 40 float32 rounding moves the lower layers' gradients by
+        // tens of percent.)
+        let unjudged = r.unjudged();
+        assert!(
+            !unjudged
+                .iter()
+                .any(|t| t.name.starts_with("output") || t.name.starts_with("loss")),
+            "depth {depth} batch {rows}:\n{}",
+            r.table()
+        );
+        let judged = r.tensors.len() - unjudged.len();
+        assert!(
+            3 * judged > r.tensors.len(),
+            "depth {depth} batch {rows}: only {judged} judged\n{}",
+            r.table()
+        );
         // The floor is what let them pass: some tensor's error is beyond the fixed bound.
         let beyond = r
             .tensors
             .iter()
-            .filter(|t| t.max_rel > Tolerance::default().rtol && t.floor > 0.0)
+            .filter(|t| t.judged && t.max_rel > Tolerance::default().rtol && t.floor > 0.0)
             .count();
         assert!(
             beyond > 0,
@@ -62,7 +78,7 @@ fn deep_batch_norm_nets_pass() {
 /// layer.
 #[test]
 fn an_injected_indexing_bug_is_caught() {
-    for (depth, rows, layer) in [(3, 33, 1), (24, 8, 20), (40, 33, 30)] {
+    for (depth, rows, layer) in [(3, 33, 1), (24, 8, 20), (40, 33, 30), (18, 2, 10)] {
         let r = check(depth, rows, |m| {
             let name = format!("layers.{layer}.linear.weight");
             let mut w = m.read_tensor(rows, &name).unwrap();
@@ -81,4 +97,28 @@ fn an_injected_indexing_bug_is_caught() {
             r.table()
         );
     }
+}
+
+/// Forty batch-norm layers at batch 2 on these inputs are chaotic under rounding: a
+/// float32 evaluation moves the output by tens of percent (the GPU's differs from the
+/// reference by as much, with no bug). Such tensors are reported as not judged, with the
+/// spread in their name, not passed as if compared; the check as a whole names how many.
+#[test]
+fn rounding_dominated_tensors_are_reported_not_judged() {
+    let r = check(40, 2, |_| {});
+    let unjudged = r.unjudged();
+    assert!(
+        unjudged
+            .iter()
+            .any(|t| t.name.starts_with("output [rounding alone moves it")),
+        "{}",
+        r.table()
+    );
+    // Each one is unjudged because 16 floors reach its own scale, nothing else.
+    for t in &unjudged {
+        assert!(t.name.contains("[rounding alone moves it") || t.name.contains("[zero gradient]"));
+    }
+    assert!(r
+        .table()
+        .contains(&format!("{} not judged", unjudged.len())));
 }

@@ -397,3 +397,15 @@ fn resume_warns_when_the_checkpoint_lacks_optimizer_state() {
     );
     assert!(out.contains("not exactly"), "{out}");
 }
+
+/// `--distributed` in a build without MPI names the rebuild; `--sync-bn` alone names
+/// `--distributed`. (With the feature, tests/distributed.rs runs the flag for real.)
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn distributed_needs_the_mpi_feature() {
+    let tmp = TempDir::new("cli_distributed");
+    let (ok, out) = run(&["train", "--distributed", "--epochs", "1"], tmp.path());
+    assert!(!ok && out.contains("--features mpi"), "{out}");
+    let (ok, out) = run(&["train", "--sync-bn"], tmp.path());
+    assert!(!ok && out.contains("--distributed"), "{out}");
+}

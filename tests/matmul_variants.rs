@@ -1,11 +1,17 @@
 //! Every matmul kernel variant against the CPU reference, forced explicitly, for sizes
 //! that are and are not multiples of the tiles, all three transpose forms, and
-//! accumulation. Speed is never asserted here; see `benches/matmul.rs`.
+//! accumulation, and the ops some kernels fuse into their store (every block
+//! configuration of the tiled kernel among them; `tests/matmul_tiles.rs` checks each
+//! configuration's plain products). Speed is never asserted here; see
+//! `benches/matmul.rs`.
 
+mod common;
+
+use common::matmul::check_product;
 use steadygrad::check::{compare, Tolerance};
 use steadygrad::cpu::CpuEngine;
 use steadygrad::engine::Engine;
-use steadygrad::gpu::{GpuContext, GpuEngine, MatmulVariant};
+use steadygrad::gpu::{GpuContext, GpuEngine, MatmulTile, MatmulVariant, TuneMode, TuneOptions};
 use steadygrad::graph::{Plan, Stage};
 use steadygrad::ops::*;
 use steadygrad::ops::{Activation, Op};
@@ -90,44 +96,9 @@ fn check_variant(variant: MatmulVariant) {
             trans_b,
             accumulate,
         } = case;
-        let mut plan = Plan::default();
-        let a = plan.add_tensor("a", &[m * k], Storage::Local);
-        let b = plan.add_tensor("b", &[k * n], Storage::Local);
-        let c = plan.add_tensor("c", &[m * n], Storage::Local);
-        plan.forward.push(Op::MatMul(MatMul {
-            a,
-            b,
-            c,
-            m,
-            k,
-            n,
-            trans_a,
-            trans_b,
-            accumulate,
-        }));
-        let seed = i as u64 * 3;
-        let (av, bv, c0) = (
-            values(m * k, seed + 1),
-            values(k * n, seed + 2),
-            values(m * n, seed + 3),
-        );
-        let id = engine.compile(&plan).unwrap();
-        engine.write(id, a, &av).unwrap();
-        engine.write(id, b, &bv).unwrap();
-        engine.write(id, c, &c0).unwrap();
-        engine.run(id, Stage::Predict).unwrap();
-        let gpu = engine.read(id, c).unwrap();
-        let mut cpu = c0.clone();
-        steadygrad::ops::matmul::cpu::matmul(
-            &av, &bv, &mut cpu, m, k, n, trans_a, trans_b, accumulate,
-        );
-        let name = format!(
-            "{variant} m={m} k={k} n={n} trans_a={trans_a} trans_b={trans_b} \
-             accumulate={accumulate}"
-        );
-        let r = compare(&name, &gpu, &cpu, Tolerance::default());
-        if !r.pass {
-            failures.push(format!("{name}: max abs err {:e}", r.max_abs));
+        let form = (trans_a, trans_b);
+        if let Some(e) = check_product(&mut engine, (m, k, n), form, accumulate, i as u64 * 3) {
+            failures.push(format!("{variant} {e}"));
         }
     }
     assert!(
@@ -166,12 +137,22 @@ fn auto() {
 }
 
 /// A layer's forward (`MatMul`, `AddBias`, `Activate`) and the backward pair (`MatMul`,
-/// `ActivateBackward`), which some variants fuse into one kernel: every tensor, fused or
-/// not, must match the CPU running the same plan.
-fn check_fused_ops(variant: MatmulVariant) {
+/// `ActivateBackward`), and a weight gradient with its bias gradient (`MatMul` Aᵀ·B,
+/// `SumRows`), which some variants fuse into one kernel: every tensor, fused or not, must
+/// match the CPU running the same plan.
+///
+/// With `tile`, the tiled kernel pinned to that configuration, a rotating third of the
+/// activations (`tile_index` picks which), and a check that every fusable chain became
+/// one dispatch.
+fn check_fused_ops(variant: MatmulVariant, tile: Option<(usize, MatmulTile)>) {
     let ctx = GpuContext::shared().expect("a GPU adapter is required for these tests");
     let mut failures = Vec::new();
-    for act in Activation::ALL {
+    let acts = Activation::ALL
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| tile.is_none_or(|(t, _)| (i + t) % 3 == 0))
+        .map(|(_, a)| a);
+    for act in acts {
         for &(m, k, n) in &[(33, 7, 257), (257, 33, 7), (8, 32, 32), (1, 1, 1)] {
             let mut plan = Plan::default();
             let local = Storage::Local;
@@ -185,6 +166,8 @@ fn check_fused_ops(variant: MatmulVariant) {
             let dx = plan.add_tensor("dx", &[m * k], local);
             let xz = plan.add_tensor("xz", &[m * k], local);
             let xh = plan.add_tensor("xh", &[m * k], local);
+            let gw = plan.add_tensor("gw", &[k * n], local);
+            let gb = plan.add_tensor("gb", &[k], local);
             plan.forward = vec![
                 Op::MatMul(MatMul {
                     a: x,
@@ -248,6 +231,25 @@ fn check_fused_ops(variant: MatmulVariant) {
                     rows: m,
                     cols: n,
                 }),
+                // A weight gradient `xᵀ·h` and the bias gradient, the column sums of x.
+                Op::MatMul(MatMul {
+                    a: x,
+                    b: h,
+                    c: gw,
+                    m: k,
+                    k: m,
+                    n,
+                    trans_a: true,
+                    trans_b: false,
+                    accumulate: false,
+                }),
+                Op::SumRows(SumRows {
+                    x,
+                    out: gb,
+                    rows: m,
+                    cols: k,
+                    accumulate: false,
+                }),
             ];
             let inputs = [
                 (x, values(m * k, 1)),
@@ -262,6 +264,14 @@ fn check_fused_ops(variant: MatmulVariant) {
                 .collect();
             let mut gpu = GpuEngine::new(ctx.clone());
             gpu.set_matmul_variant(variant);
+            if let Some((_, tile)) = tile {
+                gpu.set_tune_options(TuneOptions {
+                    pin: Some(tile),
+                    mode: TuneMode::Off,
+                    cache: None,
+                    ..TuneOptions::default()
+                });
+            }
             let mut cpu = CpuEngine::new();
             let mut outputs = Vec::new();
             for engine in [&mut gpu as &mut dyn Engine, &mut cpu] {
@@ -272,17 +282,26 @@ fn check_fused_ops(variant: MatmulVariant) {
                 }
                 engine.write(id, xh, &xh_values).unwrap();
                 engine.run(id, Stage::Predict).unwrap();
-                let read: Vec<Vec<f32>> = [z, h, dx, dz, dh]
+                let read: Vec<Vec<f32>> = [z, h, dx, dz, dh, gw, gb]
                     .iter()
                     .map(|&t| engine.read(id, t).unwrap())
                     .collect();
                 outputs.push(read);
             }
-            for (i, name) in ["z", "h", "dx", "dz", "dh"].iter().enumerate() {
+            // Fused: the four chains of the plan; unfusable activations (those with
+            // parameters) stay separate dispatches, two of them.
+            let dispatches = gpu.counters().dispatches;
+            let fused = if act.fusable() { 4 } else { 6 };
+            if tile.is_some() && dispatches != fused {
+                failures.push(format!(
+                    "{variant} {act} m={m} k={k} n={n}: {dispatches} dispatches, want {fused}"
+                ));
+            }
+            for (i, name) in ["z", "h", "dx", "dz", "dh", "gw", "gb"].iter().enumerate() {
                 let r = compare(name, &outputs[0][i], &outputs[1][i], Tolerance::default());
                 if !r.pass {
                     failures.push(format!(
-                        "{variant} {act} m={m} k={k} n={n}: {name} max abs err {:e}",
+                        "{variant} {tile:?} {act} m={m} k={k} n={n}: {name} max abs err {:e}",
                         r.max_abs
                     ));
                 }
@@ -294,15 +313,31 @@ fn check_fused_ops(variant: MatmulVariant) {
 
 #[test]
 fn fused_epilogues_texture() {
-    check_fused_ops(MatmulVariant::Texture);
+    check_fused_ops(MatmulVariant::Texture, None);
 }
 
 #[test]
 fn fused_epilogues_texture_without_subgroups() {
-    check_fused_ops(MatmulVariant::TextureNoSubgroup);
+    check_fused_ops(MatmulVariant::TextureNoSubgroup, None);
 }
 
 #[test]
-fn unfused_ops_tiled() {
-    check_fused_ops(MatmulVariant::Tiled);
+fn fused_epilogues_tiled() {
+    check_fused_ops(MatmulVariant::Tiled, None);
+}
+
+#[test]
+fn unfused_ops_reg4x4() {
+    check_fused_ops(MatmulVariant::Reg4x4, None);
+}
+
+/// Every block configuration of the tiled kernel with each epilogue.
+#[test]
+fn fused_epilogues_every_tile() {
+    let ctx = GpuContext::shared().expect("a GPU adapter is required for these tests");
+    let tiles: Vec<MatmulTile> = MatmulTile::fitting(&ctx.limits).collect();
+    assert!(tiles.len() >= 6, "{tiles:?}");
+    for (i, tile) in tiles.into_iter().enumerate() {
+        check_fused_ops(MatmulVariant::Tiled, Some((i, tile)));
+    }
 }

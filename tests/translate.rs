@@ -2,7 +2,8 @@
 //! elements, the generated texture-matmul kernels) translated by naga — the translator
 //! wgpu itself uses — for every backend users run: SPIR-V (Vulkan), MSL (Metal), HLSL
 //! (DX12) and GLSL ES 3.1 compute (GL), each entry point with its override constants at
-//! their defaults and at each other value the engine sets, one constant at a time. A
+//! their defaults and at each other value the engine sets, one constant at a time (the
+//! tiled matmul's block sizes, `TILE_*`, only together, as each named `MatmulTile`). A
 //! failure names the module, entry point, constants and backend. Also checks that every
 //! module fits WebGPU's default limits on bindings per stage.
 //!
@@ -12,7 +13,7 @@
 use naga::back::PipelineConstants;
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use naga::{AddressSpace, Module, ShaderStage, TypeInner};
-use steadygrad::device::ShaderTable;
+use steadygrad::device::{MatmulTile, ShaderTable};
 use steadygrad::ops::shader_tables;
 
 fn validate(module: &Module, what: &str) -> ModuleInfo {
@@ -22,11 +23,28 @@ fn validate(module: &Module, what: &str) -> ModuleInfo {
 }
 
 /// Each override's value sets to try beyond the defaults: both values of a bool, every
-/// small integer (activation kinds, flags), the default of a float.
+/// small integer (activation kinds, flags), the default of a float; and where the module
+/// has the tiled matmul's block sizes, every set of them the engine offers (other values
+/// need not make a valid kernel: see `MatmulTile::check`).
 fn override_values(module: &Module) -> Vec<Vec<(String, f64)>> {
     let mut sets = vec![Vec::new()];
+    let tiled = module
+        .overrides
+        .iter()
+        .any(|(_, o)| o.name.as_deref().is_some_and(|n| n.starts_with("TILE_")));
+    if tiled {
+        sets.extend(MatmulTile::ALL.iter().map(|t| {
+            t.constants()
+                .iter()
+                .map(|&(n, v)| (n.to_string(), f64::from(v)))
+                .collect()
+        }));
+    }
     for (_, o) in module.overrides.iter() {
         let Some(name) = o.name.clone() else { continue };
+        if name.starts_with("TILE_") {
+            continue;
+        }
         let values: Vec<f64> = match &module.types[o.ty].inner {
             TypeInner::Scalar(s) if s.kind == naga::ScalarKind::Bool => vec![0.0, 1.0],
             TypeInner::Scalar(s) if s.kind == naga::ScalarKind::Uint => {

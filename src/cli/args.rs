@@ -433,6 +433,8 @@ pub enum Command {
         #[arg(long)]
         restore_best: bool,
         #[command(flatten)]
+        dist: super::distributed::DistArgs,
+        #[command(flatten)]
         run: RunArgs,
     },
     /// Loss and accuracy (or RMSE) of a checkpoint on --data.

@@ -11,7 +11,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use steadygrad::bench::{self, MatmulForm, StepCounts, STANDARD_BATCH, STANDARD_WORKLOADS};
 use steadygrad::engine::PlanId;
-use steadygrad::gpu::{AdapterSelection, GpuContext, GpuEngine, MatmulVariant};
+use steadygrad::gpu::{
+    AdapterSelection, GpuContext, GpuEngine, MatmulTile, MatmulVariant, ShapeClass, TuneMode,
+    TuneOptions,
+};
 use steadygrad::graph::Stage;
 use steadygrad::{BackendChoice, Engine, Loss, MlpSpec};
 
@@ -61,6 +64,14 @@ pub struct BenchArgs {
     /// Matmul kernel: auto, reg4x4, tiled, texture or texture-nosubgroup.
     #[arg(long, default_value = "auto")]
     pub variant: MatmulVariant,
+    /// Pin the tiled matmul's block configuration (e.g. 128x128-8x8; see the README)
+    /// instead of tuning it per shape [env: STEADYGRAD_MATMUL_TILE].
+    #[arg(long, value_name = "NAME")]
+    pub matmul_tile: Option<MatmulTile>,
+    /// Time the tiled matmul's configurations when compiling: auto (not on CPU-backed
+    /// adapters), on or off [env: STEADYGRAD_MATMUL_TUNE].
+    #[arg(long, value_name = "MODE")]
+    pub matmul_tune: Option<TuneMode>,
     /// One JSON object per line instead of the table: the adapter, then one per
     /// workload, profiled step and matmul measurement.
     #[arg(long)]
@@ -73,6 +84,26 @@ pub struct BenchArgs {
     /// with full runs.
     #[arg(long)]
     pub quick: bool,
+}
+
+/// The tiled matmul's options: the flags of `args` over the environment.
+fn tune_options(args: &BenchArgs) -> Result<TuneOptions> {
+    let mut options = TuneOptions::from_env()?;
+    if let Some(tile) = args.matmul_tile {
+        options.pin = Some(tile);
+    }
+    if let Some(mode) = args.matmul_tune {
+        options.mode = mode;
+    }
+    Ok(options)
+}
+
+/// An engine with the kernel and tile options of `args`.
+fn engine_for(ctx: &Arc<GpuContext>, args: &BenchArgs) -> Result<GpuEngine> {
+    let mut engine = GpuEngine::new(ctx.clone());
+    engine.set_matmul_variant(args.variant);
+    engine.set_tune_options(tune_options(args)?);
+    Ok(engine)
 }
 
 /// Whether `m`, the bench subcommand's matches, has a model flag typed on the command
@@ -255,7 +286,7 @@ pub fn run(args: &BenchArgs, choice: &BackendChoice, model_typed: bool) -> Resul
         Some(g) => Some((g, "--peak".to_string())),
         None => bench::known_peak(&info.name).map(|p| (p.gflops, p.source.to_string())),
     };
-    let variant = GpuEngine::new(ctx.clone()).resolve_matmul_variant(args.variant);
+    let variant = engine_for(&ctx, args)?.resolve_matmul_variant(args.variant);
     let driver = format!("{} {}", info.driver, info.driver_info)
         .trim()
         .to_string();
@@ -300,6 +331,21 @@ pub fn run(args: &BenchArgs, choice: &BackendChoice, model_typed: bool) -> Resul
                 ""
             }
         );
+        if variant == MatmulVariant::Tiled {
+            let o = tune_options(args)?;
+            let cache = o
+                .cache
+                .as_ref()
+                .map_or("none".into(), |p| p.display().to_string());
+            match o.pin {
+                Some(tile) => println!("matmul tile: {tile} (pinned)"),
+                None => println!(
+                    "matmul tiles: chosen per shape class (tuning {:?}, cache {cache}); see \
+                     the tile column",
+                    o.mode
+                ),
+            }
+        }
     }
 
     if !s.workloads.is_empty() && !args.json {
@@ -314,8 +360,7 @@ pub fn run(args: &BenchArgs, choice: &BackendChoice, model_typed: bool) -> Resul
     }
     for name in &s.workloads {
         let spec = workload_spec(name, args)?;
-        let mut engine = GpuEngine::new(ctx.clone());
-        engine.set_matmul_variant(args.variant);
+        let mut engine = engine_for(&ctx, args)?;
         let (f, id) = bench::time_training(&mut engine, &spec, s.batch, s.counts)
             .with_context(|| format!("workload {name}"))?;
         let model = describe_model(&spec);
@@ -352,12 +397,11 @@ pub fn run(args: &BenchArgs, choice: &BackendChoice, model_typed: bool) -> Resul
             s.matmul_tries, s.matmul_secs
         );
         println!(
-            "{:<4} {:<16} {:>16} {:>10} {:>8}",
+            "{:<4} {:<16} {:>16} {:>10} {:>8}  tile",
             "form", "role", "m×k×n", "GFLOP/s", "of peak"
         );
     }
-    let mut engine = GpuEngine::new(ctx.clone());
-    engine.set_matmul_variant(args.variant);
+    let mut engine = engine_for(&ctx, args)?;
     engine.init_persistent(&[])?;
     for &mkn in &s.matmul_sizes {
         for form in MatmulForm::ALL {
@@ -366,6 +410,14 @@ pub fn run(args: &BenchArgs, choice: &BackendChoice, model_typed: bool) -> Resul
                     format!("matmul {} {}×{}×{}", form.name(), mkn[0], mkn[1], mkn[2])
                 })?;
             let share = peak.as_ref().map(|(p, _)| gflops / p);
+            let (ta, tb) = form.trans();
+            let class = ShapeClass::of(mkn[0], mkn[1], mkn[2], ta, tb);
+            // The texture kernel has no configurations: no choice is recorded for it.
+            let choice = engine
+                .matmul_tiles()
+                .0
+                .into_iter()
+                .find(|c| c.class == class);
             let mut line = json!({
                 "kind": "matmul",
                 "form": form.name(),
@@ -374,18 +426,24 @@ pub fn run(args: &BenchArgs, choice: &BackendChoice, model_typed: bool) -> Resul
                 "n": mkn[2],
                 "gflops": gflops,
             });
+            if let Some(c) = &choice {
+                line["tile"] = json!(c.tile.name);
+                line["tile_source"] = json!(c.source.to_string());
+                line["shape_class"] = json!(c.class.to_string());
+            }
             if let Some(share) = share {
                 line["share_of_peak"] = json!(share);
             }
             sink.emit(line)?;
             if !args.json {
                 println!(
-                    "{:<4} {:<16} {:>16} {:>10.1} {:>8}",
+                    "{:<4} {:<16} {:>16} {:>10.1} {:>8}  {}",
                     form.name(),
                     form.role(),
                     format!("{}×{}×{}", mkn[0], mkn[1], mkn[2]),
                     gflops,
-                    share.map_or("-".to_string(), |s| format!("{:.1}%", s * 100.0))
+                    share.map_or("-".to_string(), |s| format!("{:.1}%", s * 100.0)),
+                    choice.map_or("-".to_string(), |c| format!("{} ({})", c.tile, c.source))
                 );
             }
         }

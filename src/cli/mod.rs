@@ -5,6 +5,7 @@ pub mod bench;
 pub mod check;
 pub mod checks;
 pub mod data_args;
+pub mod distributed;
 pub mod experiment;
 pub mod health;
 pub mod inference;

@@ -80,8 +80,8 @@ impl Engine for CpuEngine {
         "CPU reference backend (plain loops, single thread)".to_string()
     }
 
-    fn memory_budget(&self) -> Option<u64> {
-        crate::engine::available_memory()
+    fn memory_budget(&self) -> Option<crate::engine::MemoryBudget> {
+        crate::engine::MemoryBudget::host()
     }
 
     fn is_gpu(&self) -> bool {

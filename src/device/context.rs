@@ -146,6 +146,9 @@ pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub limits: wgpu::Limits,
+    /// Bytes of the adapter's own memory where the driver tells (Vulkan on a GPU): the
+    /// resource plan's ceiling for everything a model allocates.
+    pub device_memory: Option<u64>,
     error: Arc<Mutex<Option<String>>>,
 }
 
@@ -208,9 +211,11 @@ impl GpuContext {
             // `ops/matmul/texture.rs`).
             (
                 adapter.limits(),
-                adapter.features() & wgpu::Features::SUBGROUP,
+                // Timestamps time the matmul tuner's candidates (`ops/matmul/tune.rs`).
+                adapter.features() & (wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY),
             )
         };
+        let device_memory = crate::gpu::budget::device_memory(&adapter)?;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("steadygrad"),
             required_features: features,
@@ -236,6 +241,7 @@ impl GpuContext {
             device,
             queue,
             limits,
+            device_memory,
             error,
         })
     }

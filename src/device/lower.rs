@@ -4,7 +4,7 @@
 //! It knows no op: each family's `wgpu.rs` calls it.
 
 use super::kernels::{KernelKey, Kernels, Slot, Uniform};
-use super::{Counters, GpuContext, MatmulVariant};
+use super::{Counters, GpuContext, MatmulTile, MatmulVariant, ShapeClass};
 use crate::tensor::{Storage, TensorDesc, TensorId};
 use anyhow::{ensure, Context, Result};
 use std::collections::{HashMap, HashSet};
@@ -127,6 +127,9 @@ pub struct Lowerer<'a> {
     pub placeholders: &'a [wgpu::Buffer; 3],
     /// The matmul kernel in use, resolved for the adapter (never `Auto`).
     pub variant: MatmulVariant,
+    /// The tiled matmul's configuration per shape class, chosen before lowering (see
+    /// `ops/matmul/tune.rs`); classes missing here use [`MatmulTile::DEFAULT`].
+    pub tiles: &'a HashMap<ShapeClass, MatmulTile>,
     pub mirrors: &'a mut Mirrors,
     max_binding: u64,
     max_buffer: u64,
@@ -160,6 +163,7 @@ pub struct LowerParts<'a> {
     pub hyper: &'a wgpu::Buffer,
     pub placeholders: &'a [wgpu::Buffer; 3],
     pub variant: MatmulVariant,
+    pub tiles: &'a HashMap<ShapeClass, MatmulTile>,
     pub mirrors: &'a mut Mirrors,
     pub max_binding: u64,
     pub max_buffer: u64,
@@ -185,6 +189,7 @@ impl<'a> Lowerer<'a> {
             hyper: p.hyper,
             placeholders: p.placeholders,
             variant: p.variant,
+            tiles: p.tiles,
             mirrors: p.mirrors,
             max_binding: p.max_binding,
             max_buffer: p.max_buffer,
@@ -228,6 +233,15 @@ impl<'a> Lowerer<'a> {
         let used = chunk.len() as u64;
         chunk.extend_from_slice(bytes);
         (buffer.clone(), used)
+    }
+
+    /// The tiled matmul's configuration for an `m×k×n` product of the given form.
+    pub fn matmul_tile(&self, m: usize, k: usize, n: usize, ta: bool, tb: bool) -> MatmulTile {
+        let class = ShapeClass::of(m, k, n, ta, tb);
+        self.tiles
+            .get(&class)
+            .copied()
+            .unwrap_or(MatmulTile::DEFAULT)
     }
 
     pub fn tensor(&self, t: TensorId) -> &TensorDesc {

@@ -6,6 +6,7 @@
 pub mod context;
 pub mod kernels;
 pub mod lower;
+pub mod tile;
 
 pub use context::{describe_adapter, list_adapters, AdapterSelection, GpuContext, LimitsProfile};
 pub use kernels::{Access, KernelKey, Kernels, Shader, ShaderTable, Slot, Uniform};
@@ -13,6 +14,7 @@ pub use lower::{
     lane_groups, lanes, u32_of, Dispatch, LowerParts, Lowerer, Mirror, MirrorCopy, MirrorKey,
     Mirrors, Res, Step, ELEMENTWISE_WG,
 };
+pub use tile::{MatmulTile, ShapeClass};
 
 /// Which matmul kernel an engine uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -22,7 +24,8 @@ pub enum MatmulVariant {
     Auto,
     /// 4×4 outputs per invocation in registers, operands read from storage buffers.
     Reg4x4,
-    /// 64×64 tiles staged in workgroup memory, 4×4 outputs per invocation (GPUs).
+    /// Blocks staged in workgroup memory, several outputs per invocation in registers
+    /// (GPUs); the block sizes are a [`MatmulTile`], tuned per shape class.
     Tiled,
     /// Operands read from texture mirrors, `A` shared across a subgroup where the adapter
     /// has subgroups of 8 (CPU-backed adapters, see `ops/matmul/texture.rs`).

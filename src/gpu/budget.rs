@@ -30,3 +30,74 @@ pub fn bind_groups(info: &wgpu::AdapterInfo) -> Option<BindGroupBudget> {
         remedy: "raise the limit: sysctl -w vm.max_map_count=262144",
     })
 }
+
+/// Caps the GPU memory a process plans to use, in bytes or with a K, M, G or T suffix
+/// (powers of 1024): to leave room for other processes on a shared GPU, or to state the
+/// size where the driver does not tell (Metal, DX12, GL).
+pub const DEVICE_MEMORY_ENV: &str = "STEADYGRAD_DEVICE_MEMORY";
+
+/// Bytes of the Vulkan adapter's largest device-local memory heap: the most a GPU can hold
+/// in its own memory, which wgpu does not report; or [`DEVICE_MEMORY_ENV`] where set.
+/// `None` on other backends, and on CPU adapters, whose heaps are host memory (checked
+/// against `MemAvailable` instead).
+pub fn device_memory(adapter: &wgpu::Adapter) -> anyhow::Result<Option<u64>> {
+    if let Ok(text) = std::env::var(DEVICE_MEMORY_ENV) {
+        return parse_bytes(&text).map(Some).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{DEVICE_MEMORY_ENV}={text:?} is not a size: give bytes, or a number with K, \
+                 M, G or T (e.g. 8G)"
+            )
+        });
+    }
+    let info = adapter.get_info();
+    if info.device_type == wgpu::DeviceType::Cpu || info.backend != wgpu::Backend::Vulkan {
+        return Ok(None);
+    }
+    Ok(vulkan_device_local_heap(adapter))
+}
+
+/// `8G`, `512M`, `1.5G` or plain bytes; powers of 1024.
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (number, unit) = match t.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&t[..i], c.to_ascii_uppercase()),
+        _ => (t, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        'T' => 40,
+        _ => return None,
+    };
+    let value: f64 = number.trim().parse().ok()?;
+    let bytes = value * (1u64 << shift) as f64;
+    (value.is_finite() && value > 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// The largest `DEVICE_LOCAL` heap of a Vulkan adapter, of any device type.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn vulkan_device_local_heap(adapter: &wgpu::Adapter) -> Option<u64> {
+    // SAFETY: the HAL adapter is only borrowed for one property query, which neither
+    // creates nor destroys anything, while `adapter` keeps it alive.
+    let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }?;
+    // SAFETY: the physical device belongs to this live instance.
+    let memory = unsafe {
+        hal.shared_instance()
+            .raw_instance()
+            .get_physical_device_memory_properties(hal.raw_physical_device())
+    };
+    memory
+        .memory_heaps
+        .iter()
+        .take(memory.memory_heap_count as usize)
+        .filter(|h| h.flags.contains(ash::vk::MemoryHeapFlags::DEVICE_LOCAL))
+        .map(|h| h.size)
+        .max()
+}
+
+#[cfg(target_arch = "wasm32")]
+pub fn vulkan_device_local_heap(_adapter: &wgpu::Adapter) -> Option<u64> {
+    None
+}

@@ -11,8 +11,9 @@ use crate::device::lower::storage_buffer;
 use crate::device::{
     Counters, GpuContext, Kernels, LowerParts, Lowerer, MatmulVariant, Mirrors, Step,
 };
-use crate::engine::{BindGroupBudget, Engine, PendingRead, PlanId};
+use crate::engine::{BindGroupBudget, Engine, MemoryBudget, PendingRead, PlanId};
 use crate::graph::{Plan, Stage};
+use crate::ops::matmul::tune::{self, TileChoice, TuneOptions, Tuner};
 use crate::ops::Op;
 use crate::tensor::{Hyper, PersistentDesc, Storage, TensorId};
 use anyhow::{bail, ensure, Context, Result};
@@ -31,12 +32,16 @@ struct GpuPlan {
     /// The training step with statistics, lowered on first use so models that never
     /// gather statistics pay nothing for them, not even pipeline creation.
     train_stats: Option<Vec<Step>>,
+    /// The training step as `Stage::Backward` and `Stage::Update`, lowered on first use:
+    /// only data-parallel training runs them.
+    split: Option<[Vec<Step>; 2]>,
 }
 
 pub struct GpuEngine {
     ctx: Arc<GpuContext>,
     kernels: Kernels,
     matmul_variant: MatmulVariant,
+    tuner: Tuner,
     persistent: Vec<wgpu::Buffer>,
     persistent_desc: Vec<PersistentDesc>,
     hyper: wgpu::Buffer,
@@ -52,10 +57,10 @@ pub struct GpuEngine {
     staging_pool: StagingPool,
 }
 
-type StagingPool = Arc<Mutex<Vec<wgpu::Buffer>>>;
+pub(super) type StagingPool = Arc<Mutex<Vec<wgpu::Buffer>>>;
 
 /// Staging buffers kept for reuse: a few readbacks are in flight at once.
-const STAGING_POOL_MAX: usize = 8;
+pub(super) const STAGING_POOL_MAX: usize = 8;
 
 impl GpuEngine {
     pub fn new(ctx: Arc<GpuContext>) -> Self {
@@ -81,6 +86,7 @@ impl GpuEngine {
             placeholders,
             kernels: Kernels::default(),
             matmul_variant: MatmulVariant::Auto,
+            tuner: Tuner::default(),
             persistent: Vec::new(),
             persistent_desc: Vec::new(),
             hyper,
@@ -126,9 +132,22 @@ impl GpuEngine {
         self.matmul_variant = variant;
     }
 
-    /// The concrete variant `variant` stands for on this engine's adapter.
+    /// How plans compiled from now on choose the tiled matmul's configuration (else
+    /// from the environment, see [`TuneOptions::from_env`]).
+    pub fn set_tune_options(&mut self, options: TuneOptions) {
+        self.tuner.set_options(options);
+    }
+
+    /// The tiled matmul's configuration per shape class so far, and shape classes timed.
+    pub fn matmul_tiles(&self) -> (Vec<TileChoice>, usize) {
+        (self.tuner.choices(), self.tuner.timed)
+    }
+
+    /// The concrete variant `variant` stands for on this engine's adapter: a pinned tile
+    /// makes `auto` the tiled kernel even on CPU-backed adapters.
     pub fn resolve_matmul_variant(&self, variant: MatmulVariant) -> MatmulVariant {
         match variant {
+            MatmulVariant::Auto if self.tuner.pinned() => MatmulVariant::Tiled,
             MatmulVariant::Auto => match self.ctx.info.device_type {
                 wgpu::DeviceType::Cpu => MatmulVariant::Texture,
                 _ => MatmulVariant::Tiled,
@@ -161,6 +180,8 @@ impl GpuEngine {
             Stage::Eval => (&p.forward, &p.eval),
             Stage::Train => (&p.train, &[]),
             Stage::TrainWithStats => (p.train_stats.as_deref().unwrap_or_default(), &[]),
+            Stage::Backward => (p.split.as_ref().map_or(&[], |s| &s[0]), &[]),
+            Stage::Update => (p.split.as_ref().map_or(&[], |s| &s[1]), &[]),
         };
         Ok(head.iter().chain(tail).collect())
     }
@@ -205,9 +226,7 @@ impl GpuEngine {
     /// Records `stage` of `plan` (lowering the statistics step on first use) and counts
     /// it as one stage submission.
     fn record_stage(&mut self, plan: PlanId, stage: Stage) -> Result<wgpu::CommandEncoder> {
-        if stage == Stage::TrainWithStats {
-            self.lower_stats(plan)?;
-        }
+        self.lower_on_demand(plan, stage)?;
         let steps = self.stage_steps(plan, stage)?;
         let dispatches = steps
             .iter()
@@ -230,9 +249,7 @@ impl GpuEngine {
         stage: Stage,
         reps: usize,
     ) -> Result<Vec<(String, std::time::Duration)>> {
-        if stage == Stage::TrainWithStats {
-            self.lower_stats(plan)?;
-        }
+        self.lower_on_demand(plan, stage)?;
         let steps = self.stage_steps(plan, stage)?;
         let mut times = vec![std::time::Duration::MAX; steps.len()];
         let wait = || self.ctx.wait();
@@ -268,6 +285,10 @@ impl GpuEngine {
         lists: &[(&[Op], bool)],
     ) -> Result<Vec<Vec<Step>>> {
         let variant = self.resolve_matmul_variant(self.matmul_variant);
+        if variant == MatmulVariant::Tiled {
+            let shapes = tune::shapes(lists.iter().map(|l| l.0));
+            self.tuner.prepare(&self.ctx, &mut self.kernels, &shapes)?;
+        }
         let (max_binding, max_buffer) = (self.max_binding(), self.max_buffer());
         let mut mirrors = Mirrors::default();
         let mut lw = Lowerer::new(LowerParts {
@@ -280,6 +301,7 @@ impl GpuEngine {
             hyper: &self.hyper,
             placeholders: &self.placeholders,
             variant,
+            tiles: self.tuner.tiles(),
             mirrors: &mut mirrors,
             max_binding,
             max_buffer,
@@ -331,23 +353,40 @@ impl GpuEngine {
         Ok(out)
     }
 
-    /// Lowers the plan's statistics step the first time it is run.
-    fn lower_stats(&mut self, id: PlanId) -> Result<()> {
+    /// Lowers what `compile` leaves for first use: the statistics step, or the training
+    /// step split into `Stage::Backward` and `Stage::Update` (data-parallel training).
+    /// Each list starts with all mirrors stale: the host rewrites gradients in between.
+    fn lower_on_demand(&mut self, id: PlanId, stage: Stage) -> Result<()> {
         let p = self.plans.get(id).context("unknown plan id")?;
-        if p.train_stats.is_some() {
+        let stats = stage == Stage::TrainWithStats;
+        let done = match stage {
+            Stage::TrainWithStats => p.train_stats.is_some(),
+            Stage::Backward | Stage::Update => p.split.is_some(),
+            _ => true,
+        };
+        if done {
             return Ok(());
         }
         let (plan, local) = (p.plan.clone(), p.local.clone());
+        let (what, lists): (&str, Vec<(&[Op], bool)>) = if stats {
+            ("the statistics step", vec![(&plan.train_stats, true)])
+        } else {
+            let (back, update) = plan.train.split_at(plan.update_start);
+            ("the split step", vec![(back, true), (update, true)])
+        };
         if let Some(budget) = self.bind_group_budget() {
-            budget.check(plan.train_stats.len(), "the statistics step")?;
+            budget.check(lists.iter().map(|l| l.0.len()).sum(), what)?;
         }
-        let dispatches = self
-            .lower_ops(&plan, &local, &[(&plan.train_stats, true)])?
-            .remove(0);
+        let mut lowered = self.lower_ops(&plan, &local, &lists)?;
         self.ctx
             .take_error()
-            .context("compiling the statistics step")?;
-        self.plans[id].train_stats = Some(dispatches);
+            .with_context(|| format!("compiling {what}"))?;
+        let p = &mut self.plans[id];
+        if stats {
+            p.train_stats = lowered.pop();
+        } else if let (Some(update), Some(backward)) = (lowered.pop(), lowered.pop()) {
+            p.split = Some([backward, update]);
+        }
         Ok(())
     }
 
@@ -464,10 +503,32 @@ impl Engine for GpuEngine {
         super::budget::bind_groups(&self.ctx.info)
     }
 
-    fn memory_budget(&self) -> Option<u64> {
-        (self.ctx.info.device_type == wgpu::DeviceType::Cpu)
-            .then(crate::engine::available_memory)
-            .flatten()
+    fn memory_budget(&self) -> Option<MemoryBudget> {
+        if let Some(heap) = self.ctx.device_memory {
+            // Only this process's own allocations are known; other processes' use of the
+            // GPU is not, so this is a ceiling, and an allocation can still fail.
+            let held = self
+                .ctx
+                .device
+                .generate_allocator_report()
+                .map_or(0, |r| r.total_reserved_bytes);
+            let env = super::budget::DEVICE_MEMORY_ENV;
+            let source = match std::env::var(env) {
+                Ok(cap) => format!("{env}={cap}"),
+                Err(_) => format!("a {} device-local heap", crate::engine::format_bytes(heap)),
+            };
+            return Some(MemoryBudget {
+                available: heap.saturating_sub(held),
+                memory: format!(
+                    "GPU memory ({source}, less {} this process holds)",
+                    crate::engine::format_bytes(held)
+                ),
+            });
+        }
+        if self.ctx.info.device_type == wgpu::DeviceType::Cpu {
+            return MemoryBudget::host();
+        }
+        None
     }
 
     fn compile(&mut self, plan: &Plan) -> Result<PlanId> {
@@ -512,6 +573,7 @@ impl Engine for GpuEngine {
             eval,
             train,
             train_stats: None,
+            split: None,
         });
         Ok(self.plans.len() - 1)
     }

@@ -1,11 +1,13 @@
 //! The wgpu backend: the plan executor ([`GpuEngine`]). The device, kernel cache and
 //! lowering tools are in `crate::device`; each op's lowering is in its family's `wgpu.rs`.
 
-mod budget;
+pub mod budget;
 pub mod engine;
+mod readback;
 
 pub use crate::device::{
     describe_adapter, list_adapters, AdapterSelection, Counters, GpuContext, LimitsProfile,
-    MatmulVariant,
+    MatmulTile, MatmulVariant, ShapeClass,
 };
+pub use crate::ops::matmul::tune::{TileChoice, TileSource, TuneMode, TuneOptions};
 pub use engine::GpuEngine;

@@ -19,6 +19,14 @@ pub enum Stage {
     /// A training step that also gathers gradient-health statistics into
     /// [`Plan::stats`]; ordinary [`Stage::Train`] steps dispatch none of that work.
     TrainWithStats,
+    /// The first part of [`Stage::Train`]: forward, loss and backward, ending with the
+    /// gradients in their tensors ([`Plan::grads`]) and nothing updated. With
+    /// [`Stage::Update`] after it, a data-parallel step averages the gradients across
+    /// processes in between (see `crate::distributed`).
+    Backward,
+    /// The rest of [`Stage::Train`]: clipping and the parameter updates, reading the
+    /// gradient tensors as the host left them.
+    Update,
 }
 
 /// A compiled-once description of a computation for one batch size.
@@ -55,6 +63,9 @@ pub struct Plan {
     /// `(flag index, tensor)` of every tensor the guard checks, so the host can name the
     /// tensor behind a flag.
     pub guarded: Vec<(usize, TensorId)>,
+    /// Where [`Stage::Update`] starts in [`Plan::train`]: after the backward pass and the
+    /// guard, before clipping. Equal to `train.len()` when the plan cannot train.
+    pub update_start: usize,
 }
 
 impl Plan {
@@ -78,6 +89,8 @@ impl Plan {
             Stage::Eval => (&self.forward, &self.eval),
             Stage::Train => (&self.train, &[]),
             Stage::TrainWithStats => (&self.train_stats, &[]),
+            Stage::Backward => (&self.train[..self.update_start], &[]),
+            Stage::Update => (&self.train[self.update_start..], &[]),
         };
         head.iter().chain(tail.iter())
     }
@@ -113,6 +126,12 @@ impl Plan {
                 );
             }
         }
+        anyhow::ensure!(
+            self.update_start <= self.train.len(),
+            "the update starts at op {} of a training step of {}",
+            self.update_start,
+            self.train.len()
+        );
         let with_stats = self.train_stats.iter();
         for op in self
             .forward

@@ -1,9 +1,11 @@
 //! [`Model`]: a compiled MLP on one backend, with training, evaluation and prediction.
 
+mod distributed;
 mod health;
 pub mod mc;
 mod regularize;
 mod resources;
+mod schedule;
 mod state;
 
 use crate::backend::{create_engine, BackendChoice};
@@ -11,7 +13,7 @@ use crate::data::{check_finite, check_labels, Dataset};
 use crate::engine::{Engine, PlanId};
 use crate::graph::{Plan, Stage};
 use crate::model::lower as mlp;
-use crate::model::optim::{warmup_factor, LrSchedule};
+use crate::model::optim::LrSchedule;
 use crate::model::plateau::PlateauState;
 use crate::model::spec::{GRAD_NORM_SLOT_NAME, METRICS_SLOT_NAME};
 use crate::model::{Clip, MlpSpec};
@@ -136,6 +138,9 @@ pub struct Model {
     plateau: Option<PlateauState>,
     /// Statistics schedule, records and observer (see `health.rs`).
     health: health::Health,
+    /// The other processes of data-parallel training, when there are (see
+    /// `distributed.rs`).
+    dist: Option<crate::distributed::Distributed>,
 }
 
 impl Model {
@@ -165,6 +170,7 @@ impl Model {
             steps_taken: 0,
             plateau,
             health: health::Health::default(),
+            dist: None,
         })
     }
 
@@ -310,11 +316,17 @@ impl Model {
         Ok(())
     }
 
-    /// Enqueues one training step (forward, loss, backward, update) on a batch that was
-    /// already validated. On the GPU nothing is waited for: the guard flags (and a
-    /// statistics record) come back asynchronously.
-    fn step_unchecked(&mut self, x: &[f32], y: &[f32], rows: usize, start: usize) -> Result<()> {
-        let (id, plan) = self.plan_at(rows, start)?;
+    /// The training plan for `rows` rows from layer `start`, with the batch `x`, `y`
+    /// written to its input and target.
+    fn load_batch(
+        &mut self,
+        x: &[f32],
+        y: &[f32],
+        rows: usize,
+        start: usize,
+    ) -> Result<(PlanId, &Plan)> {
+        self.plan_at(rows, start)?;
+        let (id, plan) = &self.plans[&(rows, start)];
         if let Some(e) = &plan.train_error {
             anyhow::bail!("{e}");
         }
@@ -322,10 +334,18 @@ impl Model {
             plan.input.expect("mlp plans have an input"),
             plan.target.expect("mlp plans have a target"),
         );
+        self.engine.write(*id, input, x)?;
+        self.engine.write(*id, target, y)?;
+        Ok((*id, plan))
+    }
+
+    /// Enqueues one training step (forward, loss, backward, update) on a batch that was
+    /// already validated. On the GPU nothing is waited for: the guard flags (and a
+    /// statistics record) come back asynchronously.
+    fn step_unchecked(&mut self, x: &[f32], y: &[f32], rows: usize, start: usize) -> Result<()> {
+        let (_, plan) = self.load_batch(x, y, rows, start)?;
         let has_stats = plan.stats.is_some();
         let gathered = has_stats && self.health.due();
-        self.engine.write(id, input, x)?;
-        self.engine.write(id, target, y)?;
         self.apply_schedule()?;
         let stage = if gathered {
             Stage::TrainWithStats
@@ -335,37 +355,6 @@ impl Model {
         self.run_with_readback((rows, start), stage, gathered)?;
         self.steps_taken += 1;
         self.health_after_step()
-    }
-
-    /// Writes the coming step's learning rate (and one-cycle's momentum) into the
-    /// hyper-parameter block when the schedule changed them: a 16-byte write, with nothing
-    /// rebuilt.
-    fn apply_schedule(&mut self) -> Result<()> {
-        let step = self.steps_taken + 1;
-        if let LrSchedule::OneCycle(c) = &self.spec.schedule {
-            ensure!(
-                step <= c.total_steps as u64,
-                "training step {step} is past the one-cycle schedule's total_steps {} \
-                 (torch's OneCycleLR raises there too)",
-                c.total_steps
-            );
-        }
-        let lr = self.lr_override.unwrap_or_else(|| self.scheduled_lr(step));
-        let momentum = self.spec.schedule.momentum(step).map(|m| m as f32);
-        if lr != self.lr || momentum != self.momentum {
-            self.engine.set_hyper(Hyper { lr, momentum })?;
-            self.lr = lr;
-            self.momentum = momentum;
-        }
-        Ok(())
-    }
-
-    /// The schedule's rate for training step `step` (1 on the first), warm-up included.
-    fn scheduled_lr(&self, step: u64) -> f32 {
-        match &self.plateau {
-            Some(p) => (p.lr * warmup_factor(step, self.spec.warmup_steps)) as f32,
-            None => self.spec.lr_at(self.epoch, step),
-        }
     }
 
     /// The momentum (SGD, RMSprop) or beta1 (Adam family) of the most recent step when
@@ -495,17 +484,21 @@ impl Model {
         if let Some(v) = raw_valid {
             self.check_dataset(v).context("validation data")?;
         }
-        let full = raw_train.rows / opts.batch_size;
-        let partial = raw_train.rows % opts.batch_size;
+        // Data-parallel ranks each train on their shard of a global batch of
+        // `batch_size` rows per rank; one process is the case of one rank.
+        let world = self.dist.as_ref().map_or(1, |d| d.size());
+        let global = opts.batch_size * world;
+        let full = raw_train.rows / global;
+        let partial = raw_train.rows % global;
         ensure!(
             !opts.drop_last || full > 0,
             "drop_last (--drop-last) leaves no batch: the {} training rows are fewer than one batch of {}",
             raw_train.rows,
-            opts.batch_size
+            global
         );
         if self.spec.has_batch_norm() {
             ensure!(
-                opts.batch_size >= 2 && full + usize::from(partial > 1) > 0,
+                opts.batch_size >= 2 && full + usize::from(partial >= 2 * world) > 0,
                 "batch norm needs at least 2 rows per training batch to estimate a variance, \
                  but the batch size is {} and there are {} training rows",
                 opts.batch_size,
@@ -515,9 +508,16 @@ impl Model {
         // Batch norm cannot train on one row; dropping that row each epoch (a different
         // one, as the order is shuffled) costs nothing measurable, while failing would end
         // a run for an accident of the data size.
-        let skip_last =
-            partial > 0 && (opts.drop_last || (partial == 1 && self.spec.has_batch_norm()));
-        if skip_last && !opts.drop_last {
+        // Every rank must take part in every step, so a last batch too small to give each
+        // rank a row (two with batch norm) is skipped as well.
+        let least = world * if self.spec.has_batch_norm() { 2 } else { 1 };
+        let skip_last = partial > 0 && (opts.drop_last || partial < least);
+        if skip_last && !opts.drop_last && world > 1 {
+            eprintln!(
+                "warning: the last batch of each epoch has {partial} rows, fewer than {least} \
+                 for {world} ranks; it is skipped"
+            );
+        } else if skip_last && !opts.drop_last {
             eprintln!(
                 "warning: the last batch of each epoch has 1 row, which batch norm cannot train \
                  on; it is skipped (use drop_last / --drop-last to say so, or change the batch \
@@ -528,7 +528,11 @@ impl Model {
         self.check_fit_resources(
             &[
                 if full > 0 { opts.batch_size } else { 0 },
-                if skip_last { 0 } else { partial },
+                if skip_last {
+                    0
+                } else {
+                    partial.div_ceil(world)
+                },
                 valid_rows.min(opts.batch_size),
                 valid_rows % opts.batch_size,
             ],
@@ -574,16 +578,23 @@ impl Model {
             let clock = Instant::now();
             self.health_begin_epoch(self.epoch + 1);
             let used = if skip_last {
-                full * opts.batch_size
+                full * global
             } else {
                 order.len()
             };
-            for chunk in order[..used].chunks(opts.batch_size) {
-                train.gather(chunk, &mut x, &mut y);
-                self.step_unchecked(&x, &y, chunk.len(), start)?;
-                self.health_step_done(chunk.len())?;
+            for chunk in order[..used].chunks(global) {
+                let rank = self.dist.as_ref().map_or(0, |d| d.rank());
+                let (lo, hi) = crate::distributed::shard(chunk.len(), rank, world);
+                train.gather(&chunk[lo..hi], &mut x, &mut y);
+                if self.dist.is_some() {
+                    self.step_distributed(&x, &y, hi - lo, chunk.len(), start)?;
+                } else {
+                    self.step_unchecked(&x, &y, chunk.len(), start)?;
+                }
+                self.health_step_done(hi - lo)?;
             }
-            let metrics = self.take_metrics()?;
+            let metrics = self.take_train_metrics()?;
+            self.check_replicas(&format!("in epoch {}", self.epoch + 1))?;
             self.health_end_epoch()?;
             let seconds = clock.elapsed().as_secs_f64();
             let epoch = self.epoch + 1;
@@ -616,32 +627,6 @@ impl Model {
         }
         self.health_end_fit();
         Ok(reports)
-    }
-
-    /// Refuses, before any step, a fit that its schedule cannot follow: plateau without
-    /// validation data, or more steps than one-cycle's `total_steps` (torch raises when
-    /// stepped past them, mid-run).
-    fn check_schedule(&self, has_valid: bool, epochs: usize, per_epoch: usize) -> Result<()> {
-        match &self.spec.schedule {
-            LrSchedule::Plateau(_) => ensure!(
-                has_valid,
-                "the plateau schedule (--schedule plateau) follows the validation loss, but \
-                 there is no validation data (use --valid-fraction or --valid-data)"
-            ),
-            LrSchedule::OneCycle(c) => {
-                let need = self.steps_taken + (epochs * per_epoch) as u64;
-                ensure!(
-                    need <= c.total_steps as u64,
-                    "the one-cycle schedule has total_steps {} but this run would take {need} \
-                     training steps ({} done + {epochs} epochs × {per_epoch} batches); raise \
-                     --total-steps or train fewer epochs",
-                    c.total_steps,
-                    self.steps_taken
-                );
-            }
-            _ => {}
-        }
-        Ok(())
     }
 
     /// Mean loss and accuracy on `data` without updating the model.

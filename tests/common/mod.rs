@@ -4,6 +4,8 @@
 pub mod digits;
 pub mod events;
 pub mod fd;
+pub mod files;
+pub mod matmul;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -89,6 +89,7 @@ impl Builder<'_> {
             .collect();
         let after_guards = backward_end + guards.len();
         self.p.train.splice(backward_end..backward_end, guards);
+        self.p.update_start = after_guards;
 
         let stats_len = st::record_len(layers);
         let stats = self.local("stats.record", &[stats_len]);

@@ -122,11 +122,13 @@ fn build_with(
     b.penalty_grads(&net);
     // The guard and statistics read the raw gradients here, before clipping changes them.
     let backward_end = b.p.train.len();
+    b.p.update_start = backward_end;
     b.clip_gradients()?;
     b.updates()?;
     b.max_norms(&net);
     if spec.has_batch_norm() && rows < 2 {
         b.p.train.clear();
+        b.p.update_start = 0;
         b.p.train_error = Some(format!(
             "batch norm needs at least 2 rows per training batch to estimate a variance, got {rows} \
              (PyTorch raises the same error); use a larger batch or drop the last partial batch"

@@ -3,6 +3,7 @@
 //! limit, instead of crashing inside a driver during the first epoch.
 
 use super::Model;
+use crate::engine::format_bytes;
 use crate::model::lower as mlp;
 use crate::tensor::Storage;
 use anyhow::Result;
@@ -49,13 +50,14 @@ impl Model {
             self.spec.hidden.len() + 1,
             shown.join(", ")
         );
-        if let Some(available) = memory {
+        if let Some(budget) = memory {
             anyhow::ensure!(
-                bytes <= available,
-                "{what} needs {:.1} GB for activations and gradients, but {:.1} GB of memory \
-                 is available; use a smaller --batch or fewer or narrower layers",
-                bytes as f64 / 1e9,
-                available as f64 / 1e9
+                bytes <= budget.available,
+                "{what} needs {} for activations and gradients, but {} of {} is available; \
+                 use a smaller --batch or fewer or narrower layers",
+                format_bytes(bytes),
+                format_bytes(budget.available),
+                budget.memory
             );
         }
         match groups {

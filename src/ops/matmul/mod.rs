@@ -1,5 +1,6 @@
 //! Matrix products, `c (+)= op(a)·op(b)`: the linear layer's forward pass and both of its
-//! gradients. Three kernels: `reg4x4` and `tiled` read storage buffers (`wgpu.rs`); the
+//! gradients. Three kernels: `reg4x4` and `tiled` read storage buffers (`wgpu.rs`; the
+//! tiled kernel's block sizes are tuned per shape class, `tune.rs`); the
 //! texture kernel of CPU-backed adapters reads texture mirrors and fuses the bias,
 //! activation and activation-derivative ops that follow it (`texture.rs`, with the
 //! generated WGSL in `texture_kernel.rs`).
@@ -7,6 +8,7 @@
 pub mod cpu;
 pub mod texture;
 pub mod texture_kernel;
+pub mod tune;
 pub mod wgpu;
 
 use super::{Host, Op, Operation};
@@ -94,6 +96,9 @@ impl Operation for MatMul {
         lw: &mut Lowerer,
         following: &[Op],
     ) -> Result<Option<(Vec<Step>, usize)>> {
-        texture::lower(self, lw, following)
+        match texture::lower(self, lw, following)? {
+            Some(fused) => Ok(Some(fused)),
+            None => wgpu::lower_fused(self, lw, following),
+        }
     }
 }

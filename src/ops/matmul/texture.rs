@@ -9,7 +9,7 @@ use crate::device::{
     KernelKey, Lowerer, Mirror, MirrorCopy, MirrorKey, Res, Shader, ShaderTable, Slot, Step,
     Uniform,
 };
-use crate::ops::{Activate, ActivateBackward, AddBias, Op};
+use crate::ops::{Activate, ActivateBackward, AddBias, Op, SumRows};
 use crate::tensor::TensorId;
 use anyhow::Result;
 
@@ -111,26 +111,7 @@ pub fn lower(
         }
     }
     let kernel = TexKernel { trans_b, subgroup };
-    // Buffers of the epilogue at bindings 4..=6 (see `Epilogue`), placeholders where
-    // it has none, and which tensors are shaped like C.
-    let [p0, p1, p2] = lw.placeholders.clone();
-    let buf = |t: TensorId| lw.buffer(t);
-    let (extra, c_shaped): ([wgpu::Buffer; 3], Vec<TensorId>) =
-        match (epilogue, &following[1..used]) {
-            (Epilogue::Plain, _) => ([p0, p1, p2], vec![c]),
-            (Epilogue::Bias { act: None }, [Op::AddBias(AddBias { bias, .. })]) => {
-                ([buf(*bias), p1, p2], vec![c])
-            }
-            (
-                Epilogue::Bias { act: Some(_) },
-                [Op::AddBias(AddBias { bias, .. }), Op::Activate(Activate { y, .. })],
-            ) => ([buf(*bias), buf(*y), p2], vec![c, *y]),
-            (
-                Epilogue::ActGrad { .. },
-                [Op::ActivateBackward(ActivateBackward { x, y, dx, .. })],
-            ) => ([buf(*x), buf(*y), buf(*dx)], vec![c, *x, *y, *dx]),
-            _ => unreachable!("fusable_epilogue matched these ops"),
-        };
+    let (extra, c_shaped) = epilogue_buffers(lw, epilogue, c, &following[1..used]);
     // Where C exceeds one storage binding, dispatch windows of its rows; the kernel
     // reads A's mirror from the window's first row (`a_row0`).
     let max_elems = (lw.max_binding() / 4) as usize;
@@ -315,12 +296,40 @@ fn mirror(lw: &mut Lowerer, key: MirrorKey) -> Result<Option<Mirror>> {
     }))
 }
 
-/// The epilogue a texture matmul `op` can absorb from the ops that follow it
+/// The buffers of `epilogue` at bindings 4..=6 (see `Epilogue`), placeholders where it
+/// has none, and which tensors are shaped like C; `absorbed` are the ops it covers after
+/// the matmul that writes `c`.
+pub(super) fn epilogue_buffers(
+    lw: &Lowerer,
+    epilogue: Epilogue,
+    c: TensorId,
+    absorbed: &[Op],
+) -> ([wgpu::Buffer; 3], Vec<TensorId>) {
+    let [p0, p1, p2] = lw.placeholders.clone();
+    let buf = |t: TensorId| lw.buffer(t);
+    match (epilogue, absorbed) {
+        (Epilogue::Plain, _) => ([p0, p1, p2], vec![c]),
+        (Epilogue::Bias { act: None }, [Op::AddBias(AddBias { bias, .. })]) => {
+            ([buf(*bias), p1, p2], vec![c])
+        }
+        (
+            Epilogue::Bias { act: Some(_) },
+            [Op::AddBias(AddBias { bias, .. }), Op::Activate(Activate { y, .. })],
+        ) => ([buf(*bias), buf(*y), p2], vec![c, *y]),
+        (Epilogue::ActGrad { .. }, [Op::ActivateBackward(ActivateBackward { x, y, dx, .. })]) => {
+            ([buf(*x), buf(*y), buf(*dx)], vec![c, *x, *y, *dx])
+        }
+        (Epilogue::RowSums, [Op::SumRows(SumRows { out, .. })]) => ([p0, buf(*out), p2], vec![c]),
+        _ => unreachable!("fusable_epilogue matched these ops"),
+    }
+}
+
+/// The epilogue a matmul `op` (texture or tiled) can absorb from the ops that follow it
 /// (`following[0]` is `op` itself), and how many ops it then covers: the bias add and
 /// activation that follow a layer's forward matmul, or the activation derivative that
 /// follows the matmul producing `dH`. Each absorbed op must work on exactly the matmul's
 /// output.
-fn fusable_epilogue(op: &MatMul, following: &[Op]) -> (Epilogue, usize) {
+pub(super) fn fusable_epilogue(op: &MatMul, following: &[Op]) -> (Epilogue, usize) {
     let MatMul {
         c,
         m,

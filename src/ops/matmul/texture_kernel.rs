@@ -68,6 +68,10 @@ pub enum Epilogue {
     /// `C = A·B`, and `DX = C ⊙ act'(X, Y)` (bindings 4: X, 5: Y, 6: DX). A hidden layer's
     /// backward `MatMul` for `dH` and its `ActivateBackward`.
     ActGrad { act: Activation },
+    /// `C = Aᵀ·B`, and `S[i] = Σ_p A[p, i]`, the row sums of `Aᵀ` (binding 5: S). A
+    /// layer's weight gradient `dW = dZᵀ·X` and its bias gradient, the `SumRows` of `dZ`
+    /// (tiled kernel only).
+    RowSums,
 }
 
 impl Epilogue {
@@ -78,6 +82,7 @@ impl Epilogue {
             Epilogue::Bias { act: None } => [1, 0],
             Epilogue::Bias { act: Some(a) } => [2, a.kernel_id()],
             Epilogue::ActGrad { act } => [3, act.kernel_id()],
+            Epilogue::RowSums => [4, 0],
         }
     }
 }

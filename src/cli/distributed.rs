@@ -1,0 +1,124 @@
+//! `train --distributed`: joining the MPI job, picking this rank's adapter, and leaving
+//! the job cleanly (finalize on success, abort on an error so no rank waits forever).
+
+use anyhow::Result;
+use steadygrad::distributed::Distributed;
+use steadygrad::BackendChoice;
+
+/// Data-parallel training flags of `train`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DistArgs {
+    /// Train data-parallel across the processes `mpirun -np N` started: each trains on its
+    /// shard of every global batch of --batch × N rows and gradients are averaged, so the
+    /// run equals one process with --batch × N. Needs a build with `--features mpi`.
+    #[arg(long)]
+    pub distributed: bool,
+    /// All-reduce batch-norm statistics across ranks (PyTorch's SyncBatchNorm) instead of
+    /// each rank normalizing by its own shard. Not implemented yet: refused.
+    #[arg(long, requires = "distributed")]
+    pub sync_bn: bool,
+    /// Seconds an exchange may wait for the other ranks; past it, the ranks that sent no
+    /// heartbeat meanwhile (died or hung) are named and the job is stopped. It must exceed
+    /// how far one rank can run ahead: a step, a checkpoint write.
+    #[arg(
+        long,
+        default_value_t = 120.0,
+        value_name = "SECONDS",
+        requires = "distributed"
+    )]
+    pub collective_timeout: f64,
+    /// Compare checksums of every rank's weights every N steps (0: after each epoch
+    /// only); ranks that differ stop the run with an error naming them.
+    #[arg(long, default_value_t = 50, value_name = "N", requires = "distributed")]
+    pub replica_check_every: u64,
+}
+
+/// The data-parallel context of this process, when `--distributed` asked for one, with
+/// the backend choice narrowed to this rank's adapter. `statistics`: --log or --plots
+/// was given.
+pub fn join(
+    args: &DistArgs,
+    choice: &BackendChoice,
+    statistics: bool,
+) -> Result<Option<(Distributed, BackendChoice)>> {
+    if !args.distributed {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        !statistics,
+        "--log and --plots cannot be combined with --distributed yet: gradient-health \
+         statistics steps are not split for the gradient exchange"
+    );
+    anyhow::ensure!(
+        !args.sync_bn,
+        "--sync-bn is not implemented yet; without it each rank normalizes by its own shard's \
+         statistics (PyTorch DDP's default)"
+    );
+    anyhow::ensure!(
+        args.collective_timeout.is_finite() && args.collective_timeout > 0.0,
+        "--collective-timeout must be a positive number of seconds, got {}",
+        args.collective_timeout
+    );
+    join_mpi(args, choice).map(Some)
+}
+
+#[cfg(feature = "mpi")]
+fn join_mpi(args: &DistArgs, choice: &BackendChoice) -> Result<(Distributed, BackendChoice)> {
+    use steadygrad::device::AdapterSelection;
+    use steadygrad::distributed::mpi;
+    let timeout = std::time::Duration::from_secs_f64(args.collective_timeout);
+    let c = mpi::init()?.with_timeout(timeout);
+    // Ranks on one host take the adapters in turn; several share one when there are
+    // fewer adapters than ranks. An adapter named with --adapter is everyone's.
+    let choice = match choice {
+        BackendChoice::Auto => pick(AdapterSelection::default(), c.local_rank),
+        BackendChoice::Gpu(sel) if sel.filter.is_none() => pick(sel.clone(), c.local_rank),
+        other => other.clone(),
+    };
+    let dist = Distributed::new(Box::new(c), timeout, args.replica_check_every);
+    Ok((dist, choice))
+}
+
+/// Adapter `local_rank` modulo the adapters `sel` finds; `Auto` (the CPU fallback) when
+/// it finds none.
+#[cfg(feature = "mpi")]
+fn pick(sel: steadygrad::device::AdapterSelection, local_rank: usize) -> BackendChoice {
+    let count = steadygrad::device::list_adapters(sel.backends).len();
+    if count == 0 {
+        return BackendChoice::Auto;
+    }
+    BackendChoice::Gpu(steadygrad::device::AdapterSelection {
+        filter: Some((local_rank % count).to_string()),
+        ..sel
+    })
+}
+
+#[cfg(not(feature = "mpi"))]
+fn join_mpi(_: &DistArgs, _: &BackendChoice) -> Result<(Distributed, BackendChoice)> {
+    anyhow::bail!(
+        "--distributed needs MPI, which this build leaves out; rebuild with `cargo build \
+         --release --features mpi` (Open MPI and libclang must be installed) and start it \
+         with `mpirun -np N steadygrad train ... --distributed`"
+    )
+}
+
+/// Ends this process's part in the MPI job after `result`: finalize on success; on an
+/// error, print it naming the rank and abort the job, so ranks waiting for this one in
+/// an exchange stop at once instead of at their timeout.
+pub fn leave(result: Result<()>) -> Result<()> {
+    #[cfg(feature = "mpi")]
+    {
+        use steadygrad::distributed::mpi;
+        if mpi::running() {
+            match &result {
+                Ok(()) => mpi::finish(),
+                Err(e) => {
+                    let rank = mpi::rank();
+                    eprintln!("error: rank {rank}: {e:#}");
+                    mpi::abort(1);
+                }
+            }
+        }
+    }
+    result
+}
