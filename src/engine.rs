@@ -52,6 +52,18 @@ pub trait Engine {
             .collect::<Result<Vec<_>>>()?;
         Ok(Box::new(ReadyRead(Some(values))))
     }
+    /// [`Engine::run`], then [`Engine::read_async`] of `tensors` as the stage left them.
+    /// On the GPU the copies join the stage's command buffer: a training step that reads
+    /// its guard flags back is one submission instead of two.
+    fn run_and_read(
+        &mut self,
+        plan: PlanId,
+        stage: Stage,
+        tensors: &[TensorId],
+    ) -> Result<Box<dyn PendingRead>> {
+        self.run(plan, stage)?;
+        self.read_async(plan, tensors)
+    }
 }
 
 /// Bytes a device can still allocate, and which memory that is.

@@ -196,6 +196,92 @@ fn sgd_update() {
     }
 }
 
+/// Grouped column sums (the bias gradients) for every group size, with shapes of one
+/// group differing, against the CPU.
+#[test]
+fn column_sum_groups() {
+    let shapes = [
+        (1, 1),
+        (7, 33),
+        (257, 7),
+        (33, 257),
+        (7, 36),
+        (33, 4),
+        (3, 1000),
+    ];
+    for n in 1..=SUM_ROWS_GROUP {
+        for first in 0..shapes.len() {
+            let picked: Vec<(usize, usize)> = (0..n)
+                .map(|i| shapes[(first + 2 * i) % shapes.len()])
+                .collect();
+            let names: Vec<(String, usize)> = picked
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &(r, c))| [(format!("x{i}"), r * c), (format!("out{i}"), c)])
+                .collect();
+            let refs: Vec<(&str, usize)> = names.iter().map(|(s, l)| (s.as_str(), *l)).collect();
+            let sums = picked
+                .iter()
+                .enumerate()
+                .map(|(i, &(rows, cols))| ColumnSum {
+                    x: 2 * i,
+                    out: 2 * i + 1,
+                    rows,
+                    cols,
+                })
+                .collect();
+            let case = OpCase::new(&refs).op(Op::SumRowsGroup(SumRowsGroup { sums }));
+            let inputs: Vec<(&str, Vec<f32>)> = refs
+                .iter()
+                .enumerate()
+                .map(|(i, &(name, len))| (name, random(len, 70 + i as u64)))
+                .collect();
+            assert_close(&case.both(&inputs, 0.0), &format!("column sums {picked:?}"));
+        }
+    }
+}
+
+/// The grouped SGD against the CPU and against the formula, for every group size, with
+/// lengths of one group differing (each place has its own bound) and with weight decay.
+#[test]
+fn sgd_group_update() {
+    let sizes: Vec<usize> = ODD_SIZES.into_iter().chain(VEC4_SIZES).collect();
+    for n in 1..=SGD_GROUP {
+        for first in 0..sizes.len() {
+            let lens: Vec<usize> = (0..n)
+                .map(|i| sizes[(first + 3 * i) % sizes.len()])
+                .collect();
+            let names: Vec<(String, usize)> = lens
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &len)| [(format!("p{i}"), len), (format!("g{i}"), len)])
+                .collect();
+            let refs: Vec<(&str, usize)> = names.iter().map(|(s, l)| (s.as_str(), *l)).collect();
+            let tensors = (0..n).map(|i| (2 * i, 2 * i + 1, lens[i])).collect();
+            let weight_decay = if first % 2 == 0 { 0.0 } else { 0.01 };
+            let case = OpCase::new(&refs).op(Op::SgdGroup(SgdGroup {
+                tensors,
+                weight_decay,
+            }));
+            let inputs: Vec<(&str, Vec<f32>)> = refs
+                .iter()
+                .enumerate()
+                .map(|(i, &(name, len))| (name, random(len, 40 + i as u64)))
+                .collect();
+            let out = case.both(&inputs, 0.37);
+            assert_close(&out, &format!("sgd group {lens:?}"));
+            for i in 0..n {
+                let (p, g) = (&inputs[2 * i].1, &inputs[2 * i + 1].1);
+                let got = &out.iter().find(|o| o.0 == format!("p{i}")).unwrap().1;
+                for ((a, p), g) in got.iter().zip(p).zip(g) {
+                    let want = p - 0.37 * (g + weight_decay * p);
+                    assert!((a - want).abs() <= 1e-5, "gpu sgd group {a} vs {want}");
+                }
+            }
+        }
+    }
+}
+
 /// One full training step of several models: outputs, loss, every gradient and every
 /// updated parameter agree.
 #[test]

@@ -189,12 +189,19 @@ fn copy_and_guard_gpu_match_cpu() {
         assert_eq!(bits(g), bits(c), "copy {len}");
         assert_eq!(bits(&g[3..3 + len]), bits(&src), "copy {len}");
 
-        // Groups of 1 to 4 tensors of different lengths, the longest not first, so the
+        // Groups of 1 to 6 tensors of different lengths, the longest not first, so the
         // grid must cover every one; each tensor in turn holds the bad value. The second
         // set divides by 4 and takes the vector kernel.
         let length_sets = [
-            [len, 2 * len + 3, 1, len + 300],
-            [4 * len, 8 * len + 4, 4, 4 * len + 300],
+            [len, 2 * len + 3, 1, len + 300, 3 * len, len + 1],
+            [
+                4 * len,
+                8 * len + 4,
+                4,
+                4 * len + 300,
+                12 * len,
+                4 * len + 8,
+            ],
         ];
         for (lens, group) in length_sets
             .into_iter()
@@ -204,18 +211,18 @@ fn copy_and_guard_gpu_match_cpu() {
                 let mut names: Vec<(String, usize)> =
                     (0..group).map(|t| (format!("x{t}"), lens[t])).collect();
                 names.push(("step".into(), 1));
-                names.push(("flags".into(), 12));
+                names.push(("flags".into(), 16));
                 let refs: Vec<(&str, usize)> =
                     names.iter().map(|(n, l)| (n.as_str(), *l)).collect();
-                // Tensor t reports to slot t + 1; slot 5 holds an earlier step (2) that a
+                // Tensor t reports to slot t + 1; slot 7 holds an earlier step (2) that a
                 // later one must not replace.
-                let slot = |t: usize| if t == 2 { 5 } else { t + 1 };
+                let slot = |t: usize| if t == 2 { 7 } else { t + 1 };
                 let case = OpCase::new(&refs).op(Op::GuardFinite(GuardFinite {
                     tensors: (0..group).map(|t| (t, lens[t], slot(t))).collect(),
                     step: group,
                     flags: group + 1,
-                    flags_len: 12,
-                    peaks: 6,
+                    flags_len: 16,
+                    peaks: 8,
                 }));
                 let mut inputs: Vec<(&str, Vec<f32>)> = (0..group)
                     .map(|t| {
@@ -228,10 +235,10 @@ fn copy_and_guard_gpu_match_cpu() {
                     })
                     .collect();
                 inputs.push(("step", vec![f32::from_bits(41)]));
-                let mut flags = vec![0.0; 12];
-                flags[5] = f32::from_bits(u32::MAX - 2);
+                let mut flags = vec![0.0; 16];
+                flags[7] = f32::from_bits(u32::MAX - 2);
                 // A peak from an earlier step that is larger than anything now stays.
-                flags[6 + 5] = 1e9;
+                flags[8 + 7] = 1e9;
                 inputs.push(("flags", flags));
                 let results = case.both(&inputs, 0.0);
                 let (g, c) = outputs(&results, "flags");
@@ -250,7 +257,7 @@ fn copy_and_guard_gpu_match_cpu() {
                         .filter(|v| v.is_finite())
                         .fold(0.0f32, |m, v| m.max(v.abs()));
                     let expect = if t == 2 { 1e9 } else { peak };
-                    assert_eq!(g[6 + slot(t)], expect, "{what}: peak of tensor {t}");
+                    assert_eq!(g[8 + slot(t)], expect, "{what}: peak of tensor {t}");
                 }
                 assert_eq!(g[0], 0.0, "{what}: slot 0 belongs to nobody");
             }
@@ -269,7 +276,8 @@ fn guard_groups_are_checked() {
         peaks: 0,
     }));
     let e = case.plan.validate(&[]).unwrap_err().to_string();
-    assert!(e.contains("guards 5 tensors"), "{e}");
+    let too_many = format!("guards {} tensors", GUARD_GROUP + 1);
+    assert!(e.contains(&too_many), "{e}");
     case.plan.forward[0] = Op::GuardFinite(GuardFinite {
         tensors: vec![(0, 4, 2)],
         step: 1,

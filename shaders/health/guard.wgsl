@@ -6,36 +6,52 @@
 // Non-finite values are found from the exponent bits: WGSL lets compilers assume floats
 // are finite, so comparisons such as `v != v` may be folded away.
 
-struct Dims {
-    a: u32,
-    b: u32,
-    c: u32,
-    d: u32,
+// The six tensors' lengths (0 for an unused place) and flag slots, and where the peaks
+// start in `flags`. Slots are in the uniform, not a storage buffer, so six tensors and
+// the flags and step fit WebGPU's 8 storage bindings.
+struct GuardDims {
+    len0: u32,
+    len1: u32,
+    len2: u32,
+    len3: u32,
+    len4: u32,
+    len5: u32,
+    peaks: u32,
+    _pad0: u32,
+    slot0: u32,
+    slot1: u32,
+    slot2: u32,
+    slot3: u32,
+    slot4: u32,
+    slot5: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(0) var<uniform> dims: GuardDims;
 @group(0) @binding(1) var<storage, read> src: array<V>;
 @group(0) @binding(2) var<storage, read> src2: array<V>;
 @group(0) @binding(3) var<storage, read> src3: array<V>;
 @group(0) @binding(4) var<storage, read> src4: array<V>;
-@group(0) @binding(5) var<storage, read_write> flags: array<atomic<u32>>;
-@group(0) @binding(6) var<storage, read> step_bits: array<u32>;
-// The four tensors' flag slots, then where the peaks start in `flags`.
-@group(0) @binding(7) var<storage, read> guard_slots: array<u32>;
+@group(0) @binding(5) var<storage, read> src5: array<V>;
+@group(0) @binding(6) var<storage, read> src6: array<V>;
+@group(0) @binding(7) var<storage, read_write> flags: array<atomic<u32>>;
+@group(0) @binding(8) var<storage, read> step_bits: array<u32>;
 
 // Elements each invocation checks (`GUARD_PER_THREAD` on the host): the workgroup's
 // reduction of the peaks is then paid once per 2048 elements, not per 256.
 const PER_THREAD: u32 = 8u;
 
 var<workgroup> peak: array<vec4<u32>, 256>;
+var<workgroup> peak2: array<vec2<u32>, 256>;
 
-// Marks the tensor's flag when `v` holds a NaN or inf, and returns the largest finite
+// Marks flag `slot` when `v` holds a NaN or inf, and returns the largest finite
 // magnitude in `v` as bits (non-negative floats order like their bits).
-fn check(v: V, place: u32, mark: u32) -> u32 {
+fn check(v: V, slot: u32, mark: u32) -> u32 {
     let bits = bitcast<U>(abs(v));
     let finite = (bits & U(0x7f800000u)) != U(0x7f800000u);
     if !all(finite) {
-        atomicMax(&flags[guard_slots[place]], mark);
+        atomicMax(&flags[slot], mark);
     }
     let kept = select(U(0u), bits, finite);
     var m = 0u;
@@ -45,10 +61,16 @@ fn check(v: V, place: u32, mark: u32) -> u32 {
     return m;
 }
 
-// Up to four tensors (src … src4) per dispatch: dims holds their lengths (0 for an unused
-// place), guard_slots their flag slots. One load per element; the flag's atomic only runs
-// on a NaN or inf, the peaks' once per workgroup. Grouped because on small layers
-// launching a dispatch costs more than the loads.
+// Raises the peak of flag `slot` to `top` (bits of a non-negative float), if any.
+fn raise_peak(slot: u32, top: u32) {
+    if top > 0u {
+        atomicMax(&flags[dims.peaks + slot], top);
+    }
+}
+
+// Up to six tensors (src … src6) per dispatch. One load per element; the flag's atomic
+// only runs on a NaN or inf, the peaks' once per workgroup. Grouped because on small
+// layers launching a dispatch costs more than the loads.
 @compute @workgroup_size(256)
 fn guard(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
@@ -56,43 +78,46 @@ fn guard(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let stride = nwg.x * nwg.y * WG;
     let mark = 0xffffffffu - step_bits[0];
     var m = vec4<u32>(0u);
+    var m2 = vec2<u32>(0u);
     for (var k = 0u; k < PER_THREAD; k++) {
         let i = first + k * stride;
-        if i < dims.a {
-            m.x = max(m.x, check(src[i], 0u, mark));
+        if i < dims.len0 {
+            m.x = max(m.x, check(src[i], dims.slot0, mark));
         }
-        if i < dims.b {
-            m.y = max(m.y, check(src2[i], 1u, mark));
+        if i < dims.len1 {
+            m.y = max(m.y, check(src2[i], dims.slot1, mark));
         }
-        if i < dims.c {
-            m.z = max(m.z, check(src3[i], 2u, mark));
+        if i < dims.len2 {
+            m.z = max(m.z, check(src3[i], dims.slot2, mark));
         }
-        if i < dims.d {
-            m.w = max(m.w, check(src4[i], 3u, mark));
+        if i < dims.len3 {
+            m.w = max(m.w, check(src4[i], dims.slot3, mark));
+        }
+        if i < dims.len4 {
+            m2.x = max(m2.x, check(src5[i], dims.slot4, mark));
+        }
+        if i < dims.len5 {
+            m2.y = max(m2.y, check(src6[i], dims.slot5, mark));
         }
     }
     peak[lid] = m;
+    peak2[lid] = m2;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s = s / 2u) {
         if lid < s {
             peak[lid] = max(peak[lid], peak[lid + s]);
+            peak2[lid] = max(peak2[lid], peak2[lid + s]);
         }
         workgroupBarrier();
     }
     if lid == 0u {
         let top = peak[0];
-        let at = guard_slots[4];
-        if top.x > 0u {
-            atomicMax(&flags[at + guard_slots[0]], top.x);
-        }
-        if top.y > 0u {
-            atomicMax(&flags[at + guard_slots[1]], top.y);
-        }
-        if top.z > 0u {
-            atomicMax(&flags[at + guard_slots[2]], top.z);
-        }
-        if top.w > 0u {
-            atomicMax(&flags[at + guard_slots[3]], top.w);
-        }
+        let top2 = peak2[0];
+        raise_peak(dims.slot0, top.x);
+        raise_peak(dims.slot1, top.y);
+        raise_peak(dims.slot2, top.z);
+        raise_peak(dims.slot3, top.w);
+        raise_peak(dims.slot4, top2.x);
+        raise_peak(dims.slot5, top2.y);
     }
 }

@@ -175,6 +175,7 @@ impl Engine for CpuEngine {
                 let terms = match op {
                     Op::MatMul(m) => m.k,
                     Op::SumRows(o) => o.rows,
+                    Op::SumRowsGroup(o) => o.sums.iter().map(|s| s.rows).max().unwrap_or(0),
                     Op::BatchNormTrain(o) => o.rows,
                     Op::BatchNormEval(o) => o.rows,
                     Op::BatchNormBackward(o) => o.rows,

@@ -498,6 +498,27 @@ impl<'a> Lowerer<'a> {
         Ok(out)
     }
 
+    /// A multi-tensor op over `items` when some exceed one storage binding: those that
+    /// `fit` share one dispatch (`small`), each other one is lowered alone (`large`, in
+    /// windows).
+    pub fn split_groups<T: Copy>(
+        &mut self,
+        items: &[T],
+        fits: impl Fn(&Self, &T) -> bool,
+        small: impl FnOnce(&mut Self, Vec<T>) -> Result<Dispatch>,
+        large: impl Fn(&mut Self, T) -> Result<Vec<Dispatch>>,
+    ) -> Result<Vec<Dispatch>> {
+        let (fit, big): (Vec<T>, Vec<T>) = items.iter().copied().partition(|t| fits(self, t));
+        let mut out = Vec::new();
+        if !fit.is_empty() {
+            out.push(small(self, fit)?);
+        }
+        for t in big {
+            out.extend(large(self, t)?);
+        }
+        Ok(out)
+    }
+
     /// An elementwise op over `len` elements as dispatches over windows of elements, each
     /// a multiple of `unit`, `lower(n)` making the dispatch for a window of `n`. Tensors
     /// in `touched` of length `len` are windowed; the others are bound whole and must fit.
@@ -545,6 +566,17 @@ pub fn lanes(len: usize) -> (bool, usize) {
     } else {
         (false, len)
     }
+}
+
+/// `items` in groups of at most `size` for a multi-tensor kernel: those whose `len`
+/// divides by 4 together (the `vec4` build), the others apart, so one odd length does not
+/// put a group of large tensors on the scalar kernel.
+pub fn lane_groups<T: Clone>(items: &[T], len: impl Fn(&T) -> usize, size: usize) -> Vec<Vec<T>> {
+    let (vec4, scalar): (Vec<T>, Vec<T>) = items.iter().cloned().partition(|t| lanes(len(t)).0);
+    [vec4, scalar]
+        .iter()
+        .flat_map(|part| part.chunks(size).map(<[T]>::to_vec))
+        .collect()
 }
 
 /// A size as the `u32` kernels index with.

@@ -7,7 +7,6 @@
 //! operands from texture mirrors; a stage then interleaves the copies that refresh those
 //! mirrors with its compute passes, still in a single submission.
 
-use super::readback::GpuPendingRead;
 use crate::device::lower::storage_buffer;
 use crate::device::{
     Counters, GpuContext, Kernels, LowerParts, Lowerer, MatmulVariant, Mirrors, Step,
@@ -19,6 +18,8 @@ use crate::ops::Op;
 use crate::tensor::{Hyper, PersistentDesc, Storage, TensorId};
 use anyhow::{bail, ensure, Context, Result};
 use std::sync::{Arc, Mutex};
+
+mod readback;
 
 struct GpuPlan {
     plan: Plan,
@@ -66,7 +67,10 @@ impl GpuEngine {
         let hyper = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("hyper"),
             size: (Hyper::LEN * 4) as u64,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            // A uniform too for the grouped SGD, whose storage bindings all go to tensors.
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::UNIFORM
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         let placeholders = [0, 1, 2].map(|i| {
@@ -217,6 +221,21 @@ impl GpuEngine {
             }
         }
         encoder
+    }
+
+    /// Records `stage` of `plan` (lowering the statistics step on first use) and counts
+    /// it as one stage submission.
+    fn record_stage(&mut self, plan: PlanId, stage: Stage) -> Result<wgpu::CommandEncoder> {
+        self.lower_on_demand(plan, stage)?;
+        let steps = self.stage_steps(plan, stage)?;
+        let dispatches = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Dispatch(_)))
+            .count();
+        let encoder = self.record(steps);
+        self.counters.stage_submissions += 1;
+        self.counters.dispatches += dispatches;
+        Ok(encoder)
     }
 
     /// Times every step of `stage` alone: each dispatch or mirror copy is submitted by
@@ -611,15 +630,7 @@ impl Engine for GpuEngine {
     }
 
     fn run(&mut self, plan: PlanId, stage: Stage) -> Result<()> {
-        self.lower_on_demand(plan, stage)?;
-        let steps = self.stage_steps(plan, stage)?;
-        let dispatches = steps
-            .iter()
-            .filter(|s| matches!(s, Step::Dispatch(_)))
-            .count();
-        let encoder = self.record(steps);
-        self.counters.stage_submissions += 1;
-        self.counters.dispatches += dispatches;
+        let encoder = self.record_stage(plan, stage)?;
         let what = || format!("running the {stage:?} stage");
         self.ctx
             .scoped(what, || self.ctx.queue.submit([encoder.finish()]))?;
@@ -634,58 +645,26 @@ impl Engine for GpuEngine {
     }
 
     fn read_async(&mut self, plan: PlanId, tensors: &[TensorId]) -> Result<Box<dyn PendingRead>> {
-        self.counters.readbacks += 1;
-        let mut lens = Vec::with_capacity(tensors.len());
-        let mut encoder = self
+        let encoder = self
             .ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("async readback"),
             });
-        let total: usize = tensors
-            .iter()
-            .map(|&t| self.tensor_buffer(plan, t).map(|(_, len, _)| len * 4))
-            .sum::<Result<usize>>()?;
-        ensure!(total > 0, "nothing to read");
-        let reused = {
-            let mut pool = self.staging_pool.lock().unwrap_or_else(|p| p.into_inner());
-            pool.iter()
-                .position(|b| b.size() == total as u64)
-                .map(|i| pool.swap_remove(i))
-        };
-        let staging = reused.unwrap_or_else(|| {
-            self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("async readback"),
-                size: total as u64,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        });
-        let mut offset = 0u64;
-        for &t in tensors {
-            let (buf, len, _) = self.tensor_buffer(plan, t)?;
-            let bytes = (len * 4) as u64;
-            encoder.copy_buffer_to_buffer(buf, 0, &staging, offset, bytes);
-            offset += bytes;
-            lens.push(len);
-        }
-        let ctx = &self.ctx;
-        ctx.scoped(
-            || "starting an asynchronous readback".to_string(),
-            || ctx.queue.submit([encoder.finish()]),
-        )?;
-        let state = Arc::new(Mutex::new(None));
-        let sink = state.clone();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            *sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-        });
-        Ok(Box::new(GpuPendingRead {
-            ctx: self.ctx.clone(),
-            staging,
-            lens,
-            state,
-            collected: false,
-            pool: self.staging_pool.clone(),
-        }))
+        self.submit_with_readback(encoder, plan, tensors, || {
+            "starting an asynchronous readback".to_string()
+        })
+    }
+
+    fn run_and_read(
+        &mut self,
+        plan: PlanId,
+        stage: Stage,
+        tensors: &[TensorId],
+    ) -> Result<Box<dyn PendingRead>> {
+        let encoder = self.record_stage(plan, stage)?;
+        self.submit_with_readback(encoder, plan, tensors, || {
+            format!("running the {stage:?} stage")
+        })
     }
 }

@@ -340,9 +340,10 @@ impl Model {
     }
 
     /// Enqueues one training step (forward, loss, backward, update) on a batch that was
-    /// already validated. On the GPU nothing is read back.
+    /// already validated. On the GPU nothing is waited for: the guard flags (and a
+    /// statistics record) come back asynchronously.
     fn step_unchecked(&mut self, x: &[f32], y: &[f32], rows: usize, start: usize) -> Result<()> {
-        let (id, plan) = self.load_batch(x, y, rows, start)?;
+        let (_, plan) = self.load_batch(x, y, rows, start)?;
         let has_stats = plan.stats.is_some();
         let gathered = has_stats && self.health.due();
         self.apply_schedule()?;
@@ -351,9 +352,9 @@ impl Model {
         } else {
             Stage::Train
         };
-        self.engine.run(id, stage)?;
+        self.run_with_readback((rows, start), stage, gathered)?;
         self.steps_taken += 1;
-        self.health_after_step((rows, start), gathered)
+        self.health_after_step()
     }
 
     /// The momentum (SGD, RMSprop) or beta1 (Adam family) of the most recent step when

@@ -5,12 +5,12 @@
 //! | family | ops | kernels |
 //! |---|---|---|
 //! | [`matmul`] | [`MatMul`] | `shaders/matmul/` |
-//! | [`bias`] | [`AddBias`], [`SumRows`] | `shaders/bias.wgsl` |
+//! | [`bias`] | [`AddBias`], [`SumRows`], [`SumRowsGroup`] | `shaders/bias.wgsl`, `shaders/bias_group.wgsl` |
 //! | [`activation`] | [`Activate`], [`ActivateBackward`], [`RreluTrain`], [`RreluTrainBackward`], [`Prelu`], [`PreluBackward`] | `shaders/activation/` |
 //! | [`loss`] | [`LossGrad`], [`LossEval`], [`AccumulateMetrics`] | `shaders/loss.wgsl` |
 //! | [`batch_norm`] | [`BatchNormTrain`], [`BatchNormEval`], [`BatchNormBackward`] | `shaders/batch_norm.wgsl` |
 //! | [`elementwise`] | [`Add`], [`Accumulate`] | `shaders/elementwise.wgsl` |
-//! | [`optim`] | [`AdvanceStep`], [`Sgd`], [`Adam`], [`Rmsprop`], [`Adagrad`], [`Adamax`], [`NadamMuProduct`], [`Nadam`] | `shaders/optim.wgsl` |
+//! | [`optim`] | [`AdvanceStep`], [`Sgd`], [`SgdGroup`], [`Adam`], [`Rmsprop`], [`Adagrad`], [`Adamax`], [`NadamMuProduct`], [`Nadam`] | `shaders/optim.wgsl`, `shaders/optim_group.wgsl` |
 //! | [`clip`] | [`NormPartials`], [`ClipCoef`], [`ScaleBy`], [`ClampValue`] | `shaders/clip.wgsl` |
 //! | [`dropout`] | [`Dropout`] | `shaders/dropout.wgsl` |
 //! | [`regularize`] | [`PenaltyGrad`], [`MaxNorm`] | `shaders/regularize.wgsl` |
@@ -36,7 +36,7 @@ pub use activation::{
     Activate, ActivateBackward, Activation, Prelu, PreluBackward, RreluTrain, RreluTrainBackward,
 };
 pub use batch_norm::{BatchNormBackward, BatchNormEval, BatchNormTrain};
-pub use bias::{AddBias, SumRows};
+pub use bias::{AddBias, ColumnSum, SumRows, SumRowsGroup, SUM_ROWS_GROUP};
 pub use clip::{ClampValue, ClipCoef, NormPartials, ScaleBy, NORM_BLOCK};
 pub use dropout::{dropout_scale, Dropout};
 pub use elementwise::{Accumulate, Add};
@@ -45,7 +45,8 @@ pub use host::Host;
 pub use loss::{target_len, AccumulateMetrics, Loss, LossEval, LossGrad, METRICS_LEN};
 pub use matmul::MatMul;
 pub use optim::{
-    Adagrad, Adam, Adamax, AdvanceStep, Momentum, Nadam, NadamMuProduct, Rmsprop, Sgd,
+    Adagrad, Adam, Adamax, AdvanceStep, Momentum, Nadam, NadamMuProduct, Rmsprop, Sgd, SgdGroup,
+    SGD_GROUP,
 };
 pub use regularize::{MaxNorm, PenaltyGrad};
 
@@ -129,6 +130,7 @@ ops! {
     MatMul,
     AddBias,
     SumRows,
+    SumRowsGroup,
     Activate,
     ActivateBackward,
     RreluTrain,
@@ -145,6 +147,7 @@ ops! {
     Accumulate,
     AdvanceStep,
     Sgd,
+    SgdGroup,
     Adam,
     Rmsprop,
     Adagrad,
@@ -205,11 +208,13 @@ pub fn shader_tables() -> Vec<ShaderTable> {
     [
         matmul::wgpu::tables(),
         bias::wgpu::tables(),
+        bias::group::tables(),
         activation::wgpu::tables(),
         loss::wgpu::tables(),
         batch_norm::wgpu::tables(),
         elementwise::wgpu::tables(),
         optim::wgpu::tables(),
+        optim::group::tables(),
         clip::wgpu::tables(),
         dropout::wgpu::tables(),
         regularize::wgpu::tables(),

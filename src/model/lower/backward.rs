@@ -81,13 +81,12 @@ impl Builder<'_> {
             trans_b: false,
             accumulate: false,
         }));
-        self.p.train.push(Op::SumRows(SumRows {
+        self.bias_sums.push(ColumnSum {
             x: dz,
             out: db,
             rows,
             cols: fan_out,
-            accumulate: false,
-        }));
+        });
         self.params.push((layer.weight, dw));
         self.params.push((layer.bias, db));
         if l == self.spec.frozen_layers {
@@ -193,6 +192,25 @@ impl Builder<'_> {
     /// Optimizer updates, after the whole backward pass so no gradient reads an updated
     /// weight.
     pub(super) fn updates(&mut self) -> anyhow::Result<()> {
+        // Plain SGD keeps no state, so a few parameters share each dispatch.
+        if let Optimizer::Sgd {
+            momentum,
+            weight_decay,
+            ..
+        } = self.spec.optimizer
+        {
+            if momentum <= 0.0 {
+                let params: Vec<_> = self
+                    .params
+                    .iter()
+                    .map(|&(p, g)| (p, g, self.p.tensors[p].len()))
+                    .collect();
+                let groups = SgdGroup::chunked(&params, weight_decay);
+                self.p.train.extend(groups.into_iter().map(Op::SgdGroup));
+                self.p.grads = self.params.clone();
+                return Ok(());
+            }
+        }
         for (param, grad) in self.params.clone() {
             let ops = self.update_ops(param, grad)?;
             self.p.train.extend(ops);

@@ -1,6 +1,7 @@
 //! The gradient-health statistics spliced into a statistics step, and the always-on guard.
 
 use super::*;
+use crate::device::lane_groups;
 
 impl Builder<'_> {
     /// The non-finite guard, in `train` (every step), and the statistics ops of
@@ -80,7 +81,12 @@ impl Builder<'_> {
             }
         }));
         self.p.guarded = checked.iter().map(|&(t, _, flag)| (flag, t)).collect();
-        let guards: Vec<Op> = checked.chunks(GUARD_GROUP).map(guard).collect();
+        // A tensor whose length does not divide by 4 would put its whole group on the
+        // scalar kernel: those are grouped apart.
+        let guards: Vec<Op> = lane_groups(&checked, |t| t.1, GUARD_GROUP)
+            .iter()
+            .map(|g| guard(g))
+            .collect();
         let after_guards = backward_end + guards.len();
         self.p.train.splice(backward_end..backward_end, guards);
         self.p.update_start = after_guards;

@@ -63,6 +63,7 @@ fn build_with(
         p: Plan::default(),
         params: Vec::new(),
         pending_skips: Vec::new(),
+        bias_sums: Vec::new(),
         mc: None,
     };
     let input = b.local("input", &[rows, sizes[start]]);
@@ -111,6 +112,13 @@ fn build_with(
             b.flush_skip_grads(l, grad);
         }
     }
+    // Nothing reads a bias gradient before the updates: summed here, a few per dispatch.
+    let sums = std::mem::take(&mut b.bias_sums);
+    b.p.train.extend(
+        SumRowsGroup::chunked(&sums)
+            .into_iter()
+            .map(Op::SumRowsGroup),
+    );
     b.penalty_grads(&net);
     // The guard and statistics read the raw gradients here, before clipping changes them.
     let backward_end = b.p.train.len();
@@ -216,6 +224,8 @@ struct Builder<'a> {
     /// Skip-connection gradients waiting for their source's gradient tensor to be
     /// written: `(source index, gradient at the sum, projection)`.
     pending_skips: Vec<(usize, TensorId, Option<TensorId>)>,
+    /// The linear layers' bias gradients, summed together after the backward pass.
+    bias_sums: Vec<ColumnSum>,
     /// For a Monte Carlo plan: the sample counter and the seed of its dropout masks.
     mc: Option<(TensorId, u64)>,
 }

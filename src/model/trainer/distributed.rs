@@ -78,7 +78,9 @@ impl Model {
             at += len;
         }
         // Clipping by norm runs here, on the averaged gradients: its norm is the global one.
-        self.engine.run(id, Stage::Update)?;
+        // Statistics steps are not split for the exchange; the guard still runs, its
+        // flags read back behind the update in the same submission.
+        self.run_with_readback((rows, start), Stage::Update, false)?;
         self.steps_taken += 1;
         let dist = self.dist.as_mut().expect("only called when distributed");
         let s = &mut dist.stats;
@@ -88,8 +90,7 @@ impl Model {
         s.update += clock.elapsed() - reduced;
         s.bytes += (flat.len() * 4) as u64;
         let every = dist.check_every;
-        // Statistics steps are not split for the exchange; the guard still runs.
-        self.health_after_step((rows, start), false)?;
+        self.health_after_step()?;
         if every > 0 && self.steps_taken.is_multiple_of(every) {
             self.check_replicas(&format!("at step {}", self.steps_taken))?;
         }

@@ -5,6 +5,7 @@
 
 use super::Model;
 use crate::engine::PendingRead;
+use crate::graph::Stage;
 use crate::model::health::histogram::{
     of_each, HistogramKind, LayerHistogram, StepHistograms, BUCKETS,
 };
@@ -117,12 +118,16 @@ impl Model {
         self.health.observer = observer;
     }
 
-    /// Starts the readback of the statistics record (and the guard flags) just written by
-    /// a statistics step of the plan for `(rows, start)`, or of the guard flags alone
-    /// after an ordinary step, and collects whatever has arrived. Called after every
-    /// training step; a step the guard flagged stops training within [`st::GUARD_LAG`] steps.
-    pub(super) fn health_after_step(&mut self, key: (usize, usize), gathered: bool) -> Result<()> {
-        self.health.steps += 1;
+    /// Runs `stage` of the plan for `(rows, start)` with the readback of what it wrote for
+    /// the host: the statistics record (and the guard flags) after a statistics step, the
+    /// guard flags alone after an ordinary one. Both go in one submission, so a training
+    /// step costs no second one for its readback.
+    pub(super) fn run_with_readback(
+        &mut self,
+        key: (usize, usize),
+        stage: Stage,
+        gathered: bool,
+    ) -> Result<()> {
         let (id, plan) = &self.plans[&key];
         match (gathered, plan.stats, plan.guard) {
             (true, Some(stats), Some(guard)) => {
@@ -134,7 +139,7 @@ impl Model {
                         histograms.push((layer, kind));
                     }
                 }
-                let read = self.engine.read_async(*id, &tensors)?;
+                let read = self.engine.run_and_read(*id, stage, &tensors)?;
                 self.health.in_flight.push_back(InFlight {
                     read,
                     start: key.1,
@@ -143,11 +148,18 @@ impl Model {
                 });
             }
             (_, _, Some(guard)) => {
-                let read = self.engine.read_async(*id, &[guard])?;
+                let read = self.engine.run_and_read(*id, stage, &[guard])?;
                 self.health.guard_reads.push_back(read);
             }
-            _ => {}
+            _ => self.engine.run(*id, stage)?,
         }
+        Ok(())
+    }
+
+    /// Collects whatever readbacks have arrived. Called after every training step; a
+    /// step the guard flagged stops training within [`st::GUARD_LAG`] steps.
+    pub(super) fn health_after_step(&mut self) -> Result<()> {
+        self.health.steps += 1;
         self.collect_guard()?;
         self.collect_stats(false)
     }

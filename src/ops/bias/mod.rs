@@ -2,7 +2,10 @@
 //! a column sum over the batch ([`SumRows`], also PReLU's slope gradient).
 
 pub mod cpu;
+pub mod group;
 pub mod wgpu;
+
+pub use group::{ColumnSum, SumRowsGroup, SUM_ROWS_GROUP};
 
 use super::{Host, Operation};
 use crate::device::{Dispatch, Lowerer};

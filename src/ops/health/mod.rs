@@ -15,7 +15,7 @@ pub const ACT_STATS_LEN: usize = 5;
 /// Values written by one [`Norm`]: the norm and the non-finite count.
 pub const NORM_STATS_LEN: usize = 2;
 /// Tensors one guard dispatch checks (bindings of `guard` in `shaders/health/guard.wgsl`).
-pub const GUARD_GROUP: usize = 4;
+pub const GUARD_GROUP: usize = 6;
 
 /// `dst[offset..offset + len] = src` bit for bit: weight snapshots before the update on
 /// statistics steps, and the step counter into the statistics record.

@@ -28,13 +28,24 @@ const GUARD_SRC: [Slot; GUARD_GROUP] = [
     Slot::read(2, "src2"),
     Slot::read(3, "src3"),
     Slot::read(4, "src4"),
+    Slot::read(5, "src5"),
+    Slot::read(6, "src6"),
 ];
-const FLAGS: Slot = Slot::read_write(5, "flags");
+const FLAGS: Slot = Slot::read_write(7, "flags");
 /// Elements (of `V`) each guard invocation checks: `PER_THREAD` in `guard.wgsl`. Enough
 /// that the workgroup's reduction of the peaks costs little per element.
 const GUARD_PER_THREAD: usize = 8;
-const STEP_BITS: Slot = Slot::read(6, "step_bits");
-const GUARD_SLOTS: Slot = Slot::read(7, "guard_slots");
+const STEP_BITS: Slot = Slot::read(8, "step_bits");
+
+crate::uniform! {
+    /// The guard's tensor lengths (in `V`s), where the peaks start and the flag slots.
+    pub struct GuardDims {
+        len0: u32, len1: u32, len2: u32, len3: u32, len4: u32, len5: u32,
+        peaks: u32, _pad0: u32,
+        slot0: u32, slot1: u32, slot2: u32, slot3: u32, slot4: u32, slot5: u32,
+        _pad1: u32, _pad2: u32,
+    }
+}
 
 crate::uniform! {
     /// Four sizes or offsets, named per kernel in the WGSL.
@@ -116,16 +127,30 @@ pub fn guard(op: &GuardFinite, lw: &mut Lowerer) -> Result<Dispatch> {
     // Vector loads when every length allows (see `guard.wgsl`).
     let vec4 = tensors.iter().all(|t| t.1.is_multiple_of(4));
     let width = if vec4 { 4 } else { 1 };
-    // The flag slots, then where the peaks start.
-    let (mut lens, mut slots) = ([0u32; GUARD_GROUP], [0u32; GUARD_GROUP + 1]);
+    let (mut lens, mut slots) = ([0u32; GUARD_GROUP], [0u32; GUARD_GROUP]);
     for (i, &(_, len, slot)) in group.iter().enumerate() {
         (lens[i], slots[i]) = (u32_of(len / width)?, u32_of(slot)?);
     }
-    slots[GUARD_GROUP] = u32_of(op.peaks)?;
-    let slots = lw.constants(&slots, false);
     let longest = group.iter().map(|t| t.1 / width).max().unwrap_or(0);
     let groups = lw.grid(longest.div_ceil(ELEMENTWISE_WG * GUARD_PER_THREAD))?;
-    let [a, b, c, d] = lens;
+    let [len0, len1, len2, len3, len4, len5] = lens;
+    let [slot0, slot1, slot2, slot3, slot4, slot5] = slots;
+    let dims = GuardDims {
+        len0,
+        len1,
+        len2,
+        len3,
+        len4,
+        len5,
+        peaks: u32_of(op.peaks)?,
+        slot0,
+        slot1,
+        slot2,
+        slot3,
+        slot4,
+        slot5,
+        ..GuardDims::default()
+    };
     let mut bindings: Vec<(Slot, Res)> = GUARD_SRC
         .iter()
         .zip(group)
@@ -134,11 +159,10 @@ pub fn guard(op: &GuardFinite, lw: &mut Lowerer) -> Result<Dispatch> {
     bindings.extend([
         (FLAGS, Res::Tensor(op.flags)),
         (STEP_BITS, Res::Tensor(op.step)),
-        (GUARD_SLOTS, Res::Buffer(&slots)),
     ]);
     lw.dispatch(
         KernelKey::new(&GUARD, "guard").vec4(vec4),
-        Some(Dims { a, b, c, d }),
+        Some(dims),
         &bindings,
         groups,
     )
@@ -148,29 +172,29 @@ pub fn guard(op: &GuardFinite, lw: &mut Lowerer) -> Result<Dispatch> {
 /// its own, in windows.
 pub fn guard_split(op: &GuardFinite, lw: &mut Lowerer) -> Result<Vec<Dispatch>> {
     let max = lw.max_binding();
-    let (large, small): (Vec<_>, Vec<_>) =
-        op.tensors.iter().partition(|&&(t, _, _)| lw.bytes(t) > max);
-    let mut out = Vec::new();
-    if !small.is_empty() {
-        out.push(guard(
-            &GuardFinite {
-                tensors: small,
-                ..op.clone()
-            },
-            lw,
-        )?);
-    }
-    for (t, len, slot) in large {
-        let touched = [t, op.step, op.flags];
-        out.extend(lw.element_windows(&touched, len, 1, |lw, n| {
-            let part = GuardFinite {
-                tensors: vec![(t, n, slot)],
-                ..op.clone()
-            };
-            guard(&part, lw)
-        })?);
-    }
-    Ok(out)
+    lw.split_groups(
+        &op.tensors,
+        |lw, &(t, _, _)| lw.bytes(t) <= max,
+        |lw, tensors| {
+            guard(
+                &GuardFinite {
+                    tensors,
+                    ..op.clone()
+                },
+                lw,
+            )
+        },
+        |lw, (t, len, slot)| {
+            let touched = [t, op.step, op.flags];
+            lw.element_windows(&touched, len, 1, |lw, n| {
+                let part = GuardFinite {
+                    tensors: vec![(t, n, slot)],
+                    ..op.clone()
+                };
+                guard(&part, lw)
+            })
+        },
+    )
 }
 
 pub fn tables() -> Vec<ShaderTable> {
@@ -188,11 +212,12 @@ pub fn tables() -> Vec<ShaderTable> {
                 GUARD_SRC[1],
                 GUARD_SRC[2],
                 GUARD_SRC[3],
+                GUARD_SRC[4],
+                GUARD_SRC[5],
                 FLAGS,
                 STEP_BITS,
-                GUARD_SLOTS,
             ],
-            dims: Some(Dims::FIELDS),
+            dims: Some(GuardDims::FIELDS),
             uniforms: &[],
         },
     ]

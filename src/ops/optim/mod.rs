@@ -5,7 +5,10 @@
 //! ([`crate::tensor::Hyper`]) so schedules change it without recompiling.
 
 pub mod cpu;
+pub mod group;
 pub mod wgpu;
+
+pub use group::{SgdGroup, SGD_GROUP};
 
 use super::{Host, Operation};
 use crate::device::{Dispatch, Lowerer};
