@@ -3,7 +3,7 @@
 
 pub mod budget;
 pub mod engine;
-mod readback;
+mod pending_read;
 
 pub use crate::device::{
     describe_adapter, list_adapters, AdapterSelection, Counters, GpuContext, LimitsProfile,

@@ -3,7 +3,7 @@
 
 use super::GpuEngine;
 use crate::engine::{PendingRead, PlanId};
-use crate::gpu::readback::GpuPendingRead;
+use crate::gpu::pending_read::GpuPendingRead;
 use crate::tensor::TensorId;
 use anyhow::{ensure, Result};
 use std::sync::{Arc, Mutex};
