@@ -256,3 +256,24 @@ pub fn write_spirals_csv(path: &Path, points: usize) {
     }
     std::fs::write(path, s).unwrap();
 }
+
+/// Every activation kind at its defaults and at other parameters.
+pub fn activation_variants() -> Vec<steadygrad::ops::Activation> {
+    use steadygrad::ops::Activation;
+    let mut v: Vec<Activation> = Activation::ALL.to_vec();
+    v.extend([
+        Activation::LeakyRelu { slope: 0.2 },
+        Activation::LeakyRelu { slope: 0.0 },
+        Activation::Rrelu {
+            lower: 0.05,
+            upper: 0.45,
+        },
+        Activation::Prelu {
+            per_unit: false,
+            init: 0.1,
+        },
+        Activation::Elu { alpha: 0.5 },
+        Activation::Elu { alpha: 2.0 },
+    ]);
+    v
+}
