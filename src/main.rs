@@ -485,6 +485,13 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             let mut trained = 0;
             let start = Instant::now();
             if let Some(d) = dist.take() {
+                if root && m.spec().dropout.iter().any(|&p| p > 0.0) {
+                    eprintln!(
+                        "warning: with --distributed, every rank draws the same dropout masks \
+                         for its shard (the mask follows the row within the shard), so this \
+                         run is not the single-process run with the global batch"
+                    );
+                }
                 m.set_distributed(d)?;
             }
             let bar = run.attach(&mut m)?;

@@ -355,3 +355,26 @@ fn distributed_flags_are_checked() {
         "--collective-timeout must be a positive",
     );
 }
+
+/// Dropout's masks follow the row within each rank's shard, so the ranks repeat each
+/// other's masks: the run says so rather than passing for the single-process one.
+#[test]
+fn dropout_with_distributed_warns() {
+    let tmp = TempDir::new("distributed_dropout");
+    let run = |extra: &[&str]| {
+        let out = mpirun(2)
+            .args(MODEL)
+            .args(["--distributed", "--epochs", "1", "--batch", "32"])
+            .args(extra)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        let log = text(&out);
+        assert!(out.status.success(), "{extra:?}: {log}");
+        log
+    };
+    let warning = "every rank draws the same dropout masks";
+    let log = run(&["--dropout", "0.2"]);
+    assert_eq!(log.matches(warning).count(), 1, "{log}");
+    assert!(!run(&[]).contains(warning));
+}
