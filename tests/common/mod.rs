@@ -5,6 +5,7 @@ pub mod digits;
 pub mod events;
 pub mod fd;
 pub mod files;
+pub mod health;
 pub mod matmul;
 
 use rand::{RngExt, SeedableRng};
