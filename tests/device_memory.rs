@@ -44,7 +44,7 @@ fn sizes_parse_in_powers_of_1024() {
     assert_eq!(parse_bytes("512m"), Some(512 << 20));
     assert_eq!(parse_bytes("1.5K"), Some(1536));
     assert_eq!(parse_bytes(" 4096 "), Some(4096));
-    for bad in ["", "G", "abc", "-1G", "0", "8X", "nanG", "1e30T"] {
+    for bad in ["", "G", "abc", "-1G", "0", "0.5", "8X", "nanG", "1e30T"] {
         assert_eq!(parse_bytes(bad), None, "{bad:?}");
     }
 }
@@ -75,7 +75,7 @@ fn a_fit_beyond_the_gpu_memory_cap_is_refused() {
     assert!(!ok, "{out}{err}");
     assert!(
         err.contains("needs 1.6 GB for activations and gradients")
-            && err.contains("of GPU memory (STEADYGRAD_DEVICE_MEMORY=1G, less"),
+            && err.contains("of GPU memory (at most STEADYGRAD_DEVICE_MEMORY=1G, less"),
         "{err}"
     );
     assert!(!out.contains("trained"), "{out}");

@@ -41,19 +41,27 @@ pub const DEVICE_MEMORY_ENV: &str = "STEADYGRAD_DEVICE_MEMORY";
 /// `None` on other backends, and on CPU adapters, whose heaps are host memory (checked
 /// against `MemAvailable` instead).
 pub fn device_memory(adapter: &wgpu::Adapter) -> anyhow::Result<Option<u64>> {
-    if let Ok(text) = std::env::var(DEVICE_MEMORY_ENV) {
-        return parse_bytes(&text).map(Some).ok_or_else(|| {
+    let cap = match std::env::var(DEVICE_MEMORY_ENV) {
+        Ok(text) if !text.trim().is_empty() => Some(parse_bytes(&text).ok_or_else(|| {
             anyhow::anyhow!(
-                "{DEVICE_MEMORY_ENV}={text:?} is not a size: give bytes, or a number with K, \
-                 M, G or T (e.g. 8G)"
+                "{DEVICE_MEMORY_ENV}={text:?} is not a size: give bytes (at least 1), or a \
+                 number with K, M, G or T (e.g. 8G)"
             )
-        });
-    }
+        })?),
+        _ => None,
+    };
     let info = adapter.get_info();
-    if info.device_type == wgpu::DeviceType::Cpu || info.backend != wgpu::Backend::Vulkan {
-        return Ok(None);
-    }
-    Ok(vulkan_device_local_heap(adapter))
+    let heap = if info.device_type == wgpu::DeviceType::Cpu || info.backend != wgpu::Backend::Vulkan
+    {
+        None
+    } else {
+        vulkan_device_local_heap(adapter)
+    };
+    // A cap never raises what the driver reports.
+    Ok(match (cap, heap) {
+        (Some(c), Some(h)) => Some(c.min(h)),
+        (c, h) => c.or(h),
+    })
 }
 
 /// `8G`, `512M`, `1.5G` or plain bytes; powers of 1024.
@@ -73,11 +81,18 @@ pub fn parse_bytes(text: &str) -> Option<u64> {
     };
     let value: f64 = number.trim().parse().ok()?;
     let bytes = value * (1u64 << shift) as f64;
-    (value.is_finite() && value > 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+    (value.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
-/// The largest `DEVICE_LOCAL` heap of a Vulkan adapter, of any device type.
-#[cfg(not(target_arch = "wasm32"))]
+/// The largest `DEVICE_LOCAL` heap of a Vulkan adapter, of any device type. Only where
+/// wgpu builds its Vulkan backend by default (not Apple, which needs
+/// `vulkan-portability`, nor the web).
+#[cfg(any(
+    windows,
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd"
+))]
 pub fn vulkan_device_local_heap(adapter: &wgpu::Adapter) -> Option<u64> {
     // SAFETY: the HAL adapter is only borrowed for one property query, which neither
     // creates nor destroys anything, while `adapter` keeps it alive.
@@ -97,7 +112,12 @@ pub fn vulkan_device_local_heap(adapter: &wgpu::Adapter) -> Option<u64> {
         .max()
 }
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(not(any(
+    windows,
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd"
+)))]
 pub fn vulkan_device_local_heap(_adapter: &wgpu::Adapter) -> Option<u64> {
     None
 }

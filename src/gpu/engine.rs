@@ -514,8 +514,8 @@ impl Engine for GpuEngine {
                 .map_or(0, |r| r.total_reserved_bytes);
             let env = super::budget::DEVICE_MEMORY_ENV;
             let source = match std::env::var(env) {
-                Ok(cap) => format!("{env}={cap}"),
-                Err(_) => format!("a {} device-local heap", crate::engine::format_bytes(heap)),
+                Ok(cap) if !cap.trim().is_empty() => format!("at most {env}={cap}"),
+                _ => format!("a {} device-local heap", crate::engine::format_bytes(heap)),
             };
             return Some(MemoryBudget {
                 available: heap.saturating_sub(held),
