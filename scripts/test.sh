@@ -6,14 +6,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The linker cache's library list, read whole before grep looks at it: `ldconfig -p |
+# grep -q` under pipefail fails now and then (grep exits early, ldconfig gets SIGPIPE),
+# and ldconfig is in /sbin, off a normal user's PATH on Debian.
+shared_libs() {
+    local libs
+    libs=$(/sbin/ldconfig -p 2>/dev/null || ldconfig -p 2>/dev/null || true)
+    printf '%s\n' "$libs"
+}
+
+has_lib() {
+    grep -q "$1" <<<"$(shared_libs)"
+}
+
 have_vulkan() {
-    ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1' &&
+    has_lib 'libvulkan\.so\.1' &&
         ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json /usr/local/share/vulkan/icd.d/*.json >/dev/null 2>&1
 }
 
 # wgpu's GL backend runs on Mesa's llvmpipe through headless EGL (tests/gl_backend.rs).
 have_gl() {
-    ldconfig -p 2>/dev/null | grep -q 'libEGL\.so\.1' &&
+    has_lib 'libEGL\.so\.1' &&
         ls /usr/share/glvnd/egl_vendor.d/*mesa*.json >/dev/null 2>&1
 }
 
@@ -67,7 +80,7 @@ fi
 # under Open MPI's mpirun; the mpi crate's build runs bindgen over mpi.h, which needs
 # libclang. mpirun refuses root without these variables, and CI runs as root.
 if ! command -v mpirun >/dev/null || ! command -v mpicc >/dev/null ||
-    ! ldconfig -p 2>/dev/null | grep -q 'libclang'; then
+    ! has_lib 'libclang'; then
     if command -v apt-get >/dev/null; then
         sudo=""
         [ "$(id -u)" -eq 0 ] || sudo="sudo"

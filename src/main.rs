@@ -140,8 +140,8 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 }
                 return Ok(());
             }
-            let statistics = extra.log.is_some() || extra.plots.is_some();
-            let (mut dist, choice) = match cli::distributed::join(&dist, &choice, statistics)? {
+            let statistics = run.statistics_flags();
+            let (mut dist, choice) = match cli::distributed::join(&dist, &choice, &statistics)? {
                 Some((d, c)) => (Some(d), c),
                 None => (None, choice),
             };
@@ -312,7 +312,9 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                         ),
                         None => {
                             let (e, b) = (epochs.unwrap_or(20), batch.unwrap_or(32));
-                            let span = Span::new(e, train.rows, b, drop_last);
+                            // A data-parallel step takes `b` rows on every rank.
+                            let world = dist.as_ref().map_or(1, |d| d.size());
+                            let span = Span::new(e, train.rows, b * world, drop_last);
                             let spec = spec_from(&model, input, output, span)?.loss(loss);
                             (spec, e, b)
                         }

@@ -348,7 +348,22 @@ fn distributed_flags_are_checked() {
     );
     fails(
         &["train", "--distributed", "--log", "l.csv"],
-        "--log and --plots cannot",
+        "--log cannot be combined with --distributed",
+    );
+    fails(
+        &[
+            "train",
+            "--distributed",
+            "--report",
+            "r.html",
+            "--tensorboard",
+            "tb",
+        ],
+        "--report, --tensorboard cannot be combined",
+    );
+    fails(
+        &["train", "--distributed", "--collective-timeout", "1e20"],
+        "at most a year",
     );
     fails(
         &["train", "--distributed", "--collective-timeout", "0"],

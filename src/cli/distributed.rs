@@ -34,29 +34,35 @@ pub struct DistArgs {
 }
 
 /// The data-parallel context of this process, when `--distributed` asked for one, with
-/// the backend choice narrowed to this rank's adapter. `statistics`: --log or --plots
-/// was given.
+/// the backend choice narrowed to this rank's adapter. `statistics`: the statistics
+/// flags given (--log, --plots, --report, …).
 pub fn join(
     args: &DistArgs,
     choice: &BackendChoice,
-    statistics: bool,
+    statistics: &[&str],
 ) -> Result<Option<(Distributed, BackendChoice)>> {
     if !args.distributed {
         return Ok(None);
     }
     anyhow::ensure!(
-        !statistics,
-        "--log and --plots cannot be combined with --distributed yet: gradient-health \
-         statistics steps are not split for the gradient exchange"
+        statistics.is_empty(),
+        "{} cannot be combined with --distributed yet: gradient-health statistics steps are \
+         not split for the gradient exchange",
+        statistics.join(", ")
     );
     anyhow::ensure!(
         !args.sync_bn,
         "--sync-bn is not implemented yet; without it each rank normalizes by its own shard's \
          statistics (PyTorch DDP's default)"
     );
+    // A year at most: Duration cannot hold much more than 1e19 s, and the watchdog
+    // doubles the timeout.
     anyhow::ensure!(
-        args.collective_timeout.is_finite() && args.collective_timeout > 0.0,
-        "--collective-timeout must be a positive number of seconds, got {}",
+        args.collective_timeout.is_finite()
+            && args.collective_timeout > 0.0
+            && args.collective_timeout <= 3.2e7,
+        "--collective-timeout must be a positive number of seconds, at most a year \
+         (3.2e7), got {}",
         args.collective_timeout
     );
     join_mpi(args, choice).map(Some)

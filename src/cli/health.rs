@@ -81,6 +81,22 @@ impl RunArgs {
         self.attach_with(m, 0, "train", DetectorConfig::default())
     }
 
+    /// The statistics flags given (--log, --plots, --report, --tensorboard, --on-spike,
+    /// --stats-every above 0), by name.
+    pub fn statistics_flags(&self) -> Vec<&'static str> {
+        [
+            ("--log", self.log.is_some()),
+            ("--plots", self.plots.is_some()),
+            ("--report", self.report.is_some()),
+            ("--tensorboard", self.tensorboard.is_some()),
+            ("--on-spike", self.on_spike.is_some()),
+            ("--stats-every", self.stats_every.is_some_and(|n| n > 0)),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
+    }
+
     /// As [`RunArgs::attach`], gathering statistics every `default_every` steps unless
     /// told otherwise (with 0, every 10 steps when a log or plots need them).
     fn attach_with(

@@ -21,7 +21,8 @@ pub trait Collective: Send {
     fn rank(&self) -> usize;
     fn size(&self) -> usize;
     /// Sums `values` element-wise across ranks, in place; every rank gets the same sums.
-    fn sum_f32(&self, values: &mut [f32]) -> Result<()>;
+    /// `what` names the call in the error a silent rank causes.
+    fn sum_f32(&self, values: &mut [f32], what: &str) -> Result<()>;
     /// Every rank's `value`, indexed by rank.
     fn gather_u64(&self, value: u64) -> Result<Vec<u64>>;
 }
@@ -37,7 +38,7 @@ impl Collective for Solo {
     fn size(&self) -> usize {
         1
     }
-    fn sum_f32(&self, _values: &mut [f32]) -> Result<()> {
+    fn sum_f32(&self, _values: &mut [f32], _what: &str) -> Result<()> {
         Ok(())
     }
     fn gather_u64(&self, value: u64) -> Result<Vec<u64>> {
@@ -95,7 +96,9 @@ impl Distributed {
     /// here ends the process at twice that plus 5 s, should a call block inside MPI
     /// regardless.
     pub fn new(collective: Box<dyn Collective>, timeout: Duration, check_every: u64) -> Self {
-        let backstop = timeout * 2 + Duration::from_secs(5);
+        let backstop = timeout
+            .saturating_mul(2)
+            .saturating_add(Duration::from_secs(5));
         let watchdog = Watchdog::start(collective.rank(), collective.size(), backstop);
         Distributed {
             collective,
@@ -116,7 +119,7 @@ impl Distributed {
     /// [`Collective::sum_f32`] under the watchdog; `what` names the call in errors.
     pub fn sum_f32(&self, values: &mut [f32], what: &str) -> Result<()> {
         self.watchdog
-            .around(what, || self.collective.sum_f32(values))
+            .around(what, || self.collective.sum_f32(values, what))
     }
 
     /// Compares `hash` (of this rank's replicated state) across ranks; an error naming

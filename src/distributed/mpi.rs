@@ -150,7 +150,7 @@ impl Collective for MpiCollective {
         self.size
     }
 
-    fn sum_f32(&self, values: &mut [f32]) -> Result<()> {
+    fn sum_f32(&self, values: &mut [f32], what: &str) -> Result<()> {
         ensure!(
             values.len() <= i32::MAX as usize,
             "{} values are more than one MPI call can sum",
@@ -161,7 +161,7 @@ impl Collective for MpiCollective {
         mpi::request::scope(|scope| {
             let sum = SystemOperation::sum();
             let mut req = Some(world.immediate_all_reduce_into(scope, &send[..], values, sum));
-            self.wait("the gradient all-reduce", || test(&mut req));
+            self.wait(what, || test(&mut req));
         });
         Ok(())
     }

@@ -89,7 +89,10 @@ impl Builder<'_> {
             .collect();
         let after_guards = backward_end + guards.len();
         self.p.train.splice(backward_end..backward_end, guards);
-        self.p.update_start = after_guards;
+        // Data-parallel runs exchange gradients between the stages: the guards run after,
+        // on the averaged gradients, so a NaN from any rank's shard stops every rank (a
+        // guard on the local gradients alone let rank 0 save the NaN weights it received).
+        self.p.update_start = backward_end;
 
         let stats_len = st::record_len(layers);
         let stats = self.local("stats.record", &[stats_len]);
