@@ -147,6 +147,9 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             };
             // Only rank 0 writes checkpoints and prints epochs; the replicas are identical.
             let root = dist.as_ref().is_none_or(|d| d.rank() == 0);
+            // Every rank still reads the best checkpoint so far, so early stopping decides
+            // alike on all of them.
+            let best_so_far = save_best.clone();
             let (save, save_best) = (save.filter(|_| root), save_best.filter(|_| root));
             // Flags are checked before any data is read or any epoch runs, so a mistake
             // costs nothing.
@@ -180,7 +183,7 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 None => None,
             };
             let monitor = monitor.monitor();
-            let mut stopping = (early_stop.is_some() || save_best.is_some() || restore_best)
+            let mut stopping = (early_stop.is_some() || best_so_far.is_some() || restore_best)
                 .then(|| EarlyStopping::new(monitor, early_stop, min_delta))
                 .transpose()?;
             if let Some(dir) = &extra.plots {
@@ -458,7 +461,7 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             let mut best_weights = None;
             // A resumed run must not replace a better epoch kept before it stopped: the
             // best checkpoint so far sets the value to beat.
-            if let (Some(stop), Some(_), Some(path)) = (&mut stopping, &resume, &save_best) {
+            if let (Some(stop), Some(_), Some(path)) = (&mut stopping, &resume, &best_so_far) {
                 if path.exists() {
                     let (mut b, ckpt) = model_from_checkpoint(path, &choice)
                         .with_context(|| format!("--save-best '{}'", path.display()))?;

@@ -85,16 +85,33 @@ fn join_mpi(args: &DistArgs, choice: &BackendChoice) -> Result<(Distributed, Bac
     Ok((dist, choice))
 }
 
-/// Adapter `local_rank` modulo the adapters `sel` finds; `Auto` (the CPU fallback) when
-/// it finds none.
+/// The `local_rank`-th (modulo) of the best kind of adapter `sel` finds, as `auto` ranks
+/// them (discrete, integrated, virtual, other, CPU), on one backend, so ranks neither land
+/// on lavapipe beside a GPU nor take one GPU twice through two backends. `Auto` (the CPU
+/// fallback) when there is none.
 #[cfg(feature = "mpi")]
 fn pick(sel: steadygrad::device::AdapterSelection, local_rank: usize) -> BackendChoice {
-    let count = steadygrad::device::list_adapters(sel.backends).len();
-    if count == 0 {
+    use wgpu::DeviceType as T;
+    let kind = |t: T| match t {
+        T::DiscreteGpu => 0,
+        T::IntegratedGpu => 1,
+        T::VirtualGpu => 2,
+        T::Other => 3,
+        T::Cpu => 4,
+    };
+    let all = steadygrad::device::list_adapters(sel.backends);
+    let Some(best) = all.iter().min_by_key(|a| kind(a.device_type)) else {
         return BackendChoice::Auto;
-    }
+    };
+    let (best_kind, backend) = (kind(best.device_type), best.backend);
+    let pool: Vec<usize> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| kind(a.device_type) == best_kind && a.backend == backend)
+        .map(|(i, _)| i)
+        .collect();
     BackendChoice::Gpu(steadygrad::device::AdapterSelection {
-        filter: Some((local_rank % count).to_string()),
+        filter: Some(pool[local_rank % pool.len()].to_string()),
         ..sel
     })
 }
