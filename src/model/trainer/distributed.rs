@@ -51,13 +51,15 @@ impl Model {
             .map(|&(_, g)| (g, plan.tensors[g].len()))
             .collect();
         self.apply_schedule()?;
-        self.engine.run(id, Stage::Backward)?;
         let ids: Vec<TensorId> = grads.iter().map(|g| g.0).collect();
         let mut flat = Vec::with_capacity(grads.iter().map(|g| g.1).sum());
-        if !ids.is_empty() {
+        if ids.is_empty() {
+            self.engine.run(id, Stage::Backward)?;
+        } else {
+            // The gradients' copy rides in the backward pass's own submission.
             let parts = self
                 .engine
-                .read_async(id, &ids)?
+                .run_and_read(id, Stage::Backward, &ids)?
                 .poll(true)?
                 .context("the gradient readback returned nothing")?;
             // Each rank's gradients are means over its own rows; weighted by its share of
