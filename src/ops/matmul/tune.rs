@@ -375,14 +375,9 @@ fn write_cache(path: &Path, cache: &Cache) -> Result<()> {
         "version": 1,
         "adapters": adapters,
     }))?;
-    // Renamed into place so a concurrent reader sees the old file or the new one, never
-    // half of one.
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })?;
-    Ok(())
+    // A concurrent reader sees the old file or the new one, never half of one, and a
+    // killed writer's temporary file is cleared by the next write.
+    crate::checkpoint::write_atomic(path, text.as_bytes())
 }
 
 /// Seconds per run of each timed configuration.
