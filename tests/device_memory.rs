@@ -96,3 +96,38 @@ fn a_cap_that_is_not_a_size_is_an_error_naming_it() {
         "{err}"
     );
 }
+
+/// Parameters and optimizer state that the capped GPU memory cannot hold are refused
+/// before any is uploaded, naming both figures; the fit's own check comes later and would
+/// be too late for a driver that aborts when an upload runs out of memory.
+#[test]
+fn parameters_beyond_the_gpu_memory_cap_are_refused_before_upload() {
+    let dir = TempDir::new("device-memory-params");
+    // 3 hidden layers of 2048: about 8.4 M weights, 34 MB, and as much again of Adam's
+    // two moments each.
+    let args = [
+        "train",
+        "--backend",
+        "vulkan",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--width",
+        "2048",
+        "--depth",
+        "3",
+        "--optimizer",
+        "adam",
+        "--points",
+        "100",
+    ];
+    let (ok, out, err) = run_cli_env(&args, dir.path(), &[(DEVICE_MEMORY_ENV, "64M")]);
+    assert!(!ok, "{out}{err}");
+    assert!(
+        err.contains("the model's parameters and optimizer state need 101 MB")
+            && err.contains("of GPU memory (at most STEADYGRAD_DEVICE_MEMORY=64M, less"),
+        "{err}"
+    );
+    let (ok, out, err) = run_cli_env(&args, dir.path(), &[(DEVICE_MEMORY_ENV, "2G")]);
+    assert!(ok && out.contains("trained 1 epochs"), "{out}{err}");
+}
