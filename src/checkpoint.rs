@@ -183,6 +183,32 @@ pub fn check_writable(path: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an output that names a file this command reads (or another of its outputs):
+/// writing it would destroy that input, a checkpoint or the data, during the run.
+/// `others` pairs each flag with its path. Paths are compared resolved (symbolic links,
+/// `..`), also for files that do not exist yet.
+pub fn check_not_overwriting(out: &Path, what: &str, others: &[(&str, &Path)]) -> Result<()> {
+    let resolved = |p: &Path| {
+        std::fs::canonicalize(p).ok().or_else(|| {
+            let (dir, name) = dir_and_name(p).ok()?;
+            Some(std::fs::canonicalize(dir).ok()?.join(name))
+        })
+    };
+    let Some(real) = resolved(out) else {
+        return Ok(());
+    };
+    for (flag, other) in others {
+        anyhow::ensure!(
+            resolved(other).as_ref() != Some(&real),
+            "{what} '{}' is the same file as {flag} '{}'; writing it would destroy that file; \
+             give {what} another path",
+            out.display(),
+            other.display()
+        );
+    }
+    Ok(())
+}
+
 /// Checks that `dir` can hold output files: it is a writable directory, or it does not
 /// exist yet and its nearest existing ancestor is one.
 pub fn check_writable_dir(dir: &Path, what: &str) -> Result<()> {

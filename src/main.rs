@@ -160,6 +160,26 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 "--unfreeze-at-epoch counts epochs from 1; 0 would never freeze (omit --freeze \
                  instead)"
             );
+            // Nothing the run writes may be a file it reads or another of its outputs; a
+            // checkpoint saved over the one it resumed from is the usual way to continue.
+            let mut inputs = data_args.inputs();
+            let more = [
+                ("--config", &config),
+                ("--init-from", &init_from),
+                ("--name-map", &name_map),
+            ];
+            inputs.extend(more.iter().filter_map(|(f, p)| Some((*f, p.as_deref()?))));
+            let mut outputs: Vec<(&str, &std::path::Path)> = run.output_files();
+            outputs.extend(save.as_deref().map(|p| ("--save", p)));
+            outputs.extend(save_best.as_deref().map(|p| ("--save-best", p)));
+            for (i, &(flag, path)) in outputs.iter().enumerate() {
+                let mut others = inputs.clone();
+                others.extend(outputs[..i].iter().copied());
+                if !flag.starts_with("--save") {
+                    others.extend(resume.as_deref().map(|p| ("--resume", p)));
+                }
+                checkpoint::check_not_overwriting(path, flag, &others)?;
+            }
             // Held until the process ends, so a second run saving to the same file is
             // refused before it trains.
             let _lock = match &save {

@@ -1,5 +1,6 @@
 //! Checkpoint writers that die or collide: temporary files of killed writers are removed
-//! by the next save, and a second process saving to the same path is refused.
+//! by the next save, a second process saving to the same path is refused, and no output
+//! may overwrite a file the command reads.
 
 mod common;
 
@@ -297,4 +298,103 @@ fn output_paths_are_checked() {
     // Checks leave nothing behind.
     let left: Vec<_> = std::fs::read_dir(d).unwrap().collect();
     assert_eq!(left.len(), 1, "{left:?}");
+}
+
+/// Every output flag that names a file the command reads (the checkpoint, the data, the
+/// config), or another output, is refused before anything is written, through a
+/// different spelling of the path too; the file is left byte for byte as it was. Saving
+/// over the checkpoint a run resumed from stays allowed: that is how a run continues.
+#[test]
+fn no_output_overwrites_an_input() {
+    let tmp = TempDir::new("overwrite");
+    let dir = tmp.path();
+    let train = |extra: &[&str]| {
+        let mut a = vec!["--backend", "cpu", "train", "--quiet"];
+        a.extend_from_slice(extra);
+        common::run_cli(&a, dir)
+    };
+    let (ok, _, err) = train(&["--epochs", "1", "--points", "30", "--save", "m.safetensors"]);
+    assert!(ok, "{err}");
+    let rows: String = (0..30)
+        .map(|r| format!("{},{},{}\n", r % 7, r % 5, r % 3))
+        .collect();
+    std::fs::write(dir.join("d.csv"), format!("a,b,class\n{rows}")).unwrap();
+    std::fs::write(dir.join("c.toml"), "").unwrap();
+    let files = ["m.safetensors", "d.csv", "c.toml"];
+    let before: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).unwrap())
+        .collect();
+    let ckpt = ["--checkpoint", "m.safetensors"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            [
+                &["--backend", "cpu", "predict"][..],
+                &ckpt,
+                &["--data", "d.csv", "--out", "./m.safetensors"],
+            ]
+            .concat(),
+            "--out './m.safetensors' is the same file as --checkpoint 'm.safetensors'",
+        ),
+        (
+            [
+                &["--backend", "cpu", "predict"][..],
+                &ckpt,
+                &["--data", "d.csv", "--out", "d.csv"],
+            ]
+            .concat(),
+            "--out 'd.csv' is the same file as --data 'd.csv'",
+        ),
+        (
+            [&["export"][..], &ckpt, &["--onnx", "m.safetensors"]].concat(),
+            "--onnx 'm.safetensors' is the same file as --checkpoint",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (ok, out, err) = common::run_cli(&args, dir);
+        assert!(!ok && err.contains(expected), "{args:?}: {out}{err}");
+    }
+    let trains: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "--data",
+                "d.csv",
+                "--label-column",
+                "class",
+                "--save",
+                "d.csv",
+            ],
+            "--save 'd.csv' is the same file as --data 'd.csv'",
+        ),
+        (
+            vec!["--config", "c.toml", "--log", "c.toml"],
+            "--log 'c.toml' is the same file as --config",
+        ),
+        (
+            vec!["--resume", "m.safetensors", "--log", "m.safetensors"],
+            "--log 'm.safetensors' is the same file as --resume",
+        ),
+        (
+            vec!["--log", "new.jsonl", "--save", "sub/../new.jsonl"],
+            "--save 'sub/../new.jsonl' is the same file as --log 'new.jsonl'",
+        ),
+    ];
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    for (args, expected) in trains {
+        let (ok, out, err) = train(&args);
+        assert!(!ok && err.contains(expected), "{args:?}: {out}{err}");
+    }
+    for (f, b) in files.iter().zip(&before) {
+        assert_eq!(&std::fs::read(dir.join(f)).unwrap(), b, "{f} changed");
+    }
+    assert!(!dir.join("new.jsonl").exists());
+    let (ok, _, err) = train(&[
+        "--resume",
+        "m.safetensors",
+        "--epochs",
+        "2",
+        "--save",
+        "m.safetensors",
+    ]);
+    assert!(ok, "saving over the resumed checkpoint: {err}");
 }

@@ -230,3 +230,66 @@ fn nonfinite_stop_leaves_the_last_checkpoint_intact() {
         assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 }
+
+/// The guard checks what a step computes from the weights before its update, so the
+/// update of an epoch's last step is checked after the epoch: weights it made non-finite,
+/// or whose validation outputs overflow, stop `fit` before the epoch's hook (and its
+/// checkpoint), naming the parameter or the validation loss.
+#[test]
+fn an_epochs_last_update_is_checked_before_its_checkpoint() {
+    let opts = FitOptions {
+        epochs: 3,
+        batch_size: 64,
+        shuffle_seed: 1,
+        drop_last: false,
+    };
+    let expect_stop = |m: &mut Model, d: &data::Dataset, valid: bool| {
+        let mut hooks = 0;
+        let e = m
+            .fit_with_hook(d, valid.then_some(d), &opts, |_, _| {
+                hooks += 1;
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(hooks, 0, "{e:#}");
+        e.downcast_ref::<NonFiniteError>()
+            .unwrap_or_else(|| panic!("not a non-finite stop: {e:#}"))
+            .clone()
+    };
+    for gpu_engine in [false, true] {
+        let engine = || if gpu_engine { gpu() } else { cpu() };
+        // One step per epoch whose forward pass is finite; its update makes the weights
+        // about 1e29, finite, but their products overflow on the validation rows.
+        let spec = MlpSpec::new(2, &[64; 4], 3)
+            .activation(Activation::Relu)
+            .optimizer(Optimizer::sgd(1e30))
+            .seed(3);
+        let nf = expect_stop(&mut Model::new(spec, engine()).unwrap(), &spirals(10), true);
+        assert!(
+            nf.after_epoch && nf.step == 1 && nf.epoch == Some(1),
+            "{nf}"
+        );
+        assert_eq!(nf.tensor, "validation loss", "{nf}");
+        let shown = nf.to_string();
+        assert!(
+            shown.contains("before the epoch's report and checkpoint"),
+            "{shown}"
+        );
+
+        // Regression with targets of 1e6: gradients of about 1e6 times a learning rate of
+        // 1e38 overflow the weights themselves; no validation set needed.
+        let rows = 16;
+        let x: Vec<f32> = (0..rows * 2).map(|i| (i % 7) as f32 / 7.0).collect();
+        let d = data::Dataset::regression(x, vec![1e6; rows], 2, 1).unwrap();
+        let spec = MlpSpec::new(2, &[8], 1)
+            .loss(steadygrad::Loss::MeanSquaredError)
+            .optimizer(Optimizer::sgd(1e38))
+            .seed(3);
+        let nf = expect_stop(&mut Model::new(spec, engine()).unwrap(), &d, false);
+        assert!(nf.after_epoch && nf.step == 1, "{nf}");
+        assert!(
+            nf.tensor.starts_with("layers.") && nf.layer.is_some() && nf.op.contains("update"),
+            "{nf}"
+        );
+    }
+}

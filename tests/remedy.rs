@@ -322,6 +322,7 @@ fn a_remedy_worse_than_doing_nothing_is_never_recommended() {
             input_peak: None,
             also: Vec::new(),
             stopped_after: 9,
+            after_epoch: false,
         });
         t.val_accuracy = None;
         t.val_loss = None;

@@ -338,6 +338,20 @@ pub struct DataArgs {
     pub no_standardize: bool,
 }
 
+impl DataArgs {
+    /// The files these arguments read, by flag.
+    pub fn inputs(&self) -> Vec<(&'static str, &std::path::Path)> {
+        [
+            ("--data", &self.data),
+            ("--labels", &self.labels),
+            ("--valid-data", &self.valid_data),
+        ]
+        .into_iter()
+        .filter_map(|(flag, p)| Some((flag, p.as_deref()?)))
+        .collect()
+    }
+}
+
 // Parsed once per process, so the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]

@@ -15,6 +15,7 @@ pub fn check(
     tol: Tolerance,
     choice: &BackendChoice,
 ) -> Result<()> {
+    anyhow::ensure!(batch >= 1, "--batch must be at least 1");
     let sel = match choice {
         BackendChoice::Gpu(sel) => sel.clone(),
         BackendChoice::Auto => AdapterSelection::default(),

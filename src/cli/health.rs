@@ -81,6 +81,14 @@ impl RunArgs {
         self.attach_with(m, 0, "train", DetectorConfig::default())
     }
 
+    /// The files these flags write (--log, --report), by flag.
+    pub fn output_files(&self) -> Vec<(&'static str, &std::path::Path)> {
+        [("--log", &self.log), ("--report", &self.report)]
+            .into_iter()
+            .filter_map(|(flag, p)| Some((flag, p.as_deref()?)))
+            .collect()
+    }
+
     /// The statistics flags given (--log, --plots, --report, --tensorboard, --on-spike,
     /// --stats-every above 0), by name.
     pub fn statistics_flags(&self) -> Vec<&'static str> {

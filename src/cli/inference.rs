@@ -77,6 +77,9 @@ pub fn predict(
     choice: &BackendChoice,
 ) -> Result<()> {
     checkpoint::check_writable(out, "--out")?;
+    let mut inputs = data_args.inputs();
+    inputs.push(("--checkpoint", path));
+    checkpoint::check_not_overwriting(out, "--out", &inputs)?;
     let (mut m, ckpt) = model_from_checkpoint(path, choice)?;
     let classify = m.spec().loss == Loss::SoftmaxCrossEntropy;
     let classes = classify.then_some(m.spec().output);
@@ -117,6 +120,7 @@ pub fn predict(
 /// `export --onnx`: the checkpoint as an ONNX graph for inference.
 pub fn export(path: &Path, onnx: &Path, decompose: bool) -> Result<()> {
     checkpoint::check_writable(onnx, "--onnx")?;
+    checkpoint::check_not_overwriting(onnx, "--onnx", &[("--checkpoint", path)])?;
     // The tensors are read straight from the file: exporting needs no device.
     let ckpt = checkpoint::load_checkpoint(path)?;
     let spec = spec_of(&ckpt).with_context(|| format!("'{}'", path.display()))?;

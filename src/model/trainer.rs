@@ -148,7 +148,7 @@ impl Model {
     pub fn new(spec: MlpSpec, mut engine: Box<dyn Engine>) -> Result<Model> {
         spec.validate()?;
         let persistent = spec.persistent();
-        check_persistent_memory(&persistent, engine.as_ref())?;
+        resources::check_persistent_memory(&persistent, engine.as_ref())?;
         engine.init_persistent(&persistent)?;
         let lr = spec.optimizer.lr();
         engine.set_hyper(Hyper::lr(lr))?;
@@ -609,6 +609,7 @@ impl Model {
             let valid = valid
                 .map(|v| self.evaluate_at(v, opts.batch_size, start))
                 .transpose()?;
+            self.check_weights_after_epoch(epoch, valid.as_ref())?;
             if let (Some(p), Some(v), LrSchedule::Plateau(settings)) =
                 (&mut self.plateau, &valid, &self.spec.schedule)
             {
@@ -662,23 +663,4 @@ impl Model {
         self.engine.run(id, Stage::Predict)?;
         self.engine.read(id, output)
     }
-}
-
-/// Refuses parameters and optimizer state that the engine's memory cannot hold before any
-/// of it is allocated: a driver that runs out of memory during the upload may abort the
-/// process rather than return an error.
-fn check_persistent_memory(persistent: &[PersistentDesc], engine: &dyn Engine) -> Result<()> {
-    let Some(budget) = engine.memory_budget() else {
-        return Ok(());
-    };
-    let bytes: u64 = persistent.iter().map(|p| p.init.len() as u64 * 4).sum();
-    anyhow::ensure!(
-        bytes <= budget.available,
-        "the model's parameters and optimizer state need {}, but {} of {} is available; \
-         make the hidden layers fewer or narrower (--depth, --width, or `hidden` in --config)",
-        crate::engine::format_bytes(bytes),
-        crate::engine::format_bytes(budget.available),
-        budget.memory
-    );
-    Ok(())
 }

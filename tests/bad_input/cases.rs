@@ -613,6 +613,31 @@ pub fn cases() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
             ],
             vec!["--batch", "-1"],
         ),
+        (
+            "check --batch 0",
+            vec!["check", "--batch", "0"],
+            vec!["--batch must be at least 1"],
+        ),
+        (
+            "predict: --out is the checkpoint",
+            vec![
+                "--backend",
+                "cpu",
+                "predict",
+                "--checkpoint",
+                "ok.safetensors",
+                "--data",
+                "good.csv",
+                "--out",
+                "./ok.safetensors",
+            ],
+            vec!["--out", "same file as --checkpoint", "ok.safetensors"],
+        ),
+        (
+            "train: --save is the data file",
+            t(&["--data", "good.csv", "--save", "good.csv"]),
+            vec!["--save", "same file as --data", "good.csv"],
+        ),
         #[cfg(unix)]
         (
             "a device as data",

@@ -311,6 +311,9 @@ pub struct NonFiniteError {
     /// Training steps the model had enqueued when training stopped (at most
     /// [`layout::GUARD_LAG`] after [`NonFiniteError::step`]).
     pub stopped_after: u64,
+    /// Found after the epoch's last step, in the weights its update left or in the
+    /// validation outputs they give, rather than by the guard inside a step.
+    pub after_epoch: bool,
 }
 
 /// The largest finite magnitude of a guarded tensor.
@@ -346,11 +349,16 @@ impl fmt::Display for NonFiniteError {
                 write!(f, " and {} more", self.also.len() - 4)?;
             }
         }
+        let when = if self.after_epoch {
+            "before the epoch's report and checkpoint"
+        } else {
+            "before the epoch ended"
+        };
         write!(
             f,
-            ". Training stopped after step {}, before the epoch ended, so checkpoints saved \
-             earlier are intact; the model's weights in memory are not. Lower the learning \
-             rate, clip gradients, or use an initialisation suited to the activation",
+            ". Training stopped after step {}, {when}, so checkpoints saved earlier are \
+             intact; the model's weights in memory are not. Lower the learning rate, clip \
+             gradients, or use an initialisation suited to the activation",
             self.stopped_after
         )
     }

@@ -298,6 +298,7 @@ impl Model {
                 .collect(),
             // The device's step counter: the last step enqueued has run by now.
             stopped_after: self.steps()?,
+            after_epoch: false,
         };
         Err(anyhow::Error::new(err))
     }
@@ -399,6 +400,49 @@ impl Model {
         self.collect_stats(true)?;
         self.health.guard_reads.clear();
         self.check_finite()
+    }
+
+    /// After an epoch's training steps and validation, before its report (and so before
+    /// its checkpoint): the guard saw only what the steps computed, from the weights before
+    /// each update, so the epoch's last update may have left non-finite weights, or weights
+    /// whose outputs overflow on the validation rows. Either is a [`NonFiniteError`].
+    pub(super) fn check_weights_after_epoch(
+        &mut self,
+        epoch: usize,
+        valid: Option<&super::Metrics>,
+    ) -> Result<()> {
+        let step = self.steps_taken;
+        let stop = |tensor: String, op: &str| NonFiniteError {
+            step,
+            epoch: Some(epoch),
+            layer: layer_of(&tensor),
+            tensor,
+            op: op.to_string(),
+            input_peak: None,
+            also: Vec::new(),
+            stopped_after: step,
+            after_epoch: true,
+        };
+        let params: Vec<(usize, String)> = (self.persistent.iter().enumerate())
+            .filter(|(_, p)| p.kind == crate::tensor::PersistentKind::Param)
+            .map(|(i, p)| (i, p.name.clone()))
+            .collect();
+        for (slot, name) in params {
+            if self
+                .engine
+                .read_persistent(slot)?
+                .iter()
+                .any(|v| !v.is_finite())
+            {
+                let op = "parameter, by the update of the epoch's last step";
+                return Err(anyhow::Error::new(stop(name, op)));
+            }
+        }
+        if valid.is_some_and(|v| !v.loss.is_finite()) {
+            let op = "validation loss, from the weights the epoch's last update left";
+            return Err(anyhow::Error::new(stop("validation loss".into(), op)));
+        }
+        Ok(())
     }
 
     /// After an epoch's report is made.

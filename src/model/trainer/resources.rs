@@ -3,9 +3,9 @@
 //! limit, instead of crashing inside a driver during the first epoch.
 
 use super::Model;
-use crate::engine::format_bytes;
+use crate::engine::{format_bytes, Engine};
 use crate::model::lower as mlp;
-use crate::tensor::Storage;
+use crate::tensor::{PersistentDesc, Storage};
 use anyhow::Result;
 
 impl Model {
@@ -65,4 +65,26 @@ impl Model {
             None => Ok(()),
         }
     }
+}
+
+/// Refuses parameters and optimizer state that the engine's memory cannot hold before any
+/// of it is allocated: a driver that runs out of memory during the upload may abort the
+/// process rather than return an error.
+pub(super) fn check_persistent_memory(
+    persistent: &[PersistentDesc],
+    engine: &dyn Engine,
+) -> Result<()> {
+    let Some(budget) = engine.memory_budget() else {
+        return Ok(());
+    };
+    let bytes: u64 = persistent.iter().map(|p| p.init.len() as u64 * 4).sum();
+    anyhow::ensure!(
+        bytes <= budget.available,
+        "the model's parameters and optimizer state need {}, but {} of {} is available; \
+         make the hidden layers fewer or narrower (--depth, --width, or `hidden` in --config)",
+        format_bytes(bytes),
+        format_bytes(budget.available),
+        budget.memory
+    );
+    Ok(())
 }
