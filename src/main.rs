@@ -191,12 +191,6 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             };
             let _best_lock = match &save_best {
                 Some(path) => {
-                    anyhow::ensure!(
-                        save.as_deref() != Some(path.as_path()),
-                        "--save-best and --save name the same file '{}'; the best epoch's \
-                         checkpoint needs its own",
-                        path.display()
-                    );
                     checkpoint::check_writable(path, "--save-best")?;
                     Some(checkpoint::lock_for_writing(path)?)
                 }

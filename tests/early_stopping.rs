@@ -246,7 +246,7 @@ fn bad_flags_are_named() {
                 "--save-best",
                 same.to_str().unwrap(),
             ],
-            "--save-best and --save name the same file",
+            "is the same file as --save",
         ),
         (
             vec!["--early-stop", "3", "--monitor", "val-loss-ish"],
