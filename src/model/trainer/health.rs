@@ -411,7 +411,8 @@ impl Model {
         epoch: usize,
         valid: Option<&super::Metrics>,
     ) -> Result<()> {
-        let step = self.steps_taken;
+        // The device's step counter, as the guard's errors count steps (across resumes).
+        let step = self.steps()?;
         let stop = |tensor: String, op: &str| NonFiniteError {
             step,
             epoch: Some(epoch),
