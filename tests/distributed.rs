@@ -159,6 +159,44 @@ fn clip_norm_uses_the_global_norm() {
     equivalent(&["--optimizer", "sgd", "--lr", "0.5", "--clip-norm", "0.05"]);
 }
 
+/// Synchronized batch norm: 2 ranks × 32 with --sync-bn and 1 process × 64 reach the same
+/// weights and running statistics (every saved tensor is compared). The tolerance is the
+/// one of [`equivalent`] for the same reason, float32 summation order: each rank's
+/// statistics and sums cover 32 rows and the host merges them in f64, where one process
+/// sums 64 rows in float32. The control, per-rank batch norm (no --sync-bn), normalizes
+/// each half by its own statistics and must differ.
+fn sync_bn_equivalent(flags: &[&str]) {
+    let tmp = TempDir::new("distributed_sync_bn");
+    let d = tmp.path();
+    let args = [&["--epochs", "3", "--batch-norm", "before"][..], flags].concat();
+    let run = |ranks, extra: &[&str], file| train(d, ranks, &[&args[..], extra].concat(), file);
+    let two = run(Some(2), &["--batch", "32", "--sync-bn"], "two.safetensors");
+    let one = run(None, &["--batch", "64"], "one.safetensors");
+    let (diff, name) = max_diff(&one, &two);
+    eprintln!("{flags:?}: 2×32 --sync-bn against 1×64: {diff:e} ({name})");
+    assert!(
+        diff < 1e-5,
+        "2×32 --sync-bn and 1×64 differ by {diff} in {name}"
+    );
+    assert!(
+        two.keys().any(|k| k.ends_with("bn.running_var")),
+        "{:?}",
+        two.keys()
+    );
+    let local = run(Some(2), &["--batch", "32"], "local.safetensors");
+    let (diff, name) = max_diff(&one, &local);
+    eprintln!("{flags:?}: 2×32 per-rank batch norm against 1×64: {diff:e} ({name})");
+    assert!(
+        diff > 1e-3,
+        "per-rank batch norm is as close ({diff} in {name}): the comparison cannot fail"
+    );
+}
+
+#[test]
+fn sync_bn_two_ranks_equal_one_with_twice_the_batch() {
+    sync_bn_equivalent(&["--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9"]);
+}
+
 #[test]
 fn resume_with_a_different_number_of_ranks() {
     let tmp = TempDir::new("distributed_resume");
@@ -342,10 +380,6 @@ fn distributed_flags_are_checked() {
         );
     };
     fails(&["train", "--sync-bn"], "--distributed");
-    fails(
-        &["train", "--distributed", "--sync-bn"],
-        "--sync-bn is not implemented yet",
-    );
     fails(
         &["train", "--distributed", "--log", "l.csv"],
         "--log cannot be combined with --distributed",

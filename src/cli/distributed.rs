@@ -13,8 +13,10 @@ pub struct DistArgs {
     /// run equals one process with --batch × N. Needs a build with `--features mpi`.
     #[arg(long)]
     pub distributed: bool,
-    /// All-reduce batch-norm statistics across ranks (PyTorch's SyncBatchNorm) instead of
-    /// each rank normalizing by its own shard. Not implemented yet: refused.
+    /// Batch norm over the global batch (PyTorch's SyncBatchNorm): the ranks combine their
+    /// batch-norm statistics, forward and backward, instead of each normalizing by its
+    /// own shard, so the run equals one process with --batch × N also with batch norm,
+    /// and every rank keeps the same running statistics.
     #[arg(long, requires = "distributed")]
     pub sync_bn: bool,
     /// Seconds an exchange may wait for the other ranks; past it, the ranks that sent no
@@ -50,11 +52,6 @@ pub fn join(
          not split for the gradient exchange",
         statistics.join(", ")
     );
-    anyhow::ensure!(
-        !args.sync_bn,
-        "--sync-bn is not implemented yet; without it each rank normalizes by its own shard's \
-         statistics (PyTorch DDP's default)"
-    );
     // A year at most: Duration cannot hold much more than 1e19 s, and the watchdog
     // doubles the timeout.
     anyhow::ensure!(
@@ -81,7 +78,8 @@ fn join_mpi(args: &DistArgs, choice: &BackendChoice) -> Result<(Distributed, Bac
         BackendChoice::Gpu(sel) if sel.filter.is_none() => pick(sel.clone(), c.local_rank),
         other => other.clone(),
     };
-    let dist = Distributed::new(Box::new(c), timeout, args.replica_check_every);
+    let mut dist = Distributed::new(Box::new(c), timeout, args.replica_check_every);
+    dist.sync_bn = args.sync_bn;
     Ok((dist, choice))
 }
 

@@ -12,7 +12,6 @@ use crate::backend::{create_engine, BackendChoice};
 use crate::data::{check_finite, check_labels, Dataset};
 use crate::engine::{Engine, PlanId};
 use crate::graph::{Plan, Stage};
-use crate::model::lower as mlp;
 use crate::model::optim::LrSchedule;
 use crate::model::plateau::PlateauState;
 use crate::model::spec::{GRAD_NORM_SLOT_NAME, METRICS_SLOT_NAME};
@@ -203,7 +202,7 @@ impl Model {
         if !self.plans.contains_key(&key) {
             let plan = match self.built.remove(&key) {
                 Some(plan) => plan,
-                None => mlp::build_from(&self.spec, &self.persistent, rows, start)?,
+                None => self.build_plan(rows, start)?,
             };
             let id = self.engine.compile(&plan)?;
             self.plans.insert(key, (id, plan));
