@@ -53,6 +53,16 @@ fn text(out: &Output) -> String {
 /// Trains `ranks` processes (`None`: one process without `--distributed`) with `args`
 /// and returns the saved tensors by name.
 fn train(dir: &Path, ranks: Option<usize>, args: &[&str], save: &str) -> HashMap<String, Vec<f32>> {
+    train_logged(dir, ranks, args, save).0
+}
+
+/// [`train`], also returning what the run printed.
+fn train_logged(
+    dir: &Path,
+    ranks: Option<usize>,
+    args: &[&str],
+    save: &str,
+) -> (HashMap<String, Vec<f32>>, String) {
     let mut cmd = match ranks {
         Some(n) => {
             let mut c = mpirun(n);
@@ -76,7 +86,7 @@ fn train(dir: &Path, ranks: Option<usize>, args: &[&str], save: &str) -> HashMap
         "{ranks:?} ranks, {args:?}:\n{}",
         text(&out)
     );
-    load(&dir.join(save))
+    (load(&dir.join(save)), text(&out))
 }
 
 fn load(path: &Path) -> HashMap<String, Vec<f32>> {
@@ -195,6 +205,42 @@ fn sync_bn_equivalent(flags: &[&str]) {
 #[test]
 fn sync_bn_two_ranks_equal_one_with_twice_the_batch() {
     sync_bn_equivalent(&["--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9"]);
+}
+
+/// Gradient buckets of 2 kB (the model's 24×24 weight gradients are 2.3 kB each) cut
+/// the backward pass into several parts, each bucket all-reduced while the device computes
+/// the next; the run still equals one process with the global batch, with sync-bn too.
+#[test]
+fn gradient_buckets_keep_the_equivalence() {
+    let tmp = TempDir::new("distributed_buckets");
+    let d = tmp.path();
+    let args = ["--epochs", "3", "--optimizer", "adam", "--lr", "0.01"];
+    let one = train(
+        d,
+        None,
+        &[&args[..], &["--batch", "64"]].concat(),
+        "one.safetensors",
+    );
+    for extra in [&[][..], &["--batch-norm", "after", "--sync-bn"][..]] {
+        let flags = [&args[..], &["--batch", "32", "--bucket-mb", "0.002"], extra].concat();
+        let (two, log) = train_logged(d, Some(2), &flags, "two.safetensors");
+        let buckets: f64 = log
+            .split("steps, ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no bucket count in:\n{log}"));
+        assert!(buckets >= 3.0, "{buckets} buckets per step:\n{log}");
+        let reference = if extra.is_empty() {
+            one.clone()
+        } else {
+            let flags = [&args[..], &["--batch", "64", "--batch-norm", "after"]].concat();
+            train(d, None, &flags, "one_bn.safetensors")
+        };
+        let (diff, name) = max_diff(&reference, &two);
+        eprintln!("{extra:?}: {buckets} buckets, 2×32 against 1×64: {diff:e} ({name})");
+        assert!(diff < 1e-5, "{extra:?}: differs by {diff} in {name}");
+    }
 }
 
 #[test]
@@ -400,30 +446,20 @@ fn distributed_flags_are_checked() {
         "at most a year",
     );
     fails(
+        &["train", "--distributed", "--bucket-mb", "0"],
+        "--bucket-mb must be a positive number",
+    );
+    fails(&["train", "--bucket-mb", "1"], "--distributed");
+    fails(
         &["train", "--distributed", "--collective-timeout", "0"],
         "--collective-timeout must be a positive",
     );
 }
 
-/// Dropout's masks follow the row within each rank's shard, so the ranks repeat each
-/// other's masks: the run says so rather than passing for the single-process one.
+/// Dropout's masks follow the row in the global batch (each rank offsets them by its
+/// shard's first row), so 2 ranks × 32 with dropout draw the masks of 1 process × 64 and
+/// reach its weights; before, every rank drew the masks of rows 0..32.
 #[test]
-fn dropout_with_distributed_warns() {
-    let tmp = TempDir::new("distributed_dropout");
-    let run = |extra: &[&str]| {
-        let out = mpirun(2)
-            .args(MODEL)
-            .args(["--distributed", "--epochs", "1", "--batch", "32"])
-            .args(extra)
-            .current_dir(tmp.path())
-            .output()
-            .unwrap();
-        let log = text(&out);
-        assert!(out.status.success(), "{extra:?}: {log}");
-        log
-    };
-    let warning = "every rank draws the same dropout masks";
-    let log = run(&["--dropout", "0.2"]);
-    assert_eq!(log.matches(warning).count(), 1, "{log}");
-    assert!(!run(&[]).contains(warning));
+fn dropout_two_ranks_equal_one_with_twice_the_batch() {
+    equivalent(&["--optimizer", "sgd", "--lr", "0.1", "--dropout", "0.3"]);
 }

@@ -303,9 +303,10 @@ fn split_across_shards_equals_fused_on_the_whole_batch() {
     }
 }
 
-/// One process training "data-parallel" with the `Solo` collective and sync-bn runs the
-/// split step (its exchanges are identities) and must train like the fused plan: same
-/// weights and running statistics after several steps, on the CPU and on the GPU.
+/// One process training "data-parallel" with the `Solo` collective runs the split step
+/// (its exchanges are identities) and must train like the fused plan: same weights and
+/// running statistics after several steps, on the CPU and on the GPU, with sync-bn, with
+/// gradient buckets small enough to cut the backward pass several times, and with both.
 #[test]
 fn solo_split_step_equals_the_fused_step() {
     let data = data::synthetic::spirals(30, 3, 0.05, 3);
@@ -325,23 +326,37 @@ fn solo_split_step_equals_the_fused_step() {
         || Box::new(CpuEngine::new()),
         || Box::new(GpuEngine::new(gpu())),
     ];
+    // 100 bytes: about one layer's gradients per bucket.
+    let splits = [(true, None), (false, Some(100)), (true, Some(100))];
     for engine in engines {
         for placement in [BnPlacement::BeforeActivation, BnPlacement::AfterActivation] {
             let mut fused = Model::new(spec(placement), engine()).unwrap();
             fused.fit(&data, None, &opts, |_| {}).unwrap();
-            let mut split = Model::new(spec(placement), engine()).unwrap();
-            let mut dist = Distributed::new(Box::new(Solo), std::time::Duration::from_secs(60), 1);
-            dist.sync_bn = true;
-            split.set_distributed(dist).unwrap();
-            split.fit(&data, None, &opts, |_| {}).unwrap();
-            let stats = split.exchange_stats().unwrap();
-            // Two batch norms, forward and backward, each step.
-            assert_eq!(stats.bn_exchanges, 4 * stats.steps, "{stats:?}");
-            let (a, b) = (fused.state_dict().unwrap(), split.state_dict().unwrap());
+            let a = fused.state_dict().unwrap();
             assert!(a.iter().any(|t| t.name.ends_with("running_var")));
-            for (u, v) in a.iter().zip(&b) {
-                assert_eq!(u.name, v.name);
-                close(&u.values, &v.values, &format!("{} ({placement:?})", u.name));
+            for (sync_bn, bucket_bytes) in splits {
+                let ctx = format!("{placement:?}, sync-bn {sync_bn}, buckets {bucket_bytes:?}");
+                let mut split = Model::new(spec(placement), engine()).unwrap();
+                let mut dist =
+                    Distributed::new(Box::new(Solo), std::time::Duration::from_secs(60), 1);
+                dist.sync_bn = sync_bn;
+                dist.bucket_bytes = bucket_bytes;
+                split.set_distributed(dist).unwrap();
+                split.fit(&data, None, &opts, |_| {}).unwrap();
+                let stats = split.exchange_stats().unwrap();
+                // Two batch norms, forward and backward, each step.
+                let bn = if sync_bn { 4 } else { 0 };
+                assert_eq!(stats.bn_exchanges, bn * stats.steps, "{ctx}: {stats:?}");
+                let buckets = stats.buckets / stats.steps;
+                match bucket_bytes {
+                    None => assert_eq!(buckets, 1, "{ctx}"),
+                    Some(_) => assert!(buckets >= 3, "{ctx}: {buckets} buckets"),
+                }
+                let b = split.state_dict().unwrap();
+                for (u, v) in a.iter().zip(&b) {
+                    assert_eq!(u.name, v.name);
+                    close(&u.values, &v.values, &format!("{} ({ctx})", u.name));
+                }
             }
         }
     }

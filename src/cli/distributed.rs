@@ -19,6 +19,18 @@ pub struct DistArgs {
     /// and every rank keeps the same running statistics.
     #[arg(long, requires = "distributed")]
     pub sync_bn: bool,
+    /// Megabytes of gradients per all-reduce bucket (PyTorch DDP's bucket_cap_mb): the
+    /// backward pass is submitted in parts, each ending where a bucket's gradients are
+    /// complete, and the host all-reduces each bucket while the device computes the next
+    /// parts. A size above the model's gradients gives one bucket after the whole
+    /// backward pass.
+    #[arg(
+        long,
+        default_value_t = 25.0,
+        value_name = "MB",
+        requires = "distributed"
+    )]
+    pub bucket_mb: f64,
     /// Seconds an exchange may wait for the other ranks; past it, the ranks that sent no
     /// heartbeat meanwhile (died or hung) are named and the job is stopped. It must exceed
     /// how far one rank can run ahead: a step, a checkpoint write.
@@ -62,6 +74,11 @@ pub fn join(
          (3.2e7), got {}",
         args.collective_timeout
     );
+    anyhow::ensure!(
+        args.bucket_mb.is_finite() && args.bucket_mb > 0.0 && args.bucket_mb <= 1e9,
+        "--bucket-mb must be a positive number of megabytes, at most 1e9, got {}",
+        args.bucket_mb
+    );
     join_mpi(args, choice).map(Some)
 }
 
@@ -80,6 +97,7 @@ fn join_mpi(args: &DistArgs, choice: &BackendChoice) -> Result<(Distributed, Bac
     };
     let mut dist = Distributed::new(Box::new(c), timeout, args.replica_check_every);
     dist.sync_bn = args.sync_bn;
+    dist.bucket_bytes = Some((args.bucket_mb * 1e6).ceil() as u64);
     Ok((dist, choice))
 }
 

@@ -2,6 +2,13 @@
 //! its shard of each global batch, and averages gradients with the others before the same
 //! update, so the weights stay identical everywhere.
 //!
+//! A data-parallel plan splits the training step into parts (`graph::Stage::Part`) where
+//! the host exchanges with the other ranks (`graph::Exchange`): each bucket of gradients
+//! once the backward pass has completed it (all-reduced while the device computes the
+//! following parts), and with synchronized batch norm each batch norm's statistics
+//! ([`merge_moments`]) and backward sums. Dropout masks are offset by the rank's first
+//! global row, so every rank draws the single-process masks of its rows.
+//!
 //! The trainer sees only [`Collective`], so it does not depend on MPI: [`Solo`] is the
 //! one-process identity (for tests and for the logic shared with a single process), and
 //! `mpi::MpiCollective` (feature `mpi`) the real one. [`Distributed`] wraps a collective
@@ -104,9 +111,11 @@ pub const CHECKSUM_START: u64 = 0xCBF2_9CE4_8422_2325;
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ExchangeStats {
     pub steps: u64,
-    /// Forward, backward and reading the gradients back, on this rank.
+    /// Forward, backward and reading the gradients back, on this rank: until the last
+    /// bucket arrived, less the all-reduces of earlier buckets done meanwhile.
     pub compute: Duration,
-    /// The all-reduce of the gradients, waiting for the slowest rank included.
+    /// The all-reduces of the gradient buckets, waiting for the slowest rank included,
+    /// overlapped with the device's backward pass or not.
     pub all_reduce: Duration,
     /// Writing the averaged gradients back and the update (enqueued, not awaited).
     pub update: Duration,
@@ -120,6 +129,9 @@ pub struct ExchangeStats {
     pub bn_exchange: Duration,
 }
 
+/// PyTorch DDP's default bucket, 25 MB.
+pub const DEFAULT_BUCKET_BYTES: u64 = 25_000_000;
+
 /// A [`Collective`] with a watchdog, the replica-check period and the timings.
 pub struct Distributed {
     collective: Box<dyn Collective>,
@@ -130,6 +142,9 @@ pub struct Distributed {
     /// Batch norm over the global batch (PyTorch's `SyncBatchNorm`) rather than each
     /// rank's shard; set before `Model::set_distributed`.
     pub sync_bn: bool,
+    /// Gradient bytes per all-reduce bucket (see `SplitOptions::bucket_bytes`); `None`:
+    /// one bucket after the whole backward pass. [`DEFAULT_BUCKET_BYTES`] to start with.
+    pub bucket_bytes: Option<u64>,
     watchdog: Watchdog,
 }
 
@@ -148,6 +163,7 @@ impl Distributed {
             check_every,
             stats: ExchangeStats::default(),
             sync_bn: false,
+            bucket_bytes: Some(DEFAULT_BUCKET_BYTES),
             watchdog,
         }
     }

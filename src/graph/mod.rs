@@ -50,9 +50,9 @@ pub enum Exchange {
         global: TensorId,
         cols: usize,
     },
-    /// A bucket of gradients, complete after this part: [`Plan::grads`]`[range]`,
-    /// all-reduced and written back before [`Stage::Update`].
-    Grads(std::ops::Range<usize>),
+    /// A bucket of gradients, complete after this part: these indices into
+    /// [`Plan::grads`], all-reduced and written back before [`Stage::Update`].
+    Grads(Vec<usize>),
 }
 
 /// A compiled-once description of a computation for one batch size.
@@ -96,6 +96,10 @@ pub struct Plan {
     /// [`Plan::train`] and what the host exchanges there, in order. The last ends at
     /// [`Plan::update_start`].
     pub parts: Vec<(usize, Exchange)>,
+    /// Data-parallel plans with dropout: where the host writes this rank's first row in
+    /// the global batch before each step (a `u32` in an `f32`'s bits), which offsets the
+    /// dropout masks so the ranks draw the single-process masks of their rows.
+    pub first_row: Option<TensorId>,
 }
 
 impl Plan {
@@ -178,17 +182,18 @@ impl Plan {
             );
             at = *end;
             let (tensors, range) = match exchange {
-                Exchange::BnStats { local, global, .. } => (vec![*local, *global], 0..0),
+                Exchange::BnStats { local, global, .. } => (vec![*local, *global], vec![]),
                 Exchange::BnGrads {
                     dgamma,
                     dbeta,
                     global,
                     ..
-                } => (vec![*dgamma, *dbeta, *global], 0..0),
-                Exchange::Grads(r) => (vec![], r.clone()),
+                } => (vec![*dgamma, *dbeta, *global], vec![]),
+                Exchange::Grads(g) => (vec![], g.clone()),
             };
             anyhow::ensure!(
-                tensors.iter().all(|&t| t < self.tensors.len()) && range.end <= self.grads.len(),
+                tensors.iter().all(|&t| t < self.tensors.len())
+                    && range.iter().all(|&g| g < self.grads.len()),
                 "exchange {exchange:?} refers to tensors the plan does not have"
             );
         }

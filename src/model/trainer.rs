@@ -586,7 +586,7 @@ impl Model {
                 let (lo, hi) = crate::distributed::shard(chunk.len(), rank, world);
                 train.gather(&chunk[lo..hi], &mut x, &mut y);
                 if self.dist.is_some() {
-                    self.step_distributed(&x, &y, hi - lo, chunk.len(), start)?;
+                    self.step_distributed(&x, &y, (lo, hi), chunk.len(), start)?;
                 } else {
                     self.step_unchecked(&x, &y, chunk.len(), start)?;
                 }

@@ -13,7 +13,7 @@ mod regularize;
 mod split;
 
 pub use mc::{build_mc, mc_dropout_stream, MC_SAMPLE_NAME};
-pub use split::SplitOptions;
+pub use split::{build_split, SplitOptions};
 
 use crate::graph::Plan;
 use crate::model::health::layout::{self as st, GUARD_SLOT_NAME};
@@ -41,19 +41,6 @@ pub fn build_from(
     start: usize,
 ) -> anyhow::Result<Plan> {
     build_with(spec, persistent, rows, start, None, None)
-}
-
-/// As [`build_from`], for data-parallel training: the training step is split into
-/// [`Plan::parts`] where the host exchanges with the other ranks (see
-/// `crate::distributed`).
-pub fn build_split(
-    spec: &MlpSpec,
-    persistent: &[PersistentDesc],
-    rows: usize,
-    start: usize,
-    split: SplitOptions,
-) -> anyhow::Result<Plan> {
-    build_with(spec, persistent, rows, start, None, Some(split))
 }
 
 fn build_with(
@@ -358,8 +345,11 @@ impl Builder<'_> {
                         len: rows * fan_out,
                         p,
                         stream: mc_dropout_stream(seed, l),
+                        first_row: None,
+                        cols: fan_out,
                     }));
                 }
+                let first_row = self.first_row();
                 self.p.train.push(Op::Dropout(Dropout {
                     x: pre,
                     y: h,
@@ -367,6 +357,8 @@ impl Builder<'_> {
                     len: rows * fan_out,
                     p,
                     stream,
+                    first_row,
+                    cols: fan_out,
                 }));
                 layer.dropout = Some(DropoutSite {
                     pre,

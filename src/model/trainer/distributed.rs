@@ -48,29 +48,39 @@ impl Model {
         match &self.dist {
             None => mlp::build_from(&self.spec, &self.persistent, rows, start),
             Some(d) => {
-                let split = SplitOptions { sync_bn: d.sync_bn };
+                let split = SplitOptions {
+                    sync_bn: d.sync_bn,
+                    bucket_bytes: d.bucket_bytes,
+                };
                 mlp::build_split(&self.spec, &self.persistent, rows, start, split)
             }
         }
     }
 
-    /// One data-parallel step on this rank's `rows` of a global batch of `global_rows`.
+    /// One data-parallel step on this rank's rows `[lo, hi)` of a global batch of
+    /// `global_rows`.
     pub(super) fn step_distributed(
         &mut self,
         x: &[f32],
         y: &[f32],
-        rows: usize,
+        (lo, hi): (usize, usize),
         global_rows: usize,
         start: usize,
     ) -> Result<()> {
         let clock = Instant::now();
+        let rows = hi - lo;
         let (id, plan) = self.load_batch(x, y, rows, start)?;
         let parts = plan.parts.clone();
+        let first_row = plan.first_row;
         let grads: Vec<(TensorId, usize)> = plan
             .grads
             .iter()
             .map(|&(_, g)| (g, plan.tensors[g].len()))
             .collect();
+        if let Some(first_row) = first_row {
+            let first = u32::try_from(lo).context("the global batch exceeds 2^32 rows")?;
+            self.engine.write(id, first_row, &[f32::from_bits(first)])?;
+        }
         anyhow::ensure!(
             !parts.is_empty(),
             "the training plan for {rows} rows is not split for data-parallel training"
@@ -81,15 +91,15 @@ impl Model {
         // computes, also for an uneven last batch.
         let share = (rows as f64 / global_rows as f64) as f32;
         let mut bn_time = Duration::ZERO;
-        let mut buckets: Vec<(std::ops::Range<usize>, Box<dyn PendingRead>)> = Vec::new();
+        let mut buckets: Vec<(Vec<usize>, Box<dyn PendingRead>)> = Vec::new();
         for (k, (_, exchange)) in parts.iter().enumerate() {
             match exchange {
                 // Submitted without waiting: the host sums bucket k while the device
                 // computes the parts after it.
-                Exchange::Grads(range) => {
-                    let ids: Vec<TensorId> = grads[range.clone()].iter().map(|g| g.0).collect();
+                Exchange::Grads(bucket) => {
+                    let ids: Vec<TensorId> = bucket.iter().map(|&i| grads[i].0).collect();
                     let read = self.engine.run_and_read(id, Stage::Part(k), &ids)?;
-                    buckets.push((range.clone(), read));
+                    buckets.push((bucket.clone(), read));
                 }
                 Exchange::BnStats {
                     local,
@@ -143,9 +153,10 @@ impl Model {
             values_of.push((range, flat));
         }
         let before_update = clock.elapsed();
-        for (range, flat) in values_of {
+        for (bucket, flat) in values_of {
             let mut at = 0;
-            for &(g, len) in &grads[range] {
+            for i in bucket {
+                let (g, len) = grads[i];
                 self.engine.write(id, g, &flat[at..at + len])?;
                 at += len;
             }
