@@ -35,8 +35,14 @@ const MODEL: &[&str] = &[
 ];
 
 fn mpirun(np: usize) -> Command {
+    mpirun_with(np, &[])
+}
+
+/// [`mpirun`] with options of mpirun's own.
+fn mpirun_with(np: usize, options: &[&str]) -> Command {
     let mut c = Command::new("mpirun");
-    c.args(["-np", &np.to_string(), "--oversubscribe"]);
+    c.args(["-np", &np.to_string(), "--oversubscribe"])
+        .args(options);
     // CI runs as root, which Open MPI refuses unless told; the variables are ignored
     // otherwise. Single-copy (CMA) transfers need ptrace rights containers often lack.
     c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -453,6 +459,112 @@ fn distributed_flags_are_checked() {
     fails(
         &["train", "--distributed", "--collective-timeout", "0"],
         "--collective-timeout must be a positive",
+    );
+}
+
+/// A value that overflows in one rank's shard only (3e38 in both features of one row,
+/// finite as data, infinite after the first layers) stops every rank with the
+/// non-finite error: the guard reads the averaged gradients, which the overflow reaches
+/// on every rank. The row is placed where the resumed epoch's shuffle puts it into rank
+/// 1's shard of the first step, by replaying the trainer's shuffle. The checkpoint
+/// written before stays as it was.
+#[test]
+fn overflow_in_one_shard_stops_every_rank() {
+    use rand::{RngExt, SeedableRng};
+    let tmp = TempDir::new("distributed_overflow");
+    let d = tmp.path();
+    let rows = |n: usize, seed: u64, bad: Option<usize>| {
+        let mut csv = String::from("x0,x1,label\n");
+        let v = common::random(2 * n, seed);
+        for r in 0..n {
+            let (a, b) = if bad == Some(r) {
+                (3e38, 3e38)
+            } else {
+                (v[2 * r], v[2 * r + 1])
+            };
+            csv.push_str(&format!("{a},{b},{}\n", r % 3));
+        }
+        csv
+    };
+    std::fs::write(d.join("clean.csv"), rows(64, 1, None)).unwrap();
+    std::fs::write(d.join("valid.csv"), rows(16, 2, None)).unwrap();
+    // The trainer's shuffle of epoch 2 (index 1) with the default seed, 42.
+    let mut rng =
+        rand_chacha::ChaCha8Rng::seed_from_u64(42 ^ 2u64.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut order: Vec<usize> = (0..64).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    // Global batch 32: positions 16..32 of the first step are rank 1's shard.
+    std::fs::write(d.join("bad.csv"), rows(64, 1, Some(order[20]))).unwrap();
+    let run = |data: &str, extra: &[&str]| {
+        mpirun_with(2, &["--tag-output"])
+            .args(["train", "--backend", "vulkan", "--data", data])
+            .args(["--label-column", "label", "--valid-data", "valid.csv"])
+            .args([
+                "--no-standardize",
+                "--depth",
+                "2",
+                "--width",
+                "16",
+                "--batch",
+                "16",
+            ])
+            .args(["--distributed", "--quiet", "--save", "ck.safetensors"])
+            .args(extra)
+            .current_dir(d)
+            .output()
+            .unwrap()
+    };
+    let out = run("clean.csv", &["--epochs", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let before = std::fs::read(d.join("ck.safetensors")).unwrap();
+    let out = run("bad.csv", &["--epochs", "3", "--resume", "ck.safetensors"]);
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    // Each rank's stderr: mpirun tags each write (`[1,R]<stderr>:`), and writes of
+    // different ranks and an error line's several writes interleave, so every piece goes
+    // to the rank of the tag in front of it.
+    let stderr_of = |rank: usize| {
+        let tag = format!("[1,{rank}]<stderr>:");
+        let mut out = String::new();
+        for piece in log.split("[1,").skip(1) {
+            if let Some(text) = format!("[1,{piece}").strip_prefix(&tag) {
+                out.push_str(text);
+            }
+        }
+        out
+    };
+    for rank in 0..2 {
+        let err = stderr_of(rank);
+        assert!(
+            err.contains(&format!("error: rank {rank}: training diverged at step 3"))
+                && err.contains("non-finite"),
+            "rank {rank} did not stop with the non-finite error:\n{log}"
+        );
+    }
+    // At the same step, so no rank waits in an exchange for one that stopped.
+    let stopped = |rank| {
+        let err = stderr_of(rank);
+        let at = err
+            .find("Training stopped after step ")
+            .expect("a stop step");
+        err[at..].split(',').next().unwrap().to_string()
+    };
+    assert_eq!(stopped(0), stopped(1), "{log}");
+    // Rank 1 met the overflow in its own forward pass; rank 0 only in the averaged
+    // gradients it received.
+    assert!(
+        stderr_of(1).contains("first appeared in the layers.0 linear output"),
+        "{log}"
+    );
+    assert!(
+        !stderr_of(0).contains("first appeared in the layers.0"),
+        "{log}"
+    );
+    assert!(
+        std::fs::read(d.join("ck.safetensors")).unwrap() == before,
+        "the checkpoint written before changed"
     );
 }
 

@@ -154,6 +154,10 @@ pub fn leave(result: Result<()>) -> Result<()> {
                 Err(e) => {
                     let rank = mpi::rank();
                     eprintln!("error: rank {rank}: {e:#}");
+                    // Ranks that fail at the same step (a non-finite guard fires on every
+                    // rank, as the averaged gradients are everyone's) print their own
+                    // error before the abort ends them.
+                    std::thread::sleep(std::time::Duration::from_millis(300));
                     mpi::abort(1);
                 }
             }
