@@ -90,12 +90,16 @@ impl Model {
         // the global batch, their sum is the mean over the global batch that one process
         // computes, also for an uneven last batch.
         let share = (rows as f64 / global_rows as f64) as f32;
-        let mut bn_time = Duration::ZERO;
+        let (mut bn_time, mut bn_count) = (Duration::ZERO, 0);
         let mut buckets: Vec<(Vec<usize>, Box<dyn PendingRead>)> = Vec::new();
         for (k, (_, exchange)) in parts.iter().enumerate() {
             match exchange {
                 // Submitted without waiting: the host sums bucket k while the device
                 // computes the parts after it.
+                // A model whose layers are all frozen has no gradients to read.
+                Exchange::Grads(bucket) if bucket.is_empty() => {
+                    self.engine.run(id, Stage::Part(k))?;
+                }
                 Exchange::Grads(bucket) => {
                     let ids: Vec<TensorId> = bucket.iter().map(|&i| grads[i].0).collect();
                     let read = self.engine.run_and_read(id, Stage::Part(k), &ids)?;
@@ -110,7 +114,7 @@ impl Model {
                     let values = first(read)?;
                     let t = Instant::now();
                     let merged = self.merge_bn_stats(&values, rows, *cols)?;
-                    bn_time += t.elapsed();
+                    (bn_time, bn_count) = (bn_time + t.elapsed(), bn_count + 1);
                     self.engine.write(id, *global, &merged)?;
                 }
                 Exchange::BnGrads {
@@ -127,7 +131,7 @@ impl Model {
                     sums.iter_mut().for_each(|v| *v *= share);
                     let dist = self.dist.as_ref().expect("only called when distributed");
                     dist.sum_f32(&mut sums, "the synchronized batch-norm backward exchange")?;
-                    bn_time += t.elapsed();
+                    (bn_time, bn_count) = (bn_time + t.elapsed(), bn_count + 1);
                     // Divided by this rank's rows (its share of N), so that after the
                     // gradients' weighting by the share every rank's dx is the global one.
                     let global_sums: Vec<f32> = sums.iter().map(|&s| s / rows as f32).collect();
@@ -176,7 +180,7 @@ impl Model {
         s.update += clock.elapsed() - before_update;
         s.bytes += bytes;
         s.buckets += n_buckets;
-        s.bn_exchanges += parts.len() as u64 - n_buckets;
+        s.bn_exchanges += bn_count;
         s.bn_exchange += bn_time;
         let every = dist.check_every;
         self.health_after_step()?;
