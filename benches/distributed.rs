@@ -1,7 +1,8 @@
 //! Data-parallel training on one host (`--features mpi`): per step, the time of forward
-//! and backward with the gradient readback (compute), of the gradient all-reduce, and
-//! the gradient bytes each rank sends, for W1 and W2 (batch 256 per rank) with 1 and 2
-//! ranks.
+//! and backward with the gradient readback (compute), of the gradient all-reduce, the
+//! whole step, and the gradient bytes each rank sends, for W1 and W2 (batch 256 per rank)
+//! with 1 and 2 ranks, with one gradient bucket after the whole backward pass and with
+//! 2 MB buckets overlapped with it (`--bucket-mb`).
 //!
 //! ```text
 //! cargo bench --features mpi --bench distributed                 # 1 and 2 ranks, W1 and W2
@@ -56,11 +57,16 @@ fn measure(args: &Args) {
     let collective = mpi::init()
         .expect("MPI")
         .with_timeout(Duration::from_secs(600));
-    for name in workloads.split(',') {
+    let configs = [("one bucket", None), ("2 MB buckets", Some(2_000_000))];
+    for (name, (buckets, bucket_bytes)) in workloads
+        .split(',')
+        .flat_map(|w| configs.iter().map(move |c| (w, *c)))
+    {
         let spec =
             steadygrad::bench::standard_spec(name.trim(), false).unwrap_or_else(|e| panic!("{e}"));
         let mut model = Model::with_backend(spec.clone(), &BackendChoice::Auto).expect("model");
-        let dist = Distributed::new(Box::new(collective), Duration::from_secs(600), 0);
+        let mut dist = Distributed::new(Box::new(collective), Duration::from_secs(600), 0);
+        dist.bucket_bytes = bucket_bytes;
         let (rank, world) = (dist.rank(), dist.size());
         model.set_distributed(dist).expect("replicas agree");
         let rows = BATCH * world;
@@ -83,11 +89,15 @@ fn measure(args: &Args) {
             .fit(&data(warmup, 3), None, &opts, |_| {})
             .expect("warm-up");
         let before = model.exchange_stats().expect("distributed");
+        let clock = std::time::Instant::now();
         model
             .fit(&data(steps, 4), None, &opts, |_| {})
             .expect("timed steps");
+        let wall = clock.elapsed();
         let after = model.exchange_stats().expect("distributed");
         let n = (after.steps - before.steps) as f64;
+        let step = wall.as_secs_f64() * 1e3 / n;
+        let per_step = (after.buckets - before.buckets) as f64 / n;
         let ms = |a: Duration, b: Duration| (a - b).as_secs_f64() * 1e3 / n;
         let compute = ms(after.compute, before.compute);
         let reduce = ms(after.all_reduce, before.all_reduce);
@@ -103,6 +113,8 @@ fn measure(args: &Args) {
                     ("bench", "distributed".into()),
                     ("workload", name.into()),
                     ("ranks", world.into()),
+                    ("buckets", per_step.into()),
+                    ("step_ms", step.into()),
                     ("device", model.device().into()),
                     ("compute_ms", compute.into()),
                     ("all_reduce_ms", reduce.into()),
@@ -113,8 +125,9 @@ fn measure(args: &Args) {
             );
         } else {
             println!(
-                "{name} ranks {world}: compute {compute:.1} ms, all-reduce {reduce:.1} ms, \
-                 update {update:.1} ms, {:.1} MB gradients per step per rank ({})",
+                "{name} ranks {world}, {buckets} ({per_step:.0} per step): step {step:.1} ms, \
+                 compute {compute:.1} ms, all-reduce {reduce:.1} ms, update {update:.1} ms, \
+                 {:.1} MB gradients per step per rank ({})",
                 bytes as f64 / 1e6,
                 model.device()
             );

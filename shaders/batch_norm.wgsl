@@ -1,12 +1,14 @@
 // Batch normalization: training-mode statistics and normalization, evaluation mode, and
-// the exact backward.
+// the exact backward; and the same split where synchronized batch norm exchanges with
+// other ranks (`stats` → host → `apply`, `grad_sums` → host → `grad_apply`). The fused
+// and split entry points share the helpers below, so both compute alike.
 //
 // On CPU-backed adapters (the texture matmul variants) the per-feature reductions run
 // one invocation per feature (column), looping over the rows of the batch (`train`,
-// `backward`): no workgroup memory or barriers, which those adapters execute and compile
-// slowly (a workgroup tree reduction per feature cost lavapipe 7 ms per 256×512 layer and
-// direction). GPUs run one workgroup per feature with a tree reduction (`train_tree`,
-// `backward_tree`). Adjacent invocations read adjacent columns.
+// `backward`, `stats`, `grad_sums`, `apply`): no workgroup memory or barriers, which
+// those adapters execute and compile slowly (a workgroup tree reduction per feature cost
+// lavapipe 7 ms per 256×512 layer and direction). GPUs run one workgroup per feature with
+// a tree reduction (the `_tree` entry points). Adjacent invocations read adjacent columns.
 //
 // `V` is `f32` or, when the feature count divides by 4, `vec4<f32>` (four features per
 // invocation), declared by the host in front of this file; `dims.cols` counts `V`s.
@@ -38,6 +40,11 @@ struct Dims {
 @group(0) @binding(14) var<storage, read_write> dx: array<V>;
 @group(0) @binding(15) var<storage, read_write> dgamma: array<V>;
 @group(0) @binding(16) var<storage, read_write> dbeta: array<V>;
+// Synchronized batch norm: the local statistics for the host (written), and what the host
+// wrote back from all ranks (read): `[mean; biased var; unbiased var]` forward,
+// `[Σdy/N; Σdy·x̂/N]` backward.
+@group(0) @binding(17) var<storage, read_write> local_stats: array<V>;
+@group(0) @binding(18) var<storage, read> global_stats: array<V>;
 
 const COLS_WG: u32 = 64u;
 
@@ -45,13 +52,63 @@ fn column(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.y * nwg.x + wg.x) * COLS_WG + lid;
 }
 
-fn store_statistics(c: u32, m: V, var_biased: V, is: V) {
-    let n = f32(dims.rows);
+fn store_statistics(c: u32, m: V, var_unbiased: V, is: V) {
     mean[c] = m;
     invstd[c] = is;
     running_mean[c] = (1.0 - dims.momentum) * running_mean[c] + dims.momentum * m;
-    running_var[c] = (1.0 - dims.momentum) * running_var[c]
-        + dims.momentum * var_biased * n / (n - 1.0);
+    running_var[c] = (1.0 - dims.momentum) * running_var[c] + dims.momentum * var_unbiased;
+}
+
+// Mean and centered sum of squares of feature c over the rows. Two passes (mean, then
+// squared deviations) avoid the cancellation of E[x²] − E[x]².
+struct Moments {
+    mean: V,
+    m2: V,
+}
+
+fn moments_serial(c: u32) -> Moments {
+    let n = f32(dims.rows);
+    var acc = V(0.0);
+    for (var r = 0u; r < dims.rows; r++) {
+        acc += x[r * dims.cols + c];
+    }
+    let m = acc / n;
+    acc = V(0.0);
+    for (var r = 0u; r < dims.rows; r++) {
+        let d = x[r * dims.cols + c] - m;
+        acc += d * d;
+    }
+    return Moments(m, acc);
+}
+
+// The local Σdy and Σdy·x̂ of feature c (dβ and dγ).
+struct GradSums {
+    dy: V,
+    dy_xhat: V,
+}
+
+fn grad_sums_serial(c: u32) -> GradSums {
+    let m = saved_mean[c];
+    let is = saved_invstd[c];
+    var sum_dy = V(0.0);
+    var sum_dy_xhat = V(0.0);
+    for (var r = 0u; r < dims.rows; r++) {
+        let i = r * dims.cols + c;
+        sum_dy += dy[i];
+        sum_dy_xhat += dy[i] * (x[i] - m) * is;
+    }
+    return GradSums(sum_dy, sum_dy_xhat);
+}
+
+// Normalizes feature c's rows first, first + stride, … with the global statistics the
+// host wrote; the thread with `first == 0` saves them and updates the running ones.
+fn apply_column(c: u32, first: u32, stride: u32) {
+    let m = global_stats[c];
+    let is = inverseSqrt(global_stats[dims.cols + c] + dims.eps);
+    if first == 0u {
+        store_statistics(c, m, global_stats[2u * dims.cols + c], is);
+    }
+    normalize_rows(c, first, stride, m, is);
 }
 
 // y for rows first, first + stride, … of feature c.
@@ -64,16 +121,16 @@ fn normalize_rows(c: u32, first: u32, stride: u32, m: V, is: V) {
     }
 }
 
-// dx for rows first, first + stride, … of feature c.
-fn backward_rows(c: u32, first: u32, stride: u32, sum_dy: V, sum_dy_xhat: V) {
-    let n = f32(dims.rows);
+// dx = γ·invstd·(dy − a − x̂·b) for rows first, first + stride, … of feature c, where
+// a = Σdy/N and b = Σdy·x̂/N over the (local or global) batch.
+fn backward_rows(c: u32, first: u32, stride: u32, a: V, b: V) {
     let m = saved_mean[c];
     let is = saved_invstd[c];
-    let k = gamma[c] * is / n;
+    let k = gamma[c] * is;
     for (var r = first; r < dims.rows; r += stride) {
         let i = r * dims.cols + c;
         let xhat = (x[i] - m) * is;
-        dx[i] = k * (n * dy[i] - sum_dy - xhat * sum_dy_xhat);
+        dx[i] = k * (dy[i] - a - xhat * b);
     }
 }
 
@@ -85,21 +142,32 @@ fn train(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     let n = f32(dims.rows);
-    var acc = V(0.0);
-    for (var r = 0u; r < dims.rows; r++) {
-        acc += x[r * dims.cols + c];
+    let mo = moments_serial(c);
+    let is = inverseSqrt(mo.m2 / n + dims.eps);
+    store_statistics(c, mo.mean, mo.m2 / (n - 1.0), is);
+    normalize_rows(c, 0u, 1u, mo.mean, is);
+}
+
+@compute @workgroup_size(64)
+fn stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let c = column(wg, nwg, lid);
+    if c >= dims.cols {
+        return;
     }
-    let m = acc / n;
-    // Two passes (mean, then squared deviations) avoid the cancellation of E[x²] − E[x]².
-    acc = V(0.0);
-    for (var r = 0u; r < dims.rows; r++) {
-        let d = x[r * dims.cols + c] - m;
-        acc += d * d;
+    let mo = moments_serial(c);
+    local_stats[c] = mo.mean;
+    local_stats[dims.cols + c] = mo.m2;
+}
+
+@compute @workgroup_size(64)
+fn apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let c = column(wg, nwg, lid);
+    if c >= dims.cols {
+        return;
     }
-    let var_biased = acc / n;
-    let is = inverseSqrt(var_biased + dims.eps);
-    store_statistics(c, m, var_biased, is);
-    normalize_rows(c, 0u, 1u, m, is);
+    apply_column(c, 0u, 1u);
 }
 
 @compute @workgroup_size(64)
@@ -109,18 +177,23 @@ fn backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     if c >= dims.cols {
         return;
     }
-    let m = saved_mean[c];
-    let is = saved_invstd[c];
-    var sum_dy = V(0.0);
-    var sum_dy_xhat = V(0.0);
-    for (var r = 0u; r < dims.rows; r++) {
-        let i = r * dims.cols + c;
-        sum_dy += dy[i];
-        sum_dy_xhat += dy[i] * (x[i] - m) * is;
+    let n = f32(dims.rows);
+    let s = grad_sums_serial(c);
+    dbeta[c] = s.dy;
+    dgamma[c] = s.dy_xhat;
+    backward_rows(c, 0u, 1u, s.dy / n, s.dy_xhat / n);
+}
+
+@compute @workgroup_size(64)
+fn grad_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let c = column(wg, nwg, lid);
+    if c >= dims.cols {
+        return;
     }
-    dbeta[c] = sum_dy;
-    dgamma[c] = sum_dy_xhat;
-    backward_rows(c, 0u, 1u, sum_dy, sum_dy_xhat);
+    let s = grad_sums_serial(c);
+    dbeta[c] = s.dy;
+    dgamma[c] = s.dy_xhat;
 }
 
 // The same with one workgroup per feature and a tree reduction in workgroup memory, for
@@ -144,14 +217,7 @@ fn workgroup_sum(lid: u32, v: V) -> V {
     return total;
 }
 
-@compute @workgroup_size(256)
-fn train_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_index) lid: u32) {
-    let c = wg.y * nwg.x + wg.x;
-    // `c` is the same for the whole workgroup, so barriers below stay uniform.
-    if c >= dims.cols {
-        return;
-    }
+fn moments_tree(c: u32, lid: u32) -> Moments {
     let n = f32(dims.rows);
     var acc = V(0.0);
     for (var r = lid; r < dims.rows; r += WG) {
@@ -163,21 +229,10 @@ fn train_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
         let d = x[r * dims.cols + c] - m;
         acc += d * d;
     }
-    let var_biased = workgroup_sum(lid, acc) / n;
-    let is = inverseSqrt(var_biased + dims.eps);
-    if lid == 0u {
-        store_statistics(c, m, var_biased, is);
-    }
-    normalize_rows(c, lid, WG, m, is);
+    return Moments(m, workgroup_sum(lid, acc));
 }
 
-@compute @workgroup_size(256)
-fn backward_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                 @builtin(local_invocation_index) lid: u32) {
-    let c = wg.y * nwg.x + wg.x;
-    if c >= dims.cols {
-        return;
-    }
+fn sum_grads_tree(c: u32, lid: u32) -> GradSums {
     let m = saved_mean[c];
     let is = saved_invstd[c];
     var s_dy = V(0.0);
@@ -188,12 +243,80 @@ fn backward_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
         s_dy_xhat += dy[i] * (x[i] - m) * is;
     }
     let sum_dy = workgroup_sum(lid, s_dy);
-    let sum_dy_xhat = workgroup_sum(lid, s_dy_xhat);
-    if lid == 0u {
-        dbeta[c] = sum_dy;
-        dgamma[c] = sum_dy_xhat;
+    return GradSums(sum_dy, workgroup_sum(lid, s_dy_xhat));
+}
+
+@compute @workgroup_size(256)
+fn train_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let c = wg.y * nwg.x + wg.x;
+    // `c` is the same for the whole workgroup, so barriers below stay uniform.
+    if c >= dims.cols {
+        return;
     }
-    backward_rows(c, lid, WG, sum_dy, sum_dy_xhat);
+    let n = f32(dims.rows);
+    let mo = moments_tree(c, lid);
+    let is = inverseSqrt(mo.m2 / n + dims.eps);
+    if lid == 0u {
+        store_statistics(c, mo.mean, mo.m2 / (n - 1.0), is);
+    }
+    normalize_rows(c, lid, WG, mo.mean, is);
+}
+
+@compute @workgroup_size(256)
+fn stats_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let c = wg.y * nwg.x + wg.x;
+    if c >= dims.cols {
+        return;
+    }
+    let mo = moments_tree(c, lid);
+    if lid == 0u {
+        local_stats[c] = mo.mean;
+        local_stats[dims.cols + c] = mo.m2;
+    }
+}
+
+// No reduction: one workgroup per feature only spreads the rows over its threads.
+@compute @workgroup_size(256)
+fn apply_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let c = wg.y * nwg.x + wg.x;
+    if c >= dims.cols {
+        return;
+    }
+    apply_column(c, lid, WG);
+}
+
+@compute @workgroup_size(256)
+fn backward_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let c = wg.y * nwg.x + wg.x;
+    if c >= dims.cols {
+        return;
+    }
+    let n = f32(dims.rows);
+    let s = sum_grads_tree(c, lid);
+    if lid == 0u {
+        dbeta[c] = s.dy;
+        dgamma[c] = s.dy_xhat;
+    }
+    backward_rows(c, lid, WG, s.dy / n, s.dy_xhat / n);
+}
+
+@compute @workgroup_size(256)
+fn grad_sums_tree(@builtin(workgroup_id) wg: vec3<u32>,
+                  @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let c = wg.y * nwg.x + wg.x;
+    if c >= dims.cols {
+        return;
+    }
+    let s = sum_grads_tree(c, lid);
+    if lid == 0u {
+        dbeta[c] = s.dy;
+        dgamma[c] = s.dy_xhat;
+    }
 }
 
 @compute @workgroup_size(256)
@@ -205,4 +328,18 @@ fn eval(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     let c = i % dims.cols;
     y[i] = gamma[c] * (x[i] - eval_mean[c]) * inverseSqrt(eval_var[c] + dims.eps) + beta[c];
+}
+
+// Synchronized backward's second half, elementwise: the sums come from the host.
+@compute @workgroup_size(256)
+fn grad_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * nwg.x + wg.x) * WG + lid;
+    if i >= dims.rows * dims.cols {
+        return;
+    }
+    let c = i % dims.cols;
+    let is = saved_invstd[c];
+    let xhat = (x[i] - saved_mean[c]) * is;
+    dx[i] = gamma[c] * is * (dy[i] - global_stats[c] - xhat * global_stats[dims.cols + c]);
 }

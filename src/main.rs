@@ -504,13 +504,6 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             let mut trained = 0;
             let start = Instant::now();
             if let Some(d) = dist.take() {
-                if root && m.spec().dropout.iter().any(|&p| p > 0.0) {
-                    eprintln!(
-                        "warning: with --distributed, every rank draws the same dropout masks \
-                         for its shard (the mask follows the row within the shard), so this \
-                         run is not the single-process run with the global batch"
-                    );
-                }
                 m.set_distributed(d)?;
             }
             let bar = run.attach(&mut m)?;
@@ -571,6 +564,17 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 "trained {trained} epochs in {:.1} s",
                 start.elapsed().as_secs_f64()
             );
+            if let Some(x) = m.exchange_stats().filter(|x| x.steps > 0) {
+                let per_step = |v: u64| v as f64 / x.steps as f64;
+                println!(
+                    "data-parallel: {} steps, {:.1} gradient buckets and {:.1} batch-norm \
+                     exchanges per step, all-reduce {:.1} ms per step",
+                    x.steps,
+                    per_step(x.buckets),
+                    per_step(x.bn_exchanges),
+                    x.all_reduce.as_secs_f64() * 1e3 / x.steps as f64
+                );
+            }
             if let Some(stop) = &stopping {
                 if let Some((epoch, value)) = stop.best() {
                     if stopped {

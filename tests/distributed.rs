@@ -35,8 +35,14 @@ const MODEL: &[&str] = &[
 ];
 
 fn mpirun(np: usize) -> Command {
+    mpirun_with(np, &[])
+}
+
+/// [`mpirun`] with options of mpirun's own.
+fn mpirun_with(np: usize, options: &[&str]) -> Command {
     let mut c = Command::new("mpirun");
-    c.args(["-np", &np.to_string(), "--oversubscribe"]);
+    c.args(["-np", &np.to_string(), "--oversubscribe"])
+        .args(options);
     // CI runs as root, which Open MPI refuses unless told; the variables are ignored
     // otherwise. Single-copy (CMA) transfers need ptrace rights containers often lack.
     c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -53,6 +59,16 @@ fn text(out: &Output) -> String {
 /// Trains `ranks` processes (`None`: one process without `--distributed`) with `args`
 /// and returns the saved tensors by name.
 fn train(dir: &Path, ranks: Option<usize>, args: &[&str], save: &str) -> HashMap<String, Vec<f32>> {
+    train_logged(dir, ranks, args, save).0
+}
+
+/// [`train`], also returning what the run printed.
+fn train_logged(
+    dir: &Path,
+    ranks: Option<usize>,
+    args: &[&str],
+    save: &str,
+) -> (HashMap<String, Vec<f32>>, String) {
     let mut cmd = match ranks {
         Some(n) => {
             let mut c = mpirun(n);
@@ -76,7 +92,7 @@ fn train(dir: &Path, ranks: Option<usize>, args: &[&str], save: &str) -> HashMap
         "{ranks:?} ranks, {args:?}:\n{}",
         text(&out)
     );
-    load(&dir.join(save))
+    (load(&dir.join(save)), text(&out))
 }
 
 fn load(path: &Path) -> HashMap<String, Vec<f32>> {
@@ -157,6 +173,80 @@ fn adam_two_ranks_equal_one_with_twice_the_batch() {
 fn clip_norm_uses_the_global_norm() {
     // A limit well below the gradients' norm, so every step clips.
     equivalent(&["--optimizer", "sgd", "--lr", "0.5", "--clip-norm", "0.05"]);
+}
+
+/// Synchronized batch norm: 2 ranks × 32 with --sync-bn and 1 process × 64 reach the same
+/// weights and running statistics (every saved tensor is compared). The tolerance is the
+/// one of [`equivalent`] for the same reason, float32 summation order: each rank's
+/// statistics and sums cover 32 rows and the host merges them in f64, where one process
+/// sums 64 rows in float32. The control, per-rank batch norm (no --sync-bn), normalizes
+/// each half by its own statistics and must differ.
+fn sync_bn_equivalent(flags: &[&str]) {
+    let tmp = TempDir::new("distributed_sync_bn");
+    let d = tmp.path();
+    let args = [&["--epochs", "3", "--batch-norm", "before"][..], flags].concat();
+    let run = |ranks, extra: &[&str], file| train(d, ranks, &[&args[..], extra].concat(), file);
+    let two = run(Some(2), &["--batch", "32", "--sync-bn"], "two.safetensors");
+    let one = run(None, &["--batch", "64"], "one.safetensors");
+    let (diff, name) = max_diff(&one, &two);
+    eprintln!("{flags:?}: 2×32 --sync-bn against 1×64: {diff:e} ({name})");
+    assert!(
+        diff < 1e-5,
+        "2×32 --sync-bn and 1×64 differ by {diff} in {name}"
+    );
+    assert!(
+        two.keys().any(|k| k.ends_with("bn.running_var")),
+        "{:?}",
+        two.keys()
+    );
+    let local = run(Some(2), &["--batch", "32"], "local.safetensors");
+    let (diff, name) = max_diff(&one, &local);
+    eprintln!("{flags:?}: 2×32 per-rank batch norm against 1×64: {diff:e} ({name})");
+    assert!(
+        diff > 1e-3,
+        "per-rank batch norm is as close ({diff} in {name}): the comparison cannot fail"
+    );
+}
+
+#[test]
+fn sync_bn_two_ranks_equal_one_with_twice_the_batch() {
+    sync_bn_equivalent(&["--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9"]);
+}
+
+/// Gradient buckets of 2 kB (the model's 24×24 weight gradients are 2.3 kB each) cut
+/// the backward pass into several parts, each bucket all-reduced while the device computes
+/// the next; the run still equals one process with the global batch, with sync-bn too.
+#[test]
+fn gradient_buckets_keep_the_equivalence() {
+    let tmp = TempDir::new("distributed_buckets");
+    let d = tmp.path();
+    let args = ["--epochs", "3", "--optimizer", "adam", "--lr", "0.01"];
+    let one = train(
+        d,
+        None,
+        &[&args[..], &["--batch", "64"]].concat(),
+        "one.safetensors",
+    );
+    for extra in [&[][..], &["--batch-norm", "after", "--sync-bn"][..]] {
+        let flags = [&args[..], &["--batch", "32", "--bucket-mb", "0.002"], extra].concat();
+        let (two, log) = train_logged(d, Some(2), &flags, "two.safetensors");
+        let buckets: f64 = log
+            .split("steps, ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no bucket count in:\n{log}"));
+        assert!(buckets >= 3.0, "{buckets} buckets per step:\n{log}");
+        let reference = if extra.is_empty() {
+            one.clone()
+        } else {
+            let flags = [&args[..], &["--batch", "64", "--batch-norm", "after"]].concat();
+            train(d, None, &flags, "one_bn.safetensors")
+        };
+        let (diff, name) = max_diff(&reference, &two);
+        eprintln!("{extra:?}: {buckets} buckets, 2×32 against 1×64: {diff:e} ({name})");
+        assert!(diff < 1e-5, "{extra:?}: differs by {diff} in {name}");
+    }
 }
 
 #[test]
@@ -343,10 +433,6 @@ fn distributed_flags_are_checked() {
     };
     fails(&["train", "--sync-bn"], "--distributed");
     fails(
-        &["train", "--distributed", "--sync-bn"],
-        "--sync-bn is not implemented yet",
-    );
-    fails(
         &["train", "--distributed", "--log", "l.csv"],
         "--log cannot be combined with --distributed",
     );
@@ -366,30 +452,126 @@ fn distributed_flags_are_checked() {
         "at most a year",
     );
     fails(
+        &["train", "--distributed", "--bucket-mb", "0"],
+        "--bucket-mb must be a positive number",
+    );
+    fails(&["train", "--bucket-mb", "1"], "--distributed");
+    fails(
         &["train", "--distributed", "--collective-timeout", "0"],
         "--collective-timeout must be a positive",
     );
 }
 
-/// Dropout's masks follow the row within each rank's shard, so the ranks repeat each
-/// other's masks: the run says so rather than passing for the single-process one.
+/// A value that overflows in one rank's shard only (3e38 in both features of one row,
+/// finite as data, infinite after the first layers) stops every rank with the
+/// non-finite error: the guard reads the averaged gradients, which the overflow reaches
+/// on every rank. The row is placed where the resumed epoch's shuffle puts it into rank
+/// 1's shard of the first step, by replaying the trainer's shuffle. The checkpoint
+/// written before stays as it was.
 #[test]
-fn dropout_with_distributed_warns() {
-    let tmp = TempDir::new("distributed_dropout");
-    let run = |extra: &[&str]| {
-        let out = mpirun(2)
-            .args(MODEL)
-            .args(["--distributed", "--epochs", "1", "--batch", "32"])
-            .args(extra)
-            .current_dir(tmp.path())
-            .output()
-            .unwrap();
-        let log = text(&out);
-        assert!(out.status.success(), "{extra:?}: {log}");
-        log
+fn overflow_in_one_shard_stops_every_rank() {
+    use rand::{RngExt, SeedableRng};
+    let tmp = TempDir::new("distributed_overflow");
+    let d = tmp.path();
+    let rows = |n: usize, seed: u64, bad: Option<usize>| {
+        let mut csv = String::from("x0,x1,label\n");
+        let v = common::random(2 * n, seed);
+        for r in 0..n {
+            let (a, b) = if bad == Some(r) {
+                (3e38, 3e38)
+            } else {
+                (v[2 * r], v[2 * r + 1])
+            };
+            csv.push_str(&format!("{a},{b},{}\n", r % 3));
+        }
+        csv
     };
-    let warning = "every rank draws the same dropout masks";
-    let log = run(&["--dropout", "0.2"]);
-    assert_eq!(log.matches(warning).count(), 1, "{log}");
-    assert!(!run(&[]).contains(warning));
+    std::fs::write(d.join("clean.csv"), rows(64, 1, None)).unwrap();
+    std::fs::write(d.join("valid.csv"), rows(16, 2, None)).unwrap();
+    // The trainer's shuffle of epoch 2 (index 1) with the default seed, 42.
+    let mut rng =
+        rand_chacha::ChaCha8Rng::seed_from_u64(42 ^ 2u64.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut order: Vec<usize> = (0..64).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    // Global batch 32: positions 16..32 of the first step are rank 1's shard.
+    std::fs::write(d.join("bad.csv"), rows(64, 1, Some(order[20]))).unwrap();
+    let run = |data: &str, extra: &[&str]| {
+        mpirun_with(2, &["--tag-output"])
+            .args(["train", "--backend", "vulkan", "--data", data])
+            .args(["--label-column", "label", "--valid-data", "valid.csv"])
+            .args([
+                "--no-standardize",
+                "--depth",
+                "2",
+                "--width",
+                "16",
+                "--batch",
+                "16",
+            ])
+            .args(["--distributed", "--quiet", "--save", "ck.safetensors"])
+            .args(extra)
+            .current_dir(d)
+            .output()
+            .unwrap()
+    };
+    let out = run("clean.csv", &["--epochs", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let before = std::fs::read(d.join("ck.safetensors")).unwrap();
+    let out = run("bad.csv", &["--epochs", "3", "--resume", "ck.safetensors"]);
+    let log = text(&out);
+    assert!(!out.status.success(), "{log}");
+    // Each rank's stderr: mpirun tags each write (`[1,R]<stderr>:`), and writes of
+    // different ranks and an error line's several writes interleave, so every piece goes
+    // to the rank of the tag in front of it.
+    let stderr_of = |rank: usize| {
+        let tag = format!("[1,{rank}]<stderr>:");
+        let mut out = String::new();
+        for piece in log.split("[1,").skip(1) {
+            if let Some(text) = format!("[1,{piece}").strip_prefix(&tag) {
+                out.push_str(text);
+            }
+        }
+        out
+    };
+    for rank in 0..2 {
+        let err = stderr_of(rank);
+        assert!(
+            err.contains(&format!("error: rank {rank}: training diverged at step 3"))
+                && err.contains("non-finite"),
+            "rank {rank} did not stop with the non-finite error:\n{log}"
+        );
+    }
+    // At the same step, so no rank waits in an exchange for one that stopped.
+    let stopped = |rank| {
+        let err = stderr_of(rank);
+        let at = err
+            .find("Training stopped after step ")
+            .expect("a stop step");
+        err[at..].split(',').next().unwrap().to_string()
+    };
+    assert_eq!(stopped(0), stopped(1), "{log}");
+    // Rank 1 met the overflow in its own forward pass; rank 0 only in the averaged
+    // gradients it received.
+    assert!(
+        stderr_of(1).contains("first appeared in the layers.0 linear output"),
+        "{log}"
+    );
+    assert!(
+        !stderr_of(0).contains("first appeared in the layers.0"),
+        "{log}"
+    );
+    assert!(
+        std::fs::read(d.join("ck.safetensors")).unwrap() == before,
+        "the checkpoint written before changed"
+    );
+}
+
+/// Dropout's masks follow the row in the global batch (each rank offsets them by its
+/// shard's first row), so 2 ranks × 32 with dropout draw the masks of 1 process × 64 and
+/// reach its weights; before, every rank drew the masks of rows 0..32.
+#[test]
+fn dropout_two_ranks_equal_one_with_twice_the_batch() {
+    equivalent(&["--optimizer", "sgd", "--lr", "0.1", "--dropout", "0.3"]);
 }

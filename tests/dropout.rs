@@ -27,6 +27,8 @@ fn dropout_op_is_bit_identical_on_both_backends() {
                     len,
                     p,
                     stream,
+                    first_row: None,
+                    cols: 1,
                 }));
             let x = random(len, len as u64);
             let out = case.both(
@@ -35,8 +37,55 @@ fn dropout_op_is_bit_identical_on_both_backends() {
             );
             assert_eq!(out[1].1, out[1].2, "len {len} p {p} step {step}");
             let mut want = vec![0.0; len];
-            steadygrad::ops::dropout::cpu::dropout(&x, &mut want, p, stream, step);
+            steadygrad::ops::dropout::cpu::dropout(&x, &mut want, p, stream, step, 0);
             assert_eq!(out[1].2, want);
+        }
+    }
+}
+
+/// A rank's mask offset (its first global row × the row width) gives the masks of those
+/// rows of the whole batch, on both backends alike: the rows of two shards laid end to
+/// end are the mask of the whole batch.
+#[test]
+fn offset_masks_are_the_whole_batch_rows() {
+    for cols in ODD_SIZES.into_iter().chain([4, 36]) {
+        for rows in [1usize, 7, 33] {
+            let (p, step, stream) = (0.4, 17u32, 5u32);
+            let total = 2 * rows + 1;
+            let x = random(total * cols, cols as u64);
+            let mut whole = vec![0.0; total * cols];
+            steadygrad::ops::dropout::cpu::dropout(&x, &mut whole, p, stream, step, 0);
+            // Shards [0, rows) and [rows, total): the second starts at row `rows`.
+            for (first, shard_rows) in [(0, rows), (rows, rows + 1)] {
+                let len = shard_rows * cols;
+                let case = OpCase::new(&[("x", len), ("y", len), ("step", 1), ("first", 1)]).op(
+                    Op::Dropout(Dropout {
+                        x: 0,
+                        y: 1,
+                        step: 2,
+                        len,
+                        p,
+                        stream,
+                        first_row: Some(3),
+                        cols,
+                    }),
+                );
+                let xs = x[first * cols..][..len].to_vec();
+                let out = case.both(
+                    &[
+                        ("x", xs),
+                        ("step", vec![f32::from_bits(step)]),
+                        ("first", vec![f32::from_bits(first as u32)]),
+                    ],
+                    0.0,
+                );
+                assert_eq!(out[1].1, out[1].2, "{rows}x{cols} from row {first}");
+                assert_eq!(
+                    out[1].2,
+                    whole[first * cols..][..len],
+                    "{rows}x{cols} from {first}"
+                );
+            }
         }
     }
 }
@@ -47,7 +96,7 @@ fn inverted_dropout_statistics() {
     let x: Vec<f32> = random(n, 1).iter().map(|v| v + 2.0).collect(); // never 0
     let mask = |p: f32, stream: u32, step: u32| {
         let mut y = vec![0.0; n];
-        steadygrad::ops::dropout::cpu::dropout(&x, &mut y, p, stream, step);
+        steadygrad::ops::dropout::cpu::dropout(&x, &mut y, p, stream, step, 0);
         y
     };
     for p in [0.1f32, 0.3, 0.75] {
@@ -88,14 +137,14 @@ fn dropout_backward_matches_finite_differences() {
     let (x, r) = (random(len, 2), random(len, 3));
     let objective = |x: &[f32]| {
         let mut y = vec![0.0; len];
-        steadygrad::ops::dropout::cpu::dropout(x, &mut y, p, stream, step);
+        steadygrad::ops::dropout::cpu::dropout(x, &mut y, p, stream, step, 0);
         y.iter()
             .zip(&r)
             .map(|(&a, &b)| a as f64 * b as f64)
             .sum::<f64>()
     };
     let mut grad = vec![0.0; len];
-    steadygrad::ops::dropout::cpu::dropout(&r, &mut grad, p, stream, step);
+    steadygrad::ops::dropout::cpu::dropout(&r, &mut grad, p, stream, step, 0);
     let h = 1e-2f32;
     for i in 0..len {
         let mut xp = x.clone();

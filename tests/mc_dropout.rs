@@ -62,7 +62,7 @@ fn reference_pass(state: &[NamedTensor], x: &[f32], rows: usize, seed: u64, step
             *v = ((g[c] as f64 * xhat + beta[c] as f64) as f32).max(0.0);
         }
         h = vec![0.0; rows * fo];
-        dropout(&z, &mut h, P, mc_dropout_stream(seed, l), step);
+        dropout(&z, &mut h, P, mc_dropout_stream(seed, l), step, 0);
     }
     unreachable!()
 }

@@ -13,10 +13,24 @@ pub struct DistArgs {
     /// run equals one process with --batch × N. Needs a build with `--features mpi`.
     #[arg(long)]
     pub distributed: bool,
-    /// All-reduce batch-norm statistics across ranks (PyTorch's SyncBatchNorm) instead of
-    /// each rank normalizing by its own shard. Not implemented yet: refused.
+    /// Batch norm over the global batch (PyTorch's SyncBatchNorm): the ranks combine their
+    /// batch-norm statistics, forward and backward, instead of each normalizing by its
+    /// own shard, so the run equals one process with --batch × N also with batch norm,
+    /// and every rank keeps the same running statistics.
     #[arg(long, requires = "distributed")]
     pub sync_bn: bool,
+    /// Megabytes of gradients per all-reduce bucket (PyTorch DDP's bucket_cap_mb): the
+    /// backward pass is submitted in parts, each ending where a bucket's gradients are
+    /// complete, and the host all-reduces each bucket while the device computes the next
+    /// parts. A size above the model's gradients gives one bucket after the whole
+    /// backward pass.
+    #[arg(
+        long,
+        default_value_t = 25.0,
+        value_name = "MB",
+        requires = "distributed"
+    )]
+    pub bucket_mb: f64,
     /// Seconds an exchange may wait for the other ranks; past it, the ranks that sent no
     /// heartbeat meanwhile (died or hung) are named and the job is stopped. It must exceed
     /// how far one rank can run ahead: a step, a checkpoint write.
@@ -50,11 +64,6 @@ pub fn join(
          not split for the gradient exchange",
         statistics.join(", ")
     );
-    anyhow::ensure!(
-        !args.sync_bn,
-        "--sync-bn is not implemented yet; without it each rank normalizes by its own shard's \
-         statistics (PyTorch DDP's default)"
-    );
     // A year at most: Duration cannot hold much more than 1e19 s, and the watchdog
     // doubles the timeout.
     anyhow::ensure!(
@@ -64,6 +73,11 @@ pub fn join(
         "--collective-timeout must be a positive number of seconds, at most a year \
          (3.2e7), got {}",
         args.collective_timeout
+    );
+    anyhow::ensure!(
+        args.bucket_mb.is_finite() && args.bucket_mb > 0.0 && args.bucket_mb <= 1e9,
+        "--bucket-mb must be a positive number of megabytes, at most 1e9, got {}",
+        args.bucket_mb
     );
     join_mpi(args, choice).map(Some)
 }
@@ -81,7 +95,9 @@ fn join_mpi(args: &DistArgs, choice: &BackendChoice) -> Result<(Distributed, Bac
         BackendChoice::Gpu(sel) if sel.filter.is_none() => pick(sel.clone(), c.local_rank),
         other => other.clone(),
     };
-    let dist = Distributed::new(Box::new(c), timeout, args.replica_check_every);
+    let mut dist = Distributed::new(Box::new(c), timeout, args.replica_check_every);
+    dist.sync_bn = args.sync_bn;
+    dist.bucket_bytes = Some((args.bucket_mb * 1e6).ceil() as u64);
     Ok((dist, choice))
 }
 
@@ -138,6 +154,10 @@ pub fn leave(result: Result<()>) -> Result<()> {
                 Err(e) => {
                     let rank = mpi::rank();
                     eprintln!("error: rank {rank}: {e:#}");
+                    // Ranks that fail at the same step (a non-finite guard fires on every
+                    // rank, as the averaged gradients are everyone's) print their own
+                    // error before the abort ends them.
+                    std::thread::sleep(std::time::Duration::from_millis(300));
                     mpi::abort(1);
                 }
             }

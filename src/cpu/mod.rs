@@ -179,6 +179,8 @@ impl Engine for CpuEngine {
                     Op::BatchNormTrain(o) => o.rows,
                     Op::BatchNormEval(o) => o.rows,
                     Op::BatchNormBackward(o) => o.rows,
+                    Op::BatchNormStats(o) => o.rows,
+                    Op::BatchNormGradSums(o) => o.rows,
                     _ => 0,
                 };
                 if terms > 0 {

@@ -2,6 +2,13 @@
 //! its shard of each global batch, and averages gradients with the others before the same
 //! update, so the weights stay identical everywhere.
 //!
+//! A data-parallel plan splits the training step into parts (`graph::Stage::Part`) where
+//! the host exchanges with the other ranks (`graph::Exchange`): each bucket of gradients
+//! once the backward pass has completed it (all-reduced while the device computes the
+//! following parts), and with synchronized batch norm each batch norm's statistics
+//! ([`merge_moments`]) and backward sums. Dropout masks are offset by the rank's first
+//! global row, so every rank draws the single-process masks of its rows.
+//!
 //! The trainer sees only [`Collective`], so it does not depend on MPI: [`Solo`] is the
 //! one-process identity (for tests and for the logic shared with a single process), and
 //! `mpi::MpiCollective` (feature `mpi`) the real one. [`Distributed`] wraps a collective
@@ -53,6 +60,40 @@ pub fn shard(len: usize, rank: usize, world: usize) -> (usize, usize) {
     (rank * len / world, (rank + 1) * len / world)
 }
 
+/// The global batch's `[mean; biased var; unbiased var]` per feature (`3·cols`) from
+/// every rank's `[rows, mean (cols), M2 (cols)]` laid end to end in `gathered`, merged in
+/// `f64` with Chan et al.'s pairwise formula, `M2 = Σ M2ᵣ + Σ nᵣ·(meanᵣ − mean)²`, which
+/// adds centered sums without the cancellation of `Σx² − N·mean²`.
+pub fn merge_moments(gathered: &[f32], cols: usize) -> Result<Vec<f32>> {
+    let width = 1 + 2 * cols;
+    anyhow::ensure!(
+        gathered.len().is_multiple_of(width),
+        "batch-norm statistics of {} values are not whole ranks of {width}",
+        gathered.len()
+    );
+    let ranks = || gathered.chunks(width);
+    let total: f64 = ranks().map(|r| r[0] as f64).sum();
+    anyhow::ensure!(
+        total >= 2.0,
+        "batch norm needs at least 2 rows per global training batch to estimate a \
+         variance, got {total}"
+    );
+    let mut out = vec![0.0f32; 3 * cols];
+    for c in 0..cols {
+        let mean = ranks().map(|r| r[0] as f64 * r[1 + c] as f64).sum::<f64>() / total;
+        let m2: f64 = ranks()
+            .map(|r| {
+                let (n, m) = (r[0] as f64, r[1 + c] as f64);
+                r[1 + cols + c] as f64 + n * (m - mean) * (m - mean)
+            })
+            .sum();
+        out[c] = mean as f32;
+        out[cols + c] = (m2 / total) as f32;
+        out[2 * cols + c] = (m2 / (total - 1.0)) as f32;
+    }
+    Ok(out)
+}
+
 /// FNV-1a over the bits of `values`, chained from `hash`: equal only for bit-identical
 /// tensors, which replicas of one model must hold.
 pub fn checksum(hash: u64, values: &[f32]) -> u64 {
@@ -70,15 +111,26 @@ pub const CHECKSUM_START: u64 = 0xCBF2_9CE4_8422_2325;
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ExchangeStats {
     pub steps: u64,
-    /// Forward, backward and reading the gradients back, on this rank.
+    /// Forward, backward and reading the gradients back, on this rank: until the last
+    /// bucket arrived, less the all-reduces of earlier buckets done meanwhile.
     pub compute: Duration,
-    /// The all-reduce of the gradients, waiting for the slowest rank included.
+    /// The all-reduces of the gradient buckets, waiting for the slowest rank included,
+    /// overlapped with the device's backward pass or not.
     pub all_reduce: Duration,
     /// Writing the averaged gradients back and the update (enqueued, not awaited).
     pub update: Duration,
     /// Gradient bytes each rank contributed to the all-reduce.
     pub bytes: u64,
+    /// Gradient all-reduces (buckets) over all steps.
+    pub buckets: u64,
+    /// Synchronized batch-norm exchanges over all steps, and their time (included in
+    /// `compute`: the device waits for them).
+    pub bn_exchanges: u64,
+    pub bn_exchange: Duration,
 }
+
+/// PyTorch DDP's default bucket, 25 MB.
+pub const DEFAULT_BUCKET_BYTES: u64 = 25_000_000;
 
 /// A [`Collective`] with a watchdog, the replica-check period and the timings.
 pub struct Distributed {
@@ -87,6 +139,12 @@ pub struct Distributed {
     /// and after each epoch).
     pub check_every: u64,
     pub stats: ExchangeStats,
+    /// Batch norm over the global batch (PyTorch's `SyncBatchNorm`) rather than each
+    /// rank's shard; set before `Model::set_distributed`.
+    pub sync_bn: bool,
+    /// Gradient bytes per all-reduce bucket (see `SplitOptions::bucket_bytes`); `None`:
+    /// one bucket after the whole backward pass. [`DEFAULT_BUCKET_BYTES`] to start with.
+    pub bucket_bytes: Option<u64>,
     watchdog: Watchdog,
 }
 
@@ -104,6 +162,8 @@ impl Distributed {
             collective,
             check_every,
             stats: ExchangeStats::default(),
+            sync_bn: false,
+            bucket_bytes: Some(DEFAULT_BUCKET_BYTES),
             watchdog,
         }
     }
@@ -221,6 +281,26 @@ mod tests {
             checksum(CHECKSUM_START, &[1.0, f32::from_bits(2.0f32.to_bits() ^ 1)])
         );
         assert_eq!(a, checksum(CHECKSUM_START, &[1.0, 2.0]));
+    }
+
+    #[test]
+    fn merged_moments_are_the_whole_batch() {
+        let x = [1.0f64, 4.0, -2.0, 7.0, 0.5];
+        let part = |xs: &[f64]| {
+            let n = xs.len() as f64;
+            let m = xs.iter().sum::<f64>() / n;
+            let m2: f64 = xs.iter().map(|v| (v - m) * (v - m)).sum();
+            [n as f32, m as f32, m2 as f32]
+        };
+        let gathered = [part(&x[..2]), part(&x[2..])].concat();
+        let out = merge_moments(&gathered, 1).unwrap();
+        let m = x.iter().sum::<f64>() / 5.0;
+        let m2: f64 = x.iter().map(|v| (v - m) * (v - m)).sum();
+        assert!((out[0] as f64 - m).abs() < 1e-6);
+        assert!((out[1] as f64 - m2 / 5.0).abs() < 1e-5);
+        assert!((out[2] as f64 - m2 / 4.0).abs() < 1e-5);
+        assert!(merge_moments(&[1.0, 0.0, 0.0], 1).is_err());
+        assert!(merge_moments(&[1.0, 0.0], 1).is_err());
     }
 
     #[test]

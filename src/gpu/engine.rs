@@ -32,9 +32,9 @@ struct GpuPlan {
     /// The training step with statistics, lowered on first use so models that never
     /// gather statistics pay nothing for them, not even pipeline creation.
     train_stats: Option<Vec<Step>>,
-    /// The training step as `Stage::Backward` and `Stage::Update`, lowered on first use:
-    /// only data-parallel training runs them.
-    split: Option<[Vec<Step>; 2]>,
+    /// The training step as its `Stage::Part`s and `Stage::Update` (last), lowered on
+    /// first use: only data-parallel training runs them.
+    split: Option<Vec<Vec<Step>>>,
 }
 
 pub struct GpuEngine {
@@ -180,8 +180,17 @@ impl GpuEngine {
             Stage::Eval => (&p.forward, &p.eval),
             Stage::Train => (&p.train, &[]),
             Stage::TrainWithStats => (p.train_stats.as_deref().unwrap_or_default(), &[]),
-            Stage::Backward => (p.split.as_ref().map_or(&[], |s| &s[0]), &[]),
-            Stage::Update => (p.split.as_ref().map_or(&[], |s| &s[1]), &[]),
+            Stage::Part(k) => (
+                p.split
+                    .as_ref()
+                    .and_then(|s| s[..s.len() - 1].get(k))
+                    .map_or(&[], |s| s),
+                &[],
+            ),
+            Stage::Update => (
+                p.split.as_ref().and_then(|s| s.last()).map_or(&[], |s| s),
+                &[],
+            ),
         };
         Ok(head.iter().chain(tail).collect())
     }
@@ -354,14 +363,14 @@ impl GpuEngine {
     }
 
     /// Lowers what `compile` leaves for first use: the statistics step, or the training
-    /// step split into `Stage::Backward` and `Stage::Update` (data-parallel training).
+    /// step split into its `Stage::Part`s and `Stage::Update` (data-parallel training).
     /// Each list starts with all mirrors stale: the host rewrites gradients in between.
     fn lower_on_demand(&mut self, id: PlanId, stage: Stage) -> Result<()> {
         let p = self.plans.get(id).context("unknown plan id")?;
         let stats = stage == Stage::TrainWithStats;
         let done = match stage {
             Stage::TrainWithStats => p.train_stats.is_some(),
-            Stage::Backward | Stage::Update => p.split.is_some(),
+            Stage::Part(_) | Stage::Update => p.split.is_some(),
             _ => true,
         };
         if done {
@@ -371,8 +380,12 @@ impl GpuEngine {
         let (what, lists): (&str, Vec<(&[Op], bool)>) = if stats {
             ("the statistics step", vec![(&plan.train_stats, true)])
         } else {
-            let (back, update) = plan.train.split_at(plan.update_start);
-            ("the split step", vec![(back, true), (update, true)])
+            let mut lists: Vec<(&[Op], bool)> = (0..plan.parts.len())
+                .filter_map(|k| plan.part_range(k))
+                .map(|r| (&plan.train[r], true))
+                .collect();
+            lists.push((&plan.train[plan.update_start..], true));
+            ("the split step", lists)
         };
         if let Some(budget) = self.bind_group_budget() {
             budget.check(lists.iter().map(|l| l.0.len()).sum(), what)?;
@@ -384,8 +397,8 @@ impl GpuEngine {
         let p = &mut self.plans[id];
         if stats {
             p.train_stats = lowered.pop();
-        } else if let (Some(update), Some(backward)) = (lowered.pop(), lowered.pop()) {
-            p.split = Some([backward, update]);
+        } else {
+            p.split = Some(lowered);
         }
         Ok(())
     }

@@ -19,14 +19,40 @@ pub enum Stage {
     /// A training step that also gathers gradient-health statistics into
     /// [`Plan::stats`]; ordinary [`Stage::Train`] steps dispatch none of that work.
     TrainWithStats,
-    /// The first part of [`Stage::Train`]: forward, loss and backward, ending with the
-    /// gradients in their tensors ([`Plan::grads`]) and nothing updated. With
-    /// [`Stage::Update`] after it, a data-parallel step averages the gradients across
-    /// processes in between (see `crate::distributed`).
-    Backward,
-    /// The rest of [`Stage::Train`]: clipping and the parameter updates, reading the
-    /// gradient tensors as the host left them.
+    /// Part `k` of [`Stage::Train`] up to the update, in a plan built for data-parallel
+    /// training: the ops of [`Plan::part_range`], which end where the host exchanges
+    /// [`Plan::parts`]`[k]` with the other processes (see `crate::distributed`). The
+    /// last part ends with every gradient in its tensor ([`Plan::grads`]).
+    Part(usize),
+    /// The rest of [`Stage::Train`] after the parts: clipping and the parameter updates,
+    /// reading the gradient tensors as the host left them.
     Update,
+}
+
+/// What the host exchanges with the other ranks after a part of a data-parallel step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Exchange {
+    /// Synchronized batch norm's forward statistics: this rank's `[mean; M2]` in `local`
+    /// (`2·cols`, from `BatchNormStats`); the host merges every rank's and writes
+    /// `[mean; biased var; unbiased var]` of the global batch to `global` (`3·cols`).
+    BnStats {
+        local: TensorId,
+        global: TensorId,
+        cols: usize,
+    },
+    /// Synchronized batch norm's backward sums: this rank's `Σdy` in `dbeta` and
+    /// `Σdy·x̂` in `dgamma` (from `BatchNormGradSums`); the host sums them over ranks,
+    /// each weighted by its share of the global batch, and writes
+    /// `[Σdy/N; Σdy·x̂/N]` in this rank's loss scale to `global` (`2·cols`).
+    BnGrads {
+        dgamma: TensorId,
+        dbeta: TensorId,
+        global: TensorId,
+        cols: usize,
+    },
+    /// A bucket of gradients, complete after this part: these indices into
+    /// [`Plan::grads`], all-reduced and written back before [`Stage::Update`].
+    Grads(Vec<usize>),
 }
 
 /// A compiled-once description of a computation for one batch size.
@@ -66,6 +92,14 @@ pub struct Plan {
     /// Where [`Stage::Update`] starts in [`Plan::train`]: after the backward pass and the
     /// guard, before clipping. Equal to `train.len()` when the plan cannot train.
     pub update_start: usize,
+    /// Data-parallel plans only (empty otherwise): where each [`Stage::Part`] ends in
+    /// [`Plan::train`] and what the host exchanges there, in order. The last ends at
+    /// [`Plan::update_start`].
+    pub parts: Vec<(usize, Exchange)>,
+    /// Data-parallel plans with dropout: where the host writes this rank's first row in
+    /// the global batch before each step (a `u32` in an `f32`'s bits), which offsets the
+    /// dropout masks so the ranks draw the single-process masks of their rows.
+    pub first_row: Option<TensorId>,
 }
 
 impl Plan {
@@ -89,10 +123,17 @@ impl Plan {
             Stage::Eval => (&self.forward, &self.eval),
             Stage::Train => (&self.train, &[]),
             Stage::TrainWithStats => (&self.train_stats, &[]),
-            Stage::Backward => (&self.train[..self.update_start], &[]),
+            Stage::Part(k) => (self.part_range(k).map_or(&[][..], |r| &self.train[r]), &[]),
             Stage::Update => (&self.train[self.update_start..], &[]),
         };
         head.iter().chain(tail.iter())
+    }
+
+    /// The ops of [`Stage::Part`]`(k)` in [`Plan::train`]; `None` past the last part.
+    pub fn part_range(&self, k: usize) -> Option<std::ops::Range<usize>> {
+        let end = self.parts.get(k)?.0;
+        let start = k.checked_sub(1).map_or(0, |j| self.parts[j].0);
+        Some(start..end)
     }
 
     pub fn find(&self, name: &str) -> Option<TensorId> {
@@ -131,6 +172,34 @@ impl Plan {
             "the update starts at op {} of a training step of {}",
             self.update_start,
             self.train.len()
+        );
+        let mut at = 0;
+        for (end, exchange) in &self.parts {
+            anyhow::ensure!(
+                at <= *end && *end <= self.update_start,
+                "part of the split step ending at op {end} is out of order (update at {})",
+                self.update_start
+            );
+            at = *end;
+            let (tensors, range) = match exchange {
+                Exchange::BnStats { local, global, .. } => (vec![*local, *global], vec![]),
+                Exchange::BnGrads {
+                    dgamma,
+                    dbeta,
+                    global,
+                    ..
+                } => (vec![*dgamma, *dbeta, *global], vec![]),
+                Exchange::Grads(g) => (vec![], g.clone()),
+            };
+            anyhow::ensure!(
+                tensors.iter().all(|&t| t < self.tensors.len())
+                    && range.iter().all(|&g| g < self.grads.len()),
+                "exchange {exchange:?} refers to tensors the plan does not have"
+            );
+        }
+        anyhow::ensure!(
+            self.parts.last().is_none_or(|p| p.0 == self.update_start),
+            "the split step's last part must end where the update starts"
         );
         let with_stats = self.train_stats.iter();
         for op in self

@@ -12,7 +12,6 @@ use crate::backend::{create_engine, BackendChoice};
 use crate::data::{check_finite, check_labels, Dataset};
 use crate::engine::{Engine, PlanId};
 use crate::graph::{Plan, Stage};
-use crate::model::lower as mlp;
 use crate::model::optim::LrSchedule;
 use crate::model::plateau::PlateauState;
 use crate::model::spec::{GRAD_NORM_SLOT_NAME, METRICS_SLOT_NAME};
@@ -204,7 +203,7 @@ impl Model {
         if !self.plans.contains_key(&key) {
             let plan = match self.built.remove(&key) {
                 Some(plan) => plan,
-                None => mlp::build_from(&self.spec, &self.persistent, rows, start)?,
+                None => self.build_plan(rows, start)?,
             };
             let id = self.engine.compile(&plan)?;
             self.plans.insert(key, (id, plan));
@@ -588,7 +587,7 @@ impl Model {
                 let (lo, hi) = crate::distributed::shard(chunk.len(), rank, world);
                 train.gather(&chunk[lo..hi], &mut x, &mut y);
                 if self.dist.is_some() {
-                    self.step_distributed(&x, &y, hi - lo, chunk.len(), start)?;
+                    self.step_distributed(&x, &y, (lo, hi), chunk.len(), start)?;
                 } else {
                     self.step_unchecked(&x, &y, chunk.len(), start)?;
                 }

@@ -8,7 +8,7 @@
 //! | [`bias`] | [`AddBias`], [`SumRows`], [`SumRowsGroup`] | `shaders/bias.wgsl`, `shaders/bias_group.wgsl` |
 //! | [`activation`] | [`Activate`], [`ActivateBackward`], [`RreluTrain`], [`RreluTrainBackward`], [`Prelu`], [`PreluBackward`] | `shaders/activation/` |
 //! | [`loss`] | [`LossGrad`], [`LossEval`], [`AccumulateMetrics`] | `shaders/loss.wgsl` |
-//! | [`batch_norm`] | [`BatchNormTrain`], [`BatchNormEval`], [`BatchNormBackward`] | `shaders/batch_norm.wgsl` |
+//! | [`batch_norm`] | [`BatchNormTrain`], [`BatchNormEval`], [`BatchNormBackward`], [`BatchNormStats`], [`BatchNormApply`], [`BatchNormGradSums`], [`BatchNormGradApply`] | `shaders/batch_norm.wgsl` |
 //! | [`elementwise`] | [`Add`], [`Accumulate`] | `shaders/elementwise.wgsl` |
 //! | [`optim`] | [`AdvanceStep`], [`Sgd`], [`SgdGroup`], [`Adam`], [`Rmsprop`], [`Adagrad`], [`Adamax`], [`NadamMuProduct`], [`Nadam`] | `shaders/optim.wgsl`, `shaders/optim_group.wgsl` |
 //! | [`clip`] | [`NormPartials`], [`ClipCoef`], [`ScaleBy`], [`ClampValue`] | `shaders/clip.wgsl` |
@@ -35,7 +35,10 @@ pub mod rng;
 pub use activation::{
     Activate, ActivateBackward, Activation, Prelu, PreluBackward, RreluTrain, RreluTrainBackward,
 };
-pub use batch_norm::{BatchNormBackward, BatchNormEval, BatchNormTrain};
+pub use batch_norm::{
+    BatchNormApply, BatchNormBackward, BatchNormEval, BatchNormGradApply, BatchNormGradSums,
+    BatchNormStats, BatchNormTrain,
+};
 pub use bias::{AddBias, ColumnSum, SumRows, SumRowsGroup, SUM_ROWS_GROUP};
 pub use clip::{ClampValue, ClipCoef, NormPartials, ScaleBy, NORM_BLOCK};
 pub use dropout::{dropout_scale, Dropout};
@@ -143,6 +146,10 @@ ops! {
     BatchNormTrain,
     BatchNormEval,
     BatchNormBackward,
+    BatchNormStats,
+    BatchNormApply,
+    BatchNormGradSums,
+    BatchNormGradApply,
     Add,
     Accumulate,
     AdvanceStep,

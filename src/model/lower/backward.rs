@@ -49,6 +49,7 @@ impl Builder<'_> {
                 None => (layer.act_out, dh),
                 Some(d) => {
                     let dpre = self.local(format!("layers.{l}.act.grad"), &[rows, fan_out]);
+                    let first_row = self.first_row();
                     self.p.train.push(Op::Dropout(Dropout {
                         x: dh,
                         y: dpre,
@@ -56,6 +57,8 @@ impl Builder<'_> {
                         len: rows * fan_out,
                         p: d.p,
                         stream: d.stream,
+                        first_row,
+                        cols: fan_out,
                     }));
                     (d.pre, dpre)
                 }

@@ -19,7 +19,7 @@ pub fn build_mc(
     rows: usize,
     seed: u64,
 ) -> anyhow::Result<Plan> {
-    build_with(spec, persistent, rows, 0, Some(seed))
+    build_with(spec, persistent, rows, 0, Some(seed), None)
 }
 
 /// The random stream of hidden layer `l`'s Monte Carlo dropout masks for `seed`: apart

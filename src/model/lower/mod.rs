@@ -10,8 +10,10 @@ mod backward;
 mod health;
 mod mc;
 mod regularize;
+mod split;
 
 pub use mc::{build_mc, mc_dropout_stream, MC_SAMPLE_NAME};
+pub use split::{build_split, SplitOptions};
 
 use crate::graph::Plan;
 use crate::model::health::layout::{self as st, GUARD_SLOT_NAME};
@@ -38,7 +40,7 @@ pub fn build_from(
     rows: usize,
     start: usize,
 ) -> anyhow::Result<Plan> {
-    build_with(spec, persistent, rows, start, None)
+    build_with(spec, persistent, rows, start, None, None)
 }
 
 fn build_with(
@@ -47,6 +49,7 @@ fn build_with(
     rows: usize,
     start: usize,
     mc_seed: Option<u64>,
+    split: Option<SplitOptions>,
 ) -> anyhow::Result<Plan> {
     spec.validate()?;
     anyhow::ensure!(rows > 0, "batch size must be at least 1");
@@ -65,6 +68,7 @@ fn build_with(
         pending_skips: Vec::new(),
         bias_sums: Vec::new(),
         mc: None,
+        split,
     };
     let input = b.local("input", &[rows, sizes[start]]);
     if let Some(seed) = mc_seed {
@@ -126,7 +130,9 @@ fn build_with(
     b.clip_gradients()?;
     b.updates()?;
     b.max_norms(&net);
-    if spec.has_batch_norm() && rows < 2 {
+    // With sync-bn the statistics are the global batch's: the host checks its rows.
+    let sync_bn = split.is_some_and(|s| s.sync_bn);
+    if spec.has_batch_norm() && rows < 2 && !sync_bn {
         b.p.train.clear();
         b.p.update_start = 0;
         b.p.train_error = Some(format!(
@@ -138,6 +144,7 @@ fn build_with(
     if b.p.train_error.is_none() {
         b.health(&net, backward_end, step)?;
     }
+    b.finish_parts();
 
     let mut p = b.p;
     p.input = Some(input);
@@ -228,6 +235,8 @@ struct Builder<'a> {
     bias_sums: Vec<ColumnSum>,
     /// For a Monte Carlo plan: the sample counter and the seed of its dropout masks.
     mc: Option<(TensorId, u64)>,
+    /// For a data-parallel plan: how its training step is split.
+    split: Option<SplitOptions>,
 }
 
 impl Builder<'_> {
@@ -336,8 +345,11 @@ impl Builder<'_> {
                         len: rows * fan_out,
                         p,
                         stream: mc_dropout_stream(seed, l),
+                        first_row: None,
+                        cols: fan_out,
                     }));
                 }
+                let first_row = self.first_row();
                 self.p.train.push(Op::Dropout(Dropout {
                     x: pre,
                     y: h,
@@ -345,6 +357,8 @@ impl Builder<'_> {
                     len: rows * fan_out,
                     p,
                     stream,
+                    first_row,
+                    cols: fan_out,
                 }));
                 layer.dropout = Some(DropoutSite {
                     pre,
@@ -584,7 +598,7 @@ impl Builder<'_> {
             };
             return Ok((bn, y));
         }
-        self.p.train.push(Op::BatchNormTrain(BatchNormTrain {
+        self.push_bn_train(BatchNormTrain {
             x,
             y,
             gamma,
@@ -597,7 +611,7 @@ impl Builder<'_> {
             cols,
             momentum: cfg.momentum,
             eps: cfg.eps,
-        }));
+        });
         let bn = BnTensors {
             input: x,
             gamma,
@@ -616,7 +630,7 @@ impl Builder<'_> {
         );
         let dgamma = self.local(format!("layers.{l}.bn.weight.grad"), &[cols]);
         let dbeta = self.local(format!("layers.{l}.bn.bias.grad"), &[cols]);
-        self.p.train.push(Op::BatchNormBackward(BatchNormBackward {
+        self.push_bn_backward(BatchNormBackward {
             x: bn.input,
             dy,
             gamma: bn.gamma,
@@ -627,7 +641,7 @@ impl Builder<'_> {
             dbeta,
             rows,
             cols,
-        }));
+        });
         self.params.push((bn.gamma, dgamma));
         self.params.push((bn.beta, dbeta));
         dx

@@ -167,8 +167,17 @@ impl Model {
     /// Checks the guard readbacks that have arrived, waiting for the oldest while more
     /// than [`st::GUARD_LAG`] are outstanding.
     fn collect_guard(&mut self) -> Result<()> {
+        // Data-parallel ranks must stop at the same step, or one would wait in the next
+        // exchange for a rank that stopped: they look at step s's flags at step s + 1,
+        // when its gradient readback has waited for the device anyway, and never earlier
+        // (a flag that happens to be back on one rank only).
+        let distributed = self.dist.is_some();
+        let lag = if distributed { 1 } else { st::GUARD_LAG };
         loop {
-            let wait = self.health.guard_reads.len() > st::GUARD_LAG;
+            let wait = self.health.guard_reads.len() > lag;
+            if distributed && !wait {
+                return Ok(());
+            }
             let Some(front) = self.health.guard_reads.front_mut() else {
                 return Ok(());
             };

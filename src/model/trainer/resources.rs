@@ -4,7 +4,6 @@
 
 use super::Model;
 use crate::engine::{format_bytes, Engine};
-use crate::model::lower as mlp;
 use crate::tensor::{PersistentDesc, Storage};
 use anyhow::Result;
 
@@ -30,7 +29,7 @@ impl Model {
         for &r in &rows {
             let plan = match self.built.remove(&(r, start)) {
                 Some(plan) => plan,
-                None => mlp::build_from(&self.spec, &self.persistent, r, start)?,
+                None => self.build_plan(r, start)?,
             };
             need += plan.forward.len() + plan.eval.len() + plan.train.len();
             if self.health.gathers_stats() {

@@ -2,6 +2,12 @@
 //! running-statistics updates ([`BatchNormTrain`]), evaluation mode with the running
 //! statistics ([`BatchNormEval`]), and the exact backward through the batch statistics
 //! ([`BatchNormBackward`]).
+//!
+//! Synchronized batch norm (data-parallel training over the global batch, as PyTorch's
+//! `SyncBatchNorm`) splits the training-mode ops where the host exchanges with the other
+//! ranks: [`BatchNormStats`] → host merges the ranks' statistics → [`BatchNormApply`],
+//! and [`BatchNormGradSums`] → host sums them over ranks → [`BatchNormGradApply`]. One
+//! process running the split ops computes what the fused ones do.
 
 pub mod cpu;
 pub mod wgpu;
@@ -59,6 +65,230 @@ pub struct BatchNormBackward {
     pub dbeta: TensorId,
     pub rows: usize,
     pub cols: usize,
+}
+
+/// Per-feature mean and centered sum of squares of the local rows, into
+/// `stats = [mean; M2]` (`2·cols`), for the host to merge across ranks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNormStats {
+    pub x: TensorId,
+    pub stats: TensorId,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// [`BatchNormTrain`] with statistics the host wrote to `global`
+/// (`[mean; biased var; unbiased var]`, `3·cols`): the global batch's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNormApply {
+    pub x: TensorId,
+    pub y: TensorId,
+    pub gamma: TensorId,
+    pub beta: TensorId,
+    pub global: TensorId,
+    pub mean: TensorId,
+    pub invstd: TensorId,
+    pub running_mean: TensorId,
+    pub running_var: TensorId,
+    pub rows: usize,
+    pub cols: usize,
+    pub momentum: f32,
+    pub eps: f32,
+}
+
+/// The local sums of the batch-norm backward pass: `dβ = Σdy`, `dγ = Σdy·x̂`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNormGradSums {
+    pub x: TensorId,
+    pub dy: TensorId,
+    pub mean: TensorId,
+    pub invstd: TensorId,
+    pub dgamma: TensorId,
+    pub dbeta: TensorId,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// `dx = γ·invstd·(dy − a − x̂·b)` with `global = [a; b]` (`2·cols`) from the host: the
+/// global batch's `Σdy/N` and `Σdy·x̂/N`, in this rank's loss scale.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNormGradApply {
+    pub x: TensorId,
+    pub dy: TensorId,
+    pub gamma: TensorId,
+    pub mean: TensorId,
+    pub invstd: TensorId,
+    pub global: TensorId,
+    pub dx: TensorId,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Operation for BatchNormStats {
+    fn reads(&self) -> Vec<TensorId> {
+        vec![self.x]
+    }
+    fn writes(&self) -> Vec<TensorId> {
+        vec![self.stats]
+    }
+    fn lens(&self) -> Vec<(TensorId, usize)> {
+        vec![(self.x, self.rows * self.cols), (self.stats, 2 * self.cols)]
+    }
+    fn run_cpu(&self, h: &mut Host) -> Result<()> {
+        h.update(self.stats, |s, h| {
+            cpu::batch_norm_stats(h.get(self.x), s, self.rows, self.cols)
+        });
+        Ok(())
+    }
+    fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
+        wgpu::stats(self, lw)
+    }
+}
+
+impl Operation for BatchNormApply {
+    fn reads(&self) -> Vec<TensorId> {
+        let ins = [self.x, self.gamma, self.beta, self.global];
+        [ins.as_slice(), &[self.running_mean, self.running_var]].concat()
+    }
+    fn writes(&self) -> Vec<TensorId> {
+        let outs = [self.y, self.mean, self.invstd];
+        [outs.as_slice(), &[self.running_mean, self.running_var]].concat()
+    }
+    fn in_place(&self) -> Vec<TensorId> {
+        vec![self.running_mean, self.running_var]
+    }
+    fn lens(&self) -> Vec<(TensorId, usize)> {
+        let (all, col) = (self.rows * self.cols, self.cols);
+        let per_col = [
+            self.gamma,
+            self.beta,
+            self.mean,
+            self.invstd,
+            self.running_mean,
+            self.running_var,
+        ];
+        let mut lens = vec![(self.x, all), (self.y, all), (self.global, 3 * col)];
+        lens.extend(per_col.map(|t| (t, col)));
+        lens
+    }
+    fn run_cpu(&self, h: &mut Host) -> Result<()> {
+        let outs = [
+            self.y,
+            self.mean,
+            self.invstd,
+            self.running_mean,
+            self.running_var,
+        ];
+        let [mut y, mut mean, mut invstd, mut rm, mut rv] = outs.map(|t| h.take(t));
+        cpu::batch_norm_apply(
+            h.get(self.x),
+            &mut y,
+            h.get(self.gamma),
+            h.get(self.beta),
+            h.get(self.global),
+            &mut mean,
+            &mut invstd,
+            &mut rm,
+            &mut rv,
+            self.rows,
+            self.cols,
+            self.momentum,
+            self.eps,
+        );
+        for (t, v) in outs.into_iter().zip([y, mean, invstd, rm, rv]) {
+            h.put(t, v);
+        }
+        Ok(())
+    }
+    fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
+        wgpu::apply(self, lw)
+    }
+}
+
+impl Operation for BatchNormGradSums {
+    fn reads(&self) -> Vec<TensorId> {
+        vec![self.x, self.dy, self.mean, self.invstd]
+    }
+    fn writes(&self) -> Vec<TensorId> {
+        vec![self.dgamma, self.dbeta]
+    }
+    fn lens(&self) -> Vec<(TensorId, usize)> {
+        let (all, col) = (self.rows * self.cols, self.cols);
+        vec![
+            (self.x, all),
+            (self.dy, all),
+            (self.mean, col),
+            (self.invstd, col),
+            (self.dgamma, col),
+            (self.dbeta, col),
+        ]
+    }
+    fn run_cpu(&self, h: &mut Host) -> Result<()> {
+        let [mut dgamma, mut dbeta] = [self.dgamma, self.dbeta].map(|t| h.take(t));
+        let [x, dy, mean, invstd] = [self.x, self.dy, self.mean, self.invstd].map(|t| h.get(t));
+        cpu::batch_norm_grad_sums(
+            x,
+            dy,
+            mean,
+            invstd,
+            &mut dgamma,
+            &mut dbeta,
+            self.rows,
+            self.cols,
+        );
+        h.put(self.dgamma, dgamma);
+        h.put(self.dbeta, dbeta);
+        Ok(())
+    }
+    fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
+        wgpu::grad_sums(self, lw)
+    }
+}
+
+impl Operation for BatchNormGradApply {
+    fn reads(&self) -> Vec<TensorId> {
+        vec![
+            self.x,
+            self.dy,
+            self.gamma,
+            self.mean,
+            self.invstd,
+            self.global,
+        ]
+    }
+    fn writes(&self) -> Vec<TensorId> {
+        vec![self.dx]
+    }
+    fn lens(&self) -> Vec<(TensorId, usize)> {
+        let (all, col) = (self.rows * self.cols, self.cols);
+        vec![
+            (self.x, all),
+            (self.dy, all),
+            (self.gamma, col),
+            (self.mean, col),
+            (self.invstd, col),
+            (self.global, 2 * col),
+            (self.dx, all),
+        ]
+    }
+    fn run_cpu(&self, h: &mut Host) -> Result<()> {
+        h.update(self.dx, |dx, h| {
+            let ins = [
+                self.x,
+                self.dy,
+                self.gamma,
+                self.mean,
+                self.invstd,
+                self.global,
+            ];
+            let [x, dy, gamma, mean, invstd, global] = ins.map(|t| h.get(t));
+            cpu::batch_norm_grad_apply(x, dy, gamma, mean, invstd, global, dx, self.rows, self.cols)
+        });
+        Ok(())
+    }
+    fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
+        wgpu::grad_apply(self, lw)
+    }
 }
 
 impl Operation for BatchNormTrain {

@@ -2,7 +2,10 @@
 //! reductions have two forms: a loop per feature for CPU-backed adapters, where barriers
 //! cost more than the work, and a workgroup tree per feature for GPUs.
 
-use super::{BatchNormBackward, BatchNormEval, BatchNormTrain};
+use super::{
+    BatchNormApply, BatchNormBackward, BatchNormEval, BatchNormGradApply, BatchNormGradSums,
+    BatchNormStats, BatchNormTrain,
+};
 use crate::device::{
     lanes, u32_of, Dispatch, KernelKey, Lowerer, Res, Shader, ShaderTable, Slot, Uniform,
     ELEMENTWISE_WG,
@@ -30,6 +33,8 @@ const SAVED_INVSTD: Slot = Slot::read(13, "saved_invstd");
 const DX: Slot = Slot::read_write(14, "dx");
 const DGAMMA: Slot = Slot::read_write(15, "dgamma");
 const DBETA: Slot = Slot::read_write(16, "dbeta");
+const LOCAL_STATS: Slot = Slot::read_write(17, "local_stats");
+const GLOBAL_STATS: Slot = Slot::read(18, "global_stats");
 
 crate::uniform! {
     /// `cols` counts `V` elements (groups of 4 features in the vec4 build).
@@ -44,10 +49,14 @@ fn reduction(lw: &Lowerer, serial: &'static str, cols: usize) -> Result<(&'stati
     Ok(if lw.serial_reductions() {
         (serial, lw.grid(cols.div_ceil(COLS_WG))?)
     } else {
-        match serial {
-            "train" => ("train_tree", lw.grid(cols)?),
-            _ => ("backward_tree", lw.grid(cols)?),
-        }
+        let tree = match serial {
+            "train" => "train_tree",
+            "stats" => "stats_tree",
+            "apply" => "apply_tree",
+            "grad_sums" => "grad_sums_tree",
+            _ => "backward_tree",
+        };
+        (tree, lw.grid(cols)?)
     })
 }
 
@@ -118,6 +127,75 @@ pub fn backward(op: &BatchNormBackward, lw: &mut Lowerer) -> Result<Dispatch> {
     )
 }
 
+pub fn stats(op: &BatchNormStats, lw: &mut Lowerer) -> Result<Dispatch> {
+    let (vec4, cols) = lanes(op.cols);
+    let (entry, groups) = reduction(lw, "stats", cols)?;
+    lw.dispatch(
+        KernelKey::new(&SHADER, entry).vec4(vec4),
+        Some(dims(op.rows, cols, 0.0, 0.0)?),
+        &[(X, Res::Tensor(op.x)), (LOCAL_STATS, Res::Tensor(op.stats))],
+        groups,
+    )
+}
+
+pub fn apply(op: &BatchNormApply, lw: &mut Lowerer) -> Result<Dispatch> {
+    let (vec4, cols) = lanes(op.cols);
+    let (entry, groups) = reduction(lw, "apply", cols)?;
+    lw.dispatch(
+        KernelKey::new(&SHADER, entry).vec4(vec4),
+        Some(dims(op.rows, cols, op.momentum, op.eps)?),
+        &[
+            (X, Res::Tensor(op.x)),
+            (GAMMA, Res::Tensor(op.gamma)),
+            (BETA, Res::Tensor(op.beta)),
+            (Y, Res::Tensor(op.y)),
+            (MEAN, Res::Tensor(op.mean)),
+            (INVSTD, Res::Tensor(op.invstd)),
+            (RUNNING_MEAN, Res::Tensor(op.running_mean)),
+            (RUNNING_VAR, Res::Tensor(op.running_var)),
+            (GLOBAL_STATS, Res::Tensor(op.global)),
+        ],
+        groups,
+    )
+}
+
+pub fn grad_sums(op: &BatchNormGradSums, lw: &mut Lowerer) -> Result<Dispatch> {
+    let (vec4, cols) = lanes(op.cols);
+    let (entry, groups) = reduction(lw, "grad_sums", cols)?;
+    lw.dispatch(
+        KernelKey::new(&SHADER, entry).vec4(vec4),
+        Some(dims(op.rows, cols, 0.0, 0.0)?),
+        &[
+            (X, Res::Tensor(op.x)),
+            (DY, Res::Tensor(op.dy)),
+            (SAVED_MEAN, Res::Tensor(op.mean)),
+            (SAVED_INVSTD, Res::Tensor(op.invstd)),
+            (DGAMMA, Res::Tensor(op.dgamma)),
+            (DBETA, Res::Tensor(op.dbeta)),
+        ],
+        groups,
+    )
+}
+
+pub fn grad_apply(op: &BatchNormGradApply, lw: &mut Lowerer) -> Result<Dispatch> {
+    let (vec4, cols) = lanes(op.cols);
+    let groups = lw.grid((op.rows * cols).div_ceil(ELEMENTWISE_WG))?;
+    lw.dispatch(
+        KernelKey::new(&SHADER, "grad_apply").vec4(vec4),
+        Some(dims(op.rows, cols, 0.0, 0.0)?),
+        &[
+            (X, Res::Tensor(op.x)),
+            (GAMMA, Res::Tensor(op.gamma)),
+            (DY, Res::Tensor(op.dy)),
+            (SAVED_MEAN, Res::Tensor(op.mean)),
+            (SAVED_INVSTD, Res::Tensor(op.invstd)),
+            (GLOBAL_STATS, Res::Tensor(op.global)),
+            (DX, Res::Tensor(op.dx)),
+        ],
+        groups,
+    )
+}
+
 pub fn tables() -> Vec<ShaderTable> {
     vec![ShaderTable {
         shader: SHADER,
@@ -138,6 +216,8 @@ pub fn tables() -> Vec<ShaderTable> {
             DX,
             DGAMMA,
             DBETA,
+            LOCAL_STATS,
+            GLOBAL_STATS,
         ],
         dims: Some(Dims::FIELDS),
         uniforms: &[],
