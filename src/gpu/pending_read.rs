@@ -26,6 +26,26 @@ impl GpuPendingRead {
     }
 }
 
+impl GpuPendingRead {
+    /// The map's result once its callback has run. wgpu runs a finished map's callback in
+    /// whichever thread's poll collects it; when threads share the device, our own wait
+    /// can return while another thread is still running ours, so this polls again until
+    /// the result arrives (bounded: a callback that never comes is an error).
+    fn wait_for_callback(&self) -> Result<MapResult> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(s) = self.take_state() {
+                return Ok(s);
+            }
+            if start.elapsed() > std::time::Duration::from_secs(10) {
+                bail!("the GPU finished but the readback was not mapped within 10 s");
+            }
+            std::thread::sleep(std::time::Duration::from_micros(100));
+            self.ctx.wait()?;
+        }
+    }
+}
+
 impl PendingRead for GpuPendingRead {
     fn poll(&mut self, wait: bool) -> Result<Option<Vec<Vec<f32>>>> {
         ensure!(!self.collected, "this read was already collected");
@@ -44,7 +64,7 @@ impl PendingRead for GpuPendingRead {
                 }
                 match self.take_state() {
                     Some(s) => s,
-                    None if wait => bail!("the GPU finished but the readback was not mapped"),
+                    None if wait => self.wait_for_callback()?,
                     None => return Ok(None),
                 }
             }
