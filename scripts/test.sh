@@ -117,11 +117,13 @@ if [ "$#" -eq 0 ]; then
     STEADYGRAD_LIMITS=webgpu cargo test --release "${features[@]}" \
         --test gpu_vs_cpu --test activations --test activation_erf --test batchnorm_residual --test clip \
         --test dropout --test health_ops --test matmul_variants --test optim \
-        --test health --test health_nonfinite --test training --test transfer --test self_normalization
+        --test health --test health_nonfinite --test training --test transfer --test self_normalization \
+        --test sync_batch_norm
     # And on wgpu's GL backend (llvmpipe through EGL), which translates every kernel to
     # GLSL: a third driver stack behind the same tests.
     echo "GPU-vs-CPU suites on the GL backend (STEADYGRAD_BACKEND=gl)"
     STEADYGRAD_BACKEND=gl cargo test --release "${features[@]}" \
         --test gpu_vs_cpu --test activations --test activation_erf --test batchnorm_residual --test clip \
-        --test dropout --test health_ops --test matmul_variants --test optim --test health --test health_nonfinite
+        --test dropout --test health_ops --test matmul_variants --test optim --test health --test health_nonfinite \
+        --test sync_batch_norm
 fi

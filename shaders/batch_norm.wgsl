@@ -1,11 +1,13 @@
 // Batch normalization: training-mode statistics and normalization, evaluation mode, and
 // the exact backward; and the same split where synchronized batch norm exchanges with
-// other ranks (`stats` → host → `apply`, `grad_sums` → host → `grad_apply`). The fused
-// and split entry points share the helpers below, so both compute alike.
+// other ranks (`stats` → host → `apply_stats` + `normalize`, `grad_sums` → host →
+// `grad_apply`). The fused and split entry points share the helpers below, so both
+// compute alike. The forward's second half is two kernels because one would bind nine
+// storage buffers, one more than WebGPU's default limit.
 //
 // On CPU-backed adapters (the texture matmul variants) the per-feature reductions run
 // one invocation per feature (column), looping over the rows of the batch (`train`,
-// `backward`, `stats`, `grad_sums`, `apply`): no workgroup memory or barriers, which
+// `backward`, `stats`, `grad_sums`): no workgroup memory or barriers, which
 // those adapters execute and compile slowly (a workgroup tree reduction per feature cost
 // lavapipe 7 ms per 256×512 layer and direction). GPUs run one workgroup per feature with
 // a tree reduction (the `_tree` entry points). Adjacent invocations read adjacent columns.
@@ -100,17 +102,6 @@ fn grad_sums_serial(c: u32) -> GradSums {
     return GradSums(sum_dy, sum_dy_xhat);
 }
 
-// Normalizes feature c's rows first, first + stride, … with the global statistics the
-// host wrote; the thread with `first == 0` saves them and updates the running ones.
-fn apply_column(c: u32, first: u32, stride: u32) {
-    let m = global_stats[c];
-    let is = inverseSqrt(global_stats[dims.cols + c] + dims.eps);
-    if first == 0u {
-        store_statistics(c, m, global_stats[2u * dims.cols + c], is);
-    }
-    normalize_rows(c, first, stride, m, is);
-}
-
 // y for rows first, first + stride, … of feature c.
 fn normalize_rows(c: u32, first: u32, stride: u32, m: V, is: V) {
     let g = gamma[c];
@@ -121,16 +112,20 @@ fn normalize_rows(c: u32, first: u32, stride: u32, m: V, is: V) {
     }
 }
 
-// dx = γ·invstd·(dy − a − x̂·b) for rows first, first + stride, … of feature c, where
-// a = Σdy/N and b = Σdy·x̂/N over the (local or global) batch.
+// dx = γ·invstd·(dy − a − x̂·b) at element i of feature c (mean m, invstd is, k = γ·is),
+// where a = Σdy/N and b = Σdy·x̂/N over the (local or global) batch.
+fn grad_x(i: u32, m: V, is: V, k: V, a: V, b: V) -> V {
+    return k * (dy[i] - a - (x[i] - m) * is * b);
+}
+
+// grad_x for rows first, first + stride, … of feature c.
 fn backward_rows(c: u32, first: u32, stride: u32, a: V, b: V) {
     let m = saved_mean[c];
     let is = saved_invstd[c];
     let k = gamma[c] * is;
     for (var r = first; r < dims.rows; r += stride) {
         let i = r * dims.cols + c;
-        let xhat = (x[i] - m) * is;
-        dx[i] = k * (dy[i] - a - xhat * b);
+        dx[i] = grad_x(i, m, is, k, a, b);
     }
 }
 
@@ -158,16 +153,6 @@ fn stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let mo = moments_serial(c);
     local_stats[c] = mo.mean;
     local_stats[dims.cols + c] = mo.m2;
-}
-
-@compute @workgroup_size(64)
-fn apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-         @builtin(local_invocation_index) lid: u32) {
-    let c = column(wg, nwg, lid);
-    if c >= dims.cols {
-        return;
-    }
-    apply_column(c, 0u, 1u);
 }
 
 @compute @workgroup_size(64)
@@ -277,17 +262,6 @@ fn stats_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     }
 }
 
-// No reduction: one workgroup per feature only spreads the rows over its threads.
-@compute @workgroup_size(256)
-fn apply_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_index) lid: u32) {
-    let c = wg.y * nwg.x + wg.x;
-    if c >= dims.cols {
-        return;
-    }
-    apply_column(c, lid, WG);
-}
-
 @compute @workgroup_size(256)
 fn backward_tree(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
@@ -330,6 +304,32 @@ fn eval(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     y[i] = gamma[c] * (x[i] - eval_mean[c]) * inverseSqrt(eval_var[c] + dims.eps) + beta[c];
 }
 
+// Synchronized forward's second half, per feature: saves the global statistics the host
+// wrote and updates the running ones.
+@compute @workgroup_size(256)
+fn apply_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let c = (wg.y * nwg.x + wg.x) * WG + lid;
+    if c >= dims.cols {
+        return;
+    }
+    let m = global_stats[c];
+    let is = inverseSqrt(global_stats[dims.cols + c] + dims.eps);
+    store_statistics(c, m, global_stats[2u * dims.cols + c], is);
+}
+
+// Synchronized forward's last step, elementwise: y from the statistics `apply_stats` saved.
+@compute @workgroup_size(256)
+fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * nwg.x + wg.x) * WG + lid;
+    if i >= dims.rows * dims.cols {
+        return;
+    }
+    let c = i % dims.cols;
+    y[i] = gamma[c] * (x[i] - saved_mean[c]) * saved_invstd[c] + beta[c];
+}
+
 // Synchronized backward's second half, elementwise: the sums come from the host.
 @compute @workgroup_size(256)
 fn grad_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -340,6 +340,6 @@ fn grad_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     }
     let c = i % dims.cols;
     let is = saved_invstd[c];
-    let xhat = (x[i] - saved_mean[c]) * is;
-    dx[i] = gamma[c] * is * (dy[i] - global_stats[c] - xhat * global_stats[dims.cols + c]);
+    dx[i] = grad_x(i, saved_mean[c], is, gamma[c] * is, global_stats[c],
+                   global_stats[dims.cols + c]);
 }

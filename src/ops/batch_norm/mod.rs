@@ -12,8 +12,8 @@
 pub mod cpu;
 pub mod wgpu;
 
-use super::{Host, Operation};
-use crate::device::{Dispatch, Lowerer};
+use super::{Host, Op, Operation};
+use crate::device::{Dispatch, Lowerer, Step};
 use crate::tensor::TensorId;
 use anyhow::Result;
 
@@ -200,8 +200,32 @@ impl Operation for BatchNormApply {
         }
         Ok(())
     }
-    fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
-        wgpu::apply(self, lw)
+    fn lower(&self, _lw: &mut Lowerer) -> Result<Dispatch> {
+        anyhow::bail!(
+            "synchronized batch norm's normalization is two dispatches, lowered by lower_fused"
+        )
+    }
+    /// Both dispatches of [`wgpu::apply`] as the op's own steps; `None` where a tensor
+    /// exceeds one storage binding, so the engine refuses the op naming it.
+    fn lower_fused(
+        &self,
+        lw: &mut Lowerer,
+        _following: &[Op],
+    ) -> Result<Option<(Vec<Step>, usize)>> {
+        let max = lw.max_binding();
+        if self
+            .reads()
+            .into_iter()
+            .chain(self.writes())
+            .any(|t| lw.bytes(t) > max)
+        {
+            return Ok(None);
+        }
+        let steps = wgpu::apply(self, lw)?
+            .into_iter()
+            .map(Step::Dispatch)
+            .collect();
+        Ok(Some((steps, 1)))
     }
 }
 

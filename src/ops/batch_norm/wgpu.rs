@@ -52,7 +52,6 @@ fn reduction(lw: &Lowerer, serial: &'static str, cols: usize) -> Result<(&'stati
         let tree = match serial {
             "train" => "train_tree",
             "stats" => "stats_tree",
-            "apply" => "apply_tree",
             "grad_sums" => "grad_sums_tree",
             _ => "backward_tree",
         };
@@ -138,25 +137,37 @@ pub fn stats(op: &BatchNormStats, lw: &mut Lowerer) -> Result<Dispatch> {
     )
 }
 
-pub fn apply(op: &BatchNormApply, lw: &mut Lowerer) -> Result<Dispatch> {
+/// Two dispatches: the per-feature statistics (saved and running), then the elementwise
+/// normalization; one kernel doing both would bind nine storage buffers.
+pub fn apply(op: &BatchNormApply, lw: &mut Lowerer) -> Result<Vec<Dispatch>> {
     let (vec4, cols) = lanes(op.cols);
-    let (entry, groups) = reduction(lw, "apply", cols)?;
-    lw.dispatch(
-        KernelKey::new(&SHADER, entry).vec4(vec4),
-        Some(dims(op.rows, cols, op.momentum, op.eps)?),
+    let d = dims(op.rows, cols, op.momentum, op.eps)?;
+    let stats = lw.dispatch(
+        KernelKey::new(&SHADER, "apply_stats").vec4(vec4),
+        Some(d),
         &[
-            (X, Res::Tensor(op.x)),
-            (GAMMA, Res::Tensor(op.gamma)),
-            (BETA, Res::Tensor(op.beta)),
-            (Y, Res::Tensor(op.y)),
+            (GLOBAL_STATS, Res::Tensor(op.global)),
             (MEAN, Res::Tensor(op.mean)),
             (INVSTD, Res::Tensor(op.invstd)),
             (RUNNING_MEAN, Res::Tensor(op.running_mean)),
             (RUNNING_VAR, Res::Tensor(op.running_var)),
-            (GLOBAL_STATS, Res::Tensor(op.global)),
         ],
-        groups,
-    )
+        lw.grid(cols.div_ceil(ELEMENTWISE_WG))?,
+    )?;
+    let normalize = lw.dispatch(
+        KernelKey::new(&SHADER, "normalize").vec4(vec4),
+        Some(d),
+        &[
+            (X, Res::Tensor(op.x)),
+            (GAMMA, Res::Tensor(op.gamma)),
+            (BETA, Res::Tensor(op.beta)),
+            (SAVED_MEAN, Res::Tensor(op.mean)),
+            (SAVED_INVSTD, Res::Tensor(op.invstd)),
+            (Y, Res::Tensor(op.y)),
+        ],
+        lw.grid((op.rows * cols).div_ceil(ELEMENTWISE_WG))?,
+    )?;
+    Ok(vec![stats, normalize])
 }
 
 pub fn grad_sums(op: &BatchNormGradSums, lw: &mut Lowerer) -> Result<Dispatch> {
