@@ -186,7 +186,8 @@ pub fn check_writable(path: &Path, what: &str) -> Result<()> {
 /// Refuses an output that names a file this command reads (or another of its outputs):
 /// writing it would destroy that input, a checkpoint or the data, during the run.
 /// `others` pairs each flag with its path. Paths are compared resolved (symbolic links,
-/// `..`), also for files that do not exist yet.
+/// `..`), also for files that do not exist yet, and existing files by identity (hard
+/// links).
 pub fn check_not_overwriting(out: &Path, what: &str, others: &[(&str, &Path)]) -> Result<()> {
     let resolved = |p: &Path| {
         std::fs::canonicalize(p).ok().or_else(|| {
@@ -199,7 +200,7 @@ pub fn check_not_overwriting(out: &Path, what: &str, others: &[(&str, &Path)]) -
     };
     for (flag, other) in others {
         anyhow::ensure!(
-            resolved(other).as_ref() != Some(&real),
+            resolved(other).as_ref() != Some(&real) && !same_inode(out, other),
             "{what} '{}' is the same file as {flag} '{}'; writing it would destroy that file; \
              give {what} another path",
             out.display(),
@@ -207,6 +208,21 @@ pub fn check_not_overwriting(out: &Path, what: &str, others: &[(&str, &Path)]) -
         );
     }
     Ok(())
+}
+
+/// Whether two existing paths are one file (hard links included).
+#[cfg(unix)]
+fn same_inode(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_inode(_: &Path, _: &Path) -> bool {
+    false
 }
 
 /// Checks that `dir` can hold output files: it is a writable directory, or it does not

@@ -145,7 +145,8 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
                 Some((d, c)) => (Some(d), c),
                 None => (None, choice),
             };
-            // Only rank 0 writes checkpoints and prints epochs; the replicas are identical.
+            // Only rank 0 writes checkpoints and prints epochs: the replicas hold the same weights,
+            // and every rank takes rank 0's validation figures.
             let root = dist.as_ref().is_none_or(|d| d.rank() == 0);
             // Every rank still reads the best checkpoint so far, so early stopping decides
             // alike on all of them.

@@ -380,6 +380,20 @@ fn no_output_overwrites_an_input() {
         ),
     ];
     std::fs::create_dir(dir.join("sub")).unwrap();
+    #[cfg(unix)]
+    {
+        std::fs::hard_link(dir.join("d.csv"), dir.join("linked.csv")).unwrap();
+        let (ok, out, err) = train(&[
+            "--data",
+            "d.csv",
+            "--label-column",
+            "class",
+            "--log",
+            "linked.csv",
+        ]);
+        let expected = "--log 'linked.csv' is the same file as --data 'd.csv'";
+        assert!(!ok && err.contains(expected), "hard link: {out}{err}");
+    }
     for (args, expected) in trains {
         let (ok, out, err) = train(&args);
         assert!(!ok && err.contains(expected), "{args:?}: {out}{err}");

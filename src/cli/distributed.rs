@@ -156,8 +156,9 @@ pub fn leave(result: Result<()>) -> Result<()> {
                     eprintln!("error: rank {rank}: {e:#}");
                     // Ranks that fail at the same step (a non-finite guard fires on every
                     // rank, as the averaged gradients are everyone's) print their own
-                    // error before the abort ends them.
-                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    // error before the abort ends them. They left the same exchange
+                    // moments ago; a second covers ranks sharing loaded cores.
+                    std::thread::sleep(std::time::Duration::from_secs(1));
                     mpi::abort(1);
                 }
             }

@@ -344,6 +344,13 @@ impl Model {
     /// statistics record) come back asynchronously.
     fn step_unchecked(&mut self, x: &[f32], y: &[f32], rows: usize, start: usize) -> Result<()> {
         let (_, plan) = self.load_batch(x, y, rows, start)?;
+        // A data-parallel plan's whole step would run its split batch norms without the
+        // statistics the exchanges write.
+        ensure!(
+            plan.parts.is_empty(),
+            "this model trains data-parallel: its steps go through the exchanges with the \
+             other ranks (fit), not one whole step"
+        );
         let has_stats = plan.stats.is_some();
         let gathered = has_stats && self.health.due();
         self.apply_schedule()?;
@@ -607,8 +614,10 @@ impl Model {
             self.epoch = epoch;
             let valid = valid
                 .map(|v| self.evaluate_at(v, opts.batch_size, start))
+                .transpose()?
+                .map(|v| self.root_metrics(v))
                 .transpose()?;
-            self.check_weights_after_epoch(epoch, valid.as_ref())?;
+            self.check_weights_after_epoch(epoch, start, valid.as_ref())?;
             if let (Some(p), Some(v), LrSchedule::Plateau(settings)) =
                 (&mut self.plateau, &valid, &self.spec.schedule)
             {

@@ -24,6 +24,9 @@ impl Model {
     /// running statistics saved are rank 0's, unless `dist.sync_bn` asks for the global
     /// batch's (PyTorch's `SyncBatchNorm`): then every rank normalizes alike and keeps
     /// the same running statistics.
+    ///
+    /// Call it before the model first trains or evaluates: plans compiled before are
+    /// rebuilt split for the exchanges, and the engine keeps the old ones' buffers.
     pub fn set_distributed(&mut self, dist: Distributed) -> Result<()> {
         self.dist = Some(dist);
         // Plans built so far have the fused training step.
@@ -227,6 +230,27 @@ impl Model {
         }
         let dist: &Distributed = self.dist.as_ref().expect("checked above");
         dist.check_replicas(hash, when)
+    }
+
+    /// Rank 0's `metrics` on every rank; the metrics themselves without data parallelism.
+    /// Without `--sync-bn` each rank's batch-norm running statistics are its own, so each
+    /// evaluates the validation set a little differently; every decision taken on those
+    /// figures (early stopping, the plateau schedule, the non-finite stop) must be taken
+    /// alike on all ranks, or one rank leaves the exchanges the others wait in.
+    pub(super) fn root_metrics(&self, metrics: Metrics) -> Result<Metrics> {
+        let Some(dist) = self.dist.as_ref() else {
+            return Ok(metrics);
+        };
+        let mut values = [metrics.loss, metrics.accuracy.unwrap_or(0.0)];
+        if dist.rank() != 0 {
+            values = [0.0; 2];
+        }
+        dist.sum_f32(&mut values, "sharing rank 0's validation metrics")?;
+        Ok(Metrics {
+            loss: values[0],
+            accuracy: metrics.accuracy.map(|_| values[1]),
+            rows: metrics.rows,
+        })
     }
 
     /// The training metrics since the last call, summed over ranks, and reset.

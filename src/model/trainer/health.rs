@@ -15,6 +15,7 @@ use crate::model::health::layout::{
 use crate::model::health::InputPeak;
 use crate::model::health::{layer_of, NonFiniteError, StepProgress, StepStats, TrainObserver};
 use crate::model::EpochReport;
+use crate::tensor::{PersistentKind, Storage, TensorId};
 use anyhow::{Context, Result};
 use std::collections::VecDeque;
 
@@ -418,6 +419,7 @@ impl Model {
     pub(super) fn check_weights_after_epoch(
         &mut self,
         epoch: usize,
+        start: usize,
         valid: Option<&super::Metrics>,
     ) -> Result<()> {
         // The device's step counter, as the guard's errors count steps (across resumes).
@@ -433,16 +435,31 @@ impl Model {
             stopped_after: step,
             after_epoch: true,
         };
-        let params: Vec<(usize, String)> = (self.persistent.iter().enumerate())
-            .filter(|(_, p)| p.kind == crate::tensor::PersistentKind::Param)
-            .map(|(i, p)| (i, p.name.clone()))
-            .collect();
-        for (slot, name) in params {
-            if self
+        // The parameters the epoch trained are those of its plans (layers below `start`
+        // are frozen), read back together in one copy rather than one wait each.
+        let plan = self
+            .plans
+            .iter()
+            .find(|(k, _)| k.1 == start)
+            .map(|(_, p)| p);
+        if let Some((id, plan)) = plan {
+            let params: Vec<(TensorId, String)> = (plan.tensors.iter().enumerate())
+                .filter_map(|(t, desc)| match desc.storage {
+                    Storage::Persistent(slot) => Some((t, slot)),
+                    Storage::Local => None,
+                })
+                .filter(|&(_, slot)| self.persistent[slot].kind == PersistentKind::Param)
+                .map(|(t, slot)| (t, self.persistent[slot].name.clone()))
+                .collect();
+            let ids: Vec<TensorId> = params.iter().map(|p| p.0).collect();
+            let id = *id;
+            let values = self
                 .engine
-                .read_persistent(slot)?
-                .iter()
-                .any(|v| !v.is_finite())
+                .read_async(id, &ids)?
+                .poll(true)?
+                .context("the parameter readback returned nothing")?;
+            if let Some(((_, name), _)) =
+                (params.into_iter().zip(values)).find(|(_, v)| v.iter().any(|x| !x.is_finite()))
             {
                 let op = "parameter, by the update of the epoch's last step";
                 return Err(anyhow::Error::new(stop(name, op)));
