@@ -91,6 +91,12 @@ pub struct Mirrors {
     /// By tensor, so a write drops its mirrors without scanning all of them (a scan per
     /// op made lowering grow with the square of the depth).
     pub fresh: HashMap<TensorId, HashSet<MirrorKey>>,
+    /// Mirrors the op just lowered writes itself (a matmul's epilogue), fresh once the
+    /// op's writes have marked its tensors' other mirrors stale.
+    pub produced: Vec<MirrorKey>,
+    /// Write-only stand-ins for mirror bindings a kernel declares but a dispatch does not
+    /// use, made on first need.
+    pub placeholders: Option<[wgpu::TextureView; 2]>,
 }
 
 impl Mirrors {
@@ -102,6 +108,13 @@ impl Mirrors {
     /// Marks the mirrors of `tensor` stale after an op writes it.
     pub fn written(&mut self, tensor: TensorId) {
         self.fresh.remove(&tensor);
+    }
+
+    /// Marks the mirrors in `produced` up to date (after `written` for the op's outputs).
+    pub fn settle(&mut self) {
+        for key in std::mem::take(&mut self.produced) {
+            self.refreshed(key);
+        }
     }
 }
 

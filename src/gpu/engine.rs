@@ -447,6 +447,7 @@ fn lower_list(lw: &mut Lowerer, ops: &[Op]) -> Result<Vec<Step>> {
                 lw.mirrors.written(t);
             }
         }
+        lw.mirrors.settle();
         i += used;
     }
     Ok(steps)

@@ -60,27 +60,11 @@ pub fn lower(
         m,
         k,
         n,
-        trans_a,
         trans_b,
         accumulate,
+        ..
     } = *op;
-    // A transposed A is transposed into its mirror: read in place, each of the
-    // kernel's strips of A would span all k rows, which with those of B overflows the
-    // TLB for large k (1024³ ran at 60% of the untransposed speed). It is the smaller
-    // operand in an MLP's `dW = dYᵀ·X`, and the kernel then needs no transposed-A form.
-    // A transposed B is read in place.
-    let a_key = MirrorKey {
-        tensor: a,
-        rows: if trans_a { k } else { m },
-        cols: if trans_a { m } else { k },
-        transpose: trans_a,
-    };
-    let b_key = MirrorKey {
-        tensor: b,
-        rows: if trans_b { n } else { k },
-        cols: if trans_b { k } else { n },
-        transpose: false,
-    };
+    let [a_key, b_key] = operand_keys(op);
     for key in [a_key, b_key] {
         if !lw.mirrors.mirrors.contains_key(&key) {
             let mirror = mirror(lw, key)?;
@@ -125,6 +109,22 @@ pub fn lower(
         rows.min(m)
     };
     let windowed: Vec<wgpu::Buffer> = c_shaped.iter().map(|&t| lw.buffer(t)).collect();
+    // The epilogue also stores its last output into the mirrors later matmuls read it
+    // from, which spares a copy, or a pack dispatch for a transposed one, per mirror.
+    // Not for C in windows: the kernel's rows are then the window's.
+    let out = following[used - 1].reads_writes().1[0];
+    let produced = if step == m && out != a && out != b {
+        produce(lw, out, m, n, &following[used..])?
+    } else {
+        [None, None]
+    };
+    let mirror_out = produced
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.is_some())
+        .map(|(i, _)| 1u32 << i)
+        .sum();
+    let out_views = out_views(lw, &produced);
     let shader = kernel.shader();
     let mut dispatches = Vec::new();
     for r0 in (0..m).step_by(step) {
@@ -138,6 +138,8 @@ pub fn lower(
             epilogue: code,
             act,
             a_row0: r0 as u32,
+            mirror_out,
+            ..Default::default()
         };
         let windows = if step < m {
             windowed
@@ -151,6 +153,8 @@ pub fn lower(
             (tex::MIRROR_A, Res::View(&view_a)),
             (tex::MIRROR_B, Res::View(&view_b)),
             (tex::C, Res::Tensor(c)),
+            (tex::OUT_MIRRORS[0], Res::View(&out_views[0])),
+            (tex::OUT_MIRRORS[1], Res::View(&out_views[1])),
         ];
         bindings.extend(
             tex::EPILOGUE_SLOTS
@@ -163,7 +167,112 @@ pub fn lower(
         dispatches.push(d);
     }
     steps.extend(dispatches.into_iter().map(Step::Dispatch));
+    lw.mirrors.produced.extend(produced.into_iter().flatten());
     Ok(Some((steps, used)))
+}
+
+/// The mirror keys a texture matmul `op` reads its operands through. A transposed A is
+/// transposed into its mirror: read in place, each of the kernel's strips of A would
+/// span all k rows, which with those of B overflows the TLB for large k (1024³ ran at
+/// 60% of the untransposed speed). It is the smaller operand in an MLP's `dW = dYᵀ·X`,
+/// and the kernel then needs no transposed-A form. A transposed B is read in place.
+fn operand_keys(op: &MatMul) -> [MirrorKey; 2] {
+    let MatMul {
+        a,
+        b,
+        m,
+        k,
+        n,
+        trans_a,
+        trans_b,
+        ..
+    } = *op;
+    [
+        MirrorKey {
+            tensor: a,
+            rows: if trans_a { k } else { m },
+            cols: if trans_a { m } else { k },
+            transpose: trans_a,
+        },
+        MirrorKey {
+            tensor: b,
+            rows: if trans_b { n } else { k },
+            cols: if trans_b { k } else { n },
+            transpose: false,
+        },
+    ]
+}
+
+/// The mirrors of `out` (`[m, n]`), plain and transposed, that a matmul in `rest` reads
+/// before any op writes `out` again, created where missing; `None` for one no matmul
+/// wants or that exceeds the device's limits.
+fn produce(
+    lw: &mut Lowerer,
+    out: TensorId,
+    m: usize,
+    n: usize,
+    rest: &[Op],
+) -> Result<[Option<MirrorKey>; 2]> {
+    let mut wanted = [None, None];
+    for op in rest {
+        if let Op::MatMul(mm) = op {
+            for key in operand_keys(mm) {
+                if key.tensor == out && key.rows == m && key.cols == n {
+                    wanted[key.transpose as usize].get_or_insert(key);
+                }
+            }
+        }
+        if op.reads_writes().1.contains(&out) {
+            break;
+        }
+    }
+    for slot in &mut wanted {
+        let Some(key) = *slot else { continue };
+        if !lw.mirrors.mirrors.contains_key(&key) {
+            let made = mirror(lw, key)?;
+            lw.mirrors.mirrors.insert(key, made);
+        }
+        if lw.mirrors.mirrors[&key].is_none() {
+            *slot = None;
+        }
+    }
+    Ok(wanted)
+}
+
+/// Views for the kernel's two output-mirror bindings: the mirrors of `produced`, else
+/// stand-ins (distinct ones, as two writable bindings may not alias).
+fn out_views(lw: &mut Lowerer, produced: &[Option<MirrorKey>; 2]) -> [wgpu::TextureView; 2] {
+    let device = &lw.ctx.device;
+    let spare = lw.mirrors.placeholders.get_or_insert_with(|| {
+        [0, 1].map(|i| {
+            device
+                .create_texture(&wgpu::TextureDescriptor {
+                    label: Some(&format!("mirror placeholder {i}")),
+                    size: wgpu::Extent3d {
+                        width: 1,
+                        height: 1,
+                        depth_or_array_layers: 1,
+                    },
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format: wgpu::TextureFormat::Rgba32Float,
+                    usage: wgpu::TextureUsages::STORAGE_BINDING,
+                    view_formats: &[],
+                })
+                .create_view(&wgpu::TextureViewDescriptor::default())
+        })
+    });
+    let spare = spare.clone();
+    let mirrors = &lw.mirrors.mirrors;
+    [0, 1].map(|i| match produced[i] {
+        Some(key) => mirrors[&key]
+            .as_ref()
+            .expect("checked in produce")
+            .view
+            .clone(),
+        None => spare[i].clone(),
+    })
 }
 
 /// Creates the texture mirror for `key` and the step that refreshes it: a plain copy
@@ -391,6 +500,8 @@ pub fn tables() -> Vec<ShaderTable> {
                 tex::EPILOGUE_SLOTS[0],
                 tex::EPILOGUE_SLOTS[1],
                 tex::EPILOGUE_SLOTS[2],
+                tex::OUT_MIRRORS[0],
+                tex::OUT_MIRRORS[1],
             ],
             dims: Some(tex::Dims::FIELDS),
             uniforms: &[],

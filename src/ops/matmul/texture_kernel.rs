@@ -101,7 +101,7 @@ const XYZW: [&str; 4] = ["x", "y", "z", "w"];
 
 crate::uniform! {
     /// `pitch_a`: texels per row of the A mirror with data; `epilogue`, `act`: see
-    /// [`Epilogue::codes`]; `a_row0`: the mirror row of A for row 0 of C (C may be a
+    /// [`Epilogue::codes`]; `mirror_out`: see `OUT_MIRRORS`; `a_row0`: the mirror row of A for row 0 of C (C may be a
     /// window of rows of a larger matrix).
     pub struct Dims {
         m: u32,
@@ -112,6 +112,10 @@ crate::uniform! {
         epilogue: u32,
         act: u32,
         a_row0: u32,
+        mirror_out: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
     }
 }
 
@@ -123,6 +127,13 @@ pub const EPILOGUE_SLOTS: [Slot; 3] = [
     Slot::read(4, "e0"),
     Slot::read_write(5, "e1"),
     Slot::read_write(6, "e2"),
+];
+/// The mirrors of the epilogue's last output the kernel also writes, plain and
+/// transposed (see `Dims::mirror_out`): four storage textures in all, WebGPU's default
+/// limit per stage.
+pub const OUT_MIRRORS: [Slot; 2] = [
+    Slot::texture(7, "out_mirror"),
+    Slot::texture(8, "out_mirror_t"),
 ];
 
 impl TexKernel {
@@ -302,6 +313,12 @@ struct Dims {
     // Mirror row of A for row 0 of C: C may be a window of rows of a larger matrix
     // (one larger than a storage binding).
     a_row0: u32,
+    // Bit 0: also store the last output into out_mirror, bit 1: its transpose into
+    // out_mirror_t (texture.rs: `produce`).
+    mirror_out: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -311,6 +328,8 @@ struct Dims {
 @group(0) @binding(4) var<storage, read> e0: array<f32>;
 @group(0) @binding(5) var<storage, read_write> e1: array<f32>;
 @group(0) @binding(6) var<storage, read_write> e2: array<f32>;
+@group(0) @binding(7) var out_mirror: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(8) var out_mirror_t: texture_storage_2d<rgba32float, write>;
 
 // Read by the activation functions (shaders/activation/functions.wgsl); set from
 // dims.act. Fused activations have no parameters, so SLOPE and ALPHA are placeholders.
@@ -330,7 +349,8 @@ fn tex_b(x: u32, y: u32) -> vec4<f32> {
 ";
 
 const EPILOGUE: &str = "
-// Stores rows row0 .. row0 + ROWS - 1 of columns col .. col + 3, applying the epilogue.
+// Stores rows row0 .. row0 + ROWS - 1 of columns col .. col + 3, applying the epilogue,
+// and the epilogue's last output (C, H or DX) into the mirrors `dims.mirror_out` names.
 fn finish(row0: u32, col: u32, acc: array<vec4<f32>, ROWS>) {
     var bias = vec4<f32>(0.0);
     if dims.epilogue == 1u || dims.epilogue == 2u {
@@ -340,10 +360,12 @@ fn finish(row0: u32, col: u32, acc: array<vec4<f32>, ROWS>) {
             }
         }
     }
+    // Mirror texels past m or n must hold zeros (see the module docs).
+    var last: array<vec4<f32>, ROWS>;
     for (var r = 0u; r < ROWS; r++) {
         let row = row0 + r;
         if row >= dims.m {
-            return;
+            break;
         }
         for (var j = 0u; j < 4u; j++) {
             if col + j < dims.n {
@@ -354,10 +376,32 @@ fn finish(row0: u32, col: u32, acc: array<vec4<f32>, ROWS>) {
                 }
                 c[idx] = out;
                 if dims.epilogue == 2u {
-                    e1[idx] = act(out);
+                    out = act(out);
+                    e1[idx] = out;
                 } else if dims.epilogue == 3u {
-                    e2[idx] = out * act_grad(e0[idx], e1[idx]);
+                    out = out * act_grad(e0[idx], e1[idx]);
+                    e2[idx] = out;
                 }
+                last[r][j] = out;
+            }
+        }
+        if (dims.mirror_out & 1u) != 0u {
+            textureStore(out_mirror, vec2<u32>(col / 4u, row), last[r]);
+        }
+    }
+    if (dims.mirror_out & 2u) == 0u {
+        return;
+    }
+    // Transposed, a texel holds 4 rows of one column.
+    for (var h = 0u; h < ROWS / 4u; h++) {
+        if row0 + 4u * h >= dims.m {
+            break;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            if col + j < dims.n {
+                let t = vec4<f32>(last[4u * h][j], last[4u * h + 1u][j],
+                                  last[4u * h + 2u][j], last[4u * h + 3u][j]);
+                textureStore(out_mirror_t, vec2<u32>(row0 / 4u + h, col + j), t);
             }
         }
     }
