@@ -118,6 +118,15 @@ impl Mirrors {
     }
 }
 
+/// Work of an op later in the list that a kernel lowered earlier did in passing (the
+/// texture matmul's epilogue): the non-finite guard of a tensor, or the column sum
+/// written to a tensor. The later op leaves it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Absorbed {
+    Guard(TensorId),
+    Sum(TensorId),
+}
+
 /// What a binding is bound to.
 #[derive(Clone, Copy)]
 pub enum Res<'r> {
@@ -137,7 +146,9 @@ pub struct Lowerer<'a> {
     /// The hyper-parameter block (`tensor::Hyper`).
     pub hyper: &'a wgpu::Buffer,
     /// Stand-ins for bindings a kernel declares but a dispatch does not use.
-    pub placeholders: &'a [wgpu::Buffer; 3],
+    pub placeholders: &'a [wgpu::Buffer; 4],
+    /// Work already done for later ops of the list being lowered.
+    pub absorbed: HashSet<Absorbed>,
     /// The matmul kernel in use, resolved for the adapter (never `Auto`).
     pub variant: MatmulVariant,
     /// The tiled matmul's configuration per shape class, chosen before lowering (see
@@ -174,7 +185,7 @@ pub struct LowerParts<'a> {
     pub local: &'a [Option<wgpu::Buffer>],
     pub persistent: &'a [wgpu::Buffer],
     pub hyper: &'a wgpu::Buffer,
-    pub placeholders: &'a [wgpu::Buffer; 3],
+    pub placeholders: &'a [wgpu::Buffer; 4],
     pub variant: MatmulVariant,
     pub tiles: &'a HashMap<ShapeClass, MatmulTile>,
     pub mirrors: &'a mut Mirrors,
@@ -201,6 +212,7 @@ impl<'a> Lowerer<'a> {
             persistent: p.persistent,
             hyper: p.hyper,
             placeholders: p.placeholders,
+            absorbed: HashSet::new(),
             variant: p.variant,
             tiles: p.tiles,
             mirrors: p.mirrors,
@@ -403,6 +415,24 @@ impl<'a> Lowerer<'a> {
             groups,
             label: key.entry.to_string(),
         })
+    }
+
+    /// The dispatches of `op` alone, split over windows where a tensor it touches exceeds
+    /// one storage binding.
+    pub fn lower_op(&mut self, op: &crate::ops::Op) -> Result<Vec<Dispatch>> {
+        let (reads, writes) = op.reads_writes();
+        let max = self.max_binding();
+        self.big = reads
+            .into_iter()
+            .chain(writes)
+            .find(|&t| self.bytes(t) > max);
+        self.what = op.label();
+        let dispatches = match self.big {
+            Some(_) => op.lower_split(self),
+            None => op.lower(self).map(|d| vec![d]),
+        };
+        self.big = None;
+        dispatches
     }
 
     /// An elementwise kernel over `len` values: the `vec4` build where `len` divides by 4

@@ -6,7 +6,7 @@ pub mod cpu;
 pub mod wgpu;
 
 use super::{Host, Operation};
-use crate::device::{Dispatch, Lowerer};
+use crate::device::{lane_groups, Absorbed, Dispatch, Lowerer, Step};
 use crate::tensor::TensorId;
 use anyhow::{ensure, Result};
 
@@ -235,5 +235,45 @@ impl Operation for GuardFinite {
     }
     fn lower_split(&self, lw: &mut Lowerer) -> Result<Vec<Dispatch>> {
         wgpu::guard_split(self, lw)
+    }
+    /// The guard ops of a step come in a run; tensors a matmul's epilogue already checked
+    /// (see `ops/matmul/absorb.rs`) are left out and the rest regrouped, so the run takes
+    /// fewer dispatches.
+    fn lower_fused(
+        &self,
+        lw: &mut Lowerer,
+        following: &[super::Op],
+    ) -> Result<Option<(Vec<Step>, usize)>> {
+        let same = |g: &GuardFinite| {
+            (g.step, g.flags, g.flags_len, g.peaks)
+                == (self.step, self.flags, self.flags_len, self.peaks)
+        };
+        let run: Vec<&GuardFinite> = following
+            .iter()
+            .map_while(|op| match op {
+                super::Op::GuardFinite(g) if same(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        let all: Vec<(TensorId, usize, usize)> =
+            run.iter().flat_map(|g| g.tensors.iter().copied()).collect();
+        let done = |lw: &Lowerer, t: TensorId| lw.absorbed.contains(&Absorbed::Guard(t));
+        let left: Vec<(TensorId, usize, usize)> =
+            all.iter().copied().filter(|t| !done(lw, t.0)).collect();
+        if left.len() == all.len() {
+            return Ok(None);
+        }
+        for t in &all {
+            lw.absorbed.remove(&Absorbed::Guard(t.0));
+        }
+        let mut steps = Vec::new();
+        for tensors in lane_groups(&left, |t| t.1, GUARD_GROUP) {
+            let op = super::Op::GuardFinite(GuardFinite {
+                tensors,
+                ..self.clone()
+            });
+            steps.extend(lw.lower_op(&op)?.into_iter().map(Step::Dispatch));
+        }
+        Ok(Some((steps, run.len())))
     }
 }

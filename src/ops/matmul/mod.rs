@@ -5,6 +5,7 @@
 //! activation and activation-derivative ops that follow it (`texture.rs`, with the
 //! generated WGSL in `texture_kernel.rs`).
 
+pub mod absorb;
 pub mod cpu;
 pub mod texture;
 pub mod texture_kernel;

@@ -3,11 +3,12 @@
 //! larger than one storage binding), and the fused epilogues (see `texture_kernel.rs` for
 //! the kernel itself).
 
+use super::absorb;
 use super::texture_kernel::{self as tex, Epilogue, TexKernel};
 use super::MatMul;
 use crate::device::{
-    KernelKey, Lowerer, Mirror, MirrorCopy, MirrorKey, Res, Shader, ShaderTable, Slot, Step,
-    Uniform,
+    Absorbed, KernelKey, Lowerer, Mirror, MirrorCopy, MirrorKey, Res, Shader, ShaderTable, Slot,
+    Step, Uniform,
 };
 use crate::ops::{Activate, ActivateBackward, AddBias, Op, SumRows};
 use crate::tensor::TensorId;
@@ -125,6 +126,33 @@ pub fn lower(
         .map(|(i, _)| 1u32 << i)
         .sum();
     let out_views = out_views(lw, &produced);
+    let extras = if step == m {
+        absorb::find(op, epilogue == Epilogue::Plain, &following[used..])
+    } else {
+        absorb::Extras::default()
+    };
+    let [p0, _, p2, p3] = lw.placeholders.clone();
+    let (code, extra) = match extras.sum {
+        Some(out) => (
+            Epilogue::RowSums.codes()[0],
+            [p0.clone(), lw.buffer(out), p2],
+        ),
+        None => (code, extra),
+    };
+    let guard = extras.guard;
+    let (flags, step_bits) = match guard {
+        Some(g) => (lw.buffer(g.flags), lw.buffer(g.step)),
+        None => (p3, p0),
+    };
+    let guard_bits = guard.map_or(0, |g| {
+        g.slot_c.is_some() as u32 | (g.slot_sum.is_some() as u32) << 1
+    });
+    let guard_u32 = |v: Option<usize>| u32::try_from(v.unwrap_or(0));
+    let (slot_c, slot_sum, peaks) = (
+        guard_u32(guard.and_then(|g| g.slot_c))?,
+        guard_u32(guard.and_then(|g| g.slot_sum))?,
+        guard_u32(guard.map(|g| g.peaks))?,
+    );
     let shader = kernel.shader();
     let mut dispatches = Vec::new();
     for r0 in (0..m).step_by(step) {
@@ -139,6 +167,10 @@ pub fn lower(
             act,
             a_row0: r0 as u32,
             mirror_out,
+            guard: guard_bits,
+            slot_c,
+            slot_sum,
+            peaks,
             ..Default::default()
         };
         let windows = if step < m {
@@ -155,6 +187,8 @@ pub fn lower(
             (tex::C, Res::Tensor(c)),
             (tex::OUT_MIRRORS[0], Res::View(&out_views[0])),
             (tex::OUT_MIRRORS[1], Res::View(&out_views[1])),
+            (tex::FLAGS, Res::Buffer(&flags)),
+            (tex::STEP_BITS, Res::Buffer(&step_bits)),
         ];
         bindings.extend(
             tex::EPILOGUE_SLOTS
@@ -168,6 +202,17 @@ pub fn lower(
     }
     steps.extend(dispatches.into_iter().map(Step::Dispatch));
     lw.mirrors.produced.extend(produced.into_iter().flatten());
+    if let Some(out) = extras.sum {
+        lw.absorbed.insert(Absorbed::Sum(out));
+    }
+    if let Some(g) = guard {
+        if g.slot_c.is_some() {
+            lw.absorbed.insert(Absorbed::Guard(c));
+        }
+        if let (Some(_), Some(out)) = (g.slot_sum, extras.sum) {
+            lw.absorbed.insert(Absorbed::Guard(out));
+        }
+    }
     Ok(Some((steps, used)))
 }
 
@@ -414,7 +459,7 @@ pub(super) fn epilogue_buffers(
     c: TensorId,
     absorbed: &[Op],
 ) -> ([wgpu::Buffer; 3], Vec<TensorId>) {
-    let [p0, p1, p2] = lw.placeholders.clone();
+    let [p0, p1, p2, _] = lw.placeholders.clone();
     let buf = |t: TensorId| lw.buffer(t);
     match (epilogue, absorbed) {
         (Epilogue::Plain, _) => ([p0, p1, p2], vec![c]),
@@ -502,6 +547,8 @@ pub fn tables() -> Vec<ShaderTable> {
                 tex::EPILOGUE_SLOTS[2],
                 tex::OUT_MIRRORS[0],
                 tex::OUT_MIRRORS[1],
+                tex::FLAGS,
+                tex::STEP_BITS,
             ],
             dims: Some(tex::Dims::FIELDS),
             uniforms: &[],

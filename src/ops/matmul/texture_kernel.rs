@@ -70,7 +70,8 @@ pub enum Epilogue {
     ActGrad { act: Activation },
     /// `C = Aᵀ·B`, and `S[i] = Σ_p A[p, i]`, the row sums of `Aᵀ` (binding 5: S). A
     /// layer's weight gradient `dW = dZᵀ·X` and its bias gradient, the `SumRows` of `dZ`
-    /// (tiled kernel only).
+    /// that follows it (tiled kernel), or a later `SumRowsGroup`'s (texture kernel, see
+    /// `absorb.rs`).
     RowSums,
 }
 
@@ -113,6 +114,10 @@ crate::uniform! {
         act: u32,
         a_row0: u32,
         mirror_out: u32,
+        guard: u32,
+        slot_c: u32,
+        slot_sum: u32,
+        peaks: u32,
         _pad0: u32,
         _pad1: u32,
         _pad2: u32,
@@ -135,6 +140,12 @@ pub const OUT_MIRRORS: [Slot; 2] = [
     Slot::texture(7, "out_mirror"),
     Slot::texture(8, "out_mirror_t"),
 ];
+/// The non-finite guard's flags and step counter (see `Dims::guard` and `absorb.rs`).
+pub const FLAGS: Slot = Slot::read_write(9, "flags");
+pub const STEP_BITS: Slot = Slot::read(10, "step_bits");
+
+// Each lane of a workgroup sums one row of A for the bias gradient (`row_sum`).
+const _: () = assert!(ROWS == LANES);
 
 impl TexKernel {
     /// Every kernel this generator makes.
@@ -225,9 +236,11 @@ impl TexKernel {
             }
         }
         // An invocation whose columns were clamped onto the last texel stores nothing: a
-        // second store of the same outputs would add twice when accumulating.
+        // second store of the same outputs would add twice when accumulating. The first
+        // column of workgroups sums A's rows first where asked.
         s.push_str(
-            "    }\n    if wg.y * LANES + lid.x > jt {\n        return;\n    }\n\
+            "    }\n    if dims.epilogue == 4u && wg.y == 0u {\n        row_sum(row0 + lid.x);\n    }\n\
+             \x20   if wg.y * LANES + lid.x > jt {\n        return;\n    }\n\
              \x20   finish(row0, jt * 4u, array<vec4<f32>, ROWS>(",
         );
         let accs: Vec<String> = (0..rm).map(|r| format!("acc{r}")).collect();
@@ -316,6 +329,13 @@ struct Dims {
     // Bit 0: also store the last output into out_mirror, bit 1: its transpose into
     // out_mirror_t (texture.rs: `produce`).
     mirror_out: u32,
+    // Bit 0: guard C, bit 1: guard the row sums (`ops::health::GuardFinite`, see
+    // shaders/health/guard.wgsl), at flag slots slot_c and slot_sum; peaks: where the
+    // peaks start in `flags`.
+    guard: u32,
+    slot_c: u32,
+    slot_sum: u32,
+    peaks: u32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -330,6 +350,8 @@ struct Dims {
 @group(0) @binding(6) var<storage, read_write> e2: array<f32>;
 @group(0) @binding(7) var out_mirror: texture_storage_2d<rgba32float, write>;
 @group(0) @binding(8) var out_mirror_t: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(9) var<storage, read_write> flags: array<atomic<u32>>;
+@group(0) @binding(10) var<storage, read> step_bits: array<u32>;
 
 // Read by the activation functions (shaders/activation/functions.wgsl); set from
 // dims.act. Fused activations have no parameters, so SLOPE and ALPHA are placeholders.
@@ -362,6 +384,8 @@ fn finish(row0: u32, col: u32, acc: array<vec4<f32>, ROWS>) {
     }
     // Mirror texels past m or n must hold zeros (see the module docs).
     var last: array<vec4<f32>, ROWS>;
+    var bad = false;
+    var peak = 0u;
     for (var r = 0u; r < ROWS; r++) {
         let row = row0 + r;
         if row >= dims.m {
@@ -375,6 +399,11 @@ fn finish(row0: u32, col: u32, acc: array<vec4<f32>, ROWS>) {
                     out += c[idx];
                 }
                 c[idx] = out;
+                // Non-finite from the exponent bits: compilers may assume floats finite.
+                let bits = bitcast<u32>(abs(out));
+                let finite = (bits & 0x7f800000u) != 0x7f800000u;
+                bad = bad || !finite;
+                peak = max(peak, select(0u, bits, finite));
                 if dims.epilogue == 2u {
                     out = act(out);
                     e1[idx] = out;
@@ -388,6 +417,9 @@ fn finish(row0: u32, col: u32, acc: array<vec4<f32>, ROWS>) {
         if (dims.mirror_out & 1u) != 0u {
             textureStore(out_mirror, vec2<u32>(col / 4u, row), last[r]);
         }
+    }
+    if (dims.guard & 1u) != 0u {
+        guard_mark(dims.slot_c, bad, peak);
     }
     if (dims.mirror_out & 2u) == 0u {
         return;
@@ -404,6 +436,37 @@ fn finish(row0: u32, col: u32, acc: array<vec4<f32>, ROWS>) {
                 textureStore(out_mirror_t, vec2<u32>(row0 / 4u + h, col + j), t);
             }
         }
+    }
+}
+
+// Records a guard check of values this invocation wrote: `bad`, a NaN or inf among them,
+// marks flag `slot` with the step; `peak` (bits of the largest finite magnitude) raises
+// its peak. Most invocations find the peak already as high: a load spares their atomic.
+fn guard_mark(slot: u32, bad: bool, peak: u32) {
+    if bad {
+        atomicMax(&flags[slot], 0xffffffffu - step_bits[0]);
+    }
+    if peak > atomicLoad(&flags[dims.peaks + slot]) {
+        atomicMax(&flags[dims.peaks + slot], peak);
+    }
+}
+
+// The bias gradient of a weight gradient C = Aᵀ·B (epilogue 4): e1[row] = the sum of
+// row `row` of A's mirror, i.e. of column `row` of the stored A (zero-padded past k).
+fn row_sum(row: u32) {
+    if row >= dims.m {
+        return;
+    }
+    var s = 0.0;
+    for (var t = 0u; t < dims.pitch_a; t++) {
+        let v = tex_a(t, row);
+        s += (v.x + v.y) + (v.z + v.w);
+    }
+    e1[row] = s;
+    if (dims.guard & 2u) != 0u {
+        let bits = bitcast<u32>(abs(s));
+        let finite = (bits & 0x7f800000u) != 0x7f800000u;
+        guard_mark(dims.slot_sum, !finite, select(0u, bits, finite));
     }
 }
 ";

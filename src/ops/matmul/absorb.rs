@@ -1,0 +1,109 @@
+//! Work of ops later in the list that the texture matmul does in its epilogue, each a
+//! share of a dispatch saved: the bias gradient of a weight gradient `dW = dZᵀ·X` (the
+//! column sums of `dZ`, which the plan leaves to a `SumRowsGroup` after the backward
+//! pass) and the non-finite guard of `C` and of those sums (a `GuardFinite` run after
+//! the backward pass). A launch costs a CPU-backed adapter more than these small passes.
+//!
+//! Moving work earlier is only sound where the ops in between leave its inputs and
+//! outputs alone; the later op then skips what was done (`Lowerer::absorbed`).
+
+use super::MatMul;
+use crate::ops::{GuardFinite, Op};
+use crate::tensor::TensorId;
+
+/// What a texture matmul takes over from later ops.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Extras {
+    /// The tensor the column sums of `A` (stored `[k, m]`) go to.
+    pub sum: Option<TensorId>,
+    /// The guard's flags, step counter and peaks offset, with the flag slots of `C` and
+    /// of the sums where the epilogue checks them.
+    pub guard: Option<Guard>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Guard {
+    pub flags: TensorId,
+    pub step: TensorId,
+    pub peaks: usize,
+    pub slot_c: Option<usize>,
+    pub slot_sum: Option<usize>,
+}
+
+/// What `op`, whose fused epilogue leaves `C` plain (no bias or activation), can take
+/// over from `rest`, the ops after it. `plain`: the epilogue is the bare product.
+pub fn find(op: &MatMul, plain: bool, rest: &[Op]) -> Extras {
+    let mut extras = Extras::default();
+    // `dW = dZᵀ·X`: the sum over the rows of dZ is the sum over the row of its mirror.
+    let sum_at = (plain && op.trans_a && !op.accumulate)
+        .then(|| {
+            rest.iter().position(|o| match o {
+                Op::SumRowsGroup(g) => g
+                    .sums
+                    .iter()
+                    .any(|s| s.x == op.a && s.rows == op.k && s.cols == op.m),
+                _ => false,
+            })
+        })
+        .flatten();
+    let sum = sum_at.and_then(|j| {
+        let Op::SumRowsGroup(g) = &rest[j] else {
+            return None;
+        };
+        let s = g
+            .sums
+            .iter()
+            .find(|s| s.x == op.a && s.rows == op.k && s.cols == op.m)?;
+        let between = &rest[..j];
+        let untouched = between.iter().all(|o| {
+            let (reads, writes) = o.reads_writes();
+            !writes.contains(&op.a) && !writes.contains(&s.out) && !reads.contains(&s.out)
+        });
+        untouched.then_some(s.out)
+    });
+    extras.sum = sum;
+    let slot_c = guard_slot(rest, op.c, op.m * op.n, None);
+    let slot_sum = sum.and_then(|out| guard_slot(rest, out, op.m, sum_at));
+    // One set of flags for both (a plan has one guard).
+    let (c, s) = match (slot_c, slot_sum) {
+        (Some(c), Some(s)) if (c.0.flags, c.0.step) != (s.0.flags, s.0.step) => (Some(c), None),
+        other => other,
+    };
+    if let Some(g) = c.or(s).map(|x| x.0) {
+        extras.guard = Some(Guard {
+            flags: g.flags,
+            step: g.step,
+            peaks: g.peaks,
+            slot_c: c.map(|x| x.1),
+            slot_sum: s.map(|x| x.1),
+        });
+    }
+    extras
+}
+
+/// The guard op in `rest` that checks `t` (`len` values) and the flag slot, where no op
+/// before it writes `t` (but the one at `writer`, the absorbed sum), the step counter or,
+/// other guards apart, the flags.
+fn guard_slot(
+    rest: &[Op],
+    t: TensorId,
+    len: usize,
+    writer: Option<usize>,
+) -> Option<(&GuardFinite, usize)> {
+    let (at, g, slot) = rest.iter().enumerate().find_map(|(i, o)| match o {
+        Op::GuardFinite(g) => g
+            .tensors
+            .iter()
+            .find(|x| x.0 == t && x.1 == len)
+            .map(|x| (i, g, x.2)),
+        _ => None,
+    })?;
+    let clear = rest[..at].iter().enumerate().all(|(i, o)| {
+        let writes = o.reads_writes().1;
+        let guard = matches!(o, Op::GuardFinite(_));
+        (!writes.contains(&t) || Some(i) == writer)
+            && !writes.contains(&g.step)
+            && (guard || !writes.contains(&g.flags))
+    });
+    clear.then_some((g, slot))
+}
