@@ -28,6 +28,10 @@ crate::uniform! {
     pub struct PackDims { rows: u32, cols: u32, pitch: u32, row0: u32 }
 }
 
+/// Elements of the largest mirror a matmul's epilogue stores where a copy could refresh
+/// it instead (see `produce`): 2048 texels, about what a copy's fixed cost buys.
+const STORED_MIRROR_MAX: usize = 8192;
+
 /// Texels per invocation row of `pack.wgsl`.
 const PACK_WG: usize = 64;
 
@@ -262,7 +266,14 @@ fn produce(
     for op in rest {
         if let Op::MatMul(mm) = op {
             for key in operand_keys(mm) {
-                if key.tensor == out && key.rows == m && key.cols == n {
+                // A large mirror a plain copy refreshes (see `mirror`) is left to it: a
+                // copy costs lavapipe a fixed ~30 µs and then runs at memcpy speed, the
+                // kernel's texel stores about 20 ns a texel (W1's 256×512 activations
+                // took 8% more CPU time stored by the kernel).
+                let copied = !key.transpose
+                    && key.cols.is_multiple_of(64)
+                    && key.rows * key.cols > STORED_MIRROR_MAX;
+                if key.tensor == out && key.rows == m && key.cols == n && !copied {
                     wanted[key.transpose as usize].get_or_insert(key);
                 }
             }
