@@ -1,8 +1,8 @@
 //! A weight gradient `dW = dZᵀ·X` followed, later in the list, by the bias gradient's
-//! `SumRowsGroup` and the non-finite guard: the texture matmul takes both into its
-//! epilogue (`src/ops/matmul/absorb.rs`) and the later ops leave out what it did. Every
-//! tensor and flag must match the CPU running the same ops one by one, with and without
-//! a NaN or inf in the inputs, at sizes 1, 7, 33 and 257.
+//! `SumRowsGroup`, the non-finite guard and the plain SGD updates: the texture matmul
+//! takes them into its epilogue (`src/ops/matmul/absorb.rs`) and the later ops leave out
+//! what it did. Every tensor and flag must match the CPU running the same ops one by
+//! one, with and without a NaN or inf in the inputs, at sizes 1, 7, 33 and 257.
 
 mod common;
 
@@ -17,9 +17,10 @@ const FLAGS: usize = 16;
 const PEAKS: usize = 8;
 
 /// The plan: `dW = dZᵀ·X` (`dz` stored `[k, m]`, `x` `[k, n]`), the sums of `dz`'s
-/// columns, and the guard of `dw` (slot 1) and `db` (slot 2). `partial`: the group also
-/// sums another tensor and the guard also checks it and `dz` (slots 3 and 4), which the
-/// matmul cannot take over.
+/// columns, the guard of `dw` (slot 1) and `db` (slot 2), and the SGD updates of `w` and
+/// `b` with them. `partial`: the group also sums another tensor, the guard also checks it
+/// and `dz` (slots 3 and 4), and SGD also updates `ow` with it, which the matmul cannot
+/// take over; and a copy of `w` before the update, which keeps `w`'s update in place.
 fn case(m: usize, k: usize, n: usize, partial: bool) -> OpCase {
     let case = OpCase::new(&[
         ("dz", k * m),
@@ -30,6 +31,10 @@ fn case(m: usize, k: usize, n: usize, partial: bool) -> OpCase {
         ("ob", 5),
         ("step", 1),
         ("flags", FLAGS),
+        ("w", m * n),
+        ("b", m),
+        ("ow", 5),
+        ("w_before", m * n),
     ]);
     let id = |name| case.id(name);
     let (dz, x, dw, db, oz, ob) = (id("dz"), id("x"), id("dw"), id("db"), id("oz"), id("ob"));
@@ -50,24 +55,41 @@ fn case(m: usize, k: usize, n: usize, partial: bool) -> OpCase {
         guarded.extend([(ob, 5, 3), (dz, k * m, 4)]);
     }
     let (step, flags) = (id("step"), id("flags"));
-    case.op(Op::MatMul(MatMul {
-        a: dz,
-        b: x,
-        c: dw,
-        m,
-        k,
-        n,
-        trans_a: true,
-        trans_b: false,
-        accumulate: false,
-    }))
-    .op(Op::SumRowsGroup(SumRowsGroup { sums }))
-    .op(Op::GuardFinite(GuardFinite {
-        tensors: guarded,
-        step,
-        flags,
-        flags_len: FLAGS,
-        peaks: PEAKS,
+    let mut params = vec![(id("w"), dw, m * n), (id("b"), db, m)];
+    if partial {
+        params.push((id("ow"), ob, 5));
+    }
+    let snapshot = Op::CopyInto(CopyInto {
+        src: id("w"),
+        dst: id("w_before"),
+        len: m * n,
+        dst_len: m * n,
+        offset: 0,
+    });
+    let case = case
+        .op(Op::MatMul(MatMul {
+            a: dz,
+            b: x,
+            c: dw,
+            m,
+            k,
+            n,
+            trans_a: true,
+            trans_b: false,
+            accumulate: false,
+        }))
+        .op(Op::SumRowsGroup(SumRowsGroup { sums }))
+        .op(Op::GuardFinite(GuardFinite {
+            tensors: guarded,
+            step,
+            flags,
+            flags_len: FLAGS,
+            peaks: PEAKS,
+        }));
+    let case = if partial { case.op(snapshot) } else { case };
+    case.op(Op::SgdGroup(SgdGroup {
+        tensors: params,
+        weight_decay: 0.25,
     }))
 }
 
@@ -90,6 +112,9 @@ fn weight_gradient_takes_bias_sum_and_guard() {
                 ("oz", random(k * 5, 3)),
                 ("step", vec![f32::from_bits(41)]),
                 ("flags", vec![0.0; FLAGS]),
+                ("w", random(m * n, 4)),
+                ("b", random(m, 5)),
+                ("ow", random(5, 6)),
             ];
             if let Some(name) = bad {
                 let t = inputs.iter_mut().find(|i| i.0 == name).unwrap();
@@ -101,15 +126,15 @@ fn weight_gradient_takes_bias_sum_and_guard() {
                 };
             }
             let plan = case(m, k, n, partial);
-            let cpu = plan.run(&mut CpuEngine::new(), &inputs, 0.0);
+            let cpu = plan.run(&mut CpuEngine::new(), &inputs, 0.1);
             for variant in variants {
                 let what = format!("{variant} m={m} k={k} n={n} partial={partial} bad={bad:?}");
                 let mut engine = GpuEngine::new(gpu());
                 engine.set_matmul_variant(variant);
-                let out = plan.run(&mut engine, &inputs, 0.0);
-                // The matmul and the packs of dZᵀ and X; the sums and guard of the
-                // partial plan's other tensors take one dispatch each.
-                let want = if partial { 5 } else { 3 };
+                let out = plan.run(&mut engine, &inputs, 0.1);
+                // The matmul and the packs of dZᵀ and X; the partial plan's copy, and
+                // the sums, guard and updates of its other tensors, one dispatch each.
+                let want = if partial { 7 } else { 3 };
                 let got = engine.counters().dispatches;
                 if got != want {
                     failures.push(format!("{what}: {got} dispatches, want {want}"));

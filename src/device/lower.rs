@@ -125,6 +125,8 @@ impl Mirrors {
 pub enum Absorbed {
     Guard(TensorId),
     Sum(TensorId),
+    /// A plain SGD update of the parameter.
+    Update(TensorId),
 }
 
 /// What a binding is bound to.
@@ -146,7 +148,7 @@ pub struct Lowerer<'a> {
     /// The hyper-parameter block (`tensor::Hyper`).
     pub hyper: &'a wgpu::Buffer,
     /// Stand-ins for bindings a kernel declares but a dispatch does not use.
-    pub placeholders: &'a [wgpu::Buffer; 4],
+    pub placeholders: &'a [wgpu::Buffer; 6],
     /// Work already done for later ops of the list being lowered.
     pub absorbed: HashSet<Absorbed>,
     /// The matmul kernel in use, resolved for the adapter (never `Auto`).
@@ -185,7 +187,7 @@ pub struct LowerParts<'a> {
     pub local: &'a [Option<wgpu::Buffer>],
     pub persistent: &'a [wgpu::Buffer],
     pub hyper: &'a wgpu::Buffer,
-    pub placeholders: &'a [wgpu::Buffer; 4],
+    pub placeholders: &'a [wgpu::Buffer; 6],
     pub variant: MatmulVariant,
     pub tiles: &'a HashMap<ShapeClass, MatmulTile>,
     pub mirrors: &'a mut Mirrors,

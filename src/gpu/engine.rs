@@ -46,7 +46,7 @@ pub struct GpuEngine {
     persistent_desc: Vec<PersistentDesc>,
     hyper: wgpu::Buffer,
     /// Stand-ins for the epilogue buffers a texture matmul does not use.
-    placeholders: [wgpu::Buffer; 4],
+    placeholders: [wgpu::Buffer; 6],
     plans: Vec<GpuPlan>,
     counters: Counters,
     /// Limits planned against when lower than the device's (see `limit_memory`).
@@ -73,7 +73,7 @@ impl GpuEngine {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let placeholders = [0, 1, 2, 3].map(|i| {
+        let placeholders = [0, 1, 2, 3, 4, 5].map(|i| {
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("epilogue placeholder {i}")),
                 size: 16,

@@ -131,11 +131,15 @@ pub fn lower(
         .sum();
     let out_views = out_views(lw, &produced);
     let extras = if step == m {
-        absorb::find(op, epilogue == Epilogue::Plain, &following[used..])
+        absorb::find(lw, op, epilogue == Epilogue::Plain, &following[used..])
     } else {
         absorb::Extras::default()
     };
-    let [p0, _, p2, p3] = lw.placeholders.clone();
+    let [p0, _, p2, p3, p4, p5] = lw.placeholders.clone();
+    let param = |t: Option<TensorId>, spare: wgpu::Buffer| t.map_or(spare, |t| lw.buffer(t));
+    let (param_c, param_sum) = (param(extras.update_c, p4), param(extras.update_sum, p5));
+    let update = extras.update_c.is_some() as u32 | (extras.update_sum.is_some() as u32) << 1;
+    let hyper = lw.hyper.clone();
     let (code, extra) = match extras.sum {
         Some(out) => (
             Epilogue::RowSums.codes()[0],
@@ -175,6 +179,8 @@ pub fn lower(
             slot_c,
             slot_sum,
             peaks,
+            update,
+            weight_decay: extras.weight_decay,
             ..Default::default()
         };
         let windows = if step < m {
@@ -193,6 +199,9 @@ pub fn lower(
             (tex::OUT_MIRRORS[1], Res::View(&out_views[1])),
             (tex::FLAGS, Res::Buffer(&flags)),
             (tex::STEP_BITS, Res::Buffer(&step_bits)),
+            (tex::PARAM_C, Res::Buffer(&param_c)),
+            (tex::PARAM_SUM, Res::Buffer(&param_sum)),
+            (tex::HYPER, Res::Buffer(&hyper)),
         ];
         bindings.extend(
             tex::EPILOGUE_SLOTS
@@ -208,6 +217,9 @@ pub fn lower(
     lw.mirrors.produced.extend(produced.into_iter().flatten());
     if let Some(out) = extras.sum {
         lw.absorbed.insert(Absorbed::Sum(out));
+    }
+    for p in [extras.update_c, extras.update_sum].into_iter().flatten() {
+        lw.absorbed.insert(Absorbed::Update(p));
     }
     if let Some(g) = guard {
         if g.slot_c.is_some() {
@@ -225,7 +237,7 @@ pub fn lower(
 /// span all k rows, which with those of B overflows the TLB for large k (1024³ ran at
 /// 60% of the untransposed speed). It is the smaller operand in an MLP's `dW = dYᵀ·X`,
 /// and the kernel then needs no transposed-A form. A transposed B is read in place.
-fn operand_keys(op: &MatMul) -> [MirrorKey; 2] {
+pub(super) fn operand_keys(op: &MatMul) -> [MirrorKey; 2] {
     let MatMul {
         a,
         b,
@@ -470,7 +482,7 @@ pub(super) fn epilogue_buffers(
     c: TensorId,
     absorbed: &[Op],
 ) -> ([wgpu::Buffer; 3], Vec<TensorId>) {
-    let [p0, p1, p2, _] = lw.placeholders.clone();
+    let [p0, p1, p2, ..] = lw.placeholders.clone();
     let buf = |t: TensorId| lw.buffer(t);
     match (epilogue, absorbed) {
         (Epilogue::Plain, _) => ([p0, p1, p2], vec![c]),
@@ -560,9 +572,12 @@ pub fn tables() -> Vec<ShaderTable> {
                 tex::OUT_MIRRORS[1],
                 tex::FLAGS,
                 tex::STEP_BITS,
+                tex::PARAM_C,
+                tex::PARAM_SUM,
+                tex::HYPER,
             ],
             dims: Some(tex::Dims::FIELDS),
-            uniforms: &[],
+            uniforms: &[("hyper", crate::ops::optim::group::Hyper::FIELDS)],
         })
         .collect();
     tables.push(ShaderTable {

@@ -118,9 +118,9 @@ crate::uniform! {
         slot_c: u32,
         slot_sum: u32,
         peaks: u32,
+        update: u32,
+        weight_decay: f32,
         _pad0: u32,
-        _pad1: u32,
-        _pad2: u32,
     }
 }
 
@@ -143,6 +143,12 @@ pub const OUT_MIRRORS: [Slot; 2] = [
 /// The non-finite guard's flags and step counter (see `Dims::guard` and `absorb.rs`).
 pub const FLAGS: Slot = Slot::read_write(9, "flags");
 pub const STEP_BITS: Slot = Slot::read(10, "step_bits");
+/// The parameters plain SGD updates with C and with the row sums (`Dims::update`), and
+/// the hyper-parameters (`crate::tensor::Hyper`) with the learning rate: 8 storage
+/// buffers in all, WebGPU's default limit per stage.
+pub const PARAM_C: Slot = Slot::read_write(11, "param_c");
+pub const PARAM_SUM: Slot = Slot::read_write(12, "param_sum");
+pub const HYPER: Slot = Slot::uniform(13, "hyper");
 
 // Each lane of a workgroup sums one row of A for the bias gradient (`row_sum`).
 const _: () = assert!(ROWS == LANES);
@@ -336,9 +342,19 @@ struct Dims {
     slot_c: u32,
     slot_sum: u32,
     peaks: u32,
+    // Bit 0: param_c -= lr·(C + weight_decay·param_c), bit 1: the same for param_sum
+    // with the row sums (`ops::optim::SgdGroup`'s arithmetic).
+    update: u32,
+    weight_decay: f32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+}
+
+// `crate::tensor::Hyper`: only the learning rate matters to plain SGD.
+struct Hyper {
+    lr: f32,
+    momentum: f32,
+    ln_momentum: f32,
+    cycled: f32,
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -352,6 +368,9 @@ struct Dims {
 @group(0) @binding(8) var out_mirror_t: texture_storage_2d<rgba32float, write>;
 @group(0) @binding(9) var<storage, read_write> flags: array<atomic<u32>>;
 @group(0) @binding(10) var<storage, read> step_bits: array<u32>;
+@group(0) @binding(11) var<storage, read_write> param_c: array<f32>;
+@group(0) @binding(12) var<storage, read_write> param_sum: array<f32>;
+@group(0) @binding(13) var<uniform> hyper: Hyper;
 
 // Read by the activation functions (shaders/activation/functions.wgsl); set from
 // dims.act. Fused activations have no parameters, so SLOPE and ALPHA are placeholders.
@@ -404,6 +423,9 @@ fn finish(row0: u32, col: u32, acc: array<vec4<f32>, ROWS>) {
                 let finite = (bits & 0x7f800000u) != 0x7f800000u;
                 bad = bad || !finite;
                 peak = max(peak, select(0u, bits, finite));
+                if (dims.update & 1u) != 0u {
+                    param_c[idx] -= hyper.lr * (out + dims.weight_decay * param_c[idx]);
+                }
                 if dims.epilogue == 2u {
                     out = act(out);
                     e1[idx] = out;
@@ -463,6 +485,9 @@ fn row_sum(row: u32) {
         s += (v.x + v.y) + (v.z + v.w);
     }
     e1[row] = s;
+    if (dims.update & 2u) != 0u {
+        param_sum[row] -= hyper.lr * (s + dims.weight_decay * param_sum[row]);
+    }
     if (dims.guard & 2u) != 0u {
         let bits = bitcast<u32>(abs(s));
         let finite = (bits & 0x7f800000u) != 0x7f800000u;

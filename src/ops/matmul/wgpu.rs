@@ -54,7 +54,7 @@ pub fn tiled_key(tile: &MatmulTile, op: &MatMul, epilogue: Epilogue) -> KernelKe
 }
 
 pub fn matmul(op: &MatMul, lw: &mut Lowerer) -> Result<Dispatch> {
-    let [p0, p1, p2, _] = lw.placeholders.clone();
+    let [p0, p1, p2, ..] = lw.placeholders.clone();
     dispatch(op, lw, Epilogue::Plain, &[p0, p1, p2])
 }
 
