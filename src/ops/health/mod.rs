@@ -277,3 +277,31 @@ impl Operation for GuardFinite {
         Ok(Some((steps, run.len())))
     }
 }
+
+/// The guard op in `rest` (the ops after one that reads or writes `t`) that checks `t`
+/// (`len` values) and the flag slot, where no op before it writes `t` (but the one at
+/// `writer`), the step counter or, other guards apart, the flags: where the earlier op
+/// may check `t` in its stead (see `ops/matmul/absorb.rs`).
+pub fn later_guard(
+    rest: &[super::Op],
+    t: TensorId,
+    len: usize,
+    writer: Option<usize>,
+) -> Option<(&GuardFinite, usize)> {
+    let (at, g, slot) = rest.iter().enumerate().find_map(|(i, o)| match o {
+        super::Op::GuardFinite(g) => g
+            .tensors
+            .iter()
+            .find(|x| x.0 == t && x.1 == len)
+            .map(|x| (i, g, x.2)),
+        _ => None,
+    })?;
+    let clear = rest[..at].iter().enumerate().all(|(i, o)| {
+        let writes = o.reads_writes().1;
+        let guard = matches!(o, super::Op::GuardFinite(_));
+        (!writes.contains(&t) || Some(i) == writer)
+            && !writes.contains(&g.step)
+            && (guard || !writes.contains(&g.flags))
+    });
+    clear.then_some((g, slot))
+}

@@ -15,7 +15,8 @@ use super::texture::operand_keys;
 use super::texture_kernel::{COLS, ROWS};
 use super::MatMul;
 use crate::device::Lowerer;
-use crate::ops::{GuardFinite, Op};
+use crate::ops::health::later_guard;
+use crate::ops::Op;
 use crate::tensor::TensorId;
 
 /// What a texture matmul takes over from later ops.
@@ -74,8 +75,8 @@ pub fn find(lw: &Lowerer, op: &MatMul, plain: bool, rest: &[Op]) -> Extras {
         untouched.then_some(s.out)
     });
     extras.sum = sum;
-    let slot_c = guard_slot(rest, op.c, op.m * op.n, None);
-    let slot_sum = sum.and_then(|out| guard_slot(rest, out, op.m, sum_at));
+    let slot_c = later_guard(rest, op.c, op.m * op.n, None);
+    let slot_sum = sum.and_then(|out| later_guard(rest, out, op.m, sum_at));
     // One set of flags for both (a plan has one guard).
     let (c, s) = match (slot_c, slot_sum) {
         (Some(c), Some(s)) if (c.0.flags, c.0.step) != (s.0.flags, s.0.step) => (Some(c), None),
@@ -150,31 +151,4 @@ fn reads_through_mirror(lw: &Lowerer, mm: &MatMul, t: TensorId) -> bool {
             fresh.is_some_and(|f| f.contains(&k))
                 && lw.mirrors.mirrors.get(&k).is_some_and(Option::is_some)
         })
-}
-
-/// The guard op in `rest` that checks `t` (`len` values) and the flag slot, where no op
-/// before it writes `t` (but the one at `writer`, the absorbed sum), the step counter or,
-/// other guards apart, the flags.
-fn guard_slot(
-    rest: &[Op],
-    t: TensorId,
-    len: usize,
-    writer: Option<usize>,
-) -> Option<(&GuardFinite, usize)> {
-    let (at, g, slot) = rest.iter().enumerate().find_map(|(i, o)| match o {
-        Op::GuardFinite(g) => g
-            .tensors
-            .iter()
-            .find(|x| x.0 == t && x.1 == len)
-            .map(|x| (i, g, x.2)),
-        _ => None,
-    })?;
-    let clear = rest[..at].iter().enumerate().all(|(i, o)| {
-        let writes = o.reads_writes().1;
-        let guard = matches!(o, Op::GuardFinite(_));
-        (!writes.contains(&t) || Some(i) == writer)
-            && !writes.contains(&g.step)
-            && (guard || !writes.contains(&g.flags))
-    });
-    clear.then_some((g, slot))
 }
