@@ -80,6 +80,9 @@ pub struct Mirror {
     pub pitch: u32,
     /// The copy or pack dispatches that bring the mirror up to date with its buffer.
     pub refresh: Vec<Step>,
+    /// The buffer, where `refresh` is one pack dispatch (which another mirror's may
+    /// share, see `ops/matmul/pack_pair.rs`).
+    pub pack: Option<wgpu::Buffer>,
 }
 
 /// Mirror bookkeeping while a plan is lowered. `fresh` holds the mirrors that are up to

@@ -7,6 +7,7 @@
 
 pub mod absorb;
 pub mod cpu;
+pub mod pack_pair;
 pub mod texture;
 pub mod texture_kernel;
 pub mod tune;

@@ -3,9 +3,9 @@
 //! larger than one storage binding), and the fused epilogues (see `texture_kernel.rs` for
 //! the kernel itself).
 
-use super::absorb;
 use super::texture_kernel::{self as tex, Epilogue, TexKernel};
 use super::MatMul;
+use super::{absorb, pack_pair};
 use crate::device::{
     Absorbed, KernelKey, Lowerer, Mirror, MirrorCopy, MirrorKey, Res, Shader, ShaderTable, Slot,
     Step, Uniform,
@@ -88,17 +88,11 @@ pub fn lower(
     }
     let [code, act] = epilogue.codes();
     let (view_a, view_b, pitch_a) = (ma.view.clone(), mb.view.clone(), ma.pitch);
-    let mut steps = Vec::new();
-    for key in [a_key, b_key] {
-        if lw.mirrors.refreshed(key) {
-            let refresh = lw.mirrors.mirrors[&key]
-                .as_ref()
-                .expect("checked above")
-                .refresh
-                .clone();
-            steps.extend(refresh);
-        }
-    }
+    let stale: Vec<MirrorKey> = [a_key, b_key]
+        .into_iter()
+        .filter(|&key| lw.mirrors.refreshed(key))
+        .collect();
+    let mut steps = pack_pair::refresh(lw, &stale, following)?;
     let kernel = TexKernel { trans_b, subgroup };
     let (extra, c_shaped) = epilogue_buffers(lw, epilogue, c, &following[1..used]);
     // Where C exceeds one storage binding, dispatch windows of its rows; the kernel
@@ -346,7 +340,7 @@ fn out_views(lw: &mut Lowerer, produced: &[Option<MirrorKey>; 2]) -> [wgpu::Text
 /// Creates the texture mirror for `key` and the step that refreshes it: a plain copy
 /// where buffer rows are a multiple of 256 bytes, else a pack dispatch (padding rows to
 /// whole texels, or transposing). `None` when it exceeds the device's limits.
-fn mirror(lw: &mut Lowerer, key: MirrorKey) -> Result<Option<Mirror>> {
+pub(super) fn mirror(lw: &mut Lowerer, key: MirrorKey) -> Result<Option<Mirror>> {
     let (rows, cols) = if key.transpose {
         (key.cols, key.rows)
     } else {
@@ -394,6 +388,7 @@ fn mirror(lw: &mut Lowerer, key: MirrorKey) -> Result<Option<Mirror>> {
             view,
             pitch: pitch as u32,
             refresh: vec![copy],
+            pack: None,
         }));
     }
     // A pack dispatch binds the source: one larger than a storage binding is packed in
@@ -466,10 +461,12 @@ fn mirror(lw: &mut Lowerer, key: MirrorKey) -> Result<Option<Mirror>> {
         d.label = label.clone();
         refresh.push(Step::Dispatch(d));
     }
+    let pack = (refresh.len() == 1).then_some(src);
     Ok(Some(Mirror {
         view,
         pitch: pitch as u32,
         refresh,
+        pack,
     }))
 }
 

@@ -225,5 +225,6 @@ pub fn tables() -> Vec<ShaderTable> {
     ];
     let mut tables = vec![table(REG4X4, &[A, B, C]), table(TILED, &TILED_SLOTS)];
     tables.extend(super::texture::tables());
+    tables.extend(super::pack_pair::tables());
     tables
 }
