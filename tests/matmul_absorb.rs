@@ -95,12 +95,14 @@ fn case(m: usize, k: usize, n: usize, partial: bool) -> OpCase {
 
 #[test]
 fn weight_gradient_takes_bias_sum_and_guard() {
+    // The last weight is larger than the epilogue updates (`absorb::UPDATE_MAX`).
     let shapes = [
         (1, 1, 1),
         (7, 33, 257),
         (257, 7, 33),
         (33, 257, 7),
         (257, 257, 1),
+        (257, 7, 257),
     ];
     let variants = [MatmulVariant::Texture, MatmulVariant::TextureNoSubgroup];
     let mut failures = Vec::new();
@@ -134,9 +136,11 @@ fn weight_gradient_takes_bias_sum_and_guard() {
                 let out = plan.run(&mut engine, &inputs, 0.1);
                 // The matmul and the packs of dZᵀ and X (one dispatch for both where
                 // they are small, see `pack_pair.rs`); the partial plan's copy, and the
-                // sums, guard and updates of its other tensors, one dispatch each.
+                // sums, guard and updates of its other tensors, one dispatch each; the
+                // large weight's update.
                 let packs = if k * m.max(n) <= 65_536 { 1 } else { 2 };
-                let want = 1 + packs + if partial { 4 } else { 0 };
+                let large = m * n > steadygrad::ops::matmul::absorb::UPDATE_MAX;
+                let want = 1 + packs + if partial { 4 } else { large as usize };
                 let got = engine.counters().dispatches;
                 if got != want {
                     failures.push(format!("{what}: {got} dispatches, want {want}"));
