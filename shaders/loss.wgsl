@@ -5,8 +5,13 @@
 struct Dims {
     rows: u32,
     cols: u32,
+    // accumulate_metrics: guard the per-row losses at flag `slot` (see below).
+    guard: u32,
+    slot: u32,
+    peaks: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -77,6 +82,8 @@ fn mse(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<
 @group(0) @binding(6) var<storage, read> loss_in: array<f32>;
 @group(0) @binding(7) var<storage, read> correct_in: array<f32>;
 @group(0) @binding(8) var<storage, read_write> metrics: array<f32>;
+@group(0) @binding(9) var<storage, read_write> flags: array<atomic<u32>>;
+@group(0) @binding(10) var<storage, read> step_bits: array<u32>;
 
 // metrics += [Σ loss, Σ correct, rows], one invocation. Rows are a batch: a loop over
 // them is short, and a workgroup tree reduction's barriers cost lavapipe about 0.4 s of
@@ -98,4 +105,28 @@ fn accumulate_metrics() {
     metrics[0] += (l.x + l.y) + (l.z + l.w);
     metrics[1] += (c.x + c.y) + (c.z + c.w);
     metrics[2] += f32(dims.rows);
+    if dims.guard != 0u {
+        guard_losses();
+    }
+}
+
+// The non-finite guard's check of the per-row losses (`ops::health::GuardFinite`, see
+// shaders/health/guard.wgsl), taken over from a guard dispatch later in the step: the
+// step marks flag `slot` on a NaN or inf, and the largest finite magnitude raises its
+// peak. Non-finite from the exponent bits: compilers may assume floats finite.
+fn guard_losses() {
+    var bad = false;
+    var peak = 0u;
+    for (var r = 0u; r < dims.rows; r++) {
+        let bits = bitcast<u32>(abs(loss_in[r]));
+        let finite = (bits & 0x7f800000u) != 0x7f800000u;
+        bad = bad || !finite;
+        peak = max(peak, select(0u, bits, finite));
+    }
+    if bad {
+        atomicMax(&flags[dims.slot], 0xffffffffu - step_bits[0]);
+    }
+    if peak > 0u {
+        atomicMax(&flags[dims.peaks + dims.slot], peak);
+    }
 }

@@ -288,3 +288,65 @@ fn guard_groups_are_checked() {
     let e = case.plan.validate(&[]).unwrap_err().to_string();
     assert!(e.contains("writes up to element 3 of a tensor of 2"), "{e}");
 }
+
+/// The metric accumulator takes over the guard's check of the per-row losses it reads
+/// (a guard dispatch fewer): flags and metrics as the CPU running the ops one by one
+/// has them, with and without a NaN or inf among the losses.
+#[test]
+fn metrics_accumulator_guards_the_losses() {
+    for rows in ODD_SIZES {
+        for bad in [None, Some(f32::NAN), Some(f32::NEG_INFINITY)] {
+            let case = OpCase::new(&[
+                ("loss", rows),
+                ("correct", rows),
+                ("metrics", 3),
+                ("step", 1),
+                ("flags", 16),
+            ]);
+            let id = |n| case.id(n);
+            let (loss, flags) = (id("loss"), id("flags"));
+            let accumulate = Op::AccumulateMetrics(AccumulateMetrics {
+                row_loss: loss,
+                row_correct: id("correct"),
+                metrics: id("metrics"),
+                rows,
+            });
+            let guard = Op::GuardFinite(GuardFinite {
+                tensors: vec![(loss, rows, 3)],
+                step: id("step"),
+                flags,
+                flags_len: 16,
+                peaks: 8,
+            });
+            let case = case.op(accumulate).op(guard);
+            let mut losses: Vec<f32> = random(rows, 7).iter().map(|v| v.abs() * 5.0).collect();
+            if let Some(v) = bad {
+                losses[rows / 2] = v;
+            }
+            let inputs = [
+                ("loss", losses),
+                ("correct", vec![1.0; rows]),
+                ("metrics", vec![0.5, 0.25, 2.0]),
+                ("step", vec![f32::from_bits(9)]),
+                ("flags", vec![0.0; 16]),
+            ];
+            let mut engine = steadygrad::gpu::GpuEngine::new(common::gpu());
+            let g = case.run(&mut engine, &inputs, 0.0);
+            let c = case.run(&mut steadygrad::cpu::CpuEngine::new(), &inputs, 0.0);
+            let what = format!("rows {rows} bad {bad:?}");
+            assert_eq!(
+                engine.counters().dispatches,
+                1,
+                "{what}: guard not taken over"
+            );
+            let (gf, cf) = (&g[flags].1, &c[flags].1);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(bits(gf), bits(cf), "{what}: flags");
+            assert_eq!(guard_step(gf[3]), bad.map(|_| 9), "{what}");
+            let m = case.id("metrics");
+            if bad.is_none() {
+                assert_near(&g[m].1, &c[m].1, 1.0, &what);
+            }
+        }
+    }
+}

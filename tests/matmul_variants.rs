@@ -138,7 +138,8 @@ fn auto() {
 
 /// A layer's forward (`MatMul`, `AddBias`, `Activate`) and the backward pair (`MatMul`,
 /// `ActivateBackward`), and a weight gradient with its bias gradient (`MatMul` Aᵀ·B,
-/// `SumRows`), which some variants fuse into one kernel: every tensor, fused or not, must
+/// `SumRows`), which some variants fuse into one kernel, then transposed reads of two fused
+/// outputs (mirrors the texture epilogue writes): every tensor, fused or not, must
 /// match the CPU running the same plan.
 ///
 /// With `tile`, the tiled kernel pinned to that configuration, a rotating third of the
@@ -168,6 +169,8 @@ fn check_fused_ops(variant: MatmulVariant, tile: Option<(usize, MatmulTile)>) {
             let xh = plan.add_tensor("xh", &[m * k], local);
             let gw = plan.add_tensor("gw", &[k * n], local);
             let gb = plan.add_tensor("gb", &[k], local);
+            let gz = plan.add_tensor("gz", &[k * n], local);
+            let gd = plan.add_tensor("gd", &[n * k], local);
             plan.forward = vec![
                 Op::MatMul(MatMul {
                     a: x,
@@ -250,6 +253,30 @@ fn check_fused_ops(variant: MatmulVariant, tile: Option<(usize, MatmulTile)>) {
                     cols: k,
                     accumulate: false,
                 }),
+                // Transposed reads of an activation derivative's and a bias add's outputs,
+                // whose mirrors the texture kernel's epilogue writes.
+                Op::MatMul(MatMul {
+                    a: dz,
+                    b: h,
+                    c: gz,
+                    m: k,
+                    k: m,
+                    n,
+                    trans_a: true,
+                    trans_b: false,
+                    accumulate: false,
+                }),
+                Op::MatMul(MatMul {
+                    a: dh,
+                    b: x,
+                    c: gd,
+                    m: n,
+                    k: m,
+                    n: k,
+                    trans_a: true,
+                    trans_b: false,
+                    accumulate: false,
+                }),
             ];
             let inputs = [
                 (x, values(m * k, 1)),
@@ -282,22 +309,23 @@ fn check_fused_ops(variant: MatmulVariant, tile: Option<(usize, MatmulTile)>) {
                 }
                 engine.write(id, xh, &xh_values).unwrap();
                 engine.run(id, Stage::Predict).unwrap();
-                let read: Vec<Vec<f32>> = [z, h, dx, dz, dh, gw, gb]
+                let read: Vec<Vec<f32>> = [z, h, dx, dz, dh, gw, gb, gz, gd]
                     .iter()
                     .map(|&t| engine.read(id, t).unwrap())
                     .collect();
                 outputs.push(read);
             }
-            // Fused: the four chains of the plan; unfusable activations (those with
-            // parameters) stay separate dispatches, two of them.
+            // Fused: the four chains of the plan and two plain products; unfusable
+            // activations (those with parameters) stay separate dispatches, two of them.
             let dispatches = gpu.counters().dispatches;
-            let fused = if act.fusable() { 4 } else { 6 };
+            let fused = if act.fusable() { 6 } else { 8 };
             if tile.is_some() && dispatches != fused {
                 failures.push(format!(
                     "{variant} {act} m={m} k={k} n={n}: {dispatches} dispatches, want {fused}"
                 ));
             }
-            for (i, name) in ["z", "h", "dx", "dz", "dh", "gw", "gb"].iter().enumerate() {
+            let names = ["z", "h", "dx", "dz", "dh", "gw", "gb", "gz", "gd"];
+            for (i, name) in names.iter().enumerate() {
                 let r = compare(name, &outputs[0][i], &outputs[1][i], Tolerance::default());
                 if !r.pass {
                     failures.push(format!(

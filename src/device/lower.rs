@@ -80,6 +80,9 @@ pub struct Mirror {
     pub pitch: u32,
     /// The copy or pack dispatches that bring the mirror up to date with its buffer.
     pub refresh: Vec<Step>,
+    /// The buffer, where `refresh` is one pack dispatch (which another mirror's may
+    /// share, see `ops/matmul/pack_pair.rs`).
+    pub pack: Option<wgpu::Buffer>,
 }
 
 /// Mirror bookkeeping while a plan is lowered. `fresh` holds the mirrors that are up to
@@ -91,6 +94,12 @@ pub struct Mirrors {
     /// By tensor, so a write drops its mirrors without scanning all of them (a scan per
     /// op made lowering grow with the square of the depth).
     pub fresh: HashMap<TensorId, HashSet<MirrorKey>>,
+    /// Mirrors the op just lowered writes itself (a matmul's epilogue), fresh once the
+    /// op's writes have marked its tensors' other mirrors stale.
+    pub produced: Vec<MirrorKey>,
+    /// Write-only stand-ins for mirror bindings a kernel declares but a dispatch does not
+    /// use, made on first need.
+    pub placeholders: Option<[wgpu::TextureView; 2]>,
 }
 
 impl Mirrors {
@@ -103,6 +112,24 @@ impl Mirrors {
     pub fn written(&mut self, tensor: TensorId) {
         self.fresh.remove(&tensor);
     }
+
+    /// Marks the mirrors in `produced` up to date (after `written` for the op's outputs).
+    pub fn settle(&mut self) {
+        for key in std::mem::take(&mut self.produced) {
+            self.refreshed(key);
+        }
+    }
+}
+
+/// Work of an op later in the list that a kernel lowered earlier did in passing (the
+/// texture matmul's epilogue): the non-finite guard of a tensor, or the column sum
+/// written to a tensor. The later op leaves it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Absorbed {
+    Guard(TensorId),
+    Sum(TensorId),
+    /// A plain SGD update of the parameter.
+    Update(TensorId),
 }
 
 /// What a binding is bound to.
@@ -124,7 +151,9 @@ pub struct Lowerer<'a> {
     /// The hyper-parameter block (`tensor::Hyper`).
     pub hyper: &'a wgpu::Buffer,
     /// Stand-ins for bindings a kernel declares but a dispatch does not use.
-    pub placeholders: &'a [wgpu::Buffer; 3],
+    pub placeholders: &'a [wgpu::Buffer; 6],
+    /// Work already done for later ops of the list being lowered.
+    pub absorbed: HashSet<Absorbed>,
     /// The matmul kernel in use, resolved for the adapter (never `Auto`).
     pub variant: MatmulVariant,
     /// The tiled matmul's configuration per shape class, chosen before lowering (see
@@ -161,7 +190,7 @@ pub struct LowerParts<'a> {
     pub local: &'a [Option<wgpu::Buffer>],
     pub persistent: &'a [wgpu::Buffer],
     pub hyper: &'a wgpu::Buffer,
-    pub placeholders: &'a [wgpu::Buffer; 3],
+    pub placeholders: &'a [wgpu::Buffer; 6],
     pub variant: MatmulVariant,
     pub tiles: &'a HashMap<ShapeClass, MatmulTile>,
     pub mirrors: &'a mut Mirrors,
@@ -188,6 +217,7 @@ impl<'a> Lowerer<'a> {
             persistent: p.persistent,
             hyper: p.hyper,
             placeholders: p.placeholders,
+            absorbed: HashSet::new(),
             variant: p.variant,
             tiles: p.tiles,
             mirrors: p.mirrors,
@@ -390,6 +420,24 @@ impl<'a> Lowerer<'a> {
             groups,
             label: key.entry.to_string(),
         })
+    }
+
+    /// The dispatches of `op` alone, split over windows where a tensor it touches exceeds
+    /// one storage binding.
+    pub fn lower_op(&mut self, op: &crate::ops::Op) -> Result<Vec<Dispatch>> {
+        let (reads, writes) = op.reads_writes();
+        let max = self.max_binding();
+        self.big = reads
+            .into_iter()
+            .chain(writes)
+            .find(|&t| self.bytes(t) > max);
+        self.what = op.label();
+        let dispatches = match self.big {
+            Some(_) => op.lower_split(self),
+            None => op.lower(self).map(|d| vec![d]),
+        };
+        self.big = None;
+        dispatches
     }
 
     /// An elementwise kernel over `len` values: the `vec4` build where `len` divides by 4

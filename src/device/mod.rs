@@ -11,8 +11,8 @@ pub mod tile;
 pub use context::{describe_adapter, list_adapters, AdapterSelection, GpuContext, LimitsProfile};
 pub use kernels::{Access, KernelKey, Kernels, Shader, ShaderTable, Slot, Uniform};
 pub use lower::{
-    lane_groups, lanes, u32_of, Dispatch, LowerParts, Lowerer, Mirror, MirrorCopy, MirrorKey,
-    Mirrors, Res, Step, ELEMENTWISE_WG,
+    lane_groups, lanes, u32_of, Absorbed, Dispatch, LowerParts, Lowerer, Mirror, MirrorCopy,
+    MirrorKey, Mirrors, Res, Step, ELEMENTWISE_WG,
 };
 pub use tile::{MatmulTile, ShapeClass};
 

@@ -46,7 +46,7 @@ pub struct GpuEngine {
     persistent_desc: Vec<PersistentDesc>,
     hyper: wgpu::Buffer,
     /// Stand-ins for the epilogue buffers a texture matmul does not use.
-    placeholders: [wgpu::Buffer; 3],
+    placeholders: [wgpu::Buffer; 6],
     plans: Vec<GpuPlan>,
     counters: Counters,
     /// Limits planned against when lower than the device's (see `limit_memory`).
@@ -73,7 +73,7 @@ impl GpuEngine {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let placeholders = [0, 1, 2].map(|i| {
+        let placeholders = [0, 1, 2, 3, 4, 5].map(|i| {
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("epilogue placeholder {i}")),
                 size: 16,
@@ -320,6 +320,7 @@ impl GpuEngine {
             if fresh_start {
                 lw.mirrors.fresh.clear();
             }
+            lw.absorbed.clear();
             out.push(lower_list(&mut lw, ops)?);
         }
         Ok(out)
@@ -425,15 +426,7 @@ fn lower_list(lw: &mut Lowerer, ops: &[Op]) -> Result<Vec<Step>> {
         let (mut lowered, used) = match op.lower_fused(lw, &ops[i..])? {
             Some((s, used)) => (s, used),
             None => {
-                let (reads, writes) = op.reads_writes();
-                let max = lw.max_binding();
-                lw.big = reads.into_iter().chain(writes).find(|&t| lw.bytes(t) > max);
-                lw.what = op.label();
-                let dispatches = match lw.big {
-                    Some(_) => op.lower_split(lw)?,
-                    None => vec![op.lower(lw)?],
-                };
-                lw.big = None;
+                let dispatches = lw.lower_op(op)?;
                 (dispatches.into_iter().map(Step::Dispatch).collect(), 1)
             }
         };
@@ -460,6 +453,7 @@ fn lower_list(lw: &mut Lowerer, ops: &[Op]) -> Result<Vec<Step>> {
                 lw.mirrors.written(t);
             }
         }
+        lw.mirrors.settle();
         i += used;
     }
     Ok(steps)

@@ -4,7 +4,8 @@
 
 use super::{cpu, Host, Operation, SumRows};
 use crate::device::{
-    lane_groups, u32_of, Dispatch, KernelKey, Lowerer, Res, Shader, ShaderTable, Slot, Uniform,
+    lane_groups, u32_of, Absorbed, Dispatch, KernelKey, Lowerer, Res, Shader, ShaderTable, Slot,
+    Step, Uniform,
 };
 use crate::tensor::TensorId;
 use anyhow::{ensure, Result};
@@ -69,6 +70,28 @@ impl Operation for SumRowsGroup {
     }
     fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
         sum_rows_group(self, lw)
+    }
+    /// The sums a weight-gradient matmul already wrote (see `ops/matmul/absorb.rs`) are
+    /// left out, the whole dispatch where that is all of them.
+    fn lower_fused(
+        &self,
+        lw: &mut Lowerer,
+        _following: &[crate::ops::Op],
+    ) -> Result<Option<(Vec<Step>, usize)>> {
+        let done = |lw: &Lowerer, s: &ColumnSum| lw.absorbed.contains(&Absorbed::Sum(s.out));
+        let left: Vec<ColumnSum> = self.sums.iter().filter(|s| !done(lw, s)).copied().collect();
+        if left.len() == self.sums.len() {
+            return Ok(None);
+        }
+        for s in &self.sums {
+            lw.absorbed.remove(&Absorbed::Sum(s.out));
+        }
+        let mut steps = Vec::new();
+        if !left.is_empty() {
+            let op = crate::ops::Op::SumRowsGroup(SumRowsGroup { sums: left });
+            steps.extend(lw.lower_op(&op)?.into_iter().map(Step::Dispatch));
+        }
+        Ok(Some((steps, 1)))
     }
     /// Small tensors keep their shared dispatch; each one larger than a storage binding
     /// is summed as [`SumRows`] sums it, over windows of rows.

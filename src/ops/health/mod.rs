@@ -6,7 +6,7 @@ pub mod cpu;
 pub mod wgpu;
 
 use super::{Host, Operation};
-use crate::device::{Dispatch, Lowerer};
+use crate::device::{lane_groups, Absorbed, Dispatch, Lowerer, Step};
 use crate::tensor::TensorId;
 use anyhow::{ensure, Result};
 
@@ -236,4 +236,72 @@ impl Operation for GuardFinite {
     fn lower_split(&self, lw: &mut Lowerer) -> Result<Vec<Dispatch>> {
         wgpu::guard_split(self, lw)
     }
+    /// The guard ops of a step come in a run; tensors a matmul's epilogue already checked
+    /// (see `ops/matmul/absorb.rs`) are left out and the rest regrouped, so the run takes
+    /// fewer dispatches.
+    fn lower_fused(
+        &self,
+        lw: &mut Lowerer,
+        following: &[super::Op],
+    ) -> Result<Option<(Vec<Step>, usize)>> {
+        let same = |g: &GuardFinite| {
+            (g.step, g.flags, g.flags_len, g.peaks)
+                == (self.step, self.flags, self.flags_len, self.peaks)
+        };
+        let run: Vec<&GuardFinite> = following
+            .iter()
+            .map_while(|op| match op {
+                super::Op::GuardFinite(g) if same(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        let all: Vec<(TensorId, usize, usize)> =
+            run.iter().flat_map(|g| g.tensors.iter().copied()).collect();
+        let done = |lw: &Lowerer, t: TensorId| lw.absorbed.contains(&Absorbed::Guard(t));
+        let left: Vec<(TensorId, usize, usize)> =
+            all.iter().copied().filter(|t| !done(lw, t.0)).collect();
+        if left.len() == all.len() {
+            return Ok(None);
+        }
+        for t in &all {
+            lw.absorbed.remove(&Absorbed::Guard(t.0));
+        }
+        let mut steps = Vec::new();
+        for tensors in lane_groups(&left, |t| t.1, GUARD_GROUP) {
+            let op = super::Op::GuardFinite(GuardFinite {
+                tensors,
+                ..self.clone()
+            });
+            steps.extend(lw.lower_op(&op)?.into_iter().map(Step::Dispatch));
+        }
+        Ok(Some((steps, run.len())))
+    }
+}
+
+/// The guard op in `rest` (the ops after one that reads or writes `t`) that checks `t`
+/// (`len` values) and the flag slot, where no op before it writes `t` (but the one at
+/// `writer`), the step counter or, other guards apart, the flags: where the earlier op
+/// may check `t` in its stead (see `ops/matmul/absorb.rs`).
+pub fn later_guard(
+    rest: &[super::Op],
+    t: TensorId,
+    len: usize,
+    writer: Option<usize>,
+) -> Option<(&GuardFinite, usize)> {
+    let (at, g, slot) = rest.iter().enumerate().find_map(|(i, o)| match o {
+        super::Op::GuardFinite(g) => g
+            .tensors
+            .iter()
+            .find(|x| x.0 == t && x.1 == len)
+            .map(|x| (i, g, x.2)),
+        _ => None,
+    })?;
+    let clear = rest[..at].iter().enumerate().all(|(i, o)| {
+        let writes = o.reads_writes().1;
+        let guard = matches!(o, super::Op::GuardFinite(_));
+        (!writes.contains(&t) || Some(i) == writer)
+            && !writes.contains(&g.step)
+            && (guard || !writes.contains(&g.flags))
+    });
+    clear.then_some((g, slot))
 }

@@ -200,6 +200,25 @@ impl Operation for AccumulateMetrics {
         Ok(())
     }
     fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
-        wgpu::accumulate_metrics(self, lw)
+        wgpu::accumulate_metrics(self, None, lw)
+    }
+    /// With the non-finite guard of the per-row losses, where a guard later in the list
+    /// checks them and nothing in between changes them: the accumulator reads them anyway,
+    /// and the guard leaves them out (a dispatch fewer where they were all it had left).
+    fn lower_fused(
+        &self,
+        lw: &mut Lowerer,
+        following: &[super::Op],
+    ) -> Result<Option<(Vec<crate::device::Step>, usize)>> {
+        let later =
+            crate::ops::health::later_guard(&following[1..], self.row_loss, self.rows, None);
+        let Some((g, slot)) = later else {
+            return Ok(None);
+        };
+        let guard = Some((g.flags, g.step, g.peaks, slot));
+        let d = wgpu::accumulate_metrics(self, guard, lw)?;
+        lw.absorbed
+            .insert(crate::device::Absorbed::Guard(self.row_loss));
+        Ok(Some((vec![crate::device::Step::Dispatch(d)], 1)))
     }
 }

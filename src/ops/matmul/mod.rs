@@ -5,7 +5,9 @@
 //! activation and activation-derivative ops that follow it (`texture.rs`, with the
 //! generated WGSL in `texture_kernel.rs`).
 
+pub mod absorb;
 pub mod cpu;
+pub mod pack_pair;
 pub mod texture;
 pub mod texture_kernel;
 pub mod tune;

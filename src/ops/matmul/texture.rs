@@ -5,9 +5,10 @@
 
 use super::texture_kernel::{self as tex, Epilogue, TexKernel};
 use super::MatMul;
+use super::{absorb, pack_pair};
 use crate::device::{
-    KernelKey, Lowerer, Mirror, MirrorCopy, MirrorKey, Res, Shader, ShaderTable, Slot, Step,
-    Uniform,
+    Absorbed, KernelKey, Lowerer, Mirror, MirrorCopy, MirrorKey, Res, Shader, ShaderTable, Slot,
+    Step, Uniform,
 };
 use crate::ops::{Activate, ActivateBackward, AddBias, Op, SumRows};
 use crate::tensor::TensorId;
@@ -26,6 +27,10 @@ crate::uniform! {
     /// `pitch`: texels per mirror row with data; `row0`: the first source row of a window.
     pub struct PackDims { rows: u32, cols: u32, pitch: u32, row0: u32 }
 }
+
+/// Elements of the largest mirror a matmul's epilogue stores where a copy could refresh
+/// it instead (see `produce`): 2048 texels, about what a copy's fixed cost buys.
+const STORED_MIRROR_MAX: usize = 8192;
 
 /// Texels per invocation row of `pack.wgsl`.
 const PACK_WG: usize = 64;
@@ -60,27 +65,11 @@ pub fn lower(
         m,
         k,
         n,
-        trans_a,
         trans_b,
         accumulate,
+        ..
     } = *op;
-    // A transposed A is transposed into its mirror: read in place, each of the
-    // kernel's strips of A would span all k rows, which with those of B overflows the
-    // TLB for large k (1024³ ran at 60% of the untransposed speed). It is the smaller
-    // operand in an MLP's `dW = dYᵀ·X`, and the kernel then needs no transposed-A form.
-    // A transposed B is read in place.
-    let a_key = MirrorKey {
-        tensor: a,
-        rows: if trans_a { k } else { m },
-        cols: if trans_a { m } else { k },
-        transpose: trans_a,
-    };
-    let b_key = MirrorKey {
-        tensor: b,
-        rows: if trans_b { n } else { k },
-        cols: if trans_b { k } else { n },
-        transpose: false,
-    };
+    let [a_key, b_key] = operand_keys(op);
     for key in [a_key, b_key] {
         if !lw.mirrors.mirrors.contains_key(&key) {
             let mirror = mirror(lw, key)?;
@@ -99,17 +88,11 @@ pub fn lower(
     }
     let [code, act] = epilogue.codes();
     let (view_a, view_b, pitch_a) = (ma.view.clone(), mb.view.clone(), ma.pitch);
-    let mut steps = Vec::new();
-    for key in [a_key, b_key] {
-        if lw.mirrors.refreshed(key) {
-            let refresh = lw.mirrors.mirrors[&key]
-                .as_ref()
-                .expect("checked above")
-                .refresh
-                .clone();
-            steps.extend(refresh);
-        }
-    }
+    let stale: Vec<MirrorKey> = [a_key, b_key]
+        .into_iter()
+        .filter(|&key| lw.mirrors.refreshed(key))
+        .collect();
+    let mut steps = pack_pair::refresh(lw, &stale, following)?;
     let kernel = TexKernel { trans_b, subgroup };
     let (extra, c_shaped) = epilogue_buffers(lw, epilogue, c, &following[1..used]);
     // Where C exceeds one storage binding, dispatch windows of its rows; the kernel
@@ -125,6 +108,53 @@ pub fn lower(
         rows.min(m)
     };
     let windowed: Vec<wgpu::Buffer> = c_shaped.iter().map(|&t| lw.buffer(t)).collect();
+    // The epilogue also stores its last output into the mirrors later matmuls read it
+    // from, which spares a copy, or a pack dispatch for a transposed one, per mirror.
+    // Not for C in windows: the kernel's rows are then the window's.
+    let out = following[used - 1].reads_writes().1[0];
+    let produced = if step == m && out != a && out != b {
+        produce(lw, out, m, n, &following[used..])?
+    } else {
+        [None, None]
+    };
+    let mirror_out = produced
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.is_some())
+        .map(|(i, _)| 1u32 << i)
+        .sum();
+    let out_views = out_views(lw, &produced);
+    let extras = if step == m {
+        absorb::find(lw, op, epilogue == Epilogue::Plain, &following[used..])
+    } else {
+        absorb::Extras::default()
+    };
+    let [p0, _, p2, p3, p4, p5] = lw.placeholders.clone();
+    let param = |t: Option<TensorId>, spare: wgpu::Buffer| t.map_or(spare, |t| lw.buffer(t));
+    let (param_c, param_sum) = (param(extras.update_c, p4), param(extras.update_sum, p5));
+    let update = extras.update_c.is_some() as u32 | (extras.update_sum.is_some() as u32) << 1;
+    let hyper = lw.hyper.clone();
+    let (code, extra) = match extras.sum {
+        Some(out) => (
+            Epilogue::RowSums.codes()[0],
+            [p0.clone(), lw.buffer(out), p2],
+        ),
+        None => (code, extra),
+    };
+    let guard = extras.guard;
+    let (flags, step_bits) = match guard {
+        Some(g) => (lw.buffer(g.flags), lw.buffer(g.step)),
+        None => (p3, p0),
+    };
+    let guard_bits = guard.map_or(0, |g| {
+        g.slot_c.is_some() as u32 | (g.slot_sum.is_some() as u32) << 1
+    });
+    let guard_u32 = |v: Option<usize>| u32::try_from(v.unwrap_or(0));
+    let (slot_c, slot_sum, peaks) = (
+        guard_u32(guard.and_then(|g| g.slot_c))?,
+        guard_u32(guard.and_then(|g| g.slot_sum))?,
+        guard_u32(guard.map(|g| g.peaks))?,
+    );
     let shader = kernel.shader();
     let mut dispatches = Vec::new();
     for r0 in (0..m).step_by(step) {
@@ -138,6 +168,14 @@ pub fn lower(
             epilogue: code,
             act,
             a_row0: r0 as u32,
+            mirror_out,
+            guard: guard_bits,
+            slot_c,
+            slot_sum,
+            peaks,
+            update,
+            weight_decay: extras.weight_decay,
+            ..Default::default()
         };
         let windows = if step < m {
             windowed
@@ -151,6 +189,13 @@ pub fn lower(
             (tex::MIRROR_A, Res::View(&view_a)),
             (tex::MIRROR_B, Res::View(&view_b)),
             (tex::C, Res::Tensor(c)),
+            (tex::OUT_MIRRORS[0], Res::View(&out_views[0])),
+            (tex::OUT_MIRRORS[1], Res::View(&out_views[1])),
+            (tex::FLAGS, Res::Buffer(&flags)),
+            (tex::STEP_BITS, Res::Buffer(&step_bits)),
+            (tex::PARAM_C, Res::Buffer(&param_c)),
+            (tex::PARAM_SUM, Res::Buffer(&param_sum)),
+            (tex::HYPER, Res::Buffer(&hyper)),
         ];
         bindings.extend(
             tex::EPILOGUE_SLOTS
@@ -163,13 +208,139 @@ pub fn lower(
         dispatches.push(d);
     }
     steps.extend(dispatches.into_iter().map(Step::Dispatch));
+    lw.mirrors.produced.extend(produced.into_iter().flatten());
+    if let Some(out) = extras.sum {
+        lw.absorbed.insert(Absorbed::Sum(out));
+    }
+    for p in [extras.update_c, extras.update_sum].into_iter().flatten() {
+        lw.absorbed.insert(Absorbed::Update(p));
+    }
+    if let Some(g) = guard {
+        if g.slot_c.is_some() {
+            lw.absorbed.insert(Absorbed::Guard(c));
+        }
+        if let (Some(_), Some(out)) = (g.slot_sum, extras.sum) {
+            lw.absorbed.insert(Absorbed::Guard(out));
+        }
+    }
     Ok(Some((steps, used)))
+}
+
+/// The mirror keys a texture matmul `op` reads its operands through. A transposed A is
+/// transposed into its mirror: read in place, each of the kernel's strips of A would
+/// span all k rows, which with those of B overflows the TLB for large k (1024³ ran at
+/// 60% of the untransposed speed). It is the smaller operand in an MLP's `dW = dYᵀ·X`,
+/// and the kernel then needs no transposed-A form. A transposed B is read in place.
+pub(super) fn operand_keys(op: &MatMul) -> [MirrorKey; 2] {
+    let MatMul {
+        a,
+        b,
+        m,
+        k,
+        n,
+        trans_a,
+        trans_b,
+        ..
+    } = *op;
+    [
+        MirrorKey {
+            tensor: a,
+            rows: if trans_a { k } else { m },
+            cols: if trans_a { m } else { k },
+            transpose: trans_a,
+        },
+        MirrorKey {
+            tensor: b,
+            rows: if trans_b { n } else { k },
+            cols: if trans_b { k } else { n },
+            transpose: false,
+        },
+    ]
+}
+
+/// The mirrors of `out` (`[m, n]`), plain and transposed, that a matmul in `rest` reads
+/// before any op writes `out` again, created where missing; `None` for one no matmul
+/// wants or that exceeds the device's limits.
+fn produce(
+    lw: &mut Lowerer,
+    out: TensorId,
+    m: usize,
+    n: usize,
+    rest: &[Op],
+) -> Result<[Option<MirrorKey>; 2]> {
+    let mut wanted = [None, None];
+    for op in rest {
+        if let Op::MatMul(mm) = op {
+            for key in operand_keys(mm) {
+                // A large mirror a plain copy refreshes (see `mirror`) is left to it: a
+                // copy costs lavapipe a fixed ~30 µs and then runs at memcpy speed, the
+                // kernel's texel stores about 20 ns a texel (W1's 256×512 activations
+                // took 8% more CPU time stored by the kernel).
+                let copied = !key.transpose
+                    && key.cols.is_multiple_of(64)
+                    && key.rows * key.cols > STORED_MIRROR_MAX;
+                if key.tensor == out && key.rows == m && key.cols == n && !copied {
+                    wanted[key.transpose as usize].get_or_insert(key);
+                }
+            }
+        }
+        if op.reads_writes().1.contains(&out) {
+            break;
+        }
+    }
+    for slot in &mut wanted {
+        let Some(key) = *slot else { continue };
+        if !lw.mirrors.mirrors.contains_key(&key) {
+            let made = mirror(lw, key)?;
+            lw.mirrors.mirrors.insert(key, made);
+        }
+        if lw.mirrors.mirrors[&key].is_none() {
+            *slot = None;
+        }
+    }
+    Ok(wanted)
+}
+
+/// Views for the kernel's two output-mirror bindings: the mirrors of `produced`, else
+/// stand-ins (distinct ones, as two writable bindings may not alias).
+fn out_views(lw: &mut Lowerer, produced: &[Option<MirrorKey>; 2]) -> [wgpu::TextureView; 2] {
+    let device = &lw.ctx.device;
+    let spare = lw.mirrors.placeholders.get_or_insert_with(|| {
+        [0, 1].map(|i| {
+            device
+                .create_texture(&wgpu::TextureDescriptor {
+                    label: Some(&format!("mirror placeholder {i}")),
+                    size: wgpu::Extent3d {
+                        width: 1,
+                        height: 1,
+                        depth_or_array_layers: 1,
+                    },
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format: wgpu::TextureFormat::Rgba32Float,
+                    usage: wgpu::TextureUsages::STORAGE_BINDING,
+                    view_formats: &[],
+                })
+                .create_view(&wgpu::TextureViewDescriptor::default())
+        })
+    });
+    let spare = spare.clone();
+    let mirrors = &lw.mirrors.mirrors;
+    [0, 1].map(|i| match produced[i] {
+        Some(key) => mirrors[&key]
+            .as_ref()
+            .expect("checked in produce")
+            .view
+            .clone(),
+        None => spare[i].clone(),
+    })
 }
 
 /// Creates the texture mirror for `key` and the step that refreshes it: a plain copy
 /// where buffer rows are a multiple of 256 bytes, else a pack dispatch (padding rows to
 /// whole texels, or transposing). `None` when it exceeds the device's limits.
-fn mirror(lw: &mut Lowerer, key: MirrorKey) -> Result<Option<Mirror>> {
+pub(super) fn mirror(lw: &mut Lowerer, key: MirrorKey) -> Result<Option<Mirror>> {
     let (rows, cols) = if key.transpose {
         (key.cols, key.rows)
     } else {
@@ -217,6 +388,7 @@ fn mirror(lw: &mut Lowerer, key: MirrorKey) -> Result<Option<Mirror>> {
             view,
             pitch: pitch as u32,
             refresh: vec![copy],
+            pack: None,
         }));
     }
     // A pack dispatch binds the source: one larger than a storage binding is packed in
@@ -289,10 +461,12 @@ fn mirror(lw: &mut Lowerer, key: MirrorKey) -> Result<Option<Mirror>> {
         d.label = label.clone();
         refresh.push(Step::Dispatch(d));
     }
+    let pack = (refresh.len() == 1).then_some(src);
     Ok(Some(Mirror {
         view,
         pitch: pitch as u32,
         refresh,
+        pack,
     }))
 }
 
@@ -305,7 +479,7 @@ pub(super) fn epilogue_buffers(
     c: TensorId,
     absorbed: &[Op],
 ) -> ([wgpu::Buffer; 3], Vec<TensorId>) {
-    let [p0, p1, p2] = lw.placeholders.clone();
+    let [p0, p1, p2, ..] = lw.placeholders.clone();
     let buf = |t: TensorId| lw.buffer(t);
     match (epilogue, absorbed) {
         (Epilogue::Plain, _) => ([p0, p1, p2], vec![c]),
@@ -391,9 +565,16 @@ pub fn tables() -> Vec<ShaderTable> {
                 tex::EPILOGUE_SLOTS[0],
                 tex::EPILOGUE_SLOTS[1],
                 tex::EPILOGUE_SLOTS[2],
+                tex::OUT_MIRRORS[0],
+                tex::OUT_MIRRORS[1],
+                tex::FLAGS,
+                tex::STEP_BITS,
+                tex::PARAM_C,
+                tex::PARAM_SUM,
+                tex::HYPER,
             ],
             dims: Some(tex::Dims::FIELDS),
-            uniforms: &[],
+            uniforms: &[("hyper", crate::ops::optim::group::Hyper::FIELDS)],
         })
         .collect();
     tables.push(ShaderTable {

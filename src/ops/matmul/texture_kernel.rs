@@ -70,7 +70,8 @@ pub enum Epilogue {
     ActGrad { act: Activation },
     /// `C = Aᵀ·B`, and `S[i] = Σ_p A[p, i]`, the row sums of `Aᵀ` (binding 5: S). A
     /// layer's weight gradient `dW = dZᵀ·X` and its bias gradient, the `SumRows` of `dZ`
-    /// (tiled kernel only).
+    /// that follows it (tiled kernel), or a later `SumRowsGroup`'s (texture kernel, see
+    /// `absorb.rs`).
     RowSums,
 }
 
@@ -101,7 +102,7 @@ const XYZW: [&str; 4] = ["x", "y", "z", "w"];
 
 crate::uniform! {
     /// `pitch_a`: texels per row of the A mirror with data; `epilogue`, `act`: see
-    /// [`Epilogue::codes`]; `a_row0`: the mirror row of A for row 0 of C (C may be a
+    /// [`Epilogue::codes`]; `mirror_out`: see `OUT_MIRRORS`; `a_row0`: the mirror row of A for row 0 of C (C may be a
     /// window of rows of a larger matrix).
     pub struct Dims {
         m: u32,
@@ -112,6 +113,14 @@ crate::uniform! {
         epilogue: u32,
         act: u32,
         a_row0: u32,
+        mirror_out: u32,
+        guard: u32,
+        slot_c: u32,
+        slot_sum: u32,
+        peaks: u32,
+        update: u32,
+        weight_decay: f32,
+        _pad0: u32,
     }
 }
 
@@ -124,6 +133,25 @@ pub const EPILOGUE_SLOTS: [Slot; 3] = [
     Slot::read_write(5, "e1"),
     Slot::read_write(6, "e2"),
 ];
+/// The mirrors of the epilogue's last output the kernel also writes, plain and
+/// transposed (see `Dims::mirror_out`): four storage textures in all, WebGPU's default
+/// limit per stage.
+pub const OUT_MIRRORS: [Slot; 2] = [
+    Slot::texture(7, "out_mirror"),
+    Slot::texture(8, "out_mirror_t"),
+];
+/// The non-finite guard's flags and step counter (see `Dims::guard` and `absorb.rs`).
+pub const FLAGS: Slot = Slot::read_write(9, "flags");
+pub const STEP_BITS: Slot = Slot::read(10, "step_bits");
+/// The parameters plain SGD updates with C and with the row sums (`Dims::update`), and
+/// the hyper-parameters (`crate::tensor::Hyper`) with the learning rate: 8 storage
+/// buffers in all, WebGPU's default limit per stage.
+pub const PARAM_C: Slot = Slot::read_write(11, "param_c");
+pub const PARAM_SUM: Slot = Slot::read_write(12, "param_sum");
+pub const HYPER: Slot = Slot::uniform(13, "hyper");
+
+// Each lane of a workgroup sums one row of A for the bias gradient (`row_sum`).
+const _: () = assert!(ROWS == LANES);
 
 impl TexKernel {
     /// Every kernel this generator makes.
@@ -214,9 +242,11 @@ impl TexKernel {
             }
         }
         // An invocation whose columns were clamped onto the last texel stores nothing: a
-        // second store of the same outputs would add twice when accumulating.
+        // second store of the same outputs would add twice when accumulating. The first
+        // column of workgroups sums A's rows first where asked.
         s.push_str(
-            "    }\n    if wg.y * LANES + lid.x > jt {\n        return;\n    }\n\
+            "    }\n    if dims.epilogue == 4u && wg.y == 0u {\n        row_sum(row0 + lid.x);\n    }\n\
+             \x20   if wg.y * LANES + lid.x > jt {\n        return;\n    }\n\
              \x20   finish(row0, jt * 4u, array<vec4<f32>, ROWS>(",
         );
         let accs: Vec<String> = (0..rm).map(|r| format!("acc{r}")).collect();
@@ -302,6 +332,29 @@ struct Dims {
     // Mirror row of A for row 0 of C: C may be a window of rows of a larger matrix
     // (one larger than a storage binding).
     a_row0: u32,
+    // Bit 0: also store the last output into out_mirror, bit 1: its transpose into
+    // out_mirror_t (texture.rs: `produce`).
+    mirror_out: u32,
+    // Bit 0: guard C, bit 1: guard the row sums (`ops::health::GuardFinite`, see
+    // shaders/health/guard.wgsl), at flag slots slot_c and slot_sum; peaks: where the
+    // peaks start in `flags`.
+    guard: u32,
+    slot_c: u32,
+    slot_sum: u32,
+    peaks: u32,
+    // Bit 0: param_c -= lr·(C + weight_decay·param_c), bit 1: the same for param_sum
+    // with the row sums (`ops::optim::SgdGroup`'s arithmetic).
+    update: u32,
+    weight_decay: f32,
+    _pad0: u32,
+}
+
+// `crate::tensor::Hyper`: only the learning rate matters to plain SGD.
+struct Hyper {
+    lr: f32,
+    momentum: f32,
+    ln_momentum: f32,
+    cycled: f32,
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -311,6 +364,13 @@ struct Dims {
 @group(0) @binding(4) var<storage, read> e0: array<f32>;
 @group(0) @binding(5) var<storage, read_write> e1: array<f32>;
 @group(0) @binding(6) var<storage, read_write> e2: array<f32>;
+@group(0) @binding(7) var out_mirror: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(8) var out_mirror_t: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(9) var<storage, read_write> flags: array<atomic<u32>>;
+@group(0) @binding(10) var<storage, read> step_bits: array<u32>;
+@group(0) @binding(11) var<storage, read_write> param_c: array<f32>;
+@group(0) @binding(12) var<storage, read_write> param_sum: array<f32>;
+@group(0) @binding(13) var<uniform> hyper: Hyper;
 
 // Read by the activation functions (shaders/activation/functions.wgsl); set from
 // dims.act. Fused activations have no parameters, so SLOPE and ALPHA are placeholders.
@@ -330,7 +390,8 @@ fn tex_b(x: u32, y: u32) -> vec4<f32> {
 ";
 
 const EPILOGUE: &str = "
-// Stores rows row0 .. row0 + ROWS - 1 of columns col .. col + 3, applying the epilogue.
+// Stores rows row0 .. row0 + ROWS - 1 of columns col .. col + 3, applying the epilogue,
+// and the epilogue's last output (C, H or DX) into the mirrors `dims.mirror_out` names.
 fn finish(row0: u32, col: u32, acc: array<vec4<f32>, ROWS>) {
     var bias = vec4<f32>(0.0);
     if dims.epilogue == 1u || dims.epilogue == 2u {
@@ -340,10 +401,14 @@ fn finish(row0: u32, col: u32, acc: array<vec4<f32>, ROWS>) {
             }
         }
     }
+    // Mirror texels past m or n must hold zeros (see the module docs).
+    var last: array<vec4<f32>, ROWS>;
+    var bad = false;
+    var peak = 0u;
     for (var r = 0u; r < ROWS; r++) {
         let row = row0 + r;
         if row >= dims.m {
-            return;
+            break;
         }
         for (var j = 0u; j < 4u; j++) {
             if col + j < dims.n {
@@ -353,13 +418,80 @@ fn finish(row0: u32, col: u32, acc: array<vec4<f32>, ROWS>) {
                     out += c[idx];
                 }
                 c[idx] = out;
-                if dims.epilogue == 2u {
-                    e1[idx] = act(out);
-                } else if dims.epilogue == 3u {
-                    e2[idx] = out * act_grad(e0[idx], e1[idx]);
+                // Non-finite from the exponent bits: compilers may assume floats finite.
+                let bits = bitcast<u32>(abs(out));
+                let finite = (bits & 0x7f800000u) != 0x7f800000u;
+                bad = bad || !finite;
+                peak = max(peak, select(0u, bits, finite));
+                if (dims.update & 1u) != 0u {
+                    param_c[idx] -= hyper.lr * (out + dims.weight_decay * param_c[idx]);
                 }
+                if dims.epilogue == 2u {
+                    out = act(out);
+                    e1[idx] = out;
+                } else if dims.epilogue == 3u {
+                    out = out * act_grad(e0[idx], e1[idx]);
+                    e2[idx] = out;
+                }
+                last[r][j] = out;
             }
         }
+        if (dims.mirror_out & 1u) != 0u {
+            textureStore(out_mirror, vec2<u32>(col / 4u, row), last[r]);
+        }
+    }
+    if (dims.guard & 1u) != 0u {
+        guard_mark(dims.slot_c, bad, peak);
+    }
+    if (dims.mirror_out & 2u) == 0u {
+        return;
+    }
+    // Transposed, a texel holds 4 rows of one column.
+    for (var h = 0u; h < ROWS / 4u; h++) {
+        if row0 + 4u * h >= dims.m {
+            break;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            if col + j < dims.n {
+                let t = vec4<f32>(last[4u * h][j], last[4u * h + 1u][j],
+                                  last[4u * h + 2u][j], last[4u * h + 3u][j]);
+                textureStore(out_mirror_t, vec2<u32>(row0 / 4u + h, col + j), t);
+            }
+        }
+    }
+}
+
+// Records a guard check of values this invocation wrote: `bad`, a NaN or inf among them,
+// marks flag `slot` with the step; `peak` (bits of the largest finite magnitude) raises
+// its peak. Most invocations find the peak already as high: a load spares their atomic.
+fn guard_mark(slot: u32, bad: bool, peak: u32) {
+    if bad {
+        atomicMax(&flags[slot], 0xffffffffu - step_bits[0]);
+    }
+    if peak > atomicLoad(&flags[dims.peaks + slot]) {
+        atomicMax(&flags[dims.peaks + slot], peak);
+    }
+}
+
+// The bias gradient of a weight gradient C = Aᵀ·B (epilogue 4): e1[row] = the sum of
+// row `row` of A's mirror, i.e. of column `row` of the stored A (zero-padded past k).
+fn row_sum(row: u32) {
+    if row >= dims.m {
+        return;
+    }
+    var s = 0.0;
+    for (var t = 0u; t < dims.pitch_a; t++) {
+        let v = tex_a(t, row);
+        s += (v.x + v.y) + (v.z + v.w);
+    }
+    e1[row] = s;
+    if (dims.update & 2u) != 0u {
+        param_sum[row] -= hyper.lr * (s + dims.weight_decay * param_sum[row]);
+    }
+    if (dims.guard & 2u) != 0u {
+        let bits = bitcast<u32>(abs(s));
+        let finite = (bits & 0x7f800000u) != 0x7f800000u;
+        guard_mark(dims.slot_sum, !finite, select(0u, bits, finite));
     }
 }
 ";

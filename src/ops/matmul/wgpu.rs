@@ -54,8 +54,8 @@ pub fn tiled_key(tile: &MatmulTile, op: &MatMul, epilogue: Epilogue) -> KernelKe
 }
 
 pub fn matmul(op: &MatMul, lw: &mut Lowerer) -> Result<Dispatch> {
-    let extra = lw.placeholders.clone();
-    dispatch(op, lw, Epilogue::Plain, &extra)
+    let [p0, p1, p2, ..] = lw.placeholders.clone();
+    dispatch(op, lw, Epilogue::Plain, &[p0, p1, p2])
 }
 
 /// The matmul with the epilogue it absorbs from `following` (`following[0]` is `op`), as
@@ -225,5 +225,6 @@ pub fn tables() -> Vec<ShaderTable> {
     ];
     let mut tables = vec![table(REG4X4, &[A, B, C]), table(TILED, &TILED_SLOTS)];
     tables.extend(super::texture::tables());
+    tables.extend(super::pack_pair::tables());
     tables
 }

@@ -4,8 +4,8 @@
 
 use super::{cpu, non_negative, Host, Operation};
 use crate::device::{
-    lane_groups, lanes, u32_of, Dispatch, KernelKey, Lowerer, Res, Shader, ShaderTable, Slot,
-    Uniform, ELEMENTWISE_WG,
+    lane_groups, lanes, u32_of, Absorbed, Dispatch, KernelKey, Lowerer, Res, Shader, ShaderTable,
+    Slot, Step, Uniform, ELEMENTWISE_WG,
 };
 use crate::tensor::TensorId;
 use anyhow::{ensure, Result};
@@ -78,6 +78,37 @@ impl Operation for SgdGroup {
     }
     fn lower(&self, lw: &mut Lowerer) -> Result<Dispatch> {
         sgd_group(self, lw)
+    }
+    /// The groups of a step come in a run; parameters a weight-gradient matmul already
+    /// updated (see `ops/matmul/absorb.rs`) are left out and the rest regrouped.
+    fn lower_fused(
+        &self,
+        lw: &mut Lowerer,
+        following: &[crate::ops::Op],
+    ) -> Result<Option<(Vec<Step>, usize)>> {
+        let run: Vec<&SgdGroup> = following
+            .iter()
+            .map_while(|op| match op {
+                crate::ops::Op::SgdGroup(g) if g.weight_decay == self.weight_decay => Some(g),
+                _ => None,
+            })
+            .collect();
+        let all: Vec<(TensorId, TensorId, usize)> =
+            run.iter().flat_map(|g| g.tensors.iter().copied()).collect();
+        let done = |lw: &Lowerer, p: TensorId| lw.absorbed.contains(&Absorbed::Update(p));
+        let left: Vec<_> = all.iter().copied().filter(|t| !done(lw, t.0)).collect();
+        if left.len() == all.len() {
+            return Ok(None);
+        }
+        for t in &all {
+            lw.absorbed.remove(&Absorbed::Update(t.0));
+        }
+        let mut steps = Vec::new();
+        for group in SgdGroup::chunked(&left, self.weight_decay) {
+            let op = crate::ops::Op::SgdGroup(group);
+            steps.extend(lw.lower_op(&op)?.into_iter().map(Step::Dispatch));
+        }
+        Ok(Some((steps, run.len())))
     }
     /// Small tensors keep their shared dispatch; each one larger than a storage binding
     /// gets its own, in windows.
