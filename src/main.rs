@@ -302,46 +302,52 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             } else {
                 Loss::MeanSquaredError
             };
-            let (mut m, epochs, batch, run_config) =
-                if let (Some(path), Some((m, ckpt))) = (&resume, resumed) {
-                    let (e, b) = ckpt
-                        .state
-                        .config
-                        .as_ref()
-                        .map_or((20, 32), |c| (c.training.epochs, c.training.batch_size));
-                    let (e, b) = (epochs.unwrap_or(e), batch.unwrap_or(b));
-                    println!("resuming '{}' after epoch {}", path.display(), m.epoch());
-                    let mut m = m;
-                    for part in ckpt.missing_for_resume(&mut m)? {
-                        eprintln!(
-                            "warning: '{}' has no {part}; the run continues, but not exactly \
+            let mut inline_lavapipe = false;
+            let (mut m, epochs, batch, run_config) = if let (Some(path), Some((m, ckpt))) =
+                (&resume, resumed)
+            {
+                let (e, b) = ckpt
+                    .state
+                    .config
+                    .as_ref()
+                    .map_or((20, 32), |c| (c.training.epochs, c.training.batch_size));
+                let (e, b) = (epochs.unwrap_or(e), batch.unwrap_or(b));
+                println!("resuming '{}' after epoch {}", path.display(), m.epoch());
+                let mut m = m;
+                for part in ckpt.missing_for_resume(&mut m)? {
+                    eprintln!(
+                        "warning: '{}' has no {part}; the run continues, but not exactly \
                              as the uninterrupted one would have",
-                            path.display()
-                        );
+                        path.display()
+                    );
+                }
+                let cfg = ckpt.state.config.clone();
+                (m, e, b, cfg)
+            } else {
+                let (mut spec, e, b) = match &file_config {
+                    Some(c) => (
+                        c.to_spec()?,
+                        epochs.unwrap_or(c.training.epochs),
+                        batch.unwrap_or(c.training.batch_size),
+                    ),
+                    None => {
+                        let (e, b) = (epochs.unwrap_or(20), batch.unwrap_or(32));
+                        // A data-parallel step takes `b` rows on every rank.
+                        let world = dist.as_ref().map_or(1, |d| d.size());
+                        let span = Span::new(e, train.rows, b * world, drop_last);
+                        let spec = spec_from(&model, input, output, span)?.loss(loss);
+                        (spec, e, b)
                     }
-                    let cfg = ckpt.state.config.clone();
-                    (m, e, b, cfg)
-                } else {
-                    let (mut spec, e, b) = match &file_config {
-                        Some(c) => (
-                            c.to_spec()?,
-                            epochs.unwrap_or(c.training.epochs),
-                            batch.unwrap_or(c.training.batch_size),
-                        ),
-                        None => {
-                            let (e, b) = (epochs.unwrap_or(20), batch.unwrap_or(32));
-                            // A data-parallel step takes `b` rows on every rank.
-                            let world = dist.as_ref().map_or(1, |d| d.size());
-                            let span = Span::new(e, train.rows, b * world, drop_last);
-                            let spec = spec_from(&model, input, output, span)?.loss(loss);
-                            (spec, e, b)
-                        }
-                    };
-                    spec.frozen_layers = freeze.unwrap_or(0);
-                    check_model_size(&spec)?;
-                    let cfg = Config::from_spec(&spec, e, b);
-                    (Model::with_backend(spec, &choice)?, e, b, Some(cfg))
                 };
+                spec.frozen_layers = freeze.unwrap_or(0);
+                check_model_size(&spec)?;
+                let cfg = Config::from_spec(&spec, e, b);
+                // Not with MPI, whose threads may read the environment meanwhile.
+                inline_lavapipe = dist.is_none()
+                    && choice != BackendChoice::Cpu
+                    && steadygrad::backend::lavapipe_inline_for_small_steps(&spec.layer_sizes(), b);
+                (Model::with_backend(spec, &choice)?, e, b, Some(cfg))
+            };
             let spec = m.spec().clone();
             anyhow::ensure!(
                 spec.input == input && spec.output == output && spec.loss == loss,
@@ -400,6 +406,13 @@ fn run(cli: Cli, extra: Extra) -> Result<()> {
             }
             m.cache_frozen_outputs(cache_frozen);
             println!("device: {}", m.device());
+            if inline_lavapipe && m.device().contains("llvmpipe") {
+                println!(
+                    "lavapipe runs this small model's dispatches on this thread \
+                     (LP_NUM_THREADS=0), faster than its worker threads here; set \
+                     LP_NUM_THREADS to choose"
+                );
+            }
             if let Some(d) = &dist {
                 println!(
                     "data-parallel: rank {} of {}, {} rows per rank, global batch {}",

@@ -409,3 +409,46 @@ fn distributed_needs_the_mpi_feature() {
     let (ok, out) = run(&["train", "--sync-bn"], tmp.path());
     assert!(!ok && out.contains("--distributed"), "{out}");
 }
+
+/// A small model on lavapipe runs its dispatches on the calling thread (LP_NUM_THREADS=0,
+/// said on the output); a large one, or a user's own LP_NUM_THREADS, keeps the driver's
+/// worker threads. Which is faster is measured in the README, not asserted here.
+#[test]
+fn small_models_run_lavapipe_inline() {
+    let tmp = TempDir::new("cli_lavapipe_inline");
+    let note = "lavapipe runs this small model's dispatches on this thread (LP_NUM_THREADS=0)";
+    let small = [
+        "--backend",
+        "vulkan",
+        "train",
+        "--epochs",
+        "1",
+        "--points",
+        "30",
+    ];
+    let (ok, out) = run(&small, tmp.path());
+    assert!(ok && out.contains(note), "{out}");
+    let large = [&small[..], &["--width", "512", "--batch", "256"]].concat();
+    let (ok, out) = run(&large, tmp.path());
+    assert!(ok && !out.contains(note), "{out}");
+    let own = bin()
+        .args(small)
+        .env("LP_NUM_THREADS", "2")
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&own.stdout);
+    assert!(own.status.success() && !out.contains(note), "{out}");
+    // 6 · batch · Σ in·out: the default model (2 → 8×64 → 3, batch 32) is 5.6 MFLOP a
+    // step, W1 (784 → 8×512 → 10, batch 256) 3.4 GFLOP.
+    let sizes = |input, width, output| {
+        let mut s = vec![input];
+        s.extend([width; 8]);
+        s.push(output);
+        s
+    };
+    let default = steadygrad::backend::step_flops(&sizes(2, 64, 3), 32);
+    assert!((default - 5.6e6).abs() < 0.1e6, "{default}");
+    assert!(default < steadygrad::backend::LAVAPIPE_INLINE_FLOPS);
+    assert!(steadygrad::backend::step_flops(&sizes(784, 512, 10), 256) > 3e9);
+}

@@ -12,7 +12,7 @@ pub use context::{describe_adapter, list_adapters, AdapterSelection, GpuContext,
 pub use kernels::{Access, KernelKey, Kernels, Shader, ShaderTable, Slot, Uniform};
 pub use lower::{
     lane_groups, lanes, u32_of, Absorbed, Dispatch, LowerParts, Lowerer, Mirror, MirrorCopy,
-    MirrorKey, Mirrors, Res, Step, ELEMENTWISE_WG,
+    MirrorKey, Mirrors, Res, Step, ELEMENTWISE_WG, LOOKAHEAD,
 };
 pub use tile::{MatmulTile, ShapeClass};
 

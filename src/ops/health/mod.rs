@@ -244,6 +244,11 @@ impl Operation for GuardFinite {
         lw: &mut Lowerer,
         following: &[super::Op],
     ) -> Result<Option<(Vec<Step>, usize)>> {
+        // Nothing taken over (always so on GPUs): the ops lower one by one, without
+        // gathering the run again for each, which made compiling quadratic in depth.
+        if !lw.absorbed.iter().any(|a| matches!(a, Absorbed::Guard(_))) {
+            return Ok(None);
+        }
         let same = |g: &GuardFinite| {
             (g.step, g.flags, g.flags_len, g.peaks)
                 == (self.step, self.flags, self.flags_len, self.peaks)
@@ -288,6 +293,7 @@ pub fn later_guard(
     len: usize,
     writer: Option<usize>,
 ) -> Option<(&GuardFinite, usize)> {
+    let rest = &rest[..rest.len().min(crate::device::LOOKAHEAD)];
     let (at, g, slot) = rest.iter().enumerate().find_map(|(i, o)| match o {
         super::Op::GuardFinite(g) => g
             .tensors

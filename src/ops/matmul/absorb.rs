@@ -49,6 +49,7 @@ pub struct Guard {
 /// What `op`, whose fused epilogue leaves `C` plain (no bias or activation), can take
 /// over from `rest`, the ops after it. `plain`: the epilogue is the bare product.
 pub fn find(lw: &Lowerer, op: &MatMul, plain: bool, rest: &[Op]) -> Extras {
+    let rest = &rest[..rest.len().min(crate::device::LOOKAHEAD)];
     let mut extras = Extras::default();
     // `dW = dZᵀ·X`: the sum over the rows of dZ is the sum over the row of its mirror.
     let sum_at = (plain && op.trans_a && !op.accumulate)

@@ -94,6 +94,7 @@ fn pair_source(lw: &Lowerer, key: MirrorKey) -> Option<wgpu::Buffer> {
 
 /// Whether a matmul in `rest` reads mirror `key` before an op writes its tensor.
 fn wanted(key: MirrorKey, rest: &[Op]) -> bool {
+    let rest = &rest[..rest.len().min(crate::device::LOOKAHEAD)];
     for op in rest {
         if let Op::MatMul(mm) = op {
             if operand_keys(mm).contains(&key) {

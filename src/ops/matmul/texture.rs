@@ -268,6 +268,7 @@ fn produce(
     n: usize,
     rest: &[Op],
 ) -> Result<[Option<MirrorKey>; 2]> {
+    let rest = &rest[..rest.len().min(crate::device::LOOKAHEAD)];
     let mut wanted = [None, None];
     for op in rest {
         if let Op::MatMul(mm) = op {

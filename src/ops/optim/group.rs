@@ -86,6 +86,10 @@ impl Operation for SgdGroup {
         lw: &mut Lowerer,
         following: &[crate::ops::Op],
     ) -> Result<Option<(Vec<Step>, usize)>> {
+        // Nothing taken over (always so on GPUs): lowered one by one, see GuardFinite's.
+        if !lw.absorbed.iter().any(|a| matches!(a, Absorbed::Update(_))) {
+            return Ok(None);
+        }
         let run: Vec<&SgdGroup> = following
             .iter()
             .map_while(|op| match op {
