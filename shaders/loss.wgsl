@@ -115,18 +115,9 @@ fn accumulate_metrics() {
 // step marks flag `slot` on a NaN or inf, and the largest finite magnitude raises its
 // peak. Non-finite from the exponent bits: compilers may assume floats finite.
 fn guard_losses() {
-    var bad = false;
-    var peak = 0u;
+    var seen = vec2<u32>(0u);
     for (var r = 0u; r < dims.rows; r++) {
-        let bits = bitcast<u32>(abs(loss_in[r]));
-        let finite = (bits & 0x7f800000u) != 0x7f800000u;
-        bad = bad || !finite;
-        peak = max(peak, select(0u, bits, finite));
+        seen = guard_see(seen, loss_in[r]);
     }
-    if bad {
-        atomicMax(&flags[dims.slot], 0xffffffffu - step_bits[0]);
-    }
-    if peak > 0u {
-        atomicMax(&flags[dims.peaks + dims.slot], peak);
-    }
+    guard_mark(dims.slot, seen);
 }

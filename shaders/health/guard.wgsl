@@ -76,7 +76,7 @@ fn guard(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
          @builtin(local_invocation_index) lid: u32) {
     let first = flat_index(wg, nwg, lid);
     let stride = nwg.x * nwg.y * WG;
-    let mark = 0xffffffffu - step_bits[0];
+    let mark = guard_step_mark();
     var m = vec4<u32>(0u);
     var m2 = vec2<u32>(0u);
     for (var k = 0u; k < PER_THREAD; k++) {

@@ -13,7 +13,10 @@ pub const STATS: Shader = Shader::scalar(
 );
 pub const GUARD: Shader = Shader::elements(
     "health/guard",
-    include_str!("../../../shaders/health/guard.wgsl"),
+    concat!(
+        include_str!("../../../shaders/health/guard.wgsl"),
+        include_str!("../../../shaders/health/mark.wgsl")
+    ),
 );
 
 const SRC: Slot = Slot::read(1, "src");

@@ -7,7 +7,14 @@ use crate::device::{
 use crate::tensor::TensorId;
 use anyhow::Result;
 
-pub const SHADER: Shader = Shader::scalar("loss", include_str!("../../../shaders/loss.wgsl"));
+/// With the guard's shared marking, for the per-row losses' check.
+pub const SHADER: Shader = Shader::scalar(
+    "loss",
+    concat!(
+        include_str!("../../../shaders/loss.wgsl"),
+        include_str!("../../../shaders/health/mark.wgsl")
+    ),
+);
 
 const PRED: Slot = Slot::read(1, "pred");
 const TRUTH: Slot = Slot::read(2, "truth");

@@ -191,6 +191,7 @@ impl TexKernel {
         s.push_str(PRELUDE);
         s.push_str(FUNCTIONS);
         s.push_str(EPILOGUE);
+        s.push_str(GUARD_MARK);
         s.push_str(
             "\n@compute @workgroup_size(LANES)\n\
              fn main(@builtin(workgroup_id) wg: vec3<u32>, \
@@ -389,6 +390,8 @@ fn tex_b(x: u32, y: u32) -> vec4<f32> {
 
 ";
 
+const GUARD_MARK: &str = include_str!("../../../shaders/health/mark.wgsl");
+
 const EPILOGUE: &str = "
 // Stores rows row0 .. row0 + ROWS - 1 of columns col .. col + 3, applying the epilogue,
 // and the epilogue's last output (C, H or DX) into the mirrors `dims.mirror_out` names.
@@ -403,8 +406,7 @@ fn finish(row0: u32, col: u32, acc: array<vec4<f32>, ROWS>) {
     }
     // Mirror texels past m or n must hold zeros (see the module docs).
     var last: array<vec4<f32>, ROWS>;
-    var bad = false;
-    var peak = 0u;
+    var seen = vec2<u32>(0u);
     for (var r = 0u; r < ROWS; r++) {
         let row = row0 + r;
         if row >= dims.m {
@@ -418,11 +420,7 @@ fn finish(row0: u32, col: u32, acc: array<vec4<f32>, ROWS>) {
                     out += c[idx];
                 }
                 c[idx] = out;
-                // Non-finite from the exponent bits: compilers may assume floats finite.
-                let bits = bitcast<u32>(abs(out));
-                let finite = (bits & 0x7f800000u) != 0x7f800000u;
-                bad = bad || !finite;
-                peak = max(peak, select(0u, bits, finite));
+                seen = guard_see(seen, out);
                 if (dims.update & 1u) != 0u {
                     param_c[idx] -= hyper.lr * (out + dims.weight_decay * param_c[idx]);
                 }
@@ -441,7 +439,7 @@ fn finish(row0: u32, col: u32, acc: array<vec4<f32>, ROWS>) {
         }
     }
     if (dims.guard & 1u) != 0u {
-        guard_mark(dims.slot_c, bad, peak);
+        guard_mark(dims.slot_c, seen);
     }
     if (dims.mirror_out & 2u) == 0u {
         return;
@@ -461,18 +459,6 @@ fn finish(row0: u32, col: u32, acc: array<vec4<f32>, ROWS>) {
     }
 }
 
-// Records a guard check of values this invocation wrote: `bad`, a NaN or inf among them,
-// marks flag `slot` with the step; `peak` (bits of the largest finite magnitude) raises
-// its peak. Most invocations find the peak already as high: a load spares their atomic.
-fn guard_mark(slot: u32, bad: bool, peak: u32) {
-    if bad {
-        atomicMax(&flags[slot], 0xffffffffu - step_bits[0]);
-    }
-    if peak > atomicLoad(&flags[dims.peaks + slot]) {
-        atomicMax(&flags[dims.peaks + slot], peak);
-    }
-}
-
 // The bias gradient of a weight gradient C = Aᵀ·B (epilogue 4): e1[row] = the sum of
 // row `row` of A's mirror, i.e. of column `row` of the stored A (zero-padded past k).
 fn row_sum(row: u32) {
@@ -489,9 +475,7 @@ fn row_sum(row: u32) {
         param_sum[row] -= hyper.lr * (s + dims.weight_decay * param_sum[row]);
     }
     if (dims.guard & 2u) != 0u {
-        let bits = bitcast<u32>(abs(s));
-        let finite = (bits & 0x7f800000u) != 0x7f800000u;
-        guard_mark(dims.slot_sum, !finite, select(0u, bits, finite));
+        guard_mark(dims.slot_sum, guard_see(vec2<u32>(0u), s));
     }
 }
 ";
