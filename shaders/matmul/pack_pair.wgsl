@@ -49,6 +49,9 @@ fn store_block(job: u32, v: array<vec4<f32>, 4>, rb: u32, cb: u32, rows: u32, co
     }
 }
 
+// The two loads below differ only in their source: WGSL cannot pass a storage array to a
+// function (not without the unrestricted_pointer_parameters language feature, which
+// WebGPU does not guarantee), so each source gets its own loop.
 @compute @workgroup_size(64)
 fn pack_pair(@builtin(global_invocation_id) gid: vec3<u32>) {
     let cb = gid.x;
