@@ -214,6 +214,28 @@ impl Drop for Lowerer<'_> {
 }
 
 impl<'a> Lowerer<'a> {
+    /// What is left of a grouped op's items (`all`, each naming its work by `work`) once
+    /// the work an earlier op took over is left out, clearing those marks; `None` when
+    /// nothing was taken over, so the op lowers as it is.
+    pub fn left_after_absorbed<T: Copy>(
+        &mut self,
+        all: &[T],
+        work: impl Fn(&T) -> Absorbed,
+    ) -> Option<Vec<T>> {
+        if !all.iter().any(|t| self.absorbed.contains(&work(t))) {
+            return None;
+        }
+        let left = all
+            .iter()
+            .copied()
+            .filter(|t| !self.absorbed.contains(&work(t)))
+            .collect();
+        for t in all {
+            self.absorbed.remove(&work(t));
+        }
+        Some(left)
+    }
+
     pub fn new(p: LowerParts<'a>) -> Self {
         Lowerer {
             ctx: p.ctx,

@@ -78,14 +78,9 @@ impl Operation for SumRowsGroup {
         lw: &mut Lowerer,
         _following: &[crate::ops::Op],
     ) -> Result<Option<(Vec<Step>, usize)>> {
-        let done = |lw: &Lowerer, s: &ColumnSum| lw.absorbed.contains(&Absorbed::Sum(s.out));
-        let left: Vec<ColumnSum> = self.sums.iter().filter(|s| !done(lw, s)).copied().collect();
-        if left.len() == self.sums.len() {
+        let Some(left) = lw.left_after_absorbed(&self.sums, |s| Absorbed::Sum(s.out)) else {
             return Ok(None);
-        }
-        for s in &self.sums {
-            lw.absorbed.remove(&Absorbed::Sum(s.out));
-        }
+        };
         let mut steps = Vec::new();
         if !left.is_empty() {
             let op = crate::ops::Op::SumRowsGroup(SumRowsGroup { sums: left });

@@ -262,15 +262,9 @@ impl Operation for GuardFinite {
             .collect();
         let all: Vec<(TensorId, usize, usize)> =
             run.iter().flat_map(|g| g.tensors.iter().copied()).collect();
-        let done = |lw: &Lowerer, t: TensorId| lw.absorbed.contains(&Absorbed::Guard(t));
-        let left: Vec<(TensorId, usize, usize)> =
-            all.iter().copied().filter(|t| !done(lw, t.0)).collect();
-        if left.len() == all.len() {
+        let Some(left) = lw.left_after_absorbed(&all, |t| Absorbed::Guard(t.0)) else {
             return Ok(None);
-        }
-        for t in &all {
-            lw.absorbed.remove(&Absorbed::Guard(t.0));
-        }
+        };
         let mut steps = Vec::new();
         for tensors in lane_groups(&left, |t| t.1, GUARD_GROUP) {
             let op = super::Op::GuardFinite(GuardFinite {

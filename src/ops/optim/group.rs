@@ -99,14 +99,9 @@ impl Operation for SgdGroup {
             .collect();
         let all: Vec<(TensorId, TensorId, usize)> =
             run.iter().flat_map(|g| g.tensors.iter().copied()).collect();
-        let done = |lw: &Lowerer, p: TensorId| lw.absorbed.contains(&Absorbed::Update(p));
-        let left: Vec<_> = all.iter().copied().filter(|t| !done(lw, t.0)).collect();
-        if left.len() == all.len() {
+        let Some(left) = lw.left_after_absorbed(&all, |t| Absorbed::Update(t.0)) else {
             return Ok(None);
-        }
-        for t in &all {
-            lw.absorbed.remove(&Absorbed::Update(t.0));
-        }
+        };
         let mut steps = Vec::new();
         for group in SgdGroup::chunked(&left, self.weight_decay) {
             let op = crate::ops::Op::SgdGroup(group);
